@@ -1,0 +1,270 @@
+//! The publisher's main pass: parse, merge, validate and render every tenant
+//! of a source, in parallel, and stream the results into a bundle payload.
+//!
+//! Tenants are processed in batches so memory stays bounded whatever the
+//! tenant count: each batch is split across worker threads, then its results
+//! are checked for cross-tenant conflicts (phone numbers) and written in
+//! tenant order, which keeps the output deterministic.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{Payload, PayloadWriter, RecordKind};
+use crate::model::{EffectiveConfig, Layer1, Overlay};
+use crate::render;
+use crate::source::{Source, SourceError, toml_reason};
+use crate::validate::{self, PhoneIndex, Problem, Reporter};
+
+/// Tenants per batch: enough to keep every thread busy, few enough that a
+/// batch's rendered prompts stay a few tens of MiB.
+const BATCH: usize = 2048;
+
+/// How a compile should run.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileOptions {
+    /// Worker threads for parse/validate/render (and zstd).
+    pub threads: usize,
+    /// zstd level.
+    pub level: i32,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            level: 3,
+        }
+    }
+}
+
+/// A compiled source: the payload and what it holds.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The compressed records.
+    pub payload: Payload,
+    /// Layer 1's version.
+    pub layer1_version: String,
+    /// Tenants compiled.
+    pub tenant_count: u64,
+    /// Non-fatal findings (unused variables).
+    pub warnings: Vec<Problem>,
+}
+
+/// One tenant's result.
+struct TenantResult {
+    file: PathBuf,
+    tenant_id: String,
+    phones: Vec<String>,
+    output: Option<(Vec<u8>, String)>,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+/// Validates the whole source without writing anything: every problem, then
+/// every warning.
+pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, SourceError> {
+    run(source, opts, None).map(|(_, w)| w)
+}
+
+/// Compiles the source into a payload, or reports every problem.
+pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, SourceError> {
+    let threads = u32::try_from(opts.threads).unwrap_or(1);
+    let zstd_workers = if threads > 1 { threads } else { 0 };
+    let writer = PayloadWriter::new(opts.level, zstd_workers).map_err(payload_err)?;
+    let (writer, warnings) = run(source, opts, Some(writer))?;
+    let Some((tenant_count, writer)) = writer else {
+        return Err(payload_err(std::io::Error::other("payload writer missing")));
+    };
+    let payload = writer.finish().map_err(payload_err)?;
+    Ok(Compiled {
+        payload,
+        layer1_version: source.layer1.version.clone(),
+        tenant_count,
+        warnings,
+    })
+}
+
+/// Writing the in-memory payload failed (out of memory, or a record over 4 GiB).
+fn payload_err(source: std::io::Error) -> SourceError {
+    SourceError::Io {
+        path: PathBuf::from("<bundle payload>"),
+        source,
+    }
+}
+
+type RunOutput = (Option<(u64, PayloadWriter)>, Vec<Problem>);
+
+fn run(
+    source: &Source,
+    opts: CompileOptions,
+    mut writer: Option<PayloadWriter>,
+) -> Result<RunOutput, SourceError> {
+    let layer1 = &source.layer1;
+    if let Some(w) = writer.as_mut() {
+        let json = serde_json::to_vec(layer1).map_err(|e| payload_err(std::io::Error::other(e)))?;
+        w.record(RecordKind::Layer1, "layer1", &json)
+            .map_err(payload_err)?;
+    }
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut phones = PhoneIndex::default();
+    let mut tenant_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut count = 0u64;
+    let threads = opts.threads.max(1);
+    for batch in source.tenant_files.chunks(BATCH) {
+        for mut t in compile_batch(layer1, batch, threads) {
+            warnings.append(&mut t.warnings);
+            for (i, n) in t.phones.iter().enumerate() {
+                if let Some(owner) = phones.claim(n, &t.tenant_id) {
+                    let owner_file = tenant_files
+                        .get(&owner)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    t.problems.push(Problem {
+                        file: t.file.clone(),
+                        tenant: Some(t.tenant_id.clone()),
+                        field: format!("phone_numbers[{i}]"),
+                        reason: format!(
+                            "{n} is already owned by tenant {owner} ({owner_file}); each number belongs to exactly one tenant, remove it from one of them"
+                        ),
+                    });
+                }
+            }
+            tenant_files.insert(t.tenant_id.clone(), t.file.clone());
+            if !t.problems.is_empty() {
+                problems.append(&mut t.problems);
+                continue;
+            }
+            if let (Some(w), Some((config, prompt))) = (writer.as_mut(), t.output.as_ref())
+                && problems.is_empty()
+            {
+                w.record(RecordKind::Config, &t.tenant_id, config)
+                    .map_err(payload_err)?;
+                w.record(RecordKind::Prompt, &t.tenant_id, prompt.as_bytes())
+                    .map_err(payload_err)?;
+            }
+            count += 1;
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SourceError::Invalid { problems, warnings });
+    }
+    if let Some(w) = writer.as_mut() {
+        for (number, tenant) in phones.into_routes() {
+            w.record(RecordKind::Route, &number, tenant.as_bytes())
+                .map_err(payload_err)?;
+        }
+    }
+    Ok((writer.map(|w| (count, w)), warnings))
+}
+
+fn compile_batch(layer1: &Layer1, files: &[PathBuf], threads: usize) -> Vec<TenantResult> {
+    if threads <= 1 || files.len() < 2 {
+        return files.iter().map(|f| compile_tenant(layer1, f)).collect();
+    }
+    let per = files.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|f| compile_tenant(layer1, f))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Parses, merges, validates and renders one tenant file.
+fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
+    let file_buf = file.to_path_buf();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_owned();
+    let mut result = TenantResult {
+        file: file_buf.clone(),
+        tenant_id: stem.clone(),
+        phones: Vec::new(),
+        output: None,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut r = Reporter::new(&file_buf, Some(&stem));
+            r.push("", format!("cannot read the file: {e}"));
+            result.problems = r.problems;
+            return result;
+        }
+    };
+    let doc: toml::Value = match toml::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut r = Reporter::new(&file_buf, Some(&stem));
+            r.push("", format!("not valid TOML: {}", toml_reason(&e)));
+            result.problems = r.problems;
+            return result;
+        }
+    };
+    let tenant = doc
+        .get("tenant_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&stem)
+        .to_owned();
+    let mut r = Reporter::new(&file_buf, Some(&tenant));
+    validate::check_secrets(&mut r, &doc);
+    let overlay: Overlay = match doc.try_into() {
+        Ok(o) => o,
+        Err(_) => {
+            // Parse again from text for an error that says where.
+            let reason = match toml::from_str::<Overlay>(&text) {
+                Err(e) => toml_reason(&e),
+                Ok(_) => "does not match the overlay format".to_owned(),
+            };
+            r.push("", reason);
+            result.problems = r.problems;
+            return result;
+        }
+    };
+    let mut cfg = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &overlay);
+    validate::check_identity(&mut r, &cfg, &stem);
+    let rendered = validate::check_policy(&mut r, layer1, &cfg);
+    result.tenant_id = tenant.clone();
+    result.phones = cfg.phone_numbers.clone();
+    if let Some(rendered) = &rendered {
+        for name in &rendered.unused {
+            result.warnings.push(Problem {
+                file: file_buf.clone(),
+                tenant: Some(tenant.clone()),
+                field: format!("agent.variables.{name}"),
+                reason: "is defined but not used in agent.prompt".into(),
+            });
+        }
+    }
+    if r.problems.is_empty()
+        && let Some(rendered) = rendered
+    {
+        match cfg.seal() {
+            Ok(json) => {
+                let prompt = render::system_prompt(&layer1.base_prompt, &rendered.text);
+                result.output = Some((json, prompt));
+            }
+            Err(e) => r.push("", format!("cannot serialise the effective config: {e}")),
+        }
+    }
+    result.problems = r.problems;
+    result
+}

@@ -1,0 +1,24 @@
+//! Strata's shared core: the Layer 1 / Layer 2 model and its validation, prompt
+//! rendering, the signed snapshot bundle format, signed pointers, keys and trust,
+//! and access to the object store.
+//!
+//! The publisher and the agent are thin binaries over this crate; everything
+//! that decides what a snapshot *is* and whether it may be trusted lives here,
+//! so both sides agree byte for byte.
+
+#![deny(missing_docs)]
+
+pub mod bundle;
+pub mod canonical;
+pub mod compile;
+pub mod generate;
+pub mod model;
+pub mod pointer;
+pub mod publish;
+pub mod render;
+pub mod secrets;
+pub mod sign;
+pub mod source;
+pub mod store;
+pub mod time;
+pub mod validate;

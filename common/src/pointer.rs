@@ -1,0 +1,168 @@
+//! Signed pointers: the channel pointer (`channels/<channel>.json`, signed by
+//! publisher keys) and the region pin (`pins/<region>.json`, signed by
+//! operator keys). Both are small JSON documents naming one bundle by
+//! version, key, size and SHA-256, with an expiry.
+//!
+//! The file is `{"signatures":[…],"signed":{…}}`; the signatures cover the
+//! canonical JSON of `signed` (see [`crate::canonical`]).
+
+use std::time::SystemTime;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::canonical;
+use crate::sign::{self, KeyId, Role, SignatureEntry, SignatureError, TrustedKeys};
+
+/// Which document a pointer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PointerKind {
+    /// A channel's newest version, signed by publishers.
+    #[serde(rename = "strata-channel")]
+    Channel,
+    /// The version a region must serve, signed by operators.
+    #[serde(rename = "strata-pin")]
+    Pin,
+}
+
+impl PointerKind {
+    /// The role whose keys sign this kind.
+    pub fn role(self) -> Role {
+        match self {
+            PointerKind::Channel => Role::Publisher,
+            PointerKind::Pin => Role::Operator,
+        }
+    }
+
+    /// The store key of the pointer named `name`.
+    pub fn store_key(self, name: &str) -> String {
+        match self {
+            PointerKind::Channel => format!("channels/{name}.json"),
+            PointerKind::Pin => format!("pins/{name}.json"),
+        }
+    }
+}
+
+/// The signed content of a pointer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pointer {
+    /// Channel pointer or pin.
+    #[serde(rename = "type")]
+    pub kind: PointerKind,
+    /// The channel or region name.
+    pub name: String,
+    /// The snapshot version pointed to.
+    pub version: u64,
+    /// The bundle's store key.
+    pub bundle: String,
+    /// Hex SHA-256 of the whole bundle file.
+    pub bundle_sha256: String,
+    /// The bundle file's size in bytes.
+    pub bundle_size: u64,
+    /// When this pointer was signed (RFC 3339 UTC).
+    pub created_at: String,
+    /// After this the pointer is refused (RFC 3339 UTC).
+    pub expires_at: String,
+}
+
+/// The pointer file as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedFile {
+    signatures: Vec<SignatureEntry>,
+    signed: serde_json::Value,
+}
+
+/// Why a pointer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PointerError {
+    /// Not the JSON document described in docs/FORMAT.md.
+    #[error("pointer is malformed: {0}")]
+    Malformed(String),
+    /// A channel pointer where a pin was expected, or the other way round,
+    /// or a pointer for another channel or region.
+    #[error(
+        "pointer is a {found:?} for {found_name:?}, expected a {expected:?} for {expected_name:?}"
+    )]
+    WrongTarget {
+        /// What was expected.
+        expected: PointerKind,
+        /// The channel or region expected.
+        expected_name: String,
+        /// What was found.
+        found: PointerKind,
+        /// The name found.
+        found_name: String,
+    },
+    /// Signatures do not meet the role's threshold.
+    #[error("pointer signatures: {0}")]
+    Signature(#[from] SignatureError),
+    /// Past `expires_at`.
+    #[error(
+        "pointer expired at {expires_at}; the publisher must run `strata-publisher refresh` (or publish) to re-sign it"
+    )]
+    Expired {
+        /// Its expiry.
+        expires_at: String,
+    },
+}
+
+impl Pointer {
+    /// Serialises and signs the pointer; the result is the file to upload.
+    pub fn sign(&self, keys: &[SigningKey]) -> Result<Vec<u8>, serde_json::Error> {
+        let signed = serde_json::to_value(self)?;
+        let message = serde_json::to_vec(&signed)?;
+        let file = SignedFile {
+            signatures: sign::sign(keys, &message),
+            signed,
+        };
+        canonical::to_vec(&file)
+    }
+
+    /// Parses a pointer file without checking its signatures: for the
+    /// publisher, which only needs the current version to pick the next.
+    pub fn parse_unverified(bytes: &[u8]) -> Result<Self, PointerError> {
+        let file: SignedFile =
+            serde_json::from_slice(bytes).map_err(|e| PointerError::Malformed(e.to_string()))?;
+        serde_json::from_value(file.signed).map_err(|e| PointerError::Malformed(e.to_string()))
+    }
+
+    /// Parses a pointer file and checks it is the expected document, signed
+    /// by a threshold of trusted keys of the kind's role. Does not check expiry.
+    pub fn verify(
+        bytes: &[u8],
+        kind: PointerKind,
+        name: &str,
+        trust: &TrustedKeys,
+    ) -> Result<(Self, Vec<KeyId>), PointerError> {
+        let file: SignedFile =
+            serde_json::from_slice(bytes).map_err(|e| PointerError::Malformed(e.to_string()))?;
+        let message =
+            canonical::to_vec(&file.signed).map_err(|e| PointerError::Malformed(e.to_string()))?;
+        let signed_by = trust.verify(kind.role(), &message, &file.signatures)?;
+        let pointer: Pointer = serde_json::from_value(file.signed)
+            .map_err(|e| PointerError::Malformed(e.to_string()))?;
+        if pointer.kind != kind || pointer.name != name {
+            return Err(PointerError::WrongTarget {
+                expected: kind,
+                expected_name: name.to_owned(),
+                found: pointer.kind,
+                found_name: pointer.name,
+            });
+        }
+        Ok((pointer, signed_by))
+    }
+
+    /// Refuses the pointer if `now` is past its expiry.
+    pub fn check_expiry(&self, now: SystemTime) -> Result<(), PointerError> {
+        let expires = crate::time::parse(&self.expires_at)
+            .map_err(|e| PointerError::Malformed(format!("expires_at: {e}")))?;
+        if now > expires {
+            return Err(PointerError::Expired {
+                expires_at: self.expires_at.clone(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Publishing: write an immutable bundle under the next free version, then
+//! move the channel pointer to it with compare-and-swap.
+//!
+//! Two concurrent publishers can never lose or reuse a version: a bundle key
+//! is claimed with a create-only put, and the pointer only moves forward from
+//! the exact pointer the publisher read.
+
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::SigningKey;
+
+use crate::bundle::{self, BundleError, FORMAT_VERSION, MANIFEST_TYPE, Manifest, Provenance};
+use crate::canonical::sha256_hex;
+use crate::compile::Compiled;
+use crate::model::SnapshotVersion;
+use crate::pointer::{Pointer, PointerKind};
+use crate::store::{ObjectStore, StoreError};
+use crate::time;
+
+/// Default lifetime of a bundle's signature.
+pub const DEFAULT_BUNDLE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default lifetime of a channel pointer or pin.
+pub const DEFAULT_POINTER_EXPIRY: Duration = Duration::from_secs(14 * 24 * 3600);
+/// Pointers are small; anything larger is not a pointer.
+pub const MAX_POINTER_BYTES: u64 = 64 * 1024;
+/// How often a publisher retries after losing a race before giving up.
+const MAX_ATTEMPTS: usize = 32;
+
+/// Why a publish failed. Nothing is half-written: a bundle is either absent
+/// or complete, and the pointer either moved or did not.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The bundle could not be built.
+    #[error("bundle: {0}")]
+    Bundle(#[from] BundleError),
+    /// The current pointer cannot be read.
+    #[error("{key}: {reason}; fix or remove it before publishing")]
+    BadPointer {
+        /// The pointer's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Too many concurrent publishers kept winning the race.
+    #[error("gave up after {0} attempts: other publishers kept moving the channel; try again")]
+    Contention(usize),
+    /// Signing failed.
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// The manifest of a bundle built from `compiled`.
+pub fn manifest(
+    compiled: &Compiled,
+    version: u64,
+    now: SystemTime,
+    expires_in: Duration,
+    provenance: &Provenance,
+) -> Manifest {
+    Manifest {
+        kind: MANIFEST_TYPE.to_owned(),
+        format: FORMAT_VERSION,
+        version,
+        created_at: time::format(now),
+        expires_at: time::format(now + expires_in),
+        layer1_version: compiled.layer1_version.clone(),
+        tenant_count: compiled.tenant_count,
+        record_count: compiled.payload.record_count,
+        payload_size: compiled.payload.compressed.len() as u64,
+        payload_raw_size: compiled.payload.raw_size,
+        payload_sha256: compiled.payload.sha256.clone(),
+        provenance: provenance.clone(),
+    }
+}
+
+/// Options of [`publish`].
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The channel to move.
+    pub channel: String,
+    /// Lifetime of the bundle's signature.
+    pub bundle_expires_in: Duration,
+    /// Lifetime of the pointer's signature.
+    pub pointer_expires_in: Duration,
+    /// Recorded in the manifest.
+    pub provenance: Provenance,
+}
+
+/// What a publish wrote.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The new pointer (version, bundle key, hash, size, expiry).
+    pub pointer: Pointer,
+}
+
+/// Reads the pointer `kind`/`name` without verifying it, with its ETag.
+pub fn read_pointer(
+    store: &dyn ObjectStore,
+    kind: PointerKind,
+    name: &str,
+) -> Result<Option<(Pointer, String)>, PublishError> {
+    let key = kind.store_key(name);
+    match store.get(&key, MAX_POINTER_BYTES) {
+        Ok(obj) => {
+            let p =
+                Pointer::parse_unverified(&obj.bytes).map_err(|e| PublishError::BadPointer {
+                    key,
+                    reason: e.to_string(),
+                })?;
+            Ok(Some((p, obj.etag)))
+        }
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Versions of every bundle in the store, ascending.
+pub fn list_versions(store: &dyn ObjectStore) -> Result<Vec<SnapshotVersion>, PublishError> {
+    let mut v: Vec<_> = store
+        .list("snapshots/")?
+        .iter()
+        .filter_map(|k| SnapshotVersion::from_bundle_key(k))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Publishes `compiled` as the channel's next version.
+pub fn publish(
+    store: &dyn ObjectStore,
+    compiled: &Compiled,
+    keys: &[SigningKey],
+    opts: &PublishOptions,
+) -> Result<Published, PublishError> {
+    let kind = PointerKind::Channel;
+    let pointer_key = kind.store_key(&opts.channel);
+    for _ in 0..MAX_ATTEMPTS {
+        let current = read_pointer(store, kind, &opts.channel)?;
+        let newest_bundle = list_versions(store)?.last().map(|v| v.0).unwrap_or(0);
+        let version = current
+            .as_ref()
+            .map(|(p, _)| p.version)
+            .unwrap_or(0)
+            .max(newest_bundle)
+            + 1;
+        let now = time::now();
+        let manifest = manifest(
+            compiled,
+            version,
+            now,
+            opts.bundle_expires_in,
+            &opts.provenance,
+        );
+        let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, keys)?;
+        let bundle_key = SnapshotVersion(version).bundle_key();
+        match store.put_new(&bundle_key, &bytes) {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let pointer = Pointer {
+            kind,
+            name: opts.channel.clone(),
+            version,
+            bundle: bundle_key,
+            bundle_sha256: sha256_hex(&bytes),
+            bundle_size: bytes.len() as u64,
+            created_at: time::format(now),
+            expires_at: time::format(now + opts.pointer_expires_in),
+        };
+        let signed = pointer
+            .sign(keys)
+            .map_err(|e| PublishError::Sign(e.to_string()))?;
+        let mut expected = current.map(|(_, etag)| etag);
+        loop {
+            match store.put_if(&pointer_key, &signed, expected.as_deref()) {
+                Ok(_) => return Ok(Published { pointer }),
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    // Someone moved the pointer. Follow them only if they are
+                    // still behind us; otherwise our version is stale.
+                    match read_pointer(store, kind, &opts.channel)? {
+                        Some((p, etag)) if p.version < version => expected = Some(etag),
+                        _ => break,
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Err(PublishError::Contention(MAX_ATTEMPTS))
+}

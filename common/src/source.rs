@@ -1,0 +1,105 @@
+//! Reading a config-as-code source directory:
+//!
+//! ```text
+//! layer1.toml
+//! tenants/<tenant_id>.toml
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::model::Layer1;
+use crate::validate::{self, Problem, Reporter};
+
+/// A source directory with its Layer 1 parsed and checked, and the tenant
+/// files listed in name order (so builds are deterministic).
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The directory as given.
+    pub dir: PathBuf,
+    /// Parsed Layer 1.
+    pub layer1: Layer1,
+    /// `tenants/*.toml`, sorted.
+    pub tenant_files: Vec<PathBuf>,
+}
+
+/// Why a source could not be read at all, or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The source has problems; every one is listed.
+    #[error("{} problem(s) in the source", problems.len())]
+    Invalid {
+        /// Every problem found.
+        problems: Vec<Problem>,
+        /// Warnings found along the way.
+        warnings: Vec<Problem>,
+    },
+}
+
+impl Source {
+    /// Reads `dir/layer1.toml` and lists `dir/tenants/*.toml`.
+    pub fn open(dir: &Path) -> Result<Self, SourceError> {
+        let layer1_path = dir.join("layer1.toml");
+        let text = fs::read_to_string(&layer1_path).map_err(|source| SourceError::Io {
+            path: layer1_path.clone(),
+            source,
+        })?;
+        let mut r = Reporter::new(&layer1_path, None);
+        let layer1 = match toml::from_str::<Layer1>(&text) {
+            Ok(l) => l,
+            Err(e) => {
+                r.push("", toml_reason(&e));
+                return Err(SourceError::Invalid {
+                    problems: r.problems,
+                    warnings: Vec::new(),
+                });
+            }
+        };
+        validate::check_layer1(&mut r, &layer1);
+        if !r.problems.is_empty() {
+            return Err(SourceError::Invalid {
+                problems: r.problems,
+                warnings: Vec::new(),
+            });
+        }
+        let tenants_dir = dir.join("tenants");
+        let entries = fs::read_dir(&tenants_dir).map_err(|source| SourceError::Io {
+            path: tenants_dir.clone(),
+            source,
+        })?;
+        let mut tenant_files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| SourceError::Io {
+                path: tenants_dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                tenant_files.push(path);
+            }
+        }
+        tenant_files.sort();
+        Ok(Self {
+            dir: dir.to_owned(),
+            layer1,
+            tenant_files,
+        })
+    }
+}
+
+/// A TOML error as one line: the message and where it is.
+pub(crate) fn toml_reason(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg,
+    }
+}
