@@ -648,3 +648,48 @@ impl<R: Read> Iterator for Records<R> {
         item
     }
 }
+
+/// A whole payload decoded into maps, for inspection, diffs and tests.
+/// (The agent streams records into redb instead.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// Layer 1 as JSON.
+    pub layer1: Vec<u8>,
+    /// Tenant id → effective config JSON.
+    pub configs: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Tenant id → combined system prompt.
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// E.164 number → tenant id.
+    pub routes: std::collections::BTreeMap<String, String>,
+}
+
+impl Contents {
+    /// Collects every record.
+    pub fn collect<I: Iterator<Item = Result<Record, BundleError>>>(
+        records: I,
+    ) -> Result<Self, BundleError> {
+        let mut c = Self::default();
+        for (index, r) in records.enumerate() {
+            let r = r?;
+            let utf8 = |v: Vec<u8>| {
+                String::from_utf8(v).map_err(|_| BundleError::BadRecord {
+                    index: index as u64,
+                    reason: "value is not UTF-8".into(),
+                })
+            };
+            match r.kind {
+                RecordKind::Layer1 => c.layer1 = r.value,
+                RecordKind::Config => {
+                    c.configs.insert(r.key, r.value);
+                }
+                RecordKind::Prompt => {
+                    c.prompts.insert(r.key, utf8(r.value)?);
+                }
+                RecordKind::Route => {
+                    c.routes.insert(r.key, utf8(r.value)?);
+                }
+            }
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,261 @@
+//! The bundle format end to end: build from a source, verify, decode; merge,
+//! rendering and determinism; and every kind of damage refused with its own
+//! error variant.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use strata_common::bundle::{self, BundleError, Contents, Limits, Provenance, SignatureCheck};
+use strata_common::compile::{self, CompileOptions, Compiled};
+use strata_common::generate;
+use strata_common::model::EffectiveConfig;
+use strata_common::publish;
+use strata_common::render::SEPARATOR;
+use strata_common::sign::{Role, SignatureError, SigningKey, TrustedKeys};
+use strata_common::source::Source;
+use strata_common::time;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn trust(keys: &[&SigningKey]) -> TrustedKeys {
+    let mut t = TrustedKeys::new(1, 1);
+    for k in keys {
+        t.add(Role::Publisher, k.verifying_key());
+    }
+    t
+}
+
+fn compile_dir(dir: &Path) -> Compiled {
+    let source = Source::open(dir).expect("open");
+    compile::compile(&source, CompileOptions::default()).expect("compile")
+}
+
+fn build(compiled: &Compiled, signer: &SigningKey) -> Vec<u8> {
+    let m = publish::manifest(
+        compiled,
+        7,
+        time::now(),
+        publish::DEFAULT_BUNDLE_EXPIRY,
+        &Provenance::default(),
+    );
+    bundle::write_bundle(
+        &m,
+        &compiled.payload.compressed,
+        std::slice::from_ref(signer),
+    )
+    .expect("write")
+}
+
+fn open(bytes: &[u8], t: &TrustedKeys, limits: &Limits) -> Result<Contents, BundleError> {
+    let v = bundle::verify(Cursor::new(bytes), SignatureCheck::Trusted(t), limits)?;
+    Contents::collect(v.records()?)
+}
+
+fn generated(n: usize) -> (tempfile::TempDir, Compiled) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate::generate(dir.path(), n).expect("generate");
+    let c = compile_dir(dir.path());
+    (dir, c)
+}
+
+#[test]
+fn round_trip_merges_defaults_and_puts_layer1_first() {
+    let (_dir, compiled) = generated(40);
+    let k = key(1);
+    let bytes = build(&compiled, &k);
+    let contents = open(&bytes, &trust(&[&k]), &Limits::default()).expect("verify");
+    assert_eq!(contents.configs.len(), 40);
+    assert_eq!(contents.prompts.len(), 40);
+    let id = generate::tenant_id(3);
+    let cfg: EffectiveConfig = serde_json::from_slice(&contents.configs[&id]).expect("config json");
+    assert_eq!(cfg.tenant_id, id);
+    assert_eq!(cfg.layer1_version, "2026.11.1");
+    // The config hash is the SHA-256 of the canonical config without it.
+    let mut resealed = cfg.clone();
+    resealed.seal().expect("seal");
+    assert_eq!(resealed.config_hash, cfg.config_hash);
+    let prompt = &contents.prompts[&id];
+    assert!(
+        prompt.starts_with("You are a voice receptionist"),
+        "Layer 1 comes first"
+    );
+    let tenant_part = prompt.split_once(SEPARATOR).expect("separator").1;
+    assert!(tenant_part.starts_with("You are "), "{tenant_part}");
+    assert!(!tenant_part.contains('{'), "variables are rendered");
+    for n in 0..1 {
+        assert_eq!(contents.routes[&generate::phone_number(3, n)], id);
+    }
+}
+
+#[test]
+fn partial_overlay_takes_every_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate::generate(dir.path(), 0).expect("layer1");
+    std::fs::write(
+        dir.path().join("tenants/tiny.toml"),
+        "tenant_id = \"tiny\"\nname = \"Tiny\"\nversion = \"0.1.0\"\nphone_numbers = [\"+442071838750\"]\n[agent]\nprompt = \"Hello.\"\n",
+    )
+    .expect("write");
+    let compiled = compile_dir(dir.path());
+    let k = key(1);
+    let contents = open(&build(&compiled, &k), &trust(&[&k]), &Limits::default()).expect("verify");
+    let cfg: serde_json::Value = serde_json::from_slice(&contents.configs["tiny"]).expect("json");
+    assert_eq!(cfg["model"]["primary"], "gpt-4o-mini");
+    assert_eq!(cfg["generation"]["temperature"], 0.7);
+    assert_eq!(cfg["generation"]["max_tokens"], 1000);
+    assert_eq!(cfg["retrieval"]["top_k"], 5);
+    assert_eq!(cfg["retrieval"]["rerank"], false);
+    assert_eq!(cfg["branding"]["primary_color"], "#007bff");
+    assert_eq!(cfg["branding"]["logo_url"], "");
+    assert_eq!(cfg["limits"]["max_concurrent_calls"], 5);
+    assert!(
+        !serde_json::to_string(&cfg).expect("str").contains("null"),
+        "no field is null"
+    );
+}
+
+#[test]
+fn same_source_same_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate::generate(dir.path(), 300).expect("generate");
+    let a = compile_dir(dir.path());
+    let b = compile::compile(
+        &Source::open(dir.path()).expect("open"),
+        CompileOptions {
+            threads: 1,
+            level: 3,
+        },
+    )
+    .expect("compile single-threaded");
+    let k = key(1);
+    let ca = open(&build(&a, &k), &trust(&[&k]), &Limits::default()).expect("a");
+    let cb = open(&build(&b, &k), &trust(&[&k]), &Limits::default()).expect("b");
+    assert_eq!(
+        a.payload.sha256,
+        compile_dir(dir.path()).payload.sha256,
+        "same threads, same payload bytes"
+    );
+    assert_eq!(ca, cb, "thread count does not change the content");
+}
+
+fn assert_refused(bytes: &[u8], t: &TrustedKeys) -> BundleError {
+    match open(bytes, t, &Limits::default()) {
+        Ok(_) => panic!("damaged bundle was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_flipped_byte_anywhere_is_refused() {
+    let (_dir, compiled) = generated(5);
+    let k = key(1);
+    let t = trust(&[&k]);
+    let good = build(&compiled, &k);
+    let mut kinds = std::collections::HashSet::new();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        let e = assert_refused(&bad, &t);
+        kinds.insert(std::mem::discriminant(&e));
+        if i >= good.len() - compiled.payload.compressed.len() {
+            assert!(
+                matches!(e, BundleError::PayloadHashMismatch { .. }),
+                "byte {i}: {e}"
+            );
+        }
+    }
+    assert!(
+        kinds.len() >= 3,
+        "header, signature and payload damage are told apart"
+    );
+}
+
+#[test]
+fn wrong_key_truncation_and_limits_each_have_their_variant() {
+    let (_dir, compiled) = generated(20);
+    let (k, stranger) = (key(1), key(2));
+    let t = trust(&[&k]);
+    let good = build(&compiled, &k);
+
+    let by_stranger = build(&compiled, &stranger);
+    assert!(matches!(
+        assert_refused(&by_stranger, &t),
+        BundleError::Signature(SignatureError::ThresholdNotMet {
+            valid: 0,
+            untrusted: 1,
+            ..
+        })
+    ));
+
+    for cut in [4, 20, good.len() - 1] {
+        assert!(
+            matches!(assert_refused(&good[..cut], &t), BundleError::Truncated(_)),
+            "cut at {cut}"
+        );
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(matches!(
+        assert_refused(&longer, &t),
+        BundleError::TrailingBytes(1)
+    ));
+
+    let small = Limits {
+        max_bundle_bytes: 100,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        open(&good, &t, &small),
+        Err(BundleError::TooLarge { .. })
+    ));
+    let tight = Limits {
+        max_decompressed_bytes: 1000,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        open(&good, &t, &tight),
+        Err(BundleError::DecompressedTooLarge { .. })
+    ));
+    let few = Limits {
+        max_records: 3,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        open(&good, &t, &few),
+        Err(BundleError::TooManyRecords { .. })
+    ));
+}
+
+#[test]
+fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
+    // 256 MiB of zeros compresses to a few KiB; the signed manifest claims 1 KiB.
+    let zeros = vec![0u8; 256 << 20];
+    let compressed = zstd::encode_all(Cursor::new(&zeros), 3).expect("compress");
+    drop(zeros);
+    let k = key(1);
+    let manifest = bundle::Manifest {
+        kind: bundle::MANIFEST_TYPE.into(),
+        format: bundle::FORMAT_VERSION,
+        version: 1,
+        created_at: time::format(time::now()),
+        expires_at: time::format(time::now()),
+        layer1_version: "x".into(),
+        tenant_count: 0,
+        record_count: 1,
+        payload_size: compressed.len() as u64,
+        payload_raw_size: 1024,
+        payload_sha256: strata_common::canonical::sha256_hex(&compressed),
+        provenance: Provenance::default(),
+    };
+    let bytes = bundle::write_bundle(&manifest, &compressed, &[k.clone()]).expect("write");
+    let e = open(&bytes, &trust(&[&k]), &Limits::default()).expect_err("bomb refused");
+    assert!(
+        matches!(
+            e,
+            BundleError::DecompressedTooLarge { .. } | BundleError::BadRecord { .. }
+        ),
+        "{e}"
+    );
+}
