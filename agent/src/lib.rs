@@ -1,1 +1,138 @@
-//! x
+//! The Strata agent: a sidecar on every call node that follows a channel in
+//! the store, verifies what it finds, keeps verified snapshots in a local redb
+//! file and answers lookups over a unix socket.
+//!
+//! [`run`] is the whole agent; `main.rs` only parses the command line, starts
+//! tracing and waits for a signal, so tests run the real thing in-process.
+
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod state;
+pub mod sync;
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::state::Shared;
+use crate::sync::Syncer;
+
+/// redb's page cache. Lookups are served from it; the apply benchmark
+/// measures memory beyond it.
+pub const DB_CACHE_BYTES: usize = 64 << 20;
+
+/// Runs the agent until `shutdown` resolves: restores the last verified
+/// snapshot from disk, binds the socket, follows the store, and on shutdown
+/// stops accepting, lets in-flight requests finish within the grace period
+/// and removes the socket.
+pub async fn run(
+    config: Config,
+    config_path: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let trust = config.trust(config_path)?;
+    let store = strata_common::store::open(&config.source)?;
+    let store_dir = config.source.strip_prefix("file://").map(PathBuf::from);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let db = Arc::new(
+        Db::open(&config.db_path(), DB_CACHE_BYTES)
+            .with_context(|| format!("opening {}", config.db_path().display()))?,
+    );
+    let shared = Shared::new(store.url().to_owned(), config.region.clone());
+    let syncer = Syncer::new(&config, store, trust, db, shared.clone());
+    match syncer.restore() {
+        Ok(Some(v)) => info!(version = v, "serving the last verified snapshot from disk"),
+        Ok(None) => info!("no snapshot on disk yet"),
+        Err(e) => warn!("not serving the snapshot on disk: {e}"),
+    }
+    let listener = bind(
+        &config.socket,
+        config.socket_mode_bits().map_err(anyhow::Error::msg)?,
+    )?;
+    info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sync_task = tokio::spawn(sync::run(
+        syncer,
+        store_dir,
+        config.poll_interval,
+        stop_rx.clone(),
+    ));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
+                let conn = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(move |req| http::handle(req, shared.clone())));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&config.socket);
+    let _ = stop_tx.send(true);
+    tokio::select! {
+        _ = graceful.shutdown() => info!("in-flight requests finished"),
+        _ = tokio::time::sleep(config.shutdown_grace) => warn!("grace period over; closing remaining connections"),
+    }
+    sync_task.abort();
+    info!("agent stopped");
+    Ok(())
+}
+
+/// Binds the socket with `mode`, replacing a stale socket file (never any
+/// other kind of file).
+fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; remove it or choose another socket path",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}

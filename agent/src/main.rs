@@ -1,1 +1,117 @@
-fn main() {}
+//! `strata-agent`: the sidecar. This file only wires the command line,
+//! tracing and signals to [`strata_agent::run`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use strata_agent::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "strata-agent",
+    version,
+    about = "Serve verified Strata snapshots over a unix socket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run {
+        /// Agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a configuration file (and the keys it names) and exit.
+    CheckConfig {
+        /// Agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Publish generated tenants to a local store and serve them: no servers needed.
+    Demo {
+        /// Directory for the demo's source, keys, store, database and socket
+        /// (must not exist; default: a fresh directory under the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => load(&config).and_then(|c| {
+            init_tracing(&c.log_format, "info");
+            runtime()?.block_on(strata_agent::run(
+                c,
+                &config,
+                strata_agent::shutdown::signal(),
+            ))
+        }),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Demo { dir } => {
+            init_tracing("text", "warn");
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("strata-demo-{}", std::process::id()))
+            });
+            runtime().and_then(|rt| rt.block_on(strata_agent::demo::run(&dir)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn check_config(path: &Path) -> Result<()> {
+    let config = load(path)?;
+    let trust = config.trust(path)?;
+    strata_common::store::open(&config.source)?;
+    println!(
+        "{}: ok. source {} channel {} region {}; {} publisher key(s) (threshold {}), {} operator key(s) (threshold {}); socket {} mode {}; data {}",
+        path.display(),
+        config.source,
+        config.channel,
+        config.region,
+        trust.count(strata_common::sign::Role::Publisher),
+        config.thresholds.publisher,
+        trust.count(strata_common::sign::Role::Operator),
+        config.thresholds.operator,
+        config.socket.display(),
+        config.socket_mode,
+        config.db_path().display()
+    );
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn init_tracing(format: &str, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP/1.1 API on the unix socket.
+//!
+//! | request                          | answer                                        |
+//! |----------------------------------|-----------------------------------------------|
+//! | `GET /v1/tenants/{id}`           | effective config JSON; `ETag`, `X-Strata-Snapshot` |
+//! | `GET /v1/tenants/{id}/prompt`    | combined system prompt, text/plain            |
+//! | `GET /v1/routes/{e164}`          | `{"tenant_id": …}`; unknown number → 404      |
+//! | `GET /v1/layer1`                 | Layer 1 JSON                                  |
+//! | `GET /v1/snapshot`               | what is served and the agent's state          |
+//! | `GET /v1/snapshots`              | retained versions                             |
+//! | `?snapshot=N` on the first four  | answer from retained version N; 410 if gone   |
+//! | `If-None-Match`                  | 304 when the ETag matches                     |
+//! | `GET /healthz`, `/readyz`        | liveness; readiness (503 until a snapshot)    |
+//! | `GET /metrics`                   | Prometheus text                               |
+//!
+//! Lookup bodies are redb pages handed to hyper as `Bytes`: nothing is
+//! copied or serialised per request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use strata_common::model::{PhoneNumber, TenantId};
+
+use crate::db::{Entry, Reader};
+use crate::state::Shared;
+
+/// The response type of every handler.
+pub type Resp = Response<Full<Bytes>>;
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Answers one request.
+pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, Infallible> {
+    let resp = route(&req, &shared);
+    shared.metrics.count_status(resp.status().as_u16());
+    Ok(resp)
+}
+
+fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET is supported",
+        );
+    }
+    let path = req.uri().path();
+    match path {
+        "/healthz" => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+        "/readyz" => {
+            return if shared.is_ready() {
+                plain(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
+            } else {
+                not_ready()
+            };
+        }
+        "/metrics" => {
+            let served = shared.served.load();
+            let version = served.as_ref().map(|r| r.current).unwrap_or(0);
+            let body = shared.metrics.render(version, served.is_some());
+            return plain(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(body),
+            );
+        }
+        "/v1/snapshot" => return snapshot(shared),
+        _ => {}
+    }
+    let Some(reader) = shared.served.load_full() else {
+        return not_ready();
+    };
+    if path == "/v1/snapshots" {
+        return snapshots(&reader);
+    }
+    let version = match requested_version(req, &reader) {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let found = match segments.as_slice() {
+        ["v1", "layer1"] => reader.layer1(version).map(|e| (e, JSON, "layer1")),
+        ["v1", "tenants", id] => match tenant(id) {
+            Ok(id) => reader
+                .config(version, id.as_str())
+                .map(|e| (e, JSON, "tenant")),
+            Err(r) => return r,
+        },
+        ["v1", "tenants", id, "prompt"] => match tenant(id) {
+            Ok(id) => reader
+                .prompt(version, id.as_str())
+                .map(|e| (e, TEXT, "tenant")),
+            Err(r) => return r,
+        },
+        ["v1", "routes", number] => {
+            let number = percent_decode(number);
+            match PhoneNumber::parse(&number) {
+                Ok(n) => reader
+                    .route(version, n.as_str())
+                    .map(|e| (e, JSON, "number")),
+                Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_number", &msg),
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                &format!("no endpoint {path}"),
+            );
+        }
+    };
+    match found {
+        Ok((Some(entry), content_type, _)) => entry_response(req, entry, content_type, version),
+        Ok((None, _, what)) => {
+            let (code, msg) = match what {
+                "number" => (
+                    "unknown_number",
+                    format!(
+                        "no tenant owns this number in snapshot {version}; there is no default tenant"
+                    ),
+                ),
+                "tenant" => (
+                    "unknown_tenant",
+                    format!("no such tenant in snapshot {version}"),
+                ),
+                _ => ("not_found", format!("not found in snapshot {version}")),
+            };
+            error(StatusCode::NOT_FOUND, code, &msg)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", &e.to_string()),
+    }
+}
+
+fn tenant(id: &str) -> Result<TenantId, Resp> {
+    TenantId::parse(id).map_err(|msg| error(StatusCode::BAD_REQUEST, "bad_tenant_id", &msg))
+}
+
+/// `?snapshot=N` if given and retained, else the current version.
+fn requested_version(req: &Request<Incoming>, reader: &Reader) -> Result<u64, Resp> {
+    let Some(query) = req.uri().query() else {
+        return Ok(reader.current);
+    };
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("snapshot=") {
+            let v: u64 = v.parse().map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_snapshot",
+                    "snapshot must be a version number",
+                )
+            })?;
+            if !reader.metas.contains_key(&v) {
+                let retained: Vec<u64> = reader.metas.keys().copied().collect();
+                return Err(error(
+                    StatusCode::GONE,
+                    "snapshot_gone",
+                    &format!("snapshot {v} is not retained on this node (retained: {retained:?})"),
+                ));
+            }
+            return Ok(v);
+        }
+    }
+    Ok(reader.current)
+}
+
+fn entry_response(
+    req: &Request<Incoming>,
+    entry: Entry,
+    content_type: &'static str,
+    version: u64,
+) -> Resp {
+    let etag = entry.etag();
+    let etag_header = (!etag.is_empty())
+        .then(|| {
+            let mut quoted = Vec::with_capacity(etag.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(etag);
+            quoted.push(b'"');
+            HeaderValue::from_bytes(&quoted).ok()
+        })
+        .flatten();
+    let not_modified = !etag.is_empty()
+        && req
+            .headers()
+            .get(IF_NONE_MATCH)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|h| etag_matches(h, etag));
+    let mut resp = if not_modified {
+        plain(StatusCode::NOT_MODIFIED, content_type, Bytes::new())
+    } else {
+        plain(StatusCode::OK, content_type, entry.body())
+    };
+    let headers = resp.headers_mut();
+    if let Some(h) = etag_header {
+        headers.insert(ETAG, h);
+    }
+    headers.insert("x-strata-snapshot", HeaderValue::from(version));
+    resp
+}
+
+fn etag_matches(header: &str, etag: &[u8]) -> bool {
+    header.split(',').any(|candidate| {
+        let c = candidate.trim();
+        c == "*" || c.trim_start_matches("W/").trim_matches('"').as_bytes() == etag
+    })
+}
+
+fn snapshot(shared: &Shared) -> Resp {
+    let served = shared.served.load();
+    let status = shared.status().clone();
+    let meta = served.as_ref().and_then(|r| r.current_meta());
+    let body = json!({
+        "version": meta.map(|m| m.version),
+        "bundle_sha256": meta.map(|m| m.bundle_sha256.clone()),
+        "created_at": meta.map(|m| m.created_at.clone()),
+        "expires_at": meta.map(|m| m.expires_at.clone()),
+        "fetched_at": meta.map(|m| m.fetched_at.clone()),
+        "layer1_version": meta.map(|m| m.layer1_version.clone()),
+        "tenant_count": meta.map(|m| m.tenant_count),
+        "source": shared.source,
+        "region": shared.region,
+        "pinned": meta.is_some_and(|m| m.pinned),
+        "last_check": status.last_check,
+        "last_error": status.last_error,
+        "state": status.state,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn snapshots(reader: &Reader) -> Resp {
+    let list: Vec<_> = reader
+        .metas
+        .values()
+        .map(|m| {
+            json!({
+                "version": m.version,
+                "created_at": m.created_at,
+                "bundle_sha256": m.bundle_sha256,
+                "tenant_count": m.tenant_count,
+                "current": m.version == reader.current,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "current": reader.current, "snapshots": list }),
+    )
+}
+
+fn not_ready() -> Resp {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "no verified snapshot yet; see /v1/snapshot for why",
+    )
+}
+
+/// A JSON error `{"error": {"code": …, "message": …}}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    plain(status, JSON, Bytes::from(bytes))
+}
+
+fn plain(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Decodes `%2B` and friends in a path segment (a `+` may arrive encoded).
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 3 <= bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,80 @@
+//! What the agent is serving and how healthy it is, shared between the sync
+//! loop (the only writer) and the HTTP handlers (readers).
+//!
+//! The served snapshot is behind an `ArcSwap`: a lookup loads it without a
+//! lock, and a new snapshot replaces it whole only after its redb commit.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use crate::db::Reader;
+use crate::metrics::Metrics;
+
+/// The agent's health, as `/v1/snapshot` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No verified snapshot yet: lookups answer 503.
+    Starting,
+    /// Serving what the channel points to, confirmed by the last check.
+    Fresh,
+    /// Serving a verified snapshot, but the last check could not confirm it
+    /// is current (store unreachable or empty, pointer expired).
+    Stale,
+    /// Serving a verified snapshot while refusing what the store offers
+    /// (untrusted, tampered, older, oversized).
+    Degraded,
+}
+
+/// The outcome of the last check, for `/v1/snapshot`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Health.
+    pub state: State,
+    /// When the store was last checked (RFC 3339).
+    pub last_check: Option<String>,
+    /// Why the last check did not apply or confirm a snapshot, if it did not.
+    pub last_error: Option<String>,
+}
+
+/// State shared by the sync loop and the HTTP handlers.
+pub struct Shared {
+    /// The snapshots being served; `None` until the first verified one.
+    pub served: ArcSwapOption<Reader>,
+    status: Mutex<Status>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// The store URL, for `/v1/snapshot`.
+    pub source: String,
+    /// This node's region.
+    pub region: String,
+}
+
+impl Shared {
+    /// Nothing served yet.
+    pub fn new(source: String, region: String) -> Arc<Self> {
+        Arc::new(Self {
+            served: ArcSwapOption::empty(),
+            status: Mutex::new(Status {
+                state: State::Starting,
+                last_check: None,
+                last_error: None,
+            }),
+            metrics: Metrics::default(),
+            source,
+            region,
+        })
+    }
+
+    /// The current status (a poisoned lock still yields the last value).
+    pub fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a verified snapshot is served.
+    pub fn is_ready(&self) -> bool {
+        self.served.load().is_some()
+    }
+}

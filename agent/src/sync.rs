@@ -1,0 +1,444 @@
+//! Following the channel: watch the store (file://) and poll it as a safety
+//! net; on every check run [`Syncer::check`], the one ordered verification
+//! pipeline, and apply what passes.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_common::bundle::{self, BundleError, Limits, SignatureCheck};
+use strata_common::canonical::sha256_hex;
+use strata_common::pointer::{Pointer, PointerError, PointerKind};
+use strata_common::publish::MAX_POINTER_BYTES;
+use strata_common::sign::{Role, TrustedKeys};
+use strata_common::store::{ObjectStore, StoreError};
+use strata_common::time;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, instrument, warn};
+
+use crate::config::Config;
+use crate::db::{Db, SnapshotMeta};
+use crate::state::{Shared, State};
+
+/// What one check found.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A new snapshot was verified and is now served.
+    Applied(u64),
+    /// The channel points at what is already served.
+    UpToDate(u64),
+    /// The store offered something that failed verification.
+    Refused(Refusal),
+    /// The store could not be read, or holds nothing yet.
+    Unavailable(Refusal),
+}
+
+/// Why a check did not apply anything: a metrics label and a message.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Short reason, used as the metrics label.
+    pub reason: &'static str,
+    /// What happened, for logs and `/v1/snapshot`.
+    pub message: String,
+}
+
+fn refusal(reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// The sync side of the agent: store, trust, database and what it has seen.
+pub struct Syncer {
+    store: Box<dyn ObjectStore>,
+    trust: TrustedKeys,
+    db: Arc<Db>,
+    shared: Arc<Shared>,
+    channel: String,
+    retain: usize,
+    limits: Limits,
+    /// The pointer bytes' hash last refused, so a bad bundle is not fetched
+    /// again on every poll; cleared when the pointer changes.
+    refused_pointer: Option<(String, Refusal)>,
+}
+
+impl Syncer {
+    /// A syncer for `config`.
+    pub fn new(
+        config: &Config,
+        store: Box<dyn ObjectStore>,
+        trust: TrustedKeys,
+        db: Arc<Db>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            store,
+            trust,
+            db,
+            shared,
+            channel: config.channel.clone(),
+            retain: config.retain,
+            limits: Limits {
+                max_bundle_bytes: config.max_bundle_bytes,
+                max_decompressed_bytes: config.max_bundle_bytes,
+                ..Limits::default()
+            },
+            refused_pointer: None,
+        }
+    }
+
+    /// Serves what the database holds, after checking its stored manifest
+    /// signatures against today's trusted keys. Used once at start, so a
+    /// restart serves at once without the network.
+    pub fn restore(&self) -> Result<Option<u64>, String> {
+        let reader = self.db.reader().map_err(|e| e.to_string())?;
+        let Some(reader) = reader else {
+            return Ok(None);
+        };
+        let meta = reader
+            .current_meta()
+            .ok_or("no current snapshot metadata")?;
+        self.trust
+            .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
+            .map_err(|e| format!("stored snapshot {} no longer verifies: {e}", meta.version))?;
+        let version = reader.current;
+        self.shared.served.store(Some(Arc::new(reader)));
+        Ok(Some(version))
+    }
+
+    fn served_version(&self) -> Option<(u64, String)> {
+        let served = self.shared.served.load();
+        let meta = served.as_ref()?.current_meta()?;
+        Some((meta.version, meta.bundle_sha256.clone()))
+    }
+
+    /// One check of the store, recorded in the status and metrics.
+    #[instrument(skip(self), fields(channel = %self.channel))]
+    pub fn check(&mut self) -> Outcome {
+        let outcome = self.check_inner();
+        self.record(&outcome);
+        outcome
+    }
+
+    /// The verification pipeline. Each step must pass before the next runs,
+    /// and nothing is written until every check passed:
+    ///
+    /// 1. read the channel pointer (bounded);
+    /// 2. its signatures by a threshold of trusted publisher keys;
+    /// 3. the target: the channel pointer, or a region pin (see [`Self::target`]);
+    /// 4. the pointer's expiry;
+    /// 5. its version is not lower than the one served;
+    /// 6. the bundle size limit;
+    /// 7. fetch the bundle (bounded) and match the pointer's size and SHA-256;
+    /// 8. the manifest's signatures, payload size and payload hash (streamed);
+    /// 9. the manifest's version and expiry;
+    /// 10. decode with limits into one redb write transaction;
+    /// 11. swap the served snapshot.
+    fn check_inner(&mut self) -> Outcome {
+        // 1.
+        let key = PointerKind::Channel.store_key(&self.channel);
+        let pointer_bytes = match self.store.get(&key, MAX_POINTER_BYTES) {
+            Ok(obj) => obj.bytes,
+            Err(StoreError::NotFound { .. }) => {
+                return Outcome::Unavailable(refusal(
+                    "store_empty",
+                    format!("{}: no {key} yet; waiting for a publish", self.store.url()),
+                ));
+            }
+            Err(e) => {
+                return Outcome::Unavailable(refusal(
+                    "store_unreachable",
+                    format!("{}: {e}", self.store.url()),
+                ));
+            }
+        };
+        let pointer_hash = sha256_hex(&pointer_bytes);
+        if let Some((hash, refused)) = &self.refused_pointer
+            && *hash == pointer_hash
+        {
+            return Outcome::Refused(refused.clone());
+        }
+        let outcome = self.verify_and_apply(&key, &pointer_bytes);
+        match &outcome {
+            Outcome::Refused(r) => self.refused_pointer = Some((pointer_hash, r.clone())),
+            _ => self.refused_pointer = None,
+        }
+        outcome
+    }
+
+    fn verify_and_apply(&mut self, key: &str, pointer_bytes: &[u8]) -> Outcome {
+        // 2.
+        let pointer = match Pointer::verify(
+            pointer_bytes,
+            PointerKind::Channel,
+            &self.channel,
+            &self.trust,
+        ) {
+            Ok((p, _)) => p,
+            Err(e) => return Outcome::Refused(refusal("pointer_signature", format!("{key}: {e}"))),
+        };
+        // 3.
+        let (pointer, pinned) = self.target(pointer);
+        // 4.
+        if let Err(e) = pointer.check_expiry(time::now()) {
+            let reason = if matches!(e, PointerError::Expired { .. }) {
+                "pointer_expired"
+            } else {
+                "pointer_malformed"
+            };
+            return Outcome::Unavailable(refusal(reason, format!("{key}: {e}")));
+        }
+        // 5.
+        if let Some((served, served_sha)) = self.served_version() {
+            if pointer.version < served {
+                return Outcome::Refused(refusal(
+                    "older_version",
+                    format!(
+                        "{key} names version {}, older than the served version {served}; refusing a rollback that no operator pin asked for",
+                        pointer.version
+                    ),
+                ));
+            }
+            if pointer.version == served {
+                if pointer.bundle_sha256 == served_sha {
+                    return Outcome::UpToDate(served);
+                }
+                return Outcome::Refused(refusal(
+                    "version_conflict",
+                    format!(
+                        "{key} names version {served} with a different bundle than the one served"
+                    ),
+                ));
+            }
+        }
+        // 6.
+        if pointer.bundle_size > self.limits.max_bundle_bytes {
+            return Outcome::Refused(refusal(
+                "bundle_too_large",
+                format!(
+                    "{}: {} bytes, over max_bundle_bytes {}",
+                    pointer.bundle, pointer.bundle_size, self.limits.max_bundle_bytes
+                ),
+            ));
+        }
+        // 7.
+        let bytes = match self
+            .store
+            .get(&pointer.bundle, self.limits.max_bundle_bytes)
+        {
+            Ok(obj) => obj.bytes,
+            Err(StoreError::TooLarge { size, limit, .. }) => {
+                return Outcome::Refused(refusal(
+                    "bundle_too_large",
+                    format!("{}: {size} bytes, over {limit}", pointer.bundle),
+                ));
+            }
+            Err(e) => return Outcome::Unavailable(refusal("store_unreachable", e.to_string())),
+        };
+        let sha = sha256_hex(&bytes);
+        if bytes.len() as u64 != pointer.bundle_size || sha != pointer.bundle_sha256 {
+            return Outcome::Refused(refusal(
+                "bundle_hash",
+                format!(
+                    "{}: {} bytes with SHA-256 {sha}, the signed pointer says {} bytes with {}: the bundle was altered or replaced",
+                    pointer.bundle,
+                    bytes.len(),
+                    pointer.bundle_size,
+                    pointer.bundle_sha256
+                ),
+            ));
+        }
+        // 8.
+        let verified = match bundle::verify(
+            Cursor::new(bytes),
+            SignatureCheck::Trusted(&self.trust),
+            &self.limits,
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                return Outcome::Refused(refusal(
+                    bundle_reason(&e),
+                    format!("{}: {e}", pointer.bundle),
+                ));
+            }
+        };
+        // 9.
+        let manifest = verified.manifest().clone();
+        if manifest.version != pointer.version {
+            return Outcome::Refused(refusal(
+                "version_conflict",
+                format!(
+                    "{}: manifest version {} but the pointer says {}",
+                    pointer.bundle, manifest.version, pointer.version
+                ),
+            ));
+        }
+        match time::parse(&manifest.expires_at) {
+            Ok(t) if t >= time::now() => {}
+            _ => {
+                return Outcome::Refused(refusal(
+                    "bundle_expired",
+                    format!(
+                        "{}: bundle signature expired at {}",
+                        pointer.bundle, manifest.expires_at
+                    ),
+                ));
+            }
+        }
+        // 10.
+        let meta = SnapshotMeta {
+            version: manifest.version,
+            bundle_sha256: sha,
+            bundle_size: pointer.bundle_size,
+            created_at: manifest.created_at.clone(),
+            expires_at: pointer.expires_at.clone(),
+            layer1_version: manifest.layer1_version.clone(),
+            tenant_count: manifest.tenant_count,
+            source: self.store.url().to_owned(),
+            fetched_at: time::format(time::now()),
+            pinned,
+            manifest: String::from_utf8_lossy(&verified.header.manifest_bytes).into_owned(),
+            signatures: verified.header.signatures.clone(),
+        };
+        let started = Instant::now();
+        let records = match verified.records() {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Refused(refusal(
+                    bundle_reason(&e),
+                    format!("{}: {e}", pointer.bundle),
+                ));
+            }
+        };
+        if let Err(e) = self.db.ingest(&meta, records, self.retain) {
+            return Outcome::Refused(refusal(
+                "ingest",
+                format!(
+                    "{}: {e}; the previous snapshot stays served",
+                    pointer.bundle
+                ),
+            ));
+        }
+        // 11.
+        match self.db.reader() {
+            Ok(Some(reader)) => self.shared.served.store(Some(Arc::new(reader))),
+            Ok(None) => {
+                return Outcome::Refused(refusal("ingest", "snapshot committed but not readable"));
+            }
+            Err(e) => {
+                return Outcome::Refused(refusal("ingest", format!("reading back snapshot: {e}")));
+            }
+        }
+        let m = &self.shared.metrics;
+        m.last_apply_micros.store(
+            started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Outcome::Applied(manifest.version)
+    }
+
+    /// Where region pins plug in: given the verified channel pointer, return
+    /// the pointer to follow and whether a pin chose it. Until pins exist the
+    /// channel pointer is followed as is.
+    fn target(&self, channel: Pointer) -> (Pointer, bool) {
+        (channel, false)
+    }
+
+    /// Updates status and metrics, logging once per change of error.
+    fn record(&self, outcome: &Outcome) {
+        let m = &self.shared.metrics;
+        m.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ready = self.shared.is_ready();
+        let mut status = self.shared.status();
+        status.last_check = Some(time::format(time::now()));
+        let (state, error) = match outcome {
+            Outcome::Applied(v) => {
+                info!(version = v, "snapshot applied");
+                (State::Fresh, None)
+            }
+            Outcome::UpToDate(_) => (State::Fresh, None),
+            Outcome::Refused(r) => (State::Degraded, Some(r)),
+            Outcome::Unavailable(r) => (State::Stale, Some(r)),
+        };
+        match error {
+            Some(r) => {
+                if status.last_error.as_deref() != Some(r.message.as_str()) {
+                    warn!(reason = r.reason, "{}", r.message);
+                    m.count_refusal(r.reason);
+                }
+                status.last_error = Some(r.message.clone());
+            }
+            None => {
+                if status.last_error.take().is_some() {
+                    info!("store check succeeded again");
+                }
+            }
+        }
+        status.state = if ready { state } else { State::Starting };
+    }
+}
+
+fn bundle_reason(e: &BundleError) -> &'static str {
+    match e {
+        BundleError::Signature(_) => "bundle_signature",
+        BundleError::TooLarge { .. }
+        | BundleError::DecompressedTooLarge { .. }
+        | BundleError::TooManyRecords { .. } => "bundle_too_large",
+        BundleError::PayloadHashMismatch { .. } => "bundle_hash",
+        _ => "bundle_malformed",
+    }
+}
+
+/// Runs checks until shutdown: at start, on every change the watcher sees in
+/// a `file://` store, and every `poll_interval` (±20% jitter).
+pub async fn run(
+    mut syncer: Syncer,
+    store_dir: Option<PathBuf>,
+    poll: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = None;
+    loop {
+        if watcher.is_none()
+            && let Some(dir) = &store_dir
+        {
+            watcher = watch(dir, tx.clone());
+        }
+        let task = tokio::task::spawn_blocking(move || {
+            let outcome = syncer.check();
+            (syncer, outcome)
+        });
+        syncer = match task.await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(
+                    "sync check panicked: {e}; the sync loop stops, the last snapshot stays served"
+                );
+                return;
+            }
+        };
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        tokio::select! {
+            _ = tokio::time::sleep(poll.mul_f64(jitter)) => {}
+            _ = rx.recv() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Watches a store directory; every event asks for a check (coalesced).
+fn watch(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })
+    .ok()?;
+    w.watch(dir, notify::RecursiveMode::Recursive).ok()?;
+    Some(w)
+}
