@@ -230,6 +230,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "last_check": status.last_check,
         "last_error": status.last_error,
         "state": status.state,
+        "applying": status.applying,
     });
     json_response(StatusCode::OK, &body)
 }

@@ -37,6 +37,8 @@ pub struct Status {
     pub last_check: Option<String>,
     /// Why the last check did not apply or confirm a snapshot, if it did not.
     pub last_error: Option<String>,
+    /// The version being written to disk right now, if any.
+    pub applying: Option<u64>,
 }
 
 /// State shared by the sync loop and the HTTP handlers.
@@ -61,6 +63,7 @@ impl Shared {
                 state: State::Starting,
                 last_check: None,
                 last_error: None,
+                applying: None,
             }),
             metrics: Metrics::default(),
             source,

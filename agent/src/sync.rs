@@ -312,7 +312,10 @@ impl Syncer {
                 ));
             }
         };
-        if let Err(e) = self.db.ingest(&meta, records, self.retain) {
+        self.shared.status().applying = Some(meta.version);
+        let ingested = self.db.ingest(&meta, records, self.retain);
+        self.shared.status().applying = None;
+        if let Err(e) = ingested {
             return Outcome::Refused(refusal(
                 "ingest",
                 format!(

@@ -35,7 +35,7 @@ impl Default for CompileOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            level: 3,
+            level: 1,
         }
     }
 }
@@ -114,41 +114,39 @@ fn run(
     let mut tenant_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;
     let threads = opts.threads.max(1);
-    for batch in source.tenant_files.chunks(BATCH) {
-        for mut t in compile_batch(layer1, batch, threads) {
-            warnings.append(&mut t.warnings);
-            for (i, n) in t.phones.iter().enumerate() {
-                if let Some(owner) = phones.claim(n, &t.tenant_id) {
-                    let owner_file = tenant_files
-                        .get(&owner)
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    t.problems.push(Problem {
-                        file: t.file.clone(),
-                        tenant: Some(t.tenant_id.clone()),
-                        field: format!("phone_numbers[{i}]"),
-                        reason: format!(
-                            "{n} is already owned by tenant {owner} ({owner_file}); each number belongs to exactly one tenant, remove it from one of them"
-                        ),
-                    });
+    // Compile batch N+1 on worker threads while this thread checks and
+    // writes batch N.
+    std::thread::scope(|s| -> Result<(), SourceError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        s.spawn(move || {
+            for batch in source.tenant_files.chunks(BATCH) {
+                if tx.send(compile_batch(layer1, batch, threads)).is_err() {
+                    break;
                 }
             }
-            tenant_files.insert(t.tenant_id.clone(), t.file.clone());
-            if !t.problems.is_empty() {
-                problems.append(&mut t.problems);
-                continue;
+        });
+        for results in rx {
+            for mut t in results {
+                warnings.append(&mut t.warnings);
+                claim_numbers(&mut phones, &tenant_files, &mut t);
+                tenant_files.insert(t.tenant_id.clone(), t.file.clone());
+                if !t.problems.is_empty() {
+                    problems.append(&mut t.problems);
+                    continue;
+                }
+                if let (Some(w), Some((config, prompt))) = (writer.as_mut(), t.output.as_ref())
+                    && problems.is_empty()
+                {
+                    w.record(RecordKind::Config, &t.tenant_id, config)
+                        .map_err(payload_err)?;
+                    w.record(RecordKind::Prompt, &t.tenant_id, prompt.as_bytes())
+                        .map_err(payload_err)?;
+                }
+                count += 1;
             }
-            if let (Some(w), Some((config, prompt))) = (writer.as_mut(), t.output.as_ref())
-                && problems.is_empty()
-            {
-                w.record(RecordKind::Config, &t.tenant_id, config)
-                    .map_err(payload_err)?;
-                w.record(RecordKind::Prompt, &t.tenant_id, prompt.as_bytes())
-                    .map_err(payload_err)?;
-            }
-            count += 1;
         }
-    }
+        Ok(())
+    })?;
     if !problems.is_empty() {
         return Err(SourceError::Invalid { problems, warnings });
     }
@@ -159,6 +157,27 @@ fn run(
         }
     }
     Ok((writer.map(|w| (count, w)), warnings))
+}
+
+/// Claims the tenant's numbers; a number another tenant owns is a problem
+/// on this tenant naming the owner and its file.
+fn claim_numbers(phones: &mut PhoneIndex, files: &BTreeMap<String, PathBuf>, t: &mut TenantResult) {
+    for (i, n) in t.phones.iter().enumerate() {
+        if let Some(owner) = phones.claim(n, &t.tenant_id) {
+            let owner_file = files
+                .get(&owner)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            t.problems.push(Problem {
+                file: t.file.clone(),
+                tenant: Some(t.tenant_id.clone()),
+                field: format!("phone_numbers[{i}]"),
+                reason: format!(
+                    "{n} is already owned by tenant {owner} ({owner_file}); each number belongs to exactly one tenant, remove it from one of them"
+                ),
+            });
+        }
+    }
 }
 
 fn compile_batch(layer1: &Layer1, files: &[PathBuf], threads: usize) -> Vec<TenantResult> {

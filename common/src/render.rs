@@ -47,48 +47,58 @@ pub struct Rendered {
 pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<Rendered, RenderError> {
     let mut out = String::with_capacity(template.len() + 64);
     let mut used = BTreeSet::new();
-    let mut chars = template.char_indices().peekable();
-    while let Some((at, c)) = chars.next() {
-        match c {
-            '{' if chars.peek().is_some_and(|(_, n)| *n == '{') => {
-                chars.next();
+    let bytes = template.as_bytes();
+    let mut i = 0;
+    // Copy runs of plain text whole; only braces need a decision.
+    while let Some(off) = template[i..].find(['{', '}']) {
+        out.push_str(&template[i..i + off]);
+        let at = i + off;
+        let doubled = bytes.get(at + 1) == Some(&bytes[at]);
+        match bytes[at] {
+            b'{' if doubled => {
                 out.push('{');
+                i = at + 2;
             }
-            '{' => {
-                let mut name = String::new();
-                let mut closed = false;
-                for (_, n) in chars.by_ref() {
-                    if n == '}' {
-                        closed = true;
-                        break;
-                    }
-                    name.push(n);
-                }
-                let valid =
-                    !name.is_empty() && name.chars().all(|n| n.is_ascii_alphanumeric() || n == '_');
-                if !closed || !valid {
-                    return Err(RenderError::Malformed { at });
-                }
-                let value = vars
-                    .get(&name)
-                    .ok_or_else(|| RenderError::UnknownVariable { name: name.clone() })?;
+            b'{' => {
+                let close = template[at + 1..].find('}').map(|c| at + 1 + c);
+                let name = close.map(|c| &template[at + 1..c]).unwrap_or("");
+                let valid = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                let (Some(close), true) = (close, valid) else {
+                    return Err(RenderError::Malformed {
+                        at: char_offset(template, at),
+                    });
+                };
+                let value = vars.get(name).ok_or_else(|| RenderError::UnknownVariable {
+                    name: name.to_owned(),
+                })?;
                 out.push_str(value);
                 used.insert(name);
+                i = close + 1;
             }
-            '}' if chars.peek().is_some_and(|(_, n)| *n == '}') => {
-                chars.next();
+            _ if doubled => {
                 out.push('}');
+                i = at + 2;
             }
-            '}' => return Err(RenderError::StrayClose { at }),
-            c => out.push(c),
+            _ => {
+                return Err(RenderError::StrayClose {
+                    at: char_offset(template, at),
+                });
+            }
         }
     }
+    out.push_str(&template[i..]);
     let unused = vars
         .keys()
         .filter(|k| !used.contains(k.as_str()))
         .cloned()
         .collect();
     Ok(Rendered { text: out, unused })
+}
+
+/// The character offset of byte offset `at`, for messages.
+fn char_offset(s: &str, at: usize) -> usize {
+    s[..at].chars().count()
 }
 
 /// The combined system prompt served for a tenant.

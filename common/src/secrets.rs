@@ -9,13 +9,15 @@ pub const KEY_REF_SCHEMES: &[&str] = &["vault:", "aws-sm:", "gcp-sm:", "azure-kv
 
 /// Why a string looks like a secret, or `None` if it does not.
 pub fn find_secret(s: &str) -> Option<&'static str> {
-    for token in s.split(|c: char| !is_token_char(c)) {
-        if let Some(reason) = classify(token) {
-            return Some(reason);
-        }
-    }
-    None
+    // Every shape below is at least MIN_TOKEN characters long, so ordinary
+    // words are skipped without looking at them further.
+    s.split(|c: char| !is_token_char(c))
+        .filter(|t| t.len() >= MIN_TOKEN)
+        .find_map(classify)
 }
+
+/// The shortest token any rule can match (`sk-` and 16 characters).
+const MIN_TOKEN: usize = 19;
 
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+' | '/' | '=')
@@ -52,6 +54,9 @@ fn classify(token: &str) -> Option<&'static str> {
     }
     // Random keys mix cases and digits; hyphenated words and paths do not
     // reach this entropy unless very long and random.
+    if token.len() < 32 {
+        return None;
+    }
     let digits = token.bytes().any(|b| b.is_ascii_digit());
     let upper = token.bytes().any(|b| b.is_ascii_uppercase());
     let lower = token.bytes().any(|b| b.is_ascii_lowercase());

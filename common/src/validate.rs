@@ -240,7 +240,8 @@ pub(crate) fn check_policy(
 }
 
 fn check_key_ref(r: &mut Reporter<'_>, key_ref: &str) {
-    if key_ref.is_empty() {
+    // A key pasted here is reported once, by the secret scan.
+    if key_ref.is_empty() || secrets::find_secret(key_ref).is_some() {
         return;
     }
     let is_ref = secrets::KEY_REF_SCHEMES

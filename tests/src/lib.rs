@@ -1,1 +1,201 @@
-//! x
+//! Helpers for the end-to-end tests: a store with a publisher key, agents
+//! started in-process or as real processes, and polling with deadlines
+//! (never sleeping as synchronisation).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use strata_agent::client::{self, Answer};
+use strata_agent::config::Config;
+use strata_common::bundle::Provenance;
+use strata_common::compile::{self, CompileOptions, Compiled};
+use strata_common::generate;
+use strata_common::publish::{
+    self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions, Published,
+};
+use strata_common::sign::{self, SigningKey};
+use strata_common::source::Source;
+use strata_common::store::FileStore;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any awaited condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A temp directory with a file store and a trusted publisher key.
+pub struct Fixture {
+    /// Everything lives here; removed on drop.
+    pub dir: TempDir,
+    /// The trusted publisher key.
+    pub key: SigningKey,
+    /// Its private key file.
+    pub key_path: PathBuf,
+}
+
+impl Fixture {
+    /// A fresh fixture.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_path = dir.path().join("ci.key");
+        sign::generate_key(&key_path).expect("keygen");
+        let key = sign::load_signing_key(&key_path).expect("load key");
+        std::fs::create_dir_all(dir.path().join("store")).expect("store dir");
+        Self { dir, key, key_path }
+    }
+
+    /// The store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The store.
+    pub fn store(&self) -> FileStore {
+        FileStore::new(self.store_dir()).expect("file store")
+    }
+
+    /// Generates `tenants` tenants into `source-<tag>` and compiles them.
+    pub fn compile(&self, tag: &str, tenants: usize) -> (PathBuf, Compiled) {
+        let dir = self.dir.path().join(format!("source-{tag}"));
+        if !dir.exists() {
+            generate::generate(&dir, tenants).expect("generate");
+        }
+        let source = Source::open(&dir).expect("source");
+        (
+            dir,
+            compile::compile(&source, CompileOptions::default()).expect("compile"),
+        )
+    }
+
+    /// Publishes `compiled` signed by `keys`.
+    pub fn publish_with(&self, compiled: &Compiled, keys: &[SigningKey]) -> Published {
+        publish::publish(
+            &self.store(),
+            compiled,
+            keys,
+            &PublishOptions {
+                channel: "stable".into(),
+                bundle_expires_in: DEFAULT_BUNDLE_EXPIRY,
+                pointer_expires_in: DEFAULT_POINTER_EXPIRY,
+                provenance: Provenance::default(),
+            },
+        )
+        .expect("publish")
+    }
+
+    /// Generates and publishes `tenants` tenants with the trusted key.
+    pub fn publish(&self, tag: &str, tenants: usize) -> Published {
+        let (_, compiled) = self.compile(tag, tenants);
+        self.publish_with(&compiled, std::slice::from_ref(&self.key))
+    }
+
+    /// Writes an agent config named `name` and returns it with its path.
+    pub fn agent_config(&self, name: &str, extra: &str) -> (Config, PathBuf) {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "source = \"file://{store}\"\npoll_interval = \"200ms\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\nshutdown_grace = \"2s\"\n{extra}\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{pubkey}\"\n",
+            store = self.store_dir().display(),
+            data = self.dir.path().join(format!("{name}-data")).display(),
+            sock = self.dir.path().join(format!("{name}.sock")).display(),
+            pubkey = sign::public_path(&self.key_path).display(),
+        );
+        std::fs::write(&path, text).expect("write config");
+        (Config::load(&path).expect("config"), path)
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An agent running in this process.
+pub struct Agent {
+    /// Its socket.
+    pub socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    /// Starts `strata_agent::run` with `config`.
+    pub fn start(config: Config, path: PathBuf) -> Self {
+        let socket = config.socket.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            strata_agent::run(config, &path, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            socket,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// GET over the socket.
+    pub async fn get(&self, path: &str) -> Answer {
+        client::get(&self.socket, path)
+            .await
+            .expect("request to agent")
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        wait_for("agent ready", || async {
+            client::get(&self.socket, "/readyz")
+                .await
+                .is_ok_and(|a| a.status == 200)
+        })
+        .await;
+    }
+
+    /// Waits until the agent serves `version`.
+    pub async fn serves(&self, version: u64) {
+        wait_for(&format!("agent serves version {version}"), || async {
+            client::get(&self.socket, "/v1/snapshot")
+                .await
+                .is_ok_and(|a| a.json()["version"] == version)
+        })
+        .await;
+    }
+
+    /// Stops the agent and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let r = tokio::time::timeout(DEADLINE, &mut self.task).await;
+        assert!(matches!(r, Ok(Ok(Ok(())))), "agent stopped cleanly: {r:?}");
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after [`DEADLINE`].
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Path of a binary built from this workspace (`strata-agent`, `strata-publisher`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run cargo test --workspace",
+        path.display()
+    );
+    path
+}

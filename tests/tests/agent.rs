@@ -1,0 +1,345 @@
+//! The agent end to end, in-process: real store, real redb file, real socket.
+
+use strata_common::canonical::sha256_hex;
+use strata_common::model::SnapshotVersion;
+use strata_common::pointer::{Pointer, PointerKind};
+use strata_common::sign::SigningKey;
+use strata_common::store::ObjectStore;
+use strata_common::{bundle, generate, publish, time};
+use strata_tests::{Agent, Fixture, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_every_endpoint_from_a_published_snapshot() {
+    let fx = Fixture::new();
+    let (config, path) = fx.agent_config("a", "");
+    let agent = Agent::start(config, path);
+    // Before anything is published: alive, not ready, lookups 503.
+    wait_for("socket", || async {
+        strata_agent::client::get(&agent.socket, "/healthz")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(agent.get("/readyz").await.status, 503);
+    let early = agent.get("/v1/tenants/acme").await;
+    assert_eq!(early.status, 503);
+    assert_eq!(early.json()["error"]["code"], "not_ready");
+
+    fx.publish("v1", 30);
+    agent.serves(1).await;
+    assert_eq!(agent.get("/readyz").await.status, 200);
+    assert_eq!(agent.get("/healthz").await.status, 200);
+
+    let id = generate::tenant_id(4);
+    let cfg = agent.get(&format!("/v1/tenants/{id}")).await;
+    assert_eq!(cfg.status, 200);
+    assert_eq!(cfg.header("content-type"), Some("application/json"));
+    assert_eq!(cfg.header("x-strata-snapshot"), Some("1"));
+    let j = cfg.json();
+    assert_eq!(j["tenant_id"], id.as_str());
+    let etag = cfg.header("etag").expect("etag").to_owned();
+    assert_eq!(
+        etag,
+        format!("\"{}\"", j["config_hash"].as_str().expect("hash"))
+    );
+    // Defaults merged: every section complete, nothing null.
+    for section in [
+        "agent",
+        "model",
+        "generation",
+        "retrieval",
+        "branding",
+        "limits",
+    ] {
+        assert!(j[section].is_object(), "{section}");
+    }
+    assert!(j["generation"]["max_tokens"].is_u64());
+    assert!(!cfg.text().contains("null"));
+
+    let not_modified = strata_agent::client::Client::connect(&agent.socket)
+        .await
+        .expect("connect")
+        .get_with(&format!("/v1/tenants/{id}"), &[("if-none-match", &etag)])
+        .await
+        .expect("get");
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+
+    let prompt = agent.get(&format!("/v1/tenants/{id}/prompt")).await;
+    assert_eq!(prompt.status, 200);
+    assert_eq!(
+        prompt.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(
+        prompt.text().starts_with("You are a voice receptionist"),
+        "Layer 1 first"
+    );
+    assert!(
+        prompt.text().contains("\n\n---\n\nYou are "),
+        "then the tenant's rendered prompt"
+    );
+
+    let number = generate::phone_number(4, 0);
+    let route = agent.get(&format!("/v1/routes/{number}")).await;
+    assert_eq!(route.status, 200);
+    assert_eq!(route.json(), serde_json::json!({ "tenant_id": id }));
+    let encoded = agent
+        .get(&format!("/v1/routes/{}", number.replace('+', "%2B")))
+        .await;
+    assert_eq!(encoded.json(), route.json());
+
+    let unknown = agent.get("/v1/routes/+19999999999").await;
+    assert_eq!(unknown.status, 404, "there is no default tenant");
+    assert_eq!(unknown.json()["error"]["code"], "unknown_number");
+    assert_eq!(agent.get("/v1/tenants/no-such-tenant").await.status, 404);
+    assert_eq!(agent.get("/v1/tenants/Bad_Id").await.status, 400);
+    assert_eq!(agent.get("/v1/routes/12345").await.status, 400);
+
+    let layer1 = agent.get("/v1/layer1").await;
+    assert_eq!(layer1.status, 200);
+    assert_eq!(layer1.json()["version"], "2026.11.1");
+
+    let snap = agent.get("/v1/snapshot").await.json();
+    assert_eq!(snap["version"], 1);
+    assert_eq!(snap["state"], "fresh");
+    assert_eq!(snap["tenant_count"], 30);
+    assert_eq!(snap["pinned"], false);
+    assert!(
+        snap["bundle_sha256"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64)
+    );
+    for field in [
+        "created_at",
+        "expires_at",
+        "fetched_at",
+        "last_check",
+        "source",
+        "region",
+    ] {
+        assert!(snap[field].is_string(), "{field} in {snap}");
+    }
+    assert_eq!(agent.get("/v1/snapshots").await.json()["current"], 1);
+    assert_eq!(agent.get("/v1/tenants/x?snapshot=99").await.status, 410);
+    let metrics = agent.get("/metrics").await.text();
+    assert!(metrics.contains("strata_snapshot_version 1"), "{metrics}");
+    assert!(metrics.contains("strata_requests_total{status=\"2xx\"}"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_is_served_while_the_old_one_stays_addressable() {
+    let fx = Fixture::new();
+    fx.publish("v1", 20);
+    let (config, path) = fx.agent_config("a", "retain = 2");
+    let agent = Agent::start(config, path);
+    agent.serves(1).await;
+    let id = generate::tenant_id(1);
+    let v1 = agent.get(&format!("/v1/tenants/{id}/prompt")).await.text();
+
+    // v2 changes Layer 1's base prompt; the tenant's prompt changes with it.
+    let (dir, _) = fx.compile("v2", 20);
+    let layer1 = std::fs::read_to_string(dir.join("layer1.toml")).expect("layer1");
+    std::fs::write(
+        dir.join("layer1.toml"),
+        layer1.replace(
+            "You are a voice receptionist",
+            "You are a phone receptionist",
+        ),
+    )
+    .expect("edit");
+    let (_, compiled) = fx.compile("v2", 20);
+    fx.publish_with(&compiled, std::slice::from_ref(&fx.key));
+    agent.serves(2).await;
+
+    let v2 = agent.get(&format!("/v1/tenants/{id}/prompt")).await;
+    assert_eq!(v2.header("x-strata-snapshot"), Some("2"));
+    assert!(v2.text().starts_with("You are a phone receptionist"));
+    let pinned = agent
+        .get(&format!("/v1/tenants/{id}/prompt?snapshot=1"))
+        .await;
+    assert_eq!(pinned.header("x-strata-snapshot"), Some("1"));
+    assert_eq!(pinned.text(), v1, "session-level version locking");
+
+    fx.publish("v1", 20);
+    agent.serves(3).await;
+    assert_eq!(
+        agent
+            .get(&format!("/v1/tenants/{id}?snapshot=1"))
+            .await
+            .status,
+        410,
+        "retain = 2"
+    );
+    assert_eq!(
+        agent
+            .get(&format!("/v1/tenants/{id}?snapshot=2"))
+            .await
+            .status,
+        200
+    );
+    agent.stop().await;
+}
+
+/// Asserts the agent still serves `version` and reports `reason` in its status.
+async fn still_serves(agent: &Agent, version: u64, error_contains: &str) {
+    wait_for(
+        &format!("refusal mentioning {error_contains:?}"),
+        || async {
+            let s = agent.get("/v1/snapshot").await.json();
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(error_contains))
+        },
+    )
+    .await;
+    let s = agent.get("/v1/snapshot").await.json();
+    assert_eq!(s["version"], version, "{s}");
+    assert_eq!(s["state"], "degraded", "{s}");
+    let id = generate::tenant_id(0);
+    let cfg = agent.get(&format!("/v1/tenants/{id}")).await;
+    assert_eq!(cfg.status, 200);
+    assert_eq!(
+        cfg.header("x-strata-snapshot"),
+        Some(version.to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
+    let fx = Fixture::new();
+    let first = fx.publish("v1", 10);
+    assert_eq!(first.pointer.version, 1);
+    let (config, path) = fx.agent_config("a", "");
+    let agent = Agent::start(config, path);
+    agent.serves(1).await;
+    let store = fx.store_dir();
+
+    // 1. Signed by a key the agent does not trust.
+    let stranger = SigningKey::from_bytes(&[42; 32]);
+    let (_, compiled) = fx.compile("v1", 10);
+    fx.publish_with(&compiled, &[stranger]);
+    still_serves(&agent, 1, "does not trust").await;
+    assert!(
+        agent
+            .get("/metrics")
+            .await
+            .text()
+            .contains("strata_refusals_total{reason=\"pointer_signature\"} 1")
+    );
+
+    // 2. A trusted publish whose bundle was altered in the store before the
+    //    pointer moved to it: the signed pointer names other bytes.
+    let version = 3;
+    let manifest = publish::manifest(
+        &compiled,
+        version,
+        time::now(),
+        publish::DEFAULT_BUNDLE_EXPIRY,
+        &Default::default(),
+    );
+    let bytes = bundle::write_bundle(
+        &manifest,
+        &compiled.payload.compressed,
+        std::slice::from_ref(&fx.key),
+    )
+    .expect("bundle");
+    let mut tampered = bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let bundle_key = SnapshotVersion(version).bundle_key();
+    fx.store().put_new(&bundle_key, &tampered).expect("upload");
+    let pointer = Pointer {
+        kind: PointerKind::Channel,
+        name: "stable".into(),
+        version,
+        bundle: bundle_key,
+        bundle_sha256: sha256_hex(&bytes),
+        bundle_size: bytes.len() as u64,
+        created_at: time::format(time::now()),
+        expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
+    };
+    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
+    std::fs::write(store.join("channels/stable.json"), signed).expect("move pointer");
+    still_serves(&agent, 1, "altered").await;
+
+    // 3. A replayed older pointer (validly signed, version 1) after a good v4.
+    let good = fx.publish("v1", 10);
+    assert_eq!(good.pointer.version, 4);
+    agent.serves(4).await;
+    let served = 4;
+    let old_pointer = first
+        .pointer
+        .sign(std::slice::from_ref(&fx.key))
+        .expect("sign");
+    std::fs::write(store.join("channels/stable.json"), old_pointer).expect("replay");
+    still_serves(&agent, served, "older than the served version").await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_two_sockets_do_not_interfere() {
+    let (fa, fb) = (Fixture::new(), Fixture::new());
+    fa.publish("v1", 5);
+    fb.publish("v1", 12);
+    fb.publish("v1", 12);
+    let (ca, pa) = fa.agent_config("a", "region = \"us-east-1\"");
+    let (cb, pb) = fb.agent_config("b", "region = \"eu-west-1\"");
+    let (a, b) = (Agent::start(ca, pa), Agent::start(cb, pb));
+    a.serves(1).await;
+    b.serves(2).await;
+    let (sa, sb) = (
+        a.get("/v1/snapshot").await.json(),
+        b.get("/v1/snapshot").await.json(),
+    );
+    assert_eq!(
+        (sa["tenant_count"].clone(), sa["region"].clone()),
+        (5.into(), "us-east-1".into())
+    );
+    assert_eq!(
+        (sb["tenant_count"].clone(), sb["region"].clone()),
+        (12.into(), "eu-west-1".into())
+    );
+    assert_eq!(
+        a.get(&format!("/v1/tenants/{}", generate::tenant_id(10)))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        b.get(&format!("/v1/tenants/{}", generate::tenant_id(10)))
+            .await
+            .status,
+        200
+    );
+    a.stop().await;
+    assert_eq!(
+        b.get("/readyz").await.status,
+        200,
+        "stopping one leaves the other serving"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_leaves_the_snapshot_served_and_stale() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let (config, path) = fx.agent_config("a", "");
+    let agent = Agent::start(config, path);
+    agent.serves(1).await;
+    std::fs::rename(fx.store_dir(), fx.dir.path().join("store-gone")).expect("move store away");
+    wait_for("stale state", || async {
+        agent.get("/v1/snapshot").await.json()["state"] == "stale"
+    })
+    .await;
+    assert_eq!(
+        agent
+            .get(&format!("/v1/tenants/{}", generate::tenant_id(2)))
+            .await
+            .status,
+        200
+    );
+    agent.stop().await;
+}

@@ -1,0 +1,383 @@
+//! The real binaries as processes: crash safety, signals, socket handling,
+//! and the publisher's command line.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::{Child, Command, Stdio};
+
+use strata_agent::client;
+use strata_common::generate;
+use strata_tests::{Fixture, bin, wait_for};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_agent(config: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(bin("strata-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_then_restart_without_the_store_serves_the_last_complete_snapshot() {
+    let fx = Fixture::new();
+    fx.publish("small", 20);
+    let (config, path) = fx.agent_config("a", "");
+    let socket = config.socket.clone();
+    let agent = spawn_agent(&path);
+    wait_for("v1 served", || async {
+        client::get(&socket, "/v1/snapshot")
+            .await
+            .is_ok_and(|a| a.json()["version"] == 1)
+    })
+    .await;
+
+    fx.publish("large", 10_000);
+    wait_for("ingest of v2 under way", || async {
+        client::get(&socket, "/v1/snapshot")
+            .await
+            .is_ok_and(|a| a.json()["applying"] == 2 || a.json()["version"] == 2)
+    })
+    .await;
+    let mut agent = agent;
+    agent.0.kill().expect("SIGKILL");
+    let _ = agent.0.wait();
+    drop(agent);
+
+    std::fs::rename(fx.store_dir(), fx.dir.path().join("store-gone")).expect("store gone");
+    let _restarted = spawn_agent(&path);
+    wait_for("socket back", || async {
+        client::get(&socket, "/healthz").await.is_ok()
+    })
+    .await;
+    let ready = client::get(&socket, "/readyz").await.expect("readyz");
+    assert_eq!(ready.status, 200, "ready at once, from disk");
+    let snap = client::get(&socket, "/v1/snapshot")
+        .await
+        .expect("snapshot")
+        .json();
+    let (version, tenants) = (snap["version"].as_u64(), snap["tenant_count"].as_u64());
+    assert!(
+        matches!(
+            (version, tenants),
+            (Some(1), Some(20)) | (Some(2), Some(10_000))
+        ),
+        "a complete snapshot, never a mix: {snap}"
+    );
+    let last = tenants.unwrap_or(0) as usize - 1;
+    let cfg = client::get(
+        &socket,
+        &format!("/v1/tenants/{}", generate::tenant_id(last)),
+    )
+    .await
+    .expect("get");
+    assert_eq!(cfg.status, 200);
+    let beyond = client::get(
+        &socket,
+        &format!("/v1/tenants/{}", generate::tenant_id(last + 1)),
+    )
+    .await
+    .expect("get");
+    assert_eq!(beyond.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_removes_the_socket_and_a_stale_socket_is_replaced() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let (config, path) = fx.agent_config("a", "");
+    let socket = config.socket.clone();
+    // A stale socket file left by a crashed agent.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+
+    let mut agent = spawn_agent(&path);
+    wait_for("ready", || async {
+        client::get(&socket, "/readyz")
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    let meta = std::fs::metadata(&socket).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+
+    let pid = agent.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = agent.0.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0), "graceful exit");
+    assert!(!socket.exists(), "socket removed at exit");
+}
+
+fn publisher(args: &[&str]) -> std::process::Output {
+    Command::new(bin("strata-publisher"))
+        .args(args)
+        .output()
+        .expect("run publisher")
+}
+
+fn tree_bytes(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn publisher_cli_refuses_bad_sources_without_touching_the_store() {
+    let fx = Fixture::new();
+    let src = fx.dir.path().join("src");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let store_url = format!("file://{}", fx.store_dir().display());
+    assert!(
+        publisher(&["generate", "--tenants", "20", "--out", &s(&src)])
+            .status
+            .success()
+    );
+    assert!(
+        publisher(&["validate", "--source", &s(&src)])
+            .status
+            .success()
+    );
+    let key = s(&fx.key_path);
+    let ok = publisher(&[
+        "publish",
+        "--source",
+        &s(&src),
+        "--key",
+        &key,
+        "--store",
+        &store_url,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let before = tree_bytes(&fx.store_dir());
+
+    // Two broken tenants: every problem reported, one line each, exit 1.
+    let t0 = src.join(format!("tenants/{}.toml", generate::tenant_id(0)));
+    let t1 = src.join(format!("tenants/{}.toml", generate::tenant_id(1)));
+    let text = std::fs::read_to_string(&t0).expect("read");
+    std::fs::write(
+        &t0,
+        text.replace(
+            "[limits]\nmax_concurrent_calls",
+            "[limits]\nmax_concurrent_calls = 5000\n#",
+        ),
+    )
+    .expect("write");
+    let text = std::fs::read_to_string(&t1).expect("read");
+    std::fs::write(
+        &t1,
+        text.replace("vault:tenants/", "sk-proj-AbCdEfGhIjKlMnOpQrStUv12/"),
+    )
+    .expect("write");
+    let out = publisher(&["validate", "--source", &s(&src)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].contains(&generate::tenant_id(0))
+            && lines[0].contains("limits.max_concurrent_calls"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(&generate::tenant_id(1)) && lines[1].contains("model.key_ref"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("AbCdEfGhIjKlMnOpQrStUv12"),
+        "the secret is never echoed"
+    );
+
+    let refused = publisher(&[
+        "publish",
+        "--source",
+        &s(&src),
+        "--key",
+        &key,
+        "--store",
+        &store_url,
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        tree_bytes(&fx.store_dir()),
+        before,
+        "a refused publish leaves the store byte for byte"
+    );
+
+    // A private key readable by others is refused.
+    std::fs::set_permissions(&fx.key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(&t0, std::fs::read_to_string(&t1).expect("read")).expect("write");
+    let open_key = publisher(&[
+        "build",
+        "--source",
+        &s(&src),
+        "--key",
+        &key,
+        "--out",
+        &s(&fx.dir.path().join("b")),
+    ]);
+    assert_eq!(open_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&open_key.stderr).contains("chmod 600"));
+
+    // Usage errors exit 2.
+    assert_eq!(publisher(&["publish"]).status.code(), Some(2));
+}
+
+#[test]
+fn publisher_build_inspect_and_list() {
+    let fx = Fixture::new();
+    let src = fx.dir.path().join("src");
+    let s = |p: &std::path::Path| p.display().to_string();
+    assert!(
+        publisher(&["generate", "--tenants", "15", "--out", &s(&src)])
+            .status
+            .success()
+    );
+    let new_key = fx.dir.path().join("new.key");
+    let kg = publisher(&["keygen", "--out", &s(&new_key)]);
+    assert!(kg.status.success());
+    assert_eq!(
+        std::fs::metadata(&new_key)
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let out = fx.dir.path().join("b.bundle");
+    let build = publisher(&[
+        "build",
+        "--source",
+        &s(&src),
+        "--key",
+        &s(&new_key),
+        "--out",
+        &s(&out),
+        "--version",
+        "9",
+    ]);
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let pubkey = format!("{}.pub", s(&new_key));
+    let inspect = publisher(&["inspect", &s(&out), "--pubkey", &pubkey]);
+    assert!(inspect.status.success());
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains("\"version\": 9") && text.contains("15 tenant config(s)"),
+        "{text}"
+    );
+    let wrong = publisher(&[
+        "inspect",
+        &s(&out),
+        "--pubkey",
+        &format!("{}.pub", s(&fx.key_path)),
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+
+    let url = format!("file://{}", fx.store_dir().display());
+    for _ in 0..2 {
+        assert!(
+            publisher(&[
+                "publish",
+                "--source",
+                &s(&src),
+                "--key",
+                &s(&new_key),
+                "--store",
+                &url
+            ])
+            .status
+            .success()
+        );
+    }
+    let list = publisher(&["list", "--store", &url]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("snapshots/00000000000000000002.bundle") && text.contains("version 2"),
+        "{text}"
+    );
+    let from_store = publisher(&[
+        "inspect",
+        "--store",
+        &url,
+        "--version",
+        "1",
+        "--pubkey",
+        &pubkey,
+    ]);
+    assert!(from_store.status.success());
+}
+
+#[test]
+fn concurrent_publishers_never_lose_or_reuse_a_version() {
+    let fx = Fixture::new();
+    let (_, compiled) = fx.compile("c", 5);
+    let versions: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    fx.publish_with(&compiled, std::slice::from_ref(&fx.key))
+                        .pointer
+                        .version
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("publisher thread"))
+            .collect()
+    });
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        6,
+        "every publish got its own version: {versions:?}"
+    );
+    let pointer = strata_common::publish::read_pointer(
+        &fx.store(),
+        strata_common::pointer::PointerKind::Channel,
+        "stable",
+    )
+    .expect("read")
+    .expect("pointer");
+    assert_eq!(
+        Some(&pointer.0.version),
+        sorted.last(),
+        "the pointer ends on the newest version"
+    );
+}
