@@ -276,7 +276,13 @@ pub fn write_key_pair(out: &Path, key: &SigningKey) -> Result<(), KeyError> {
         what,
         reason: e.to_string(),
     };
-    let private = key
+    // PKCS#8 v1 without the optional public key: what openssl writes, and
+    // what OpenSSL 3.0 reads back.
+    let keypair = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let private = keypair
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| pem_err("private key (PKCS#8)", &e))?;
     let public = key

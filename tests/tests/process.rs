@@ -52,6 +52,7 @@ async fn sigkill_during_ingest_then_restart_without_the_store_serves_the_last_co
     .await;
     let mut agent = agent;
     agent.0.kill().expect("SIGKILL");
+    println!("killed while applying; restarted agent reports the snapshot below");
     let _ = agent.0.wait();
     drop(agent);
 
@@ -67,6 +68,7 @@ async fn sigkill_during_ingest_then_restart_without_the_store_serves_the_last_co
         .await
         .expect("snapshot")
         .json();
+    println!("{snap}");
     let (version, tenants) = (snap["version"].as_u64(), snap["tenant_count"].as_u64());
     assert!(
         matches!(

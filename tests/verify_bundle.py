@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""An independent verifier of Strata bundles and pointers, written from
+docs/FORMAT.md alone. Uses only `cryptography` and `zstandard`.
+
+    verify_bundle.py --pubkey KEY.pub --bundle FILE [--pointer FILE] [--channel stable]
+                     [--threshold 1]
+
+Exit 0 and a summary when everything verifies; exit 1 with the reason otherwise.
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import struct
+import sys
+from datetime import datetime, timezone
+
+import zstandard
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+MAGIC = b"STRATAB1"
+MAX_PART = 65536
+MAX_WINDOW_LOG = 27
+KINDS = {1: "layer1", 2: "config", 3: "prompt", 4: "route"}
+SEPARATOR = "\n\n---\n\n"
+
+
+class Refused(Exception):
+    pass
+
+
+def canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def load_keys(paths):
+    keys = {}
+    for p in paths:
+        key = serialization.load_pem_public_key(open(p, "rb").read())
+        if not isinstance(key, Ed25519PublicKey):
+            raise Refused(f"{p}: not an Ed25519 public key")
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        keys[sha256(raw)] = key
+    return keys
+
+
+def check_signatures(message, entries, keys, threshold, what):
+    if not isinstance(entries, list):
+        raise Refused(f"{what}: signatures are not a list")
+    valid = set()
+    for e in entries:
+        key = keys.get(e.get("key_id"))
+        if key is None:
+            continue
+        try:
+            key.verify(bytes.fromhex(e["sig"]), message)
+        except (InvalidSignature, ValueError) as err:
+            raise Refused(f"{what}: signature by trusted key {e['key_id']} does not verify") from err
+        valid.add(e["key_id"])
+    if len(valid) < threshold:
+        raise Refused(f"{what}: {len(valid)} valid trusted signature(s), {threshold} required")
+
+
+def parse_time(s):
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def verify_pointer(data, keys, threshold, channel):
+    doc = json.loads(data)
+    if set(doc) != {"signatures", "signed"}:
+        raise Refused("pointer: unexpected top-level fields")
+    signed = doc["signed"]
+    check_signatures(canonical(signed), doc["signatures"], keys, threshold, "pointer")
+    expected = {"type", "name", "version", "bundle", "bundle_sha256", "bundle_size", "created_at", "expires_at"}
+    if set(signed) != expected:
+        raise Refused(f"pointer: fields {sorted(signed)} differ from the format")
+    if signed["type"] != "strata-channel" or signed["name"] != channel:
+        raise Refused(f"pointer: is a {signed['type']} for {signed['name']}, expected strata-channel for {channel}")
+    if parse_time(signed["expires_at"]) < datetime.now(timezone.utc):
+        raise Refused(f"pointer: expired at {signed['expires_at']}")
+    if signed["bundle"] != f"snapshots/{signed['version']:020d}.bundle":
+        raise Refused("pointer: bundle key does not match its version")
+    return signed
+
+
+def read_exact(f, n, what):
+    b = f.read(n)
+    if len(b) != n:
+        raise Refused(f"bundle: truncated in {what}")
+    return b
+
+
+def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
+    f = io.BytesIO(data)
+    if read_exact(f, 8, "magic") != MAGIC:
+        raise Refused("bundle: bad magic")
+    (m,) = struct.unpack("<I", read_exact(f, 4, "manifest length"))
+    if m > MAX_PART:
+        raise Refused("bundle: manifest too large")
+    manifest_bytes = read_exact(f, m, "manifest")
+    (s,) = struct.unpack("<I", read_exact(f, 4, "signatures length"))
+    if s > MAX_PART:
+        raise Refused("bundle: signature block too large")
+    sigs = json.loads(read_exact(f, s, "signatures"))
+    manifest = json.loads(manifest_bytes)
+    if manifest.get("type") != "strata-bundle" or manifest.get("format") != 1:
+        raise Refused("bundle: not a format-1 strata bundle")
+    check_signatures(manifest_bytes, sigs, keys, threshold, "bundle manifest")
+    if manifest["payload_size"] > max_bytes or manifest["payload_raw_size"] > max_bytes:
+        raise Refused("bundle: over the size limit")
+    payload = f.read(manifest["payload_size"])
+    if len(payload) != manifest["payload_size"]:
+        raise Refused("bundle: truncated payload")
+    if f.read(1):
+        raise Refused("bundle: trailing bytes after the payload")
+    if sha256(payload) != manifest["payload_sha256"]:
+        raise Refused("bundle: payload hash mismatch")
+
+    # Only now decompress, never beyond the signed raw size.
+    limit = manifest["payload_raw_size"]
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
+    reader = dctx.stream_reader(io.BytesIO(payload))
+    raw = reader.read(limit + 1)
+    if len(raw) != limit:
+        raise Refused(f"bundle: payload decompresses to {len(raw)} bytes, manifest says {limit}")
+    records = decode_records(raw, manifest["record_count"])
+    return manifest, records
+
+
+def decode_records(raw, expected):
+    records = []
+    i = 0
+    while i < len(raw):
+        if len(records) >= expected:
+            raise Refused("bundle: more records than the manifest says")
+        kind = raw[i]
+        if kind not in KINDS or i + 5 > len(raw):
+            raise Refused(f"bundle: bad record {len(records)}")
+        (k,) = struct.unpack_from("<I", raw, i + 1)
+        key = raw[i + 5 : i + 5 + k].decode()
+        j = i + 5 + k
+        (v,) = struct.unpack_from("<I", raw, j)
+        value = raw[j + 4 : j + 4 + v]
+        if len(value) != v:
+            raise Refused("bundle: record runs past the payload")
+        records.append((KINDS[kind], key, value))
+        i = j + 4 + v
+    if len(records) != expected:
+        raise Refused(f"bundle: {len(records)} records, manifest says {expected}")
+    return records
+
+
+def check_contents(manifest, records):
+    kinds = [r[0] for r in records]
+    if kinds.count("layer1") != 1 or kinds[0] != "layer1":
+        raise Refused("bundle: Layer 1 must be the first and only layer1 record")
+    layer1 = json.loads(records[0][2])
+    configs = {k: v for kind, k, v in records if kind == "config"}
+    prompts = {k: v.decode() for kind, k, v in records if kind == "prompt"}
+    routes = {k: v.decode() for kind, k, v in records if kind == "route"}
+    if len(configs) != manifest["tenant_count"] or set(configs) != set(prompts):
+        raise Refused("bundle: configs and prompts do not match the tenant count")
+    for tenant, value in configs.items():
+        cfg = json.loads(value)
+        if canonical(cfg) != value:
+            raise Refused(f"bundle: config of {tenant} is not canonical JSON")
+        claimed = cfg.pop("config_hash")
+        if sha256(canonical(cfg)) != claimed:
+            raise Refused(f"bundle: config hash of {tenant} does not match")
+        if not prompts[tenant].startswith(layer1["base_prompt"] + SEPARATOR):
+            raise Refused(f"bundle: prompt of {tenant} does not start with Layer 1")
+    for number, tenant in routes.items():
+        if tenant not in configs:
+            raise Refused(f"bundle: route {number} names unknown tenant {tenant}")
+    return len(configs), len(routes)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pubkey", action="append", required=True)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--pointer")
+    ap.add_argument("--channel", default="stable")
+    ap.add_argument("--threshold", type=int, default=1)
+    args = ap.parse_args()
+    try:
+        keys = load_keys(args.pubkey)
+        data = open(args.bundle, "rb").read()
+        pointer = None
+        if args.pointer:
+            pointer = verify_pointer(open(args.pointer, "rb").read(), keys, args.threshold, args.channel)
+            if len(data) != pointer["bundle_size"] or sha256(data) != pointer["bundle_sha256"]:
+                raise Refused("bundle: size or SHA-256 differs from the signed pointer")
+        manifest, records = verify_bundle(data, keys, args.threshold)
+        if pointer and manifest["version"] != pointer["version"]:
+            raise Refused("bundle: manifest version differs from the pointer")
+        tenants, routes = check_contents(manifest, records)
+    except (Refused, ValueError, KeyError, json.JSONDecodeError, zstandard.ZstdError, struct.error) as e:
+        print(f"REFUSED: {e}", file=sys.stderr)
+        return 1
+    print(f"OK: version {manifest['version']}, {tenants} tenants, {routes} routes, {len(records)} records")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
