@@ -82,7 +82,7 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
     }
     let version = match requested_version(req, &reader) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return e.response(),
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let found = match segments.as_slice() {
@@ -91,13 +91,13 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
             Ok(id) => reader
                 .config(version, id.as_str())
                 .map(|e| (e, JSON, "tenant")),
-            Err(r) => return r,
+            Err(e) => return e.response(),
         },
         ["v1", "tenants", id, "prompt"] => match tenant(id) {
             Ok(id) => reader
                 .prompt(version, id.as_str())
                 .map(|e| (e, TEXT, "tenant")),
-            Err(r) => return r,
+            Err(e) => return e.response(),
         },
         ["v1", "routes", number] => {
             let number = percent_decode(number);
@@ -138,31 +138,48 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
     }
 }
 
-fn tenant(id: &str) -> Result<TenantId, Resp> {
-    TenantId::parse(id).map_err(|msg| error(StatusCode::BAD_REQUEST, "bad_tenant_id", &msg))
+/// A refused request, turned into a JSON error at the edge.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn response(&self) -> Resp {
+        error(self.status, self.code, &self.message)
+    }
+}
+
+fn tenant(id: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).map_err(|message| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_tenant_id",
+        message,
+    })
 }
 
 /// `?snapshot=N` if given and retained, else the current version.
-fn requested_version(req: &Request<Incoming>, reader: &Reader) -> Result<u64, Resp> {
+fn requested_version(req: &Request<Incoming>, reader: &Reader) -> Result<u64, ApiError> {
     let Some(query) = req.uri().query() else {
         return Ok(reader.current);
     };
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("snapshot=") {
-            let v: u64 = v.parse().map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_snapshot",
-                    "snapshot must be a version number",
-                )
+            let v: u64 = v.parse().map_err(|_| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_snapshot",
+                message: "snapshot must be a version number".into(),
             })?;
             if !reader.metas.contains_key(&v) {
                 let retained: Vec<u64> = reader.metas.keys().copied().collect();
-                return Err(error(
-                    StatusCode::GONE,
-                    "snapshot_gone",
-                    &format!("snapshot {v} is not retained on this node (retained: {retained:?})"),
-                ));
+                return Err(ApiError {
+                    status: StatusCode::GONE,
+                    code: "snapshot_gone",
+                    message: format!(
+                        "snapshot {v} is not retained on this node (retained: {retained:?})"
+                    ),
+                });
             }
             return Ok(v);
         }

@@ -350,7 +350,7 @@ mod tests {
         let a = key(1);
         let mut trust = TrustedKeys::new(1, 1);
         trust.add(Role::Operator, a.verifying_key());
-        let sigs = sign(&[a.clone()], b"m");
+        let sigs = sign(std::slice::from_ref(&a), b"m");
         assert!(matches!(
             trust.verify(Role::Publisher, b"m", &sigs),
             Err(SignatureError::ThresholdNotMet { untrusted: 1, .. })

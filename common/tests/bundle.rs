@@ -249,7 +249,8 @@ fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
         payload_sha256: strata_common::canonical::sha256_hex(&compressed),
         provenance: Provenance::default(),
     };
-    let bytes = bundle::write_bundle(&manifest, &compressed, &[k.clone()]).expect("write");
+    let bytes =
+        bundle::write_bundle(&manifest, &compressed, std::slice::from_ref(&k)).expect("write");
     let e = open(&bytes, &trust(&[&k]), &Limits::default()).expect_err("bomb refused");
     assert!(
         matches!(

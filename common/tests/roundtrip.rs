@@ -105,7 +105,7 @@ proptest! {
         let compiled = compile::compile(&source, CompileOptions::default()).expect("valid overlays compile");
         let key = SigningKey::from_bytes(&[9; 32]);
         let manifest = publish::manifest(&compiled, 1, time::now(), publish::DEFAULT_BUNDLE_EXPIRY, &Provenance::default());
-        let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, &[key.clone()]).expect("write");
+        let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, std::slice::from_ref(&key)).expect("write");
         let mut trust = TrustedKeys::new(1, 1);
         trust.add(Role::Publisher, key.verifying_key());
         let verified = bundle::verify(Cursor::new(&bytes), SignatureCheck::Trusted(&trust), &Limits::default()).expect("verifies");

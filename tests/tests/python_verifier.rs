@@ -16,7 +16,11 @@ fn verify(args: &[&Path]) -> (bool, String) {
         cmd.arg(pair[0]).arg(pair[1]);
     }
     let out = cmd.output().expect("python3 runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !text.contains("ModuleNotFoundError"),
         "install the verifier's packages: pip install cryptography zstandard\n{text}"
@@ -32,7 +36,11 @@ fn python_verifier_accepts_published_bundles_and_refuses_damaged_ones() {
     let bundle = store.join(&published.pointer.bundle);
     let pointer = store.join("channels/stable.json");
     let pubkey = sign::public_path(&fx.key_path);
-    let (flag_k, flag_b, flag_p) = (Path::new("--pubkey"), Path::new("--bundle"), Path::new("--pointer"));
+    let (flag_k, flag_b, flag_p) = (
+        Path::new("--pubkey"),
+        Path::new("--bundle"),
+        Path::new("--pointer"),
+    );
 
     let (ok, text) = verify(&[flag_k, &pubkey, flag_b, &bundle, flag_p, &pointer]);
     assert!(ok, "{text}");
