@@ -118,7 +118,11 @@ impl Db {
         I: Iterator<Item = Result<Record, BundleError>>,
     {
         let v = meta.version;
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // Visible at once, made durable by `persist` (a crash before then
+        // leaves the previous durable snapshot: still whole, still verified).
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| DbError::Redb(e.to_string()))?;
         {
             let mut configs = txn.open_table(CONFIGS)?;
             let mut prompts = txn.open_table(PROMPTS)?;
@@ -192,6 +196,13 @@ impl Db {
             }
         }
         txn.commit()?;
+        Ok(())
+    }
+
+    /// Makes every earlier commit durable (an empty commit with immediate
+    /// durability flushes and fsyncs them).
+    pub fn persist(&self) -> Result<(), DbError> {
+        self.db.begin_write()?.commit()?;
         Ok(())
     }
 

@@ -334,6 +334,12 @@ impl Syncer {
                 return Outcome::Refused(refusal("ingest", format!("reading back snapshot: {e}")));
             }
         }
+        if let Err(e) = self.db.persist() {
+            warn!(
+                "snapshot {} is served but not yet durable: {e}",
+                manifest.version
+            );
+        }
         let m = &self.shared.metrics;
         m.last_apply_micros.store(
             started.elapsed().as_micros() as u64,

@@ -94,8 +94,13 @@ impl Fixture {
     pub fn agent_config(&self, name: &str, extra: &str) -> (Config, PathBuf) {
         let path = self.dir.path().join(format!("{name}.toml"));
         let text = format!(
-            "source = \"file://{store}\"\npoll_interval = \"200ms\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\nshutdown_grace = \"2s\"\n{extra}\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{pubkey}\"\n",
+            "source = \"file://{store}\"\n{poll}data_dir = \"{data}\"\nsocket = \"{sock}\"\nshutdown_grace = \"2s\"\n{extra}\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{pubkey}\"\n",
             store = self.store_dir().display(),
+            poll = if extra.contains("poll_interval") {
+                ""
+            } else {
+                "poll_interval = \"200ms\"\n"
+            },
             data = self.dir.path().join(format!("{name}-data")).display(),
             sock = self.dir.path().join(format!("{name}.sock")).display(),
             pubkey = sign::public_path(&self.key_path).display(),
