@@ -43,12 +43,14 @@ URL="http://strata/v1/tenants/$TENANT"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "== lookups, GET /v1/tenants/{id}, 10k-tenant snapshot, ${SECS}s each"
 summary() { python3 -c '
-import json,sys
-d=json.load(sys.stdin); s=d["summary"]; p=d["latencyPercentiles"]
-print(f"  c={sys.argv[1]:>2}: {s[\"requestsPerSec\"]:>9.0f} req/s  p50 {p[\"p50\"]*1e6:7.1f} us  p99 {p[\"p99\"]*1e6:7.1f} us  success {s[\"successRate\"]*100:.1f}%")
+import json, sys
+d = json.load(sys.stdin)
+s, p = d["summary"], d["latencyPercentiles"]
+rps, p50, p99, ok = s["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6, s["successRate"] * 100
+print("  c=%2s: %9.0f req/s  p50 %7.1f us  p99 %7.1f us  success %.1f%%" % (sys.argv[1], rps, p50, p99, ok))
 ' "$1"; }
 for c in 1 8 32; do
-  oha --no-tui -j -z "${SECS}s" -c "$c" --unix-socket "$W/agent.sock" "$URL" | summary "$c"
+  oha --no-tui --output-format json -z "${SECS}s" -c "$c" --unix-socket "$W/agent.sock" "$URL" | summary "$c"
 done
 
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' /proc/$AGENT/status; }
@@ -59,7 +61,7 @@ BUNDLE=$(ls "$W/staging/snapshots" | tail -1)
 ls -l "$W/staging/snapshots/$BUNDLE" | awk '{printf "  bundle: %.1f MiB\n", $5/1048576}'
 cp "$W/staging/snapshots/$BUNDLE" "$W/store/snapshots/.$BUNDLE"
 mv "$W/store/snapshots/.$BUNDLE" "$W/store/snapshots/$BUNDLE"
-( oha --no-tui -j -z "$((SECS + 5))s" -c 8 --unix-socket "$W/agent.sock" "$URL" > "$W/during.json" ) &
+( oha --no-tui --output-format json -z "$((SECS + 5))s" -c 8 --unix-socket "$W/agent.sock" "$URL" > "$W/during.json" ) &
 OHA=$!
 sleep 1
 cp "$W/staging/channels/stable.json" "$W/store/channels/.stable.json"

@@ -35,6 +35,10 @@ pub struct Config {
     /// Snapshots kept for `?snapshot=N`. Default 5.
     #[serde(default = "default_retain")]
     pub retain: usize,
+    /// redb's page cache in bytes: lookups are served from it, and a larger
+    /// one speeds up applying large snapshots. Default 64 MiB.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
     /// Largest bundle download and decompressed payload. Default 1 GiB.
     #[serde(default = "default_max_bundle_bytes")]
     pub max_bundle_bytes: u64,
@@ -100,6 +104,9 @@ fn default_socket_mode() -> String {
 }
 fn default_retain() -> usize {
     5
+}
+fn default_cache_bytes() -> usize {
+    64 << 20
 }
 fn default_max_bundle_bytes() -> u64 {
     1 << 30

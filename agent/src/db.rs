@@ -21,7 +21,7 @@ use strata_common::sign::SignatureEntry;
 
 /// `(version, tenant id)` → config hash (64 hex bytes) ‖ effective config JSON.
 const CONFIGS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("configs");
-/// `(version, tenant id)` → prompt SHA-256 (64 hex bytes) ‖ system prompt.
+/// `(version, tenant id)` → prompt ETag (64 hex bytes, see [`prompt_etag`]) ‖ system prompt.
 const PROMPTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("prompts");
 /// `(version, E.164)` → `{"tenant_id":"…"}`.
 const ROUTES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("routes");
@@ -132,21 +132,23 @@ impl Db {
             let mut m = txn.open_table(META)?;
             let (mut n_configs, mut n_prompts, mut n_layer1) = (0u64, 0u64, 0u64);
             let mut value = Vec::new();
+            let mut layer1_hash = String::new();
+            let mut last_config_hash: Option<(String, String)> = None;
             for record in records {
                 let record = record?;
                 match record.kind {
                     RecordKind::Config => {
                         let hash = config_hash(&record.value)?;
                         etagged(&mut value, hash.as_bytes(), &record.value);
+                        last_config_hash = Some((record.key.clone(), hash));
                         configs.insert((v, record.key.as_str()), value.as_slice())?;
                         n_configs += 1;
                     }
                     RecordKind::Prompt => {
-                        etagged(
-                            &mut value,
-                            sha256_hex(&record.value).as_bytes(),
-                            &record.value,
-                        );
+                        // The prompt is a function of the tenant's config and
+                        // Layer 1, so its ETag is too: no hash of the text.
+                        let etag = prompt_etag(&last_config_hash, &record.key, &layer1_hash)?;
+                        etagged(&mut value, etag.as_bytes(), &record.value);
                         prompts.insert((v, record.key.as_str()), value.as_slice())?;
                         n_prompts += 1;
                     }
@@ -159,11 +161,8 @@ impl Db {
                         routes.insert((v, record.key.as_str()), body.as_slice())?;
                     }
                     RecordKind::Layer1 => {
-                        etagged(
-                            &mut value,
-                            sha256_hex(&record.value).as_bytes(),
-                            &record.value,
-                        );
+                        layer1_hash = sha256_hex(&record.value);
+                        etagged(&mut value, layer1_hash.as_bytes(), &record.value);
                         layer1.insert(v, value.as_slice())?;
                         n_layer1 += 1;
                     }
@@ -247,6 +246,23 @@ fn etagged(buf: &mut Vec<u8>, etag: &[u8], body: &[u8]) {
     buf.clear();
     buf.extend_from_slice(etag);
     buf.extend_from_slice(body);
+}
+
+/// SHA-256 of `config hash ‖ Layer 1 hash`: changes whenever the rendered
+/// prompt can. FORMAT.md orders each tenant's config record before its prompt.
+fn prompt_etag(
+    config: &Option<(String, String)>,
+    tenant: &str,
+    layer1_hash: &str,
+) -> Result<String, DbError> {
+    match config {
+        Some((t, hash)) if t == tenant && !layer1_hash.is_empty() => {
+            Ok(sha256_hex(format!("{hash}{layer1_hash}").as_bytes()))
+        }
+        _ => Err(DbError::Incomplete(format!(
+            "prompt of {tenant} does not follow its config and Layer 1"
+        ))),
+    }
 }
 
 fn config_hash(json: &[u8]) -> Result<String, DbError> {

@@ -34,10 +34,6 @@ use crate::db::Db;
 use crate::state::Shared;
 use crate::sync::Syncer;
 
-/// redb's page cache. Lookups are served from it; the apply benchmark
-/// measures memory beyond it.
-pub const DB_CACHE_BYTES: usize = 64 << 20;
-
 /// Runs the agent until `shutdown` resolves: restores the last verified
 /// snapshot from disk, binds the socket, follows the store, and on shutdown
 /// stops accepting, lets in-flight requests finish within the grace period
@@ -53,7 +49,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db = Arc::new(
-        Db::open(&config.db_path(), DB_CACHE_BYTES)
+        Db::open(&config.db_path(), config.cache_bytes)
             .with_context(|| format!("opening {}", config.db_path().display()))?,
     );
     let shared = Shared::new(store.url().to_owned(), config.region.clone());

@@ -169,6 +169,7 @@ impl Syncer {
     }
 
     fn verify_and_apply(&mut self, key: &str, pointer_bytes: &[u8]) -> Outcome {
+        let started = Instant::now();
         // 2.
         let pointer = match Pointer::verify(
             pointer_bytes,
@@ -302,7 +303,6 @@ impl Syncer {
             manifest: String::from_utf8_lossy(&verified.header.manifest_bytes).into_owned(),
             signatures: verified.header.signatures.clone(),
         };
-        let started = Instant::now();
         let records = match verified.records() {
             Ok(r) => r,
             Err(e) => {
@@ -334,17 +334,17 @@ impl Syncer {
                 return Outcome::Refused(refusal("ingest", format!("reading back snapshot: {e}")));
             }
         }
+        let m = &self.shared.metrics;
+        m.last_apply_micros.store(
+            started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Err(e) = self.db.persist() {
             warn!(
                 "snapshot {} is served but not yet durable: {e}",
                 manifest.version
             );
         }
-        let m = &self.shared.metrics;
-        m.last_apply_micros.store(
-            started.elapsed().as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Outcome::Applied(manifest.version)
     }

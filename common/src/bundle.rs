@@ -530,8 +530,10 @@ impl<R: Read + Seek> VerifiedBundle<R> {
             .limits
             .max_decompressed_bytes
             .min(self.header.manifest.payload_raw_size);
+        // Records are read in small pieces (a kind byte, a length): buffer the
+        // decompressed stream so each is not a call into zstd.
         Ok(Records {
-            inner: decoder.take(max + 1),
+            inner: BufReader::with_capacity(64 * 1024, decoder).take(max + 1),
             limits: self.limits,
             max_bytes: max,
             expected: self.header.manifest.record_count,
@@ -545,7 +547,7 @@ impl<R: Read + Seek> VerifiedBundle<R> {
 
 /// Iterator over a verified payload's records.
 pub struct Records<R: Read> {
-    inner: Take<zstd::Decoder<'static, BufReader<Take<R>>>>,
+    inner: Take<BufReader<zstd::Decoder<'static, BufReader<Take<R>>>>>,
     limits: Limits,
     max_bytes: u64,
     expected: u64,
