@@ -4,6 +4,7 @@
 #      (GET /v1/tenants/{id}, 10k-tenant snapshot);
 #   2. apply time and peak RSS of a 100k-tenant bundle;
 #   3. lookup latency while that bundle is applied.
+# Numbers and the machine: BENCHMARKS.md.
 # Needs oha (cargo install oha --locked). Usage: bench/agent.sh [seconds per run]
 set -euo pipefail
 cd "$(dirname "$0")/.."

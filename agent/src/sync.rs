@@ -418,6 +418,7 @@ pub async fn run(
             watcher = watch(dir, tx.clone());
         }
         let task = tokio::task::spawn_blocking(move || {
+            lower_priority();
             let outcome = syncer.check();
             (syncer, outcome)
         });
@@ -436,6 +437,15 @@ pub async fn run(
             _ = rx.recv() => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Runs this (sync) thread at nice 10, so applying a large snapshot yields
+/// the CPU to lookups on a busy node. Lookups never wait for the sync thread.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 10) {
+        tracing::debug!("cannot lower the sync thread's priority: {e}");
     }
 }
 
