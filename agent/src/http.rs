@@ -230,8 +230,9 @@ fn etag_matches(header: &str, etag: &[u8]) -> bool {
 }
 
 fn snapshot(shared: &Shared) -> Resp {
-    let served = shared.served.load();
+    // Status first: the sync loop swaps the snapshot while holding it.
     let status = shared.status().clone();
+    let served = shared.served.load();
     let meta = served.as_ref().and_then(|r| r.current_meta());
     let body = json!({
         "version": meta.map(|m| m.version),

@@ -326,7 +326,14 @@ impl Syncer {
         }
         // 11.
         match self.db.reader() {
-            Ok(Some(reader)) => self.shared.served.store(Some(Arc::new(reader))),
+            Ok(Some(reader)) => {
+                // Swap under the status lock so `/v1/snapshot` never shows the
+                // new version with the old state.
+                let mut status = self.shared.status();
+                self.shared.served.store(Some(Arc::new(reader)));
+                status.state = State::Fresh;
+                status.last_error = None;
+            }
             Ok(None) => {
                 return Outcome::Refused(refusal("ingest", "snapshot committed but not readable"));
             }

@@ -343,3 +343,57 @@ async fn an_unreachable_store_leaves_the_snapshot_served_and_stale() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_store_then_an_expired_pointer_then_an_oversized_bundle() {
+    let fx = Fixture::new();
+    let (config, path) = fx.agent_config("a", "max_bundle_bytes = 200000");
+    let agent = Agent::start(config, path);
+    wait_for("empty store reported", || async {
+        strata_agent::client::get(&agent.socket, "/v1/snapshot")
+            .await
+            .is_ok_and(|a| {
+                a.json()["state"] == "starting"
+                    && a.json()["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("waiting for a publish"))
+            })
+    })
+    .await;
+    assert_eq!(agent.get("/readyz").await.status, 503);
+
+    let first = fx.publish("v1", 10);
+    agent.serves(1).await;
+
+    // The same pointer re-signed with an expiry in the past.
+    let mut expired = first.pointer.clone();
+    expired.version = 2;
+    expired.expires_at = time::format(time::now() - std::time::Duration::from_secs(60));
+    let signed = expired.sign(std::slice::from_ref(&fx.key)).expect("sign");
+    std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("write");
+    wait_for("expired pointer reported", || async {
+        let s = agent.get("/v1/snapshot").await.json();
+        s["state"] == "stale"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("expired"))
+    })
+    .await;
+    assert_eq!(agent.get("/v1/snapshot").await.json()["version"], 1);
+
+    // A valid publish whose bundle is over max_bundle_bytes.
+    let big = fx.publish("big", 600);
+    assert!(
+        big.pointer.bundle_size > 200_000,
+        "fixture must exceed the limit"
+    );
+    still_serves(&agent, 1, "max_bundle_bytes").await;
+    assert!(
+        agent
+            .get("/metrics")
+            .await
+            .text()
+            .contains("strata_refusals_total{reason=\"bundle_too_large\"} 1")
+    );
+    agent.stop().await;
+}
