@@ -25,7 +25,7 @@ async fn serves_every_endpoint_from_a_published_snapshot() {
     assert_eq!(early.status, 503);
     assert_eq!(early.json()["error"]["code"], "not_ready");
 
-    fx.publish("v1", 30);
+    let published = fx.publish("v1", 30);
     agent.serves(1).await;
     assert_eq!(agent.get("/readyz").await.status, 200);
     assert_eq!(agent.get("/healthz").await.status, 200);
@@ -38,6 +38,18 @@ async fn serves_every_endpoint_from_a_published_snapshot() {
     let j = cfg.json();
     assert_eq!(j["tenant_id"], id.as_str());
     let etag = cfg.header("etag").expect("etag").to_owned();
+    // Served exactly as the publisher wrote it: no re-serialisation.
+    let bundle_bytes =
+        std::fs::read(fx.store_dir().join(&published.pointer.bundle)).expect("bundle");
+    let verified = bundle::verify(
+        std::io::Cursor::new(bundle_bytes),
+        bundle::SignatureCheck::SkipForInspection,
+        &bundle::Limits::default(),
+    )
+    .expect("bundle");
+    let contents =
+        bundle::Contents::collect(verified.records().expect("records")).expect("contents");
+    assert_eq!(&cfg.body[..], &contents.configs[&id][..]);
     assert_eq!(
         etag,
         format!("\"{}\"", j["config_hash"].as_str().expect("hash"))
