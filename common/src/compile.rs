@@ -189,19 +189,46 @@ fn compile_batch(layer1: &Layer1, files: &[PathBuf], threads: usize) -> Vec<Tena
         let handles: Vec<_> = files
             .chunks(per)
             .map(|chunk| {
-                s.spawn(move || {
+                let h = s.spawn(move || {
                     chunk
                         .iter()
                         .map(|f| compile_tenant(layer1, f))
                         .collect::<Vec<_>>()
-                })
+                });
+                (chunk, h)
             })
             .collect();
+        // A worker that panicked must not silently drop its tenants from the
+        // snapshot: each becomes a problem, and the build is refused.
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|(chunk, h)| {
+                h.join()
+                    .unwrap_or_else(|_| chunk.iter().map(|f| internal_error(f)).collect())
+            })
             .collect()
     })
+}
+
+fn internal_error(file: &Path) -> TenantResult {
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_owned();
+    TenantResult {
+        file: file.to_path_buf(),
+        tenant_id: stem.clone(),
+        phones: Vec::new(),
+        output: None,
+        problems: vec![Problem {
+            file: file.to_path_buf(),
+            tenant: Some(stem),
+            field: String::new(),
+            reason: "internal error while compiling this file (a bug in strata; please report it with the file)".into(),
+        }],
+        warnings: Vec::new(),
+    }
 }
 
 /// Parses, merges, validates and renders one tenant file.
