@@ -110,6 +110,14 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Writes the config named `name` and starts an agent with it in-process.
+    pub fn start_agent(&self, name: &str, extra: &str) -> Agent {
+        let (config, path) = self.agent_config(name, extra);
+        Agent::start(config, path)
+    }
+}
+
 impl Default for Fixture {
     fn default() -> Self {
         Self::new()

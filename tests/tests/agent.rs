@@ -11,8 +11,7 @@ use strata_tests::{Agent, Fixture, wait_for};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_every_endpoint_from_a_published_snapshot() {
     let fx = Fixture::new();
-    let (config, path) = fx.agent_config("a", "");
-    let agent = Agent::start(config, path);
+    let agent = fx.start_agent("a", "");
     // Before anything is published: alive, not ready, lookups 503.
     wait_for("socket", || async {
         strata_agent::client::get(&agent.socket, "/healthz")
@@ -144,8 +143,7 @@ async fn serves_every_endpoint_from_a_published_snapshot() {
 async fn a_new_version_is_served_while_the_old_one_stays_addressable() {
     let fx = Fixture::new();
     fx.publish("v1", 20);
-    let (config, path) = fx.agent_config("a", "retain = 2");
-    let agent = Agent::start(config, path);
+    let agent = fx.start_agent("a", "retain = 2");
     agent.serves(1).await;
     let id = generate::tenant_id(1);
     let v1 = agent.get(&format!("/v1/tenants/{id}/prompt")).await.text();
@@ -223,8 +221,7 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     let fx = Fixture::new();
     let first = fx.publish("v1", 10);
     assert_eq!(first.pointer.version, 1);
-    let (config, path) = fx.agent_config("a", "");
-    let agent = Agent::start(config, path);
+    let agent = fx.start_agent("a", "");
     agent.serves(1).await;
     let store = fx.store_dir();
 
@@ -338,8 +335,7 @@ async fn two_agents_on_two_sockets_do_not_interfere() {
 async fn an_unreachable_store_leaves_the_snapshot_served_and_stale() {
     let fx = Fixture::new();
     fx.publish("v1", 5);
-    let (config, path) = fx.agent_config("a", "");
-    let agent = Agent::start(config, path);
+    let agent = fx.start_agent("a", "");
     agent.serves(1).await;
     std::fs::rename(fx.store_dir(), fx.dir.path().join("store-gone")).expect("move store away");
     wait_for("stale state", || async {
@@ -359,8 +355,7 @@ async fn an_unreachable_store_leaves_the_snapshot_served_and_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_store_then_an_expired_pointer_then_an_oversized_bundle() {
     let fx = Fixture::new();
-    let (config, path) = fx.agent_config("a", "max_bundle_bytes = 200000");
-    let agent = Agent::start(config, path);
+    let agent = fx.start_agent("a", "max_bundle_bytes = 200000");
     wait_for("empty store reported", || async {
         strata_agent::client::get(&agent.socket, "/v1/snapshot")
             .await

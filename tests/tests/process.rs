@@ -167,15 +167,18 @@ fn publisher_cli_refuses_bad_sources_without_touching_the_store() {
             .success()
     );
     let key = s(&fx.key_path);
-    let ok = publisher(&[
-        "publish",
-        "--source",
-        &s(&src),
-        "--key",
-        &key,
-        "--store",
-        &store_url,
-    ]);
+    let publish = || {
+        publisher(&[
+            "publish",
+            "--source",
+            &s(&src),
+            "--key",
+            &key,
+            "--store",
+            &store_url,
+        ])
+    };
+    let ok = publish();
     assert!(
         ok.status.success(),
         "{}",
@@ -220,15 +223,7 @@ fn publisher_cli_refuses_bad_sources_without_touching_the_store() {
         "the secret is never echoed"
     );
 
-    let refused = publisher(&[
-        "publish",
-        "--source",
-        &s(&src),
-        "--key",
-        &key,
-        "--store",
-        &store_url,
-    ]);
+    let refused = publish();
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(
         tree_bytes(&fx.store_dir()),
