@@ -5,7 +5,8 @@
 #   2. apply time and peak RSS of a 100k-tenant bundle;
 #   3. lookup latency while that bundle is applied.
 # Numbers and the machine: BENCHMARKS.md.
-# Needs oha (cargo install oha --locked). Usage: bench/agent.sh [seconds per run]
+# Needs oha (cargo install oha --locked).
+# Usage: bench/agent.sh [seconds per run]; CACHE_BYTES=... sets the agent's redb cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -31,6 +32,7 @@ source = "file://$W/store"
 poll_interval = "1s"
 data_dir = "$W/data"
 socket = "$W/agent.sock"
+cache_bytes = ${CACHE_BYTES:-67108864}
 [[trusted_keys]]
 role = "publisher"
 path = "$W/ci.key.pub"
@@ -72,7 +74,7 @@ until curl -sf --unix-socket "$W/agent.sock" http://strata/v1/snapshot | grep -q
 END=$(date +%s.%N)
 APPLY=$(curl -sf --unix-socket "$W/agent.sock" http://strata/metrics | awk '/^strata_last_apply_seconds/ {print $2}')
 echo "  pointer moved -> served: $(python3 -c "print(f'{$END-$START:.2f}')") s (verify + ingest: ${APPLY} s)"
-echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: 64 MiB)"
+echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: $(( ${CACHE_BYTES:-67108864} >> 20 )) MiB)"
 wait $OHA
 echo "== lookups during the apply (c=8, $((SECS + 5))s window containing the apply)"
 summary 8 < "$W/during.json"
