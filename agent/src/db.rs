@@ -289,9 +289,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(guard: redb::OwnedAccessGuard<&'static [u8]>, etag_len: usize) -> Option<Self> {
+    fn new(guard: redb::OwnedAccessGuard<&'static [u8]>, etag_len: usize) -> Result<Self, DbError> {
         let bytes = Bytes::from_owner(Page(guard));
-        (bytes.len() >= etag_len).then_some(Self { bytes, etag_len })
+        if bytes.len() < etag_len {
+            return Err(DbError::Incomplete(
+                "stored value shorter than its ETag".into(),
+            ));
+        }
+        Ok(Self { bytes, etag_len })
     }
 
     /// The ETag (empty for values stored without one).
@@ -335,34 +340,34 @@ impl Reader {
 
     /// A tenant's effective config (ETag: its config hash).
     pub fn config(&self, version: u64, tenant: &str) -> Result<Option<Entry>, DbError> {
-        Ok(self
-            .configs
+        self.configs
             .get_owned((version, tenant))?
-            .and_then(|g| Entry::new(g, ETAG_LEN)))
+            .map(|g| Entry::new(g, ETAG_LEN))
+            .transpose()
     }
 
     /// A tenant's combined system prompt (ETag: its SHA-256).
     pub fn prompt(&self, version: u64, tenant: &str) -> Result<Option<Entry>, DbError> {
-        Ok(self
-            .prompts
+        self.prompts
             .get_owned((version, tenant))?
-            .and_then(|g| Entry::new(g, ETAG_LEN)))
+            .map(|g| Entry::new(g, ETAG_LEN))
+            .transpose()
     }
 
     /// The route of a number, as `{"tenant_id":"…"}`.
     pub fn route(&self, version: u64, number: &str) -> Result<Option<Entry>, DbError> {
-        Ok(self
-            .routes
+        self.routes
             .get_owned((version, number))?
-            .and_then(|g| Entry::new(g, 0)))
+            .map(|g| Entry::new(g, 0))
+            .transpose()
     }
 
     /// Layer 1 as JSON.
     pub fn layer1(&self, version: u64) -> Result<Option<Entry>, DbError> {
-        Ok(self
-            .layer1
+        self.layer1
             .get_owned(version)?
-            .and_then(|g| Entry::new(g, ETAG_LEN)))
+            .map(|g| Entry::new(g, ETAG_LEN))
+            .transpose()
     }
 }
 

@@ -84,57 +84,57 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
         Ok(v) => v,
         Err(e) => return e.response(),
     };
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let found = match segments.as_slice() {
-        ["v1", "layer1"] => reader.layer1(version).map(|e| (e, JSON, "layer1")),
-        ["v1", "tenants", id] => match tenant(id) {
-            Ok(id) => reader
-                .config(version, id.as_str())
-                .map(|e| (e, JSON, "tenant")),
-            Err(e) => return e.response(),
-        },
-        ["v1", "tenants", id, "prompt"] => match tenant(id) {
-            Ok(id) => reader
-                .prompt(version, id.as_str())
-                .map(|e| (e, TEXT, "tenant")),
-            Err(e) => return e.response(),
-        },
-        ["v1", "routes", number] => {
-            let number = percent_decode(number);
-            match PhoneNumber::parse(&number) {
-                Ok(n) => reader
-                    .route(version, n.as_str())
-                    .map(|e| (e, JSON, "number")),
-                Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_number", &msg),
-            }
+    match lookup(&reader, version, path) {
+        Ok((entry, content_type)) => entry_response(req, entry, content_type, version),
+        Err(e) => e.response(),
+    }
+}
+
+/// Finds the stored value a lookup path names, with its content type.
+fn lookup(reader: &Reader, version: u64, path: &str) -> Result<(Entry, &'static str), ApiError> {
+    let (found, content_type, missing) = if path == "/v1/layer1" {
+        (
+            reader.layer1(version),
+            JSON,
+            ("not_found", "Layer 1 is missing"),
+        )
+    } else if let Some(rest) = path.strip_prefix("/v1/tenants/") {
+        let missing = ("unknown_tenant", "no such tenant");
+        match rest.strip_suffix("/prompt") {
+            Some(id) => (reader.prompt(version, tenant(id)?), TEXT, missing),
+            None => (reader.config(version, tenant(rest)?), JSON, missing),
         }
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                &format!("no endpoint {path}"),
-            );
-        }
+    } else if let Some(number) = path.strip_prefix("/v1/routes/") {
+        let number = percent_decode(number);
+        let number = PhoneNumber::check(&number).map_err(|message| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_number",
+            message,
+        })?;
+        let missing = (
+            "unknown_number",
+            "no tenant owns this number (there is no default tenant)",
+        );
+        (reader.route(version, number), JSON, missing)
+    } else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "no_route",
+            message: format!("no endpoint {path}"),
+        });
     };
     match found {
-        Ok((Some(entry), content_type, _)) => entry_response(req, entry, content_type, version),
-        Ok((None, _, what)) => {
-            let (code, msg) = match what {
-                "number" => (
-                    "unknown_number",
-                    format!(
-                        "no tenant owns this number in snapshot {version}; there is no default tenant"
-                    ),
-                ),
-                "tenant" => (
-                    "unknown_tenant",
-                    format!("no such tenant in snapshot {version}"),
-                ),
-                _ => ("not_found", format!("not found in snapshot {version}")),
-            };
-            error(StatusCode::NOT_FOUND, code, &msg)
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "storage", &e.to_string()),
+        Ok(Some(entry)) => Ok((entry, content_type)),
+        Ok(None) => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: missing.0,
+            message: format!("{} in snapshot {version}", missing.1),
+        }),
+        Err(e) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "storage",
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -151,8 +151,8 @@ impl ApiError {
     }
 }
 
-fn tenant(id: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(id).map_err(|message| ApiError {
+fn tenant(id: &str) -> Result<&str, ApiError> {
+    TenantId::check(id).map_err(|message| ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "bad_tenant_id",
         message,

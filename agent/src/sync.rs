@@ -183,13 +183,14 @@ impl Syncer {
         // 3.
         let (pointer, pinned) = self.target(pointer);
         // 4.
-        if let Err(e) = pointer.check_expiry(time::now()) {
-            let reason = if matches!(e, PointerError::Expired { .. }) {
-                "pointer_expired"
-            } else {
-                "pointer_malformed"
-            };
-            return Outcome::Unavailable(refusal(reason, format!("{key}: {e}")));
+        // An expired pointer is the publisher not refreshing (stale); an
+        // unreadable expiry is a bad document (refused).
+        match pointer.check_expiry(time::now()) {
+            Ok(()) => {}
+            Err(e @ PointerError::Expired { .. }) => {
+                return Outcome::Unavailable(refusal("pointer_expired", format!("{key}: {e}")));
+            }
+            Err(e) => return Outcome::Refused(refusal("pointer_malformed", format!("{key}: {e}"))),
         }
         // 5.
         if let Some((served, served_sha)) = self.served_version() {

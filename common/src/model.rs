@@ -21,6 +21,11 @@ pub struct TenantId(String);
 impl TenantId {
     /// Checks `s` against the tenant id pattern.
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::check(s).map(|s| Self(s.to_owned()))
+    }
+
+    /// [`TenantId::parse`] without the allocation, for the lookup path.
+    pub fn check(s: &str) -> Result<&str, String> {
         let bytes = s.as_bytes();
         let ok_len = (2..=63).contains(&bytes.len());
         let ok_first = bytes
@@ -30,7 +35,7 @@ impl TenantId {
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
         if ok_len && ok_first && ok_rest {
-            Ok(Self(s.to_owned()))
+            Ok(s)
         } else {
             Err(format!(
                 "{s:?} is not a valid tenant id; use 2-63 characters of a-z, 0-9 and '-', starting with a letter or digit"
@@ -58,12 +63,17 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     /// Checks `s` is E.164.
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::check(s).map(|s| Self(s.to_owned()))
+    }
+
+    /// [`PhoneNumber::parse`] without the allocation, for the lookup path.
+    pub fn check(s: &str) -> Result<&str, String> {
         let digits = s.strip_prefix('+').unwrap_or("");
         let ok = (2..=15).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit())
             && !digits.starts_with('0');
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(s)
         } else {
             Err(format!(
                 "{s:?} is not an E.164 number; write it as + and country code and number, digits only, e.g. +14155550100"
