@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use strata_agent::client::{self, Answer};
@@ -201,14 +203,39 @@ where
 }
 
 /// Path of a binary built from this workspace (`strata-agent`, `strata-publisher`).
+///
+/// `cargo test` builds only the binaries of the package under test, so the
+/// first call builds both (a no-op when they are up to date): the process
+/// tests then always run the code of this checkout, on a clean clone too.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run cargo test --workspace",
-        path.display()
-    );
-    path
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--bins",
+            "-p",
+            "strata-agent",
+            "-p",
+            "strata-publisher",
+        ]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let out = build
+            .output()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("building the binaries failed:\n{e}");
+    }
+    dir.join(name)
 }
