@@ -1,38 +1,50 @@
 //! The local snapshot store: one redb file, `data_dir/strata.redb`.
 //!
-//! Every table is keyed by snapshot version first, so the last `retain`
-//! snapshots coexist and `?snapshot=N` reads an older one. A snapshot is
-//! written in one write transaction, together with its metadata, the
-//! "current" marker and the pruning of older versions: after a crash the
+//! Every index table is keyed by snapshot version first, so the last
+//! `retain` snapshots coexist and `?snapshot=N` reads an older one. A
+//! snapshot is written in one write transaction, together with its metadata,
+//! the "current" marker and the pruning of older versions: after a crash the
 //! file holds the previous snapshot or the new one, never a mix.
 //!
-//! Values are stored exactly as they are served (`etag ‖ body`), so a lookup
-//! hands redb's page to the HTTP response without copying or re-serialising.
+//! Consecutive snapshots share almost every tenant, so bodies are shared too:
+//! a tenant's config or prompt body is written once, under the version that
+//! introduced it, and every later snapshot in which its ETag is unchanged
+//! points at that body from its [`TENANTS`] row. A publish that changes ten
+//! tenants of 100,000 writes ten bodies and a small index, not the whole
+//! snapshot again. A body is deleted with the last retained version that
+//! points at it.
+//!
+//! Bodies are stored exactly as they are served, so a lookup hands redb's
+//! page to the HTTP response without copying or re-serialising.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 use strata_common::bundle::{BundleError, Record, RecordKind};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
 
-/// `(version, tenant id)` → config hash (64 hex bytes) ‖ effective config JSON.
-const CONFIGS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("configs");
-/// `(version, tenant id)` → prompt ETag (64 hex bytes, see [`prompt_etag`]) ‖ system prompt.
-const PROMPTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("prompts");
+/// `(version, tenant id)` → [`TenantRow`]: where the tenant's bodies are and their ETags.
+const TENANTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("tenants");
+/// `(version that introduced it, tenant id)` → effective config JSON.
+const CONFIG_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("config_bodies");
+/// `(version that introduced it, tenant id)` → combined system prompt.
+const PROMPT_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("prompt_bodies");
 /// `(version, E.164)` → `{"tenant_id":"…"}`.
 const ROUTES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("routes");
 /// version → Layer 1 SHA-256 (64 hex bytes) ‖ Layer 1 JSON.
 const LAYER1: TableDefinition<u64, &[u8]> = TableDefinition::new("layer1");
 /// version → [`SnapshotMeta`] JSON.
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
-/// `current` → the version served.
+/// `current` → the version served; `schema` → [`SCHEMA`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The table layout this module writes; a file with another is emptied at open.
+const SCHEMA: u64 = 2;
 
-/// Length of the ETag prefix of stored values.
+/// Length of an ETag: 64 hex digits of a SHA-256.
 pub const ETAG_LEN: usize = 64;
 
 /// What the agent verified about a snapshot, kept beside it so a restart can
@@ -108,12 +120,48 @@ impl Db {
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)?;
-        Ok(Self { db })
+        let this = Self { db };
+        this.migrate()?;
+        Ok(this)
+    }
+
+    /// A file written with another table layout is emptied (the store still
+    /// has every snapshot), then marked with this one.
+    fn migrate(&self) -> Result<(), DbError> {
+        let txn = self.db.begin_write()?;
+        {
+            let meta = txn.open_table(META)?;
+            let found = meta.get("schema")?.map(|g| g.value());
+            if found == Some(SCHEMA) {
+                return Ok(());
+            }
+            let stale = meta.get("current")?.is_some();
+            drop(meta);
+            if stale {
+                tracing::warn!(
+                    "local snapshot file has table layout {found:?}, this agent writes {SCHEMA}; \
+                     emptying it and fetching the current snapshot again"
+                );
+            }
+            for table in txn.list_tables()?.collect::<Vec<_>>() {
+                txn.delete_table(table)?;
+            }
+            txn.open_table(META)?.insert("schema", SCHEMA)?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Writes a whole snapshot in one transaction, makes it current and prunes
-    /// all but the newest `retain` versions. Any bad record rolls everything back.
-    pub fn ingest<I>(&self, meta: &SnapshotMeta, records: I, retain: usize) -> Result<(), DbError>
+    /// all but the newest `retain` versions. Bodies whose ETag is unchanged
+    /// since the newest stored snapshot are shared, not written again. Any bad
+    /// record rolls everything back.
+    pub fn ingest<I>(
+        &self,
+        meta: &SnapshotMeta,
+        records: I,
+        retain: usize,
+    ) -> Result<Ingested, DbError>
     where
         I: Iterator<Item = Result<Record, BundleError>>,
     {
@@ -123,34 +171,82 @@ impl Db {
         // leaves the previous durable snapshot: still whole, still verified).
         txn.set_durability(redb::Durability::None)
             .map_err(|e| DbError::Redb(e.to_string()))?;
+        let mut done = Ingested::default();
         {
-            let mut configs = txn.open_table(CONFIGS)?;
-            let mut prompts = txn.open_table(PROMPTS)?;
+            let mut tenants = txn.open_table(TENANTS)?;
+            let mut config_bodies = txn.open_table(CONFIG_BODIES)?;
+            let mut prompt_bodies = txn.open_table(PROMPT_BODIES)?;
             let mut routes = txn.open_table(ROUTES)?;
             let mut layer1 = txn.open_table(LAYER1)?;
             let mut snapshots = txn.open_table(SNAPSHOTS)?;
             let mut m = txn.open_table(META)?;
-            let (mut n_configs, mut n_prompts, mut n_layer1) = (0u64, 0u64, 0u64);
-            let mut value = Vec::new();
+            if snapshots.get(v)?.is_some() {
+                return Err(DbError::Incomplete(format!(
+                    "snapshot {v} is already stored"
+                )));
+            }
+            // The newest stored snapshot: bodies unchanged since it are shared.
+            let base = snapshots.last()?.map(|(k, _)| k.value());
+            let mut n_layer1 = 0u64;
             let mut layer1_hash = String::new();
-            let mut last_config_hash: Option<(String, String)> = None;
+            // A tenant's config waits here for the prompt that follows it.
+            let mut pending: Option<(String, u64, [u8; ETAG_LEN], Option<TenantRow>)> = None;
             for record in records {
                 let record = record?;
                 match record.kind {
                     RecordKind::Config => {
-                        let hash = config_hash(&record.value)?;
-                        etagged(&mut value, hash.as_bytes(), &record.value);
-                        last_config_hash = Some((record.key.clone(), hash));
-                        configs.insert((v, record.key.as_str()), value.as_slice())?;
-                        n_configs += 1;
+                        if let Some((tenant, ..)) = &pending {
+                            return Err(DbError::Incomplete(format!(
+                                "config of {tenant} is not followed by its prompt"
+                            )));
+                        }
+                        let etag = config_etag(&record.value)?;
+                        let before = match base {
+                            Some(b) => tenants
+                                .get((b, record.key.as_str()))?
+                                .map(|g| TenantRow::decode(g.value()))
+                                .transpose()?,
+                            None => None,
+                        };
+                        let config_version = done.share_or_write(
+                            &mut config_bodies,
+                            before.map(|r| (r.config_version, r.config_etag)),
+                            &etag,
+                            (v, record.key.as_str()),
+                            &record.value,
+                        )?;
+                        pending = Some((record.key, config_version, etag, before));
                     }
                     RecordKind::Prompt => {
-                        // The prompt is a function of the tenant's config and
-                        // Layer 1, so its ETag is too: no hash of the text.
-                        let etag = prompt_etag(&last_config_hash, &record.key, &layer1_hash)?;
-                        etagged(&mut value, etag.as_bytes(), &record.value);
-                        prompts.insert((v, record.key.as_str()), value.as_slice())?;
-                        n_prompts += 1;
+                        let Some((tenant, config_version, config_etag, before)) = pending.take()
+                        else {
+                            return Err(DbError::Incomplete(format!(
+                                "prompt of {} does not follow its config",
+                                record.key
+                            )));
+                        };
+                        if tenant != record.key || layer1_hash.is_empty() {
+                            return Err(DbError::Incomplete(format!(
+                                "prompt of {} does not follow its config and Layer 1",
+                                record.key
+                            )));
+                        }
+                        let etag = prompt_etag(&config_etag, &layer1_hash);
+                        let prompt_version = done.share_or_write(
+                            &mut prompt_bodies,
+                            before.map(|r| (r.prompt_version, r.prompt_etag)),
+                            &etag,
+                            (v, tenant.as_str()),
+                            &record.value,
+                        )?;
+                        let row = TenantRow {
+                            config_version,
+                            prompt_version,
+                            config_etag,
+                            prompt_etag: etag,
+                        };
+                        tenants.insert((v, tenant.as_str()), row.encode().as_slice())?;
+                        done.tenants += 1;
                     }
                     RecordKind::Route => {
                         let tenant = String::from_utf8(record.value).map_err(|_| {
@@ -162,16 +258,23 @@ impl Db {
                     }
                     RecordKind::Layer1 => {
                         layer1_hash = sha256_hex(&record.value);
-                        etagged(&mut value, layer1_hash.as_bytes(), &record.value);
+                        let mut value = Vec::with_capacity(ETAG_LEN + record.value.len());
+                        value.extend_from_slice(layer1_hash.as_bytes());
+                        value.extend_from_slice(&record.value);
                         layer1.insert(v, value.as_slice())?;
                         n_layer1 += 1;
                     }
                 }
             }
-            if n_layer1 != 1 || n_configs != meta.tenant_count || n_prompts != meta.tenant_count {
+            if let Some((tenant, ..)) = pending {
                 return Err(DbError::Incomplete(format!(
-                    "{n_configs} configs, {n_prompts} prompts, {n_layer1} layer1 for {} tenants",
-                    meta.tenant_count
+                    "config of {tenant} has no prompt"
+                )));
+            }
+            if n_layer1 != 1 || done.tenants != meta.tenant_count {
+                return Err(DbError::Incomplete(format!(
+                    "{} tenants with config and prompt, {n_layer1} layer1, for {} tenants",
+                    done.tenants, meta.tenant_count
                 )));
             }
             let meta_json =
@@ -184,18 +287,22 @@ impl Db {
                 .map(|e| e.map(|(k, _)| k.value()))
                 .collect::<Result<_, _>>()?;
             versions.sort_unstable();
-            let keep_from = versions.len().saturating_sub(retain);
-            for old in versions[..keep_from].iter().copied().filter(|o| *o != v) {
-                let range = (old, "")..(old + 1, "");
-                configs.retain_in(range.clone(), |_, _| false)?;
-                prompts.retain_in(range.clone(), |_, _| false)?;
-                routes.retain_in(range, |_, _| false)?;
+            let (old, kept) = versions.split_at(versions.len().saturating_sub(retain));
+            for old in old.iter().copied().filter(|o| *o != v) {
+                prune_tenants(
+                    old,
+                    kept,
+                    &mut tenants,
+                    &mut config_bodies,
+                    &mut prompt_bodies,
+                )?;
+                routes.retain_in((old, "")..(old + 1, ""), |_, _| false)?;
                 layer1.remove(old)?;
                 snapshots.remove(old)?;
             }
         }
         txn.commit()?;
-        Ok(())
+        Ok(done)
     }
 
     /// Makes every earlier commit durable (an empty commit with immediate
@@ -232,8 +339,9 @@ impl Db {
             )));
         }
         Ok(Some(Reader {
-            configs: txn.open_table(CONFIGS)?,
-            prompts: txn.open_table(PROMPTS)?,
+            tenants: txn.open_table(TENANTS)?,
+            config_bodies: txn.open_table(CONFIG_BODIES)?,
+            prompt_bodies: txn.open_table(PROMPT_BODIES)?,
             routes: txn.open_table(ROUTES)?,
             layer1: txn.open_table(LAYER1)?,
             current,
@@ -242,71 +350,187 @@ impl Db {
     }
 }
 
-fn etagged(buf: &mut Vec<u8>, etag: &[u8], body: &[u8]) {
-    buf.clear();
-    buf.extend_from_slice(etag);
-    buf.extend_from_slice(body);
+/// What an ingest wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// Tenants in the snapshot.
+    pub tenants: u64,
+    /// Config and prompt bodies written by this snapshot.
+    pub bodies_written: u64,
+    /// Bodies unchanged since the previous snapshot, shared with it.
+    pub bodies_shared: u64,
+}
+
+impl Ingested {
+    /// The version whose body to serve: the previous snapshot's when the ETag
+    /// is unchanged, else this one's, after writing `body` under `key`.
+    fn share_or_write(
+        &mut self,
+        bodies: &mut Table<(u64, &str), &[u8]>,
+        before: Option<(u64, [u8; ETAG_LEN])>,
+        etag: &[u8; ETAG_LEN],
+        key: (u64, &str),
+        body: &[u8],
+    ) -> Result<u64, DbError> {
+        match before {
+            Some((version, before)) if before == *etag => {
+                self.bodies_shared += 1;
+                Ok(version)
+            }
+            _ => {
+                bodies.insert(key, body)?;
+                self.bodies_written += 1;
+                Ok(key.0)
+            }
+        }
+    }
+}
+
+/// A tenant's row in [`TENANTS`]: which version's body it serves for its
+/// config and its prompt, and their ETags. Stored as 16 + 2 × 64 bytes:
+/// config body version and prompt body version (u64 LE), then both ETags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TenantRow {
+    config_version: u64,
+    prompt_version: u64,
+    config_etag: [u8; ETAG_LEN],
+    prompt_etag: [u8; ETAG_LEN],
+}
+
+const ROW_LEN: usize = 16 + 2 * ETAG_LEN;
+
+impl TenantRow {
+    fn encode(&self) -> [u8; ROW_LEN] {
+        let mut out = [0u8; ROW_LEN];
+        out[..8].copy_from_slice(&self.config_version.to_le_bytes());
+        out[8..16].copy_from_slice(&self.prompt_version.to_le_bytes());
+        out[16..16 + ETAG_LEN].copy_from_slice(&self.config_etag);
+        out[16 + ETAG_LEN..].copy_from_slice(&self.prompt_etag);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DbError> {
+        let bad = || {
+            DbError::Incomplete(format!(
+                "tenant row of {} bytes, want {ROW_LEN}",
+                bytes.len()
+            ))
+        };
+        let row: &[u8; ROW_LEN] = bytes.try_into().map_err(|_| bad())?;
+        let (versions, etags) = row.split_at(16);
+        let (config_etag, prompt_etag) = etags.split_at(ETAG_LEN);
+        let u64_at = |i: usize| {
+            versions[i..i + 8]
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| bad())
+        };
+        Ok(Self {
+            config_version: u64_at(0)?,
+            prompt_version: u64_at(8)?,
+            config_etag: config_etag.try_into().map_err(|_| bad())?,
+            prompt_etag: prompt_etag.try_into().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Removes version `old`'s tenant rows, and each body no version in `kept`
+/// still points at.
+fn prune_tenants(
+    old: u64,
+    kept: &[u64],
+    tenants: &mut Table<(u64, &str), &[u8]>,
+    config_bodies: &mut Table<(u64, &str), &[u8]>,
+    prompt_bodies: &mut Table<(u64, &str), &[u8]>,
+) -> Result<(), DbError> {
+    for entry in tenants.range((old, "")..(old + 1, ""))? {
+        let (key, value) = entry?;
+        let (_, tenant) = key.value();
+        let row = TenantRow::decode(value.value())?;
+        let (mut config_live, mut prompt_live) = (false, false);
+        for &k in kept {
+            if let Some(g) = tenants.get((k, tenant))? {
+                let other = TenantRow::decode(g.value())?;
+                config_live |= other.config_version == row.config_version;
+                prompt_live |= other.prompt_version == row.prompt_version;
+            }
+            if config_live && prompt_live {
+                break;
+            }
+        }
+        if !config_live {
+            config_bodies.remove((row.config_version, tenant))?;
+        }
+        if !prompt_live {
+            prompt_bodies.remove((row.prompt_version, tenant))?;
+        }
+    }
+    tenants.retain_in((old, "")..(old + 1, ""), |_, _| false)?;
+    Ok(())
 }
 
 /// SHA-256 of `config hash ‖ Layer 1 hash`: changes whenever the rendered
 /// prompt can. FORMAT.md orders each tenant's config record before its prompt.
-fn prompt_etag(
-    config: &Option<(String, String)>,
-    tenant: &str,
-    layer1_hash: &str,
-) -> Result<String, DbError> {
-    match config {
-        Some((t, hash)) if t == tenant && !layer1_hash.is_empty() => {
-            Ok(sha256_hex(format!("{hash}{layer1_hash}").as_bytes()))
-        }
-        _ => Err(DbError::Incomplete(format!(
-            "prompt of {tenant} does not follow its config and Layer 1"
-        ))),
-    }
+fn prompt_etag(config_etag: &[u8; ETAG_LEN], layer1_hash: &str) -> [u8; ETAG_LEN] {
+    let mut input = Vec::with_capacity(ETAG_LEN + layer1_hash.len());
+    input.extend_from_slice(config_etag);
+    input.extend_from_slice(layer1_hash.as_bytes());
+    let mut etag = [0u8; ETAG_LEN];
+    etag.copy_from_slice(sha256_hex(&input).as_bytes());
+    etag
 }
 
-fn config_hash(json: &[u8]) -> Result<String, DbError> {
+/// The config's own `config_hash`, which is its ETag.
+fn config_etag(json: &[u8]) -> Result<[u8; ETAG_LEN], DbError> {
     #[derive(Deserialize)]
     struct Hash {
         config_hash: String,
     }
     let h: Hash = serde_json::from_slice(json)
         .map_err(|e| DbError::Incomplete(format!("config without config_hash: {e}")))?;
-    if h.config_hash.len() != ETAG_LEN {
-        return Err(DbError::Incomplete(
-            "config_hash is not 64 hex digits".into(),
-        ));
-    }
-    Ok(h.config_hash)
+    h.config_hash
+        .as_bytes()
+        .try_into()
+        .map_err(|_| DbError::Incomplete("config_hash is not 64 hex digits".into()))
 }
 
-/// A stored value, borrowed from redb's page: `etag` and `body` both point
-/// into the page the read transaction keeps alive.
+/// A stored value, borrowed from redb's page: the body points into the page
+/// the read transaction keeps alive; the ETag is a 64-byte copy.
 #[derive(Clone)]
 pub struct Entry {
-    bytes: Bytes,
-    etag_len: usize,
+    etag: Option<[u8; ETAG_LEN]>,
+    body: Bytes,
 }
 
 impl Entry {
-    fn new(guard: redb::OwnedAccessGuard<&'static [u8]>, etag_len: usize) -> Result<Self, DbError> {
-        let bytes = Bytes::from_owner(Page(guard));
-        if bytes.len() < etag_len {
-            return Err(DbError::Incomplete(
-                "stored value shorter than its ETag".into(),
-            ));
+    fn new(etag: Option<[u8; ETAG_LEN]>, guard: redb::OwnedAccessGuard<&'static [u8]>) -> Self {
+        Self {
+            etag,
+            body: Bytes::from_owner(Page(guard)),
         }
-        Ok(Self { bytes, etag_len })
     }
 
-    /// The ETag (empty for values stored without one).
+    /// A value stored as `etag ‖ body`.
+    fn etag_prefixed(guard: redb::OwnedAccessGuard<&'static [u8]>) -> Result<Self, DbError> {
+        let bytes = Bytes::from_owner(Page(guard));
+        let etag = bytes
+            .get(..ETAG_LEN)
+            .and_then(|e| <[u8; ETAG_LEN]>::try_from(e).ok())
+            .ok_or_else(|| DbError::Incomplete("stored value shorter than its ETag".into()))?;
+        Ok(Self {
+            etag: Some(etag),
+            body: bytes.slice(ETAG_LEN..),
+        })
+    }
+
+    /// The ETag (empty for values served without one).
     pub fn etag(&self) -> &[u8] {
-        &self.bytes[..self.etag_len]
+        self.etag.as_ref().map_or(&[], |e| e.as_slice())
     }
 
     /// The body, as a zero-copy slice of the page.
     pub fn body(&self) -> Bytes {
-        self.bytes.slice(self.etag_len..)
+        self.body.clone()
     }
 }
 
@@ -322,8 +546,9 @@ impl AsRef<[u8]> for Page {
 /// A read view over every retained snapshot, shared by all requests until
 /// the next ingest swaps in a new one.
 pub struct Reader {
-    configs: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
-    prompts: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    tenants: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    config_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    prompt_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     routes: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     layer1: ReadOnlyTable<u64, &'static [u8]>,
     /// The version served by default.
@@ -338,37 +563,60 @@ impl Reader {
         self.metas.get(&self.current)
     }
 
-    /// A tenant's effective config (ETag: its config hash).
-    pub fn config(&self, version: u64, tenant: &str) -> Result<Option<Entry>, DbError> {
-        self.configs
-            .get_owned((version, tenant))?
-            .map(|g| Entry::new(g, ETAG_LEN))
+    fn row(&self, version: u64, tenant: &str) -> Result<Option<TenantRow>, DbError> {
+        self.tenants
+            .get((version, tenant))?
+            .map(|g| TenantRow::decode(g.value()))
             .transpose()
     }
 
-    /// A tenant's combined system prompt (ETag: its SHA-256).
+    /// A tenant's effective config (ETag: its config hash).
+    pub fn config(&self, version: u64, tenant: &str) -> Result<Option<Entry>, DbError> {
+        let Some(row) = self.row(version, tenant)? else {
+            return Ok(None);
+        };
+        let body = body(&self.config_bodies, row.config_version, tenant, "config")?;
+        Ok(Some(Entry::new(Some(row.config_etag), body)))
+    }
+
+    /// A tenant's combined system prompt (ETag: see [`prompt_etag`]).
     pub fn prompt(&self, version: u64, tenant: &str) -> Result<Option<Entry>, DbError> {
-        self.prompts
-            .get_owned((version, tenant))?
-            .map(|g| Entry::new(g, ETAG_LEN))
-            .transpose()
+        let Some(row) = self.row(version, tenant)? else {
+            return Ok(None);
+        };
+        let body = body(&self.prompt_bodies, row.prompt_version, tenant, "prompt")?;
+        Ok(Some(Entry::new(Some(row.prompt_etag), body)))
     }
 
     /// The route of a number, as `{"tenant_id":"…"}`.
     pub fn route(&self, version: u64, number: &str) -> Result<Option<Entry>, DbError> {
-        self.routes
+        Ok(self
+            .routes
             .get_owned((version, number))?
-            .map(|g| Entry::new(g, 0))
-            .transpose()
+            .map(|g| Entry::new(None, g)))
     }
 
     /// Layer 1 as JSON.
     pub fn layer1(&self, version: u64) -> Result<Option<Entry>, DbError> {
         self.layer1
             .get_owned(version)?
-            .map(|g| Entry::new(g, ETAG_LEN))
+            .map(Entry::etag_prefixed)
             .transpose()
     }
+}
+
+/// The body a tenant row points at; its absence is damage, not a 404.
+fn body(
+    table: &ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    version: u64,
+    tenant: &str,
+    what: &str,
+) -> Result<redb::OwnedAccessGuard<&'static [u8]>, DbError> {
+    table.get_owned((version, tenant))?.ok_or_else(|| {
+        DbError::Incomplete(format!(
+            "{what} body of {tenant} from snapshot {version} is missing"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -393,7 +641,8 @@ mod tests {
     }
 
     fn records(version: u64) -> Vec<Result<Record, BundleError>> {
-        let config = format!("{{\"config_hash\":\"{}\",\"v\":{version}}}", "a".repeat(64));
+        // The config hash changes with the content, as the publisher makes it.
+        let config = format!("{{\"config_hash\":\"{version:064x}\",\"v\":{version}}}");
         vec![
             Ok(Record {
                 kind: RecordKind::Layer1,
@@ -426,19 +675,104 @@ mod tests {
             .expect("ingest");
         let reader = db.reader().expect("reader").expect("has snapshot");
         let guard = reader
-            .prompts
+            .prompt_bodies
             .get_owned((1u64, "t1"))
             .expect("get")
             .expect("present");
         let page_ptr = guard.value().as_ptr();
-        let entry = Entry::new(guard, ETAG_LEN).expect("entry");
+        let entry = reader.prompt(1, "t1").expect("get").expect("present");
         let body = entry.body();
         assert_eq!(&body[..], b"prompt v1");
         assert_eq!(
             body.as_ptr(),
-            page_ptr.wrapping_add(ETAG_LEN),
-            "body borrows the guard's bytes"
+            page_ptr,
+            "the served body is the bytes of redb's cached page"
         );
+        let again = Entry::new(None, guard).body();
+        assert_eq!(again.as_ptr(), page_ptr, "Entry wraps the guard, no copy");
+    }
+
+    fn count(db: &Db, table: TableDefinition<(u64, &str), &[u8]>) -> u64 {
+        let txn = db.db.begin_read().expect("read");
+        use redb::ReadableTableMetadata;
+        txn.open_table(table).expect("table").len().expect("len")
+    }
+
+    #[test]
+    fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+        let same_as_v1 = |v: u64| {
+            let mut r = records(1);
+            r.retain(|r| r.as_ref().is_ok_and(|r| r.kind != RecordKind::Route));
+            db.ingest(&meta(v, 1), r.into_iter(), 2)
+        };
+        let first = db
+            .ingest(&meta(1, 1), records(1).into_iter(), 2)
+            .expect("v1");
+        assert_eq!((first.bodies_written, first.bodies_shared), (2, 0));
+        let second = same_as_v1(2).expect("v2");
+        assert_eq!(
+            (second.bodies_written, second.bodies_shared),
+            (0, 2),
+            "an unchanged tenant writes no body"
+        );
+        let r = db.reader().expect("reader").expect("snapshot");
+        assert_eq!(
+            r.config(2, "t1").expect("get").expect("v2").body().as_ptr(),
+            r.config(1, "t1").expect("get").expect("v1").body().as_ptr(),
+            "both versions serve the one stored body"
+        );
+        drop(r);
+
+        // v3 changes the tenant; v1 is pruned but v2 still uses its bodies.
+        db.ingest(&meta(3, 1), records(3).into_iter(), 2)
+            .expect("v3");
+        assert_eq!(count(&db, CONFIG_BODIES), 2);
+        let r = db.reader().expect("reader").expect("snapshot");
+        assert_eq!(
+            &r.prompt(2, "t1").expect("get").expect("v2").body()[..],
+            b"prompt v1"
+        );
+        drop(r);
+        // v4 prunes v2, the last version using v1's bodies: they go too.
+        db.ingest(&meta(4, 1), records(4).into_iter(), 2)
+            .expect("v4");
+        assert_eq!(count(&db, CONFIG_BODIES), 2, "v3's and v4's configs");
+        assert_eq!(count(&db, PROMPT_BODIES), 2);
+        assert_eq!(count(&db, TENANTS), 2);
+        assert!(
+            db.ingest(&meta(4, 1), records(4).into_iter(), 2).is_err(),
+            "v4 again"
+        );
+    }
+
+    #[test]
+    fn a_file_with_another_layout_is_emptied_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("current", 7)
+                .expect("insert");
+            let old: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("configs");
+            txn.open_table(old)
+                .expect("old")
+                .insert((7, "t1"), b"x".as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let db = Db::open(&path, 1 << 20).expect("open");
+        assert!(
+            db.reader().expect("reader").is_none(),
+            "nothing served from the old layout"
+        );
+        db.ingest(&meta(8, 1), records(8).into_iter(), 2)
+            .expect("ingest");
+        assert_eq!(db.reader().expect("reader").expect("snapshot").current, 8);
     }
 
     #[test]

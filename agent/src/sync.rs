@@ -14,7 +14,7 @@ use strata_common::publish::MAX_POINTER_BYTES;
 use strata_common::sign::{Role, TrustedKeys};
 use strata_common::store::{ObjectStore, StoreError};
 use strata_common::time;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
 use crate::config::Config;
@@ -316,15 +316,18 @@ impl Syncer {
         self.shared.status().applying = Some(meta.version);
         let ingested = self.db.ingest(&meta, records, self.retain);
         self.shared.status().applying = None;
-        if let Err(e) = ingested {
-            return Outcome::Refused(refusal(
-                "ingest",
-                format!(
-                    "{}: {e}; the previous snapshot stays served",
-                    pointer.bundle
-                ),
-            ));
-        }
+        let ingested = match ingested {
+            Ok(done) => done,
+            Err(e) => {
+                return Outcome::Refused(refusal(
+                    "ingest",
+                    format!(
+                        "{}: {e}; the previous snapshot stays served",
+                        pointer.bundle
+                    ),
+                ));
+            }
+        };
         // 11.
         match self.db.reader() {
             Ok(Some(reader)) => {
@@ -354,6 +357,14 @@ impl Syncer {
             );
         }
         m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(
+            version = manifest.version,
+            tenants = ingested.tenants,
+            bodies_written = ingested.bodies_written,
+            bodies_shared = ingested.bodies_shared,
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot applied"
+        );
         Outcome::Applied(manifest.version)
     }
 
@@ -372,10 +383,7 @@ impl Syncer {
         let mut status = self.shared.status();
         status.last_check = Some(time::format(time::now()));
         let (state, error) = match outcome {
-            Outcome::Applied(v) => {
-                info!(version = v, "snapshot applied");
-                (State::Fresh, None)
-            }
+            Outcome::Applied(_) => (State::Fresh, None),
             Outcome::UpToDate(_) => (State::Fresh, None),
             Outcome::Refused(r) => (State::Degraded, Some(r)),
             Outcome::Unavailable(r) => (State::Stale, Some(r)),
@@ -410,13 +418,21 @@ fn bundle_reason(e: &BundleError) -> &'static str {
 }
 
 /// Runs checks until shutdown: at start, on every change the watcher sees in
-/// a `file://` store, and every `poll_interval` (±20% jitter).
+/// a `file://` store, and every `poll_interval` (±20% jitter). The checks
+/// themselves run on the sync thread (see [`spawn_sync_thread`]).
 pub async fn run(
-    mut syncer: Syncer,
+    syncer: Syncer,
     store_dir: Option<PathBuf>,
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let checks = match spawn_sync_thread(syncer) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("cannot start the sync thread: {e}; the last snapshot stays served");
+            return;
+        }
+    };
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = None;
     loop {
@@ -425,20 +441,11 @@ pub async fn run(
         {
             watcher = watch(dir, tx.clone());
         }
-        let task = tokio::task::spawn_blocking(move || {
-            lower_priority();
-            let outcome = syncer.check();
-            (syncer, outcome)
-        });
-        syncer = match task.await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(
-                    "sync check panicked: {e}; the sync loop stops, the last snapshot stays served"
-                );
-                return;
-            }
-        };
+        let (done_tx, done_rx) = oneshot::channel();
+        if checks.send(done_tx).is_err() || done_rx.await.is_err() {
+            warn!("sync check panicked; the sync loop stops, the last snapshot stays served");
+            return;
+        }
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
         tokio::select! {
             _ = tokio::time::sleep(poll.mul_f64(jitter)) => {}
@@ -448,12 +455,35 @@ pub async fn run(
     }
 }
 
-/// Runs this (sync) thread at nice 10, so applying a large snapshot yields
-/// the CPU to lookups on a busy node. Lookups never wait for the sync thread.
-fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), 10) {
-        tracing::debug!("cannot lower the sync thread's priority: {e}");
+/// Starts the thread that runs one check per request, at `SCHED_IDLE`: the
+/// kernel runs it only on a CPU nothing else wants, so applying a large
+/// snapshot never delays a lookup (or the call worker beside us). Measured
+/// in BENCHMARKS.md; nice 10 was not enough. The thread is not joined: an
+/// exit in the middle of an ingest is as safe as a crash.
+fn spawn_sync_thread(
+    mut syncer: Syncer,
+) -> std::io::Result<std::sync::mpsc::Sender<oneshot::Sender<()>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<oneshot::Sender<()>>();
+    std::thread::Builder::new()
+        .name("strata-sync".into())
+        .spawn(move || {
+            lowest_priority();
+            for done in rx {
+                syncer.check();
+                let _ = done.send(());
+            }
+        })?;
+    Ok(tx)
+}
+
+fn lowest_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        warn!("cannot run the sync thread at SCHED_IDLE ({e:?}); an apply may slow lookups");
     }
 }
 
