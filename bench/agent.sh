@@ -2,8 +2,12 @@
 # Agent benchmarks behind BENCHMARKS.md:
 #   1. lookups/s and latency over the socket at 1, 8 and 32 connections
 #      (GET /v1/tenants/{id}, 10k-tenant snapshot);
-#   2. apply time and peak RSS of a 100k-tenant bundle;
-#   3. lookup latency while that bundle is applied.
+#   2. a cold apply: a 100k-tenant bundle onto an agent serving 10k (every
+#      body is new), with lookups at c=8 running through it;
+#   3. steady-state applies: 100k-tenant bundles in which 1% of the tenants
+#      changed, under a fixed 2,000 lookups/s and under c=8 saturation.
+# Lookup latency "during" counts exactly the requests started between the
+# pointer move and the new version being served (oha --db-url).
 # Numbers and the machine: BENCHMARKS.md.
 # Needs oha (cargo install oha --locked).
 # Usage: bench/agent.sh [seconds per run]; CACHE_BYTES=... sets the agent's redb cache.
@@ -15,17 +19,33 @@ cargo build --release -q -p strata-publisher -p strata-agent
 P=$PWD/target/release/strata-publisher
 A=$PWD/target/release/strata-agent
 W=$(mktemp -d)
+AGENT=
 trap 'kill $AGENT 2>/dev/null || true; rm -rf "$W"' EXIT
 
 $P keygen --out "$W/ci.key" >/dev/null
 $P generate --tenants 10000 --out "$W/src10k" >/dev/null
 $P generate --tenants 100000 --out "$W/src100k" >/dev/null
+# The same 100k tenants with 1% changed (every 100th tenant gets a new version).
+change_one_percent() {
+  ls "$W/src100k/tenants" | awk -v k="$1" 'NR % 100 == k' | while read -r f; do
+    sed -i "s/^version = .*/version = \"9.9.$1\"/" "$W/src100k/tenants/$f"
+  done
+}
+
 # Publish into a staging store; the live store gets each version by copying
 # the bundle, then the pointer, so the agent sees the pointer move at once.
-$P publish --source "$W/src10k" --key "$W/ci.key" --store "file://$W/staging" >/dev/null
-mkdir -p "$W/store/snapshots" "$W/store/channels"
-cp "$W/staging/snapshots/"* "$W/store/snapshots/"
-cp "$W/staging/channels/stable.json" "$W/store/channels/stable.json"
+publish() { $P publish --source "$1" --key "$W/ci.key" --store "file://$W/staging" >/dev/null; }
+promote() {
+  local b
+  b=$(ls "$W/staging/snapshots" | tail -1)
+  mkdir -p "$W/store/snapshots" "$W/store/channels"
+  cp "$W/staging/snapshots/$b" "$W/store/snapshots/.$b"
+  mv "$W/store/snapshots/.$b" "$W/store/snapshots/$b"
+  cp "$W/staging/channels/stable.json" "$W/store/channels/.stable.json"
+  mv "$W/store/channels/.stable.json" "$W/store/channels/stable.json"
+}
+publish "$W/src10k"
+promote
 
 cat > "$W/agent.toml" <<CONF
 source = "file://$W/store"
@@ -37,45 +57,88 @@ cache_bytes = ${CACHE_BYTES:-67108864}
 role = "publisher"
 path = "$W/ci.key.pub"
 CONF
-STRATA_LOG=warn $A run --config "$W/agent.toml" &
+STRATA_LOG=info $A run --config "$W/agent.toml" 2> "$W/agent.log" &
 AGENT=$!
 until curl -sf --unix-socket "$W/agent.sock" http://strata/readyz >/dev/null 2>&1; do sleep 0.05; done
 
 TENANT=$(ls "$W/src10k/tenants" | sed -n 5000p | sed 's/\.toml$//')
 URL="http://strata/v1/tenants/$TENANT"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "== lookups, GET /v1/tenants/{id}, 10k-tenant snapshot, ${SECS}s each"
 summary() { python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 s, p = d["summary"], d["latencyPercentiles"]
 rps, p50, p99, ok = s["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6, s["successRate"] * 100
-print("  c=%2s: %9.0f req/s  p50 %7.1f us  p99 %7.1f us  success %.1f%%" % (sys.argv[1], rps, p50, p99, ok))
+print("  %-22s %9.0f req/s  p50 %7.1f us  p99 %7.1f us  success %.1f%%" % (sys.argv[1], rps, p50, p99, ok))
 ' "$1"; }
-for c in 1 8 32; do
-  oha --no-tui --output-format json -z "${SECS}s" -c "$c" --unix-socket "$W/agent.sock" "$URL" | summary "$c"
-done
+# load NAME SECONDS [oha args]: lookups against $URL, summary printed.
+load() {
+  local name=$1 secs=$2
+  shift 2
+  oha --no-tui --output-format json -z "${secs}s" "$@" --unix-socket "$W/agent.sock" "$URL" | summary "$name"
+}
+echo "== lookups, GET /v1/tenants/{id}, 10k-tenant snapshot, ${SECS}s each"
+for c in 1 8 32; do load "c=$c" "$SECS" -c "$c"; done
 
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' /proc/$AGENT/status; }
-echo "== apply of a 100k-tenant bundle"
+# window DB FROM TO NAME: latency of the requests oha (--db-url) started
+# between FROM and TO seconds after it started.
+window() { python3 -c '
+import sqlite3, sys
+db, lo, hi, name = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+rows = sqlite3.connect(db).execute(
+    "select end - coalesce(start_latency_correction, start) from oha"
+    " where coalesce(start_latency_correction, start) between ? and ? order by 1", (lo, hi)).fetchall()
+lat = [r[0] for r in rows]
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
+print("  %-22s %9.0f req/s  p50 %7.1f us  p99 %7.1f us  (%d requests)" % (name, len(lat) / (hi - lo), pct(0.5), pct(0.99), len(lat)))
+' "$@"; }
+# apply NAME VERSION [oha args]: moves the pointer while oha runs; prints the
+# apply time and the latency of exactly the lookups started during the apply.
+# The end is the agent's "snapshot applied" log line, read by one waiting
+# process: polling with curl would fork ~50 processes a second on the same
+# two cores and show up in the very tail being measured.
+apply() {
+  local name=$1 v=$2
+  shift 2
+  local bundle
+  bundle=$(ls "$W/staging/snapshots" | tail -1)
+  ls -l "$W/staging/snapshots/$bundle" | awk '{printf "  bundle: %.1f MiB\n", $5/1048576}'
+  rm -f "$W/during.db"
+  local t0
+  t0=$(date +%s.%N)
+  oha --no-tui --output-format quiet -z "$((SECS + 20))s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
+  local oha=$!
+  sleep 1
+  grep -m1 -q "snapshot applied version=$v " <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
+  local waiter=$!
+  sleep 0.2
+  local start end
+  start=$(date +%s.%N)
+  promote
+  wait $waiter
+  end=$(date +%s.%N)
+  local secs
+  secs=$(curl -sf --unix-socket "$W/agent.sock" http://strata/metrics | awk '/^strata_last_apply_seconds/ {print $2}')
+  echo "  $name: pointer moved -> served $(python3 -c "print(f'{$end-$start:.2f}')") s (verify + ingest ${secs} s)"
+  wait $oha
+  window "$W/during.db" "$(python3 -c "print($start-$t0)")" "$(python3 -c "print($end-$t0)")" "lookups during ($*)"
+}
+
+echo "== cold apply: 100k-tenant bundle onto the 10k snapshot (every body new)"
 echo "  agent RSS before: $(rss) MiB"
-$P publish --source "$W/src100k" --key "$W/ci.key" --store "file://$W/staging" >/dev/null
-BUNDLE=$(ls "$W/staging/snapshots" | tail -1)
-ls -l "$W/staging/snapshots/$BUNDLE" | awk '{printf "  bundle: %.1f MiB\n", $5/1048576}'
-cp "$W/staging/snapshots/$BUNDLE" "$W/store/snapshots/.$BUNDLE"
-mv "$W/store/snapshots/.$BUNDLE" "$W/store/snapshots/$BUNDLE"
-( oha --no-tui --output-format json -z "$((SECS + 5))s" -c 8 --unix-socket "$W/agent.sock" "$URL" > "$W/during.json" ) &
-OHA=$!
-sleep 1
-cp "$W/staging/channels/stable.json" "$W/store/channels/.stable.json"
-mv "$W/store/channels/.stable.json" "$W/store/channels/stable.json"
-START=$(date +%s.%N)
-until curl -sf --unix-socket "$W/agent.sock" http://strata/v1/snapshot | grep -q '"version":2'; do sleep 0.02; done
-END=$(date +%s.%N)
-APPLY=$(curl -sf --unix-socket "$W/agent.sock" http://strata/metrics | awk '/^strata_last_apply_seconds/ {print $2}')
-echo "  pointer moved -> served: $(python3 -c "print(f'{$END-$START:.2f}')") s (verify + ingest: ${APPLY} s)"
+publish "$W/src100k"
+apply "cold apply" 2 -c 8
 echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: $(( ${CACHE_BYTES:-67108864} >> 20 )) MiB)"
-wait $OHA
-echo "== lookups during the apply (c=8, $((SECS + 5))s window containing the apply)"
-summary 8 < "$W/during.json"
 echo "  data dir: $(du -sh "$W/data" | cut -f1)"
+
+echo "== steady state: 100k-tenant bundles with 1% of tenants changed"
+load "idle, 2000/s" "$SECS" -c 8 -q 2000 --latency-correction
+change_one_percent 1
+publish "$W/src100k"
+apply "1% changed" 3 -c 8 -q 2000 --latency-correction
+load "idle, c=8" "$SECS" -c 8
+change_one_percent 2
+publish "$W/src100k"
+apply "1% changed" 4 -c 8
+echo "  data dir: $(du -sh "$W/data" | cut -f1), agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"

@@ -350,13 +350,6 @@ impl Syncer {
             started.elapsed().as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        if let Err(e) = self.db.persist() {
-            warn!(
-                "snapshot {} is served but not yet durable: {e}",
-                manifest.version
-            );
-        }
-        m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(
             version = manifest.version,
             tenants = ingested.tenants,
@@ -365,6 +358,13 @@ impl Syncer {
             seconds = started.elapsed().as_secs_f64(),
             "snapshot applied"
         );
+        if let Err(e) = self.db.persist() {
+            warn!(
+                "snapshot {} is served but not yet durable: {e}",
+                manifest.version
+            );
+        }
+        m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Outcome::Applied(manifest.version)
     }
 

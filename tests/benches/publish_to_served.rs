@@ -1,7 +1,9 @@
 //! Publish → served latency on the file store: the time from the moment the
 //! publisher has moved the channel pointer until the agent (watching the
-//! store) answers with the new version. Run: `cargo bench -p strata-tests`.
+//! store) answers with the new version. Each publish changes one tenant, as
+//! an operator's edit does. Run: `cargo bench -p strata-tests`.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use strata_tests::{Agent, Fixture};
@@ -17,15 +19,37 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for tenants in [300, 1000, 10_000] {
-        rt.block_on(run(tenants));
+    for (tenants, runs) in [(300, 20), (1000, 20), (10_000, 20)] {
+        rt.block_on(run(tenants, runs));
     }
 }
 
-async fn run(tenants: usize) {
+/// Gives the `i`th tenant file of `source` a new `version`.
+fn change_one_tenant(source: &Path, i: usize) {
+    let mut files: Vec<_> = std::fs::read_dir(source.join("tenants"))
+        .expect("tenants dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let file = &files[i % files.len()];
+    let text = std::fs::read_to_string(file).expect("read tenant");
+    let changed: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("version = ") {
+                format!("version = \"9.9.{i}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(file, changed).expect("write tenant");
+}
+
+async fn run(tenants: usize, runs: usize) {
     {
         let fx = Fixture::new();
-        let (_, compiled) = fx.compile("bench", tenants);
+        let (source, compiled) = fx.compile("bench", tenants);
         fx.publish_with(&compiled, std::slice::from_ref(&fx.key));
         // A long poll interval: only the watcher can make this fast.
         let (config, path) = fx.agent_config("a", "poll_interval = \"30s\"");
@@ -36,7 +60,9 @@ async fn run(tenants: usize) {
             .expect("connect");
         let mut publish = Vec::new();
         let mut served = Vec::new();
-        for _ in 0..20 {
+        for i in 0..runs {
+            change_one_tenant(&source, i);
+            let (_, compiled) = fx.compile("bench", tenants);
             let t0 = Instant::now();
             let published = fx.publish_with(&compiled, std::slice::from_ref(&fx.key));
             let moved = Instant::now();
@@ -55,7 +81,7 @@ async fn run(tenants: usize) {
         publish.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "publish -> served, {tenants} tenants, 20 runs: pointer moved -> served p50 {:.1} ms, max {:.1} ms; publish call p50 {:.1} ms",
+            "publish -> served, {tenants} tenants, {runs} runs: pointer moved -> served p50 {:.1} ms, max {:.1} ms; publish call p50 {:.1} ms",
             ms(served[served.len() / 2]),
             ms(served[served.len() - 1]),
             ms(publish[publish.len() / 2])
