@@ -159,23 +159,30 @@ impl Agent {
             .expect("request to agent")
     }
 
-    /// Waits until `/readyz` answers 200.
-    pub async fn ready(&self) {
-        wait_for("agent ready", || async {
-            client::get(&self.socket, "/readyz")
+    /// Polls `GET path` until an answer satisfies `pred` (connection errors
+    /// count as not yet), failing the test after [`DEADLINE`].
+    pub async fn wait_until(&self, what: &str, path: &str, pred: impl Fn(&Answer) -> bool) {
+        wait_for(what, || async {
+            client::get(&self.socket, path)
                 .await
-                .is_ok_and(|a| a.status == 200)
+                .is_ok_and(|a| pred(&a))
         })
         .await;
     }
 
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        self.wait_until("agent ready", "/readyz", |a| a.status == 200)
+            .await;
+    }
+
     /// Waits until the agent serves `version`.
     pub async fn serves(&self, version: u64) {
-        wait_for(&format!("agent serves version {version}"), || async {
-            client::get(&self.socket, "/v1/snapshot")
-                .await
-                .is_ok_and(|a| a.json()["version"] == version)
-        })
+        self.wait_until(
+            &format!("agent serves version {version}"),
+            "/v1/snapshot",
+            |a| a.json()["version"] == version,
+        )
         .await;
     }
 

@@ -13,12 +13,7 @@ async fn serves_every_endpoint_from_a_published_snapshot() {
     let fx = Fixture::new();
     let agent = fx.start_agent("a", "");
     // Before anything is published: alive, not ready, lookups 503.
-    wait_for("socket", || async {
-        strata_agent::client::get(&agent.socket, "/healthz")
-            .await
-            .is_ok()
-    })
-    .await;
+    agent.wait_until("socket", "/healthz", |_| true).await;
     assert_eq!(agent.get("/readyz").await.status, 503);
     let early = agent.get("/v1/tenants/acme").await;
     assert_eq!(early.status, 503);
@@ -356,17 +351,14 @@ async fn an_unreachable_store_leaves_the_snapshot_served_and_stale() {
 async fn an_empty_store_then_an_expired_pointer_then_an_oversized_bundle() {
     let fx = Fixture::new();
     let agent = fx.start_agent("a", "max_bundle_bytes = 200000");
-    wait_for("empty store reported", || async {
-        strata_agent::client::get(&agent.socket, "/v1/snapshot")
-            .await
-            .is_ok_and(|a| {
-                a.json()["state"] == "starting"
-                    && a.json()["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("waiting for a publish"))
-            })
-    })
-    .await;
+    agent
+        .wait_until("empty store reported", "/v1/snapshot", |a| {
+            a.json()["state"] == "starting"
+                && a.json()["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("waiting for a publish"))
+        })
+        .await;
     assert_eq!(agent.get("/readyz").await.status, 503);
 
     let first = fx.publish("v1", 10);
