@@ -487,15 +487,67 @@ fn lowest_priority() {
     }
 }
 
-/// Watches a store directory; every event asks for a check (coalesced).
+/// Watches a store directory; a change to a channel pointer or a pin asks
+/// for a check (coalesced). Reads and bundle uploads are ignored: a bundle is served
+/// only once a pointer names it, and the writes of a large upload would
+/// otherwise each start a check that re-verifies the unchanged pointer.
 fn watch(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
+    let root = dir.to_path_buf();
     let mut w = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let Ok(event) = event else { return };
+        // Our own reads of the pointer are `Access` events: waking on them
+        // would make every check start the next one.
+        if event.kind.is_access() {
+            return;
+        }
+        if event.need_rescan() || event.paths.iter().any(|p| names_a_pointer(&root, p)) {
             let _ = tx.try_send(());
         }
     })
     .ok()?;
     w.watch(dir, notify::RecursiveMode::Recursive).ok()?;
     Some(w)
+}
+
+/// Whether `path` (from a watcher event) is under the store's `channels/` or
+/// `pins/`, or is one of those directories itself.
+fn names_a_pointer(root: &std::path::Path, path: &std::path::Path) -> bool {
+    path.strip_prefix(root)
+        .ok()
+        .and_then(|rel| rel.components().next())
+        .is_some_and(|first| first.as_os_str() == "channels" || first.as_os_str() == "pins")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_pointer;
+    use std::path::Path;
+
+    #[test]
+    fn only_pointer_and_pin_changes_wake_the_sync_thread() {
+        let root = Path::new("/srv/store");
+        assert!(names_a_pointer(
+            root,
+            Path::new("/srv/store/channels/stable.json")
+        ));
+        assert!(names_a_pointer(
+            root,
+            Path::new("/srv/store/channels/.stable.json.tmp")
+        ));
+        assert!(names_a_pointer(
+            root,
+            Path::new("/srv/store/pins/eu-west-1.json")
+        ));
+        assert!(names_a_pointer(root, Path::new("/srv/store/channels")));
+        assert!(!names_a_pointer(
+            root,
+            Path::new("/srv/store/snapshots/00000000000000000002.bundle")
+        ));
+        assert!(!names_a_pointer(root, Path::new("/srv/store")));
+        assert!(!names_a_pointer(
+            root,
+            Path::new("/elsewhere/channels/stable.json")
+        ));
+    }
 }

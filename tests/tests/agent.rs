@@ -187,6 +187,38 @@ async fn a_new_version_is_served_while_the_old_one_stays_addressable() {
     agent.stop().await;
 }
 
+/// The value of the counter `name` in `/metrics`.
+async fn counter(agent: &Agent, name: &str) -> u64 {
+    let text = agent.get("/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_watcher_applies_a_publish_and_an_idle_agent_stays_idle() {
+    let fx = Fixture::new();
+    fx.publish("v1", 10);
+    // An hour between polls: only the watcher can pick up v2.
+    let agent = fx.start_agent("a", "poll_interval = \"1h\"");
+    agent.serves(1).await;
+    fx.publish("v2", 10);
+    agent.serves(2).await;
+
+    // With nothing published, the agent must not keep checking: its own
+    // reads of the pointer must not wake the watcher (a loop that once
+    // burned most of a core on every idle node).
+    let before = counter(&agent, "strata_checks_total").await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await; // a window to observe, not a wait
+    let after = counter(&agent, "strata_checks_total").await;
+    assert!(
+        after <= before + 1,
+        "{} checks in one idle second",
+        after - before
+    );
+    agent.stop().await;
+}
+
 /// Asserts the agent still serves `version` and reports `reason` in its status.
 async fn still_serves(agent: &Agent, version: u64, error_contains: &str) {
     wait_for(
