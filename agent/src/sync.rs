@@ -2,7 +2,8 @@
 //! net; on every check run [`Syncer::check`], the one ordered verification
 //! pipeline, and apply what passes.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use strata_common::canonical::sha256_hex;
 use strata_common::pointer::{Pointer, PointerError, PointerKind};
 use strata_common::publish::MAX_POINTER_BYTES;
 use strata_common::sign::{Role, TrustedKeys};
-use strata_common::store::{ObjectStore, StoreError};
+use strata_common::store::{self, ObjectStore, StoreError};
 use strata_common::time;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
@@ -59,6 +60,8 @@ pub struct Syncer {
     channel: String,
     retain: usize,
     limits: Limits,
+    /// Where a bundle is copied while it is verified and decoded.
+    spool_dir: PathBuf,
     /// The pointer bytes' hash last refused, so a bad bundle is not fetched
     /// again on every poll; cleared when the pointer changes.
     refused_pointer: Option<(String, Refusal)>,
@@ -80,6 +83,7 @@ impl Syncer {
             shared,
             channel: config.channel.clone(),
             retain: config.retain,
+            spool_dir: config.data_dir.clone(),
             limits: Limits {
                 max_bundle_bytes: config.max_bundle_bytes,
                 max_decompressed_bytes: config.max_bundle_bytes,
@@ -226,35 +230,13 @@ impl Syncer {
             ));
         }
         // 7.
-        let bytes = match self
-            .store
-            .get(&pointer.bundle, self.limits.max_bundle_bytes)
-        {
-            Ok(obj) => obj.bytes,
-            Err(StoreError::TooLarge { size, limit, .. }) => {
-                return Outcome::Refused(refusal(
-                    "bundle_too_large",
-                    format!("{}: {size} bytes, over {limit}", pointer.bundle),
-                ));
-            }
-            Err(e) => return Outcome::Unavailable(refusal("store_unreachable", e.to_string())),
+        let (spool, sha) = match self.fetch(&pointer) {
+            Ok(fetched) => fetched,
+            Err(outcome) => return outcome,
         };
-        let sha = sha256_hex(&bytes);
-        if bytes.len() as u64 != pointer.bundle_size || sha != pointer.bundle_sha256 {
-            return Outcome::Refused(refusal(
-                "bundle_hash",
-                format!(
-                    "{}: {} bytes with SHA-256 {sha}, the signed pointer says {} bytes with {}: the bundle was altered or replaced",
-                    pointer.bundle,
-                    bytes.len(),
-                    pointer.bundle_size,
-                    pointer.bundle_sha256
-                ),
-            ));
-        }
         // 8.
         let verified = match bundle::verify(
-            Cursor::new(bytes),
+            BufReader::new(spool),
             SignatureCheck::Trusted(&self.trust),
             &self.limits,
         ) {
@@ -366,6 +348,60 @@ impl Syncer {
         }
         m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Outcome::Applied(manifest.version)
+    }
+
+    /// Copies the bundle the pointer names into an unnamed file in the data
+    /// directory, checking its size and SHA-256 against the pointer on the
+    /// way. Verification then reads this private copy, never the store
+    /// again: what was hashed is what gets decoded, and memory stays flat
+    /// whatever the bundle's size.
+    fn fetch(&self, pointer: &Pointer) -> Result<(File, String), Outcome> {
+        let unavailable = |e: std::io::Error| {
+            Outcome::Unavailable(refusal(
+                "spool",
+                format!(
+                    "cannot spool {} into {}: {e}",
+                    pointer.bundle,
+                    self.spool_dir.display()
+                ),
+            ))
+        };
+        let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(unavailable)?;
+        let copied = match store::copy_hashed(
+            self.store.as_ref(),
+            &pointer.bundle,
+            self.limits.max_bundle_bytes,
+            &mut spool,
+        ) {
+            Ok(c) => c,
+            Err(StoreError::TooLarge { size, limit, .. }) => {
+                return Err(Outcome::Refused(refusal(
+                    "bundle_too_large",
+                    format!("{}: {size} bytes, over {limit}", pointer.bundle),
+                )));
+            }
+            Err(e) => {
+                return Err(Outcome::Unavailable(refusal(
+                    "store_unreachable",
+                    e.to_string(),
+                )));
+            }
+        };
+        if copied.size != pointer.bundle_size || copied.sha256 != pointer.bundle_sha256 {
+            return Err(Outcome::Refused(refusal(
+                "bundle_hash",
+                format!(
+                    "{}: {} bytes with SHA-256 {}, the signed pointer says {} bytes with {}: the bundle was altered or replaced",
+                    pointer.bundle,
+                    copied.size,
+                    copied.sha256,
+                    pointer.bundle_size,
+                    pointer.bundle_sha256
+                ),
+            )));
+        }
+        spool.seek(SeekFrom::Start(0)).map_err(unavailable)?;
+        Ok((spool, copied.sha256))
     }
 
     /// Where region pins plug in: given the verified channel pointer, return

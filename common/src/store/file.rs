@@ -53,6 +53,31 @@ impl FileStore {
         Ok(self.root.join(key))
     }
 
+    /// Opens `key` for reading, refusing a file over `max_bytes` before
+    /// reading any of it (callers still bound the read: the file may grow).
+    fn open_bounded(&self, key: &str, max_bytes: u64) -> Result<File, StoreError> {
+        let path = self.path(key)?;
+        let transient = |source| StoreError::Transient {
+            key: key.to_owned(),
+            source,
+        };
+        let f = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound {
+                key: key.to_owned(),
+            },
+            _ => transient(e),
+        })?;
+        let size = f.metadata().map_err(transient)?.len();
+        if size > max_bytes {
+            return Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                size,
+                limit: max_bytes,
+            });
+        }
+        Ok(f)
+    }
+
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
         let dir = target.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir)?;
@@ -88,29 +113,15 @@ impl ObjectStore for FileStore {
     }
 
     fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
-        let path = self.path(key)?;
-        let transient = |source| StoreError::Transient {
-            key: key.to_owned(),
-            source,
-        };
-        let f = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StoreError::NotFound {
-                key: key.to_owned(),
-            },
-            _ => transient(e),
-        })?;
-        let size = f.metadata().map_err(transient)?.len();
-        if size > max_bytes {
-            return Err(StoreError::TooLarge {
-                key: key.to_owned(),
-                size,
-                limit: max_bytes,
-            });
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
+        let f = self.open_bounded(key, max_bytes)?;
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(size.min(max_bytes) as usize);
         f.take(max_bytes.saturating_add(1))
             .read_to_end(&mut bytes)
-            .map_err(transient)?;
+            .map_err(|source| StoreError::Transient {
+                key: key.to_owned(),
+                source,
+            })?;
         if bytes.len() as u64 > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_owned(),
@@ -122,6 +133,24 @@ impl ObjectStore for FileStore {
             etag: sha256_hex(&bytes),
             bytes,
         })
+    }
+
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let f = self.open_bounded(key, max_bytes)?;
+        let copied = io::copy(&mut f.take(max_bytes.saturating_add(1)), out).map_err(|source| {
+            StoreError::Transient {
+                key: key.to_owned(),
+                source,
+            }
+        })?;
+        if copied > max_bytes {
+            return Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                size: copied,
+                limit: max_bytes,
+            });
+        }
+        Ok(copied)
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -242,6 +271,29 @@ impl ObjectStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_hashed_streams_with_the_size_limit_of_get() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(dir.path()).expect("store");
+        store
+            .put_new("snapshots/b.bundle", b"bundle bytes")
+            .expect("put");
+        let mut out = Vec::new();
+        let copied =
+            super::super::copy_hashed(&store, "snapshots/b.bundle", 12, &mut out).expect("copy");
+        assert_eq!(out, b"bundle bytes");
+        assert_eq!(copied.size, 12);
+        assert_eq!(copied.sha256, sha256_hex(b"bundle bytes"));
+        assert!(matches!(
+            store.get_to("snapshots/b.bundle", 11, &mut Vec::new()),
+            Err(StoreError::TooLarge { size: 12, .. })
+        ));
+        assert!(matches!(
+            store.get_to("snapshots/none", 11, &mut Vec::new()),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn put_new_never_overwrites_and_put_if_compares() {

@@ -11,6 +11,10 @@
 
 mod file;
 
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
 pub use file::FileStore;
 
 /// An object read from the store, with the ETag to compare-and-swap on.
@@ -76,6 +80,11 @@ pub trait ObjectStore: Send + Sync {
     /// Reads `key`, refusing objects over `max_bytes`.
     fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError>;
 
+    /// Streams `key` into `out`, refusing objects over `max_bytes`, and
+    /// returns the number of bytes written. For bundles: memory stays flat
+    /// whatever the bundle's size.
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError>;
+
     /// Creates `key`; fails with [`StoreError::AlreadyExists`] if it exists.
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
 
@@ -100,4 +109,46 @@ pub fn open(url: &str) -> Result<Box<dyn ObjectStore>, StoreError> {
     Err(StoreError::Fatal(format!(
         "store URL {url:?}: scheme {scheme:?} is not supported by this build; use file:///absolute/path"
     )))
+}
+
+/// What [`copy_hashed`] copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// Bytes copied.
+    pub size: u64,
+    /// Their SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+/// Copies `key` into `out` and hashes it on the way, so a bundle is checked
+/// against its signed pointer without a second read or a copy in memory.
+pub fn copy_hashed(
+    store: &dyn ObjectStore,
+    key: &str,
+    max_bytes: u64,
+    out: &mut dyn Write,
+) -> Result<Copied, StoreError> {
+    struct Tee<'a> {
+        out: &'a mut dyn Write,
+        hash: Sha256,
+    }
+    impl Write for Tee<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.out.write(buf)?;
+            self.hash.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.out.flush()
+        }
+    }
+    let mut tee = Tee {
+        out,
+        hash: Sha256::new(),
+    };
+    let size = store.get_to(key, max_bytes, &mut tee)?;
+    Ok(Copied {
+        size,
+        sha256: hex::encode(tee.hash.finalize()),
+    })
 }
