@@ -5,7 +5,9 @@
 #   2. a cold apply: a 100k-tenant bundle onto an agent serving 10k (every
 #      body is new), with lookups at c=8 running through it;
 #   3. steady-state applies: 100k-tenant bundles in which 1% of the tenants
-#      changed, under a fixed 2,000 lookups/s and under c=8 saturation.
+#      changed, under a fixed 2,000 lookups/s and under c=8 saturation;
+#   4. a cold apply with nothing else running: a new agent, empty data dir,
+#      applies the 100k snapshot (three runs).
 # Lookup latency "during" counts exactly the requests started between the
 # pointer move and the new version being served (oha --db-url).
 # Numbers and the machine: BENCHMARKS.md.
@@ -142,3 +144,19 @@ change_one_percent 2
 publish "$W/src100k"
 apply "1% changed" 4 -c 8
 echo "  data dir: $(du -sh "$W/data" | cut -f1), agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"
+
+# A node that starts empty: a new agent (empty data dir, nothing else running
+# on the machine) applies the current 100k-tenant snapshot; three times.
+echo "== cold apply, agent alone: a new agent applies the current 100k snapshot"
+kill "$AGENT"
+wait "$AGENT" 2>/dev/null || true
+for run in 1 2 3; do
+  rm -rf "$W/data-alone" "$W/alone.log"
+  sed -e "s#$W/data\"#$W/data-alone\"#" -e "s#agent.sock#alone.sock#" "$W/agent.toml" > "$W/alone.toml"
+  STRATA_LOG=info $A run --config "$W/alone.toml" 2> "$W/alone.log" &
+  AGENT=$!
+  grep -m1 -q "snapshot applied" <(tail -n +1 --pid="$AGENT" -f "$W/alone.log")
+  echo "  run $run: $(grep -m1 -o 'snapshot applied.*' "$W/alone.log" | grep -o 'seconds=[0-9.]*'), peak RSS (VmHWM) $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"
+  kill "$AGENT"
+  wait "$AGENT" 2>/dev/null || true
+done
