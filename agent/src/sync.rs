@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_common::bundle::{self, BundleError, Limits, Record, SignatureCheck};
+use strata_common::bundle::{self, BundleError, Limits, SignatureCheck};
 use strata_common::canonical::sha256_hex;
 use strata_common::pointer::{Pointer, PointerError, PointerKind};
 use strata_common::publish::MAX_POINTER_BYTES;
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
 use crate::config::Config;
-use crate::db::{Db, DbError, Ingested, SnapshotMeta};
+use crate::db::{Db, SnapshotMeta};
 use crate::state::{Shared, State};
 
 /// What one check found.
@@ -296,17 +296,11 @@ impl Syncer {
             }
         };
         self.shared.status().applying = Some(meta.version);
-        let ingested = ingest_pipelined(&self.db, &meta, records, self.retain);
+        let ingested = self.db.ingest(&meta, records, self.retain);
         self.shared.status().applying = None;
         let ingested = match ingested {
-            Ok(Ok(done)) => done,
+            Ok(done) => done,
             Err(e) => {
-                return Outcome::Unavailable(refusal(
-                    "ingest",
-                    format!("cannot start the decode thread: {e}; will retry"),
-                ));
-            }
-            Ok(Err(e)) => {
                 return Outcome::Refused(refusal(
                     "ingest",
                     format!(
@@ -497,54 +491,18 @@ pub async fn run(
     }
 }
 
-/// Records sent from the decode thread to the writer at a time.
-const DECODE_BATCH: usize = 256;
-
-/// Ingests `records`, decoding them on a second thread (also at
-/// `SCHED_IDLE`) while this one writes redb: decompression overlaps the
-/// B-tree work instead of adding to it. (Moving the configs' JSON parsing
-/// to that thread too was measured slower: ~110 vs ~100 ms for 10k tenants.) At most a few batches
-/// wait in between, so memory stays flat. An error from either side ends
-/// both, and the write transaction rolls back as before. `Err` only when
-/// the thread cannot be started.
-fn ingest_pipelined<I>(
-    db: &Db,
-    meta: &SnapshotMeta,
-    records: I,
-    retain: usize,
-) -> std::io::Result<Result<Ingested, DbError>>
-where
-    I: Iterator<Item = Result<Record, BundleError>> + Send,
-{
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Record, BundleError>>>(4);
-        std::thread::Builder::new()
-            .name("strata-decode".into())
-            .spawn_scoped(scope, move || {
-                lowest_priority();
-                let mut batch = Vec::with_capacity(DECODE_BATCH);
-                for record in records {
-                    let failed = record.is_err();
-                    batch.push(record);
-                    if batch.len() == DECODE_BATCH || failed {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(DECODE_BATCH));
-                        // A send fails only when the writer stopped early.
-                        if tx.send(full).is_err() || failed {
-                            return;
-                        }
-                    }
-                }
-                let _ = tx.send(batch);
-            })?;
-        Ok(db.ingest(meta, rx.into_iter().flatten(), retain))
-    })
-}
-
 /// Starts the thread that runs one check per request, at `SCHED_IDLE`: the
 /// kernel runs it only on a CPU nothing else wants, so applying a large
 /// snapshot never delays a lookup (or the call worker beside us). Measured
 /// in BENCHMARKS.md; nice 10 was not enough. The thread is not joined: an
 /// exit in the middle of an ingest is as safe as a crash.
+///
+/// One thread, not a decode/write pipeline: decompressing on a second
+/// `SCHED_IDLE` thread made a 10k-tenant apply ~20 % faster, but took the
+/// lookup p99 during a 1 % publish at 2,000 req/s from 1.1–1.4× idle to
+/// 3.5–9× (BENCHMARKS.md): with both cores busy, every lookup has to
+/// preempt a sync thread, which a `PREEMPT_NONE` kernel does only when that
+/// thread leaves the kernel.
 fn spawn_sync_thread(
     mut syncer: Syncer,
 ) -> std::io::Result<std::sync::mpsc::Sender<oneshot::Sender<()>>> {
