@@ -257,12 +257,13 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     let (_, compiled) = fx.compile("v1", 10);
     fx.publish_with(&compiled, &[stranger]);
     still_serves(&agent, 1, "does not trust").await;
-    assert!(
-        agent
-            .get("/metrics")
-            .await
-            .text()
-            .contains("strata_refusals_total{reason=\"pointer_signature\"} 1")
+    assert_eq!(
+        counter(
+            &agent,
+            "strata_refusals_total{reason=\"pointer_signature\"}"
+        )
+        .await,
+        1
     );
 
     // 2. A trusted publish whose bundle was altered in the store before the
@@ -419,12 +420,9 @@ async fn an_empty_store_then_an_expired_pointer_then_an_oversized_bundle() {
         "fixture must exceed the limit"
     );
     still_serves(&agent, 1, "max_bundle_bytes").await;
-    assert!(
-        agent
-            .get("/metrics")
-            .await
-            .text()
-            .contains("strata_refusals_total{reason=\"bundle_too_large\"} 1")
+    assert_eq!(
+        counter(&agent, "strata_refusals_total{reason=\"bundle_too_large\"}").await,
+        1
     );
     agent.stop().await;
 }

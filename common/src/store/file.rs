@@ -113,22 +113,8 @@ impl ObjectStore for FileStore {
     }
 
     fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
-        let f = self.open_bounded(key, max_bytes)?;
-        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut bytes = Vec::with_capacity(size.min(max_bytes) as usize);
-        f.take(max_bytes.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|source| StoreError::Transient {
-                key: key.to_owned(),
-                source,
-            })?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(StoreError::TooLarge {
-                key: key.to_owned(),
-                size: bytes.len() as u64,
-                limit: max_bytes,
-            });
-        }
+        let mut bytes = Vec::new();
+        self.get_to(key, max_bytes, &mut bytes)?;
         Ok(Object {
             etag: sha256_hex(&bytes),
             bytes,
