@@ -135,7 +135,8 @@ impl Syncer {
     /// 4. the pointer's expiry;
     /// 5. its version is not lower than the one served;
     /// 6. the bundle size limit;
-    /// 7. fetch the bundle (bounded) and match the pointer's size and SHA-256;
+    /// 7. copy the bundle (bounded) into a private file, matching the
+    ///    pointer's size and SHA-256 on the way ([`Self::fetch`]);
     /// 8. the manifest's signatures, payload size and payload hash (streamed);
     /// 9. the manifest's version and expiry;
     /// 10. decode with limits into one redb write transaction;
