@@ -9,7 +9,7 @@
 //! Consecutive snapshots share almost every tenant, so bodies are shared too:
 //! a tenant's config or prompt body is written once, under the version that
 //! introduced it, and every later snapshot in which its ETag is unchanged
-//! points at that body from its [`TENANTS`] row. A publish that changes ten
+//! points at that body from its `tenants` row. A publish that changes ten
 //! tenants of 100,000 writes ten bodies and a small index, not the whole
 //! snapshot again. A body is deleted with the last retained version that
 //! points at it.
@@ -579,7 +579,7 @@ impl Reader {
         Ok(Some(Entry::new(Some(row.config_etag), body)))
     }
 
-    /// A tenant's combined system prompt (ETag: see [`prompt_etag`]).
+    /// A tenant's combined system prompt (ETag: see `prompt_etag`).
     pub fn prompt(&self, version: u64, tenant: &str) -> Result<Option<Entry>, DbError> {
         let Some(row) = self.row(version, tenant)? else {
             return Ok(None);

@@ -456,7 +456,7 @@ fn bundle_reason(e: &BundleError) -> &'static str {
 
 /// Runs checks until shutdown: at start, on every change the watcher sees in
 /// a `file://` store, and every `poll_interval` (±20% jitter). The checks
-/// themselves run on the sync thread (see [`spawn_sync_thread`]).
+/// themselves run on the sync thread (see `spawn_sync_thread`).
 pub async fn run(
     syncer: Syncer,
     store_dir: Option<PathBuf>,
