@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 MAGIC = b"STRATAB1"
 MAX_PART = 65536
 MAX_WINDOW_LOG = 27
-KINDS = {1: "layer1", 2: "config", 3: "prompt", 4: "route"}
+KINDS = {1: "layer1", 2: "config", 3: "prompt", 4: "route", 5: "frame", 6: "tenant"}
 SEPARATOR = "\n\n---\n\n"
 
 
@@ -110,8 +110,8 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
         raise Refused("bundle: signature block too large")
     sigs = json.loads(read_exact(f, s, "signatures"))
     manifest = json.loads(manifest_bytes)
-    if manifest.get("type") != "strata-bundle" or manifest.get("format") != 1:
-        raise Refused("bundle: not a format-1 strata bundle")
+    if manifest.get("type") != "strata-bundle" or manifest.get("format") != 2:
+        raise Refused("bundle: not a format-2 strata bundle")
     check_signatures(manifest_bytes, sigs, keys, threshold, "bundle manifest")
     if manifest["payload_size"] > max_bytes or manifest["payload_raw_size"] > max_bytes:
         raise Refused("bundle: over the size limit")
@@ -123,37 +123,80 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
     if sha256(payload) != manifest["payload_sha256"]:
         raise Refused("bundle: payload hash mismatch")
 
-    # Only now decompress, never beyond the signed raw size.
+    # Only now decompress, frame by frame, never beyond the signed sizes.
     limit = manifest["payload_raw_size"]
-    dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
-    reader = dctx.stream_reader(io.BytesIO(payload))
-    raw = reader.read(limit + 1)
-    if len(raw) != limit:
-        raise Refused(f"bundle: payload decompresses to {len(raw)} bytes, manifest says {limit}")
-    records = decode_records(raw, manifest["record_count"])
+    index_size = manifest["index_size"]
+    if not 0 < index_size <= len(payload):
+        raise Refused("bundle: index_size outside the payload")
+    index = decompress(payload[:index_size], limit, "index")
+    index_records = decode_records(index, "index")
+    if not index_records or index_records[0][0] != "layer1":
+        raise Refused("bundle: the index does not start with Layer 1")
+    records = [index_records[0]]
+    raw_total, offset, i = len(index), index_size, 1
+    while i < len(index_records) and index_records[i][0] == "frame":
+        size, raw_size = struct.unpack("<QQ", index_records[i][2])
+        i += 1
+        tenants = []
+        while i < len(index_records) and index_records[i][0] == "tenant":
+            tenants.append((index_records[i][1], index_records[i][2].decode()))
+            i += 1
+        if not tenants:
+            raise Refused("bundle: a frame lists no tenants")
+        raw_total += raw_size
+        if offset + size > len(payload) or raw_total > limit:
+            raise Refused("bundle: frames exceed the payload's signed sizes")
+        body = decompress(payload[offset:offset + size], raw_size, f"frame at {offset}")
+        if len(body) != raw_size:
+            raise Refused(f"bundle: frame at {offset} is {len(body)} bytes, the index says {raw_size}")
+        offset += size
+        body_records = decode_records(body, f"frame at {offset}")
+        expected = [(kind, t) for t, _ in tenants for kind in ("config", "prompt")]
+        if [(kind, key) for kind, key, _ in body_records] != expected:
+            raise Refused("bundle: a frame does not hold exactly the tenants its index record lists")
+        for (tenant, config_hash), (_, _, config) in zip(tenants, body_records[0::2]):
+            if json.loads(config).get("config_hash") != config_hash:
+                raise Refused(f"bundle: the index lists another config_hash for {tenant}")
+        records += body_records
+    routes = index_records[i:]
+    if any(kind != "route" for kind, _, _ in routes):
+        raise Refused("bundle: the index holds something other than routes after the frames")
+    body_count = len(records) - 1
+    records += routes
+    tenant_ids = [key for kind, key, _ in index_records if kind == "tenant"]
+    if tenant_ids != sorted(set(tenant_ids), key=str.encode):
+        raise Refused("bundle: tenants are not in ascending id order")
+    if offset != len(payload) or raw_total != limit:
+        raise Refused("bundle: frames do not add up to the payload's signed sizes")
+    if len(index_records) + body_count != manifest["record_count"]:
+        raise Refused("bundle: record count differs from the manifest")
     return manifest, records
 
 
-def decode_records(raw, expected):
+def decompress(frame, size, what):
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
+    raw = dctx.stream_reader(io.BytesIO(frame)).read(size + 1)
+    if len(raw) > size:
+        raise Refused(f"bundle: {what} decompresses beyond its signed size")
+    return raw
+
+
+def decode_records(raw, what):
     records = []
     i = 0
     while i < len(raw):
-        if len(records) >= expected:
-            raise Refused("bundle: more records than the manifest says")
         kind = raw[i]
         if kind not in KINDS or i + 5 > len(raw):
-            raise Refused(f"bundle: bad record {len(records)}")
+            raise Refused(f"bundle: bad record in {what} at byte {i}")
         (k,) = struct.unpack_from("<I", raw, i + 1)
         key = raw[i + 5 : i + 5 + k].decode()
         j = i + 5 + k
         (v,) = struct.unpack_from("<I", raw, j)
         value = raw[j + 4 : j + 4 + v]
         if len(value) != v:
-            raise Refused("bundle: record runs past the payload")
+            raise Refused(f"bundle: record in {what} runs past its end")
         records.append((KINDS[kind], key, value))
         i = j + 4 + v
-    if len(records) != expected:
-        raise Refused(f"bundle: {len(records)} records, manifest says {expected}")
     return records
 
 

@@ -18,12 +18,13 @@
 //! page to the HTTP response without copying or re-serialising.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use bytes::Bytes;
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
-use strata_common::bundle::{BundleError, Record, RecordKind};
+use strata_common::bundle::{BundleError, PayloadReader};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
 
@@ -153,18 +154,16 @@ impl Db {
     }
 
     /// Writes a whole snapshot in one transaction, makes it current and prunes
-    /// all but the newest `retain` versions. Bodies whose ETag is unchanged
-    /// since the newest stored snapshot are shared, not written again. Any bad
-    /// record rolls everything back.
-    pub fn ingest<I>(
+    /// all but the newest `retain` versions. Tenants whose config hash (and
+    /// Layer 1) are unchanged since the newest stored snapshot share its
+    /// bodies, and a body frame whose tenants are all unchanged is not even
+    /// decompressed. Any bad record rolls everything back.
+    pub fn ingest<R: Read + Seek>(
         &self,
         meta: &SnapshotMeta,
-        records: I,
+        payload: &mut PayloadReader<R>,
         retain: usize,
-    ) -> Result<Ingested, DbError>
-    where
-        I: Iterator<Item = Result<Record, BundleError>>,
-    {
+    ) -> Result<Ingested, DbError> {
         let v = meta.version;
         let mut txn = self.db.begin_write()?;
         // Visible at once, made durable by `persist` (a crash before then
@@ -187,93 +186,70 @@ impl Db {
             }
             // The newest stored snapshot: bodies unchanged since it are shared.
             let base = snapshots.last()?.map(|(k, _)| k.value());
-            let mut n_layer1 = 0u64;
-            let mut layer1_hash = String::new();
-            // A tenant's config waits here for the prompt that follows it.
-            let mut pending: Option<(String, u64, [u8; ETAG_LEN], Option<TenantRow>)> = None;
-            for record in records {
-                let record = record?;
-                match record.kind {
-                    RecordKind::Config => {
-                        if let Some((tenant, ..)) = &pending {
-                            return Err(DbError::Incomplete(format!(
-                                "config of {tenant} is not followed by its prompt"
-                            )));
-                        }
-                        let etag = config_etag(&record.value)?;
-                        let before = match base {
-                            Some(b) => tenants
-                                .get((b, record.key.as_str()))?
-                                .map(|g| TenantRow::decode(g.value()))
-                                .transpose()?,
-                            None => None,
-                        };
-                        let config_version = done.share_or_write(
-                            &mut config_bodies,
-                            before.map(|r| (r.config_version, r.config_etag)),
-                            &etag,
-                            (v, record.key.as_str()),
-                            &record.value,
-                        )?;
-                        pending = Some((record.key, config_version, etag, before));
-                    }
-                    RecordKind::Prompt => {
-                        let Some((tenant, config_version, config_etag, before)) = pending.take()
-                        else {
-                            return Err(DbError::Incomplete(format!(
-                                "prompt of {} does not follow its config",
-                                record.key
-                            )));
-                        };
-                        if tenant != record.key || layer1_hash.is_empty() {
-                            return Err(DbError::Incomplete(format!(
-                                "prompt of {} does not follow its config and Layer 1",
-                                record.key
-                            )));
-                        }
-                        let etag = prompt_etag(&config_etag, &layer1_hash);
-                        let prompt_version = done.share_or_write(
-                            &mut prompt_bodies,
-                            before.map(|r| (r.prompt_version, r.prompt_etag)),
-                            &etag,
-                            (v, tenant.as_str()),
-                            &record.value,
-                        )?;
-                        let row = TenantRow {
-                            config_version,
-                            prompt_version,
-                            config_etag,
-                            prompt_etag: etag,
-                        };
-                        tenants.insert((v, tenant.as_str()), row.encode().as_slice())?;
-                        done.tenants += 1;
-                    }
-                    RecordKind::Route => {
-                        let tenant = String::from_utf8(record.value).map_err(|_| {
-                            DbError::Incomplete(format!("route {} is not UTF-8", record.key))
-                        })?;
-                        let body = serde_json::to_vec(&serde_json::json!({ "tenant_id": tenant }))
-                            .map_err(|e| DbError::Incomplete(e.to_string()))?;
-                        routes.insert((v, record.key.as_str()), body.as_slice())?;
-                    }
-                    RecordKind::Layer1 => {
-                        layer1_hash = sha256_hex(&record.value);
-                        let mut value = Vec::with_capacity(ETAG_LEN + record.value.len());
-                        value.extend_from_slice(layer1_hash.as_bytes());
-                        value.extend_from_slice(&record.value);
-                        layer1.insert(v, value.as_slice())?;
-                        n_layer1 += 1;
-                    }
+            let layer1_hash = sha256_hex(payload.layer1());
+            let mut value = Vec::with_capacity(ETAG_LEN + payload.layer1().len());
+            value.extend_from_slice(layer1_hash.as_bytes());
+            value.extend_from_slice(payload.layer1());
+            layer1.insert(v, value.as_slice())?;
+
+            while let Some(frame) = payload.next_frame()? {
+                let mut rows = Vec::with_capacity(frame.tenants.len());
+                let mut changed = false;
+                for entry in &frame.tenants {
+                    let before = match base {
+                        Some(b) => tenants
+                            .get((b, entry.tenant.as_str()))?
+                            .map(|g| TenantRow::decode(g.value()))
+                            .transpose()?,
+                        None => None,
+                    };
+                    let prompt = prompt_etag(&entry.config_hash, &layer1_hash);
+                    changed |= !before.is_some_and(|r| {
+                        r.config_etag == entry.config_hash && r.prompt_etag == prompt
+                    });
+                    rows.push((before, prompt));
+                }
+                let bodies = if changed {
+                    Some(payload.read_frame(&frame)?)
+                } else {
+                    None
+                };
+                for (i, (entry, (before, prompt_etag))) in
+                    frame.tenants.iter().zip(rows).enumerate()
+                {
+                    let key = (v, entry.tenant.as_str());
+                    let config_version = done.share_or_write(
+                        &mut config_bodies,
+                        before.map(|r| (r.config_version, r.config_etag)),
+                        &entry.config_hash,
+                        key,
+                        bodies.as_ref().map(|b| b.config(i)),
+                    )?;
+                    let prompt_version = done.share_or_write(
+                        &mut prompt_bodies,
+                        before.map(|r| (r.prompt_version, r.prompt_etag)),
+                        &prompt_etag,
+                        key,
+                        bodies.as_ref().map(|b| b.prompt(i)),
+                    )?;
+                    let row = TenantRow {
+                        config_version,
+                        prompt_version,
+                        config_etag: entry.config_hash,
+                        prompt_etag,
+                    };
+                    tenants.insert(key, row.encode().as_slice())?;
+                    done.tenants += 1;
                 }
             }
-            if let Some((tenant, ..)) = pending {
-                return Err(DbError::Incomplete(format!(
-                    "config of {tenant} has no prompt"
-                )));
+            while let Some((number, tenant)) = payload.next_route()? {
+                let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })
+                    .map_err(|e| DbError::Incomplete(e.to_string()))?;
+                routes.insert((v, number), body.as_slice())?;
             }
-            if n_layer1 != 1 || done.tenants != meta.tenant_count {
+            if done.tenants != meta.tenant_count {
                 return Err(DbError::Incomplete(format!(
-                    "{} tenants with config and prompt, {n_layer1} layer1, for {} tenants",
+                    "{} tenants for {} in the manifest",
                     done.tenants, meta.tenant_count
                 )));
             }
@@ -370,7 +346,7 @@ impl Ingested {
         before: Option<(u64, [u8; ETAG_LEN])>,
         etag: &[u8; ETAG_LEN],
         key: (u64, &str),
-        body: &[u8],
+        body: Option<&[u8]>,
     ) -> Result<u64, DbError> {
         match before {
             Some((version, before)) if before == *etag => {
@@ -378,6 +354,9 @@ impl Ingested {
                 Ok(version)
             }
             _ => {
+                let body = body.ok_or_else(|| {
+                    DbError::Incomplete(format!("the body of {} was not decoded", key.1))
+                })?;
                 bodies.insert(key, body)?;
                 self.bodies_written += 1;
                 Ok(key.0)
@@ -480,18 +459,10 @@ fn prompt_etag(config_etag: &[u8; ETAG_LEN], layer1_hash: &str) -> [u8; ETAG_LEN
     etag
 }
 
-/// The config's own `config_hash`, which is its ETag.
-fn config_etag(json: &[u8]) -> Result<[u8; ETAG_LEN], DbError> {
-    #[derive(Deserialize)]
-    struct Hash {
-        config_hash: String,
-    }
-    let h: Hash = serde_json::from_slice(json)
-        .map_err(|e| DbError::Incomplete(format!("config without config_hash: {e}")))?;
-    h.config_hash
-        .as_bytes()
-        .try_into()
-        .map_err(|_| DbError::Incomplete("config_hash is not 64 hex digits".into()))
+/// A route's body: the tenant that owns the number.
+#[derive(Serialize)]
+struct RouteBody<'a> {
+    tenant_id: &'a str,
 }
 
 /// A stored value, borrowed from redb's page: the body points into the page
@@ -621,6 +592,10 @@ fn body(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
+    use strata_common::bundle::{self, Limits, Manifest, PayloadWriter, Provenance, SignatureCheck};
+
     use super::*;
 
     fn meta(version: u64, tenants: u64) -> SnapshotMeta {
@@ -640,38 +615,55 @@ mod tests {
         }
     }
 
-    fn records(version: u64) -> Vec<Result<Record, BundleError>> {
-        // The config hash changes with the content, as the publisher makes it.
-        let config = format!("{{\"config_hash\":\"{version:064x}\",\"v\":{version}}}");
-        vec![
-            Ok(Record {
-                kind: RecordKind::Layer1,
-                key: "layer1".into(),
-                value: b"{}".to_vec(),
-            }),
-            Ok(Record {
-                kind: RecordKind::Config,
-                key: "t1".into(),
-                value: config.into_bytes(),
-            }),
-            Ok(Record {
-                kind: RecordKind::Prompt,
-                key: "t1".into(),
-                value: format!("prompt v{version}").into_bytes(),
-            }),
-            Ok(Record {
-                kind: RecordKind::Route,
-                key: "+15550000001".into(),
-                value: b"t1".to_vec(),
-            }),
-        ]
+    /// A real payload holding tenant `t1` at `version` (its config hash
+    /// changes with it, as the publisher makes it), whose manifest claims
+    /// `tenants` tenants; with its route when `route`.
+    fn payload(version: u64, tenants: u64, route: bool) -> PayloadReader<Cursor<Vec<u8>>> {
+        let hash = format!("{version:064x}");
+        let config = format!("{{\"config_hash\":\"{hash}\",\"v\":{version}}}");
+        let mut w = PayloadWriter::new(1).expect("writer");
+        w.layer1(b"{}").expect("layer1");
+        w.tenant("t1", &hash, config.as_bytes(), format!("prompt v{version}").as_bytes())
+            .expect("tenant");
+        if route {
+            w.route("+15550000001", "t1").expect("route");
+        }
+        let p = w.finish().expect("finish");
+        let manifest = Manifest {
+            kind: bundle::MANIFEST_TYPE.into(),
+            format: bundle::FORMAT_VERSION,
+            version,
+            created_at: String::new(),
+            expires_at: String::new(),
+            layer1_version: String::new(),
+            tenant_count: tenants,
+            record_count: p.record_count,
+            payload_size: p.compressed.len() as u64,
+            index_size: p.index_size,
+            payload_raw_size: p.raw_size,
+            payload_sha256: p.sha256.clone(),
+            provenance: Provenance::default(),
+        };
+        let bytes = bundle::write_bundle(&manifest, &p.compressed, &[]).expect("bundle");
+        bundle::verify(
+            Cursor::new(bytes),
+            SignatureCheck::SkipForInspection,
+            &Limits::default(),
+        )
+        .expect("verify")
+        .payload()
+        .expect("payload")
+    }
+
+    fn records(version: u64) -> PayloadReader<Cursor<Vec<u8>>> {
+        payload(version, 1, true)
     }
 
     #[test]
     fn the_body_points_into_the_redb_page_not_a_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-        db.ingest(&meta(1, 1), records(1).into_iter(), 5)
+        db.ingest(&meta(1, 1), &mut records(1), 5)
             .expect("ingest");
         let reader = db.reader().expect("reader").expect("has snapshot");
         let guard = reader
@@ -702,13 +694,9 @@ mod tests {
     fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-        let same_as_v1 = |v: u64| {
-            let mut r = records(1);
-            r.retain(|r| r.as_ref().is_ok_and(|r| r.kind != RecordKind::Route));
-            db.ingest(&meta(v, 1), r.into_iter(), 2)
-        };
+        let same_as_v1 = |v: u64| db.ingest(&meta(v, 1), &mut payload(1, 1, false), 2);
         let first = db
-            .ingest(&meta(1, 1), records(1).into_iter(), 2)
+            .ingest(&meta(1, 1), &mut records(1), 2)
             .expect("v1");
         assert_eq!((first.bodies_written, first.bodies_shared), (2, 0));
         let second = same_as_v1(2).expect("v2");
@@ -726,7 +714,7 @@ mod tests {
         drop(r);
 
         // v3 changes the tenant; v1 is pruned but v2 still uses its bodies.
-        db.ingest(&meta(3, 1), records(3).into_iter(), 2)
+        db.ingest(&meta(3, 1), &mut records(3), 2)
             .expect("v3");
         assert_eq!(count(&db, CONFIG_BODIES), 2);
         let r = db.reader().expect("reader").expect("snapshot");
@@ -736,13 +724,13 @@ mod tests {
         );
         drop(r);
         // v4 prunes v2, the last version using v1's bodies: they go too.
-        db.ingest(&meta(4, 1), records(4).into_iter(), 2)
+        db.ingest(&meta(4, 1), &mut records(4), 2)
             .expect("v4");
         assert_eq!(count(&db, CONFIG_BODIES), 2, "v3's and v4's configs");
         assert_eq!(count(&db, PROMPT_BODIES), 2);
         assert_eq!(count(&db, TENANTS), 2);
         assert!(
-            db.ingest(&meta(4, 1), records(4).into_iter(), 2).is_err(),
+            db.ingest(&meta(4, 1), &mut records(4), 2).is_err(),
             "v4 again"
         );
     }
@@ -770,7 +758,7 @@ mod tests {
             db.reader().expect("reader").is_none(),
             "nothing served from the old layout"
         );
-        db.ingest(&meta(8, 1), records(8).into_iter(), 2)
+        db.ingest(&meta(8, 1), &mut records(8), 2)
             .expect("ingest");
         assert_eq!(db.reader().expect("reader").expect("snapshot").current, 8);
     }
@@ -780,7 +768,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
         for v in 1..=4 {
-            db.ingest(&meta(v, 1), records(v).into_iter(), 2)
+            db.ingest(&meta(v, 1), &mut records(v), 2)
                 .expect("ingest");
         }
         let r = db.reader().expect("reader").expect("snapshot");
@@ -800,9 +788,8 @@ mod tests {
         );
         drop(r);
 
-        let mut bad = records(5);
-        bad.push(Err(BundleError::Truncated("payload")));
-        assert!(db.ingest(&meta(5, 1), bad.into_iter(), 2).is_err());
+        // The manifest claims two tenants; the payload holds one.
+        assert!(db.ingest(&meta(5, 1), &mut payload(5, 2, true), 2).is_err());
         let r = db.reader().expect("reader").expect("snapshot");
         assert_eq!(
             r.current, 4,

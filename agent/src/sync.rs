@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
 use crate::config::Config;
-use crate::db::{Db, SnapshotMeta};
+use crate::db::{Db, DbError, SnapshotMeta};
 use crate::state::{Shared, State};
 
 /// What one check found.
@@ -287,7 +287,7 @@ impl Syncer {
             manifest: String::from_utf8_lossy(&verified.header.manifest_bytes).into_owned(),
             signatures: verified.header.signatures.clone(),
         };
-        let records = match verified.records() {
+        let mut payload = match verified.payload() {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Refused(refusal(
@@ -297,13 +297,17 @@ impl Syncer {
             }
         };
         self.shared.status().applying = Some(meta.version);
-        let ingested = self.db.ingest(&meta, records, self.retain);
+        let ingested = self.db.ingest(&meta, &mut payload, self.retain);
         self.shared.status().applying = None;
         let ingested = match ingested {
             Ok(done) => done,
             Err(e) => {
+                let reason = match &e {
+                    DbError::Bundle(e) => bundle_reason(e),
+                    _ => "ingest",
+                };
                 return Outcome::Refused(refusal(
-                    "ingest",
+                    reason,
                     format!(
                         "{}: {e}; the previous snapshot stays served",
                         pointer.bundle

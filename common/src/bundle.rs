@@ -3,16 +3,22 @@
 //! ```text
 //! magic "STRATAB1" | u32le manifest_len | manifest (canonical JSON)
 //!                  | u32le signatures_len | signatures (JSON array)
-//!                  | payload (one zstd frame, manifest.payload_size bytes)
+//!                  | payload: index frame | body frame 1 | … | body frame n
 //! ```
 //! The signatures cover the manifest bytes; the manifest carries the payload's
-//! size and SHA-256. docs/FORMAT.md specifies every byte.
+//! size and SHA-256. The index (a zstd frame) holds Layer 1, the routes, and
+//! for each body frame its sizes and its tenants' ids and config hashes; body
+//! frames (zstd, about [`FRAME_TARGET_BYTES`] each) hold the tenants' configs
+//! and prompts. A reader that already has most tenants decodes only the
+//! frames whose tenants changed. docs/FORMAT.md specifies every byte.
 //!
 //! Reading is a pipeline that trusts nothing it has not checked: header limits
 //! → manifest signatures → payload size and hash (streamed) → decompression
-//! with limits on the window, the decompressed size and the record count.
+//! with limits on the window, the decompressed size and the record count,
+//! and every decoded frame checked against the index.
 
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Take, Write as _};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::Range;
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -26,7 +32,7 @@ pub const MAGIC: &[u8; 8] = b"STRATAB1";
 /// The manifest's `type`.
 pub const MANIFEST_TYPE: &str = "strata-bundle";
 /// The manifest's `format`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The largest manifest or signature block a reader accepts.
 pub const MAX_HEADER_PART: u32 = 64 * 1024;
 /// The largest zstd window a reader allocates (2^27 = 128 MiB).
@@ -58,6 +64,8 @@ pub struct Manifest {
     pub record_count: u64,
     /// Compressed payload bytes.
     pub payload_size: u64,
+    /// Compressed bytes of the index, the payload's first frame.
+    pub index_size: u64,
     /// Decompressed payload bytes.
     pub payload_raw_size: u64,
     /// Hex SHA-256 of the compressed payload.
@@ -109,7 +117,7 @@ impl Provenance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RecordKind {
-    /// Layer 1 as JSON; key `layer1`.
+    /// Layer 1 as JSON; key `layer1`. The index's first record.
     Layer1 = 1,
     /// A tenant's effective config as canonical JSON; key the tenant id.
     Config = 2,
@@ -117,6 +125,11 @@ pub enum RecordKind {
     Prompt = 3,
     /// A phone route; key the E.164 number, value the tenant id.
     Route = 4,
+    /// In the index: a body frame's compressed and decompressed sizes. The
+    /// tenant records after it name the tenants that frame holds.
+    Frame = 5,
+    /// In the index: a tenant id and its config hash.
+    Tenant = 6,
 }
 
 impl RecordKind {
@@ -126,6 +139,8 @@ impl RecordKind {
             2 => Self::Config,
             3 => Self::Prompt,
             4 => Self::Route,
+            5 => Self::Frame,
+            6 => Self::Tenant,
             _ => return None,
         })
     }
@@ -142,68 +157,169 @@ pub struct Record {
     pub value: Vec<u8>,
 }
 
-/// Writes payload records into a zstd stream.
+/// The decompressed size at which the writer closes a body frame: big enough
+/// to compress within ~3 % of one frame for everything, small enough that an
+/// agent holding all but a few tenants decodes little of a new snapshot.
+pub const FRAME_TARGET_BYTES: usize = 512 * 1024;
+
+/// Builds a payload: the index frame, then body frames of about
+/// [`FRAME_TARGET_BYTES`]. Records must come in payload order: Layer 1,
+/// tenants in ascending id order, then routes in ascending number order.
 pub struct PayloadWriter {
-    encoder: zstd::Encoder<'static, Vec<u8>>,
-    raw_size: u64,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The index's records, decompressed.
+    index: Vec<u8>,
+    /// The open body frame's records, decompressed.
+    frame: Vec<u8>,
+    /// The open body frame's tenants and config hashes.
+    frame_tenants: Vec<(String, String)>,
+    /// Closed body frames, compressed, in order.
+    bodies: Vec<u8>,
+    bodies_raw: u64,
     record_count: u64,
+    routes_started: bool,
 }
 
 /// A finished, compressed payload.
 #[derive(Debug, Clone)]
 pub struct Payload {
-    /// The zstd frame.
+    /// The index frame followed by the body frames.
     pub compressed: Vec<u8>,
     /// Hex SHA-256 of `compressed`.
     pub sha256: String,
-    /// Decompressed size.
+    /// Compressed size of the index frame.
+    pub index_size: u64,
+    /// Decompressed size of every frame together.
     pub raw_size: u64,
     /// Records written.
     pub record_count: u64,
 }
 
+fn out_of_order(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("payload records out of order: {what}"),
+    )
+}
+
+/// Appends one encoded record to `out`.
+fn put_record(out: &mut Vec<u8>, kind: RecordKind, key: &str, value: &[u8]) -> io::Result<()> {
+    let too_long = |what| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("record {what} too long"),
+        )
+    };
+    let key_len = u32::try_from(key.len())
+        .ok()
+        .filter(|l| *l <= MAX_KEY_LEN)
+        .ok_or_else(|| too_long("key"))?;
+    let value_len = u32::try_from(value.len()).map_err(|_| too_long("value"))?;
+    out.push(kind as u8);
+    out.extend_from_slice(&key_len.to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&value_len.to_le_bytes());
+    out.extend_from_slice(value);
+    Ok(())
+}
+
 impl PayloadWriter {
-    /// A writer compressing at `level` with `threads` zstd workers (0: none).
-    pub fn new(level: i32, threads: u32) -> io::Result<Self> {
-        let mut encoder = zstd::Encoder::new(Vec::new(), level)?;
-        if threads > 0 {
-            encoder.multithread(threads)?;
-        }
-        encoder.include_checksum(true)?;
+    /// A writer compressing at zstd `level`, with frame checksums.
+    pub fn new(level: i32) -> io::Result<Self> {
+        let mut compressor = zstd::bulk::Compressor::new(level)?;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         Ok(Self {
-            encoder,
-            raw_size: 0,
+            compressor,
+            index: Vec::new(),
+            frame: Vec::with_capacity(2 * FRAME_TARGET_BYTES),
+            frame_tenants: Vec::new(),
+            bodies: Vec::new(),
+            bodies_raw: 0,
             record_count: 0,
+            routes_started: false,
         })
     }
 
-    /// Appends one record.
-    pub fn record(&mut self, kind: RecordKind, key: &str, value: &[u8]) -> io::Result<()> {
-        let too_long = |what| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("record {what} too long"),
-            )
-        };
-        let key_len = u32::try_from(key.len()).map_err(|_| too_long("key"))?;
-        let value_len = u32::try_from(value.len()).map_err(|_| too_long("value"))?;
-        self.encoder.write_all(&[kind as u8])?;
-        self.encoder.write_all(&key_len.to_le_bytes())?;
-        self.encoder.write_all(key.as_bytes())?;
-        self.encoder.write_all(&value_len.to_le_bytes())?;
-        self.encoder.write_all(value)?;
-        self.raw_size += 9 + u64::from(key_len) + u64::from(value_len);
+    /// Writes Layer 1, the first record.
+    pub fn layer1(&mut self, json: &[u8]) -> io::Result<()> {
+        if !self.index.is_empty() {
+            return Err(out_of_order("Layer 1 must come first, once"));
+        }
+        self.put_index(RecordKind::Layer1, "layer1", json)
+    }
+
+    /// Writes a tenant: its config (whose `config_hash` is `config_hash`)
+    /// and its combined prompt.
+    pub fn tenant(
+        &mut self,
+        tenant: &str,
+        config_hash: &str,
+        config: &[u8],
+        prompt: &[u8],
+    ) -> io::Result<()> {
+        if self.index.is_empty() || self.routes_started {
+            return Err(out_of_order("tenants come after Layer 1 and before routes"));
+        }
+        put_record(&mut self.frame, RecordKind::Config, tenant, config)?;
+        put_record(&mut self.frame, RecordKind::Prompt, tenant, prompt)?;
+        self.record_count += 2;
+        self.frame_tenants
+            .push((tenant.to_owned(), config_hash.to_owned()));
+        if self.frame.len() >= FRAME_TARGET_BYTES {
+            self.close_frame()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a phone route; after the last tenant.
+    pub fn route(&mut self, number: &str, tenant: &str) -> io::Result<()> {
+        if self.index.is_empty() {
+            return Err(out_of_order("routes come after Layer 1"));
+        }
+        self.close_frame()?;
+        self.routes_started = true;
+        self.put_index(RecordKind::Route, number, tenant.as_bytes())
+    }
+
+    fn put_index(&mut self, kind: RecordKind, key: &str, value: &[u8]) -> io::Result<()> {
+        put_record(&mut self.index, kind, key, value)?;
         self.record_count += 1;
         Ok(())
     }
 
-    /// Ends the zstd frame.
-    pub fn finish(self) -> io::Result<Payload> {
-        let compressed = self.encoder.finish()?;
+    /// Compresses the open body frame and lists it, and its tenants, in the index.
+    fn close_frame(&mut self) -> io::Result<()> {
+        if self.frame_tenants.is_empty() {
+            return Ok(());
+        }
+        let compressed = self.compressor.compress(&self.frame)?;
+        let mut sizes = [0u8; 16];
+        sizes[..8].copy_from_slice(&(compressed.len() as u64).to_le_bytes());
+        sizes[8..].copy_from_slice(&(self.frame.len() as u64).to_le_bytes());
+        self.put_index(RecordKind::Frame, "", &sizes)?;
+        for (tenant, hash) in std::mem::take(&mut self.frame_tenants) {
+            self.put_index(RecordKind::Tenant, &tenant, hash.as_bytes())?;
+        }
+        self.bodies.extend_from_slice(&compressed);
+        self.bodies_raw += self.frame.len() as u64;
+        self.frame.clear();
+        Ok(())
+    }
+
+    /// Closes the last body frame and compresses the index in front of them.
+    pub fn finish(mut self) -> io::Result<Payload> {
+        if self.index.is_empty() {
+            return Err(out_of_order("a payload needs Layer 1"));
+        }
+        self.close_frame()?;
+        let mut compressed = self.compressor.compress(&self.index)?;
+        let index_size = compressed.len() as u64;
+        compressed.extend_from_slice(&self.bodies);
         Ok(Payload {
             sha256: canonical::sha256_hex(&compressed),
             compressed,
-            raw_size: self.raw_size,
+            index_size,
+            raw_size: self.index.len() as u64 + self.bodies_raw,
             record_count: self.record_count,
         })
     }
@@ -326,27 +442,25 @@ pub enum BundleError {
         /// The limit.
         limit: u64,
     },
-    /// A record that cannot be decoded.
-    #[error("payload record {index} is malformed: {reason}")]
+    /// A frame that cannot be decoded, or disagrees with the index.
+    #[error("payload frame {frame} (0 is the index) is malformed at byte {offset}: {reason}")]
     BadRecord {
-        /// Its index.
-        index: u64,
+        /// The frame: 0 for the index, 1 for the first body frame.
+        frame: u64,
+        /// Where in the decompressed frame.
+        offset: u64,
         /// What is wrong.
         reason: String,
     },
     /// The payload disagrees with the manifest's counts.
-    #[error(
-        "payload holds {actual} records / {actual_bytes} bytes, the manifest says {expected} / {expected_bytes}"
-    )]
+    #[error("payload holds {actual} {what}, the manifest says {expected}")]
     CountMismatch {
+        /// What was counted.
+        what: &'static str,
         /// From the manifest.
         expected: u64,
         /// Decoded.
         actual: u64,
-        /// From the manifest.
-        expected_bytes: u64,
-        /// Decoded.
-        actual_bytes: u64,
     },
     /// zstd could not decode the payload.
     #[error("payload does not decompress: {0}")]
@@ -518,134 +632,463 @@ impl<R: Read + Seek> VerifiedBundle<R> {
         &self.header.manifest
     }
 
-    /// Streams the payload's records. The iterator ends with an error if the
-    /// payload exceeds a limit or disagrees with the manifest.
+    /// Decompresses the index and returns a reader that decodes body frames
+    /// on demand, each within the limits.
+    pub fn payload(self) -> Result<PayloadReader<R>, BundleError> {
+        PayloadReader::new(self)
+    }
+
+    /// Decodes every record in logical order (Layer 1, each tenant's config
+    /// and prompt, routes), checking the whole payload against the index and
+    /// the manifest.
     pub fn records(self) -> Result<Records<R>, BundleError> {
-        let payload = self.reader.take(self.header.manifest.payload_size);
-        let mut decoder = zstd::Decoder::new(payload).map_err(BundleError::Decompress)?;
-        decoder
-            .window_log_max(MAX_WINDOW_LOG)
-            .map_err(BundleError::Decompress)?;
-        let max = self
-            .limits
-            .max_decompressed_bytes
-            .min(self.header.manifest.payload_raw_size);
-        // Records are read in small pieces (a kind byte, a length): buffer the
-        // decompressed stream so each is not a call into zstd.
         Ok(Records {
-            inner: BufReader::with_capacity(64 * 1024, decoder).take(max + 1),
-            limits: self.limits,
-            max_bytes: max,
-            expected: self.header.manifest.record_count,
-            expected_bytes: self.header.manifest.payload_raw_size,
-            index: 0,
-            bytes: 0,
-            done: false,
+            payload: self.payload()?,
+            queue: std::collections::VecDeque::new(),
+            stage: Stage::Layer1,
         })
     }
 }
 
-/// Iterator over a verified payload's records.
-pub struct Records<R: Read> {
-    inner: Take<BufReader<zstd::Decoder<'static, BufReader<Take<R>>>>>,
-    limits: Limits,
-    max_bytes: u64,
-    expected: u64,
-    expected_bytes: u64,
-    index: u64,
-    bytes: u64,
-    done: bool,
+/// A tenant as the index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The tenant id.
+    pub tenant: String,
+    /// Its config's `config_hash`, 64 hex digits: equal hashes mean equal
+    /// configs, and (under the same Layer 1) equal prompts.
+    pub config_hash: [u8; 64],
 }
 
-impl<R: Read> Records<R> {
-    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, BundleError> {
-        let mut read = 0;
-        while read < buf.len() {
-            let n = self
-                .inner
-                .read(&mut buf[read..])
-                .map_err(BundleError::Decompress)?;
-            if n == 0 {
-                break;
-            }
-            read += n;
-        }
-        self.bytes += read as u64;
-        if self.bytes > self.max_bytes {
-            return Err(BundleError::DecompressedTooLarge {
-                limit: self.max_bytes,
-            });
-        }
-        Ok(read)
+/// A body frame as the index describes it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// 1 for the first body frame (0 is the index).
+    pub number: u64,
+    /// Its tenants, in order.
+    pub tenants: Vec<IndexEntry>,
+    offset: u64,
+    size: u64,
+    raw_size: u64,
+}
+
+/// A decoded body frame: each tenant's config and prompt, in one buffer.
+#[derive(Debug)]
+pub struct FrameBodies {
+    raw: Vec<u8>,
+    spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl FrameBodies {
+    /// The config of the frame's `i`th tenant.
+    pub fn config(&self, i: usize) -> &[u8] {
+        self.spans.get(i).map_or(&[], |(c, _)| &self.raw[c.clone()])
     }
 
-    fn read_u32(&mut self, what: &str) -> Result<u32, BundleError> {
-        let mut b = [0u8; 4];
-        if self.fill(&mut b)? < 4 {
-            return Err(self.bad(format!("ends inside the {what} length")));
+    /// The combined prompt of the frame's `i`th tenant.
+    pub fn prompt(&self, i: usize) -> &[u8] {
+        self.spans.get(i).map_or(&[], |(_, p)| &self.raw[p.clone()])
+    }
+}
+
+/// A verified payload, read through its index. Call [`Self::next_frame`]
+/// until it returns `None`, decoding the frames you need with
+/// [`Self::read_frame`], then [`Self::next_route`] until it returns `None`:
+/// that last call checks the totals against the manifest.
+pub struct PayloadReader<R> {
+    reader: R,
+    payload_offset: u64,
+    manifest: Manifest,
+    limits: Limits,
+    index: Vec<u8>,
+    /// Where the next index record starts.
+    pos: usize,
+    layer1: Range<usize>,
+    last_tenant: Range<usize>,
+    frames: u64,
+    /// Where the next body frame starts, from the payload's start.
+    offset: u64,
+    raw: u64,
+    records: u64,
+    tenants: u64,
+    compressed: Vec<u8>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+/// One record borrowed from a decompressed frame.
+struct RawRecord<'a> {
+    kind: RecordKind,
+    key: &'a str,
+    value: &'a [u8],
+}
+
+/// Decodes the record at `*pos` of `buf` and moves `pos` past it.
+fn read_record<'a>(
+    buf: &'a [u8],
+    pos: &mut usize,
+    limits: &Limits,
+) -> Result<RawRecord<'a>, String> {
+    let mut at = *pos;
+    let mut take = |n: usize, what: &str| -> Result<&'a [u8], String> {
+        let part = buf
+            .get(at..at.saturating_add(n))
+            .ok_or_else(|| format!("ends inside the {what}"))?;
+        at += n;
+        Ok(part)
+    };
+    let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let kind = take(1, "kind")?[0];
+    let kind = RecordKind::from_byte(kind).ok_or_else(|| format!("unknown record kind {kind}"))?;
+    let key_len = u32_at(take(4, "key length")?);
+    if key_len > MAX_KEY_LEN {
+        return Err(format!("key of {key_len} bytes"));
+    }
+    let key = std::str::from_utf8(take(key_len as usize, "key")?)
+        .map_err(|_| "key is not UTF-8".to_owned())?;
+    let value_len = u32_at(take(4, "value length")?);
+    if value_len > limits.max_value_bytes {
+        return Err(format!("value of {value_len} bytes, over the limit"));
+    }
+    let value = take(value_len as usize, "value")?;
+    *pos = at;
+    Ok(RawRecord { kind, key, value })
+}
+
+/// The `config_hash` an effective config carries.
+fn config_hash_of(json: &[u8]) -> Result<[u8; 64], String> {
+    #[derive(Deserialize)]
+    struct Hash<'a> {
+        #[serde(borrow)]
+        config_hash: &'a str,
+    }
+    let h: Hash<'_> =
+        serde_json::from_slice(json).map_err(|e| format!("config without config_hash: {e}"))?;
+    hex_digest(h.config_hash.as_bytes())
+}
+
+/// `bytes` as 64 lower-case hex digits.
+fn hex_digest(bytes: &[u8]) -> Result<[u8; 64], String> {
+    let digest: [u8; 64] = bytes
+        .try_into()
+        .map_err(|_| "config hash is not 64 hex digits".to_owned())?;
+    if digest.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(digest)
+    } else {
+        Err("config hash is not lower-case hex".to_owned())
+    }
+}
+
+impl<R: Read + Seek> PayloadReader<R> {
+    fn new(verified: VerifiedBundle<R>) -> Result<Self, BundleError> {
+        let VerifiedBundle {
+            header,
+            mut reader,
+            limits,
+            ..
+        } = verified;
+        let m = header.manifest;
+        if m.index_size == 0 || m.index_size > m.payload_size {
+            return Err(BundleError::BadManifest(format!(
+                "index_size {} outside the {}-byte payload",
+                m.index_size, m.payload_size
+            )));
         }
-        Ok(u32::from_le_bytes(b))
+        // `verify` left the reader at the payload and bounded payload_size.
+        let mut compressed = vec![0u8; m.index_size as usize];
+        read_exact(&mut reader, &mut compressed, "payload")?;
+        let cap = m.payload_raw_size.min(limits.max_decompressed_bytes);
+        let mut decoder =
+            zstd::Decoder::with_buffer(compressed.as_slice()).map_err(BundleError::Decompress)?;
+        decoder
+            .window_log_max(MAX_WINDOW_LOG)
+            .map_err(BundleError::Decompress)?;
+        let mut index = Vec::new();
+        decoder
+            .take(cap + 1)
+            .read_to_end(&mut index)
+            .map_err(BundleError::Decompress)?;
+        if index.len() as u64 > cap {
+            return Err(BundleError::DecompressedTooLarge { limit: cap });
+        }
+        let mut pos = 0;
+        let first = read_record(&index, &mut pos, &limits).map_err(|r| bad(0, 0, r))?;
+        if first.kind != RecordKind::Layer1 {
+            return Err(bad(0, 0, "the index does not start with Layer 1".into()));
+        }
+        let layer1_start = pos - first.value.len();
+        Ok(Self {
+            reader,
+            payload_offset: header.payload_offset,
+            raw: index.len() as u64,
+            layer1: layer1_start..pos,
+            last_tenant: 0..0,
+            offset: m.index_size,
+            manifest: m,
+            limits,
+            index,
+            pos,
+            frames: 0,
+            records: 1,
+            tenants: 0,
+            compressed,
+            decompressor: zstd::bulk::Decompressor::new().map_err(BundleError::Decompress)?,
+        })
     }
 
-    fn bad(&self, reason: String) -> BundleError {
-        BundleError::BadRecord {
-            index: self.index,
-            reason,
-        }
+    /// Layer 1 as JSON.
+    pub fn layer1(&self) -> &[u8] {
+        &self.index[self.layer1.clone()]
     }
 
-    fn next_record(&mut self) -> Result<Option<Record>, BundleError> {
-        let mut kind = [0u8; 1];
-        if self.fill(&mut kind)? == 0 {
-            if self.index != self.expected || self.bytes != self.expected_bytes {
-                return Err(BundleError::CountMismatch {
-                    expected: self.expected,
-                    actual: self.index,
-                    expected_bytes: self.expected_bytes,
-                    actual_bytes: self.bytes,
-                });
-            }
+    fn next_is(&self, kind: RecordKind) -> bool {
+        self.index.get(self.pos) == Some(&(kind as u8))
+    }
+
+    fn count_records(&mut self, n: u64) -> Result<(), BundleError> {
+        self.records += n;
+        let limit = self.manifest.record_count.min(self.limits.max_records);
+        if self.records > limit {
+            return Err(BundleError::TooManyRecords { limit });
+        }
+        Ok(())
+    }
+
+    /// The next body frame the index lists, with its tenants; `None` after
+    /// the last.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, BundleError> {
+        if !self.next_is(RecordKind::Frame) {
             return Ok(None);
         }
-        if self.index >= self.expected.min(self.limits.max_records) {
-            return Err(BundleError::TooManyRecords {
-                limit: self.expected.min(self.limits.max_records),
+        let at = self.pos as u64;
+        let rec = read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
+        let sizes: [u8; 16] = rec
+            .value
+            .try_into()
+            .map_err(|_| bad(0, at, "frame record value is not 16 bytes".into()))?;
+        let (size, raw_size) = sizes.split_at(8);
+        let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let (size, raw_size) = (le(size), le(raw_size));
+        self.count_records(1)?;
+        self.frames += 1;
+        let number = self.frames;
+        if self
+            .offset
+            .checked_add(size)
+            .is_none_or(|end| end > self.manifest.payload_size)
+        {
+            return Err(bad(number, 0, "runs past the end of the payload".into()));
+        }
+        self.raw = self.raw.saturating_add(raw_size);
+        let raw_limit = self
+            .manifest
+            .payload_raw_size
+            .min(self.limits.max_decompressed_bytes);
+        if self.raw > raw_limit {
+            return Err(BundleError::DecompressedTooLarge { limit: raw_limit });
+        }
+        let mut tenants = Vec::new();
+        while self.next_is(RecordKind::Tenant) {
+            let at = self.pos as u64;
+            let rec =
+                read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
+            let config_hash = hex_digest(rec.value).map_err(|r| bad(0, at, r))?;
+            if self.tenants > 0 && rec.key.as_bytes() <= &self.index[self.last_tenant.clone()] {
+                return Err(bad(0, at, format!("tenant {} is out of order", rec.key)));
+            }
+            let key_end = self.pos - rec.value.len() - 4;
+            self.last_tenant = key_end - rec.key.len()..key_end;
+            tenants.push(IndexEntry {
+                tenant: rec.key.to_owned(),
+                config_hash,
             });
+            self.tenants += 1;
+            self.count_records(3)?;
         }
-        let kind = RecordKind::from_byte(kind[0])
-            .ok_or_else(|| self.bad(format!("unknown kind {}", kind[0])))?;
-        let key_len = self.read_u32("key")?;
-        if key_len > MAX_KEY_LEN {
-            return Err(self.bad(format!("key of {key_len} bytes")));
+        if tenants.is_empty() {
+            return Err(bad(0, at, "a frame record lists no tenants".into()));
         }
-        let mut key = vec![0u8; key_len as usize];
-        if self.fill(&mut key)? < key.len() {
-            return Err(self.bad("ends inside the key".into()));
+        let frame = Frame {
+            number,
+            tenants,
+            offset: self.offset,
+            size,
+            raw_size,
+        };
+        self.offset += size;
+        Ok(Some(frame))
+    }
+
+    /// Decompresses `frame` (which [`Self::next_frame`] returned) and checks
+    /// that it holds exactly its tenants' configs and prompts, each config
+    /// with the hash the index lists.
+    pub fn read_frame(&mut self, frame: &Frame) -> Result<FrameBodies, BundleError> {
+        let n = frame.number;
+        self.reader
+            .seek(SeekFrom::Start(self.payload_offset + frame.offset))?;
+        self.compressed.resize(frame.size as usize, 0);
+        read_exact(&mut self.reader, &mut self.compressed, "payload")?;
+        let mut raw = Vec::with_capacity(frame.raw_size as usize);
+        self.decompressor
+            .decompress_to_buffer(self.compressed.as_slice(), &mut raw)
+            .map_err(|e| bad(n, 0, format!("does not decompress to its {} bytes: {e}", frame.raw_size)))?;
+        if raw.len() as u64 != frame.raw_size {
+            return Err(bad(
+                n,
+                0,
+                format!("decompresses to {} bytes, the index says {}", raw.len(), frame.raw_size),
+            ));
         }
-        let key = String::from_utf8(key).map_err(|_| self.bad("key is not UTF-8".into()))?;
-        let value_len = self.read_u32("value")?;
-        if value_len > self.limits.max_value_bytes {
-            return Err(self.bad(format!("value of {value_len} bytes, over the limit")));
+        let mut pos = 0;
+        let mut spans = Vec::with_capacity(frame.tenants.len());
+        for entry in &frame.tenants {
+            let mut next = |kind: RecordKind| {
+                let at = pos as u64;
+                let rec = read_record(&raw, &mut pos, &self.limits).map_err(|r| bad(n, at, r))?;
+                if rec.kind != kind || rec.key != entry.tenant {
+                    return Err(bad(
+                        n,
+                        at,
+                        format!("expected the {kind:?} of {}, found the {:?} of {}", entry.tenant, rec.kind, rec.key),
+                    ));
+                }
+                Ok((at, pos - rec.value.len()..pos))
+            };
+            let (at, config) = next(RecordKind::Config)?;
+            let (_, prompt) = next(RecordKind::Prompt)?;
+            let hash = config_hash_of(&raw[config.clone()]).map_err(|r| bad(n, at, r))?;
+            if hash != entry.config_hash {
+                return Err(bad(
+                    n,
+                    at,
+                    format!("the config of {} does not have the config_hash the index lists", entry.tenant),
+                ));
+            }
+            spans.push((config, prompt));
         }
-        let mut value = vec![0u8; value_len as usize];
-        if self.fill(&mut value)? < value.len() {
-            return Err(self.bad("ends inside the value".into()));
+        if pos != raw.len() {
+            return Err(bad(n, pos as u64, "bytes after the frame's last tenant".into()));
         }
-        self.index += 1;
-        Ok(Some(Record { kind, key, value }))
+        Ok(FrameBodies { raw, spans })
+    }
+
+    /// The next phone route, `(number, tenant id)`; `None` after the last,
+    /// once the payload's totals match the manifest.
+    pub fn next_route(&mut self) -> Result<Option<(&str, &str)>, BundleError> {
+        if self.pos == self.index.len() {
+            self.check_totals()?;
+            return Ok(None);
+        }
+        let at = self.pos as u64;
+        let rec = read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
+        if rec.kind != RecordKind::Route {
+            return Err(bad(0, at, format!("expected a route, found a {:?} record", rec.kind)));
+        }
+        let tenant = std::str::from_utf8(rec.value)
+            .map_err(|_| bad(0, at, format!("route {} is not UTF-8", rec.key)))?;
+        self.records += 1;
+        let limit = self.manifest.record_count.min(self.limits.max_records);
+        if self.records > limit {
+            return Err(BundleError::TooManyRecords { limit });
+        }
+        Ok(Some((rec.key, tenant)))
+    }
+
+    fn check_totals(&self) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        for (what, expected, actual) in [
+            ("records", m.record_count, self.records),
+            ("decompressed bytes", m.payload_raw_size, self.raw),
+            ("compressed bytes", m.payload_size, self.offset),
+            ("tenants", m.tenant_count, self.tenants),
+        ] {
+            if expected != actual {
+                return Err(BundleError::CountMismatch {
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
-impl<R: Read> Iterator for Records<R> {
+fn bad(frame: u64, offset: u64, reason: String) -> BundleError {
+    BundleError::BadRecord {
+        frame,
+        offset,
+        reason,
+    }
+}
+
+enum Stage {
+    Layer1,
+    Frames,
+    Routes,
+    Done,
+}
+
+/// Every record of a verified payload, in logical order.
+pub struct Records<R> {
+    payload: PayloadReader<R>,
+    queue: std::collections::VecDeque<Record>,
+    stage: Stage,
+}
+
+impl<R: Read + Seek> Records<R> {
+    fn advance(&mut self) -> Result<Option<Record>, BundleError> {
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Ok(Some(r));
+            }
+            match self.stage {
+                Stage::Layer1 => {
+                    self.stage = Stage::Frames;
+                    return Ok(Some(Record {
+                        kind: RecordKind::Layer1,
+                        key: "layer1".into(),
+                        value: self.payload.layer1().to_vec(),
+                    }));
+                }
+                Stage::Frames => match self.payload.next_frame()? {
+                    Some(frame) => {
+                        let bodies = self.payload.read_frame(&frame)?;
+                        for (i, entry) in frame.tenants.into_iter().enumerate() {
+                            self.queue.push_back(Record {
+                                kind: RecordKind::Config,
+                                key: entry.tenant.clone(),
+                                value: bodies.config(i).to_vec(),
+                            });
+                            self.queue.push_back(Record {
+                                kind: RecordKind::Prompt,
+                                key: entry.tenant,
+                                value: bodies.prompt(i).to_vec(),
+                            });
+                        }
+                    }
+                    None => self.stage = Stage::Routes,
+                },
+                Stage::Routes => {
+                    return Ok(self.payload.next_route()?.map(|(number, tenant)| Record {
+                        kind: RecordKind::Route,
+                        key: number.to_owned(),
+                        value: tenant.as_bytes().to_vec(),
+                    }));
+                }
+                Stage::Done => return Ok(None),
+            }
+        }
+    }
+}
+
+impl<R: Read + Seek> Iterator for Records<R> {
     type Item = Result<Record, BundleError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let item = self.next_record().transpose();
+        let item = self.advance().transpose();
         if !matches!(item, Some(Ok(_))) {
-            self.done = true;
+            self.stage = Stage::Done;
+            self.queue.clear();
         }
         item
     }
@@ -671,12 +1114,13 @@ impl Contents {
         records: I,
     ) -> Result<Self, BundleError> {
         let mut c = Self::default();
-        for (index, r) in records.enumerate() {
+        for r in records {
             let r = r?;
-            let utf8 = |v: Vec<u8>| {
+            let utf8 = |v: Vec<u8>, key: &str| {
                 String::from_utf8(v).map_err(|_| BundleError::BadRecord {
-                    index: index as u64,
-                    reason: "value is not UTF-8".into(),
+                    frame: 0,
+                    offset: 0,
+                    reason: format!("the {:?} of {key} is not UTF-8", r.kind),
                 })
             };
             match r.kind {
@@ -685,11 +1129,15 @@ impl Contents {
                     c.configs.insert(r.key, r.value);
                 }
                 RecordKind::Prompt => {
-                    c.prompts.insert(r.key, utf8(r.value)?);
+                    let prompt = utf8(r.value, &r.key)?;
+                    c.prompts.insert(r.key, prompt);
                 }
                 RecordKind::Route => {
-                    c.routes.insert(r.key, utf8(r.value)?);
+                    let tenant = utf8(r.value, &r.key)?;
+                    c.routes.insert(r.key, tenant);
                 }
+                // Index structure, never yielded by `records()`.
+                RecordKind::Frame | RecordKind::Tenant => {}
             }
         }
         Ok(c)

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{Payload, PayloadWriter, RecordKind};
+use crate::bundle::{Payload, PayloadWriter};
 use crate::model::{EffectiveConfig, Layer1, Overlay};
 use crate::render;
 use crate::source::{Source, SourceError, toml_reason};
@@ -58,7 +58,8 @@ struct TenantResult {
     file: PathBuf,
     tenant_id: String,
     phones: Vec<String>,
-    output: Option<(Vec<u8>, String)>,
+    /// Config hash, config JSON and combined prompt.
+    output: Option<(String, Vec<u8>, String)>,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -71,9 +72,7 @@ pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, S
 
 /// Compiles the source into a payload, or reports every problem.
 pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, SourceError> {
-    let threads = u32::try_from(opts.threads).unwrap_or(1);
-    let zstd_workers = if threads > 1 { threads } else { 0 };
-    let writer = PayloadWriter::new(opts.level, zstd_workers).map_err(payload_err)?;
+    let writer = PayloadWriter::new(opts.level).map_err(payload_err)?;
     let (writer, warnings) = run(source, opts, Some(writer))?;
     let Some((tenant_count, writer)) = writer else {
         return Err(payload_err(std::io::Error::other("payload writer missing")));
@@ -105,8 +104,7 @@ fn run(
     let layer1 = &source.layer1;
     if let Some(w) = writer.as_mut() {
         let json = serde_json::to_vec(layer1).map_err(|e| payload_err(std::io::Error::other(e)))?;
-        w.record(RecordKind::Layer1, "layer1", &json)
-            .map_err(payload_err)?;
+        w.layer1(&json).map_err(payload_err)?;
     }
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -134,12 +132,11 @@ fn run(
                     problems.append(&mut t.problems);
                     continue;
                 }
-                if let (Some(w), Some((config, prompt))) = (writer.as_mut(), t.output.as_ref())
+                if let (Some(w), Some((hash, config, prompt))) =
+                    (writer.as_mut(), t.output.as_ref())
                     && problems.is_empty()
                 {
-                    w.record(RecordKind::Config, &t.tenant_id, config)
-                        .map_err(payload_err)?;
-                    w.record(RecordKind::Prompt, &t.tenant_id, prompt.as_bytes())
+                    w.tenant(&t.tenant_id, hash, config, prompt.as_bytes())
                         .map_err(payload_err)?;
                 }
                 count += 1;
@@ -152,8 +149,7 @@ fn run(
     }
     if let Some(w) = writer.as_mut() {
         for (number, tenant) in phones.into_routes() {
-            w.record(RecordKind::Route, &number, tenant.as_bytes())
-                .map_err(payload_err)?;
+            w.route(&number, &tenant).map_err(payload_err)?;
         }
     }
     Ok((writer.map(|w| (count, w)), warnings))
@@ -306,7 +302,7 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
         match cfg.seal() {
             Ok(json) => {
                 let prompt = render::system_prompt(&layer1.base_prompt, &rendered.text);
-                result.output = Some((json, prompt));
+                result.output = Some((cfg.config_hash.clone(), json, prompt));
             }
             Err(e) => r.push("", format!("cannot serialise the effective config: {e}")),
         }

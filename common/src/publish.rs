@@ -70,6 +70,7 @@ pub fn manifest(
         tenant_count: compiled.tenant_count,
         record_count: compiled.payload.record_count,
         payload_size: compiled.payload.compressed.len() as u64,
+        index_size: compiled.payload.index_size,
         payload_raw_size: compiled.payload.raw_size,
         payload_sha256: compiled.payload.sha256.clone(),
         provenance: provenance.clone(),

@@ -245,6 +245,7 @@ fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
         tenant_count: 0,
         record_count: 1,
         payload_size: compressed.len() as u64,
+        index_size: compressed.len() as u64,
         payload_raw_size: 1024,
         payload_sha256: strata_common::canonical::sha256_hex(&compressed),
         provenance: Provenance::default(),

@@ -366,7 +366,7 @@ fn inspect(
         .with_context(|| format!("{name} refused"))?;
     let header = verified.header.clone();
     let signed_by: Vec<KeyId> = verified.signed_by.clone();
-    let mut counts = [0u64; 5];
+    let mut counts = [0u64; 7];
     for record in verified.records()? {
         let record = record?;
         counts[record.kind as usize] += 1;
