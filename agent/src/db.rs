@@ -34,8 +34,10 @@ const TENANTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("tenan
 const CONFIG_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("config_bodies");
 /// `(version that introduced it, tenant id)` → combined system prompt.
 const PROMPT_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("prompt_bodies");
-/// `(version, E.164)` → `{"tenant_id":"…"}`.
+/// `(version that introduced the route set, E.164)` → `{"tenant_id":"…"}`.
 const ROUTES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("routes");
+/// version → [`RouteSet`]: which version's routes it serves.
+const ROUTE_SETS: TableDefinition<u64, &[u8]> = TableDefinition::new("route_sets");
 /// version → Layer 1 SHA-256 (64 hex bytes) ‖ Layer 1 JSON.
 const LAYER1: TableDefinition<u64, &[u8]> = TableDefinition::new("layer1");
 /// version → [`SnapshotMeta`] JSON.
@@ -43,7 +45,7 @@ const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots")
 /// `current` → the version served; `schema` → [`SCHEMA`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The table layout this module writes; a file with another is emptied at open.
-const SCHEMA: u64 = 2;
+const SCHEMA: u64 = 3;
 
 /// Length of an ETag: 64 hex digits of a SHA-256.
 pub const ETAG_LEN: usize = 64;
@@ -176,6 +178,7 @@ impl Db {
             let mut config_bodies = txn.open_table(CONFIG_BODIES)?;
             let mut prompt_bodies = txn.open_table(PROMPT_BODIES)?;
             let mut routes = txn.open_table(ROUTES)?;
+            let mut route_sets = txn.open_table(ROUTE_SETS)?;
             let mut layer1 = txn.open_table(LAYER1)?;
             let mut snapshots = txn.open_table(SNAPSHOTS)?;
             let mut m = txn.open_table(META)?;
@@ -187,6 +190,14 @@ impl Db {
             // The newest stored snapshot: bodies unchanged since it are shared.
             let base = snapshots.last()?.map(|(k, _)| k.value());
             let layer1_hash = sha256_hex(payload.layer1());
+            // Under the same Layer 1, an unchanged config means an unchanged
+            // prompt: its ETag is the base row's, no need to hash again.
+            let same_layer1 = match base {
+                Some(b) => layer1
+                    .get(b)?
+                    .is_some_and(|g| g.value().get(..ETAG_LEN) == Some(layer1_hash.as_bytes())),
+                None => false,
+            };
             let mut value = Vec::with_capacity(ETAG_LEN + payload.layer1().len());
             value.extend_from_slice(layer1_hash.as_bytes());
             value.extend_from_slice(payload.layer1());
@@ -203,15 +214,22 @@ impl Db {
                             .transpose()?,
                         None => None,
                     };
-                    let prompt = prompt_etag(&entry.config_hash, &layer1_hash);
+                    let prompt = match before {
+                        Some(r) if same_layer1 && r.config_etag == entry.config_hash => {
+                            r.prompt_etag
+                        }
+                        _ => prompt_etag(&entry.config_hash, &layer1_hash),
+                    };
                     changed |= !before.is_some_and(|r| {
                         r.config_etag == entry.config_hash && r.prompt_etag == prompt
                     });
                     rows.push((before, prompt));
                 }
                 let bodies = if changed {
+                    done.frames_decoded += 1;
                     Some(payload.read_frame(&frame)?)
                 } else {
+                    done.frames_skipped += 1;
                     None
                 };
                 for (i, (entry, (before, prompt_etag))) in
@@ -242,11 +260,29 @@ impl Db {
                     done.tenants += 1;
                 }
             }
+            // Routes rarely change: an identical set is shared, not rewritten.
+            let digest = payload.routes_sha256().ok_or_else(|| {
+                DbError::Incomplete("the routes were read before the frames".into())
+            })?;
+            let base_set = match base {
+                Some(b) => route_sets
+                    .get(b)?
+                    .map(|g| RouteSet::decode(g.value()))
+                    .transpose()?,
+                None => None,
+            };
+            let set = match base_set {
+                Some(set) if set.digest.as_slice() == digest.as_bytes() => set,
+                _ => RouteSet::new(v, &digest)?,
+            };
             while let Some((number, tenant)) = payload.next_route()? {
-                let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })
-                    .map_err(|e| DbError::Incomplete(e.to_string()))?;
-                routes.insert((v, number), body.as_slice())?;
+                if set.version == v {
+                    let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })
+                        .map_err(|e| DbError::Incomplete(e.to_string()))?;
+                    routes.insert((v, number), body.as_slice())?;
+                }
             }
+            route_sets.insert(v, set.encode().as_slice())?;
             if done.tenants != meta.tenant_count {
                 return Err(DbError::Incomplete(format!(
                     "{} tenants for {} in the manifest",
@@ -272,7 +308,7 @@ impl Db {
                     &mut config_bodies,
                     &mut prompt_bodies,
                 )?;
-                routes.retain_in((old, "")..(old + 1, ""), |_, _| false)?;
+                prune_routes(old, kept, &mut route_sets, &mut routes)?;
                 layer1.remove(old)?;
                 snapshots.remove(old)?;
             }
@@ -314,12 +350,18 @@ impl Db {
                 "current snapshot {current} has no metadata"
             )));
         }
+        let mut route_sets = BTreeMap::new();
+        for entry in txn.open_table(ROUTE_SETS)?.iter()? {
+            let (k, v) = entry?;
+            route_sets.insert(k.value(), RouteSet::decode(v.value())?.version);
+        }
         Ok(Some(Reader {
             tenants: txn.open_table(TENANTS)?,
             config_bodies: txn.open_table(CONFIG_BODIES)?,
             prompt_bodies: txn.open_table(PROMPT_BODIES)?,
             routes: txn.open_table(ROUTES)?,
             layer1: txn.open_table(LAYER1)?,
+            route_sets,
             current,
             metas,
         }))
@@ -335,6 +377,10 @@ pub struct Ingested {
     pub bodies_written: u64,
     /// Bodies unchanged since the previous snapshot, shared with it.
     pub bodies_shared: u64,
+    /// Body frames decompressed: those holding a changed tenant.
+    pub frames_decoded: u64,
+    /// Body frames whose tenants were all unchanged, never decompressed.
+    pub frames_skipped: u64,
 }
 
 impl Ingested {
@@ -459,6 +505,67 @@ fn prompt_etag(config_etag: &[u8; ETAG_LEN], layer1_hash: &str) -> [u8; ETAG_LEN
     etag
 }
 
+/// A snapshot's route set in [`ROUTE_SETS`]: the version whose routes it
+/// serves, and the SHA-256 of the route records (equal digests, equal
+/// routes). Stored as the version (u64 LE) then the 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RouteSet {
+    version: u64,
+    digest: [u8; ETAG_LEN],
+}
+
+impl RouteSet {
+    fn new(version: u64, digest: &str) -> Result<Self, DbError> {
+        let digest = digest
+            .as_bytes()
+            .try_into()
+            .map_err(|_| DbError::Incomplete("route digest is not 64 hex digits".into()))?;
+        Ok(Self { version, digest })
+    }
+
+    fn encode(&self) -> [u8; 8 + ETAG_LEN] {
+        let mut out = [0u8; 8 + ETAG_LEN];
+        out[..8].copy_from_slice(&self.version.to_le_bytes());
+        out[8..].copy_from_slice(&self.digest);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DbError> {
+        let bad = || DbError::Incomplete(format!("route set of {} bytes", bytes.len()));
+        let (version, digest) = bytes.split_at_checked(8).ok_or_else(bad)?;
+        Ok(Self {
+            version: u64::from_le_bytes(version.try_into().map_err(|_| bad())?),
+            digest: digest.try_into().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Drops `old`'s route set entry, and its routes when no kept version
+/// serves them.
+fn prune_routes(
+    old: u64,
+    kept: &[u64],
+    route_sets: &mut Table<u64, &[u8]>,
+    routes: &mut Table<(u64, &str), &[u8]>,
+) -> Result<(), DbError> {
+    let Some(set) = route_sets
+        .remove(old)?
+        .map(|g| RouteSet::decode(g.value()))
+        .transpose()?
+    else {
+        return Ok(());
+    };
+    for k in kept {
+        if let Some(g) = route_sets.get(*k)?
+            && RouteSet::decode(g.value())?.version == set.version
+        {
+            return Ok(());
+        }
+    }
+    routes.retain_in((set.version, "")..(set.version + 1, ""), |_, _| false)?;
+    Ok(())
+}
+
 /// A route's body: the tenant that owns the number.
 #[derive(Serialize)]
 struct RouteBody<'a> {
@@ -522,6 +629,8 @@ pub struct Reader {
     prompt_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     routes: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     layer1: ReadOnlyTable<u64, &'static [u8]>,
+    /// Snapshot version → the version whose route set it serves.
+    route_sets: BTreeMap<u64, u64>,
     /// The version served by default.
     pub current: u64,
     /// Metadata of every retained version.
@@ -561,9 +670,12 @@ impl Reader {
 
     /// The route of a number, as `{"tenant_id":"…"}`.
     pub fn route(&self, version: u64, number: &str) -> Result<Option<Entry>, DbError> {
+        let Some(set) = self.route_sets.get(&version) else {
+            return Ok(None);
+        };
         Ok(self
             .routes
-            .get_owned((version, number))?
+            .get_owned((*set, number))?
             .map(|g| Entry::new(None, g)))
     }
 
@@ -594,7 +706,9 @@ fn body(
 mod tests {
     use std::io::Cursor;
 
-    use strata_common::bundle::{self, Limits, Manifest, PayloadWriter, Provenance, SignatureCheck};
+    use strata_common::bundle::{
+        self, Limits, Manifest, PayloadWriter, Provenance, SignatureCheck,
+    };
 
     use super::*;
 
@@ -617,16 +731,21 @@ mod tests {
 
     /// A real payload holding tenant `t1` at `version` (its config hash
     /// changes with it, as the publisher makes it), whose manifest claims
-    /// `tenants` tenants; with its route when `route`.
-    fn payload(version: u64, tenants: u64, route: bool) -> PayloadReader<Cursor<Vec<u8>>> {
+    /// `tenants` tenants; with `route` routed to it.
+    fn payload(version: u64, tenants: u64, route: Option<&str>) -> PayloadReader<Cursor<Vec<u8>>> {
         let hash = format!("{version:064x}");
         let config = format!("{{\"config_hash\":\"{hash}\",\"v\":{version}}}");
         let mut w = PayloadWriter::new(1).expect("writer");
         w.layer1(b"{}").expect("layer1");
-        w.tenant("t1", &hash, config.as_bytes(), format!("prompt v{version}").as_bytes())
-            .expect("tenant");
-        if route {
-            w.route("+15550000001", "t1").expect("route");
+        w.tenant(
+            "t1",
+            &hash,
+            config.as_bytes(),
+            format!("prompt v{version}").as_bytes(),
+        )
+        .expect("tenant");
+        if let Some(number) = route {
+            w.route(number, "t1").expect("route");
         }
         let p = w.finish().expect("finish");
         let manifest = Manifest {
@@ -656,15 +775,14 @@ mod tests {
     }
 
     fn records(version: u64) -> PayloadReader<Cursor<Vec<u8>>> {
-        payload(version, 1, true)
+        payload(version, 1, Some("+15550000001"))
     }
 
     #[test]
     fn the_body_points_into_the_redb_page_not_a_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-        db.ingest(&meta(1, 1), &mut records(1), 5)
-            .expect("ingest");
+        db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
         let reader = db.reader().expect("reader").expect("has snapshot");
         let guard = reader
             .prompt_bodies
@@ -694,10 +812,8 @@ mod tests {
     fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-        let same_as_v1 = |v: u64| db.ingest(&meta(v, 1), &mut payload(1, 1, false), 2);
-        let first = db
-            .ingest(&meta(1, 1), &mut records(1), 2)
-            .expect("v1");
+        let same_as_v1 = |v: u64| db.ingest(&meta(v, 1), &mut payload(1, 1, None), 2);
+        let first = db.ingest(&meta(1, 1), &mut records(1), 2).expect("v1");
         assert_eq!((first.bodies_written, first.bodies_shared), (2, 0));
         let second = same_as_v1(2).expect("v2");
         assert_eq!(
@@ -714,8 +830,7 @@ mod tests {
         drop(r);
 
         // v3 changes the tenant; v1 is pruned but v2 still uses its bodies.
-        db.ingest(&meta(3, 1), &mut records(3), 2)
-            .expect("v3");
+        db.ingest(&meta(3, 1), &mut records(3), 2).expect("v3");
         assert_eq!(count(&db, CONFIG_BODIES), 2);
         let r = db.reader().expect("reader").expect("snapshot");
         assert_eq!(
@@ -724,8 +839,7 @@ mod tests {
         );
         drop(r);
         // v4 prunes v2, the last version using v1's bodies: they go too.
-        db.ingest(&meta(4, 1), &mut records(4), 2)
-            .expect("v4");
+        db.ingest(&meta(4, 1), &mut records(4), 2).expect("v4");
         assert_eq!(count(&db, CONFIG_BODIES), 2, "v3's and v4's configs");
         assert_eq!(count(&db, PROMPT_BODIES), 2);
         assert_eq!(count(&db, TENANTS), 2);
@@ -758,8 +872,7 @@ mod tests {
             db.reader().expect("reader").is_none(),
             "nothing served from the old layout"
         );
-        db.ingest(&meta(8, 1), &mut records(8), 2)
-            .expect("ingest");
+        db.ingest(&meta(8, 1), &mut records(8), 2).expect("ingest");
         assert_eq!(db.reader().expect("reader").expect("snapshot").current, 8);
     }
 
@@ -768,8 +881,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
         for v in 1..=4 {
-            db.ingest(&meta(v, 1), &mut records(v), 2)
-                .expect("ingest");
+            db.ingest(&meta(v, 1), &mut records(v), 2).expect("ingest");
         }
         let r = db.reader().expect("reader").expect("snapshot");
         assert_eq!(r.current, 4);
@@ -788,13 +900,36 @@ mod tests {
         );
         drop(r);
 
+        assert_eq!(
+            count(&db, ROUTES),
+            1,
+            "versions with the same routes share one stored set"
+        );
+        db.ingest(&meta(5, 1), &mut payload(5, 1, Some("+15550000002")), 2)
+            .expect("v5");
+        let r = db.reader().expect("reader").expect("snapshot");
+        assert!(r.route(5, "+15550000001").expect("get").is_none());
+        assert!(r.route(5, "+15550000002").expect("get").is_some());
+        assert!(
+            r.route(4, "+15550000001").expect("get").is_some(),
+            "v4 still serves the set it shares with pruned versions"
+        );
+        drop(r);
+        assert_eq!(count(&db, ROUTES), 2);
+        db.ingest(&meta(6, 1), &mut payload(6, 1, Some("+15550000002")), 2)
+            .expect("v6");
+        assert_eq!(count(&db, ROUTES), 1, "v4's set went with v4");
+
         // The manifest claims two tenants; the payload holds one.
-        assert!(db.ingest(&meta(5, 1), &mut payload(5, 2, true), 2).is_err());
+        assert!(
+            db.ingest(&meta(7, 1), &mut payload(7, 2, Some("+15550000001")), 2)
+                .is_err()
+        );
         let r = db.reader().expect("reader").expect("snapshot");
         assert_eq!(
-            r.current, 4,
+            r.current, 6,
             "a failed ingest leaves the previous snapshot current"
         );
-        assert!(r.prompt(5, "t1").expect("get").is_none());
+        assert!(r.prompt(7, "t1").expect("get").is_none());
     }
 }

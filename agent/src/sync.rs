@@ -235,6 +235,7 @@ impl Syncer {
             Ok(fetched) => fetched,
             Err(outcome) => return outcome,
         };
+        let fetched = started.elapsed();
         // 8.
         let verified = match bundle::verify(
             BufReader::new(spool),
@@ -296,6 +297,7 @@ impl Syncer {
                 ));
             }
         };
+        let verified_at = started.elapsed();
         self.shared.status().applying = Some(meta.version);
         let ingested = self.db.ingest(&meta, &mut payload, self.retain);
         self.shared.status().applying = None;
@@ -342,6 +344,10 @@ impl Syncer {
             tenants = ingested.tenants,
             bodies_written = ingested.bodies_written,
             bodies_shared = ingested.bodies_shared,
+            frames_decoded = ingested.frames_decoded,
+            frames_skipped = ingested.frames_skipped,
+            fetch_seconds = fetched.as_secs_f64(),
+            verify_seconds = (verified_at - fetched).as_secs_f64(),
             seconds = started.elapsed().as_secs_f64(),
             "snapshot applied"
         );

@@ -711,6 +711,7 @@ pub struct PayloadReader<R> {
     raw: u64,
     records: u64,
     tenants: u64,
+    routes_started: bool,
     compressed: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
 }
@@ -771,7 +772,10 @@ fn hex_digest(bytes: &[u8]) -> Result<[u8; 64], String> {
     let digest: [u8; 64] = bytes
         .try_into()
         .map_err(|_| "config hash is not 64 hex digits".to_owned())?;
-    if digest.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if digest
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         Ok(digest)
     } else {
         Err("config hash is not lower-case hex".to_owned())
@@ -830,6 +834,7 @@ impl<R: Read + Seek> PayloadReader<R> {
             frames: 0,
             records: 1,
             tenants: 0,
+            routes_started: false,
             compressed,
             decompressor: zstd::bulk::Decompressor::new().map_err(BundleError::Decompress)?,
         })
@@ -860,7 +865,8 @@ impl<R: Read + Seek> PayloadReader<R> {
             return Ok(None);
         }
         let at = self.pos as u64;
-        let rec = read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
+        let rec =
+            read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
         let sizes: [u8; 16] = rec
             .value
             .try_into()
@@ -930,12 +936,22 @@ impl<R: Read + Seek> PayloadReader<R> {
         let mut raw = Vec::with_capacity(frame.raw_size as usize);
         self.decompressor
             .decompress_to_buffer(self.compressed.as_slice(), &mut raw)
-            .map_err(|e| bad(n, 0, format!("does not decompress to its {} bytes: {e}", frame.raw_size)))?;
+            .map_err(|e| {
+                bad(
+                    n,
+                    0,
+                    format!("does not decompress to its {} bytes: {e}", frame.raw_size),
+                )
+            })?;
         if raw.len() as u64 != frame.raw_size {
             return Err(bad(
                 n,
                 0,
-                format!("decompresses to {} bytes, the index says {}", raw.len(), frame.raw_size),
+                format!(
+                    "decompresses to {} bytes, the index says {}",
+                    raw.len(),
+                    frame.raw_size
+                ),
             ));
         }
         let mut pos = 0;
@@ -948,7 +964,10 @@ impl<R: Read + Seek> PayloadReader<R> {
                     return Err(bad(
                         n,
                         at,
-                        format!("expected the {kind:?} of {}, found the {:?} of {}", entry.tenant, rec.kind, rec.key),
+                        format!(
+                            "expected the {kind:?} of {}, found the {:?} of {}",
+                            entry.tenant, rec.kind, rec.key
+                        ),
                     ));
                 }
                 Ok((at, pos - rec.value.len()..pos))
@@ -960,15 +979,30 @@ impl<R: Read + Seek> PayloadReader<R> {
                 return Err(bad(
                     n,
                     at,
-                    format!("the config of {} does not have the config_hash the index lists", entry.tenant),
+                    format!(
+                        "the config of {} does not have the config_hash the index lists",
+                        entry.tenant
+                    ),
                 ));
             }
             spans.push((config, prompt));
         }
         if pos != raw.len() {
-            return Err(bad(n, pos as u64, "bytes after the frame's last tenant".into()));
+            return Err(bad(
+                n,
+                pos as u64,
+                "bytes after the frame's last tenant".into(),
+            ));
         }
         Ok(FrameBodies { raw, spans })
+    }
+
+    /// SHA-256 of the route records, once [`Self::next_frame`] has returned
+    /// `None` and before the first [`Self::next_route`]: equal digests mean
+    /// equal routes, so a reader can keep the routes it has.
+    pub fn routes_sha256(&self) -> Option<String> {
+        (!self.next_is(RecordKind::Frame) && !self.routes_started)
+            .then(|| canonical::sha256_hex(&self.index[self.pos..]))
     }
 
     /// The next phone route, `(number, tenant id)`; `None` after the last,
@@ -979,9 +1013,15 @@ impl<R: Read + Seek> PayloadReader<R> {
             return Ok(None);
         }
         let at = self.pos as u64;
-        let rec = read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
+        self.routes_started = true;
+        let rec =
+            read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
         if rec.kind != RecordKind::Route {
-            return Err(bad(0, at, format!("expected a route, found a {:?} record", rec.kind)));
+            return Err(bad(
+                0,
+                at,
+                format!("expected a route, found a {:?} record", rec.kind),
+            ));
         }
         let tenant = std::str::from_utf8(rec.value)
             .map_err(|_| bad(0, at, format!("route {} is not UTF-8", rec.key)))?;
