@@ -22,6 +22,10 @@ pub struct Metrics {
     pub applies: AtomicU64,
     /// Duration of the last apply, in microseconds.
     pub last_apply_micros: AtomicU64,
+    /// Body frames decompressed by applies (they held a changed tenant).
+    pub frames_decoded: AtomicU64,
+    /// Body frames skipped by applies (every tenant in them unchanged).
+    pub frames_skipped: AtomicU64,
     /// Refusals and failures by reason.
     refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -89,6 +93,17 @@ impl Metrics {
             "# TYPE strata_last_apply_seconds gauge\nstrata_last_apply_seconds {:.6}",
             get(&self.last_apply_micros) as f64 / 1e6
         );
+        let _ = writeln!(
+            s,
+            "# HELP strata_frames_total Bundle body frames an apply decompressed, or skipped because it already held their tenants."
+        );
+        let _ = writeln!(s, "# TYPE strata_frames_total counter");
+        for (result, c) in [
+            ("decoded", &self.frames_decoded),
+            ("skipped", &self.frames_skipped),
+        ] {
+            let _ = writeln!(s, "strata_frames_total{{result=\"{result}\"}} {}", get(c));
+        }
         let _ = writeln!(
             s,
             "# HELP strata_refusals_total Bundles or pointers refused and store failures, by reason."

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use strata_common::bundle::{self, BundleError, Limits, SignatureCheck};
@@ -317,6 +318,11 @@ impl Syncer {
                 ));
             }
         };
+        let m = &self.shared.metrics;
+        m.frames_decoded
+            .fetch_add(ingested.frames_decoded, Ordering::Relaxed);
+        m.frames_skipped
+            .fetch_add(ingested.frames_skipped, Ordering::Relaxed);
         // 11.
         match self.db.reader() {
             Ok(Some(reader)) => {
@@ -334,11 +340,8 @@ impl Syncer {
                 return Outcome::Refused(refusal("ingest", format!("reading back snapshot: {e}")));
             }
         }
-        let m = &self.shared.metrics;
-        m.last_apply_micros.store(
-            started.elapsed().as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        m.last_apply_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         info!(
             version = manifest.version,
             tenants = ingested.tenants,
@@ -357,7 +360,8 @@ impl Syncer {
                 manifest.version
             );
         }
-        m.applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.applies.fetch_add(1, Ordering::Relaxed);
+
         Outcome::Applied(manifest.version)
     }
 

@@ -261,3 +261,125 @@ fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
         "{e}"
     );
 }
+
+/// A signed bundle around `payload` whose manifest claims `tenants` tenants.
+fn bundle_around(payload: &bundle::Payload, tenants: u64, k: &SigningKey) -> Vec<u8> {
+    let manifest = bundle::Manifest {
+        kind: bundle::MANIFEST_TYPE.into(),
+        format: bundle::FORMAT_VERSION,
+        version: 1,
+        created_at: time::format(time::now()),
+        expires_at: time::format(time::now()),
+        layer1_version: "x".into(),
+        tenant_count: tenants,
+        record_count: payload.record_count,
+        payload_size: payload.compressed.len() as u64,
+        index_size: payload.index_size,
+        payload_raw_size: payload.raw_size,
+        payload_sha256: payload.sha256.clone(),
+        provenance: Provenance::default(),
+    };
+    bundle::write_bundle(&manifest, &payload.compressed, std::slice::from_ref(k)).expect("write")
+}
+
+/// Appends one record, encoded as docs/FORMAT.md says.
+fn record(out: &mut Vec<u8>, kind: u8, key: &str, value: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+#[test]
+fn a_body_frame_that_decompresses_past_its_declared_size_is_stopped_there() {
+    // 256 MiB of zeros in a body frame whose index record claims 1 KiB.
+    let zeros = vec![0u8; 256 << 20];
+    let bomb = zstd::encode_all(Cursor::new(&zeros), 3).expect("compress");
+    drop(zeros);
+    let mut index = Vec::new();
+    record(&mut index, 1, "layer1", b"{}");
+    let mut sizes = (bomb.len() as u64).to_le_bytes().to_vec();
+    sizes.extend_from_slice(&1024u64.to_le_bytes());
+    record(&mut index, 5, "", &sizes);
+    record(&mut index, 6, "t1", "a".repeat(64).as_bytes());
+    let mut compressed = zstd::encode_all(Cursor::new(&index), 3).expect("compress");
+    let index_size = compressed.len() as u64;
+    compressed.extend_from_slice(&bomb);
+    let payload = bundle::Payload {
+        sha256: strata_common::canonical::sha256_hex(&compressed),
+        compressed,
+        index_size,
+        raw_size: index.len() as u64 + 1024,
+        record_count: 5,
+    };
+    let k = key(1);
+    let e = open(
+        &bundle_around(&payload, 1, &k),
+        &trust(&[&k]),
+        &Limits::default(),
+    )
+    .expect_err("bomb refused");
+    assert!(matches!(e, BundleError::BadRecord { frame: 1, .. }), "{e}");
+}
+
+#[test]
+fn a_config_whose_hash_differs_from_the_index_is_refused() {
+    let mut w = bundle::PayloadWriter::new(1).expect("writer");
+    w.layer1(b"{}").expect("layer1");
+    let config = format!("{{\"config_hash\":\"{}\"}}", "a".repeat(64));
+    w.tenant("t1", &"b".repeat(64), config.as_bytes(), b"prompt")
+        .expect("tenant");
+    let payload = w.finish().expect("finish");
+    let k = key(1);
+    let e = open(
+        &bundle_around(&payload, 1, &k),
+        &trust(&[&k]),
+        &Limits::default(),
+    )
+    .expect_err("refused");
+    match e {
+        BundleError::BadRecord { frame, reason, .. } => {
+            assert_eq!(frame, 1);
+            assert!(reason.contains("t1"), "{reason}");
+        }
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_payload_is_an_index_then_frames_of_about_512_kib() {
+    let (_dir, compiled) = generated(400);
+    let p = &compiled.payload;
+    assert!(p.index_size > 0 && p.index_size < p.compressed.len() as u64);
+    let k = key(1);
+    let v = bundle::verify(
+        Cursor::new(build(&compiled, &k)),
+        SignatureCheck::Trusted(&trust(&[&k])),
+        &Limits::default(),
+    )
+    .expect("verify");
+    let mut payload = v.payload().expect("payload");
+    let mut frames = 0;
+    let mut tenants = Vec::new();
+    while let Some(frame) = payload.next_frame().expect("frame") {
+        frames += 1;
+        tenants.extend(frame.tenants.iter().map(|t| t.tenant.clone()));
+    }
+    let raw = p.raw_size as usize;
+    assert!(
+        frames >= raw / bundle::FRAME_TARGET_BYTES
+            && frames <= raw / bundle::FRAME_TARGET_BYTES + 2,
+        "{frames} frames for {raw} bytes"
+    );
+    let mut sorted = tenants.clone();
+    sorted.sort();
+    assert_eq!(tenants, sorted, "tenants in id order across frames");
+    assert_eq!(tenants.len(), 400);
+    assert!(payload.routes_sha256().is_some());
+    let mut routes = 0;
+    while payload.next_route().expect("route").is_some() {
+        routes += 1;
+    }
+    assert!(routes >= 400, "every tenant has a number");
+}

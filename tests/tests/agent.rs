@@ -219,6 +219,70 @@ async fn the_store_watcher_applies_a_publish_and_an_idle_agent_stays_idle() {
     agent.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_tenant_change_decodes_only_the_frame_that_holds_it() {
+    let fx = Fixture::new();
+    let (source, compiled) = fx.compile("v1", 300);
+    fx.publish_with(&compiled, std::slice::from_ref(&fx.key));
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let decoded = "strata_frames_total{result=\"decoded\"}";
+    let skipped = "strata_frames_total{result=\"skipped\"}";
+    let frames = counter(&agent, decoded).await;
+    assert!(frames >= 3, "300 tenants fill several frames, not {frames}");
+    assert_eq!(
+        counter(&agent, skipped).await,
+        0,
+        "a first apply decodes all"
+    );
+
+    // An operator's edit: one tenant's version changes.
+    let (changed, same) = (generate::tenant_id(150), generate::tenant_id(3));
+    let file = source.join("tenants").join(format!("{changed}.toml"));
+    let text = std::fs::read_to_string(&file).expect("tenant file");
+    let edited: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("version = ") {
+                "version = \"9.9.9\"\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&file, edited).expect("edit");
+    let (_, compiled) = fx.compile("v1", 300);
+    fx.publish_with(&compiled, std::slice::from_ref(&fx.key));
+    agent.serves(2).await;
+
+    assert_eq!(counter(&agent, decoded).await, frames + 1);
+    assert_eq!(counter(&agent, skipped).await, frames - 1);
+    let now = agent.get(&format!("/v1/tenants/{changed}")).await;
+    assert_eq!(now.json()["version"], "9.9.9");
+    let before = agent
+        .get(&format!("/v1/tenants/{changed}?snapshot=1"))
+        .await;
+    assert_ne!(before.json()["version"], "9.9.9");
+    assert_ne!(now.header("etag"), before.header("etag"));
+    // Tenants in skipped frames serve the bodies v1 stored, unchanged.
+    for path in [
+        format!("/v1/tenants/{same}"),
+        format!("/v1/tenants/{same}/prompt"),
+    ] {
+        let v2 = agent.get(&path).await;
+        let v1 = agent.get(&format!("{path}?snapshot=1")).await;
+        assert_eq!(v2.status, 200, "{path}");
+        assert_eq!(v2.header("x-strata-snapshot"), Some("2"));
+        assert_eq!(v2.body, v1.body, "{path}");
+        assert_eq!(v2.header("etag"), v1.header("etag"), "{path}");
+    }
+    let route = agent
+        .get(&format!("/v1/routes/{}", generate::phone_number(3, 0)))
+        .await;
+    assert_eq!(route.json()["tenant_id"], same.as_str());
+    agent.stop().await;
+}
+
 /// Asserts the agent still serves `version` and reports `reason` in its status.
 async fn still_serves(agent: &Agent, version: u64, error_contains: &str) {
     wait_for(
