@@ -129,7 +129,8 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
     if not 0 < index_size <= len(payload):
         raise Refused("bundle: index_size outside the payload")
     index = decompress(payload[:index_size], limit, "index")
-    index_records = decode_records(index, "index")
+    starts = []
+    index_records = decode_records(index, "index", starts)
     if not index_records or index_records[0][0] != "layer1":
         raise Refused("bundle: the index does not start with Layer 1")
     records = [index_records[0]]
@@ -159,8 +160,11 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
                 raise Refused(f"bundle: the index lists another config_hash for {tenant}")
         records += body_records
     routes = index_records[i:]
+    routes_start = starts[i]
     if any(kind != "route" for kind, _, _ in routes):
         raise Refused("bundle: the index holds something other than routes after the frames")
+    if sha256(index[routes_start:]) != manifest["routes_sha256"]:
+        raise Refused("bundle: the route records do not hash to the manifest's routes_sha256")
     body_count = len(records) - 1
     records += routes
     tenant_ids = [key for kind, key, _ in index_records if kind == "tenant"]
@@ -181,7 +185,9 @@ def decompress(frame, size, what):
     return raw
 
 
-def decode_records(raw, what):
+def decode_records(raw, what, starts=None):
+    """The records of `raw`; `starts` collects where each begins (and the end)."""
+    starts = [] if starts is None else starts
     records = []
     i = 0
     while i < len(raw):
@@ -196,7 +202,9 @@ def decode_records(raw, what):
         if len(value) != v:
             raise Refused(f"bundle: record in {what} runs past its end")
         records.append((KINDS[kind], key, value))
+        starts.append(i)
         i = j + 4 + v
+    starts.append(len(raw))
     return records
 
 

@@ -261,9 +261,7 @@ impl Db {
                 }
             }
             // Routes rarely change: an identical set is shared, not rewritten.
-            let digest = payload.routes_sha256().ok_or_else(|| {
-                DbError::Incomplete("the routes were read before the frames".into())
-            })?;
+            let digest = payload.routes_sha256().to_owned();
             let base_set = match base {
                 Some(b) => route_sets
                     .get(b)?
@@ -759,6 +757,7 @@ mod tests {
             record_count: p.record_count,
             payload_size: p.compressed.len() as u64,
             index_size: p.index_size,
+            routes_sha256: p.routes_sha256.clone(),
             payload_raw_size: p.raw_size,
             payload_sha256: p.sha256.clone(),
             provenance: Provenance::default(),

@@ -17,7 +17,7 @@
 //! with limits on the window, the decompressed size and the record count,
 //! and every decoded frame checked against the index.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Take};
 use std::ops::Range;
 
 use ed25519_dalek::SigningKey;
@@ -66,6 +66,8 @@ pub struct Manifest {
     pub payload_size: u64,
     /// Compressed bytes of the index, the payload's first frame.
     pub index_size: u64,
+    /// Hex SHA-256 of the index's route records: equal routes, equal digest.
+    pub routes_sha256: String,
     /// Decompressed payload bytes.
     pub payload_raw_size: u64,
     /// Hex SHA-256 of the compressed payload.
@@ -178,6 +180,7 @@ pub struct PayloadWriter {
     bodies_raw: u64,
     record_count: u64,
     routes_started: bool,
+    routes: Sha256,
 }
 
 /// A finished, compressed payload.
@@ -189,6 +192,8 @@ pub struct Payload {
     pub sha256: String,
     /// Compressed size of the index frame.
     pub index_size: u64,
+    /// Hex SHA-256 of the route records.
+    pub routes_sha256: String,
     /// Decompressed size of every frame together.
     pub raw_size: u64,
     /// Records written.
@@ -237,6 +242,7 @@ impl PayloadWriter {
             bodies_raw: 0,
             record_count: 0,
             routes_started: false,
+            routes: Sha256::new(),
         })
     }
 
@@ -278,7 +284,10 @@ impl PayloadWriter {
         }
         self.close_frame()?;
         self.routes_started = true;
-        self.put_index(RecordKind::Route, number, tenant.as_bytes())
+        let start = self.index.len();
+        self.put_index(RecordKind::Route, number, tenant.as_bytes())?;
+        self.routes.update(&self.index[start..]);
+        Ok(())
     }
 
     fn put_index(&mut self, kind: RecordKind, key: &str, value: &[u8]) -> io::Result<()> {
@@ -319,6 +328,7 @@ impl PayloadWriter {
             sha256: canonical::sha256_hex(&compressed),
             compressed,
             index_size,
+            routes_sha256: hex::encode(self.routes.finalize()),
             raw_size: self.index.len() as u64 + self.bodies_raw,
             record_count: self.record_count,
         })
@@ -672,14 +682,15 @@ pub struct Frame {
     raw_size: u64,
 }
 
-/// A decoded body frame: each tenant's config and prompt, in one buffer.
+/// A decoded body frame: each tenant's config and prompt, borrowed from the
+/// reader's buffer until the next frame is read.
 #[derive(Debug)]
-pub struct FrameBodies {
-    raw: Vec<u8>,
+pub struct FrameBodies<'a> {
+    raw: &'a [u8],
     spans: Vec<(Range<usize>, Range<usize>)>,
 }
 
-impl FrameBodies {
+impl FrameBodies<'_> {
     /// The config of the frame's `i`th tenant.
     pub fn config(&self, i: usize) -> &[u8] {
         self.spans.get(i).map_or(&[], |(c, _)| &self.raw[c.clone()])
@@ -691,28 +702,51 @@ impl FrameBodies {
     }
 }
 
-/// A verified payload, read through its index. Call [`Self::next_frame`]
-/// until it returns `None`, decoding the frames you need with
-/// [`Self::read_frame`], then [`Self::next_route`] until it returns `None`:
-/// that last call checks the totals against the manifest.
-pub struct PayloadReader<R> {
-    reader: R,
+/// The bundle as the index stream reads it: every read seeks to where the
+/// index left off, so body frames can be read in between.
+struct Tracked<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read + Seek> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.seek(SeekFrom::Start(self.pos))?;
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The index, decompressed as it is read.
+type IndexStream<R> = BufReader<zstd::Decoder<'static, BufReader<Take<Tracked<R>>>>>;
+
+/// A verified payload, read through its index, which is decompressed as it
+/// is read: memory stays at one body frame whatever the tenant count. Call
+/// [`Self::next_frame`] until it returns `None`, decoding the frames you need
+/// with [`Self::read_frame`], then [`Self::next_route`] until it returns
+/// `None`: that last call checks the totals against the manifest.
+pub struct PayloadReader<R: Read + Seek> {
+    index: IndexStream<R>,
     payload_offset: u64,
     manifest: Manifest,
     limits: Limits,
-    index: Vec<u8>,
-    /// Where the next index record starts.
-    pos: usize,
-    layer1: Range<usize>,
-    last_tenant: Range<usize>,
+    layer1: Vec<u8>,
+    /// The last index record's key and value.
+    key: Vec<u8>,
+    value: Vec<u8>,
+    last_tenant: Vec<u8>,
+    /// Decompressed index bytes read so far.
+    index_raw: u64,
     frames: u64,
     /// Where the next body frame starts, from the payload's start.
     offset: u64,
-    raw: u64,
+    frames_raw: u64,
     records: u64,
     tenants: u64,
-    routes_started: bool,
+    routes: Sha256,
     compressed: Vec<u8>,
+    raw: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
 }
 
@@ -786,7 +820,7 @@ impl<R: Read + Seek> PayloadReader<R> {
     fn new(verified: VerifiedBundle<R>) -> Result<Self, BundleError> {
         let VerifiedBundle {
             header,
-            mut reader,
+            reader,
             limits,
             ..
         } = verified;
@@ -797,84 +831,141 @@ impl<R: Read + Seek> PayloadReader<R> {
                 m.index_size, m.payload_size
             )));
         }
-        // `verify` left the reader at the payload and bounded payload_size.
-        let mut compressed = vec![0u8; m.index_size as usize];
-        read_exact(&mut reader, &mut compressed, "payload")?;
-        let cap = m.payload_raw_size.min(limits.max_decompressed_bytes);
+        let tracked = Tracked {
+            inner: reader,
+            pos: header.payload_offset,
+        };
         let mut decoder =
-            zstd::Decoder::with_buffer(compressed.as_slice()).map_err(BundleError::Decompress)?;
+            zstd::Decoder::new(tracked.take(m.index_size)).map_err(BundleError::Decompress)?;
         decoder
             .window_log_max(MAX_WINDOW_LOG)
             .map_err(BundleError::Decompress)?;
-        let mut index = Vec::new();
-        decoder
-            .take(cap + 1)
-            .read_to_end(&mut index)
-            .map_err(BundleError::Decompress)?;
-        if index.len() as u64 > cap {
-            return Err(BundleError::DecompressedTooLarge { limit: cap });
-        }
-        let mut pos = 0;
-        let first = read_record(&index, &mut pos, &limits).map_err(|r| bad(0, 0, r))?;
-        if first.kind != RecordKind::Layer1 {
-            return Err(bad(0, 0, "the index does not start with Layer 1".into()));
-        }
-        let layer1_start = pos - first.value.len();
-        Ok(Self {
-            reader,
+        let mut this = Self {
+            index: BufReader::with_capacity(64 * 1024, decoder),
             payload_offset: header.payload_offset,
-            raw: index.len() as u64,
-            layer1: layer1_start..pos,
-            last_tenant: 0..0,
             offset: m.index_size,
             manifest: m,
             limits,
-            index,
-            pos,
+            layer1: Vec::new(),
+            key: Vec::new(),
+            value: Vec::new(),
+            last_tenant: Vec::new(),
+            index_raw: 0,
             frames: 0,
-            records: 1,
+            frames_raw: 0,
+            records: 0,
             tenants: 0,
-            routes_started: false,
-            compressed,
+            routes: Sha256::new(),
+            compressed: Vec::new(),
+            raw: Vec::new(),
             decompressor: zstd::bulk::Decompressor::new().map_err(BundleError::Decompress)?,
-        })
+        };
+        if this.read_index_record()? != Some(RecordKind::Layer1) {
+            return Err(bad(0, 0, "the index does not start with Layer 1".into()));
+        }
+        this.layer1 = std::mem::take(&mut this.value);
+        Ok(this)
     }
 
     /// Layer 1 as JSON.
     pub fn layer1(&self) -> &[u8] {
-        &self.index[self.layer1.clone()]
+        &self.layer1
     }
 
-    fn next_is(&self, kind: RecordKind) -> bool {
-        self.index.get(self.pos) == Some(&(kind as u8))
+    /// Fills `buf` from the index, counting what was decompressed.
+    fn index_exact(
+        &mut self,
+        buf_of: fn(&mut Self) -> &mut Vec<u8>,
+        len: usize,
+        what: &str,
+    ) -> Result<(), BundleError> {
+        let cap = self
+            .manifest
+            .payload_raw_size
+            .min(self.limits.max_decompressed_bytes);
+        let at = self.index_raw;
+        if at + len as u64 > cap {
+            return Err(BundleError::DecompressedTooLarge { limit: cap });
+        }
+        let mut buf = std::mem::take(buf_of(self));
+        buf.resize(len, 0);
+        let read = self.index.read_exact(&mut buf);
+        *buf_of(self) = buf;
+        read.map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => bad(0, at, format!("ends inside a record's {what}")),
+            _ => BundleError::Decompress(e),
+        })?;
+        self.index_raw += len as u64;
+        Ok(())
     }
 
-    fn count_records(&mut self, n: u64) -> Result<(), BundleError> {
-        self.records += n;
+    /// The kind byte of the next index record, without reading it; `None`
+    /// at the end of the index.
+    fn peek(&mut self) -> Result<Option<u8>, BundleError> {
+        Ok(self
+            .index
+            .fill_buf()
+            .map_err(BundleError::Decompress)?
+            .first()
+            .copied())
+    }
+
+    /// Reads the next index record into `self.key` and `self.value`.
+    fn read_index_record(&mut self) -> Result<Option<RecordKind>, BundleError> {
+        let at = self.index_raw;
+        let Some(kind) = self.peek()? else {
+            return Ok(None);
+        };
+        let kind = RecordKind::from_byte(kind)
+            .ok_or_else(|| bad(0, at, format!("unknown record kind {kind}")))?;
+        self.index_exact(|s| &mut s.key, 5, "key length")?;
+        let key_len = u32::from_le_bytes([self.key[1], self.key[2], self.key[3], self.key[4]]);
+        if key_len > MAX_KEY_LEN {
+            return Err(bad(0, at, format!("key of {key_len} bytes")));
+        }
+        self.index_exact(|s| &mut s.key, key_len as usize, "key")?;
+        if std::str::from_utf8(&self.key).is_err() {
+            return Err(bad(0, at, "key is not UTF-8".into()));
+        }
+        self.index_exact(|s| &mut s.value, 4, "value length")?;
+        let value_len =
+            u32::from_le_bytes([self.value[0], self.value[1], self.value[2], self.value[3]]);
+        if value_len > self.limits.max_value_bytes {
+            return Err(bad(
+                0,
+                at,
+                format!("value of {value_len} bytes, over the limit"),
+            ));
+        }
+        self.index_exact(|s| &mut s.value, value_len as usize, "value")?;
+        self.records += 1;
         let limit = self.manifest.record_count.min(self.limits.max_records);
         if self.records > limit {
             return Err(BundleError::TooManyRecords { limit });
         }
-        Ok(())
+        Ok(Some(kind))
+    }
+
+    fn key(&self) -> &str {
+        std::str::from_utf8(&self.key).unwrap_or_default()
     }
 
     /// The next body frame the index lists, with its tenants; `None` after
     /// the last.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, BundleError> {
-        if !self.next_is(RecordKind::Frame) {
+        if self.peek()? != Some(RecordKind::Frame as u8) {
             return Ok(None);
         }
-        let at = self.pos as u64;
-        let rec =
-            read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
-        let sizes: [u8; 16] = rec
+        let at = self.index_raw;
+        self.read_index_record()?;
+        let sizes: [u8; 16] = self
             .value
+            .as_slice()
             .try_into()
             .map_err(|_| bad(0, at, "frame record value is not 16 bytes".into()))?;
         let (size, raw_size) = sizes.split_at(8);
         let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
         let (size, raw_size) = (le(size), le(raw_size));
-        self.count_records(1)?;
         self.frames += 1;
         let number = self.frames;
         if self
@@ -884,31 +975,30 @@ impl<R: Read + Seek> PayloadReader<R> {
         {
             return Err(bad(number, 0, "runs past the end of the payload".into()));
         }
-        self.raw = self.raw.saturating_add(raw_size);
+        self.frames_raw = self.frames_raw.saturating_add(raw_size);
         let raw_limit = self
             .manifest
             .payload_raw_size
             .min(self.limits.max_decompressed_bytes);
-        if self.raw > raw_limit {
+        if self.frames_raw > raw_limit {
             return Err(BundleError::DecompressedTooLarge { limit: raw_limit });
         }
         let mut tenants = Vec::new();
-        while self.next_is(RecordKind::Tenant) {
-            let at = self.pos as u64;
-            let rec =
-                read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
-            let config_hash = hex_digest(rec.value).map_err(|r| bad(0, at, r))?;
-            if self.tenants > 0 && rec.key.as_bytes() <= &self.index[self.last_tenant.clone()] {
-                return Err(bad(0, at, format!("tenant {} is out of order", rec.key)));
+        while self.peek()? == Some(RecordKind::Tenant as u8) {
+            let at = self.index_raw;
+            self.read_index_record()?;
+            let config_hash = hex_digest(&self.value).map_err(|r| bad(0, at, r))?;
+            if self.tenants > 0 && self.key <= self.last_tenant {
+                return Err(bad(0, at, format!("tenant {} is out of order", self.key())));
             }
-            let key_end = self.pos - rec.value.len() - 4;
-            self.last_tenant = key_end - rec.key.len()..key_end;
+            self.last_tenant.clone_from(&self.key);
             tenants.push(IndexEntry {
-                tenant: rec.key.to_owned(),
+                tenant: self.key().to_owned(),
                 config_hash,
             });
             self.tenants += 1;
-            self.count_records(3)?;
+            // Its config and prompt, in the body frame.
+            self.records += 2;
         }
         if tenants.is_empty() {
             return Err(bad(0, at, "a frame record lists no tenants".into()));
@@ -927,15 +1017,16 @@ impl<R: Read + Seek> PayloadReader<R> {
     /// Decompresses `frame` (which [`Self::next_frame`] returned) and checks
     /// that it holds exactly its tenants' configs and prompts, each config
     /// with the hash the index lists.
-    pub fn read_frame(&mut self, frame: &Frame) -> Result<FrameBodies, BundleError> {
+    pub fn read_frame(&mut self, frame: &Frame) -> Result<FrameBodies<'_>, BundleError> {
         let n = frame.number;
-        self.reader
-            .seek(SeekFrom::Start(self.payload_offset + frame.offset))?;
+        let bundle = &mut self.index.get_mut().get_mut().get_mut().get_mut().inner;
+        bundle.seek(SeekFrom::Start(self.payload_offset + frame.offset))?;
         self.compressed.resize(frame.size as usize, 0);
-        read_exact(&mut self.reader, &mut self.compressed, "payload")?;
-        let mut raw = Vec::with_capacity(frame.raw_size as usize);
+        read_exact(bundle, &mut self.compressed, "payload")?;
+        self.raw.clear();
+        self.raw.reserve(frame.raw_size as usize);
         self.decompressor
-            .decompress_to_buffer(self.compressed.as_slice(), &mut raw)
+            .decompress_to_buffer(self.compressed.as_slice(), &mut self.raw)
             .map_err(|e| {
                 bad(
                     n,
@@ -943,6 +1034,7 @@ impl<R: Read + Seek> PayloadReader<R> {
                     format!("does not decompress to its {} bytes: {e}", frame.raw_size),
                 )
             })?;
+        let raw = self.raw.as_slice();
         if raw.len() as u64 != frame.raw_size {
             return Err(bad(
                 n,
@@ -959,7 +1051,7 @@ impl<R: Read + Seek> PayloadReader<R> {
         for entry in &frame.tenants {
             let mut next = |kind: RecordKind| {
                 let at = pos as u64;
-                let rec = read_record(&raw, &mut pos, &self.limits).map_err(|r| bad(n, at, r))?;
+                let rec = read_record(raw, &mut pos, &self.limits).map_err(|r| bad(n, at, r))?;
                 if rec.kind != kind || rec.key != entry.tenant {
                     return Err(bad(
                         n,
@@ -997,47 +1089,64 @@ impl<R: Read + Seek> PayloadReader<R> {
         Ok(FrameBodies { raw, spans })
     }
 
-    /// SHA-256 of the route records, once [`Self::next_frame`] has returned
-    /// `None` and before the first [`Self::next_route`]: equal digests mean
-    /// equal routes, so a reader can keep the routes it has.
-    pub fn routes_sha256(&self) -> Option<String> {
-        (!self.next_is(RecordKind::Frame) && !self.routes_started)
-            .then(|| canonical::sha256_hex(&self.index[self.pos..]))
+    /// The signed SHA-256 of the route records (the manifest's
+    /// `routes_sha256`): equal digests mean equal routes, so a reader can
+    /// keep the routes it has. [`Self::next_route`] checks it at the end.
+    pub fn routes_sha256(&self) -> &str {
+        &self.manifest.routes_sha256
     }
 
     /// The next phone route, `(number, tenant id)`; `None` after the last,
-    /// once the payload's totals match the manifest.
+    /// once the routes' digest and the payload's totals match the manifest.
     pub fn next_route(&mut self) -> Result<Option<(&str, &str)>, BundleError> {
-        if self.pos == self.index.len() {
-            self.check_totals()?;
-            return Ok(None);
-        }
-        let at = self.pos as u64;
-        self.routes_started = true;
-        let rec =
-            read_record(&self.index, &mut self.pos, &self.limits).map_err(|r| bad(0, at, r))?;
-        if rec.kind != RecordKind::Route {
-            return Err(bad(
+        let at = self.index_raw;
+        match self.read_index_record()? {
+            None => {
+                self.check_totals()?;
+                Ok(None)
+            }
+            Some(RecordKind::Route) => {
+                for part in [
+                    &[RecordKind::Route as u8][..],
+                    &(self.key.len() as u32).to_le_bytes(),
+                    &self.key,
+                    &(self.value.len() as u32).to_le_bytes(),
+                    &self.value,
+                ] {
+                    self.routes.update(part);
+                }
+                let tenant = std::str::from_utf8(&self.value)
+                    .map_err(|_| bad(0, at, format!("route {} is not UTF-8", self.key())))?;
+                Ok(Some((self.key(), tenant)))
+            }
+            Some(kind) => Err(bad(
                 0,
                 at,
-                format!("expected a route, found a {:?} record", rec.kind),
-            ));
+                format!("expected a route, found a {kind:?} record"),
+            )),
         }
-        let tenant = std::str::from_utf8(rec.value)
-            .map_err(|_| bad(0, at, format!("route {} is not UTF-8", rec.key)))?;
-        self.records += 1;
-        let limit = self.manifest.record_count.min(self.limits.max_records);
-        if self.records > limit {
-            return Err(BundleError::TooManyRecords { limit });
-        }
-        Ok(Some((rec.key, tenant)))
     }
 
-    fn check_totals(&self) -> Result<(), BundleError> {
+    fn check_totals(&mut self) -> Result<(), BundleError> {
+        let digest = hex::encode(std::mem::take(&mut self.routes).finalize());
+        if digest != self.manifest.routes_sha256 {
+            return Err(bad(
+                0,
+                self.index_raw,
+                format!(
+                    "the routes hash to {digest}, the manifest says {}",
+                    self.manifest.routes_sha256
+                ),
+            ));
+        }
         let m = &self.manifest;
         for (what, expected, actual) in [
             ("records", m.record_count, self.records),
-            ("decompressed bytes", m.payload_raw_size, self.raw),
+            (
+                "decompressed bytes",
+                m.payload_raw_size,
+                self.index_raw + self.frames_raw,
+            ),
             ("compressed bytes", m.payload_size, self.offset),
             ("tenants", m.tenant_count, self.tenants),
         ] {
@@ -1069,7 +1178,7 @@ enum Stage {
 }
 
 /// Every record of a verified payload, in logical order.
-pub struct Records<R> {
+pub struct Records<R: Read + Seek> {
     payload: PayloadReader<R>,
     queue: std::collections::VecDeque<Record>,
     stage: Stage,

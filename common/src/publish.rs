@@ -71,6 +71,7 @@ pub fn manifest(
         record_count: compiled.payload.record_count,
         payload_size: compiled.payload.compressed.len() as u64,
         index_size: compiled.payload.index_size,
+        routes_sha256: compiled.payload.routes_sha256.clone(),
         payload_raw_size: compiled.payload.raw_size,
         payload_sha256: compiled.payload.sha256.clone(),
         provenance: provenance.clone(),

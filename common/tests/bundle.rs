@@ -246,6 +246,7 @@ fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
         record_count: 1,
         payload_size: compressed.len() as u64,
         index_size: compressed.len() as u64,
+        routes_sha256: String::new(),
         payload_raw_size: 1024,
         payload_sha256: strata_common::canonical::sha256_hex(&compressed),
         provenance: Provenance::default(),
@@ -275,6 +276,7 @@ fn bundle_around(payload: &bundle::Payload, tenants: u64, k: &SigningKey) -> Vec
         record_count: payload.record_count,
         payload_size: payload.compressed.len() as u64,
         index_size: payload.index_size,
+        routes_sha256: payload.routes_sha256.clone(),
         payload_raw_size: payload.raw_size,
         payload_sha256: payload.sha256.clone(),
         provenance: Provenance::default(),
@@ -310,6 +312,7 @@ fn a_body_frame_that_decompresses_past_its_declared_size_is_stopped_there() {
         sha256: strata_common::canonical::sha256_hex(&compressed),
         compressed,
         index_size,
+        routes_sha256: strata_common::canonical::sha256_hex(b""),
         raw_size: index.len() as u64 + 1024,
         record_count: 5,
     };
@@ -376,10 +379,31 @@ fn a_payload_is_an_index_then_frames_of_about_512_kib() {
     sorted.sort();
     assert_eq!(tenants, sorted, "tenants in id order across frames");
     assert_eq!(tenants.len(), 400);
-    assert!(payload.routes_sha256().is_some());
+    assert_eq!(payload.routes_sha256(), p.routes_sha256);
     let mut routes = 0;
     while payload.next_route().expect("route").is_some() {
         routes += 1;
     }
     assert!(routes >= 400, "every tenant has a number");
+}
+
+#[test]
+fn routes_that_do_not_hash_to_the_signed_digest_are_refused() {
+    let (_dir, compiled) = generated(3);
+    let mut payload = compiled.payload.clone();
+    payload.routes_sha256 = strata_common::canonical::sha256_hex(b"other routes");
+    let k = key(1);
+    let e = open(
+        &bundle_around(&payload, 3, &k),
+        &trust(&[&k]),
+        &Limits::default(),
+    )
+    .expect_err("refused");
+    match e {
+        BundleError::BadRecord { frame, reason, .. } => {
+            assert_eq!(frame, 0);
+            assert!(reason.contains("routes_sha256"), "{reason}");
+        }
+        e => panic!("{e}"),
+    }
 }

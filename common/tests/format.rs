@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use strata_common::bundle::{self, Limits, SignatureCheck};
 use strata_common::pointer::{Pointer, PointerKind};
 use strata_common::sign::{self, KeyId, Role, SigningKey, TrustedKeys};
 
@@ -35,6 +36,49 @@ fn worked_example_pointer_verifies() {
     // As a pin, or for another channel, it is refused.
     assert!(Pointer::verify(&bytes, PointerKind::Pin, "stable", &trust).is_err());
     assert!(Pointer::verify(&bytes, PointerKind::Channel, "beta", &trust).is_err());
+}
+
+#[test]
+fn worked_example_bundle_verifies_and_has_the_documented_layout() {
+    let public =
+        sign::load_verifying_key(&example_dir().join("publisher.pub")).expect("public key");
+    let mut trust = TrustedKeys::new(1, 1);
+    trust.add(Role::Publisher, public);
+    let bytes = std::fs::read(example_dir().join("snapshot.bundle")).expect("bundle");
+    let verified = bundle::verify(
+        std::io::Cursor::new(bytes),
+        SignatureCheck::Trusted(&trust),
+        &Limits::default(),
+    )
+    .expect("verifies");
+    assert_eq!(verified.header.manifest_bytes.len(), 466);
+    let m = verified.manifest().clone();
+    assert_eq!(
+        (m.format, m.index_size, m.payload_size, m.payload_raw_size),
+        (2, 921, 2894, 14222)
+    );
+    assert_eq!((m.record_count, m.tenant_count), (8, 1));
+    let mut payload = verified.payload().expect("index");
+    let frame = payload.next_frame().expect("frame").expect("one frame");
+    assert_eq!(frame.tenants.len(), 1);
+    assert_eq!(frame.tenants[0].tenant, "acme-hvac-000000");
+    assert!(frame.tenants[0].config_hash.starts_with(b"cda90268"));
+    let bodies = payload.read_frame(&frame).expect("body frame");
+    assert!(
+        bodies
+            .prompt(0)
+            .starts_with(b"You are a voice receptionist")
+    );
+    assert!(payload.next_frame().expect("end").is_none());
+    let mut routes = Vec::new();
+    while let Some((number, tenant)) = payload.next_route().expect("route") {
+        routes.push((number.to_owned(), tenant.to_owned()));
+    }
+    assert_eq!(routes.len(), 3);
+    assert_eq!(
+        routes[0],
+        ("+12000000000".into(), "acme-hvac-000000".into())
+    );
 }
 
 #[test]
