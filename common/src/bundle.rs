@@ -1134,7 +1134,7 @@ impl<R: Read + Seek> PayloadReader<R> {
                 0,
                 self.index_raw,
                 format!(
-                    "the routes hash to {digest}, the manifest says {}",
+                    "the route records hash to {digest}, the manifest's routes_sha256 is {}",
                     self.manifest.routes_sha256
                 ),
             ));
