@@ -6,13 +6,17 @@
 //! the "current" marker and the pruning of older versions: after a crash the
 //! file holds the previous snapshot or the new one, never a mix.
 //!
-//! Consecutive snapshots share almost every tenant, so bodies are shared too:
-//! a tenant's config or prompt body is written once, under the version that
-//! introduced it, and every later snapshot in which its ETag is unchanged
-//! points at that body from its `tenants` row. A publish that changes ten
-//! tenants of 100,000 writes ten bodies and a small index, not the whole
-//! snapshot again. A body is deleted with the last retained version that
-//! points at it.
+//! Consecutive snapshots share almost every tenant, so a tenant's row covers
+//! a range of versions: it is written when the tenant appears or changes and
+//! closed (its last version set) when the tenant changes again or leaves. Its
+//! config and prompt bodies are written once, under the version that
+//! introduced them. A publish that changes ten tenants of 100,000 writes ten
+//! rows and ten bodies and closes ten rows, whatever the tenant count.
+//! Closed rows and their bodies are deleted once no retained version is in
+//! their range. Ranges are in version numbers, so snapshots are ingested in
+//! increasing version order (an older one is refused); serving an older,
+//! no-longer-retained version (a region pin's rollback) would need the rows
+//! around it split.
 //!
 //! Bodies are stored exactly as they are served, so a lookup hands redb's
 //! page to the HTTP response without copying or re-serialising.
@@ -28,8 +32,12 @@ use strata_common::bundle::{BundleError, PayloadReader};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
 
-/// `(version, tenant id)` → [`TenantRow`]: where the tenant's bodies are and their ETags.
-const TENANTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("tenants");
+/// `(tenant id, first version)` → [`TenantRow`]: the versions through which
+/// the tenant is unchanged, where its bodies are, and their ETags.
+const TENANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenants");
+/// `(last version, tenant id)` → first version: the closed rows of
+/// [`TENANTS`], oldest first, so pruning finds them without a scan.
+const CLOSED: TableDefinition<(u64, &str), u64> = TableDefinition::new("closed");
 /// `(version that introduced it, tenant id)` → effective config JSON.
 const CONFIG_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("config_bodies");
 /// `(version that introduced it, tenant id)` → combined system prompt.
@@ -45,7 +53,7 @@ const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots")
 /// `current` → the version served; `schema` → [`SCHEMA`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The table layout this module writes; a file with another is emptied at open.
-const SCHEMA: u64 = 3;
+const SCHEMA: u64 = 4;
 
 /// Length of an ETag: 64 hex digits of a SHA-256.
 pub const ETAG_LEN: usize = 64;
@@ -175,6 +183,7 @@ impl Db {
         let mut done = Ingested::default();
         {
             let mut tenants = txn.open_table(TENANTS)?;
+            let mut closed = txn.open_table(CLOSED)?;
             let mut config_bodies = txn.open_table(CONFIG_BODIES)?;
             let mut prompt_bodies = txn.open_table(PROMPT_BODIES)?;
             let mut routes = txn.open_table(ROUTES)?;
@@ -189,6 +198,33 @@ impl Db {
             }
             // The newest stored snapshot: bodies unchanged since it are shared.
             let base = snapshots.last()?.map(|(k, _)| k.value());
+            if base.is_some_and(|b| b > v) {
+                return Err(DbError::Incomplete(format!(
+                    "snapshot {v} is older than the stored {base:?}"
+                )));
+            }
+            // The base's rows, from the committed state, walked in tenant
+            // order beside the index: rows of tenants the index no longer
+            // lists are closed as the walk passes them.
+            let committed = self.db.begin_read()?;
+            let base_rows = match committed.open_table(TENANTS) {
+                Ok(t) => Some(t),
+                Err(TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let mut open = OpenRows {
+                rows: base_rows.as_ref().map(|t| t.iter()).transpose()?,
+            };
+            let mut head = open.next()?;
+            let close = |tenants: &mut Table<(&str, u64), &[u8]>,
+                         closed: &mut Table<(u64, &str), u64>,
+                         (tenant, first, mut row): (String, u64, TenantRow)|
+             -> Result<(), DbError> {
+                row.last = v - 1;
+                tenants.insert((tenant.as_str(), first), row.encode().as_slice())?;
+                closed.insert((row.last, tenant.as_str()), first)?;
+                Ok(())
+            };
             let layer1_hash = sha256_hex(payload.layer1());
             // Under the same Layer 1, an unchanged config means an unchanged
             // prompt: its ETag is the base row's, no need to hash again.
@@ -207,23 +243,28 @@ impl Db {
                 let mut rows = Vec::with_capacity(frame.tenants.len());
                 let mut changed = false;
                 for entry in &frame.tenants {
-                    let before = match base {
-                        Some(b) => tenants
-                            .get((b, entry.tenant.as_str()))?
-                            .map(|g| TenantRow::decode(g.value()))
-                            .transpose()?,
+                    while let Some(gone) = head.take_if(|(t, ..)| *t < entry.tenant) {
+                        close(&mut tenants, &mut closed, gone)?;
+                        head = open.next()?;
+                    }
+                    let before = match head.take_if(|(t, ..)| *t == entry.tenant) {
+                        Some(current) => {
+                            head = open.next()?;
+                            Some(current)
+                        }
                         None => None,
                     };
-                    let prompt = match before {
-                        Some(r) if same_layer1 && r.config_etag == entry.config_hash => {
+                    let prompt = match &before {
+                        Some((_, _, r)) if same_layer1 && r.config_etag == entry.config_hash => {
                             r.prompt_etag
                         }
                         _ => prompt_etag(&entry.config_hash, &layer1_hash),
                     };
-                    changed |= !before.is_some_and(|r| {
+                    let same = before.as_ref().is_some_and(|(_, _, r)| {
                         r.config_etag == entry.config_hash && r.prompt_etag == prompt
                     });
-                    rows.push((before, prompt));
+                    changed |= !same;
+                    rows.push((before, prompt, same));
                 }
                 let bodies = if changed {
                     done.frames_decoded += 1;
@@ -232,34 +273,52 @@ impl Db {
                     done.frames_skipped += 1;
                     None
                 };
-                for (i, (entry, (before, prompt_etag))) in
+                for (i, (entry, (before, prompt_etag, same))) in
                     frame.tenants.iter().zip(rows).enumerate()
                 {
+                    done.tenants += 1;
+                    if same {
+                        done.bodies_shared += 2;
+                        continue;
+                    }
+                    let was = before.as_ref().map(|(_, _, r)| *r);
                     let key = (v, entry.tenant.as_str());
                     let config_version = done.share_or_write(
                         &mut config_bodies,
-                        before.map(|r| (r.config_version, r.config_etag)),
+                        was.map(|r| (r.config_version, r.config_etag)),
                         &entry.config_hash,
                         key,
                         bodies.as_ref().map(|b| b.config(i)),
                     )?;
                     let prompt_version = done.share_or_write(
                         &mut prompt_bodies,
-                        before.map(|r| (r.prompt_version, r.prompt_etag)),
+                        was.map(|r| (r.prompt_version, r.prompt_etag)),
                         &prompt_etag,
                         key,
                         bodies.as_ref().map(|b| b.prompt(i)),
                     )?;
+                    if let Some(before) = before {
+                        close(&mut tenants, &mut closed, before)?;
+                    }
                     let row = TenantRow {
+                        last: OPEN,
                         config_version,
                         prompt_version,
                         config_etag: entry.config_hash,
                         prompt_etag,
                     };
-                    tenants.insert(key, row.encode().as_slice())?;
-                    done.tenants += 1;
+                    tenants.insert((entry.tenant.as_str(), v), row.encode().as_slice())?;
+                    done.rows_written += 1;
                 }
             }
+            // Tenants after the index's last one are gone too.
+            while let Some(gone) = head.take() {
+                close(&mut tenants, &mut closed, gone)?;
+                head = open.next()?;
+            }
+            drop(open);
+            drop(base_rows);
+            drop(committed);
             // Routes rarely change: an identical set is shared, not rewritten.
             let digest = payload.routes_sha256().to_owned();
             let base_set = match base {
@@ -298,14 +357,16 @@ impl Db {
                 .collect::<Result<_, _>>()?;
             versions.sort_unstable();
             let (old, kept) = versions.split_at(versions.len().saturating_sub(retain));
-            for old in old.iter().copied().filter(|o| *o != v) {
+            if let Some(&oldest) = kept.first() {
                 prune_tenants(
-                    old,
-                    kept,
+                    oldest,
                     &mut tenants,
+                    &mut closed,
                     &mut config_bodies,
                     &mut prompt_bodies,
                 )?;
+            }
+            for old in old.iter().copied().filter(|o| *o != v) {
                 prune_routes(old, kept, &mut route_sets, &mut routes)?;
                 layer1.remove(old)?;
                 snapshots.remove(old)?;
@@ -375,6 +436,8 @@ pub struct Ingested {
     pub bodies_written: u64,
     /// Bodies unchanged since the previous snapshot, shared with it.
     pub bodies_shared: u64,
+    /// Tenant rows written: tenants new or changed in this snapshot.
+    pub rows_written: u64,
     /// Body frames decompressed: those holding a changed tenant.
     pub frames_decoded: u64,
     /// Body frames whose tenants were all unchanged, never decompressed.
@@ -414,21 +477,27 @@ impl Ingested {
 /// config body version and prompt body version (u64 LE), then both ETags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TenantRow {
+    /// The last version the row serves; [`OPEN`] while it serves the newest.
+    last: u64,
     config_version: u64,
     prompt_version: u64,
     config_etag: [u8; ETAG_LEN],
     prompt_etag: [u8; ETAG_LEN],
 }
 
-const ROW_LEN: usize = 16 + 2 * ETAG_LEN;
+const ROW_LEN: usize = 24 + 2 * ETAG_LEN;
+
+/// [`TenantRow::last`] of a row that serves the newest snapshot.
+const OPEN: u64 = u64::MAX;
 
 impl TenantRow {
     fn encode(&self) -> [u8; ROW_LEN] {
         let mut out = [0u8; ROW_LEN];
-        out[..8].copy_from_slice(&self.config_version.to_le_bytes());
-        out[8..16].copy_from_slice(&self.prompt_version.to_le_bytes());
-        out[16..16 + ETAG_LEN].copy_from_slice(&self.config_etag);
-        out[16 + ETAG_LEN..].copy_from_slice(&self.prompt_etag);
+        out[..8].copy_from_slice(&self.last.to_le_bytes());
+        out[8..16].copy_from_slice(&self.config_version.to_le_bytes());
+        out[16..24].copy_from_slice(&self.prompt_version.to_le_bytes());
+        out[24..24 + ETAG_LEN].copy_from_slice(&self.config_etag);
+        out[24 + ETAG_LEN..].copy_from_slice(&self.prompt_etag);
         out
     }
 
@@ -440,7 +509,7 @@ impl TenantRow {
             ))
         };
         let row: &[u8; ROW_LEN] = bytes.try_into().map_err(|_| bad())?;
-        let (versions, etags) = row.split_at(16);
+        let (versions, etags) = row.split_at(24);
         let (config_etag, prompt_etag) = etags.split_at(ETAG_LEN);
         let u64_at = |i: usize| {
             versions[i..i + 8]
@@ -449,47 +518,82 @@ impl TenantRow {
                 .map_err(|_| bad())
         };
         Ok(Self {
-            config_version: u64_at(0)?,
-            prompt_version: u64_at(8)?,
+            last: u64_at(0)?,
+            config_version: u64_at(8)?,
+            prompt_version: u64_at(16)?,
             config_etag: config_etag.try_into().map_err(|_| bad())?,
             prompt_etag: prompt_etag.try_into().map_err(|_| bad())?,
         })
     }
 }
 
-/// Removes version `old`'s tenant rows, and each body no version in `kept`
-/// still points at.
+/// Deletes the rows closed before version `oldest` (the oldest retained),
+/// and each body the tenant's next row does not share.
 fn prune_tenants(
-    old: u64,
-    kept: &[u64],
-    tenants: &mut Table<(u64, &str), &[u8]>,
+    oldest: u64,
+    tenants: &mut Table<(&str, u64), &[u8]>,
+    closed: &mut Table<(u64, &str), u64>,
     config_bodies: &mut Table<(u64, &str), &[u8]>,
     prompt_bodies: &mut Table<(u64, &str), &[u8]>,
 ) -> Result<(), DbError> {
-    for entry in tenants.range((old, "")..(old + 1, ""))? {
-        let (key, value) = entry?;
-        let (_, tenant) = key.value();
-        let row = TenantRow::decode(value.value())?;
-        let (mut config_live, mut prompt_live) = (false, false);
-        for &k in kept {
-            if let Some(g) = tenants.get((k, tenant))? {
-                let other = TenantRow::decode(g.value())?;
-                config_live |= other.config_version == row.config_version;
-                prompt_live |= other.prompt_version == row.prompt_version;
-            }
-            if config_live && prompt_live {
-                break;
-            }
+    let expired = closed
+        .range((0, "")..(oldest, ""))?
+        .map(|e| {
+            e.map(|(k, first)| {
+                let (last, tenant) = k.value();
+                (last, tenant.to_owned(), first.value())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Oldest first: a row whose bodies its successor shares is deleted before
+    // that successor, which then decides the bodies' fate.
+    for (last, tenant, first) in expired {
+        closed.remove((last, tenant.as_str()))?;
+        let Some(row) = tenants
+            .remove((tenant.as_str(), first))?
+            .map(|g| TenantRow::decode(g.value()))
+            .transpose()?
+        else {
+            continue;
+        };
+        let next = tenants
+            .range((tenant.as_str(), first + 1)..=(tenant.as_str(), OPEN))?
+            .next()
+            .transpose()?
+            .map(|(_, g)| TenantRow::decode(g.value()))
+            .transpose()?;
+        if next.is_none_or(|n| n.config_version != row.config_version) {
+            config_bodies.remove((row.config_version, tenant.as_str()))?;
         }
-        if !config_live {
-            config_bodies.remove((row.config_version, tenant))?;
-        }
-        if !prompt_live {
-            prompt_bodies.remove((row.prompt_version, tenant))?;
+        if next.is_none_or(|n| n.prompt_version != row.prompt_version) {
+            prompt_bodies.remove((row.prompt_version, tenant.as_str()))?;
         }
     }
-    tenants.retain_in((old, "")..(old + 1, ""), |_, _| false)?;
     Ok(())
+}
+
+/// The open rows of the committed state, in tenant order: the rows the
+/// newest stored snapshot serves.
+struct OpenRows<'a> {
+    rows: Option<redb::Range<'a, (&'static str, u64), &'static [u8]>>,
+}
+
+impl OpenRows<'_> {
+    /// The next open row: tenant, first version, row.
+    fn next(&mut self) -> Result<Option<(String, u64, TenantRow)>, DbError> {
+        let Some(rows) = self.rows.as_mut() else {
+            return Ok(None);
+        };
+        for entry in rows {
+            let (key, value) = entry?;
+            let row = TenantRow::decode(value.value())?;
+            if row.last == OPEN {
+                let (tenant, first) = key.value();
+                return Ok(Some((tenant.to_owned(), first, row)));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// SHA-256 of `config hash ‖ Layer 1 hash`: changes whenever the rendered
@@ -622,7 +726,7 @@ impl AsRef<[u8]> for Page {
 /// A read view over every retained snapshot, shared by all requests until
 /// the next ingest swaps in a new one.
 pub struct Reader {
-    tenants: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    tenants: ReadOnlyTable<(&'static str, u64), &'static [u8]>,
     config_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     prompt_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     routes: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
@@ -641,11 +745,21 @@ impl Reader {
         self.metas.get(&self.current)
     }
 
+    /// The row serving `tenant` in `version` (a retained one): the last row
+    /// starting at or before it, if it has not closed before it.
     fn row(&self, version: u64, tenant: &str) -> Result<Option<TenantRow>, DbError> {
-        self.tenants
-            .get((version, tenant))?
-            .map(|g| TenantRow::decode(g.value()))
-            .transpose()
+        if !self.metas.contains_key(&version) {
+            return Ok(None);
+        }
+        let Some(entry) = self
+            .tenants
+            .range((tenant, 0)..=(tenant, version))?
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let row = TenantRow::decode(entry?.1.value())?;
+        Ok((row.last >= version).then_some(row))
     }
 
     /// A tenant's effective config (ETag: its config hash).
@@ -731,19 +845,33 @@ mod tests {
     /// changes with it, as the publisher makes it), whose manifest claims
     /// `tenants` tenants; with `route` routed to it.
     fn payload(version: u64, tenants: u64, route: Option<&str>) -> PayloadReader<Cursor<Vec<u8>>> {
-        let hash = format!("{version:064x}");
-        let config = format!("{{\"config_hash\":\"{hash}\",\"v\":{version}}}");
+        payload_of(version, &[("t1", version)], tenants, route)
+    }
+
+    /// A real payload of `version` holding each `(tenant, content version)`
+    /// of `tenants` (in id order), whose manifest claims `claimed` tenants;
+    /// with `route` routed to the first.
+    fn payload_of(
+        version: u64,
+        tenants: &[(&str, u64)],
+        claimed: u64,
+        route: Option<&str>,
+    ) -> PayloadReader<Cursor<Vec<u8>>> {
         let mut w = PayloadWriter::new(1).expect("writer");
         w.layer1(b"{}").expect("layer1");
-        w.tenant(
-            "t1",
-            &hash,
-            config.as_bytes(),
-            format!("prompt v{version}").as_bytes(),
-        )
-        .expect("tenant");
+        for (tenant, content) in tenants {
+            let hash = format!("{content:064x}");
+            let config = format!("{{\"config_hash\":\"{hash}\",\"v\":{content}}}");
+            w.tenant(
+                tenant,
+                &hash,
+                config.as_bytes(),
+                format!("prompt v{content}").as_bytes(),
+            )
+            .expect("tenant");
+        }
         if let Some(number) = route {
-            w.route(number, "t1").expect("route");
+            w.route(number, tenants[0].0).expect("route");
         }
         let p = w.finish().expect("finish");
         let manifest = Manifest {
@@ -753,7 +881,7 @@ mod tests {
             created_at: String::new(),
             expires_at: String::new(),
             layer1_version: String::new(),
-            tenant_count: tenants,
+            tenant_count: claimed,
             record_count: p.record_count,
             payload_size: p.compressed.len() as u64,
             index_size: p.index_size,
@@ -801,7 +929,10 @@ mod tests {
         assert_eq!(again.as_ptr(), page_ptr, "Entry wraps the guard, no copy");
     }
 
-    fn count(db: &Db, table: TableDefinition<(u64, &str), &[u8]>) -> u64 {
+    fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
+        db: &Db,
+        table: TableDefinition<K, V>,
+    ) -> u64 {
         let txn = db.db.begin_read().expect("read");
         use redb::ReadableTableMetadata;
         txn.open_table(table).expect("table").len().expect("len")
@@ -846,6 +977,46 @@ mod tests {
             db.ingest(&meta(4, 1), &mut records(4), 2).is_err(),
             "v4 again"
         );
+    }
+
+    #[test]
+    fn a_tenant_that_leaves_is_gone_from_the_next_version_and_freed_with_the_last_that_had_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+        let both = [("t1", 1), ("t2", 1)];
+        db.ingest(&meta(1, 2), &mut payload_of(1, &both, 2, None), 2)
+            .expect("v1");
+        let v2 = db
+            .ingest(&meta(2, 1), &mut payload_of(2, &[("t1", 1)], 1, None), 2)
+            .expect("v2");
+        assert_eq!(v2.rows_written, 0, "t1 is unchanged, t2 only closes");
+        let r = db.reader().expect("reader").expect("snapshot");
+        assert!(r.config(2, "t2").expect("get").is_none(), "gone from v2");
+        assert!(r.config(1, "t2").expect("get").is_some(), "still in v1");
+        assert!(r.config(2, "t1").expect("get").is_some());
+        drop(r);
+        // t2 comes back in v3, changed; v1 is pruned, and with it t2's first row.
+        db.ingest(
+            &meta(3, 2),
+            &mut payload_of(3, &[("t1", 1), ("t2", 3)], 2, None),
+            2,
+        )
+        .expect("v3");
+        let r = db.reader().expect("reader").expect("snapshot");
+        assert!(r.config(2, "t2").expect("get").is_none());
+        assert_eq!(
+            &r.prompt(3, "t2").expect("get").expect("back in v3").body()[..],
+            b"prompt v3"
+        );
+        assert_eq!(
+            &r.prompt(3, "t1").expect("get").expect("v3").body()[..],
+            b"prompt v1",
+            "t1 still serves the body v1 wrote"
+        );
+        drop(r);
+        assert_eq!(count(&db, TENANTS), 2, "t1's one row, t2's new row");
+        assert_eq!(count(&db, CONFIG_BODIES), 2, "t2's v1 body was freed");
+        assert_eq!(count(&db, CLOSED), 0);
     }
 
     #[test]

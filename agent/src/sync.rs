@@ -347,6 +347,7 @@ impl Syncer {
             tenants = ingested.tenants,
             bodies_written = ingested.bodies_written,
             bodies_shared = ingested.bodies_shared,
+            rows_written = ingested.rows_written,
             frames_decoded = ingested.frames_decoded,
             frames_skipped = ingested.frames_skipped,
             fetch_seconds = fetched.as_secs_f64(),
