@@ -597,7 +597,7 @@ pub fn verify<R: Read + Seek>(
         });
     }
     let mut hasher = Sha256::new();
-    let copied = io::copy(
+    let copied = crate::copy::copy_chunked(
         &mut (&mut reader).take(m.payload_size),
         &mut HashWriter(&mut hasher),
     )?;

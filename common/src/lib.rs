@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod canonical;
 pub mod compile;
+pub mod copy;
 pub mod generate;
 pub mod model;
 pub mod pointer;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Object, ObjectStore, StoreError};
 use crate::canonical::sha256_hex;
+use crate::copy::copy_chunked;
 
 /// A store in a local directory.
 #[derive(Debug, Clone)]
@@ -123,12 +124,13 @@ impl ObjectStore for FileStore {
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
         let f = self.open_bounded(key, max_bytes)?;
-        let copied = io::copy(&mut f.take(max_bytes.saturating_add(1)), out).map_err(|source| {
-            StoreError::Transient {
-                key: key.to_owned(),
-                source,
-            }
-        })?;
+        let copied =
+            copy_chunked(&mut f.take(max_bytes.saturating_add(1)), out).map_err(|source| {
+                StoreError::Transient {
+                    key: key.to_owned(),
+                    source,
+                }
+            })?;
         if copied > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_owned(),
