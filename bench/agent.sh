@@ -35,18 +35,21 @@ change_one_percent() {
   done
 }
 
-# Publish into a staging store; the live store gets each version by copying
-# the bundle, then the pointer, so the agent sees the pointer move at once.
+# Publish into a staging store; the live store gets each version in two
+# steps: `stage` copies the bundle in (the agent wakes only for pointer
+# changes, so this goes unnoticed) and stages the pointer beside the store;
+# `move_pointer` renames it into channels/, the moment the agent sees.
 publish() { $P publish --source "$1" --key "$W/ci.key" --store "file://$W/staging" >/dev/null; }
-promote() {
+stage() {
   local b
   b=$(ls "$W/staging/snapshots" | tail -1)
   mkdir -p "$W/store/snapshots" "$W/store/channels"
   cp "$W/staging/snapshots/$b" "$W/store/snapshots/.$b"
   mv "$W/store/snapshots/.$b" "$W/store/snapshots/$b"
-  cp "$W/staging/channels/stable.json" "$W/store/channels/.stable.json"
-  mv "$W/store/channels/.stable.json" "$W/store/channels/stable.json"
+  cp "$W/staging/channels/stable.json" "$W/store/.stable.json"
 }
+move_pointer() { mv "$W/store/.stable.json" "$W/store/channels/stable.json"; }
+promote() { stage; move_pointer; }
 publish "$W/src10k"
 promote
 
@@ -99,29 +102,38 @@ print("  %-22s %9.0f req/s  p50 %7.1f us  p99 %7.1f us  (%d requests, %d over 1.
 ' "$@"; }
 # apply NAME VERSION [oha args]: moves the pointer while oha runs; prints the
 # apply time and the latency of exactly the lookups started during the apply.
-# The end is the agent's "snapshot applied" log line, read by one waiting
-# process: polling with curl would fork ~50 processes a second on the same
-# two cores and show up in the very tail being measured.
+# Nothing else runs in that window: the bundle is staged before oha starts,
+# the pointer is renamed by a process started a second earlier (which
+# prints the instant), and the end is the timestamp of the agent's
+# "snapshot applied" log line, read by one waiting process. (Spawning
+# processes in the window, ~1-2 ms of CPU each at normal priority, or the
+# 40 MB copy of the bundle, showed up in the very tail being measured, as
+# would polling the agent with curl.)
 apply() {
   local name=$1 v=$2
   shift 2
   local bundle
   bundle=$(ls "$W/staging/snapshots" | tail -1)
   ls -l "$W/staging/snapshots/$bundle" | awk '{printf "  bundle: %.1f MiB\n", $5/1048576}'
+  stage
   rm -f "$W/during.db"
-  local t0
-  t0=$(date +%s.%N)
+  local t0=$EPOCHREALTIME
   oha --no-tui --output-format quiet -z "$((SECS + 20))s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
   local oha=$!
-  sleep 1
   grep -m1 -q "snapshot applied version=$v " <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
   local waiter=$!
-  sleep 0.2
   local start end
-  start=$(date +%s.%N)
-  promote
+  start=$(python3 -c '
+import os, sys, time
+time.sleep(1.2)
+t = time.time()
+os.rename(sys.argv[1], sys.argv[2])
+print(f"{t:.6f}")' "$W/store/.stable.json" "$W/store/channels/stable.json")
   wait $waiter
-  end=$(date +%s.%N)
+  end=$(grep -m1 "snapshot applied version=$v " "$W/agent.log" | python3 -c '
+import datetime, sys
+stamp = sys.stdin.read().split()[0].rstrip("Z")
+print(datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp())')
   local secs
   secs=$(curl -sf --unix-socket "$W/agent.sock" http://strata/metrics | awk '/^strata_last_apply_seconds/ {print $2}')
   echo "  $name: pointer moved -> served $(python3 -c "print(f'{$end-$start:.2f}')") s (verify + ingest ${secs} s)"
