@@ -284,6 +284,21 @@ fn bundle_around(payload: &bundle::Payload, tenants: u64, k: &SigningKey) -> Vec
     bundle::write_bundle(&manifest, &payload.compressed, std::slice::from_ref(k)).expect("write")
 }
 
+/// Opens a bundle around `payload` signed by a trusted key, expecting a
+/// malformed frame: returns the frame number and the reason.
+fn bad_record(payload: &bundle::Payload, tenants: u64) -> (u64, String) {
+    let k = key(1);
+    match open(
+        &bundle_around(payload, tenants, &k),
+        &trust(&[&k]),
+        &Limits::default(),
+    ) {
+        Err(BundleError::BadRecord { frame, reason, .. }) => (frame, reason),
+        Err(e) => panic!("expected a malformed frame, got: {e}"),
+        Ok(_) => panic!("expected a malformed frame, the bundle opened"),
+    }
+}
+
 /// Appends one record, encoded as docs/FORMAT.md says.
 fn record(out: &mut Vec<u8>, kind: u8, key: &str, value: &[u8]) {
     out.push(kind);
@@ -316,14 +331,7 @@ fn a_body_frame_that_decompresses_past_its_declared_size_is_stopped_there() {
         raw_size: index.len() as u64 + 1024,
         record_count: 5,
     };
-    let k = key(1);
-    let e = open(
-        &bundle_around(&payload, 1, &k),
-        &trust(&[&k]),
-        &Limits::default(),
-    )
-    .expect_err("bomb refused");
-    assert!(matches!(e, BundleError::BadRecord { frame: 1, .. }), "{e}");
+    assert_eq!(bad_record(&payload, 1).0, 1, "the bomb is body frame 1");
 }
 
 #[test]
@@ -334,20 +342,9 @@ fn a_config_whose_hash_differs_from_the_index_is_refused() {
     w.tenant("t1", &"b".repeat(64), config.as_bytes(), b"prompt")
         .expect("tenant");
     let payload = w.finish().expect("finish");
-    let k = key(1);
-    let e = open(
-        &bundle_around(&payload, 1, &k),
-        &trust(&[&k]),
-        &Limits::default(),
-    )
-    .expect_err("refused");
-    match e {
-        BundleError::BadRecord { frame, reason, .. } => {
-            assert_eq!(frame, 1);
-            assert!(reason.contains("t1"), "{reason}");
-        }
-        e => panic!("{e}"),
-    }
+    let (frame, reason) = bad_record(&payload, 1);
+    assert_eq!(frame, 1);
+    assert!(reason.contains("t1"), "{reason}");
 }
 
 #[test]
@@ -392,18 +389,7 @@ fn routes_that_do_not_hash_to_the_signed_digest_are_refused() {
     let (_dir, compiled) = generated(3);
     let mut payload = compiled.payload.clone();
     payload.routes_sha256 = strata_common::canonical::sha256_hex(b"other routes");
-    let k = key(1);
-    let e = open(
-        &bundle_around(&payload, 3, &k),
-        &trust(&[&k]),
-        &Limits::default(),
-    )
-    .expect_err("refused");
-    match e {
-        BundleError::BadRecord { frame, reason, .. } => {
-            assert_eq!(frame, 0);
-            assert!(reason.contains("routes_sha256"), "{reason}");
-        }
-        e => panic!("{e}"),
-    }
+    let (frame, reason) = bad_record(&payload, 3);
+    assert_eq!(frame, 0, "routes are in the index");
+    assert!(reason.contains("routes_sha256"), "{reason}");
 }
