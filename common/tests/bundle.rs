@@ -234,25 +234,16 @@ fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
     let zeros = vec![0u8; 256 << 20];
     let compressed = zstd::encode_all(Cursor::new(&zeros), 3).expect("compress");
     drop(zeros);
-    let k = key(1);
-    let manifest = bundle::Manifest {
-        kind: bundle::MANIFEST_TYPE.into(),
-        format: bundle::FORMAT_VERSION,
-        version: 1,
-        created_at: time::format(time::now()),
-        expires_at: time::format(time::now()),
-        layer1_version: "x".into(),
-        tenant_count: 0,
-        record_count: 1,
-        payload_size: compressed.len() as u64,
+    let payload = bundle::Payload {
+        sha256: strata_common::canonical::sha256_hex(&compressed),
         index_size: compressed.len() as u64,
+        compressed,
         routes_sha256: String::new(),
-        payload_raw_size: 1024,
-        payload_sha256: strata_common::canonical::sha256_hex(&compressed),
-        provenance: Provenance::default(),
+        raw_size: 1024,
+        record_count: 1,
     };
-    let bytes =
-        bundle::write_bundle(&manifest, &compressed, std::slice::from_ref(&k)).expect("write");
+    let k = key(1);
+    let bytes = bundle_around(&payload, 0, &k);
     let e = open(&bytes, &trust(&[&k]), &Limits::default()).expect_err("bomb refused");
     assert!(
         matches!(
