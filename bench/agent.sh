@@ -100,12 +100,23 @@ pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
 slow = sum(1 for x in lat if x > 1.5e-3)
 print("  %-22s %9.0f req/s  p50 %7.1f us  p99 %7.1f us  (%d requests, %d over 1.5 ms)" % (name, len(lat) / (hi - lo), pct(0.5), pct(0.99), len(lat), slow))
 ' "$@"; }
+# log_time PATTERN: the timestamp (epoch seconds) of the agent's first log
+# line matching PATTERN.
+log_time() {
+  grep -m1 -E "$1" "$W/agent.log" | python3 -c '
+import datetime, sys
+stamp = sys.stdin.read().split()[0].rstrip("Z")
+print(datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp())'
+}
+
 # apply NAME VERSION [oha args]: moves the pointer while oha runs; prints the
 # apply time and the latency of exactly the lookups started during the apply.
 # Nothing else runs in that window: the bundle is staged before oha starts,
 # the pointer is renamed by a process started a second earlier (which
 # prints the instant), and the end is the timestamp of the agent's
-# "snapshot applied" log line, read by one waiting process. (Spawning
+# "snapshot applied" log line (the new version served). A second window runs
+# on to "snapshot durable" (the flush and fdatasync that follow), read by one
+# waiting process. (Spawning
 # processes in the window, ~1-2 ms of CPU each at normal priority, or the
 # 40 MB copy of the bundle, showed up in the very tail being measured, as
 # would polling the agent with curl.)
@@ -118,11 +129,11 @@ apply() {
   stage
   rm -f "$W/during.db"
   local t0=$EPOCHREALTIME
-  oha --no-tui --output-format quiet -z "$((SECS + 20))s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
+  oha --no-tui --output-format quiet -z "${OHA_SECS:-$((SECS + 20))}s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
   local oha=$!
-  grep -m1 -q "snapshot applied version=$v " <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
+  grep -m1 -q "snapshot durable version=$v " <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
   local waiter=$!
-  local start end
+  local start
   start=$(python3 -c '
 import os, sys, time
 time.sleep(1.2)
@@ -130,21 +141,22 @@ t = time.time()
 os.rename(sys.argv[1], sys.argv[2])
 print(f"{t:.6f}")' "$W/store/.stable.json" "$W/store/channels/stable.json")
   wait $waiter
-  end=$(grep -m1 "snapshot applied version=$v " "$W/agent.log" | python3 -c '
-import datetime, sys
-stamp = sys.stdin.read().split()[0].rstrip("Z")
-print(datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp())')
+  local end durable
+  end=$(log_time "snapshot applied version=$v ")
+  durable=$(log_time "snapshot durable version=$v ")
   local secs
   secs=$(curl -sf --unix-socket "$W/agent.sock" http://strata/metrics | awk '/^strata_last_apply_seconds/ {print $2}')
   echo "  $name: pointer moved -> served $(python3 -c "print(f'{$end-$start:.2f}')") s (verify + ingest ${secs} s)"
   wait $oha
   window "$W/during.db" "$(python3 -c "print($start-$t0)")" "$(python3 -c "print($end-$t0)")" "lookups during ($*)"
+  echo "  then made durable in $(python3 -c "print(f'{$durable-$end:.2f}')") s (the write buffer flushed, fdatasync)"
+  window "$W/during.db" "$(python3 -c "print($start-$t0)")" "$(python3 -c "print($durable-$t0)")" "until durable ($*)"
 }
 
 echo "== cold apply: 100k-tenant bundle onto the 10k snapshot (every body new)"
 echo "  agent RSS before: $(rss) MiB"
 publish "$W/src100k"
-apply "cold apply" 2 -c 8
+OHA_SECS=$((SECS + 40)) apply "cold apply" 2 -c 8
 echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: $(( ${CACHE_BYTES:-67108864} >> 20 )) MiB)"
 echo "  data dir: $(du -sh "$W/data" | cut -f1)"
 
@@ -175,7 +187,8 @@ for run in 1 2 3; do
   STRATA_LOG=info $A run --config "$W/alone.toml" 2> "$W/alone.log" &
   AGENT=$!
   grep -m1 -q "snapshot applied" <(tail -n +1 --pid="$AGENT" -f "$W/alone.log")
-  echo "  run $run: $(grep -m1 -o 'snapshot applied.*' "$W/alone.log" | grep -o ' seconds=[0-9.]*'), peak RSS (VmHWM) $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"
+  grep -m1 -q "snapshot durable" <(tail -n +1 --pid="$AGENT" -f "$W/alone.log")
+  echo "  run $run: served after$(grep -m1 -o 'snapshot applied.*' "$W/alone.log" | grep -o ' seconds=[0-9.]*'), then durable after$(grep -m1 -o 'snapshot durable.*' "$W/alone.log" | grep -o ' persist_seconds=[0-9.]*'), peak RSS (VmHWM) $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"
   kill "$AGENT"
   wait "$AGENT" 2>/dev/null || true
 done

@@ -355,14 +355,19 @@ impl Syncer {
             seconds = started.elapsed().as_secs_f64(),
             "snapshot applied"
         );
-        if let Err(e) = self.db.persist() {
-            warn!(
+        let served_at = started.elapsed();
+        match self.db.persist() {
+            Ok(()) => info!(
+                version = manifest.version,
+                persist_seconds = (started.elapsed() - served_at).as_secs_f64(),
+                "snapshot durable"
+            ),
+            Err(e) => warn!(
                 "snapshot {} is served but not yet durable: {e}",
                 manifest.version
-            );
+            ),
         }
         m.applies.fetch_add(1, Ordering::Relaxed);
-
         Outcome::Applied(manifest.version)
     }
 
