@@ -109,6 +109,11 @@ stamp = sys.stdin.read().split()[0].rstrip("Z")
 print(datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp())'
 }
 
+# durable_line VERSION: the log line saying the version is on disk: a small
+# apply is committed durably before it is served ("snapshot applied …
+# durable=true"); a large one is served first, then "snapshot durable".
+durable_line() { echo "snapshot applied version=$1 .*durable=true|snapshot durable version=$1 "; }
+
 # apply NAME VERSION [oha args]: moves the pointer while oha runs; prints the
 # apply time and the latency of exactly the lookups started during the apply.
 # Nothing else runs in that window: the bundle is staged before oha starts,
@@ -131,7 +136,7 @@ apply() {
   local t0=$EPOCHREALTIME
   oha --no-tui --output-format quiet -z "${OHA_SECS:-$((SECS + 20))}s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
   local oha=$!
-  grep -m1 -q "snapshot durable version=$v " <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
+  grep -m1 -q -E "$(durable_line "$v")" <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
   local waiter=$!
   local start
   start=$(python3 -c '
@@ -143,7 +148,7 @@ print(f"{t:.6f}")' "$W/store/.stable.json" "$W/store/channels/stable.json")
   wait $waiter
   local end durable
   end=$(log_time "snapshot applied version=$v ")
-  durable=$(log_time "snapshot durable version=$v ")
+  durable=$(log_time "$(durable_line "$v")")
   local secs
   secs=$(curl -sf --unix-socket "$W/agent.sock" http://strata/metrics | awk '/^strata_last_apply_seconds/ {print $2}')
   echo "  $name: pointer moved -> served $(python3 -c "print(f'{$end-$start:.2f}')") s (verify + ingest ${secs} s)"

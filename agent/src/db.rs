@@ -32,6 +32,8 @@ use strata_common::bundle::{BundleError, PayloadReader};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
 
+use crate::writeback::EagerWriteback;
+
 /// `(tenant id, first version)` → [`TenantRow`]: the versions through which
 /// the tenant is unchanged, where its bodies are, and their ETags.
 const TENANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenants");
@@ -123,15 +125,28 @@ redb_err!(
 /// The redb file.
 pub struct Db {
     db: redb::Database,
+    /// How many bytes of pages redb buffers in memory before writing them to
+    /// the file: half its cache.
+    write_buffer_bytes: u64,
 }
 
 impl Db {
     /// Opens (or creates) the database file; `cache_bytes` bounds redb's cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| DbError::Redb(format!("opening {}: {e}", path.display())))?;
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create(path)?;
-        let this = Self { db };
+            .create_with_backend(EagerWriteback::new(file)?)?;
+        let this = Self {
+            db,
+            write_buffer_bytes: cache_bytes as u64 / 2,
+        };
         this.migrate()?;
         Ok(this)
     }
@@ -176,10 +191,6 @@ impl Db {
     ) -> Result<Ingested, DbError> {
         let v = meta.version;
         let mut txn = self.db.begin_write()?;
-        // Visible at once, made durable by `persist` (a crash before then
-        // leaves the previous durable snapshot: still whole, still verified).
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| DbError::Redb(e.to_string()))?;
         let mut done = Ingested::default();
         {
             let mut tenants = txn.open_table(TENANTS)?;
@@ -372,12 +383,24 @@ impl Db {
                 snapshots.remove(old)?;
             }
         }
+        // Durable before it is served, unless the bodies outgrew redb's write
+        // buffer (a cold apply): redb has then spilled pages to the file and
+        // the fsync would wait seconds for the disk, so the snapshot is served
+        // first and `persist` follows. Committing durably otherwise keeps
+        // lookups off the write buffer's locks, which readers must take while a
+        // non-durable commit's pages sit there (BENCHMARKS.md measures both).
+        done.durable = done.bytes_written <= self.write_buffer_bytes;
+        if !done.durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| DbError::Redb(e.to_string()))?;
+        }
         txn.commit()?;
         Ok(done)
     }
 
     /// Makes every earlier commit durable (an empty commit with immediate
-    /// durability flushes and fsyncs them).
+    /// durability flushes and fsyncs them): what follows an ingest that was
+    /// not [`Ingested::durable`].
     pub fn persist(&self) -> Result<(), DbError> {
         self.db.begin_write()?.commit()?;
         Ok(())
@@ -442,6 +465,10 @@ pub struct Ingested {
     pub frames_decoded: u64,
     /// Body frames whose tenants were all unchanged, never decompressed.
     pub frames_skipped: u64,
+    /// Bytes of the bodies written.
+    pub bytes_written: u64,
+    /// Whether the commit was durable; if not, [`Db::persist`] makes it so.
+    pub durable: bool,
 }
 
 impl Ingested {
@@ -466,6 +493,7 @@ impl Ingested {
                 })?;
                 bodies.insert(key, body)?;
                 self.bodies_written += 1;
+                self.bytes_written += body.len() as u64;
                 Ok(key.0)
             }
         }
@@ -927,6 +955,32 @@ mod tests {
         );
         let again = Entry::new(None, guard).body();
         assert_eq!(again.as_ptr(), page_ptr, "Entry wraps the guard, no copy");
+    }
+
+    #[test]
+    fn a_snapshot_is_committed_durably_unless_its_bodies_outgrow_the_write_buffer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roomy = Db::open(&dir.path().join("roomy.redb"), 1 << 20).expect("open");
+        let small = roomy
+            .ingest(&meta(1, 1), &mut records(1), 5)
+            .expect("ingest");
+        assert!(small.durable, "{small:?}");
+        assert!(small.bytes_written > 0);
+
+        // A write buffer smaller than one tenant's bodies: served first,
+        // made durable by persist, and still whole after a reopen.
+        let path = dir.path().join("tight.redb");
+        let tight = Db::open(&path, 2 * small.bytes_written as usize - 2).expect("open");
+        let large = tight
+            .ingest(&meta(1, 1), &mut records(1), 5)
+            .expect("ingest");
+        assert!(!large.durable, "{large:?}");
+        tight.persist().expect("persist");
+        drop(tight);
+        let reopened = Db::open(&path, 1 << 20).expect("reopen");
+        let reader = reopened.reader().expect("reader").expect("has snapshot");
+        let body = reader.prompt(1, "t1").expect("get").expect("present");
+        assert_eq!(&body.body()[..], b"prompt v1");
     }
 
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(

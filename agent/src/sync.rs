@@ -350,22 +350,25 @@ impl Syncer {
             rows_written = ingested.rows_written,
             frames_decoded = ingested.frames_decoded,
             frames_skipped = ingested.frames_skipped,
+            durable = ingested.durable,
             fetch_seconds = fetched.as_secs_f64(),
             verify_seconds = (verified_at - fetched).as_secs_f64(),
             seconds = started.elapsed().as_secs_f64(),
             "snapshot applied"
         );
-        let served_at = started.elapsed();
-        match self.db.persist() {
-            Ok(()) => info!(
-                version = manifest.version,
-                persist_seconds = (started.elapsed() - served_at).as_secs_f64(),
-                "snapshot durable"
-            ),
-            Err(e) => warn!(
-                "snapshot {} is served but not yet durable: {e}",
-                manifest.version
-            ),
+        if !ingested.durable {
+            let served_at = started.elapsed();
+            match self.db.persist() {
+                Ok(()) => info!(
+                    version = manifest.version,
+                    persist_seconds = (started.elapsed() - served_at).as_secs_f64(),
+                    "snapshot durable"
+                ),
+                Err(e) => warn!(
+                    "snapshot {} is served but not yet durable: {e}",
+                    manifest.version
+                ),
+            }
         }
         m.applies.fetch_add(1, Ordering::Relaxed);
         Outcome::Applied(manifest.version)
@@ -540,7 +543,8 @@ fn spawn_sync_thread(
     Ok(tx)
 }
 
-fn lowest_priority() {
+/// Puts the calling thread at `SCHED_IDLE` (see [`spawn_sync_thread`]).
+pub(crate) fn lowest_priority() {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
