@@ -120,7 +120,7 @@ durable_line() { echo "snapshot applied version=$1 .*durable=true|snapshot durab
 # the pointer is renamed by a process started a second earlier (which
 # prints the instant), and the end is the timestamp of the agent's
 # "snapshot applied" log line (the new version served). A second window runs
-# on to "snapshot durable" (the flush and fdatasync that follow), read by one
+# on to the snapshot being on disk (durable_line), read by one
 # waiting process. (Spawning
 # processes in the window, ~1-2 ms of CPU each at normal priority, or the
 # 40 MB copy of the bundle, showed up in the very tail being measured, as
