@@ -93,6 +93,14 @@ pub struct SnapshotMeta {
 /// Why the database failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// The database file could not be opened or created.
+    #[error("opening {}: {source} (check that data_dir exists and is writable)", path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// redb reported an error.
     #[error("redb: {0}")]
     Redb(String),
@@ -139,7 +147,10 @@ impl Db {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| DbError::Redb(format!("opening {}: {e}", path.display())))?;
+            .map_err(|source| DbError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create_with_backend(EagerWriteback::new(file)?)?;

@@ -7,9 +7,12 @@
 //! seconds for the disk while the CPU work is long done. Started early, the
 //! writeback runs beside the apply and the commit finds little left to write.
 //! A helper thread at the sync thread's idle priority does it with
-//! `fdatasync` on its own handle, so the writer never waits for the disk and
-//! no `unsafe` call is needed. It adds no durability promise: redb's own
-//! `fdatasync` at commit is still what makes a snapshot durable.
+//! `fdatasync` on its own handle, so the writer does not wait for it, and its
+//! own syncs (redb's at each growth of the file, and the commit's) find less
+//! to wait for. `sync_file_range` would start the I/O without a thread, but
+//! needs `unsafe`, which the workspace forbids; it measured no faster here
+//! (BENCHMARKS.md). This adds no durability promise: redb's own `fdatasync`
+//! at commit is still what makes a snapshot durable.
 
 use std::fs::File;
 use std::ops::Bound;
@@ -44,7 +47,7 @@ impl EagerWriteback {
         std::thread::Builder::new()
             .name("strata-writeback".into())
             .spawn(move || {
-                crate::sync::lowest_priority();
+                crate::sync::lowest_priority("the writeback thread");
                 for () in kicked {
                     if let Err(e) = handle.sync_data() {
                         // The commit's own fdatasync will report it, if it persists.
