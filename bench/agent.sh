@@ -161,6 +161,7 @@ print(f"{t:.6f}")' "$W/store/.stable.json" "$W/store/channels/stable.json")
 echo "== cold apply: 100k-tenant bundle onto the 10k snapshot (every body new)"
 echo "  agent RSS before: $(rss) MiB"
 publish "$W/src100k"
+load "idle, c=8, just before" "$SECS" -c 8
 OHA_SECS=$((SECS + 40)) apply "cold apply" 2 -c 8
 echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: $(( ${CACHE_BYTES:-67108864} >> 20 )) MiB)"
 echo "  data dir: $(du -sh "$W/data" | cut -f1)"
