@@ -32,8 +32,6 @@ use strata_common::bundle::{BundleError, PayloadReader};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
 
-use crate::writeback::EagerWriteback;
-
 /// `(tenant id, first version)` → [`TenantRow`]: the versions through which
 /// the tenant is unchanged, where its bodies are, and their ETags.
 const TENANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenants");
@@ -93,14 +91,6 @@ pub struct SnapshotMeta {
 /// Why the database failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The database file could not be opened or created.
-    #[error("opening {}: {source} (check that data_dir exists and is writable)", path.display())]
-    Open {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
     /// redb reported an error.
     #[error("redb: {0}")]
     Redb(String),
@@ -141,19 +131,9 @@ pub struct Db {
 impl Db {
     /// Opens (or creates) the database file; `cache_bytes` bounds redb's cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|source| DbError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create_with_backend(EagerWriteback::new(file)?)?;
+            .create(path)?;
         let this = Self {
             db,
             write_buffer_bytes: cache_bytes as u64 / 2,

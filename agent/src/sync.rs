@@ -534,7 +534,7 @@ fn spawn_sync_thread(
     std::thread::Builder::new()
         .name("strata-sync".into())
         .spawn(move || {
-            lowest_priority("the sync thread");
+            lowest_priority();
             for done in rx {
                 syncer.check();
                 let _ = done.send(());
@@ -543,15 +543,14 @@ fn spawn_sync_thread(
     Ok(tx)
 }
 
-/// Puts the calling thread at `SCHED_IDLE` (see [`spawn_sync_thread`]).
-pub(crate) fn lowest_priority(thread: &str) {
+fn lowest_priority() {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
     };
     let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
     if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-        warn!("cannot run {thread} at SCHED_IDLE ({e:?}); an apply may slow lookups");
+        warn!("cannot run the sync thread at SCHED_IDLE ({e:?}); an apply may slow lookups");
     }
 }
 
