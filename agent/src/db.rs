@@ -24,6 +24,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition, TableError};
@@ -31,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use strata_common::bundle::{BundleError, PayloadReader};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
+
+use crate::writeback::EagerWriteback;
 
 /// `(tenant id, first version)` → [`TenantRow`]: the versions through which
 /// the tenant is unchanged, where its bodies are, and their ETags.
@@ -91,6 +95,14 @@ pub struct SnapshotMeta {
 /// Why the database failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// The database file could not be opened or created.
+    #[error("opening {}: {source} (check that data_dir exists and is writable)", path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// redb reported an error.
     #[error("redb: {0}")]
     Redb(String),
@@ -126,17 +138,31 @@ pub struct Db {
     /// How many bytes of pages redb buffers in memory before writing them to
     /// the file: half its cache.
     write_buffer_bytes: u64,
+    /// Set during an ingest while nothing is served: see [`EagerWriteback`].
+    eager_writeback: Arc<AtomicBool>,
 }
 
 impl Db {
     /// Opens (or creates) the database file; `cache_bytes` bounds redb's cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| DbError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let eager_writeback = Arc::new(AtomicBool::new(false));
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)
-            .create(path)?;
+            .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)?;
         let this = Self {
             db,
             write_buffer_bytes: cache_bytes as u64 / 2,
+            eager_writeback,
         };
         this.migrate()?;
         Ok(this)
@@ -200,6 +226,9 @@ impl Db {
             }
             // The newest stored snapshot: bodies unchanged since it are shared.
             let base = snapshots.last()?.map(|(k, _)| k.value());
+            // Nothing stored means nothing served: no lookup to stay out of
+            // the way of, so the disk may start on the apply's pages at once.
+            let _eager = EagerWhile::set(&self.eager_writeback, base.is_none());
             if base.is_some_and(|b| b > v) {
                 return Err(DbError::Incomplete(format!(
                     "snapshot {v} is older than the stored {base:?}"
@@ -438,6 +467,22 @@ impl Db {
             current,
             metas,
         }))
+    }
+}
+
+/// Sets the early-writeback switch for as long as it lives.
+struct EagerWhile<'a>(&'a AtomicBool);
+
+impl<'a> EagerWhile<'a> {
+    fn set(switch: &'a AtomicBool, on: bool) -> Self {
+        switch.store(on, Ordering::Relaxed);
+        Self(switch)
+    }
+}
+
+impl Drop for EagerWhile<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

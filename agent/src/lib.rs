@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod shutdown;
 pub mod state;
 pub mod sync;
+pub mod writeback;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

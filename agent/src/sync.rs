@@ -534,7 +534,7 @@ fn spawn_sync_thread(
     std::thread::Builder::new()
         .name("strata-sync".into())
         .spawn(move || {
-            lowest_priority();
+            lowest_priority("the sync thread");
             for done in rx {
                 syncer.check();
                 let _ = done.send(());
@@ -543,14 +543,15 @@ fn spawn_sync_thread(
     Ok(tx)
 }
 
-fn lowest_priority() {
+/// Puts the calling thread at `SCHED_IDLE` (see [`spawn_sync_thread`]).
+pub(crate) fn lowest_priority(thread: &str) {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
     };
     let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
     if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-        warn!("cannot run the sync thread at SCHED_IDLE ({e:?}); an apply may slow lookups");
+        warn!("cannot run {thread} at SCHED_IDLE ({e:?}); an apply may slow lookups");
     }
 }
 
