@@ -34,7 +34,7 @@ use strata_common::bundle::{BundleError, PayloadReader};
 use strata_common::canonical::sha256_hex;
 use strata_common::sign::SignatureEntry;
 
-use crate::writeback::EagerWriteback;
+use crate::writeback::{EagerWriteback, open_data_file};
 
 /// `(tenant id, first version)` → [`TenantRow`]: the versions through which
 /// the tenant is unchanged, where its bodies are, and their ETags.
@@ -145,16 +145,10 @@ pub struct Db {
 impl Db {
     /// Opens (or creates) the database file; `cache_bytes` bounds redb's cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|source| DbError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = open_data_file(path).map_err(|source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let eager_writeback = Arc::new(AtomicBool::new(false));
         let db = redb::Builder::new()
             .set_cache_size(cache_bytes)

@@ -19,6 +19,7 @@
 
 use std::fs::File;
 use std::ops::Bound;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -68,6 +69,17 @@ impl EagerWriteback {
             kick,
         })
     }
+}
+
+/// Opens (or creates) the redb file for reading and writing, keeping what it
+/// holds: what redb's own `Builder::create` does before it makes a backend.
+pub fn open_data_file(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 impl StorageBackend for EagerWriteback {
@@ -147,15 +159,7 @@ mod tests {
     fn what_is_written_past_several_kicks_reads_back_and_survives_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
-        let open = || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .expect("open")
-        };
+        let open = || open_data_file(&path).expect("open");
         let backend =
             EagerWriteback::new(open(), Arc::new(AtomicBool::new(true))).expect("backend");
         let chunk = 1 << 20;
