@@ -313,7 +313,7 @@ impl Db {
                         was.map(|r| (r.config_version, r.config_etag)),
                         &entry.config_hash,
                         key,
-                        bodies.as_ref().map(|b| b.config(i)),
+                        bodies.as_ref().map(|b| b.config(i)).transpose()?,
                     )?;
                     let prompt_version = done.share_or_write(
                         &mut prompt_bodies,
@@ -931,6 +931,12 @@ mod tests {
         if let Some(number) = route {
             w.route(number, tenants[0].0).expect("route");
         }
+        verified(version, claimed, w)
+    }
+
+    /// The payload `w` wrote, in a bundle of `version` whose manifest claims
+    /// `claimed` tenants, verified and ready to ingest.
+    fn verified(version: u64, claimed: u64, w: PayloadWriter) -> PayloadReader<Cursor<Vec<u8>>> {
         let p = w.finish().expect("finish");
         let manifest = Manifest {
             kind: bundle::MANIFEST_TYPE.into(),
@@ -985,6 +991,29 @@ mod tests {
         );
         let again = Entry::new(None, guard).body();
         assert_eq!(again.as_ptr(), page_ptr, "Entry wraps the guard, no copy");
+    }
+
+    #[test]
+    fn a_changed_config_whose_hash_is_not_the_index_s_is_refused_and_nothing_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+        db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
+        let mut w = PayloadWriter::new(1).expect("writer");
+        w.layer1(b"{}").expect("layer1");
+        let config = format!("{{\"config_hash\":\"{}\"}}", "a".repeat(64));
+        w.tenant("t1", &"b".repeat(64), config.as_bytes(), b"prompt")
+            .expect("tenant");
+        let err = db
+            .ingest(&meta(2, 1), &mut verified(2, 1, w), 5)
+            .expect_err("a config that does not match its index entry");
+        let err = err.to_string();
+        assert!(
+            err.contains("the config of t1 does not have the config_hash"),
+            "{err}"
+        );
+        let r = db.reader().expect("reader").expect("v1 still stored");
+        assert_eq!(r.current, 1);
+        assert!(r.config(2, "t1").expect("get").is_none());
     }
 
     #[test]

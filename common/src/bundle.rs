@@ -687,18 +687,48 @@ pub struct Frame {
 #[derive(Debug)]
 pub struct FrameBodies<'a> {
     raw: &'a [u8],
-    spans: Vec<(Range<usize>, Range<usize>)>,
+    number: u64,
+    tenants: &'a [IndexEntry],
+    spans: Vec<BodySpan>,
+}
+
+/// Where one tenant's records sit in a decoded frame.
+#[derive(Debug)]
+struct BodySpan {
+    at: u64,
+    config: Range<usize>,
+    prompt: Range<usize>,
 }
 
 impl FrameBodies<'_> {
-    /// The config of the frame's `i`th tenant.
-    pub fn config(&self, i: usize) -> &[u8] {
-        self.spans.get(i).map_or(&[], |(c, _)| &self.raw[c.clone()])
+    /// The config of the frame's `i`th tenant, once its `config_hash` is
+    /// found to be the one the index lists. Checked here, per config taken,
+    /// so that a reader keeping most of a frame's tenants from an earlier
+    /// snapshot does not parse the configs it leaves (docs/FORMAT.md).
+    pub fn config(&self, i: usize) -> Result<&[u8], BundleError> {
+        let (Some(span), Some(entry)) = (self.spans.get(i), self.tenants.get(i)) else {
+            return Err(bad(self.number, 0, format!("no tenant {i} in the frame")));
+        };
+        let config = &self.raw[span.config.clone()];
+        let hash = config_hash_of(config).map_err(|r| bad(self.number, span.at, r))?;
+        if hash != entry.config_hash {
+            return Err(bad(
+                self.number,
+                span.at,
+                format!(
+                    "the config of {} does not have the config_hash the index lists",
+                    entry.tenant
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// The combined prompt of the frame's `i`th tenant.
     pub fn prompt(&self, i: usize) -> &[u8] {
-        self.spans.get(i).map_or(&[], |(_, p)| &self.raw[p.clone()])
+        self.spans
+            .get(i)
+            .map_or(&[], |s| &self.raw[s.prompt.clone()])
     }
 }
 
@@ -1015,9 +1045,9 @@ impl<R: Read + Seek> PayloadReader<R> {
     }
 
     /// Decompresses `frame` (which [`Self::next_frame`] returned) and checks
-    /// that it holds exactly its tenants' configs and prompts, each config
-    /// with the hash the index lists.
-    pub fn read_frame(&mut self, frame: &Frame) -> Result<FrameBodies<'_>, BundleError> {
+    /// that it holds exactly its tenants' configs and prompts; each config's
+    /// hash is checked as [`FrameBodies::config`] hands it out.
+    pub fn read_frame<'a>(&'a mut self, frame: &'a Frame) -> Result<FrameBodies<'a>, BundleError> {
         let n = frame.number;
         let bundle = &mut self.index.get_mut().get_mut().get_mut().get_mut().inner;
         bundle.seek(SeekFrom::Start(self.payload_offset + frame.offset))?;
@@ -1066,18 +1096,7 @@ impl<R: Read + Seek> PayloadReader<R> {
             };
             let (at, config) = next(RecordKind::Config)?;
             let (_, prompt) = next(RecordKind::Prompt)?;
-            let hash = config_hash_of(&raw[config.clone()]).map_err(|r| bad(n, at, r))?;
-            if hash != entry.config_hash {
-                return Err(bad(
-                    n,
-                    at,
-                    format!(
-                        "the config of {} does not have the config_hash the index lists",
-                        entry.tenant
-                    ),
-                ));
-            }
-            spans.push((config, prompt));
+            spans.push(BodySpan { at, config, prompt });
         }
         if pos != raw.len() {
             return Err(bad(
@@ -1086,7 +1105,12 @@ impl<R: Read + Seek> PayloadReader<R> {
                 "bytes after the frame's last tenant".into(),
             ));
         }
-        Ok(FrameBodies { raw, spans })
+        Ok(FrameBodies {
+            raw,
+            number: n,
+            tenants: &frame.tenants,
+            spans,
+        })
     }
 
     /// The signed SHA-256 of the route records (the manifest's
@@ -1202,15 +1226,15 @@ impl<R: Read + Seek> Records<R> {
                 Stage::Frames => match self.payload.next_frame()? {
                     Some(frame) => {
                         let bodies = self.payload.read_frame(&frame)?;
-                        for (i, entry) in frame.tenants.into_iter().enumerate() {
+                        for (i, entry) in frame.tenants.iter().enumerate() {
                             self.queue.push_back(Record {
                                 kind: RecordKind::Config,
                                 key: entry.tenant.clone(),
-                                value: bodies.config(i).to_vec(),
+                                value: bodies.config(i)?.to_vec(),
                             });
                             self.queue.push_back(Record {
                                 kind: RecordKind::Prompt,
-                                key: entry.tenant,
+                                key: entry.tenant.clone(),
                                 value: bodies.prompt(i).to_vec(),
                             });
                         }
