@@ -313,14 +313,14 @@ impl Db {
                         was.map(|r| (r.config_version, r.config_etag)),
                         &entry.config_hash,
                         key,
-                        bodies.as_ref().map(|b| b.config(i)).transpose()?,
+                        || Ok(bodies.as_ref().map(|b| b.config(i)).transpose()?),
                     )?;
                     let prompt_version = done.share_or_write(
                         &mut prompt_bodies,
                         was.map(|r| (r.prompt_version, r.prompt_etag)),
                         &prompt_etag,
                         key,
-                        bodies.as_ref().map(|b| b.prompt(i)),
+                        || Ok(bodies.as_ref().map(|b| b.prompt(i))),
                     )?;
                     if let Some(before) = before {
                         close(&mut tenants, &mut closed, before)?;
@@ -503,14 +503,15 @@ pub struct Ingested {
 
 impl Ingested {
     /// The version whose body to serve: the previous snapshot's when the ETag
-    /// is unchanged, else this one's, after writing `body` under `key`.
-    fn share_or_write(
+    /// is unchanged, else this one's, after writing `body` under `key`
+    /// (`None` if its frame was not decoded). `body` is called only to write.
+    fn share_or_write<'b>(
         &mut self,
         bodies: &mut Table<(u64, &str), &[u8]>,
         before: Option<(u64, [u8; ETAG_LEN])>,
         etag: &[u8; ETAG_LEN],
         key: (u64, &str),
-        body: Option<&[u8]>,
+        body: impl FnOnce() -> Result<Option<&'b [u8]>, DbError>,
     ) -> Result<u64, DbError> {
         match before {
             Some((version, before)) if before == *etag => {
@@ -518,7 +519,7 @@ impl Ingested {
                 Ok(version)
             }
             _ => {
-                let body = body.ok_or_else(|| {
+                let body = body()?.ok_or_else(|| {
                     DbError::Incomplete(format!("the body of {} was not decoded", key.1))
                 })?;
                 bodies.insert(key, body)?;
