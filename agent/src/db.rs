@@ -320,7 +320,7 @@ impl Db {
                         was.map(|r| (r.prompt_version, r.prompt_etag)),
                         &prompt_etag,
                         key,
-                        || Ok(bodies.as_ref().map(|b| b.prompt(i))),
+                        || Ok(bodies.as_ref().map(|b| b.prompt(i)).transpose()?),
                     )?;
                     if let Some(before) = before {
                         close(&mut tenants, &mut closed, before)?;

@@ -701,14 +701,20 @@ struct BodySpan {
 }
 
 impl FrameBodies<'_> {
+    /// Where the frame's `i`th tenant's records are, and its index entry.
+    fn tenant(&self, i: usize) -> Result<(&BodySpan, &IndexEntry), BundleError> {
+        match (self.spans.get(i), self.tenants.get(i)) {
+            (Some(span), Some(entry)) => Ok((span, entry)),
+            _ => Err(bad(self.number, 0, format!("no tenant {i} in the frame"))),
+        }
+    }
+
     /// The config of the frame's `i`th tenant, once its `config_hash` is
     /// found to be the one the index lists. Checked here, per config taken,
     /// so that a reader keeping most of a frame's tenants from an earlier
     /// snapshot does not parse the configs it leaves (docs/FORMAT.md).
     pub fn config(&self, i: usize) -> Result<&[u8], BundleError> {
-        let (Some(span), Some(entry)) = (self.spans.get(i), self.tenants.get(i)) else {
-            return Err(bad(self.number, 0, format!("no tenant {i} in the frame")));
-        };
+        let (span, entry) = self.tenant(i)?;
         let config = &self.raw[span.config.clone()];
         let hash = config_hash_of(config).map_err(|r| bad(self.number, span.at, r))?;
         if hash != entry.config_hash {
@@ -725,10 +731,9 @@ impl FrameBodies<'_> {
     }
 
     /// The combined prompt of the frame's `i`th tenant.
-    pub fn prompt(&self, i: usize) -> &[u8] {
-        self.spans
-            .get(i)
-            .map_or(&[], |s| &self.raw[s.prompt.clone()])
+    pub fn prompt(&self, i: usize) -> Result<&[u8], BundleError> {
+        let (span, _) = self.tenant(i)?;
+        Ok(&self.raw[span.prompt.clone()])
     }
 }
 
@@ -1235,7 +1240,7 @@ impl<R: Read + Seek> Records<R> {
                             self.queue.push_back(Record {
                                 kind: RecordKind::Prompt,
                                 key: entry.tenant.clone(),
-                                value: bodies.prompt(i).to_vec(),
+                                value: bodies.prompt(i)?.to_vec(),
                             });
                         }
                     }

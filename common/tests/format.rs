@@ -67,6 +67,7 @@ fn worked_example_bundle_verifies_and_has_the_documented_layout() {
     assert!(
         bodies
             .prompt(0)
+            .expect("prompt")
             .starts_with(b"You are a voice receptionist")
     );
     assert!(payload.next_frame().expect("end").is_none());
