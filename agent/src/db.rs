@@ -180,11 +180,24 @@ impl Db {
                      emptying it and fetching the current snapshot again"
                 );
             }
-            for table in txn.list_tables()?.collect::<Vec<_>>() {
-                txn.delete_table(table)?;
-            }
-            txn.open_table(META)?.insert("schema", SCHEMA)?;
         }
+        Self::empty(txn)
+    }
+
+    /// Drops every stored snapshot, leaving the file as a new node's: for a
+    /// stored snapshot today's trusted keys no longer vouch for, which must
+    /// neither be served nor stand in the way of (or lend bodies to) the
+    /// store's snapshot, whatever its version.
+    pub fn clear(&self) -> Result<(), DbError> {
+        Self::empty(self.db.begin_write()?)
+    }
+
+    /// Deletes every table in `txn`, marks the file with [`SCHEMA`] and commits.
+    fn empty(txn: redb::WriteTransaction) -> Result<(), DbError> {
+        for table in txn.list_tables()?.collect::<Vec<_>>() {
+            txn.delete_table(table)?;
+        }
+        txn.open_table(META)?.insert("schema", SCHEMA)?;
         txn.commit()?;
         Ok(())
     }

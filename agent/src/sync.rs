@@ -96,21 +96,40 @@ impl Syncer {
 
     /// Serves what the database holds, after checking its stored manifest
     /// signatures against today's trusted keys. Used once at start, so a
-    /// restart serves at once without the network.
+    /// restart serves at once without the network. A stored snapshot those
+    /// keys do not vouch for is dropped, so that the store's snapshot is
+    /// fetched as on a new node, whatever its version.
     pub fn restore(&self) -> Result<Option<u64>, String> {
         let reader = self.db.reader().map_err(|e| e.to_string())?;
         let Some(reader) = reader else {
             return Ok(None);
         };
-        let meta = reader
-            .current_meta()
-            .ok_or("no current snapshot metadata")?;
-        self.trust
-            .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
-            .map_err(|e| format!("stored snapshot {} no longer verifies: {e}", meta.version))?;
-        let version = reader.current;
-        self.shared.served.store(Some(Arc::new(reader)));
-        Ok(Some(version))
+        let refused = match reader.current_meta() {
+            None => "it has no current snapshot metadata".to_owned(),
+            Some(meta) => {
+                match self
+                    .trust
+                    .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
+                {
+                    Ok(_signers) => {
+                        let version = reader.current;
+                        self.shared.served.store(Some(Arc::new(reader)));
+                        return Ok(Some(version));
+                    }
+                    Err(e) => format!("stored snapshot {} no longer verifies: {e}", meta.version),
+                }
+            }
+        };
+        drop(reader);
+        match self.db.clear() {
+            Ok(()) => Err(format!(
+                "{refused}; dropped it, fetching the channel's snapshot as a new node would"
+            )),
+            Err(e) => Err(format!(
+                "{refused}; dropping it failed too ({e}), so the store's snapshot may be \
+                 refused as already stored or older: remove strata.redb from data_dir and restart"
+            )),
+        }
     }
 
     fn served_version(&self) -> Option<(u64, String)> {

@@ -380,6 +380,33 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_snapshot_no_trusted_key_vouches_for_gives_way_to_the_store_s() {
+    // A node keeps snapshot 2 from the old publisher key; its config now
+    // trusts only a new key, whose store starts again at version 1.
+    let (old, new) = (Fixture::new(), Fixture::new());
+    old.publish("v1", 5);
+    old.publish("v1", 5);
+    let agent = old.start_agent("a", "");
+    agent.serves(2).await;
+    agent.stop().await;
+    let published = new.publish("v1", 7);
+    let (config, path) = new.agent_config("a", "");
+    std::fs::create_dir_all(&config.data_dir).expect("data dir");
+    std::fs::copy(old.dir.path().join("a-data/strata.redb"), config.db_path())
+        .expect("copy the old snapshot file");
+
+    let agent = Agent::start(config, path);
+    agent.serves(1).await;
+    let s = agent.get("/v1/snapshot").await.json();
+    assert_eq!(s["tenant_count"], 7, "{s}");
+    assert_eq!(s["bundle_sha256"], published.pointer.bundle_sha256, "{s}");
+    assert_eq!(s["state"], "fresh", "{s}");
+    let id = generate::tenant_id(6);
+    assert_eq!(agent.get(&format!("/v1/tenants/{id}")).await.status, 200);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_on_two_sockets_do_not_interfere() {
     let (fa, fb) = (Fixture::new(), Fixture::new());
     fa.publish("v1", 5);
