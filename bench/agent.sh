@@ -17,7 +17,9 @@
 # Numbers and the machine: BENCHMARKS.md.
 # Needs oha (cargo install oha --locked).
 # Usage: bench/agent.sh [seconds per run]; CACHE_BYTES=... sets the agent's redb cache;
-# STEADY_RUNS=N repeats the steady-state apply at 2,000 lookups/s N times.
+# STEADY_RUNS=N repeats the steady-state apply at 2,000 lookups/s N times;
+# DATA_DIR=DIR puts the agents' data dirs under DIR (e.g. /dev/shm, to take
+# the disk out of the measurement).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -26,9 +28,10 @@ cargo build --release -q -p strata-publisher -p strata-agent
 P=$PWD/target/release/strata-publisher
 A=$PWD/target/release/strata-agent
 W=$(mktemp -d)
+D=$(mktemp -d -p "${DATA_DIR:-$W}")
 AGENT=
 BUSY=
-trap 'kill $AGENT $BUSY 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $AGENT $BUSY 2>/dev/null || true; rm -rf "$W" "$D"' EXIT
 
 $P keygen --out "$W/ci.key" >/dev/null
 $P generate --tenants 10000 --out "$W/src10k" >/dev/null
@@ -61,7 +64,7 @@ promote
 cat > "$W/agent.toml" <<CONF
 source = "file://$W/store"
 poll_interval = "1s"
-data_dir = "$W/data"
+data_dir = "$D/data"
 socket = "$W/agent.sock"
 cache_bytes = ${CACHE_BYTES:-67108864}
 [[trusted_keys]]
@@ -75,6 +78,7 @@ until curl -sf --unix-socket "$W/agent.sock" http://strata/readyz >/dev/null 2>&
 TENANT=$(ls "$W/src10k/tenants" | sed -n 5000p | sed 's/\.toml$//')
 URL="http://strata/v1/tenants/$TENANT"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "data dirs under: $D ($(df --output=fstype "$D" | tail -1))"
 summary() { python3 -c '
 import json, sys
 d = json.load(sys.stdin)
@@ -195,7 +199,7 @@ publish "$W/src100k"
 load "idle, c=8, just before" "$SECS" -c 8
 OHA_SECS=$((SECS + 40)) apply "cold apply" 2 -c 8
 echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: $(( ${CACHE_BYTES:-67108864} >> 20 )) MiB)"
-echo "  data dir: $(du -sh "$W/data" | cut -f1)"
+echo "  data dir: $(du -sh "$D/data" | cut -f1)"
 
 echo "== steady state: 100k-tenant bundles with 1% of tenants changed"
 V=2
@@ -234,7 +238,7 @@ find "$W/src100k/tenants" -name '*.toml' -exec sed -i 's/^version = .*/version =
 publish "$W/src100k"
 V=$((V + 1))
 OHA_SECS=$((SECS + 40)) apply "all changed" "$V" -c 8 -q 2000 --latency-correction
-echo "  data dir: $(du -sh "$W/data" | cut -f1), agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"
+echo "  data dir: $(du -sh "$D/data" | cut -f1), agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB"
 
 # A node that starts empty: a new agent (empty data dir, nothing else running
 # on the machine) applies the current 100k-tenant snapshot; three times.
@@ -242,8 +246,8 @@ echo "== cold apply, agent alone: a new agent applies the current 100k snapshot"
 kill "$AGENT"
 wait "$AGENT" 2>/dev/null || true
 for run in 1 2 3; do
-  rm -rf "$W/data-alone" "$W/alone.log"
-  sed -e "s#$W/data\"#$W/data-alone\"#" -e "s#agent.sock#alone.sock#" "$W/agent.toml" > "$W/alone.toml"
+  rm -rf "$D/data-alone" "$W/alone.log"
+  sed -e "s#$D/data\"#$D/data-alone\"#" -e "s#agent.sock#alone.sock#" "$W/agent.toml" > "$W/alone.toml"
   STRATA_LOG=info $A run --config "$W/alone.toml" 2> "$W/alone.log" &
   AGENT=$!
   grep -m1 -q "snapshot applied" <(tail -n +1 --pid="$AGENT" -f "$W/alone.log")
