@@ -1056,6 +1056,62 @@ mod tests {
         assert_eq!(&body.body()[..], b"prompt v1");
     }
 
+    /// Bytes this thread has passed to `write`-family system calls.
+    fn thread_bytes_written() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .and_then(|n| n.parse().ok())
+            .expect("wchar")
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_the_write_buffer_is_written_to_the_file_once() {
+        // redb reads back every leaf page its write buffer evicted, to
+        // checksum it at commit, and would write each out a second time.
+        let payload = || {
+            let mut w = PayloadWriter::new(1).expect("writer");
+            w.layer1(b"{}").expect("layer1");
+            for i in 0..400 {
+                let hash = format!("{i:064x}");
+                let pad = "c".repeat(1500);
+                let config = format!("{{\"config_hash\":\"{hash}\",\"pad\":\"{pad}\"}}");
+                let prompt = format!("prompt {i} {}", "p".repeat(2500));
+                w.tenant(
+                    &format!("t{i:04}"),
+                    &hash,
+                    config.as_bytes(),
+                    prompt.as_bytes(),
+                )
+                .expect("tenant");
+            }
+            verified(1, 400, w)
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Bytes written to ingest the snapshot and make it durable, with a
+        // redb cache (and so write buffer) of `cache` bytes.
+        let written_with = |cache: usize| {
+            let db = Db::open(&dir.path().join(format!("{cache}.redb")), cache).expect("open");
+            let before = thread_bytes_written();
+            let done = db.ingest(&meta(1, 400), &mut payload(), 2).expect("ingest");
+            if !done.durable {
+                db.persist().expect("persist");
+            }
+            let reader = db.reader().expect("reader").expect("snapshot");
+            let body = reader.prompt(1, "t0399").expect("get").expect("present");
+            assert!(body.body().starts_with(b"prompt 399 "));
+            (thread_bytes_written() - before, done.durable)
+        };
+        let (roomy, durable) = written_with(64 << 20);
+        assert!(durable, "fits the write buffer");
+        let (tight, durable) = written_with(256 << 10);
+        assert!(!durable, "outgrows the write buffer");
+        assert!(
+            tight < roomy * 3 / 2,
+            "{tight} bytes written through a small write buffer, {roomy} through one it fits"
+        );
+    }
+
     fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
         db: &Db,
         table: TableDefinition<K, V>,
