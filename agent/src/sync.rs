@@ -105,7 +105,7 @@ impl Syncer {
             return Ok(None);
         };
         let refused = match reader.current_meta() {
-            None => "it has no current snapshot metadata".to_owned(),
+            None => "the local snapshot file names no current snapshot".to_owned(),
             Some(meta) => {
                 match self
                     .trust

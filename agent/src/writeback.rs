@@ -50,9 +50,9 @@ pub struct EagerWriteback {
     since_kick: AtomicU64,
     /// Wakes the writeback thread; it exits when this is dropped.
     kick: SyncSender<()>,
-    /// Every offset written through this backend (at most one per 4 KiB
-    /// page of the file: ~5 MB for a 100k-tenant file), and a buffer to read
-    /// a page back into: see [`Self::unchanged`].
+    /// Every offset written through this backend (one per page: ~3.5 MB
+    /// for a new node's 100k tenants), and a buffer to read a page back
+    /// into: see [`Self::unchanged`].
     written: Mutex<(HashSet<u64>, Vec<u8>)>,
 }
 
