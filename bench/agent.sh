@@ -99,27 +99,30 @@ rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' /proc/$AGENT/status; }
 # window DB FROM TO NAME [POOL]: latency of the requests oha (--db-url)
 # started between FROM and TO seconds after it started; appended to the
 # file POOL (one latency per line) if given.
-window() { python3 -c '
+# STATS (Python): stats(name, lat, rate) prints the p50, p99 and count over
+# 1.5 ms of the latencies lat (seconds, ascending), after name and rate.
+STATS='
+def stats(name, lat, rate=""):
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
+    slow = sum(1 for x in lat if x > 1.5e-3)
+    print("  %-22s %sp50 %7.1f us  p99 %7.1f us  (%d requests, %d over 1.5 ms)" % (name, rate, pct(0.5), pct(0.99), len(lat), slow))
+'
+window() { python3 -c "$STATS"'
 import sqlite3, sys
 db, lo, hi, name = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 rows = sqlite3.connect(db).execute(
     "select end - coalesce(start_latency_correction, start) from oha"
     " where coalesce(start_latency_correction, start) between ? and ? order by 1", (lo, hi)).fetchall()
 lat = [r[0] for r in rows]
-pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
-slow = sum(1 for x in lat if x > 1.5e-3)
-print("  %-22s %9.0f req/s  p50 %7.1f us  p99 %7.1f us  (%d requests, %d over 1.5 ms)" % (name, len(lat) / (hi - lo), pct(0.5), pct(0.99), len(lat), slow))
+stats(name, lat, "%9.0f req/s  " % (len(lat) / (hi - lo)))
 if len(sys.argv) > 5:
     with open(sys.argv[5], "a") as pool:
         pool.writelines("%.9f\n" % x for x in lat)
 ' "$@"; }
 # pooled NAME POOL: p50/p99 over every latency appended to POOL.
-pooled() { python3 -c '
+pooled() { python3 -c "$STATS"'
 import sys
-lat = sorted(float(l) for l in open(sys.argv[2]))
-pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
-slow = sum(1 for x in lat if x > 1.5e-3)
-print("  %-40s p50 %7.1f us  p99 %7.1f us  (%d requests, %d over 1.5 ms)" % (sys.argv[1], pct(0.5), pct(0.99), len(lat), slow))
+stats(sys.argv[1], sorted(float(l) for l in open(sys.argv[2])))
 ' "$@"; }
 # load_pooled NAME SECONDS POOL [oha args]: like load, and every request's
 # latency appended to POOL.

@@ -104,21 +104,23 @@ impl Syncer {
         let Some(reader) = reader else {
             return Ok(None);
         };
-        let refused = match reader.current_meta() {
-            None => "the local snapshot file names no current snapshot".to_owned(),
-            Some(meta) => {
-                match self
-                    .trust
+        let vouched = reader
+            .current_meta()
+            .ok_or_else(|| "the local snapshot file names no current snapshot".to_owned())
+            .and_then(|meta| {
+                self.trust
                     .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
-                {
-                    Ok(_signers) => {
-                        let version = reader.current;
-                        self.shared.served.store(Some(Arc::new(reader)));
-                        return Ok(Some(version));
-                    }
-                    Err(e) => format!("stored snapshot {} no longer verifies: {e}", meta.version),
-                }
+                    .map_err(|e| {
+                        format!("stored snapshot {} no longer verifies: {e}", meta.version)
+                    })
+            });
+        let refused = match vouched {
+            Ok(_signers) => {
+                let version = reader.current;
+                self.shared.served.store(Some(Arc::new(reader)));
+                return Ok(Some(version));
             }
+            Err(refused) => refused,
         };
         drop(reader);
         match self.db.clear() {
