@@ -109,6 +109,9 @@ pub enum DbError {
     /// A record of the bundle failed to decode (ingest is rolled back).
     #[error("bundle: {0}")]
     Bundle(#[from] BundleError),
+    /// A committed snapshot cannot be read back: the file names no current one.
+    #[error("the snapshot file names no current snapshot")]
+    NoCurrent,
     /// The payload is not a complete snapshot.
     #[error("snapshot incomplete: {0}")]
     Incomplete(String),
@@ -913,6 +916,22 @@ mod tests {
         }
     }
 
+    /// Layer 1 of the test payloads: what their prompts start with.
+    const LAYER1_JSON: &str = r#"{"base_prompt":"base"}"#;
+
+    /// A tenant's combined prompt under [`LAYER1_JSON`], ending in `text`.
+    fn prompt(text: &str) -> String {
+        format!("base{}{text}", strata_common::render::SEPARATOR)
+    }
+
+    /// A canonical config with `member` (a `"key":value` sorting after
+    /// `config_hash`), sealed with its real hash: `(hash, config)`.
+    fn sealed(member: &str) -> (String, String) {
+        let hash = sha256_hex(format!("{{{member}}}").as_bytes());
+        let config = format!("{{\"config_hash\":\"{hash}\",{member}}}");
+        (hash, config)
+    }
+
     /// A real payload holding tenant `t1` at `version` (its config hash
     /// changes with it, as the publisher makes it), whose manifest claims
     /// `tenants` tenants; with `route` routed to it.
@@ -930,15 +949,14 @@ mod tests {
         route: Option<&str>,
     ) -> PayloadReader<Cursor<Vec<u8>>> {
         let mut w = PayloadWriter::new(1).expect("writer");
-        w.layer1(b"{}").expect("layer1");
+        w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
         for (tenant, content) in tenants {
-            let hash = format!("{content:064x}");
-            let config = format!("{{\"config_hash\":\"{hash}\",\"v\":{content}}}");
+            let (hash, config) = sealed(&format!("\"v\":{content}"));
             w.tenant(
                 tenant,
                 &hash,
                 config.as_bytes(),
-                format!("prompt v{content}").as_bytes(),
+                prompt(&format!("prompt v{content}")).as_bytes(),
             )
             .expect("tenant");
         }
@@ -956,8 +974,8 @@ mod tests {
             kind: bundle::MANIFEST_TYPE.into(),
             format: bundle::FORMAT_VERSION,
             version,
-            created_at: String::new(),
-            expires_at: String::new(),
+            created_at: strata_common::time::format(strata_common::time::now()),
+            expires_at: strata_common::time::format(strata_common::time::now()),
             layer1_version: String::new(),
             tenant_count: claimed,
             record_count: p.record_count,
@@ -997,7 +1015,7 @@ mod tests {
         let page_ptr = guard.value().as_ptr();
         let entry = reader.prompt(1, "t1").expect("get").expect("present");
         let body = entry.body();
-        assert_eq!(&body[..], b"prompt v1");
+        assert_eq!(&body[..], prompt("prompt v1").as_bytes());
         assert_eq!(
             body.as_ptr(),
             page_ptr,
@@ -1013,7 +1031,7 @@ mod tests {
         let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
         db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
         let mut w = PayloadWriter::new(1).expect("writer");
-        w.layer1(b"{}").expect("layer1");
+        w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
         let config = format!("{{\"config_hash\":\"{}\"}}", "a".repeat(64));
         w.tenant("t1", &"b".repeat(64), config.as_bytes(), b"prompt")
             .expect("tenant");
@@ -1053,7 +1071,7 @@ mod tests {
         let reopened = Db::open(&path, 1 << 20).expect("reopen");
         let reader = reopened.reader().expect("reader").expect("has snapshot");
         let body = reader.prompt(1, "t1").expect("get").expect("present");
-        assert_eq!(&body.body()[..], b"prompt v1");
+        assert_eq!(&body.body()[..], prompt("prompt v1").as_bytes());
     }
 
     /// Bytes this thread has passed to `write`-family system calls.
@@ -1071,12 +1089,11 @@ mod tests {
         // checksum it at commit, and would write each out a second time.
         let payload = || {
             let mut w = PayloadWriter::new(1).expect("writer");
-            w.layer1(b"{}").expect("layer1");
+            w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
             for i in 0..400 {
-                let hash = format!("{i:064x}");
                 let pad = "c".repeat(1500);
-                let config = format!("{{\"config_hash\":\"{hash}\",\"pad\":\"{pad}\"}}");
-                let prompt = format!("prompt {i} {}", "p".repeat(2500));
+                let (hash, config) = sealed(&format!("\"pad\":\"{pad}{i}\""));
+                let prompt = prompt(&format!("prompt {i} {}", "p".repeat(2500)));
                 w.tenant(
                     &format!("t{i:04}"),
                     &hash,
@@ -1099,7 +1116,7 @@ mod tests {
             }
             let reader = db.reader().expect("reader").expect("snapshot");
             let body = reader.prompt(1, "t0399").expect("get").expect("present");
-            assert!(body.body().starts_with(b"prompt 399 "));
+            assert!(body.body().starts_with(prompt("prompt 399 ").as_bytes()));
             (thread_bytes_written() - before, done.durable)
         };
         let (roomy, durable) = written_with(64 << 20);
@@ -1148,7 +1165,7 @@ mod tests {
         let r = db.reader().expect("reader").expect("snapshot");
         assert_eq!(
             &r.prompt(2, "t1").expect("get").expect("v2").body()[..],
-            b"prompt v1"
+            prompt("prompt v1").as_bytes()
         );
         drop(r);
         // v4 prunes v2, the last version using v1's bodies: they go too.
@@ -1189,11 +1206,11 @@ mod tests {
         assert!(r.config(2, "t2").expect("get").is_none());
         assert_eq!(
             &r.prompt(3, "t2").expect("get").expect("back in v3").body()[..],
-            b"prompt v3"
+            prompt("prompt v3").as_bytes()
         );
         assert_eq!(
             &r.prompt(3, "t1").expect("get").expect("v3").body()[..],
-            b"prompt v1",
+            prompt("prompt v1").as_bytes(),
             "t1 still serves the body v1 wrote"
         );
         drop(r);
@@ -1242,7 +1259,7 @@ mod tests {
         assert!(r.prompt(2, "t1").expect("get").is_none());
         assert_eq!(
             &r.prompt(3, "t1").expect("get").expect("v3").body()[..],
-            b"prompt v3"
+            prompt("prompt v3").as_bytes()
         );
         assert_eq!(
             &r.route(4, "+15550000001")

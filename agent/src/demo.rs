@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use strata_common::bundle::Provenance;
+use strata_common::channel::{self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions};
 use strata_common::compile::{self, CompileOptions};
-use strata_common::publish::{self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions};
 use strata_common::source::Source;
 use strata_common::{generate, sign};
 
@@ -41,7 +41,7 @@ pub fn prepare(dir: &Path, tenants: usize) -> Result<(Config, PathBuf)> {
     let store_dir = dir.join("store");
     std::fs::create_dir_all(&store_dir)?;
     let store = strata_common::store::FileStore::new(&store_dir)?;
-    publish::publish(
+    channel::publish(
         &store,
         &compiled,
         &[signing],

@@ -247,6 +247,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "pinned": meta.is_some_and(|m| m.pinned),
         "last_check": status.last_check,
         "last_error": status.last_error,
+        "last_error_reason": status.last_error_reason,
         "state": status.state,
         "applying": status.applying,
     });

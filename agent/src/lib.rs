@@ -11,6 +11,7 @@ pub mod db;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod priority;
 pub mod shutdown;
 pub mod state;
 pub mod sync;
@@ -18,7 +19,7 @@ pub mod writeback;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -29,6 +30,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use strata_common::store::StoreUrl;
 
 use crate::config::Config;
 use crate::db::Db;
@@ -45,15 +48,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let trust = config.trust(config_path)?;
-    let store = strata_common::store::open(&config.source)?;
-    let store_dir = config.source.strip_prefix("file://").map(PathBuf::from);
+    let store = strata_common::store::open_read(&config.source)?;
+    let store_dir = match &config.source {
+        StoreUrl::File(dir) => Some(dir.clone()),
+        StoreUrl::S3 { .. } | StoreUrl::Https(_) => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db = Arc::new(
         Db::open(&config.db_path(), config.cache_bytes)
             .with_context(|| format!("opening {}", config.db_path().display()))?,
     );
-    let shared = Shared::new(store.url().to_owned(), config.region.clone());
+    let shared = Shared::new(store.url().to_string(), config.region.clone());
     let syncer = Syncer::new(&config, store, trust, db, shared.clone());
     match syncer.restore() {
         Ok(Some(v)) => info!(version = v, "serving the last verified snapshot from disk"),

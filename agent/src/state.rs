@@ -37,6 +37,8 @@ pub struct Status {
     pub last_check: Option<String>,
     /// Why the last check did not apply or confirm a snapshot, if it did not.
     pub last_error: Option<String>,
+    /// The short reason of `last_error`, as in `strata_refusals_total{reason}`.
+    pub last_error_reason: Option<&'static str>,
     /// The version being written to disk right now, if any.
     pub applying: Option<u64>,
 }
@@ -63,6 +65,7 @@ impl Shared {
                 state: State::Starting,
                 last_check: None,
                 last_error: None,
+                last_error_reason: None,
                 applying: None,
             }),
             metrics: Metrics::default(),

@@ -2,25 +2,23 @@
 //! net; on every check run [`Syncer::check`], the one ordered verification
 //! pipeline, and apply what passes.
 
-use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use strata_common::bundle::{self, BundleError, Limits, SignatureCheck};
+use strata_common::bundle::Limits;
 use strata_common::canonical::sha256_hex;
-use strata_common::pointer::{Pointer, PointerError, PointerKind};
-use strata_common::publish::MAX_POINTER_BYTES;
 use strata_common::sign::{Role, TrustedKeys};
-use strata_common::store::{self, ObjectStore, StoreError};
+use strata_common::store::ReadStore;
 use strata_common::time;
+use strata_common::verify::{self, Checked, Policy, Refusal, Severity};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
 use crate::config::Config;
 use crate::db::{Db, DbError, SnapshotMeta};
+use crate::priority::lowest_priority;
 use crate::state::{Shared, State};
 
 /// What one check found.
@@ -30,31 +28,14 @@ pub enum Outcome {
     Applied(u64),
     /// The channel points at what is already served.
     UpToDate(u64),
-    /// The store offered something that failed verification.
-    Refused(Refusal),
-    /// The store could not be read, or holds nothing yet.
-    Unavailable(Refusal),
-}
-
-/// Why a check did not apply anything: a metrics label and a message.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// Short reason, used as the metrics label.
-    pub reason: &'static str,
-    /// What happened, for logs and `/v1/snapshot`.
-    pub message: String,
-}
-
-fn refusal(reason: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        reason,
-        message: message.into(),
-    }
+    /// Nothing was applied: the store could not be read or offered
+    /// something that failed verification ([`Refusal::severity`] says which).
+    Refused(Arc<Refusal>),
 }
 
 /// The sync side of the agent: store, trust, database and what it has seen.
 pub struct Syncer {
-    store: Box<dyn ObjectStore>,
+    store: Box<dyn ReadStore>,
     trust: TrustedKeys,
     db: Arc<Db>,
     shared: Arc<Shared>,
@@ -65,14 +46,14 @@ pub struct Syncer {
     spool_dir: PathBuf,
     /// The pointer bytes' hash last refused, so a bad bundle is not fetched
     /// again on every poll; cleared when the pointer changes.
-    refused_pointer: Option<(String, Refusal)>,
+    refused_pointer: Option<(String, Arc<Refusal>)>,
 }
 
 impl Syncer {
     /// A syncer for `config`.
     pub fn new(
         config: &Config,
-        store: Box<dyn ObjectStore>,
+        store: Box<dyn ReadStore>,
         trust: TrustedKeys,
         db: Arc<Db>,
         shared: Arc<Shared>,
@@ -134,237 +115,117 @@ impl Syncer {
         }
     }
 
-    fn served_version(&self) -> Option<(u64, String)> {
-        let served = self.shared.served.load();
-        let meta = served.as_ref()?.current_meta()?;
-        Some((meta.version, meta.bundle_sha256.clone()))
-    }
-
     /// One check of the store, recorded in the status and metrics.
     #[instrument(skip(self), fields(channel = %self.channel))]
     pub fn check(&mut self) -> Outcome {
-        let outcome = self.check_inner();
+        let outcome = match self.check_inner() {
+            Ok(outcome) => outcome,
+            Err(refusal) => Outcome::Refused(Arc::new(refusal)),
+        };
         self.record(&outcome);
         outcome
     }
 
-    /// The verification pipeline. Each step must pass before the next runs,
-    /// and nothing is written until every check passed:
-    ///
-    /// 1. read the channel pointer (bounded);
-    /// 2. its signatures by a threshold of trusted publisher keys;
-    /// 3. the target: the channel pointer, or a region pin (see [`Self::target`]);
-    /// 4. the pointer's expiry;
-    /// 5. its version is not lower than the one served;
-    /// 6. the bundle size limit;
-    /// 7. copy the bundle (bounded) into a private file, matching the
-    ///    pointer's size and SHA-256 on the way ([`Self::fetch`]);
-    /// 8. the manifest's signatures, payload size and payload hash (streamed);
-    /// 9. the manifest's version and expiry;
-    /// 10. decode with limits into one redb write transaction;
-    /// 11. swap the served snapshot.
-    fn check_inner(&mut self) -> Outcome {
-        // 1.
-        let key = PointerKind::Channel.store_key(&self.channel);
-        let pointer_bytes = match self.store.get(&key, MAX_POINTER_BYTES) {
-            Ok(obj) => obj.bytes,
-            Err(StoreError::NotFound { .. }) => {
-                return Outcome::Unavailable(refusal(
-                    "store_empty",
-                    format!("{}: no {key} yet; waiting for a publish", self.store.url()),
-                ));
-            }
-            Err(e) => {
-                return Outcome::Unavailable(refusal(
-                    "store_unreachable",
-                    format!("{}: {e}", self.store.url()),
-                ));
-            }
-        };
+    /// Reads the pointer; runs the rest of the pipeline unless these very
+    /// bytes were refused before.
+    fn check_inner(&mut self) -> Result<Outcome, Refusal> {
+        let pointer_bytes = verify::read_pointer(self.store.as_ref(), &self.channel)?;
         let pointer_hash = sha256_hex(&pointer_bytes);
         if let Some((hash, refused)) = &self.refused_pointer
             && *hash == pointer_hash
         {
-            return Outcome::Refused(refused.clone());
+            return Ok(Outcome::Refused(refused.clone()));
         }
-        let outcome = self.verify_and_apply(&key, &pointer_bytes);
-        match &outcome {
-            Outcome::Refused(r) => self.refused_pointer = Some((pointer_hash, r.clone())),
-            _ => self.refused_pointer = None,
-        }
-        outcome
+        let outcome = match self.verify_and_apply(&pointer_bytes) {
+            Ok(outcome) => outcome,
+            Err(refusal) => Outcome::Refused(Arc::new(refusal)),
+        };
+        self.refused_pointer = match &outcome {
+            Outcome::Refused(r) if r.severity() == Severity::Refused => {
+                Some((pointer_hash, r.clone()))
+            }
+            _ => None,
+        };
+        Ok(outcome)
     }
 
-    fn verify_and_apply(&mut self, key: &str, pointer_bytes: &[u8]) -> Outcome {
+    /// The rest of the pipeline ([`verify::verify`]), then the apply: the
+    /// payload decoded into one redb write transaction, committed only if
+    /// every record passed, then swapped in as the served snapshot.
+    fn verify_and_apply(&mut self, pointer_bytes: &[u8]) -> Result<Outcome, Refusal> {
         let started = Instant::now();
-        // 2.
-        let pointer = match Pointer::verify(
-            pointer_bytes,
-            PointerKind::Channel,
-            &self.channel,
-            &self.trust,
-        ) {
-            Ok((p, _)) => p,
-            Err(e) => return Outcome::Refused(refusal("pointer_signature", format!("{key}: {e}"))),
+        let served = self.shared.served.load();
+        let served_meta = served.as_ref().and_then(|r| r.current_meta());
+        let policy = Policy {
+            trust: &self.trust,
+            channel: &self.channel,
+            limits: self.limits,
+            now: time::now(),
+            served: served_meta.map(|m| (m.version, m.bundle_sha256.as_str())),
         };
-        // 3.
-        let (pointer, pinned) = self.target(pointer);
-        // 4.
-        // An expired pointer is the publisher not refreshing (stale); an
-        // unreadable expiry is a bad document (refused).
-        match pointer.check_expiry(time::now()) {
-            Ok(()) => {}
-            Err(e @ PointerError::Expired { .. }) => {
-                return Outcome::Unavailable(refusal("pointer_expired", format!("{key}: {e}")));
-            }
-            Err(e) => return Outcome::Refused(refusal("pointer_malformed", format!("{key}: {e}"))),
-        }
-        // 5.
-        if let Some((served, served_sha)) = self.served_version() {
-            if pointer.version < served {
-                return Outcome::Refused(refusal(
-                    "older_version",
-                    format!(
-                        "{key} names version {}, older than the served version {served}; refusing a rollback that no operator pin asked for",
-                        pointer.version
-                    ),
-                ));
-            }
-            if pointer.version == served {
-                if pointer.bundle_sha256 == served_sha {
-                    return Outcome::UpToDate(served);
-                }
-                return Outcome::Refused(refusal(
-                    "version_conflict",
-                    format!(
-                        "{key} names version {served} with a different bundle than the one served"
-                    ),
-                ));
-            }
-        }
-        // 6.
-        if pointer.bundle_size > self.limits.max_bundle_bytes {
-            return Outcome::Refused(refusal(
-                "bundle_too_large",
-                format!(
-                    "{}: {} bytes, over max_bundle_bytes {}",
-                    pointer.bundle, pointer.bundle_size, self.limits.max_bundle_bytes
-                ),
-            ));
-        }
-        // 7.
-        let (spool, sha) = match self.fetch(&pointer) {
-            Ok(fetched) => fetched,
-            Err(outcome) => return outcome,
-        };
-        let fetched = started.elapsed();
-        // 8.
-        let verified = match bundle::verify(
-            BufReader::new(spool),
-            SignatureCheck::Trusted(&self.trust),
-            &self.limits,
-        ) {
-            Ok(v) => v,
-            Err(e) => {
-                return Outcome::Refused(refusal(
-                    bundle_reason(&e),
-                    format!("{}: {e}", pointer.bundle),
-                ));
-            }
-        };
-        // 9.
-        let manifest = verified.manifest().clone();
-        if manifest.version != pointer.version {
-            return Outcome::Refused(refusal(
-                "version_conflict",
-                format!(
-                    "{}: manifest version {} but the pointer says {}",
-                    pointer.bundle, manifest.version, pointer.version
-                ),
-            ));
-        }
-        match time::parse(&manifest.expires_at) {
-            Ok(t) if t >= time::now() => {}
-            _ => {
-                return Outcome::Refused(refusal(
-                    "bundle_expired",
-                    format!(
-                        "{}: bundle signature expired at {}",
-                        pointer.bundle, manifest.expires_at
-                    ),
-                ));
-            }
-        }
-        // 10.
-        let meta = SnapshotMeta {
-            version: manifest.version,
-            bundle_sha256: sha,
-            bundle_size: pointer.bundle_size,
-            created_at: manifest.created_at.clone(),
-            expires_at: pointer.expires_at.clone(),
-            layer1_version: manifest.layer1_version.clone(),
-            tenant_count: manifest.tenant_count,
-            source: self.store.url().to_owned(),
-            fetched_at: time::format(time::now()),
-            pinned,
-            manifest: String::from_utf8_lossy(&verified.header.manifest_bytes).into_owned(),
-            signatures: verified.header.signatures.clone(),
-        };
-        let mut payload = match verified.payload() {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Refused(refusal(
-                    bundle_reason(&e),
-                    format!("{}: {e}", pointer.bundle),
-                ));
-            }
+        let checked = verify::verify(self.store.as_ref(), pointer_bytes, &policy, &self.spool_dir)?;
+        drop(served);
+        let mut verified = match checked {
+            Checked::UpToDate(v) => return Ok(Outcome::UpToDate(v)),
+            Checked::New(v) => v,
         };
         let verified_at = started.elapsed();
-        self.shared.status().applying = Some(meta.version);
-        let ingested = self.db.ingest(&meta, &mut payload, self.retain);
-        self.shared.status().applying = None;
-        let ingested = match ingested {
-            Ok(done) => done,
-            Err(e) => {
-                let reason = match &e {
-                    DbError::Bundle(e) => bundle_reason(e),
-                    _ => "ingest",
-                };
-                return Outcome::Refused(refusal(
-                    reason,
-                    format!(
-                        "{}: {e}; the previous snapshot stays served",
-                        pointer.bundle
-                    ),
-                ));
-            }
+        let pointer = &verified.pointer;
+        let meta = SnapshotMeta {
+            version: verified.manifest.version,
+            bundle_sha256: pointer.bundle_sha256.clone(),
+            bundle_size: pointer.bundle_size,
+            created_at: verified.manifest.created_at.clone(),
+            expires_at: pointer.expires_at.clone(),
+            layer1_version: verified.manifest.layer1_version.clone(),
+            tenant_count: verified.manifest.tenant_count,
+            source: self.store.url().to_string(),
+            fetched_at: time::format(time::now()),
+            pinned: false,
+            manifest: String::from_utf8_lossy(&verified.manifest_bytes).into_owned(),
+            signatures: verified.signatures.clone(),
         };
+        let bundle = pointer.bundle.clone();
+        self.shared.status().applying = Some(meta.version);
+        let ingested = self.db.ingest(&meta, &mut verified.payload, self.retain);
+        self.shared.status().applying = None;
+        let ingested = ingested.map_err(|e| match e {
+            DbError::Bundle(source) => Refusal::Bundle {
+                bundle: bundle.clone(),
+                source,
+            },
+            other => Refusal::Ingest {
+                bundle: bundle.clone(),
+                source: Box::new(other),
+            },
+        })?;
         let m = &self.shared.metrics;
         m.frames_decoded
             .fetch_add(ingested.frames_decoded, Ordering::Relaxed);
         m.frames_skipped
             .fetch_add(ingested.frames_skipped, Ordering::Relaxed);
-        // 11.
-        match self.db.reader() {
-            Ok(Some(reader)) => {
-                // Swap under the status lock so `/v1/snapshot` never shows the
-                // new version with the old state.
-                let mut status = self.shared.status();
-                self.shared.served.store(Some(Arc::new(reader)));
-                status.state = State::Fresh;
-                status.last_error = None;
-            }
-            Ok(None) => {
-                return Outcome::Refused(refusal("ingest", "snapshot committed but not readable"));
-            }
-            Err(e) => {
-                return Outcome::Refused(refusal("ingest", format!("reading back snapshot: {e}")));
-            }
+        // Swap under the status lock so `/v1/snapshot` never shows the new
+        // version with the old state.
+        let reader = self
+            .db
+            .reader()
+            .and_then(|r| r.ok_or(DbError::NoCurrent))
+            .map_err(|e| Refusal::Ingest {
+                bundle: bundle.clone(),
+                source: Box::new(e),
+            })?;
+        {
+            let mut status = self.shared.status();
+            self.shared.served.store(Some(Arc::new(reader)));
+            status.state = State::Fresh;
+            status.last_error = None;
+            status.last_error_reason = None;
         }
+        let version = meta.version;
         m.last_apply_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         info!(
-            version = manifest.version,
+            version,
             tenants = ingested.tenants,
             bodies_written = ingested.bodies_written,
             bodies_shared = ingested.bodies_shared,
@@ -372,8 +233,7 @@ impl Syncer {
             frames_decoded = ingested.frames_decoded,
             frames_skipped = ingested.frames_skipped,
             durable = ingested.durable,
-            fetch_seconds = fetched.as_secs_f64(),
-            verify_seconds = (verified_at - fetched).as_secs_f64(),
+            verify_seconds = verified_at.as_secs_f64(),
             seconds = started.elapsed().as_secs_f64(),
             "snapshot applied"
         );
@@ -381,79 +241,15 @@ impl Syncer {
             let served_at = started.elapsed();
             match self.db.persist() {
                 Ok(()) => info!(
-                    version = manifest.version,
+                    version,
                     persist_seconds = (started.elapsed() - served_at).as_secs_f64(),
                     "snapshot durable"
                 ),
-                Err(e) => warn!(
-                    "snapshot {} is served but not yet durable: {e}",
-                    manifest.version
-                ),
+                Err(e) => warn!("snapshot {version} is served but not yet durable: {e}"),
             }
         }
         m.applies.fetch_add(1, Ordering::Relaxed);
-        Outcome::Applied(manifest.version)
-    }
-
-    /// Copies the bundle the pointer names into an unnamed file in the data
-    /// directory, checking its size and SHA-256 against the pointer on the
-    /// way. Verification then reads this private copy, never the store
-    /// again: what was hashed is what gets decoded, and memory stays flat
-    /// whatever the bundle's size.
-    fn fetch(&self, pointer: &Pointer) -> Result<(File, String), Outcome> {
-        let unavailable = |e: std::io::Error| {
-            Outcome::Unavailable(refusal(
-                "spool",
-                format!(
-                    "cannot spool {} into {}: {e}",
-                    pointer.bundle,
-                    self.spool_dir.display()
-                ),
-            ))
-        };
-        let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(unavailable)?;
-        let copied = match store::copy_hashed(
-            self.store.as_ref(),
-            &pointer.bundle,
-            self.limits.max_bundle_bytes,
-            &mut spool,
-        ) {
-            Ok(c) => c,
-            Err(StoreError::TooLarge { size, limit, .. }) => {
-                return Err(Outcome::Refused(refusal(
-                    "bundle_too_large",
-                    format!("{}: {size} bytes, over {limit}", pointer.bundle),
-                )));
-            }
-            Err(e) => {
-                return Err(Outcome::Unavailable(refusal(
-                    "store_unreachable",
-                    e.to_string(),
-                )));
-            }
-        };
-        if copied.size != pointer.bundle_size || copied.sha256 != pointer.bundle_sha256 {
-            return Err(Outcome::Refused(refusal(
-                "bundle_hash",
-                format!(
-                    "{}: {} bytes with SHA-256 {}, the signed pointer says {} bytes with {}: the bundle was altered or replaced",
-                    pointer.bundle,
-                    copied.size,
-                    copied.sha256,
-                    pointer.bundle_size,
-                    pointer.bundle_sha256
-                ),
-            )));
-        }
-        spool.seek(SeekFrom::Start(0)).map_err(unavailable)?;
-        Ok((spool, copied.sha256))
-    }
-
-    /// Where region pins plug in: given the verified channel pointer, return
-    /// the pointer to follow and whether a pin chose it. Until pins exist the
-    /// channel pointer is followed as is.
-    fn target(&self, channel: Pointer) -> (Pointer, bool) {
-        (channel, false)
+        Ok(Outcome::Applied(version))
     }
 
     /// Updates status and metrics, logging once per change of error.
@@ -464,37 +260,30 @@ impl Syncer {
         let mut status = self.shared.status();
         status.last_check = Some(time::format(time::now()));
         let (state, error) = match outcome {
-            Outcome::Applied(_) => (State::Fresh, None),
-            Outcome::UpToDate(_) => (State::Fresh, None),
-            Outcome::Refused(r) => (State::Degraded, Some(r)),
-            Outcome::Unavailable(r) => (State::Stale, Some(r)),
+            Outcome::Applied(_) | Outcome::UpToDate(_) => (State::Fresh, None),
+            Outcome::Refused(r) => match r.severity() {
+                Severity::Unavailable => (State::Stale, Some(r)),
+                Severity::Refused => (State::Degraded, Some(r)),
+            },
         };
         match error {
             Some(r) => {
-                if status.last_error.as_deref() != Some(r.message.as_str()) {
-                    warn!(reason = r.reason, "{}", r.message);
-                    m.count_refusal(r.reason);
+                let message = r.to_string();
+                if status.last_error.as_deref() != Some(message.as_str()) {
+                    warn!(reason = r.reason(), "{message}");
+                    m.count_refusal(r.reason());
                 }
-                status.last_error = Some(r.message.clone());
+                status.last_error = Some(message);
+                status.last_error_reason = Some(r.reason());
             }
             None => {
+                status.last_error_reason = None;
                 if status.last_error.take().is_some() {
                     info!("store check succeeded again");
                 }
             }
         }
         status.state = if ready { state } else { State::Starting };
-    }
-}
-
-fn bundle_reason(e: &BundleError) -> &'static str {
-    match e {
-        BundleError::Signature(_) => "bundle_signature",
-        BundleError::TooLarge { .. }
-        | BundleError::DecompressedTooLarge { .. }
-        | BundleError::TooManyRecords { .. } => "bundle_too_large",
-        BundleError::PayloadHashMismatch { .. } => "bundle_hash",
-        _ => "bundle_malformed",
     }
 }
 
@@ -562,18 +351,6 @@ fn spawn_sync_thread(
             }
         })?;
     Ok(tx)
-}
-
-/// Puts the calling thread at `SCHED_IDLE` (see [`spawn_sync_thread`]).
-pub(crate) fn lowest_priority(thread: &str) {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-        warn!("cannot run {thread} at SCHED_IDLE ({e:?}); an apply may slow lookups");
-    }
 }
 
 /// Watches a store directory; a change to a channel pointer or a pin asks

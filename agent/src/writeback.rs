@@ -65,7 +65,7 @@ impl EagerWriteback {
         std::thread::Builder::new()
             .name("strata-writeback".into())
             .spawn(move || {
-                crate::sync::lowest_priority("the writeback thread");
+                crate::priority::lowest_priority("the writeback thread");
                 for () in kicked {
                     if let Err(e) = handle.sync_data() {
                         // The commit's own fdatasync will report it, if it persists.

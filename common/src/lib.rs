@@ -8,14 +8,15 @@
 
 #![deny(missing_docs)]
 
+pub mod agent_config;
 pub mod bundle;
 pub mod canonical;
+pub mod channel;
 pub mod compile;
 pub mod copy;
 pub mod generate;
 pub mod model;
 pub mod pointer;
-pub mod publish;
 pub mod render;
 pub mod secrets;
 pub mod sign;
@@ -23,3 +24,4 @@ pub mod source;
 pub mod store;
 pub mod time;
 pub mod validate;
+pub mod verify;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use crate::canonical;
+use crate::canonical::{self, NotCanonical};
 use crate::sign::{self, KeyId, Role, SignatureEntry, SignatureError, TrustedKeys};
 
 /// Which document a pointer is.
@@ -95,6 +95,18 @@ pub enum PointerError {
         /// The name found.
         found_name: String,
     },
+    /// The file is not the canonical JSON of what it holds (pretty-printed,
+    /// a trailing newline, a repeated key): one document, one spelling.
+    #[error("pointer is not canonical JSON: {0}")]
+    NotCanonical(NotCanonical),
+    /// A timestamp that is not RFC 3339 UTC with whole seconds.
+    #[error("pointer {field}: {source}")]
+    BadTimestamp {
+        /// `created_at` or `expires_at`.
+        field: &'static str,
+        /// The timestamp as written.
+        source: crate::time::NotExact,
+    },
     /// Signatures do not meet the role's threshold.
     #[error("pointer signatures: {0}")]
     Signature(#[from] SignatureError),
@@ -129,7 +141,8 @@ impl Pointer {
     }
 
     /// Parses a pointer file and checks it is the expected document, signed
-    /// by a threshold of trusted keys of the kind's role. Does not check expiry.
+    /// by a threshold of trusted keys of the kind's role, in canonical JSON
+    /// with exact timestamps. Does not check expiry.
     pub fn verify(
         bytes: &[u8],
         kind: PointerKind,
@@ -138,6 +151,7 @@ impl Pointer {
     ) -> Result<(Self, Vec<KeyId>), PointerError> {
         let file: SignedFile =
             serde_json::from_slice(bytes).map_err(|e| PointerError::Malformed(e.to_string()))?;
+        canonical::require_canonical(bytes, &file).map_err(PointerError::NotCanonical)?;
         let message =
             canonical::to_vec(&file.signed).map_err(|e| PointerError::Malformed(e.to_string()))?;
         let signed_by = trust.verify(kind.role(), &message, &file.signatures)?;
@@ -151,18 +165,43 @@ impl Pointer {
                 found_name: pointer.name,
             });
         }
+        for (field, value) in [
+            ("created_at", &pointer.created_at),
+            ("expires_at", &pointer.expires_at),
+        ] {
+            crate::time::parse_exact(value)
+                .map_err(|source| PointerError::BadTimestamp { field, source })?;
+        }
         Ok((pointer, signed_by))
     }
 
     /// Refuses the pointer if `now` is past its expiry.
     pub fn check_expiry(&self, now: SystemTime) -> Result<(), PointerError> {
-        let expires = crate::time::parse(&self.expires_at)
-            .map_err(|e| PointerError::Malformed(format!("expires_at: {e}")))?;
+        let expires = crate::time::parse_exact(&self.expires_at).map_err(|source| {
+            PointerError::BadTimestamp {
+                field: "expires_at",
+                source,
+            }
+        })?;
         if now > expires {
             return Err(PointerError::Expired {
                 expires_at: self.expires_at.clone(),
             });
         }
         Ok(())
+    }
+}
+
+impl PointerError {
+    /// The short reason for metrics and `/v1/snapshot`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PointerError::Malformed(_) => "pointer_malformed",
+            PointerError::NotCanonical(_) => "pointer_not_canonical",
+            PointerError::BadTimestamp { .. } => "bad_timestamp",
+            PointerError::WrongTarget { .. } => "pointer_wrong_target",
+            PointerError::Signature(_) => "pointer_signature",
+            PointerError::Expired { .. } => "pointer_expired",
+        }
     }
 }

@@ -29,3 +29,49 @@ pub fn now() -> SystemTime {
         .unwrap_or(0);
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
+
+/// Why a timestamp in a signed document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an RFC 3339 UTC timestamp with whole seconds (2026-11-23T20:14:24Z)")]
+pub struct NotExact(pub String);
+
+/// Parses a timestamp of a signed document, which has exactly one form:
+/// `YYYY-MM-DDTHH:MM:SSZ`, UTC, whole seconds (docs/FORMAT.md). Fractions,
+/// offsets and lower-case letters are refused, so one instant has one
+/// spelling.
+pub fn parse_exact(s: &str) -> Result<SystemTime, NotExact> {
+    let shape = s.len() == 20
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape {
+        return Err(NotExact(s.to_owned()));
+    }
+    parse(s).map_err(|_| NotExact(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_timestamps_have_one_spelling() {
+        let t = parse_exact("2026-11-23T20:14:24Z").expect("exact");
+        assert_eq!(format(t), "2026-11-23T20:14:24Z");
+        for bad in [
+            "2026-11-23T20:14:24.5Z",
+            "2026-11-23T20:14:24.000Z",
+            "2026-11-23T20:14:24+00:00",
+            "2026-11-23t20:14:24z",
+            "2026-11-23 20:14:24Z",
+            "2026-13-23T20:14:24Z",
+            " 2026-11-23T20:14:24Z",
+        ] {
+            assert!(parse_exact(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -6,10 +6,10 @@ use std::io::Cursor;
 use std::path::Path;
 
 use strata_common::bundle::{self, BundleError, Contents, Limits, Provenance, SignatureCheck};
+use strata_common::channel;
 use strata_common::compile::{self, CompileOptions, Compiled};
 use strata_common::generate;
 use strata_common::model::EffectiveConfig;
-use strata_common::publish;
 use strata_common::render::SEPARATOR;
 use strata_common::sign::{Role, SignatureError, SigningKey, TrustedKeys};
 use strata_common::source::Source;
@@ -33,11 +33,11 @@ fn compile_dir(dir: &Path) -> Compiled {
 }
 
 fn build(compiled: &Compiled, signer: &SigningKey) -> Vec<u8> {
-    let m = publish::manifest(
+    let m = channel::manifest(
         compiled,
         7,
         time::now(),
-        publish::DEFAULT_BUNDLE_EXPIRY,
+        channel::DEFAULT_BUNDLE_EXPIRY,
         &Provenance::default(),
     );
     bundle::write_bundle(
@@ -232,7 +232,7 @@ fn wrong_key_truncation_and_limits_each_have_their_variant() {
 fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
     // 256 MiB of zeros compresses to a few KiB; the signed manifest claims 1 KiB.
     let zeros = vec![0u8; 256 << 20];
-    let compressed = zstd::encode_all(Cursor::new(&zeros), 3).expect("compress");
+    let compressed = zstd_with_checksum(&zeros);
     drop(zeros);
     let payload = bundle::Payload {
         sha256: strata_common::canonical::sha256_hex(&compressed),
@@ -290,6 +290,14 @@ fn bad_record(payload: &bundle::Payload, tenants: u64) -> (u64, String) {
     }
 }
 
+/// One zstd frame with its content checksum, as docs/FORMAT.md requires.
+fn zstd_with_checksum(data: &[u8]) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(3).expect("compressor");
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+        .expect("checksum flag");
+    c.compress(data).expect("compress")
+}
+
 /// Appends one record, encoded as docs/FORMAT.md says.
 fn record(out: &mut Vec<u8>, kind: u8, key: &str, value: &[u8]) {
     out.push(kind);
@@ -303,7 +311,7 @@ fn record(out: &mut Vec<u8>, kind: u8, key: &str, value: &[u8]) {
 fn a_body_frame_that_decompresses_past_its_declared_size_is_stopped_there() {
     // 256 MiB of zeros in a body frame whose index record claims 1 KiB.
     let zeros = vec![0u8; 256 << 20];
-    let bomb = zstd::encode_all(Cursor::new(&zeros), 3).expect("compress");
+    let bomb = zstd_with_checksum(&zeros);
     drop(zeros);
     let mut index = Vec::new();
     record(&mut index, 1, "layer1", b"{}");
@@ -311,7 +319,7 @@ fn a_body_frame_that_decompresses_past_its_declared_size_is_stopped_there() {
     sizes.extend_from_slice(&1024u64.to_le_bytes());
     record(&mut index, 5, "", &sizes);
     record(&mut index, 6, "t1", "a".repeat(64).as_bytes());
-    let mut compressed = zstd::encode_all(Cursor::new(&index), 3).expect("compress");
+    let mut compressed = zstd_with_checksum(&index);
     let index_size = compressed.len() as u64;
     compressed.extend_from_slice(&bomb);
     let payload = bundle::Payload {

@@ -6,10 +6,10 @@ use std::io::Cursor;
 
 use proptest::prelude::*;
 use strata_common::bundle::{self, Contents, Limits, Provenance, SignatureCheck};
+use strata_common::channel;
 use strata_common::compile::{self, CompileOptions};
 use strata_common::generate::LAYER1_TOML;
 use strata_common::model::*;
-use strata_common::publish;
 use strata_common::sign::{Role, SigningKey, TrustedKeys};
 use strata_common::source::Source;
 use strata_common::time;
@@ -104,7 +104,7 @@ proptest! {
         let source = Source::open(dir.path()).expect("open");
         let compiled = compile::compile(&source, CompileOptions::default()).expect("valid overlays compile");
         let key = SigningKey::from_bytes(&[9; 32]);
-        let manifest = publish::manifest(&compiled, 1, time::now(), publish::DEFAULT_BUNDLE_EXPIRY, &Provenance::default());
+        let manifest = channel::manifest(&compiled, 1, time::now(), channel::DEFAULT_BUNDLE_EXPIRY, &Provenance::default());
         let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, std::slice::from_ref(&key)).expect("write");
         let mut trust = TrustedKeys::new(1, 1);
         trust.add(Role::Publisher, key.verifying_key());

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use strata_agent::client::{self, Answer};
 use strata_agent::config::Config;
 use strata_common::bundle::Provenance;
-use strata_common::compile::{self, CompileOptions, Compiled};
-use strata_common::generate;
-use strata_common::publish::{
+use strata_common::channel::{
     self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions, Published,
 };
+use strata_common::compile::{self, CompileOptions, Compiled};
+use strata_common::generate;
 use strata_common::sign::{self, SigningKey};
 use strata_common::source::Source;
 use strata_common::store::FileStore;
@@ -72,7 +72,7 @@ impl Fixture {
 
     /// Publishes `compiled` signed by `keys`.
     pub fn publish_with(&self, compiled: &Compiled, keys: &[SigningKey]) -> Published {
-        publish::publish(
+        channel::publish(
             &self.store(),
             compiled,
             keys,

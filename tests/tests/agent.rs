@@ -4,8 +4,8 @@ use strata_common::canonical::sha256_hex;
 use strata_common::model::SnapshotVersion;
 use strata_common::pointer::{Pointer, PointerKind};
 use strata_common::sign::SigningKey;
-use strata_common::store::ObjectStore;
-use strata_common::{bundle, generate, publish, time};
+use strata_common::store::WriteStore;
+use strata_common::{bundle, channel, generate, time};
 use strata_tests::{Agent, Fixture, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,11 +333,11 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     // 2. A trusted publish whose bundle was altered in the store before the
     //    pointer moved to it: the signed pointer names other bytes.
     let version = 3;
-    let manifest = publish::manifest(
+    let manifest = channel::manifest(
         &compiled,
         version,
         time::now(),
-        publish::DEFAULT_BUNDLE_EXPIRY,
+        channel::DEFAULT_BUNDLE_EXPIRY,
         &Default::default(),
     );
     let bytes = bundle::write_bundle(

@@ -365,7 +365,7 @@ fn concurrent_publishers_never_lose_or_reuse_a_version() {
         6,
         "every publish got its own version: {versions:?}"
     );
-    let pointer = strata_common::publish::read_pointer(
+    let pointer = strata_common::channel::read_pointer(
         &fx.store(),
         strata_common::pointer::PointerKind::Channel,
         "stable",

@@ -7,10 +7,11 @@
 //! the lock if the process dies, so a crash never leaves the store locked.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::{Object, ObjectStore, StoreError};
+use super::{Fetched, ListPage, Object, ReadStore, StoreError, StoreUrl, WriteStore};
 use crate::canonical::sha256_hex;
 use crate::copy::copy_chunked;
 
@@ -18,21 +19,25 @@ use crate::copy::copy_chunked;
 #[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
-    url: String,
+    url: StoreUrl,
 }
+
+/// Keys a page of [`WriteStore::list_page`] holds at most, as on S3.
+const PAGE: usize = 1000;
 
 impl FileStore {
     /// A store rooted at the absolute path `root` (created if missing).
     pub fn new(root: impl AsRef<Path>) -> Result<Self, StoreError> {
         let root = root.as_ref();
+        let url = StoreUrl::File(root.to_owned());
         if !root.is_absolute() {
-            return Err(StoreError::Fatal(format!(
-                "file store path {} is not absolute; write file:///absolute/path",
-                root.display()
-            )));
+            return Err(StoreError::Unsupported {
+                url,
+                reason: "a file store's path must be absolute: file:///absolute/path",
+            });
         }
         Ok(Self {
-            url: format!("file://{}", root.display()),
+            url,
             root: root.to_owned(),
         })
     }
@@ -49,7 +54,9 @@ impl FileStore {
                 .split('/')
                 .all(|part| !part.is_empty() && part != "." && part != "..");
         if !ok {
-            return Err(StoreError::Fatal(format!("invalid store key {key:?}")));
+            return Err(StoreError::InvalidKey {
+                key: key.to_owned(),
+            });
         }
         Ok(self.root.join(key))
     }
@@ -58,10 +65,7 @@ impl FileStore {
     /// reading any of it (callers still bound the read: the file may grow).
     fn open_bounded(&self, key: &str, max_bytes: u64) -> Result<File, StoreError> {
         let path = self.path(key)?;
-        let transient = |source| StoreError::Transient {
-            key: key.to_owned(),
-            source,
-        };
+        let transient = |source| StoreError::io(key, source);
         let f = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound {
                 key: key.to_owned(),
@@ -108,8 +112,8 @@ fn sync_dir(path: &Path) {
     }
 }
 
-impl ObjectStore for FileStore {
-    fn url(&self) -> &str {
+impl ReadStore for FileStore {
+    fn url(&self) -> &StoreUrl {
         &self.url
     }
 
@@ -122,15 +126,52 @@ impl ObjectStore for FileStore {
         })
     }
 
+    /// The file store's ETag is the SHA-256 of the content, so a
+    /// conditional read still reads the (small) file.
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        let obj = self.get(key, max_bytes)?;
+        Ok(if Some(obj.etag.as_str()) == etag {
+            Fetched::NotModified
+        } else {
+            Fetched::Object(obj)
+        })
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        let mut f = self.open_bounded(key, u64::MAX)?;
+        let transient = |source| StoreError::io(key, source);
+        let len = range.end.saturating_sub(range.start);
+        let size = f.metadata().map_err(transient)?.len();
+        if range.end > size || range.start > range.end {
+            return Err(StoreError::io(
+                key,
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("range {range:?} is outside the {size}-byte object"),
+                ),
+            ));
+        }
+        f.seek(SeekFrom::Start(range.start)).map_err(transient)?;
+        let mut out = Vec::with_capacity(len as usize);
+        f.take(len).read_to_end(&mut out).map_err(transient)?;
+        if out.len() as u64 != len {
+            return Err(StoreError::io(
+                key,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "object shrank while read"),
+            ));
+        }
+        Ok(out)
+    }
+
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
         let f = self.open_bounded(key, max_bytes)?;
-        let copied =
-            copy_chunked(&mut f.take(max_bytes.saturating_add(1)), out).map_err(|source| {
-                StoreError::Transient {
-                    key: key.to_owned(),
-                    source,
-                }
-            })?;
+        let copied = copy_chunked(&mut f.take(max_bytes.saturating_add(1)), out)
+            .map_err(|source| StoreError::io(key, source))?;
         if copied > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_owned(),
@@ -140,13 +181,12 @@ impl ObjectStore for FileStore {
         }
         Ok(copied)
     }
+}
 
+impl WriteStore for FileStore {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        let transient = |source| StoreError::Transient {
-            key: key.to_owned(),
-            source,
-        };
+        let transient = |source| StoreError::io(key, source);
         let tmp = self.write_temp(&path, bytes).map_err(transient)?;
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
@@ -169,10 +209,7 @@ impl ObjectStore for FileStore {
         expected: Option<&str>,
     ) -> Result<String, StoreError> {
         let path = self.path(key)?;
-        let transient = |source| StoreError::Transient {
-            key: key.to_owned(),
-            source,
-        };
+        let transient = |source| StoreError::io(key, source);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(transient)?;
         }
@@ -205,8 +242,8 @@ impl ObjectStore for FileStore {
         Ok(sha256_hex(bytes))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        let mut keys = Vec::new();
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let dir = if dir_part.is_empty() {
             self.root.clone()
@@ -215,13 +252,8 @@ impl ObjectStore for FileStore {
         };
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => {
-                return Err(StoreError::Transient {
-                    key: prefix.to_owned(),
-                    source,
-                });
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ListPage::default()),
+            Err(source) => return Err(StoreError::io(prefix, source)),
         };
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -235,12 +267,14 @@ impl ObjectStore for FileStore {
             } else {
                 format!("{dir_part}/{name}")
             };
-            if key.starts_with(prefix) {
-                out.push(key);
+            if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                keys.push(key);
             }
         }
-        out.sort();
-        Ok(out)
+        keys.sort();
+        let next = (keys.len() > PAGE).then(|| keys[PAGE - 1].clone());
+        keys.truncate(PAGE);
+        Ok(ListPage { keys, next })
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -248,10 +282,7 @@ impl ObjectStore for FileStore {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Transient {
-                key: key.to_owned(),
-                source,
-            }),
+            Err(source) => Err(StoreError::io(key, source)),
         }
     }
 }
@@ -281,6 +312,27 @@ mod tests {
             store.get_to("snapshots/none", 11, &mut Vec::new()),
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn lists_page_by_page() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(dir.path()).expect("store");
+        for i in 0..(PAGE + 5) {
+            store
+                .put_new(&format!("snapshots/{i:05}.bundle"), b"x")
+                .expect("put");
+        }
+        let first = store.list_page("snapshots/", None).expect("page");
+        assert_eq!(first.keys.len(), PAGE);
+        let second = store
+            .list_page("snapshots/", first.next.as_deref())
+            .expect("page");
+        assert_eq!(second.keys.len(), 5);
+        assert!(second.next.is_none());
+        let all = super::super::list(&store, "snapshots/").expect("list");
+        assert_eq!(all.len(), PAGE + 5);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
@@ -314,9 +366,23 @@ mod tests {
             Err(StoreError::PreconditionFailed { .. })
         ));
         assert_eq!(
-            store.list("snapshots/").expect("list"),
+            super::super::list(&store, "snapshots/").expect("list"),
             vec!["snapshots/a.bundle"]
         );
+        assert_eq!(
+            store.get_range("snapshots/a.bundle", 1..3).expect("range"),
+            b"ne"
+        );
+        assert!(store.get_range("snapshots/a.bundle", 2..4).is_err());
+        let etag = store.get("snapshots/a.bundle", 10).expect("get").etag;
+        assert!(matches!(
+            store.get_if_changed("snapshots/a.bundle", Some(&etag), 10),
+            Ok(Fetched::NotModified)
+        ));
+        assert!(matches!(
+            store.get_if_changed("snapshots/a.bundle", Some("other"), 10),
+            Ok(Fetched::Object(o)) if o.bytes == b"one"
+        ));
         assert!(matches!(
             store.get("snapshots/a.bundle", 2),
             Err(StoreError::TooLarge { .. })
@@ -327,7 +393,7 @@ mod tests {
         ));
         assert!(matches!(
             store.get("../etc/passwd", 2),
-            Err(StoreError::Fatal(_))
+            Err(StoreError::InvalidKey { .. })
         ));
     }
 }

@@ -5,17 +5,27 @@
 //! channels/<channel>.json                  signed pointer
 //! pins/<region>.json                       signed pin
 //! ```
-//! The trait is synchronous on purpose: the publisher is a batch tool and the
-//! agent runs fetch → verify → ingest on a blocking thread. An async-SDK
-//! backend owns a small runtime and blocks on it behind this trait.
+//! Two halves: [`ReadStore`], what an agent needs (get, conditional get,
+//! ranged get, bounded streaming), and [`WriteStore`], what a publisher
+//! adds (create-only put, compare-and-swap put, paginated list, delete).
+//! A store URL is parsed once into a [`StoreUrl`]; each scheme is one
+//! implementation. This module depends on no SDK and no TLS stack: a
+//! scheme that needs one plugs in behind a cargo feature.
+//!
+//! The traits are synchronous on purpose: the publisher is a batch tool and
+//! the agent runs fetch → verify → ingest on a blocking thread. An
+//! async-SDK backend owns a small runtime and blocks on it behind them.
 
 mod file;
+mod url;
 
 use std::io::Write;
+use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
 pub use file::FileStore;
+pub use url::{StoreUrl, UrlError};
 
 /// An object read from the store, with the ETag to compare-and-swap on.
 #[derive(Debug, Clone)]
@@ -26,8 +36,40 @@ pub struct Object {
     pub etag: String,
 }
 
-/// Why a store operation failed. The kinds let a caller tell "nothing there"
-/// from "try again later" from "give up".
+/// What a conditional get found.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// The object still has the ETag the caller holds.
+    NotModified,
+    /// The object changed (or the caller held no ETag).
+    Object(Object),
+}
+
+/// One page of [`WriteStore::list_page`].
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Keys of this page, sorted.
+    pub keys: Vec<String>,
+    /// Where the next page starts (pass it as `after`), or `None` after the last.
+    pub next: Option<String>,
+}
+
+/// A boxed error from a store's backend (an I/O error, an SDK error),
+/// kept whole so its chain is printed and can be inspected.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a caller does about a [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Nothing there: the store is empty, or the key was never written.
+    NotFound,
+    /// May pass: retry later, with backoff.
+    Transient,
+    /// Will not pass by retrying: configuration, permissions, a conflict.
+    Fatal,
+}
+
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No object at the key.
@@ -53,7 +95,7 @@ pub enum StoreError {
     TooLarge {
         /// The key.
         key: String,
-        /// Its size.
+        /// Its size (at least; a read stops just past the limit).
         size: u64,
         /// The limit.
         limit: u64,
@@ -63,28 +105,86 @@ pub enum StoreError {
     Transient {
         /// The key.
         key: String,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The backend's error.
+        source: BackendError,
     },
-    /// A failure that will not pass by retrying (bad URL, bad key).
-    #[error("{0}")]
-    Fatal(String),
+    /// A failure that will not pass by retrying (permissions, bad credentials).
+    #[error("{key}: {source}")]
+    Fatal {
+        /// The key.
+        key: String,
+        /// The backend's error.
+        source: BackendError,
+    },
+    /// A key outside the store layout (empty, absolute, `..`).
+    #[error("invalid store key {key:?}")]
+    InvalidKey {
+        /// The key.
+        key: String,
+    },
+    /// The URL names a store this build cannot open, or opens read-only.
+    #[error("store {url}: {reason}")]
+    Unsupported {
+        /// The store's URL.
+        url: StoreUrl,
+        /// What is missing, and what to use instead.
+        reason: &'static str,
+    },
 }
 
-/// Object storage as Strata needs it: get with an ETag, create-only put,
-/// conditional put, list and delete.
-pub trait ObjectStore: Send + Sync {
+impl StoreError {
+    /// What a caller does about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Transient { .. } => ErrorKind::Transient,
+            StoreError::AlreadyExists { .. }
+            | StoreError::PreconditionFailed { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::Fatal { .. }
+            | StoreError::InvalidKey { .. }
+            | StoreError::Unsupported { .. } => ErrorKind::Fatal,
+        }
+    }
+
+    /// A transient error for `key` from an I/O error.
+    pub fn io(key: &str, source: std::io::Error) -> Self {
+        StoreError::Transient {
+            key: key.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// What an agent (or any reader) needs of a store.
+pub trait ReadStore: Send + Sync {
     /// The store's URL, for logs and `/v1/snapshot`.
-    fn url(&self) -> &str;
+    fn url(&self) -> &StoreUrl;
 
     /// Reads `key`, refusing objects over `max_bytes`.
     fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError>;
+
+    /// Reads `key` unless its ETag is still `etag`: an idle poll of an
+    /// unchanged pointer moves no body (a 304 on S3 and HTTPS).
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError>;
+
+    /// Reads the bytes `range` of `key` (a bundle's frame, for a reader
+    /// that fetches only what changed). A range past the end is an error.
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError>;
 
     /// Streams `key` into `out`, refusing objects over `max_bytes`, and
     /// returns the number of bytes written. For bundles: memory stays flat
     /// whatever the bundle's size.
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError>;
+}
 
+/// What a publisher adds: writes that never lose a version.
+pub trait WriteStore: ReadStore {
     /// Creates `key`; fails with [`StoreError::AlreadyExists`] if it exists.
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
 
@@ -93,22 +193,52 @@ pub trait ObjectStore: Send + Sync {
     fn put_if(&self, key: &str, bytes: &[u8], expected: Option<&str>)
     -> Result<String, StoreError>;
 
-    /// Keys under `prefix`, sorted.
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// One page of the keys under `prefix`, sorted, starting after `after`.
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError>;
 
     /// Removes `key`; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
 }
 
-/// Opens a store from its URL. `file:///abs/path` is the embedded default.
-pub fn open(url: &str) -> Result<Box<dyn ObjectStore>, StoreError> {
-    if let Some(path) = url.strip_prefix("file://") {
-        return Ok(Box::new(FileStore::new(path)?));
+/// Every key under `prefix`, sorted, through as many pages as there are.
+pub fn list(store: &dyn WriteStore, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let mut keys = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_page(prefix, after.as_deref())?;
+        keys.extend(page.keys);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(keys),
+        }
     }
-    let scheme = url.split("://").next().unwrap_or(url);
-    Err(StoreError::Fatal(format!(
-        "store URL {url:?}: scheme {scheme:?} is not supported by this build; use file:///absolute/path"
-    )))
+}
+
+/// Opens a store for reading: what an agent follows.
+pub fn open_read(url: &StoreUrl) -> Result<Box<dyn ReadStore>, StoreError> {
+    match url {
+        StoreUrl::File(path) => Ok(Box::new(FileStore::new(path)?)),
+        StoreUrl::S3 { .. } | StoreUrl::Https(_) => Err(not_built(url)),
+    }
+}
+
+/// Opens a store for writing: what a publisher moves.
+pub fn open_write(url: &StoreUrl) -> Result<Box<dyn WriteStore>, StoreError> {
+    match url {
+        StoreUrl::File(path) => Ok(Box::new(FileStore::new(path)?)),
+        StoreUrl::Https(_) => Err(StoreError::Unsupported {
+            url: url.clone(),
+            reason: "an https:// mirror is read-only; publish to the s3:// or file:// store it mirrors",
+        }),
+        StoreUrl::S3 { .. } => Err(not_built(url)),
+    }
+}
+
+fn not_built(url: &StoreUrl) -> StoreError {
+    StoreError::Unsupported {
+        url: url.clone(),
+        reason: "this build has no support for this scheme yet; use file:///absolute/path",
+    }
 }
 
 /// What [`copy_hashed`] copied.
@@ -123,7 +253,7 @@ pub struct Copied {
 /// Copies `key` into `out` and hashes it on the way, so a bundle is checked
 /// against its signed pointer without a second read or a copy in memory.
 pub fn copy_hashed(
-    store: &dyn ObjectStore,
+    store: &dyn ReadStore,
     key: &str,
     max_bytes: u64,
     out: &mut dyn Write,

@@ -1,5 +1,6 @@
-//! Publishing: write an immutable bundle under the next free version, then
-//! move the channel pointer to it with compare-and-swap.
+//! Channel operations, the library behind the publisher's store commands.
+//! Publishing writes an immutable bundle under the next free version, then
+//! moves the channel pointer to it with compare-and-swap.
 //!
 //! Two concurrent publishers can never lose or reuse a version: a bundle key
 //! is claimed with a create-only put, and the pointer only moves forward from
@@ -14,15 +15,14 @@ use crate::canonical::sha256_hex;
 use crate::compile::Compiled;
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
+use crate::verify::MAX_POINTER_BYTES;
 
 /// Default lifetime of a bundle's signature.
 pub const DEFAULT_BUNDLE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of a channel pointer or pin.
 pub const DEFAULT_POINTER_EXPIRY: Duration = Duration::from_secs(14 * 24 * 3600);
-/// Pointers are small; anything larger is not a pointer.
-pub const MAX_POINTER_BYTES: u64 = 64 * 1024;
 /// How often a publisher retries after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 32;
 
@@ -100,7 +100,7 @@ pub struct Published {
 
 /// Reads the pointer `kind`/`name` without verifying it, with its ETag.
 pub fn read_pointer(
-    store: &dyn ObjectStore,
+    store: &dyn ReadStore,
     kind: PointerKind,
     name: &str,
 ) -> Result<Option<(Pointer, String)>, PublishError> {
@@ -114,15 +114,14 @@ pub fn read_pointer(
                 })?;
             Ok(Some((p, obj.etag)))
         }
-        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Versions of every bundle in the store, ascending.
-pub fn list_versions(store: &dyn ObjectStore) -> Result<Vec<SnapshotVersion>, PublishError> {
-    let mut v: Vec<_> = store
-        .list("snapshots/")?
+pub fn list_versions(store: &dyn WriteStore) -> Result<Vec<SnapshotVersion>, PublishError> {
+    let mut v: Vec<_> = store::list(store, "snapshots/")?
         .iter()
         .filter_map(|k| SnapshotVersion::from_bundle_key(k))
         .collect();
@@ -132,7 +131,7 @@ pub fn list_versions(store: &dyn ObjectStore) -> Result<Vec<SnapshotVersion>, Pu
 
 /// Publishes `compiled` as the channel's next version.
 pub fn publish(
-    store: &dyn ObjectStore,
+    store: &dyn WriteStore,
     compiled: &Compiled,
     keys: &[SigningKey],
     opts: &PublishOptions,

@@ -1,0 +1,309 @@
+//! The agent's configuration file (`/etc/strata/agent.toml`), parsed once and
+//! checked up front; `strata-agent check-config` runs exactly this code. It
+//! lives in the common crate because `strata-publisher inspect --config`
+//! reads it too, to verify a store with exactly an agent's trust and limits.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::sign::{self, Role, TrustedKeys};
+use crate::store::StoreUrl;
+use serde::Deserialize;
+
+/// Everything the agent needs to know. Every key has a default except
+/// `source` and `trusted_keys`; unknown keys are an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store URL: `file:///abs/path` (watched and polled).
+    pub source: StoreUrl,
+    /// Channel whose pointer is followed. Default `stable`.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// This node's region, for pins. Default `default`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Poll period, jittered ±20%. Default `5s`.
+    #[serde(default = "default_poll", with = "duration")]
+    pub poll_interval: Duration,
+    /// Directory of the redb file. Default `/var/lib/strata`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Unix socket path. Default `/run/strata/agent.sock`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Socket permissions, octal. Default `0660`.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Snapshots kept for `?snapshot=N`. Default 5.
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+    /// redb's page cache in bytes: lookups are served from it, and a larger
+    /// one speeds up applying large snapshots. Default 64 MiB.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+    /// Largest bundle download and decompressed payload. Default 1 GiB.
+    #[serde(default = "default_max_bundle_bytes")]
+    pub max_bundle_bytes: u64,
+    /// Public keys the agent trusts, by role.
+    pub trusted_keys: Vec<TrustedKeyConfig>,
+    /// Signatures required per role. Default 1 each.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// How long in-flight requests may finish after SIGTERM. Default `10s`.
+    #[serde(default = "default_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Log format: `text` or `json`. Default `text`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+/// One trusted public key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyConfig {
+    /// `publisher` (bundles, channel pointers) or `operator` (pins).
+    pub role: Role,
+    /// SPKI PEM public key file.
+    pub path: PathBuf,
+}
+
+/// Signatures required per role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Publisher keys that must sign a bundle or pointer.
+    pub publisher: usize,
+    /// Operator keys that must sign a pin.
+    pub operator: usize,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            publisher: 1,
+            operator: 1,
+        }
+    }
+}
+
+fn default_channel() -> String {
+    "stable".into()
+}
+fn default_region() -> String {
+    "default".into()
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/strata".into()
+}
+fn default_socket() -> PathBuf {
+    "/run/strata/agent.sock".into()
+}
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+fn default_retain() -> usize {
+    5
+}
+fn default_cache_bytes() -> usize {
+    64 << 20
+}
+fn default_max_bundle_bytes() -> u64 {
+    1 << 30
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::time::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?}: {e}; write a duration such as 5s or 1m"))
+        })
+    }
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a wrong type.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+    /// A trusted key file is unusable.
+    #[error("{path}: trusted_keys: {source}")]
+    Key {
+        /// The config file.
+        path: PathBuf,
+        /// The key problem.
+        source: sign::KeyError,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        self.socket_mode_bits()
+            .map_err(|r| invalid("socket_mode", r))?;
+        if self.retain == 0 {
+            return Err(invalid(
+                "retain",
+                "must be at least 1 (the served snapshot)".into(),
+            ));
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            return Err(invalid("poll_interval", "must be at least 100ms".into()));
+        }
+        if !matches!(self.source, StoreUrl::File(_)) {
+            return Err(invalid(
+                "source",
+                format!(
+                    "{:?}: this build reads file:///absolute/path stores",
+                    self.source.to_string()
+                ),
+            ));
+        }
+        if self.channel.is_empty() || self.channel.contains('/') {
+            return Err(invalid(
+                "channel",
+                format!("{:?} is not a channel name", self.channel),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log_format",
+                format!("{:?}: use text or json", self.log_format),
+            ));
+        }
+        for (role, threshold) in [
+            (Role::Publisher, self.thresholds.publisher),
+            (Role::Operator, self.thresholds.operator),
+        ] {
+            let keys = self.trusted_keys.iter().filter(|k| k.role == role).count();
+            if threshold == 0 {
+                return Err(invalid(
+                    "thresholds",
+                    format!("{role} threshold must be at least 1"),
+                ));
+            }
+            if role == Role::Publisher && keys < threshold {
+                return Err(invalid(
+                    "trusted_keys",
+                    format!(
+                        "{keys} {role} key(s) trusted but the {role} threshold is {threshold}; add keys or lower thresholds.{role}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `socket_mode` as permission bits.
+    pub fn socket_mode_bits(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("{:?} is not an octal mode such as 0660", self.socket_mode))
+    }
+
+    /// Loads every trusted key into a trust set.
+    pub fn trust(&self, path: &Path) -> Result<TrustedKeys, ConfigError> {
+        let mut trust = TrustedKeys::new(self.thresholds.publisher, self.thresholds.operator);
+        for k in &self.trusted_keys {
+            let key = sign::load_verifying_key(&k.path).map_err(|source| ConfigError::Key {
+                path: path.to_owned(),
+                source,
+            })?;
+            trust.add(k.role, key);
+        }
+        Ok(trust)
+    }
+
+    /// The redb file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("strata.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let p = Path::new("agent.toml");
+        let c = Config::parse(
+            "source = \"file:///s\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"/k.pub\"\n",
+            p,
+        )
+        .expect("minimal config");
+        assert_eq!(c.channel, "stable");
+        assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.socket_mode_bits(), Ok(0o660));
+        assert_eq!(c.retain, 5);
+        let e = Config::parse(
+            "source = \"file:///s\"\ntrusted_keys = []\npoll_intervall = \"5s\"\n",
+            p,
+        )
+        .expect_err("typo refused");
+        assert!(e.to_string().contains("poll_intervall"), "{e}");
+        let e = Config::parse("source = \"file:///s\"\ntrusted_keys = []\n", p)
+            .expect_err("no keys refused");
+        assert!(e.to_string().contains("trusted_keys"), "{e}");
+    }
+}

@@ -1,0 +1,125 @@
+//! The snapshot bundle: one immutable file holding a whole snapshot.
+//!
+//! ```text
+//! magic "STRATAB1" | u32le manifest_len | manifest (canonical JSON)
+//!                  | u32le signatures_len | signatures (JSON array)
+//!                  | payload: index frame | body frame 1 | … | body frame n
+//! ```
+//! The signatures cover the manifest bytes; the manifest carries the payload's
+//! size and SHA-256. The index (a zstd frame) holds Layer 1, the routes, and
+//! for each body frame its sizes and its tenants' ids and config hashes; body
+//! frames (zstd, about [`FRAME_TARGET_BYTES`] each) hold the tenants' configs
+//! and prompts. A reader that already has most tenants decodes only the
+//! frames whose tenants changed. docs/FORMAT.md specifies every byte.
+//!
+//! Reading is a pipeline that trusts nothing it has not checked: header limits
+//! → manifest signatures → payload size and hash (streamed) → decompression
+//! with limits on the window, the decompressed size and the record count,
+//! and every decoded frame checked against the index.//!
+//! The module is split along the format's seams: this file holds the
+//! constants, the manifest and the limits; [`record`] the one record
+//! layout; `writer` builds payloads and bundles; `reader` verifies and
+//! decodes them; `error` says why a bundle was refused.
+
+mod error;
+mod reader;
+pub mod record;
+mod writer;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::BundleError;
+pub use reader::{
+    Contents, Frame, FrameBodies, Header, IndexEntry, PayloadReader, Records, SignatureCheck,
+    VerifiedBundle, read_header, verify,
+};
+pub use record::{Record, RecordKind};
+pub use writer::{Payload, PayloadWriter, assemble, write_bundle};
+
+/// The first 8 bytes of every bundle.
+pub const MAGIC: &[u8; 8] = b"STRATAB1";
+/// The manifest's `type`.
+pub const MANIFEST_TYPE: &str = "strata-bundle";
+/// The manifest's `format`.
+pub const FORMAT_VERSION: u32 = 2;
+/// The largest manifest or signature block a reader accepts.
+pub const MAX_HEADER_PART: u32 = 64 * 1024;
+/// The largest zstd window a reader allocates (2^27 = 128 MiB).
+pub const MAX_WINDOW_LOG: u32 = 27;
+/// The longest record key.
+pub const MAX_KEY_LEN: u32 = 1024;
+
+/// The signed description of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_TYPE`]: a signature over a manifest can never be
+    /// mistaken for one over a pointer.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Always [`FORMAT_VERSION`].
+    pub format: u32,
+    /// The snapshot version.
+    pub version: u64,
+    /// When the bundle was built (RFC 3339 UTC).
+    pub created_at: String,
+    /// After this an agent refuses to ingest the bundle (RFC 3339 UTC).
+    pub expires_at: String,
+    /// Layer 1's version.
+    pub layer1_version: String,
+    /// Tenants in the payload.
+    pub tenant_count: u64,
+    /// Records in the payload.
+    pub record_count: u64,
+    /// Compressed payload bytes.
+    pub payload_size: u64,
+    /// Compressed bytes of the index, the payload's first frame.
+    pub index_size: u64,
+    /// Hex SHA-256 of the index's route records: equal routes, equal digest.
+    pub routes_sha256: String,
+    /// Decompressed payload bytes.
+    pub payload_raw_size: u64,
+    /// Hex SHA-256 of the compressed payload.
+    pub payload_sha256: String,
+    /// Where the bundle came from.
+    pub provenance: Provenance,
+}
+
+/// Where a bundle came from; the publisher fills it from the CI environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// The config repository's commit, or empty.
+    pub git_commit: String,
+    /// The CI run id, or empty.
+    pub ci_run_id: String,
+}
+
+/// The decompressed size at which the writer closes a body frame: big enough
+/// to compress within ~3 % of one frame for everything, small enough that an
+/// agent holding all but a few tenants decodes little of a new snapshot.
+pub const FRAME_TARGET_BYTES: usize = 512 * 1024;
+
+/// Limits a reader enforces before it trusts or allocates anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest bundle file (and compressed payload).
+    pub max_bundle_bytes: u64,
+    /// The largest decompressed payload.
+    pub max_decompressed_bytes: u64,
+    /// The most records.
+    pub max_records: u64,
+    /// The largest single record value.
+    pub max_value_bytes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bundle_bytes: 1 << 30,
+            max_decompressed_bytes: 1 << 30,
+            max_records: 10_000_000,
+            max_value_bytes: 16 << 20,
+        }
+    }
+}

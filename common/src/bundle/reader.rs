@@ -1,0 +1,917 @@
+//! Reading a bundle: a pipeline that trusts nothing it has not checked.
+//! Header limits → canonical manifest → publisher signatures → size limits
+//! → payload SHA-256 (streamed) → then, lazily, decompression within the
+//! limits, with every payload rule of docs/FORMAT.md checked on what is
+//! decoded: frame checksums, record layout against the index, canonical
+//! configs that hash to their `config_hash`, prompts that start with the
+//! Layer 1 base prompt, routes unique, in order and to a tenant present.
+
+use std::cell::OnceCell;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Take};
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+
+use super::error::bad;
+use super::record::{self, RawRecord, Record, RecordKind, StreamError, hex_digest};
+use super::{
+    BundleError, FORMAT_VERSION, Limits, MAGIC, MANIFEST_TYPE, MAX_HEADER_PART, MAX_WINDOW_LOG,
+    Manifest,
+};
+use crate::canonical;
+use crate::sign::{KeyId, Role, SignatureEntry, TrustedKeys};
+
+/// The parsed, not yet verified, header of a bundle.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The exact manifest bytes the signatures cover.
+    pub manifest_bytes: Vec<u8>,
+    /// The detached signatures.
+    pub signatures: Vec<SignatureEntry>,
+    /// Where the payload starts.
+    pub payload_offset: u64,
+}
+
+/// Reads the header: magic, manifest and signatures, with size limits.
+pub fn read_header<R: Read>(r: &mut R) -> Result<Header, BundleError> {
+    let mut magic = [0u8; 8];
+    read_exact(r, &mut magic, "magic")?;
+    if &magic != MAGIC {
+        return Err(BundleError::BadMagic);
+    }
+    let manifest_bytes = read_part(r, "manifest")?;
+    let signature_bytes = read_part(r, "signatures")?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| BundleError::BadManifest(e.to_string()))?;
+    if manifest.kind != MANIFEST_TYPE || manifest.format != FORMAT_VERSION {
+        return Err(BundleError::BadManifest(format!(
+            "type {:?} format {}, expected {MANIFEST_TYPE:?} format {FORMAT_VERSION}",
+            manifest.kind, manifest.format
+        )));
+    }
+    canonical::require_canonical(&manifest_bytes, &manifest)
+        .map_err(BundleError::NonCanonicalManifest)?;
+    for (field, value) in [
+        ("created_at", &manifest.created_at),
+        ("expires_at", &manifest.expires_at),
+    ] {
+        crate::time::parse_exact(value).map_err(|_| BundleError::BadTimestamp {
+            field,
+            value: value.clone(),
+        })?;
+    }
+    let signatures: Vec<SignatureEntry> = serde_json::from_slice(&signature_bytes)
+        .map_err(|e| BundleError::BadSignatureBlock(e.to_string()))?;
+    let payload_offset = 16 + manifest_bytes.len() as u64 + signature_bytes.len() as u64;
+    Ok(Header {
+        manifest,
+        manifest_bytes,
+        signatures,
+        payload_offset,
+    })
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &'static str) -> Result<(), BundleError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => BundleError::Truncated(what),
+        _ => BundleError::Io(e),
+    })
+}
+
+fn read_part<R: Read>(r: &mut R, part: &'static str) -> Result<Vec<u8>, BundleError> {
+    let mut len = [0u8; 4];
+    read_exact(r, &mut len, part)?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_HEADER_PART {
+        return Err(BundleError::HeaderTooLarge { part, len });
+    }
+    let mut buf = vec![0u8; len as usize];
+    read_exact(r, &mut buf, part)?;
+    Ok(buf)
+}
+
+/// A bundle whose signatures, size and payload hash have been checked.
+/// Its records are decoded lazily, with limits.
+pub struct VerifiedBundle<R> {
+    /// The verified header.
+    pub header: Header,
+    /// Trusted publisher keys that signed it.
+    pub signed_by: Vec<KeyId>,
+    reader: R,
+    limits: Limits,
+}
+
+/// Whether [`verify`] checks signatures. Only `inspect` without keys skips
+/// them, and says so; everything that serves or trusts a bundle checks.
+#[derive(Debug, Clone, Copy)]
+pub enum SignatureCheck<'a> {
+    /// Require a threshold of these keys' publisher signatures.
+    Trusted(&'a TrustedKeys),
+    /// Check structure, limits and hashes only.
+    SkipForInspection,
+}
+
+/// Verifies a bundle: header → publisher signatures over the manifest →
+/// payload size limit → payload SHA-256 (streamed) → no trailing bytes.
+/// Nothing in the payload is decoded until all of these passed.
+pub fn verify<R: Read + Seek>(
+    mut reader: R,
+    check: SignatureCheck<'_>,
+    limits: &Limits,
+) -> Result<VerifiedBundle<R>, BundleError> {
+    let header = read_header(&mut reader)?;
+    let signed_by = match check {
+        SignatureCheck::Trusted(trust) => {
+            trust.verify(Role::Publisher, &header.manifest_bytes, &header.signatures)?
+        }
+        SignatureCheck::SkipForInspection => Vec::new(),
+    };
+    let m = &header.manifest;
+    if m.payload_size > limits.max_bundle_bytes {
+        return Err(BundleError::TooLarge {
+            size: m.payload_size,
+            limit: limits.max_bundle_bytes,
+        });
+    }
+    if m.payload_raw_size > limits.max_decompressed_bytes {
+        return Err(BundleError::DecompressedTooLarge {
+            limit: limits.max_decompressed_bytes,
+        });
+    }
+    if m.record_count > limits.max_records {
+        return Err(BundleError::TooManyRecords {
+            limit: limits.max_records,
+        });
+    }
+    let mut hasher = Sha256::new();
+    let copied = crate::copy::copy_chunked(
+        &mut (&mut reader).take(m.payload_size),
+        &mut HashWriter(&mut hasher),
+    )?;
+    if copied < m.payload_size {
+        return Err(BundleError::Truncated("payload"));
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != m.payload_sha256 {
+        return Err(BundleError::PayloadHashMismatch {
+            expected: m.payload_sha256.clone(),
+            actual,
+        });
+    }
+    let trailing = io::copy(&mut (&mut reader).take(1 << 20), &mut io::sink())?;
+    if trailing > 0 {
+        return Err(BundleError::TrailingBytes(trailing));
+    }
+    reader.seek(SeekFrom::Start(header.payload_offset))?;
+    Ok(VerifiedBundle {
+        header,
+        signed_by,
+        reader,
+        limits: *limits,
+    })
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<R: Read + Seek> VerifiedBundle<R> {
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.header.manifest
+    }
+
+    /// Decompresses the index and returns a reader that decodes body frames
+    /// on demand, each within the limits.
+    pub fn payload(self) -> Result<PayloadReader<R>, BundleError> {
+        PayloadReader::new(self)
+    }
+
+    /// Decodes every record in logical order (Layer 1, each tenant's config
+    /// and prompt, routes), checking the whole payload against the index and
+    /// the manifest.
+    pub fn records(self) -> Result<Records<R>, BundleError> {
+        Ok(Records {
+            payload: self.payload()?,
+            queue: std::collections::VecDeque::new(),
+            stage: Stage::Layer1,
+        })
+    }
+}
+
+/// A tenant as the index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The tenant id.
+    pub tenant: String,
+    /// Its config's `config_hash`, 64 hex digits: equal hashes mean equal
+    /// configs, and (under the same Layer 1) equal prompts.
+    pub config_hash: [u8; 64],
+}
+
+/// A body frame as the index describes it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// 1 for the first body frame (0 is the index).
+    pub number: u64,
+    /// Its tenants, in order.
+    pub tenants: Vec<IndexEntry>,
+    offset: u64,
+    size: u64,
+    raw_size: u64,
+}
+
+/// A decoded body frame: each tenant's config and prompt, borrowed from the
+/// reader's buffer until the next frame is read.
+#[derive(Debug)]
+pub struct FrameBodies<'a> {
+    raw: &'a [u8],
+    number: u64,
+    tenants: &'a [IndexEntry],
+    spans: Vec<BodySpan>,
+    layer1: &'a [u8],
+    /// Layer 1's base prompt and the separator, parsed on the first prompt taken.
+    prompt_prefix: &'a OnceCell<Result<Vec<u8>, String>>,
+}
+
+/// Where one tenant's records sit in a decoded frame.
+#[derive(Debug)]
+struct BodySpan {
+    at: u64,
+    config: Range<usize>,
+    prompt: Range<usize>,
+}
+
+impl FrameBodies<'_> {
+    /// Where the frame's `i`th tenant's records are, and its index entry.
+    fn tenant(&self, i: usize) -> Result<(&BodySpan, &IndexEntry), BundleError> {
+        match (self.spans.get(i), self.tenants.get(i)) {
+            (Some(span), Some(entry)) => Ok((span, entry)),
+            _ => Err(bad(self.number, 0, format!("no tenant {i} in the frame"))),
+        }
+    }
+
+    /// The config of the frame's `i`th tenant, once it is found to be
+    /// canonical JSON whose `config_hash` is both the one the index lists
+    /// and the hash of its content. Checked here, per config taken, so that
+    /// a reader keeping most of a frame's tenants from an earlier snapshot
+    /// does not parse the configs it leaves (docs/FORMAT.md).
+    pub fn config(&self, i: usize) -> Result<&[u8], BundleError> {
+        let (span, entry) = self.tenant(i)?;
+        let config = &self.raw[span.config.clone()];
+        let sealed =
+            canonical::check_sealed(config).map_err(|source| BundleError::NonCanonicalConfig {
+                tenant: entry.tenant.clone(),
+                frame: self.number,
+                source,
+            })?;
+        if sealed.config_hash.as_bytes() != entry.config_hash {
+            return Err(bad(
+                self.number,
+                span.at,
+                format!(
+                    "the config of {} does not have the config_hash the index lists",
+                    entry.tenant
+                ),
+            ));
+        }
+        if sealed.computed != sealed.config_hash {
+            return Err(BundleError::ConfigHashMismatch {
+                tenant: entry.tenant.clone(),
+                claimed: sealed.config_hash.to_owned(),
+                computed: sealed.computed,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The combined prompt of the frame's `i`th tenant, once it is found to
+    /// start with Layer 1's base prompt and the separator.
+    pub fn prompt(&self, i: usize) -> Result<&[u8], BundleError> {
+        let (span, entry) = self.tenant(i)?;
+        let prompt = &self.raw[span.prompt.clone()];
+        let prefix = self
+            .prompt_prefix
+            .get_or_init(|| prompt_prefix(self.layer1))
+            .as_ref()
+            .map_err(|e| BundleError::BadLayer1(e.clone()))?;
+        if !prompt.starts_with(prefix) {
+            return Err(BundleError::PromptWithoutBase {
+                tenant: entry.tenant.clone(),
+            });
+        }
+        Ok(prompt)
+    }
+}
+
+/// What every combined prompt starts with: Layer 1's `base_prompt`, then
+/// the separator.
+fn prompt_prefix(layer1: &[u8]) -> Result<Vec<u8>, String> {
+    #[derive(serde::Deserialize)]
+    struct Base<'a> {
+        #[serde(borrow)]
+        base_prompt: std::borrow::Cow<'a, str>,
+    }
+    let base: Base<'_> = serde_json::from_slice(layer1).map_err(|e| e.to_string())?;
+    Ok([
+        base.base_prompt.as_bytes(),
+        crate::render::SEPARATOR.as_bytes(),
+    ]
+    .concat())
+}
+
+/// Checks the zstd frame header at the start of `frame`: a zstd frame (not
+/// a skippable one) that carries its content checksum (docs/FORMAT.md).
+fn check_frame_header(number: u64, frame: &[u8]) -> Result<(), BundleError> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    const CONTENT_CHECKSUM_FLAG: u8 = 0x04;
+    let missing = |reason| BundleError::FrameChecksumMissing {
+        frame: number,
+        reason,
+    };
+    match frame {
+        [m0, m1, m2, m3, descriptor, ..] if [*m0, *m1, *m2, *m3] == ZSTD_MAGIC => {
+            if descriptor & CONTENT_CHECKSUM_FLAG == 0 {
+                return Err(missing("was written without its zstd content checksum"));
+            }
+            Ok(())
+        }
+        _ => Err(missing("does not start with a zstd frame header")),
+    }
+}
+
+/// The bundle as the index stream reads it: every read seeks to where the
+/// index left off, so body frames can be read in between.
+struct Tracked<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read + Seek> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.seek(SeekFrom::Start(self.pos))?;
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The index, decompressed as it is read.
+type IndexStream<R> = BufReader<zstd::Decoder<'static, BufReader<Take<Tracked<R>>>>>;
+
+/// The tenant ids of the index, in their (ascending) order: what a route
+/// may name. One string and its ends, not an allocation per tenant.
+#[derive(Default)]
+struct TenantIds {
+    names: String,
+    ends: Vec<usize>,
+}
+
+impl TenantIds {
+    fn push(&mut self, id: &str) {
+        self.names.push_str(id);
+        self.ends.push(self.names.len());
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.names[start..self.ends[i]]
+    }
+
+    fn last(&self) -> Option<&str> {
+        self.ends.len().checked_sub(1).map(|i| self.get(i))
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        let (mut lo, mut hi) = (0, self.ends.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid).cmp(id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+}
+
+/// A verified payload, read through its index, which is decompressed as it
+/// is read: memory stays at one body frame whatever the tenant count. Call
+/// [`Self::next_frame`] until it returns `None`, decoding the frames you need
+/// with [`Self::read_frame`], then [`Self::next_route`] until it returns
+/// `None`: that last call checks the totals against the manifest.
+pub struct PayloadReader<R: Read + Seek> {
+    index: IndexStream<R>,
+    payload_offset: u64,
+    manifest: Manifest,
+    limits: Limits,
+    layer1: Vec<u8>,
+    prompt_prefix: OnceCell<Result<Vec<u8>, String>>,
+    /// The last index record, whole.
+    record: Vec<u8>,
+    /// Decompressed index bytes read so far.
+    index_raw: u64,
+    frames: u64,
+    /// Where the next body frame starts, from the payload's start.
+    offset: u64,
+    frames_raw: u64,
+    records: u64,
+    tenants: TenantIds,
+    /// The number of the last route read.
+    last_route: Option<Vec<u8>>,
+    routes: Sha256,
+    compressed: Vec<u8>,
+    raw: Vec<u8>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl<R: Read + Seek> PayloadReader<R> {
+    fn new(verified: VerifiedBundle<R>) -> Result<Self, BundleError> {
+        let VerifiedBundle {
+            header,
+            mut reader,
+            limits,
+            ..
+        } = verified;
+        let m = header.manifest;
+        if m.index_size == 0 || m.index_size > m.payload_size {
+            return Err(BundleError::BadManifest(format!(
+                "index_size {} outside the {}-byte payload",
+                m.index_size, m.payload_size
+            )));
+        }
+        let mut head = [0u8; 5];
+        reader.seek(SeekFrom::Start(header.payload_offset))?;
+        let head_len = head.len().min(m.index_size as usize);
+        read_exact(&mut reader, &mut head[..head_len], "payload")?;
+        check_frame_header(0, &head[..head_len])?;
+        let tracked = Tracked {
+            inner: reader,
+            pos: header.payload_offset,
+        };
+        let mut decoder =
+            zstd::Decoder::new(tracked.take(m.index_size)).map_err(BundleError::Decompress)?;
+        decoder
+            .window_log_max(MAX_WINDOW_LOG)
+            .map_err(BundleError::Decompress)?;
+        let mut this = Self {
+            index: BufReader::with_capacity(64 * 1024, decoder.single_frame()),
+            payload_offset: header.payload_offset,
+            offset: m.index_size,
+            manifest: m,
+            limits,
+            layer1: Vec::new(),
+            prompt_prefix: OnceCell::new(),
+            record: Vec::new(),
+            index_raw: 0,
+            frames: 0,
+            frames_raw: 0,
+            records: 0,
+            tenants: TenantIds::default(),
+            last_route: None,
+            routes: Sha256::new(),
+            compressed: Vec::new(),
+            raw: Vec::new(),
+            decompressor: zstd::bulk::Decompressor::new().map_err(BundleError::Decompress)?,
+        };
+        let at = this.index_raw;
+        if !this.read_index_record()? {
+            return Err(bad(0, 0, "the index is empty".into()));
+        }
+        let first = this.current(at)?;
+        if first.kind != RecordKind::Layer1 {
+            return Err(bad(0, 0, "the index does not start with Layer 1".into()));
+        }
+        this.layer1 = first.value.to_vec();
+        Ok(this)
+    }
+
+    /// Layer 1 as JSON.
+    pub fn layer1(&self) -> &[u8] {
+        &self.layer1
+    }
+
+    /// The kind byte of the next index record, without reading it; `None`
+    /// at the end of the index.
+    fn peek(&mut self) -> Result<Option<u8>, BundleError> {
+        use std::io::BufRead;
+        Ok(self
+            .index
+            .fill_buf()
+            .map_err(BundleError::Decompress)?
+            .first()
+            .copied())
+    }
+
+    /// Reads the next index record into `self.record`, within the limits;
+    /// `false` at the end of the index.
+    fn read_index_record(&mut self) -> Result<bool, BundleError> {
+        let at = self.index_raw;
+        let cap = self
+            .manifest
+            .payload_raw_size
+            .min(self.limits.max_decompressed_bytes);
+        let read = record::read_next(
+            &mut self.index,
+            &mut self.record,
+            &self.limits,
+            cap.saturating_sub(at),
+        );
+        match read {
+            Ok(false) => return Ok(false),
+            Ok(true) => {}
+            Err(StreamError::OverBudget) => {
+                return Err(BundleError::DecompressedTooLarge { limit: cap });
+            }
+            Err(StreamError::Truncated(what)) => {
+                return Err(bad(0, at, format!("ends inside a record's {what}")));
+            }
+            Err(StreamError::Malformed(reason)) => return Err(bad(0, at, reason)),
+            Err(StreamError::Io(e)) => return Err(BundleError::Decompress(e)),
+        }
+        self.index_raw += self.record.len() as u64;
+        self.records += 1;
+        let limit = self.manifest.record_count.min(self.limits.max_records);
+        if self.records > limit {
+            return Err(BundleError::TooManyRecords { limit });
+        }
+        Ok(true)
+    }
+
+    /// The record [`Self::read_index_record`] read, decoded; `at` is where
+    /// it started, for messages.
+    fn current(&self, at: u64) -> Result<RawRecord<'_>, BundleError> {
+        record::decode(&self.record, &mut 0, &self.limits).map_err(|r| bad(0, at, r))
+    }
+
+    /// The next body frame the index lists, with its tenants; `None` after
+    /// the last.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, BundleError> {
+        if self.peek()? != Some(RecordKind::Frame as u8) {
+            return Ok(None);
+        }
+        let at = self.index_raw;
+        self.read_index_record()?;
+        let sizes: [u8; 16] = self
+            .current(at)?
+            .value
+            .try_into()
+            .map_err(|_| bad(0, at, "frame record value is not 16 bytes".into()))?;
+        let (size, raw_size) = sizes.split_at(8);
+        let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let (size, raw_size) = (le(size), le(raw_size));
+        self.frames += 1;
+        let number = self.frames;
+        if self
+            .offset
+            .checked_add(size)
+            .is_none_or(|end| end > self.manifest.payload_size)
+        {
+            return Err(bad(number, 0, "runs past the end of the payload".into()));
+        }
+        self.frames_raw = self.frames_raw.saturating_add(raw_size);
+        let raw_limit = self
+            .manifest
+            .payload_raw_size
+            .min(self.limits.max_decompressed_bytes);
+        if self.frames_raw > raw_limit {
+            return Err(BundleError::DecompressedTooLarge { limit: raw_limit });
+        }
+        let mut tenants = Vec::new();
+        while self.peek()? == Some(RecordKind::Tenant as u8) {
+            let at = self.index_raw;
+            self.read_index_record()?;
+            let rec = self.current(at)?;
+            let config_hash = hex_digest(rec.value).map_err(|r| bad(0, at, r))?;
+            if self.tenants.last().is_some_and(|last| rec.key <= last) {
+                return Err(bad(0, at, format!("tenant {} is out of order", rec.key)));
+            }
+            let tenant = rec.key.to_owned();
+            self.tenants.push(&tenant);
+            tenants.push(IndexEntry {
+                tenant,
+                config_hash,
+            });
+            // Its config and prompt, in the body frame.
+            self.records += 2;
+        }
+        if tenants.is_empty() {
+            return Err(bad(0, at, "a frame record lists no tenants".into()));
+        }
+        let frame = Frame {
+            number,
+            tenants,
+            offset: self.offset,
+            size,
+            raw_size,
+        };
+        self.offset += size;
+        Ok(Some(frame))
+    }
+
+    /// Decompresses `frame` (which [`Self::next_frame`] returned) and checks
+    /// that it is one zstd frame with its checksum, holding exactly its
+    /// tenants' configs and prompts; each config and prompt is checked as
+    /// [`FrameBodies`] hands it out.
+    pub fn read_frame<'a>(&'a mut self, frame: &'a Frame) -> Result<FrameBodies<'a>, BundleError> {
+        let n = frame.number;
+        let bundle = &mut self.index.get_mut().get_mut().get_mut().get_mut().inner;
+        bundle.seek(SeekFrom::Start(self.payload_offset + frame.offset))?;
+        self.compressed.resize(frame.size as usize, 0);
+        read_exact(bundle, &mut self.compressed, "payload")?;
+        check_frame_header(n, &self.compressed)?;
+        if zstd::zstd_safe::find_frame_compressed_size(&self.compressed)
+            != Ok(self.compressed.len())
+        {
+            return Err(BundleError::FrameChecksumMissing {
+                frame: n,
+                reason: "is not exactly one zstd frame of the size the index gives",
+            });
+        }
+        self.raw.clear();
+        self.raw.reserve(frame.raw_size as usize);
+        self.decompressor
+            .decompress_to_buffer(self.compressed.as_slice(), &mut self.raw)
+            .map_err(|e| {
+                bad(
+                    n,
+                    0,
+                    format!("does not decompress to its {} bytes: {e}", frame.raw_size),
+                )
+            })?;
+        let raw = self.raw.as_slice();
+        if raw.len() as u64 != frame.raw_size {
+            return Err(bad(
+                n,
+                0,
+                format!(
+                    "decompresses to {} bytes, the index says {}",
+                    raw.len(),
+                    frame.raw_size
+                ),
+            ));
+        }
+        let mut pos = 0;
+        let mut spans = Vec::with_capacity(frame.tenants.len());
+        for entry in &frame.tenants {
+            let mut next = |kind: RecordKind| {
+                let at = pos as u64;
+                let rec = record::decode(raw, &mut pos, &self.limits).map_err(|r| bad(n, at, r))?;
+                if rec.kind != kind || rec.key != entry.tenant {
+                    return Err(bad(
+                        n,
+                        at,
+                        format!(
+                            "expected the {kind:?} of {}, found the {:?} of {}",
+                            entry.tenant, rec.kind, rec.key
+                        ),
+                    ));
+                }
+                Ok((at, rec.value_at))
+            };
+            let (at, config) = next(RecordKind::Config)?;
+            let (_, prompt) = next(RecordKind::Prompt)?;
+            spans.push(BodySpan { at, config, prompt });
+        }
+        if pos != raw.len() {
+            return Err(bad(
+                n,
+                pos as u64,
+                "bytes after the frame's last tenant".into(),
+            ));
+        }
+        Ok(FrameBodies {
+            raw,
+            number: n,
+            tenants: &frame.tenants,
+            spans,
+            layer1: &self.layer1,
+            prompt_prefix: &self.prompt_prefix,
+        })
+    }
+
+    /// The signed SHA-256 of the route records (the manifest's
+    /// `routes_sha256`): equal digests mean equal routes, so a reader can
+    /// keep the routes it has. [`Self::next_route`] checks it at the end.
+    pub fn routes_sha256(&self) -> &str {
+        &self.manifest.routes_sha256
+    }
+
+    /// The next phone route, `(number, tenant id)`, once it is found to come
+    /// after the one before (so no number is routed twice) and to name a
+    /// tenant of the index; `None` after the last, once the routes' digest
+    /// and the payload's totals match the manifest.
+    pub fn next_route(&mut self) -> Result<Option<(&str, &str)>, BundleError> {
+        let at = self.index_raw;
+        if !self.read_index_record()? {
+            self.check_totals()?;
+            return Ok(None);
+        }
+        self.routes.update(&self.record);
+        let rec = record::decode(&self.record, &mut 0, &self.limits).map_err(|r| bad(0, at, r))?;
+        if rec.kind != RecordKind::Route {
+            return Err(bad(
+                0,
+                at,
+                format!("expected a route, found a {:?} record", rec.kind),
+            ));
+        }
+        let number = rec.key;
+        let tenant = std::str::from_utf8(rec.value)
+            .map_err(|_| bad(0, at, format!("route {number} is not UTF-8")))?;
+        if let Some(last) = &self.last_route {
+            match last.as_slice().cmp(number.as_bytes()) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(BundleError::DuplicateRoute {
+                        number: number.to_owned(),
+                    });
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(BundleError::RouteOutOfOrder {
+                        number: number.to_owned(),
+                        previous: String::from_utf8_lossy(last).into_owned(),
+                    });
+                }
+            }
+        }
+        if !self.tenants.contains(tenant) {
+            return Err(BundleError::RouteToUnknownTenant {
+                number: number.to_owned(),
+                tenant: tenant.to_owned(),
+            });
+        }
+        let last = self.last_route.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(number.as_bytes());
+        Ok(Some((number, tenant)))
+    }
+
+    fn check_totals(&mut self) -> Result<(), BundleError> {
+        let digest = hex::encode(std::mem::take(&mut self.routes).finalize());
+        if digest != self.manifest.routes_sha256 {
+            return Err(bad(
+                0,
+                self.index_raw,
+                format!(
+                    "the route records hash to {digest}, the manifest's routes_sha256 is {}",
+                    self.manifest.routes_sha256
+                ),
+            ));
+        }
+        let m = &self.manifest;
+        for (what, expected, actual) in [
+            ("records", m.record_count, self.records),
+            (
+                "decompressed bytes",
+                m.payload_raw_size,
+                self.index_raw + self.frames_raw,
+            ),
+            ("compressed bytes", m.payload_size, self.offset),
+            ("tenants", m.tenant_count, self.tenants.ends.len() as u64),
+        ] {
+            if expected != actual {
+                return Err(BundleError::CountMismatch {
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Stage {
+    Layer1,
+    Frames,
+    Routes,
+    Done,
+}
+
+/// Every record of a verified payload, in logical order.
+pub struct Records<R: Read + Seek> {
+    payload: PayloadReader<R>,
+    queue: std::collections::VecDeque<Record>,
+    stage: Stage,
+}
+
+impl<R: Read + Seek> Records<R> {
+    fn advance(&mut self) -> Result<Option<Record>, BundleError> {
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Ok(Some(r));
+            }
+            match self.stage {
+                Stage::Layer1 => {
+                    self.stage = Stage::Frames;
+                    return Ok(Some(Record {
+                        kind: RecordKind::Layer1,
+                        key: "layer1".into(),
+                        value: self.payload.layer1().to_vec(),
+                    }));
+                }
+                Stage::Frames => match self.payload.next_frame()? {
+                    Some(frame) => {
+                        let bodies = self.payload.read_frame(&frame)?;
+                        for (i, entry) in frame.tenants.iter().enumerate() {
+                            self.queue.push_back(Record {
+                                kind: RecordKind::Config,
+                                key: entry.tenant.clone(),
+                                value: bodies.config(i)?.to_vec(),
+                            });
+                            self.queue.push_back(Record {
+                                kind: RecordKind::Prompt,
+                                key: entry.tenant.clone(),
+                                value: bodies.prompt(i)?.to_vec(),
+                            });
+                        }
+                    }
+                    None => self.stage = Stage::Routes,
+                },
+                Stage::Routes => {
+                    return Ok(self.payload.next_route()?.map(|(number, tenant)| Record {
+                        kind: RecordKind::Route,
+                        key: number.to_owned(),
+                        value: tenant.as_bytes().to_vec(),
+                    }));
+                }
+                Stage::Done => return Ok(None),
+            }
+        }
+    }
+}
+
+impl<R: Read + Seek> Iterator for Records<R> {
+    type Item = Result<Record, BundleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.advance().transpose();
+        if !matches!(item, Some(Ok(_))) {
+            self.stage = Stage::Done;
+            self.queue.clear();
+        }
+        item
+    }
+}
+
+/// A whole payload decoded into maps, for inspection, diffs and tests.
+/// (The agent streams records into redb instead.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// Layer 1 as JSON.
+    pub layer1: Vec<u8>,
+    /// Tenant id → effective config JSON.
+    pub configs: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Tenant id → combined system prompt.
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// E.164 number → tenant id.
+    pub routes: std::collections::BTreeMap<String, String>,
+}
+
+impl Contents {
+    /// Collects every record.
+    pub fn collect<I: Iterator<Item = Result<Record, BundleError>>>(
+        records: I,
+    ) -> Result<Self, BundleError> {
+        let mut c = Self::default();
+        for r in records {
+            let r = r?;
+            let utf8 = |v: Vec<u8>, key: &str| {
+                String::from_utf8(v).map_err(|_| BundleError::BadRecord {
+                    frame: 0,
+                    offset: 0,
+                    reason: format!("the {:?} of {key} is not UTF-8", r.kind),
+                })
+            };
+            match r.kind {
+                RecordKind::Layer1 => c.layer1 = r.value,
+                RecordKind::Config => {
+                    c.configs.insert(r.key, r.value);
+                }
+                RecordKind::Prompt => {
+                    let prompt = utf8(r.value, &r.key)?;
+                    c.prompts.insert(r.key, prompt);
+                }
+                RecordKind::Route => {
+                    let tenant = utf8(r.value, &r.key)?;
+                    c.routes.insert(r.key, tenant);
+                }
+                // Index structure, never yielded by `records()`.
+                RecordKind::Frame | RecordKind::Tenant => {}
+            }
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,202 @@
+//! `inspect`: verify what agents would be offered, and show it.
+//!
+//! - `inspect FILE` or `inspect --store URL --version N`: one bundle, its
+//!   manifest, signers and contents, every payload rule checked (signatures
+//!   only with `--pubkey` or `--config`);
+//! - `inspect --store URL`: the channel as an agent sees it, through the
+//!   agents' own pipeline (`strata_common::verify`) with the keys of
+//!   `--pubkey` or exactly the trust, channel and limits of an agent's
+//!   `--config`: prints what an agent would do, and exits 1 if it would
+//!   refuse.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use strata_common::agent_config::Config;
+use strata_common::bundle::{self, Contents, Limits, SignatureCheck};
+use strata_common::canonical::sha256_hex;
+use strata_common::model::SnapshotVersion;
+use strata_common::sign::{self, Role, TrustedKeys};
+use strata_common::store::{self, StoreUrl};
+use strata_common::time;
+use strata_common::verify::{self, Checked, Policy};
+
+/// Arguments of `inspect`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A bundle file.
+    #[arg(conflicts_with = "store")]
+    file: Option<PathBuf>,
+    /// Store URL: its channel as an agent sees it, or (with --version) one bundle.
+    #[arg(long)]
+    store: Option<StoreUrl>,
+    /// Version of the bundle to inspect in the store.
+    #[arg(long, requires = "store")]
+    version: Option<u64>,
+    /// The channel an agent follows (default stable, or the --config's).
+    #[arg(long, requires = "store", conflicts_with = "version")]
+    channel: Option<String>,
+    /// Publisher public key to verify with (repeat for several).
+    #[arg(long = "pubkey", conflicts_with = "config")]
+    pubkeys: Vec<PathBuf>,
+    /// An agent's config: verify with its trusted keys, thresholds and limits.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The keys and limits to verify with, and where they came from.
+struct Trust {
+    keys: TrustedKeys,
+    limits: Limits,
+    channel: Option<String>,
+    checked: bool,
+}
+
+fn trust(args: &Args) -> Result<Trust> {
+    if let Some(path) = &args.config {
+        let config = Config::load(path)?;
+        return Ok(Trust {
+            keys: config.trust(path)?,
+            limits: Limits {
+                max_bundle_bytes: config.max_bundle_bytes,
+                max_decompressed_bytes: config.max_bundle_bytes,
+                ..Limits::default()
+            },
+            channel: Some(config.channel),
+            checked: true,
+        });
+    }
+    let mut keys = TrustedKeys::new(1, 1);
+    for p in &args.pubkeys {
+        keys.add(Role::Publisher, sign::load_verifying_key(p)?);
+    }
+    Ok(Trust {
+        keys,
+        limits: Limits::default(),
+        channel: None,
+        checked: !args.pubkeys.is_empty(),
+    })
+}
+
+/// Runs the inspection the arguments ask for.
+pub fn run(args: Args) -> Result<()> {
+    let trust = trust(&args)?;
+    match (&args.file, &args.store, args.version) {
+        (Some(file), None, None) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            show_bundle(&file.display().to_string(), &bytes, &trust)
+        }
+        (None, Some(url), Some(v)) => {
+            let store = store::open_read(url)?;
+            let key = SnapshotVersion(v).bundle_key();
+            let obj = store.get(&key, trust.limits.max_bundle_bytes)?;
+            show_bundle(&format!("{url}/{key}"), &obj.bytes, &trust)
+        }
+        (None, Some(url), None) => {
+            let channel = args
+                .channel
+                .clone()
+                .or(trust.channel.clone())
+                .unwrap_or_else(|| "stable".to_owned());
+            as_an_agent(url, &channel, &trust)
+        }
+        _ => bail!("give a bundle FILE, or --store URL [--version N]"),
+    }
+}
+
+/// One bundle: verified (signatures if keys were given), decoded whole.
+fn show_bundle(name: &str, bytes: &[u8], trust: &Trust) -> Result<()> {
+    let check = if trust.checked {
+        SignatureCheck::Trusted(&trust.keys)
+    } else {
+        SignatureCheck::SkipForInspection
+    };
+    let verified = bundle::verify(std::io::Cursor::new(bytes), check, &trust.limits)
+        .with_context(|| format!("{name} refused"))?;
+    let header = verified.header.clone();
+    let signed_by = verified.signed_by.clone();
+    let contents =
+        Contents::collect(verified.records()?).with_context(|| format!("{name} refused"))?;
+    println!("bundle {name}");
+    println!("sha256 {}", sha256_hex(bytes));
+    println!("size {} bytes", bytes.len());
+    println!(
+        "manifest {}",
+        serde_json::to_string_pretty(&header.manifest)?
+    );
+    for s in &header.signatures {
+        println!("signature by key {}", s.key_id);
+    }
+    if trust.checked {
+        println!("signatures verified: {} trusted key(s)", signed_by.len());
+    } else {
+        println!(
+            "signatures NOT checked (pass --pubkey KEY.pub to verify); payload hash and records checked"
+        );
+    }
+    println!(
+        "records: {} tenant config(s), {} prompt(s), {} route(s), 1 layer1",
+        contents.configs.len(),
+        contents.prompts.len(),
+        contents.routes.len(),
+    );
+    Ok(())
+}
+
+/// The channel through the agents' pipeline, as a new node would take it.
+fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
+    if !trust.checked {
+        bail!(
+            "inspect --store runs the agents' pipeline, which needs their keys: pass --pubkey KEY.pub or --config AGENT_TOML (or --version N to look at one bundle)"
+        );
+    }
+    let store = store::open_read(url)?;
+    let policy = Policy {
+        trust: &trust.keys,
+        channel,
+        limits: trust.limits,
+        now: time::now(),
+        served: None,
+    };
+    let spool = std::env::temp_dir();
+    println!("store {url} channel {channel}");
+    let refusal = match verify::check(store.as_ref(), &policy, &spool) {
+        Ok(Checked::New(verified)) => {
+            let pointer = verified.pointer.clone();
+            let manifest = verified.manifest.clone();
+            let signers = verified.signed_by.len();
+            match verified.check_payload() {
+                Ok(counts) => {
+                    println!(
+                        "an agent would apply version {}: {} ({} bytes, sha256 {})",
+                        pointer.version, pointer.bundle, pointer.bundle_size, pointer.bundle_sha256
+                    );
+                    println!(
+                        "pointer expires {}; bundle created {}, expires {}; layer1 {}",
+                        pointer.expires_at,
+                        manifest.created_at,
+                        manifest.expires_at,
+                        manifest.layer1_version
+                    );
+                    println!(
+                        "verified: {signers} trusted publisher signature(s); {} tenant(s) in {} frame(s), {} route(s), every payload rule checked",
+                        counts.tenants, counts.frames, counts.routes
+                    );
+                    return Ok(());
+                }
+                Err(refusal) => refusal,
+            }
+        }
+        Ok(Checked::UpToDate(v)) => {
+            println!("an agent serving version {v} would keep serving it");
+            return Ok(());
+        }
+        Err(refusal) => refusal,
+    };
+    println!("an agent would refuse it ({}): {refusal}", refusal.reason());
+    bail!(
+        "{url}: agents would refuse channel {channel} ({})",
+        refusal.reason()
+    )
+}

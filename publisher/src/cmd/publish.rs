@@ -1,0 +1,57 @@
+//! `publish --source DIR --key KEY --store URL`: the channel's next version.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use strata_common::channel::{self, DEFAULT_BUNDLE_EXPIRY, PublishOptions};
+use strata_common::store::{self, StoreUrl};
+
+use crate::input::{compile_source, load_keys, parse_duration, provenance_from_env};
+
+/// Arguments of `publish`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source directory.
+    #[arg(long)]
+    source: PathBuf,
+    /// Private key to sign with (repeat for several).
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// Store URL: file:///abs/path.
+    #[arg(long)]
+    store: StoreUrl,
+    /// Channel to move.
+    #[arg(long, default_value = "stable")]
+    channel: String,
+    /// Lifetime of the channel pointer's signature.
+    #[arg(long, default_value = "14d", value_parser = parse_duration)]
+    expires_in: Duration,
+}
+
+/// Validates and compiles the source, uploads the bundle, moves the pointer.
+pub fn run(args: Args) -> Result<()> {
+    let keys = load_keys(&args.keys)?;
+    let compiled = compile_source(&args.source)?;
+    let store = store::open_write(&args.store)?;
+    let opts = PublishOptions {
+        channel: args.channel,
+        bundle_expires_in: DEFAULT_BUNDLE_EXPIRY,
+        pointer_expires_in: args.expires_in,
+        provenance: provenance_from_env(),
+    };
+    let published = channel::publish(store.as_ref(), &compiled, &keys, &opts)?;
+    let p = &published.pointer;
+    println!(
+        "published version {} to {} channel {}: {} ({} bytes, sha256 {}), {} tenant(s); pointer expires {}",
+        p.version,
+        store.url(),
+        p.name,
+        p.bundle,
+        p.bundle_size,
+        p.bundle_sha256,
+        compiled.tenant_count,
+        p.expires_at
+    );
+    Ok(())
+}

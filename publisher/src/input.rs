@@ -1,0 +1,97 @@
+//! What several commands read: a source tree, signing keys, durations, and
+//! the CI environment's provenance.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use strata_common::bundle::Provenance;
+use strata_common::compile::{self, CompileOptions};
+use strata_common::sign;
+use strata_common::source::{Source, SourceError};
+use strata_common::validate::Problem;
+
+/// Parses `--expires-in` and friends.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    strata_common::time::parse_duration(s)
+        .map_err(|e| format!("{e}; write a duration such as 14d, 12h or 30m"))
+}
+
+/// Opens a source directory, printing every problem if it is invalid.
+pub fn open_source(dir: &Path) -> Result<Source> {
+    Source::open(dir).map_err(|e| report(dir, e))
+}
+
+/// Validates and compiles a source directory, printing every problem (and
+/// warning) of an invalid one.
+pub fn compile_source(dir: &Path) -> Result<compile::Compiled> {
+    let src = open_source(dir)?;
+    let compiled = compile::compile(&src, CompileOptions::default()).map_err(|e| report(dir, e))?;
+    print_warnings(&compiled.warnings);
+    Ok(compiled)
+}
+
+/// Prints every problem of an invalid source, one per line, and turns the
+/// error into a one-line summary.
+pub fn report(dir: &Path, e: SourceError) -> anyhow::Error {
+    match e {
+        SourceError::Invalid { problems, warnings } => {
+            print_warnings(&warnings);
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for p in &problems {
+                let _ = writeln!(out, "{p}");
+            }
+            anyhow!(
+                "{}: {} problem(s); nothing was written. Fix them and run again",
+                dir.display(),
+                problems.len()
+            )
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Prints warnings to stderr.
+pub fn print_warnings(warnings: &[Problem]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Loads every `--key`, refusing any readable by group or others.
+pub fn load_keys(paths: &[PathBuf]) -> Result<Vec<sign::SigningKey>> {
+    paths
+        .iter()
+        .map(|p| sign::load_signing_key(p).map_err(anyhow::Error::new))
+        .collect()
+}
+
+/// Where a bundle comes from: the usual CI variables (GitHub Actions,
+/// GitLab, Jenkins, Buildkite), with `STRATA_GIT_COMMIT` /
+/// `STRATA_CI_RUN_ID` winning.
+pub fn provenance_from_env() -> Provenance {
+    let first = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_default()
+    };
+    Provenance {
+        git_commit: first(&[
+            "STRATA_GIT_COMMIT",
+            "GITHUB_SHA",
+            "CI_COMMIT_SHA",
+            "GIT_COMMIT",
+            "BUILDKITE_COMMIT",
+        ]),
+        ci_run_id: first(&[
+            "STRATA_CI_RUN_ID",
+            "GITHUB_RUN_ID",
+            "CI_PIPELINE_ID",
+            "BUILD_ID",
+            "BUILDKITE_BUILD_ID",
+        ]),
+    }
+}
