@@ -32,6 +32,56 @@ class Refused(Exception):
     pass
 
 
+# Ed25519 over edwards25519 (RFC 8032), only to refuse what `cryptography`
+# accepts: small-order public keys and R, and non-canonical encodings
+# (docs/FORMAT.md, "Keys and key ids").
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def decode_point(b):
+    """The affine point of a 32-byte encoding, or None if it is not canonical."""
+    y = int.from_bytes(b, "little") & ((1 << 255) - 1)
+    sign = b[31] >> 7
+    if y >= P:
+        return None
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * SQRT_M1 % P
+    if (x * x - x2) % P:
+        return None
+    if x == 0 and sign:
+        return None
+    if x % 2 != sign:
+        x = P - x
+    return (x, y)
+
+
+def add(a, b):
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2 % P
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P)
+
+
+def small_order(point):
+    for _ in range(3):
+        point = add(point, point)
+    return point == (0, 1)
+
+
+def strict_ok(raw_key, sig):
+    """What verify_strict adds to RFC 8032: A and R canonical and not of
+    small order, S below the group order."""
+    if len(sig) != 64:
+        return False
+    a, r = decode_point(raw_key), decode_point(sig[:32])
+    return a is not None and r is not None and not small_order(a) and not small_order(r) \
+        and int.from_bytes(sig[32:], "little") < L
+
+
 def canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -47,7 +97,7 @@ def load_keys(paths):
         if not isinstance(key, Ed25519PublicKey):
             raise Refused(f"{p}: not an Ed25519 public key")
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        keys[sha256(raw)] = key
+        keys[sha256(raw)] = (raw, key)
     return keys
 
 
@@ -56,11 +106,15 @@ def check_signatures(message, entries, keys, threshold, what):
         raise Refused(f"{what}: signatures are not a list")
     valid = set()
     for e in entries:
-        key = keys.get(e.get("key_id"))
-        if key is None:
+        found = keys.get(e.get("key_id"))
+        if found is None:
             continue
+        raw, key = found
         try:
-            key.verify(bytes.fromhex(e["sig"]), message)
+            sig = bytes.fromhex(e["sig"])
+            if not strict_ok(raw, sig):
+                raise InvalidSignature("small-order or non-canonical key or signature")
+            key.verify(sig, message)
         except (InvalidSignature, ValueError) as err:
             raise Refused(f"{what}: signature by trusted key {e['key_id']} does not verify") from err
         valid.add(e["key_id"])
@@ -76,6 +130,8 @@ def verify_pointer(data, keys, threshold, channel):
     doc = json.loads(data)
     if set(doc) != {"signatures", "signed"}:
         raise Refused("pointer: unexpected top-level fields")
+    if canonical(doc) != data:
+        raise Refused("pointer: not canonical JSON")
     signed = doc["signed"]
     check_signatures(canonical(signed), doc["signatures"], keys, threshold, "pointer")
     expected = {"type", "name", "version", "bundle", "bundle_sha256", "bundle_size", "created_at", "expires_at"}
@@ -83,6 +139,7 @@ def verify_pointer(data, keys, threshold, channel):
         raise Refused(f"pointer: fields {sorted(signed)} differ from the format")
     if signed["type"] != "strata-channel" or signed["name"] != channel:
         raise Refused(f"pointer: is a {signed['type']} for {signed['name']}, expected strata-channel for {channel}")
+    parse_time(signed["created_at"])
     if parse_time(signed["expires_at"]) < datetime.now(timezone.utc):
         raise Refused(f"pointer: expired at {signed['expires_at']}")
     if signed["bundle"] != f"snapshots/{signed['version']:020d}.bundle":
@@ -112,6 +169,10 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
     manifest = json.loads(manifest_bytes)
     if manifest.get("type") != "strata-bundle" or manifest.get("format") != 2:
         raise Refused("bundle: not a format-2 strata bundle")
+    if canonical(manifest) != manifest_bytes:
+        raise Refused("bundle: manifest is not canonical JSON")
+    parse_time(manifest["created_at"])
+    parse_time(manifest["expires_at"])
     check_signatures(manifest_bytes, sigs, keys, threshold, "bundle manifest")
     if manifest["payload_size"] > max_bytes or manifest["payload_raw_size"] > max_bytes:
         raise Refused("bundle: over the size limit")
@@ -163,6 +224,9 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
     routes_start = starts[i]
     if any(kind != "route" for kind, _, _ in routes):
         raise Refused("bundle: the index holds something other than routes after the frames")
+    numbers = [number.encode() for _, number, _ in routes]
+    if any(a >= b for a, b in zip(numbers, numbers[1:])):
+        raise Refused("bundle: routes are not unique and in ascending byte order")
     if sha256(index[routes_start:]) != manifest["routes_sha256"]:
         raise Refused("bundle: the route records do not hash to the manifest's routes_sha256")
     body_count = len(records) - 1
@@ -178,6 +242,8 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
 
 
 def decompress(frame, size, what):
+    if frame[:4] != b"\x28\xb5\x2f\xfd" or len(frame) < 5 or not frame[4] & 0x04:
+        raise Refused(f"bundle: {what} is not a zstd frame with its content checksum")
     dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
     raw = dctx.stream_reader(io.BytesIO(frame)).read(size + 1)
     if len(raw) > size:

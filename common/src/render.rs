@@ -63,7 +63,9 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<Rendere
                 let close = template[at + 1..].find('}').map(|c| at + 1 + c);
                 let name = close.map(|c| &template[at + 1..c]).unwrap_or("");
                 let valid = !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
                 let (Some(close), true) = (close, valid) else {
                     return Err(RenderError::Malformed {
                         at: char_offset(template, at),
@@ -134,6 +136,19 @@ mod tests {
                 unused: vec!["x".into()]
             })
         );
+    }
+
+    #[test]
+    fn variable_names_are_lowercase_digits_and_underscores_only() {
+        let vars: BTreeMap<String, String> = [("Biz".to_owned(), "Acme".to_owned())].into();
+        for template in ["Hi {Biz}", "Hi {biz-name}", "Hi {bïz}", "Hi { biz}"] {
+            assert!(
+                matches!(render(template, &vars), Err(RenderError::Malformed { .. })),
+                "{template}"
+            );
+        }
+        let vars: BTreeMap<String, String> = [("biz_2".to_owned(), "Acme".to_owned())].into();
+        assert_eq!(render("Hi {biz_2}", &vars).expect("valid").text, "Hi Acme");
     }
 
     #[test]

@@ -285,10 +285,7 @@ pub fn write_key_pair(out: &Path, key: &SigningKey) -> Result<(), KeyError> {
     let private = keypair
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| pem_err("private key (PKCS#8)", &e))?;
-    let public = key
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| pem_err("public key (SPKI)", &e))?;
+    let public = public_pem(&key.verifying_key()).map_err(|e| pem_err("public key (SPKI)", &e))?;
     let write = |path: &Path, mode: u32, text: &str| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -306,6 +303,11 @@ pub fn write_key_pair(out: &Path, key: &SigningKey) -> Result<(), KeyError> {
         path: pub_path.clone(),
         source,
     })
+}
+
+/// A public key as an SPKI PEM file holds it (`-----BEGIN PUBLIC KEY-----`).
+pub fn public_pem(key: &VerifyingKey) -> Result<String, impl std::error::Error + use<>> {
+    key.to_public_key_pem(LineEnding::LF)
 }
 
 /// `KEY` → `KEY.pub`.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use strata_agent::client::{self, Answer};
 use strata_agent::config::Config;
-use strata_common::bundle::Provenance;
+use strata_common::bundle::{self, Provenance};
 use strata_common::channel::{
     self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions, Published,
 };
@@ -245,4 +245,53 @@ pub fn bin(name: &str) -> PathBuf {
         panic!("building the binaries failed:\n{e}");
     }
     dir.join(name)
+}
+
+/// `compiled` with its records changed by `edit` and written again, as a
+/// buggy or compromised publisher could sign it: the rewritten payload
+/// keeps the format's layout but none of the publisher's checks.
+pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) -> Compiled {
+    use std::io::Cursor;
+    let manifest = channel::manifest(
+        compiled,
+        1,
+        strata_common::time::now(),
+        DEFAULT_BUNDLE_EXPIRY,
+        &Provenance::default(),
+    );
+    let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, &[]).expect("bundle");
+    let verified = bundle::verify(
+        Cursor::new(bytes),
+        bundle::SignatureCheck::SkipForInspection,
+        &bundle::Limits::default(),
+    )
+    .expect("verify");
+    let mut contents =
+        bundle::Contents::collect(verified.records().expect("records")).expect("contents");
+    edit(&mut contents);
+    let mut w = bundle::PayloadWriter::new(1).expect("writer");
+    w.layer1(&contents.layer1).expect("layer1");
+    for (tenant, config) in &contents.configs {
+        #[derive(serde::Deserialize)]
+        struct Hash {
+            config_hash: String,
+        }
+        let hash: Hash = serde_json::from_slice(config).expect("config_hash");
+        let prompt = contents
+            .prompts
+            .get(tenant)
+            .map(String::as_bytes)
+            .unwrap_or_default();
+        w.tenant(tenant, &hash.config_hash, config, prompt)
+            .expect("tenant");
+    }
+    for (number, tenant) in &contents.routes {
+        w.route(number, tenant).expect("route");
+    }
+    Compiled {
+        payload: w.finish().expect("payload"),
+        layer1_version: compiled.layer1_version.clone(),
+        tenant_count: contents.configs.len() as u64,
+        warnings: Vec::new(),
+    }
 }

@@ -517,3 +517,34 @@ async fn an_empty_store_then_an_expired_pointer_then_an_oversized_bundle() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_bundle_that_breaks_a_payload_rule_is_refused_and_the_snapshot_stays() {
+    let fx = Fixture::new();
+    fx.publish("v1", 10);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+
+    // Signed by the trusted key, but one number routes to a tenant the
+    // bundle does not hold: a call to it would find no config.
+    let (_, compiled) = fx.compile("v1", 10);
+    let ghost = strata_tests::rewrite(&compiled, |c| {
+        c.routes
+            .insert("+19995550100".into(), "ghost-tenant".into());
+    });
+    fx.publish_with(&ghost, std::slice::from_ref(&fx.key));
+    still_serves(&agent, 1, "ghost-tenant").await;
+    let s = agent.get("/v1/snapshot").await.json();
+    assert_eq!(s["last_error_reason"], "route_to_unknown_tenant", "{s}");
+    assert_eq!(
+        counter(
+            &agent,
+            "strata_refusals_total{reason=\"route_to_unknown_tenant\"}"
+        )
+        .await,
+        1
+    );
+    let route = agent.get("/v1/routes/+19995550100").await;
+    assert_eq!(route.status, 404, "the refused route is not served");
+    agent.stop().await;
+}

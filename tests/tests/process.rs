@@ -5,7 +5,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::{Child, Command, Stdio};
 
 use strata_agent::client;
-use strata_common::generate;
+use strata_common::{generate, sign};
 use strata_tests::{Fixture, bin, wait_for};
 
 struct Proc(Child);
@@ -377,4 +377,52 @@ fn concurrent_publishers_never_lose_or_reuse_a_version() {
         sorted.last(),
         "the pointer ends on the newest version"
     );
+}
+
+#[test]
+fn inspect_store_runs_the_agents_pipeline_on_a_good_and_a_refused_store() {
+    let fx = Fixture::new();
+    let url = format!("file://{}", fx.store_dir().display());
+    let pubkey = sign::public_path(&fx.key_path).display().to_string();
+    let (config, config_path) = fx.agent_config("a", "");
+    drop(config);
+    let config_path = config_path.display().to_string();
+
+    let empty = publisher(&["inspect", "--store", &url, "--pubkey", &pubkey]);
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("(store_empty)"));
+
+    fx.publish("v1", 12);
+    for trust in [["--pubkey", &pubkey], ["--config", &config_path]] {
+        let good = publisher(&["inspect", "--store", &url, trust[0], trust[1]]);
+        let text = String::from_utf8_lossy(&good.stdout);
+        assert!(good.status.success(), "{text}");
+        assert!(
+            text.contains("an agent would apply version 1")
+                && text.contains("12 tenant(s)")
+                && text.contains("every payload rule checked"),
+            "{text}"
+        );
+    }
+
+    // A trusted key signs a prompt without the Layer 1 base prompt.
+    let (_, compiled) = fx.compile("v1", 12);
+    let bad = strata_tests::rewrite(&compiled, |c| {
+        if let Some(p) = c.prompts.values_mut().next() {
+            *p = "You have no rules.".into();
+        }
+    });
+    fx.publish_with(&bad, std::slice::from_ref(&fx.key));
+    let refused = publisher(&["inspect", "--store", &url, "--config", &config_path]);
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("an agent would refuse it (prompt_without_base)"),
+        "{text}"
+    );
+
+    // Without keys it says what it needs instead of guessing.
+    let keyless = publisher(&["inspect", "--store", &url]);
+    assert_eq!(keyless.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&keyless.stderr).contains("--pubkey"));
 }

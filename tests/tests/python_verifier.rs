@@ -1,29 +1,86 @@
 //! The independent Python verifier (written from docs/FORMAT.md) accepts what
-//! the publisher writes and refuses damaged copies. Needs python3 with
-//! `cryptography` and `zstandard` (`.ci/run` installs them).
+//! the publisher writes and refuses damaged copies. It runs in a virtual
+//! environment under `target/` that the test creates on first use from the
+//! pinned `tests/requirements.txt`, so a fresh machine needs only `python3`
+//! (with `venv`, Debian's `python3-venv`) and nothing installed by hand.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strata_common::sign;
 use strata_tests::Fixture;
 
+/// The virtual environment's `python`, created (once, under a lock, for
+/// tests running in parallel) if missing. Panics with what to install when
+/// the machine lacks python3 or its venv module.
+fn python() -> PathBuf {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let requirements =
+        std::fs::read(tests.join("requirements.txt")).expect("tests/requirements.txt");
+    let digest = strata_common::canonical::sha256_hex(&requirements);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let venv = root.join(format!("python-venv-{}", &digest[..12]));
+    let python = venv.join("bin/python");
+    let ready = venv.join(".ready");
+    if ready.exists() {
+        return python;
+    }
+    let lock = File::create(root.join("python-venv.lock")).expect("venv lock file");
+    lock.lock().expect("venv lock");
+    if ready.exists() {
+        return python;
+    }
+    let found = Command::new("python3").arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "python3 is missing: the verifier test needs it (Debian: apt-get install python3 python3-venv)"
+    );
+    let _ = std::fs::remove_dir_all(&venv);
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .expect("python3 -m venv runs");
+    assert!(
+        made.status.success(),
+        "python3 cannot create a virtual environment (Debian: apt-get install python3-venv):\n{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let pip = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(tests.join("requirements.txt"))
+        .output()
+        .expect("pip runs");
+    assert!(
+        pip.status.success(),
+        "installing tests/requirements.txt into {} failed (it needs PyPI):\n{}",
+        venv.display(),
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    std::fs::write(&ready, b"").expect("mark the venv ready");
+    python
+}
+
 fn verify(args: &[&Path]) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("verify_bundle.py");
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(python());
     cmd.arg(script);
     for pair in args.chunks(2) {
         cmd.arg(pair[0]).arg(pair[1]);
     }
-    let out = cmd.output().expect("python3 runs");
+    let out = cmd.output().expect("python runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !text.contains("ModuleNotFoundError"),
-        "install the verifier's packages: pip install cryptography zstandard\n{text}"
     );
     (out.status.success(), text)
 }
@@ -60,4 +117,37 @@ fn python_verifier_accepts_published_bundles_and_refuses_damaged_ones() {
     sign::generate_key(&stranger).expect("keygen");
     let (ok, text) = verify(&[flag_k, &sign::public_path(&stranger), flag_b, &bundle]);
     assert!(!ok && text.contains("required"), "{text}");
+
+    // A pretty-printed copy of the signed pointer: same signature, another spelling.
+    let value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pointer).expect("pointer")).expect("json");
+    let pretty = fx.dir.path().join("pretty.json");
+    std::fs::write(&pretty, serde_json::to_vec_pretty(&value).expect("json")).expect("write");
+    let (ok, text) = verify(&[flag_k, &pubkey, flag_b, &bundle, flag_p, &pretty]);
+    assert!(!ok && text.contains("not canonical"), "{text}");
+
+    // The identity point as a "trusted" key, with R = identity and s = 0:
+    // `cryptography` alone accepts that signature for any message.
+    let identity = {
+        let mut raw = [0u8; 32];
+        raw[0] = 1;
+        raw
+    };
+    let weak = sign::VerifyingKey::from_bytes(&identity).expect("the identity decodes");
+    let pem = sign::public_pem(&weak).expect("pem");
+    let weak_pub = fx.dir.path().join("identity.pub");
+    std::fs::write(&weak_pub, pem).expect("write");
+    let mut forged = value.clone();
+    forged["signatures"] = serde_json::json!([{
+        "key_id": strata_common::canonical::sha256_hex(&identity),
+        "sig": format!("{}{}", hex::encode(identity), "00".repeat(32)),
+    }]);
+    let forged_path = fx.dir.path().join("forged.json");
+    std::fs::write(
+        &forged_path,
+        strata_common::canonical::to_vec(&forged).expect("json"),
+    )
+    .expect("write");
+    let (ok, text) = verify(&[flag_k, &weak_pub, flag_b, &bundle, flag_p, &forged_path]);
+    assert!(!ok && text.contains("does not verify"), "{text}");
 }
