@@ -1,0 +1,301 @@
+//! The one write transaction that stores a snapshot.
+
+use std::io::{Read, Seek};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redb::{ReadableDatabase, ReadableTable, Table, TableError};
+use strata_common::bundle::PayloadReader;
+use strata_common::canonical::sha256_hex;
+
+use super::rows::{
+    OPEN, OpenRows, RouteBody, RouteSet, TenantRow, prompt_etag, prune_routes, prune_tenants,
+};
+use super::{
+    CLOSED, CONFIG_BODIES, Db, DbError, ETAG_LEN, LAYER1, META, PROMPT_BODIES, ROUTE_SETS, ROUTES,
+    SNAPSHOTS, SnapshotMeta, TENANTS,
+};
+
+impl Db {
+    /// Writes a whole snapshot in one transaction, makes it current and prunes
+    /// all but the newest `retain` versions. Tenants whose config hash (and
+    /// Layer 1) are unchanged since the newest stored snapshot share its
+    /// bodies, and a body frame whose tenants are all unchanged is not even
+    /// decompressed. Any bad record rolls everything back.
+    pub fn ingest<R: Read + Seek>(
+        &self,
+        meta: &SnapshotMeta,
+        payload: &mut PayloadReader<R>,
+        retain: usize,
+    ) -> Result<Ingested, DbError> {
+        let v = meta.version;
+        let mut txn = self.db.begin_write()?;
+        let mut done = Ingested::default();
+        {
+            let mut tenants = txn.open_table(TENANTS)?;
+            let mut closed = txn.open_table(CLOSED)?;
+            let mut config_bodies = txn.open_table(CONFIG_BODIES)?;
+            let mut prompt_bodies = txn.open_table(PROMPT_BODIES)?;
+            let mut routes = txn.open_table(ROUTES)?;
+            let mut route_sets = txn.open_table(ROUTE_SETS)?;
+            let mut layer1 = txn.open_table(LAYER1)?;
+            let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            let mut m = txn.open_table(META)?;
+            if snapshots.get(v)?.is_some() {
+                return Err(DbError::AlreadyStored { version: v });
+            }
+            // The newest stored snapshot: bodies unchanged since it are shared.
+            let base = snapshots.last()?.map(|(k, _)| k.value());
+            // Nothing stored means nothing served: no lookup to stay out of
+            // the way of, so the disk may start on the apply's pages at once.
+            let _eager = EagerWhile::set(&self.eager_writeback, base.is_none());
+            if let Some(stored) = base.filter(|b| *b > v) {
+                return Err(DbError::OlderThanStored { version: v, stored });
+            }
+            // The base's rows, from the committed state, walked in tenant
+            // order beside the index: rows of tenants the index no longer
+            // lists are closed as the walk passes them.
+            let committed = self.db.begin_read()?;
+            let base_rows = match committed.open_table(TENANTS) {
+                Ok(t) => Some(t),
+                Err(TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let mut open = OpenRows {
+                rows: base_rows.as_ref().map(|t| t.iter()).transpose()?,
+            };
+            let mut head = open.next()?;
+            let close = |tenants: &mut Table<(&str, u64), &[u8]>,
+                         closed: &mut Table<(u64, &str), u64>,
+                         (tenant, first, mut row): (String, u64, TenantRow)|
+             -> Result<(), DbError> {
+                row.last = v - 1;
+                tenants.insert((tenant.as_str(), first), row.encode().as_slice())?;
+                closed.insert((row.last, tenant.as_str()), first)?;
+                Ok(())
+            };
+            let layer1_hash = sha256_hex(payload.layer1());
+            // Under the same Layer 1, an unchanged config means an unchanged
+            // prompt: its ETag is the base row's, no need to hash again.
+            let same_layer1 = match base {
+                Some(b) => layer1
+                    .get(b)?
+                    .is_some_and(|g| g.value().get(..ETAG_LEN) == Some(layer1_hash.as_bytes())),
+                None => false,
+            };
+            let mut value = Vec::with_capacity(ETAG_LEN + payload.layer1().len());
+            value.extend_from_slice(layer1_hash.as_bytes());
+            value.extend_from_slice(payload.layer1());
+            layer1.insert(v, value.as_slice())?;
+
+            while let Some(frame) = payload.next_frame()? {
+                let mut rows = Vec::with_capacity(frame.tenants.len());
+                let mut changed = false;
+                for entry in &frame.tenants {
+                    while let Some(gone) = head.take_if(|(t, ..)| *t < entry.tenant) {
+                        close(&mut tenants, &mut closed, gone)?;
+                        head = open.next()?;
+                    }
+                    let before = match head.take_if(|(t, ..)| *t == entry.tenant) {
+                        Some(current) => {
+                            head = open.next()?;
+                            Some(current)
+                        }
+                        None => None,
+                    };
+                    let prompt = match &before {
+                        Some((_, _, r)) if same_layer1 && r.config_etag == entry.config_hash => {
+                            r.prompt_etag
+                        }
+                        _ => prompt_etag(&entry.config_hash, &layer1_hash),
+                    };
+                    let same = before.as_ref().is_some_and(|(_, _, r)| {
+                        r.config_etag == entry.config_hash && r.prompt_etag == prompt
+                    });
+                    changed |= !same;
+                    rows.push((before, prompt, same));
+                }
+                let bodies = if changed {
+                    done.frames_decoded += 1;
+                    Some(payload.read_frame(&frame)?)
+                } else {
+                    done.frames_skipped += 1;
+                    None
+                };
+                for (i, (entry, (before, prompt_etag, same))) in
+                    frame.tenants.iter().zip(rows).enumerate()
+                {
+                    done.tenants += 1;
+                    if same {
+                        done.bodies_shared += 2;
+                        continue;
+                    }
+                    let was = before.as_ref().map(|(_, _, r)| *r);
+                    let key = (v, entry.tenant.as_str());
+                    let config_version = done.share_or_write(
+                        &mut config_bodies,
+                        was.map(|r| (r.config_version, r.config_etag)),
+                        &entry.config_hash,
+                        key,
+                        || Ok(bodies.as_ref().map(|b| b.config(i)).transpose()?),
+                    )?;
+                    let prompt_version = done.share_or_write(
+                        &mut prompt_bodies,
+                        was.map(|r| (r.prompt_version, r.prompt_etag)),
+                        &prompt_etag,
+                        key,
+                        || Ok(bodies.as_ref().map(|b| b.prompt(i)).transpose()?),
+                    )?;
+                    if let Some(before) = before {
+                        close(&mut tenants, &mut closed, before)?;
+                    }
+                    let row = TenantRow {
+                        last: OPEN,
+                        config_version,
+                        prompt_version,
+                        config_etag: entry.config_hash,
+                        prompt_etag,
+                    };
+                    tenants.insert((entry.tenant.as_str(), v), row.encode().as_slice())?;
+                    done.rows_written += 1;
+                }
+            }
+            // Tenants after the index's last one are gone too.
+            while let Some(gone) = head.take() {
+                close(&mut tenants, &mut closed, gone)?;
+                head = open.next()?;
+            }
+            drop(open);
+            drop(base_rows);
+            drop(committed);
+            // Routes rarely change: an identical set is shared, not rewritten.
+            let digest = payload.routes_sha256().to_owned();
+            let base_set = match base {
+                Some(b) => route_sets
+                    .get(b)?
+                    .map(|g| RouteSet::decode(g.value()))
+                    .transpose()?,
+                None => None,
+            };
+            let set = match base_set {
+                Some(set) if set.digest.as_slice() == digest.as_bytes() => set,
+                _ => RouteSet::new(v, &digest)?,
+            };
+            while let Some((number, tenant)) = payload.next_route()? {
+                if set.version == v {
+                    let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })?;
+                    routes.insert((v, number), body.as_slice())?;
+                }
+            }
+            route_sets.insert(v, set.encode().as_slice())?;
+            if done.tenants != meta.tenant_count {
+                return Err(DbError::TenantCount {
+                    found: done.tenants,
+                    expected: meta.tenant_count,
+                });
+            }
+            let meta_json = serde_json::to_vec(meta)?;
+            snapshots.insert(v, meta_json.as_slice())?;
+            m.insert("current", v)?;
+
+            let mut versions: Vec<u64> = snapshots
+                .iter()?
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            versions.sort_unstable();
+            let (old, kept) = versions.split_at(versions.len().saturating_sub(retain));
+            if let Some(&oldest) = kept.first() {
+                prune_tenants(
+                    oldest,
+                    &mut tenants,
+                    &mut closed,
+                    &mut config_bodies,
+                    &mut prompt_bodies,
+                )?;
+            }
+            for old in old.iter().copied().filter(|o| *o != v) {
+                prune_routes(old, kept, &mut route_sets, &mut routes)?;
+                layer1.remove(old)?;
+                snapshots.remove(old)?;
+            }
+        }
+        // Durable before it is served, unless the bodies outgrew redb's write
+        // buffer (a cold apply): redb has then spilled pages to the file and
+        // the fsync would wait seconds for the disk, so the snapshot is served
+        // first and `persist` follows. Committing durably otherwise keeps
+        // lookups off the write buffer's locks, which readers must take while a
+        // non-durable commit's pages sit there (BENCHMARKS.md measures both).
+        done.durable = done.bytes_written <= self.write_buffer_bytes;
+        if !done.durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        txn.commit()?;
+        Ok(done)
+    }
+}
+
+/// Sets the early-writeback switch for as long as it lives.
+struct EagerWhile<'a>(&'a AtomicBool);
+
+impl<'a> EagerWhile<'a> {
+    fn set(switch: &'a AtomicBool, on: bool) -> Self {
+        switch.store(on, Ordering::Relaxed);
+        Self(switch)
+    }
+}
+
+impl Drop for EagerWhile<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What an ingest wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// Tenants in the snapshot.
+    pub tenants: u64,
+    /// Config and prompt bodies written by this snapshot.
+    pub bodies_written: u64,
+    /// Bodies unchanged since the previous snapshot, shared with it.
+    pub bodies_shared: u64,
+    /// Tenant rows written: tenants new or changed in this snapshot.
+    pub rows_written: u64,
+    /// Body frames decompressed: those holding a changed tenant.
+    pub frames_decoded: u64,
+    /// Body frames whose tenants were all unchanged, never decompressed.
+    pub frames_skipped: u64,
+    /// Bytes of the bodies written.
+    pub bytes_written: u64,
+    /// Whether the commit was durable; if not, [`Db::persist`] makes it so.
+    pub durable: bool,
+}
+
+impl Ingested {
+    /// The version whose body to serve: the previous snapshot's when the ETag
+    /// is unchanged, else this one's, after writing `body` under `key`
+    /// (`None` if its frame was not decoded). `body` is called only to write.
+    fn share_or_write<'b>(
+        &mut self,
+        bodies: &mut Table<(u64, &str), &[u8]>,
+        before: Option<(u64, [u8; ETAG_LEN])>,
+        etag: &[u8; ETAG_LEN],
+        key: (u64, &str),
+        body: impl FnOnce() -> Result<Option<&'b [u8]>, DbError>,
+    ) -> Result<u64, DbError> {
+        match before {
+            Some((version, before)) if before == *etag => {
+                self.bodies_shared += 1;
+                Ok(version)
+            }
+            _ => {
+                let body = body()?.ok_or_else(|| {
+                    DbError::Damaged(format!("the body of {} was not decoded", key.1))
+                })?;
+                bodies.insert(key, body)?;
+                self.bodies_written += 1;
+                self.bytes_written += body.len() as u64;
+                Ok(key.0)
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The local snapshot store: one redb file, `data_dir/strata.redb`.
+//!
+//! Every index table is keyed by snapshot version first, so the last
+//! `retain` snapshots coexist and `?snapshot=N` reads an older one. A
+//! snapshot is written in one write transaction, together with its metadata,
+//! the "current" marker and the pruning of older versions: after a crash the
+//! file holds the previous snapshot or the new one, never a mix.
+//!
+//! Consecutive snapshots share almost every tenant, so a tenant's row covers
+//! a range of versions: it is written when the tenant appears or changes and
+//! closed (its last version set) when the tenant changes again or leaves. Its
+//! config and prompt bodies are written once, under the version that
+//! introduced them. A publish that changes ten tenants of 100,000 writes ten
+//! rows and ten bodies and closes ten rows, whatever the tenant count.
+//! Closed rows and their bodies are deleted once no retained version is in
+//! their range. Ranges are in version numbers, so snapshots are ingested in
+//! increasing version order (an older one is refused); serving an older,
+//! no-longer-retained version (a region pin's rollback) would need the rows
+//! around it split.
+//!
+//! Bodies are stored exactly as they are served, so a lookup hands redb's
+//! page to the HTTP response without copying or re-serialising.
+//!
+//! The module follows the file's seams: this file holds the schema, the
+//! metadata and opening (with migration); `rows` the encoding of tenant
+//! rows and route sets; `ingest` the one write transaction; `read` the
+//! read view the HTTP handlers serve from.
+
+mod ingest;
+mod read;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use strata_common::bundle::BundleError;
+use strata_common::sign::SignatureEntry;
+
+pub use ingest::Ingested;
+pub use read::{Entry, Reader};
+
+use crate::writeback::{EagerWriteback, open_data_file};
+
+/// `(tenant id, first version)` → [`TenantRow`]: the versions through which
+/// the tenant is unchanged, where its bodies are, and their ETags.
+const TENANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenants");
+/// `(last version, tenant id)` → first version: the closed rows of
+/// [`TENANTS`], oldest first, so pruning finds them without a scan.
+const CLOSED: TableDefinition<(u64, &str), u64> = TableDefinition::new("closed");
+/// `(version that introduced it, tenant id)` → effective config JSON.
+const CONFIG_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("config_bodies");
+/// `(version that introduced it, tenant id)` → combined system prompt.
+const PROMPT_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("prompt_bodies");
+/// `(version that introduced the route set, E.164)` → `{"tenant_id":"…"}`.
+const ROUTES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("routes");
+/// version → [`RouteSet`]: which version's routes it serves.
+const ROUTE_SETS: TableDefinition<u64, &[u8]> = TableDefinition::new("route_sets");
+/// version → Layer 1 SHA-256 (64 hex bytes) ‖ Layer 1 JSON.
+const LAYER1: TableDefinition<u64, &[u8]> = TableDefinition::new("layer1");
+/// version → [`SnapshotMeta`] JSON.
+const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+/// `current` → the version served; `schema` → [`SCHEMA`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The table layout this module writes; a file with another is emptied at open.
+const SCHEMA: u64 = 4;
+
+/// Length of an ETag: 64 hex digits of a SHA-256.
+pub const ETAG_LEN: usize = 64;
+
+/// What the agent verified about a snapshot, kept beside it so a restart can
+/// serve (and re-check the signatures) without the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Snapshot version.
+    pub version: u64,
+    /// SHA-256 of the bundle file.
+    pub bundle_sha256: String,
+    /// Bundle size in bytes.
+    pub bundle_size: u64,
+    /// When the bundle was built.
+    pub created_at: String,
+    /// The channel pointer's expiry when the snapshot was fetched.
+    pub expires_at: String,
+    /// Layer 1 version.
+    pub layer1_version: String,
+    /// Tenants in the snapshot.
+    pub tenant_count: u64,
+    /// Store URL it came from.
+    pub source: String,
+    /// When the agent fetched it.
+    pub fetched_at: String,
+    /// Whether a region pin selected it.
+    pub pinned: bool,
+    /// The verified manifest, exactly as signed.
+    pub manifest: String,
+    /// The manifest's signatures.
+    pub signatures: Vec<SignatureEntry>,
+}
+
+/// Why the database failed. redb's errors keep their type, one variant per
+/// kind of operation that can fail, so a caller can tell a full disk
+/// (`Storage`, `Commit`) from a damaged file.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database file could not be opened or created.
+    #[error("opening {}: {source} (check that data_dir exists and is writable)", path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// redb could not open the file as a database.
+    #[error("redb database: {0}")]
+    Database(#[from] redb::DatabaseError),
+    /// A read or write transaction could not begin.
+    #[error("redb transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    /// A table could not be opened, created or deleted.
+    #[error("redb table: {0}")]
+    Table(#[from] redb::TableError),
+    /// Reading or writing pages failed (a full disk, an I/O error).
+    #[error("redb storage: {0}")]
+    Storage(#[from] redb::StorageError),
+    /// The commit failed (a full disk, an I/O error): nothing was written.
+    #[error("redb commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// The transaction's durability could not be set.
+    #[error("redb durability: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
+    /// A record of the bundle failed to decode (ingest is rolled back).
+    #[error("bundle: {0}")]
+    Bundle(#[from] BundleError),
+    /// The version is stored already: snapshots are immutable.
+    #[error("snapshot {version} is already stored")]
+    AlreadyStored {
+        /// The version.
+        version: u64,
+    },
+    /// The version is older than the newest stored: rows cover version
+    /// ranges, so snapshots are ingested in increasing order.
+    #[error("snapshot {version} is older than the stored {stored}")]
+    OlderThanStored {
+        /// The version offered.
+        version: u64,
+        /// The newest stored.
+        stored: u64,
+    },
+    /// The payload held another number of tenants than its manifest says.
+    #[error("snapshot incomplete: {found} tenants for {expected} in the manifest")]
+    TenantCount {
+        /// Tenants ingested.
+        found: u64,
+        /// The manifest's count.
+        expected: u64,
+    },
+    /// A committed snapshot cannot be read back: the file names no current one.
+    #[error("the snapshot file names no current snapshot")]
+    NoCurrent,
+    /// Stored metadata or a stored row does not decode: the file is damaged.
+    #[error("damaged snapshot file: {0}")]
+    Damaged(String),
+    /// Metadata could not be encoded.
+    #[error("encoding snapshot metadata: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The redb file.
+pub struct Db {
+    db: redb::Database,
+    /// How many bytes of pages redb buffers in memory before writing them to
+    /// the file: half its cache.
+    write_buffer_bytes: u64,
+    /// Set during an ingest while nothing is served: see [`EagerWriteback`].
+    eager_writeback: Arc<AtomicBool>,
+}
+
+impl Db {
+    /// Opens (or creates) the database file; `cache_bytes` bounds redb's cache.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
+        let file = open_data_file(path).map_err(|source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let eager_writeback = Arc::new(AtomicBool::new(false));
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)?;
+        let this = Self {
+            db,
+            write_buffer_bytes: cache_bytes as u64 / 2,
+            eager_writeback,
+        };
+        this.migrate()?;
+        Ok(this)
+    }
+
+    /// A file written with another table layout is emptied (the store still
+    /// has every snapshot), then marked with this one.
+    fn migrate(&self) -> Result<(), DbError> {
+        let txn = self.db.begin_write()?;
+        {
+            let meta = txn.open_table(META)?;
+            let found = meta.get("schema")?.map(|g| g.value());
+            if found == Some(SCHEMA) {
+                return Ok(());
+            }
+            let stale = meta.get("current")?.is_some();
+            drop(meta);
+            if stale {
+                tracing::warn!(
+                    "local snapshot file has table layout {found:?}, this agent writes {SCHEMA}; \
+                     emptying it and fetching the current snapshot again"
+                );
+            }
+        }
+        Self::empty(txn)
+    }
+
+    /// Drops every stored snapshot, leaving the file as a new node's: for a
+    /// stored snapshot today's trusted keys no longer vouch for, which must
+    /// neither be served nor stand in the way of (or lend bodies to) the
+    /// store's snapshot, whatever its version.
+    pub fn clear(&self) -> Result<(), DbError> {
+        Self::empty(self.db.begin_write()?)
+    }
+
+    /// Deletes every table in `txn`, marks the file with [`SCHEMA`] and commits.
+    fn empty(txn: redb::WriteTransaction) -> Result<(), DbError> {
+        for table in txn.list_tables()?.collect::<Vec<_>>() {
+            txn.delete_table(table)?;
+        }
+        txn.open_table(META)?.insert("schema", SCHEMA)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Makes every earlier commit durable (an empty commit with immediate
+    /// durability flushes and fsyncs them): what follows an ingest that was
+    /// not [`Ingested::durable`].
+    pub fn persist(&self) -> Result<(), DbError> {
+        self.db.begin_write()?.commit()?;
+        Ok(())
+    }
+}

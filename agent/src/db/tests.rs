@@ -1,0 +1,415 @@
+//! The database against real redb files.
+
+use std::io::Cursor;
+
+use redb::ReadableDatabase;
+use strata_common::bundle::{
+    self, Limits, Manifest, PayloadReader, PayloadWriter, Provenance, SignatureCheck,
+};
+use strata_common::canonical::sha256_hex;
+
+use super::*;
+
+fn meta(version: u64, tenants: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        version,
+        bundle_sha256: String::new(),
+        bundle_size: 0,
+        created_at: String::new(),
+        expires_at: String::new(),
+        layer1_version: String::new(),
+        tenant_count: tenants,
+        source: String::new(),
+        fetched_at: String::new(),
+        pinned: false,
+        manifest: String::new(),
+        signatures: Vec::new(),
+    }
+}
+
+/// Layer 1 of the test payloads: what their prompts start with.
+const LAYER1_JSON: &str = r#"{"base_prompt":"base"}"#;
+
+/// A tenant's combined prompt under [`LAYER1_JSON`], ending in `text`.
+fn prompt(text: &str) -> String {
+    format!("base{}{text}", strata_common::render::SEPARATOR)
+}
+
+/// A canonical config with `member` (a `"key":value` sorting after
+/// `config_hash`), sealed with its real hash: `(hash, config)`.
+fn sealed(member: &str) -> (String, String) {
+    let hash = sha256_hex(format!("{{{member}}}").as_bytes());
+    let config = format!("{{\"config_hash\":\"{hash}\",{member}}}");
+    (hash, config)
+}
+
+/// A real payload holding tenant `t1` at `version` (its config hash
+/// changes with it, as the publisher makes it), whose manifest claims
+/// `tenants` tenants; with `route` routed to it.
+fn payload(version: u64, tenants: u64, route: Option<&str>) -> PayloadReader<Cursor<Vec<u8>>> {
+    payload_of(version, &[("t1", version)], tenants, route)
+}
+
+/// A real payload of `version` holding each `(tenant, content version)`
+/// of `tenants` (in id order), whose manifest claims `claimed` tenants;
+/// with `route` routed to the first.
+fn payload_of(
+    version: u64,
+    tenants: &[(&str, u64)],
+    claimed: u64,
+    route: Option<&str>,
+) -> PayloadReader<Cursor<Vec<u8>>> {
+    let mut w = PayloadWriter::new(1).expect("writer");
+    w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
+    for (tenant, content) in tenants {
+        let (hash, config) = sealed(&format!("\"v\":{content}"));
+        w.tenant(
+            tenant,
+            &hash,
+            config.as_bytes(),
+            prompt(&format!("prompt v{content}")).as_bytes(),
+        )
+        .expect("tenant");
+    }
+    if let Some(number) = route {
+        w.route(number, tenants[0].0).expect("route");
+    }
+    verified(version, claimed, w)
+}
+
+/// The payload `w` wrote, in a bundle of `version` whose manifest claims
+/// `claimed` tenants, verified and ready to ingest.
+fn verified(version: u64, claimed: u64, w: PayloadWriter) -> PayloadReader<Cursor<Vec<u8>>> {
+    let p = w.finish().expect("finish");
+    let manifest = Manifest {
+        kind: bundle::MANIFEST_TYPE.into(),
+        format: bundle::FORMAT_VERSION,
+        version,
+        created_at: strata_common::time::format(strata_common::time::now()),
+        expires_at: strata_common::time::format(strata_common::time::now()),
+        layer1_version: String::new(),
+        tenant_count: claimed,
+        record_count: p.record_count,
+        payload_size: p.compressed.len() as u64,
+        index_size: p.index_size,
+        routes_sha256: p.routes_sha256.clone(),
+        payload_raw_size: p.raw_size,
+        payload_sha256: p.sha256.clone(),
+        provenance: Provenance::default(),
+    };
+    let bytes = bundle::write_bundle(&manifest, &p.compressed, &[]).expect("bundle");
+    bundle::verify(
+        Cursor::new(bytes),
+        SignatureCheck::SkipForInspection,
+        &Limits::default(),
+    )
+    .expect("verify")
+    .payload()
+    .expect("payload")
+}
+
+fn records(version: u64) -> PayloadReader<Cursor<Vec<u8>>> {
+    payload(version, 1, Some("+15550000001"))
+}
+
+#[test]
+fn the_body_points_into_the_redb_page_not_a_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
+    let reader = db.reader().expect("reader").expect("has snapshot");
+    let guard = reader
+        .prompt_bodies
+        .get_owned((1u64, "t1"))
+        .expect("get")
+        .expect("present");
+    let page_ptr = guard.value().as_ptr();
+    let entry = reader.prompt(1, "t1").expect("get").expect("present");
+    let body = entry.body();
+    assert_eq!(&body[..], prompt("prompt v1").as_bytes());
+    assert_eq!(
+        body.as_ptr(),
+        page_ptr,
+        "the served body is the bytes of redb's cached page"
+    );
+    let again = Entry::new(None, guard).body();
+    assert_eq!(again.as_ptr(), page_ptr, "Entry wraps the guard, no copy");
+}
+
+#[test]
+fn a_changed_config_whose_hash_is_not_the_index_s_is_refused_and_nothing_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
+    let mut w = PayloadWriter::new(1).expect("writer");
+    w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
+    let config = format!("{{\"config_hash\":\"{}\"}}", "a".repeat(64));
+    w.tenant("t1", &"b".repeat(64), config.as_bytes(), b"prompt")
+        .expect("tenant");
+    let err = db
+        .ingest(&meta(2, 1), &mut verified(2, 1, w), 5)
+        .expect_err("a config that does not match its index entry");
+    let err = err.to_string();
+    assert!(
+        err.contains("the config of t1 does not have the config_hash"),
+        "{err}"
+    );
+    let r = db.reader().expect("reader").expect("v1 still stored");
+    assert_eq!(r.current, 1);
+    assert!(r.config(2, "t1").expect("get").is_none());
+}
+
+#[test]
+fn a_snapshot_is_committed_durably_unless_its_bodies_outgrow_the_write_buffer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let roomy = Db::open(&dir.path().join("roomy.redb"), 1 << 20).expect("open");
+    let small = roomy
+        .ingest(&meta(1, 1), &mut records(1), 5)
+        .expect("ingest");
+    assert!(small.durable, "{small:?}");
+    assert!(small.bytes_written > 0);
+
+    // A write buffer smaller than one tenant's bodies: served first,
+    // made durable by persist, and still whole after a reopen.
+    let path = dir.path().join("tight.redb");
+    let tight = Db::open(&path, 2 * small.bytes_written as usize - 2).expect("open");
+    let large = tight
+        .ingest(&meta(1, 1), &mut records(1), 5)
+        .expect("ingest");
+    assert!(!large.durable, "{large:?}");
+    tight.persist().expect("persist");
+    drop(tight);
+    let reopened = Db::open(&path, 1 << 20).expect("reopen");
+    let reader = reopened.reader().expect("reader").expect("has snapshot");
+    let body = reader.prompt(1, "t1").expect("get").expect("present");
+    assert_eq!(&body.body()[..], prompt("prompt v1").as_bytes());
+}
+
+/// Bytes this thread has passed to `write`-family system calls.
+fn thread_bytes_written() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|n| n.parse().ok())
+        .expect("wchar")
+}
+
+#[test]
+fn a_snapshot_larger_than_the_write_buffer_is_written_to_the_file_once() {
+    // redb reads back every leaf page its write buffer evicted, to
+    // checksum it at commit, and would write each out a second time.
+    let payload = || {
+        let mut w = PayloadWriter::new(1).expect("writer");
+        w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
+        for i in 0..400 {
+            let pad = "c".repeat(1500);
+            let (hash, config) = sealed(&format!("\"pad\":\"{pad}{i}\""));
+            let prompt = prompt(&format!("prompt {i} {}", "p".repeat(2500)));
+            w.tenant(
+                &format!("t{i:04}"),
+                &hash,
+                config.as_bytes(),
+                prompt.as_bytes(),
+            )
+            .expect("tenant");
+        }
+        verified(1, 400, w)
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Bytes written to ingest the snapshot and make it durable, with a
+    // redb cache (and so write buffer) of `cache` bytes.
+    let written_with = |cache: usize| {
+        let db = Db::open(&dir.path().join(format!("{cache}.redb")), cache).expect("open");
+        let before = thread_bytes_written();
+        let done = db.ingest(&meta(1, 400), &mut payload(), 2).expect("ingest");
+        if !done.durable {
+            db.persist().expect("persist");
+        }
+        let reader = db.reader().expect("reader").expect("snapshot");
+        let body = reader.prompt(1, "t0399").expect("get").expect("present");
+        assert!(body.body().starts_with(prompt("prompt 399 ").as_bytes()));
+        (thread_bytes_written() - before, done.durable)
+    };
+    let (roomy, durable) = written_with(64 << 20);
+    assert!(durable, "fits the write buffer");
+    let (tight, durable) = written_with(256 << 10);
+    assert!(!durable, "outgrows the write buffer");
+    assert!(
+        tight < roomy * 3 / 2,
+        "{tight} bytes written through a small write buffer, {roomy} through one it fits"
+    );
+}
+
+fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
+    db: &Db,
+    table: TableDefinition<K, V>,
+) -> u64 {
+    let txn = db.db.begin_read().expect("read");
+    use redb::ReadableTableMetadata;
+    txn.open_table(table).expect("table").len().expect("len")
+}
+
+#[test]
+fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    let same_as_v1 = |v: u64| db.ingest(&meta(v, 1), &mut payload(1, 1, None), 2);
+    let first = db.ingest(&meta(1, 1), &mut records(1), 2).expect("v1");
+    assert_eq!((first.bodies_written, first.bodies_shared), (2, 0));
+    let second = same_as_v1(2).expect("v2");
+    assert_eq!(
+        (second.bodies_written, second.bodies_shared),
+        (0, 2),
+        "an unchanged tenant writes no body"
+    );
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(
+        r.config(2, "t1").expect("get").expect("v2").body().as_ptr(),
+        r.config(1, "t1").expect("get").expect("v1").body().as_ptr(),
+        "both versions serve the one stored body"
+    );
+    drop(r);
+
+    // v3 changes the tenant; v1 is pruned but v2 still uses its bodies.
+    db.ingest(&meta(3, 1), &mut records(3), 2).expect("v3");
+    assert_eq!(count(&db, CONFIG_BODIES), 2);
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(
+        &r.prompt(2, "t1").expect("get").expect("v2").body()[..],
+        prompt("prompt v1").as_bytes()
+    );
+    drop(r);
+    // v4 prunes v2, the last version using v1's bodies: they go too.
+    db.ingest(&meta(4, 1), &mut records(4), 2).expect("v4");
+    assert_eq!(count(&db, CONFIG_BODIES), 2, "v3's and v4's configs");
+    assert_eq!(count(&db, PROMPT_BODIES), 2);
+    assert_eq!(count(&db, TENANTS), 2);
+    assert!(
+        db.ingest(&meta(4, 1), &mut records(4), 2).is_err(),
+        "v4 again"
+    );
+}
+
+#[test]
+fn a_tenant_that_leaves_is_gone_from_the_next_version_and_freed_with_the_last_that_had_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    let both = [("t1", 1), ("t2", 1)];
+    db.ingest(&meta(1, 2), &mut payload_of(1, &both, 2, None), 2)
+        .expect("v1");
+    let v2 = db
+        .ingest(&meta(2, 1), &mut payload_of(2, &[("t1", 1)], 1, None), 2)
+        .expect("v2");
+    assert_eq!(v2.rows_written, 0, "t1 is unchanged, t2 only closes");
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert!(r.config(2, "t2").expect("get").is_none(), "gone from v2");
+    assert!(r.config(1, "t2").expect("get").is_some(), "still in v1");
+    assert!(r.config(2, "t1").expect("get").is_some());
+    drop(r);
+    // t2 comes back in v3, changed; v1 is pruned, and with it t2's first row.
+    db.ingest(
+        &meta(3, 2),
+        &mut payload_of(3, &[("t1", 1), ("t2", 3)], 2, None),
+        2,
+    )
+    .expect("v3");
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert!(r.config(2, "t2").expect("get").is_none());
+    assert_eq!(
+        &r.prompt(3, "t2").expect("get").expect("back in v3").body()[..],
+        prompt("prompt v3").as_bytes()
+    );
+    assert_eq!(
+        &r.prompt(3, "t1").expect("get").expect("v3").body()[..],
+        prompt("prompt v1").as_bytes(),
+        "t1 still serves the body v1 wrote"
+    );
+    drop(r);
+    assert_eq!(count(&db, TENANTS), 2, "t1's one row, t2's new row");
+    assert_eq!(count(&db, CONFIG_BODIES), 2, "t2's v1 body was freed");
+    assert_eq!(count(&db, CLOSED), 0);
+}
+
+#[test]
+fn a_file_with_another_layout_is_emptied_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert("current", 7)
+            .expect("insert");
+        let old: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("configs");
+        txn.open_table(old)
+            .expect("old")
+            .insert((7, "t1"), b"x".as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let db = Db::open(&path, 1 << 20).expect("open");
+    assert!(
+        db.reader().expect("reader").is_none(),
+        "nothing served from the old layout"
+    );
+    db.ingest(&meta(8, 1), &mut records(8), 2).expect("ingest");
+    assert_eq!(db.reader().expect("reader").expect("snapshot").current, 8);
+}
+
+#[test]
+fn retains_the_newest_versions_and_rolls_back_bad_ingests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    for v in 1..=4 {
+        db.ingest(&meta(v, 1), &mut records(v), 2).expect("ingest");
+    }
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(r.current, 4);
+    assert_eq!(r.metas.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+    assert!(r.prompt(2, "t1").expect("get").is_none());
+    assert_eq!(
+        &r.prompt(3, "t1").expect("get").expect("v3").body()[..],
+        prompt("prompt v3").as_bytes()
+    );
+    assert_eq!(
+        &r.route(4, "+15550000001")
+            .expect("get")
+            .expect("route")
+            .body()[..],
+        br#"{"tenant_id":"t1"}"#
+    );
+    drop(r);
+
+    assert_eq!(
+        count(&db, ROUTES),
+        1,
+        "versions with the same routes share one stored set"
+    );
+    db.ingest(&meta(5, 1), &mut payload(5, 1, Some("+15550000002")), 2)
+        .expect("v5");
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert!(r.route(5, "+15550000001").expect("get").is_none());
+    assert!(r.route(5, "+15550000002").expect("get").is_some());
+    assert!(
+        r.route(4, "+15550000001").expect("get").is_some(),
+        "v4 still serves the set it shares with pruned versions"
+    );
+    drop(r);
+    assert_eq!(count(&db, ROUTES), 2);
+    db.ingest(&meta(6, 1), &mut payload(6, 1, Some("+15550000002")), 2)
+        .expect("v6");
+    assert_eq!(count(&db, ROUTES), 1, "v4's set went with v4");
+
+    // The manifest claims two tenants; the payload holds one.
+    assert!(
+        db.ingest(&meta(7, 1), &mut payload(7, 2, Some("+15550000001")), 2)
+            .is_err()
+    );
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(
+        r.current, 6,
+        "a failed ingest leaves the previous snapshot current"
+    );
+    assert!(r.prompt(7, "t1").expect("get").is_none());
+}
