@@ -83,6 +83,26 @@ fn worked_example_bundle_verifies_and_has_the_documented_layout() {
 }
 
 #[test]
+fn worked_example_pointer_names_the_shipped_bundle() {
+    let pointer_bytes = std::fs::read(example_dir().join("stable.json")).expect("pointer");
+    let bundle_bytes = std::fs::read(example_dir().join("snapshot.bundle")).expect("bundle");
+    let mut trust = TrustedKeys::new(1, 1);
+    trust.add(
+        Role::Publisher,
+        SigningKey::from_bytes(&[1; 32]).verifying_key(),
+    );
+    let (pointer, _) =
+        Pointer::verify(&pointer_bytes, PointerKind::Channel, "stable", &trust).expect("pointer");
+    assert_eq!(pointer.bundle_size, bundle_bytes.len() as u64);
+    assert_eq!(
+        pointer.bundle_sha256,
+        strata_common::canonical::sha256_hex(&bundle_bytes)
+    );
+    let header = bundle::read_header(&mut bundle_bytes.as_slice()).expect("header");
+    assert_eq!(header.manifest.version, pointer.version);
+}
+
+#[test]
 fn keys_from_openssl_load_and_ours_load_in_openssl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("ossl.key");

@@ -113,6 +113,18 @@ fn python_verifier_accepts_published_bundles_and_refuses_damaged_ones() {
         assert!(!ok && text.contains("REFUSED"), "{name}: {text}");
     }
 
+    // docs/FORMAT.md's worked example: the pointer and the bundle it names.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/worked-example");
+    let (ok, text) = verify(&[
+        flag_k,
+        &example.join("publisher.pub"),
+        flag_b,
+        &example.join("snapshot.bundle"),
+        flag_p,
+        &example.join("stable.json"),
+    ]);
+    assert!(ok && text.contains("OK: version 1, 1 tenants"), "{text}");
+
     let stranger = fx.dir.path().join("stranger.key");
     sign::generate_key(&stranger).expect("keygen");
     let (ok, text) = verify(&[flag_k, &sign::public_path(&stranger), flag_b, &bundle]);

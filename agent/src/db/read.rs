@@ -64,7 +64,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub(super) fn new(etag: Option<[u8; ETAG_LEN]>, guard: redb::OwnedAccessGuard<&'static [u8]>) -> Self {
+    pub(super) fn new(
+        etag: Option<[u8; ETAG_LEN]>,
+        guard: redb::OwnedAccessGuard<&'static [u8]>,
+    ) -> Self {
         Self {
             etag,
             body: Bytes::from_owner(Page(guard)),
