@@ -186,7 +186,6 @@ impl StorageBackend for EagerWriteback {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Db;
 
     #[test]
     fn what_is_written_past_several_kicks_reads_back_and_survives_a_reopen() {
@@ -211,18 +210,5 @@ mod tests {
             again.read(i * chunk, &mut out).expect("read");
             assert!(out.iter().all(|b| *b == i as u8), "chunk {i}");
         }
-    }
-
-    #[test]
-    fn a_second_agent_cannot_open_a_data_file_in_use() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("strata.redb");
-        let first = Db::open(&path, 1 << 20).expect("open");
-        assert!(
-            Db::open(&path, 1 << 20).is_err(),
-            "redb's file lock must still be taken through this backend"
-        );
-        drop(first);
-        Db::open(&path, 1 << 20).expect("open once the first is closed");
     }
 }

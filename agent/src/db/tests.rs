@@ -413,3 +413,17 @@ fn retains_the_newest_versions_and_rolls_back_bad_ingests() {
     );
     assert!(r.prompt(7, "t1").expect("get").is_none());
 }
+
+#[test]
+/// Through the early-writeback backend, redb still locks its file.
+fn a_second_agent_cannot_open_a_data_file_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("strata.redb");
+    let first = Db::open(&path, 1 << 20).expect("open");
+    assert!(
+        Db::open(&path, 1 << 20).is_err(),
+        "redb's file lock must still be taken through this backend"
+    );
+    drop(first);
+    Db::open(&path, 1 << 20).expect("open once the first is closed");
+}

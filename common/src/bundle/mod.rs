@@ -19,8 +19,10 @@
 //! The module is split along the format's seams: this file holds the
 //! constants, the manifest and the limits; [`record`] the one record
 //! layout; `writer` builds payloads and bundles; `reader` verifies and
-//! decodes them; `error` says why a bundle was refused.
+//! decodes them; `contents` decodes a whole payload at once; `error` says
+//! why a bundle was refused.
 
+mod contents;
 mod error;
 mod reader;
 pub mod record;
@@ -28,10 +30,11 @@ mod writer;
 
 use serde::{Deserialize, Serialize};
 
+pub use contents::{Contents, Records};
 pub use error::BundleError;
 pub use reader::{
-    Contents, Frame, FrameBodies, Header, IndexEntry, PayloadReader, Records, SignatureCheck,
-    VerifiedBundle, read_header, verify,
+    Frame, FrameBodies, Header, IndexEntry, PayloadReader, SignatureCheck, VerifiedBundle,
+    read_header, verify,
 };
 pub use record::{Record, RecordKind};
 pub use writer::{Payload, PayloadWriter, assemble, write_bundle};
