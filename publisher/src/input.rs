@@ -12,6 +12,27 @@ use strata_common::sign;
 use strata_common::source::{Source, SourceError};
 use strata_common::validate::Problem;
 
+/// What `build` and `publish` both take: a source to compile and the keys
+/// to sign it with.
+#[derive(clap::Args)]
+pub struct SignedSource {
+    /// Source directory (layer1.toml, tenants/*.toml).
+    #[arg(long)]
+    source: PathBuf,
+    /// Private key to sign with (repeat for several).
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+}
+
+impl SignedSource {
+    /// The keys (checked for their mode) and the compiled source, keys
+    /// first so a bad key fails before minutes of compiling.
+    pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {
+        let keys = load_keys(&self.keys)?;
+        Ok((keys, compile_source(&self.source)?))
+    }
+}
+
 /// Parses `--expires-in` and friends.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     strata_common::time::parse_duration(s)
@@ -25,7 +46,7 @@ pub fn open_source(dir: &Path) -> Result<Source> {
 
 /// Validates and compiles a source directory, printing every problem (and
 /// warning) of an invalid one.
-pub fn compile_source(dir: &Path) -> Result<compile::Compiled> {
+fn compile_source(dir: &Path) -> Result<compile::Compiled> {
     let src = open_source(dir)?;
     let compiled = compile::compile(&src, CompileOptions::default()).map_err(|e| report(dir, e))?;
     print_warnings(&compiled.warnings);
@@ -61,7 +82,7 @@ pub fn print_warnings(warnings: &[Problem]) {
 }
 
 /// Loads every `--key`, refusing any readable by group or others.
-pub fn load_keys(paths: &[PathBuf]) -> Result<Vec<sign::SigningKey>> {
+fn load_keys(paths: &[PathBuf]) -> Result<Vec<sign::SigningKey>> {
     paths
         .iter()
         .map(|p| sign::load_signing_key(p).map_err(anyhow::Error::new))

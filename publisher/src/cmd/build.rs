@@ -8,17 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use strata_common::{bundle, channel, time};
 
-use crate::input::{compile_source, load_keys, parse_duration, provenance_from_env};
+use crate::input::{SignedSource, parse_duration, provenance_from_env};
 
 /// Arguments of `build`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Source directory.
-    #[arg(long)]
-    source: PathBuf,
-    /// Private key to sign with (repeat for several).
-    #[arg(long = "key", required = true)]
-    keys: Vec<PathBuf>,
+    #[command(flatten)]
+    input: SignedSource,
     /// Bundle file to write.
     #[arg(long)]
     out: PathBuf,
@@ -32,8 +28,7 @@ pub struct Args {
 
 /// Validates, compiles, signs and writes the bundle; never overwrites a file.
 pub fn run(args: Args) -> Result<()> {
-    let keys = load_keys(&args.keys)?;
-    let compiled = compile_source(&args.source)?;
+    let (keys, compiled) = args.input.load()?;
     let manifest = channel::manifest(
         &compiled,
         args.version,

@@ -1,23 +1,18 @@
 //! `publish --source DIR --key KEY --store URL`: the channel's next version.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use strata_common::channel::{self, DEFAULT_BUNDLE_EXPIRY, PublishOptions};
 use strata_common::store::{self, StoreUrl};
 
-use crate::input::{compile_source, load_keys, parse_duration, provenance_from_env};
+use crate::input::{SignedSource, parse_duration, provenance_from_env};
 
 /// Arguments of `publish`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Source directory.
-    #[arg(long)]
-    source: PathBuf,
-    /// Private key to sign with (repeat for several).
-    #[arg(long = "key", required = true)]
-    keys: Vec<PathBuf>,
+    #[command(flatten)]
+    input: SignedSource,
     /// Store URL: file:///abs/path.
     #[arg(long)]
     store: StoreUrl,
@@ -31,8 +26,7 @@ pub struct Args {
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
 pub fn run(args: Args) -> Result<()> {
-    let keys = load_keys(&args.keys)?;
-    let compiled = compile_source(&args.source)?;
+    let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
     let opts = PublishOptions {
         channel: args.channel,
