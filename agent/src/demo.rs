@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use strata_common::bundle::Provenance;
-use strata_common::channel::{self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions};
+use strata_common::channel::{self, PublishOptions};
 use strata_common::compile::{self, CompileOptions};
 use strata_common::source::Source;
 use strata_common::{generate, sign};
@@ -45,12 +44,7 @@ pub fn prepare(dir: &Path, tenants: usize) -> Result<(Config, PathBuf)> {
         &store,
         &compiled,
         &[signing],
-        &PublishOptions {
-            channel: "stable".into(),
-            bundle_expires_in: DEFAULT_BUNDLE_EXPIRY,
-            pointer_expires_in: DEFAULT_POINTER_EXPIRY,
-            provenance: Provenance::default(),
-        },
+        &PublishOptions::for_channel("stable"),
     )?;
     let config_path = dir.join("agent.toml");
     let text = format!(

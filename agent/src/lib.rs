@@ -48,7 +48,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let trust = config.trust(config_path)?;
-    let store = strata_common::store::open_read(&config.source)?;
+    let store = strata_common::store::open_read(&config.source, config.ca_file.as_deref())?;
     let store_dir = match &config.source {
         StoreUrl::File(dir) => Some(dir.clone()),
         StoreUrl::S3 { .. } | StoreUrl::Https(_) => None,

@@ -78,7 +78,7 @@ fn load(path: &Path) -> Result<Config> {
 fn check_config(path: &Path) -> Result<()> {
     let config = load(path)?;
     let trust = config.trust(path)?;
-    strata_common::store::open_read(&config.source)?;
+    strata_common::store::open_read(&config.source, config.ca_file.as_deref())?;
     println!(
         "{}: ok. source {} channel {} region {}; {} publisher key(s) (threshold {}), {} operator key(s) (threshold {}); socket {} mode {}; data {}",
         path.display(),

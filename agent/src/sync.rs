@@ -12,7 +12,7 @@ use strata_common::canonical::sha256_hex;
 use strata_common::sign::{Role, TrustedKeys};
 use strata_common::store::ReadStore;
 use strata_common::time;
-use strata_common::verify::{self, Checked, Policy, Refusal, Severity};
+use strata_common::verify::{self, Checked, Policy, Refusal, SeenPointer, Severity};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
@@ -47,6 +47,8 @@ pub struct Syncer {
     /// The pointer bytes' hash last refused, so a bad bundle is not fetched
     /// again on every poll; cleared when the pointer changes.
     refused_pointer: Option<(String, Arc<Refusal>)>,
+    /// The pointer as last read, for the next conditional read.
+    seen_pointer: Option<SeenPointer>,
 }
 
 impl Syncer {
@@ -72,6 +74,7 @@ impl Syncer {
                 ..Limits::default()
             },
             refused_pointer: None,
+            seen_pointer: None,
         }
     }
 
@@ -129,14 +132,19 @@ impl Syncer {
     /// Reads the pointer; runs the rest of the pipeline unless these very
     /// bytes were refused before.
     fn check_inner(&mut self) -> Result<Outcome, Refusal> {
-        let pointer_bytes = verify::read_pointer(self.store.as_ref(), &self.channel)?;
-        let pointer_hash = sha256_hex(&pointer_bytes);
+        let seen = verify::read_pointer(
+            self.store.as_ref(),
+            &self.channel,
+            self.seen_pointer.as_ref(),
+        )?;
+        let pointer_bytes = &self.seen_pointer.insert(seen).bytes.clone();
+        let pointer_hash = sha256_hex(pointer_bytes);
         if let Some((hash, refused)) = &self.refused_pointer
             && *hash == pointer_hash
         {
             return Ok(Outcome::Refused(refused.clone()));
         }
-        let outcome = match self.verify_and_apply(&pointer_bytes) {
+        let outcome = match self.verify_and_apply(pointer_bytes) {
             Ok(outcome) => outcome,
             Err(refusal) => Outcome::Refused(Arc::new(refusal)),
         };
@@ -287,9 +295,23 @@ impl Syncer {
     }
 }
 
+/// The longest wait between checks while the store keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long to wait after `failures` checks in a row found the store
+/// unreachable: `poll` doubled per failure, up to [`MAX_BACKOFF`] (or
+/// `poll`, if that is longer). Wrong credentials or an outage are then
+/// retried a few times a minute, not hot.
+fn backoff(poll: Duration, failures: u32) -> Duration {
+    let cap = MAX_BACKOFF.max(poll);
+    poll.checked_mul(1u32 << failures.min(16))
+        .map_or(cap, |d| d.min(cap))
+}
+
 /// Runs checks until shutdown: at start, on every change the watcher sees in
-/// a `file://` store, and every `poll_interval` (±20% jitter). The checks
-/// themselves run on the sync thread (see `spawn_sync_thread`).
+/// a `file://` store, and every `poll_interval` (±20% jitter), backing off
+/// while the store is unreachable. The checks themselves run on the sync
+/// thread (see `spawn_sync_thread`).
 pub async fn run(
     syncer: Syncer,
     store_dir: Option<PathBuf>,
@@ -305,6 +327,7 @@ pub async fn run(
     };
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = None;
+    let mut failures = 0;
     loop {
         if watcher.is_none()
             && let Some(dir) = &store_dir
@@ -312,13 +335,23 @@ pub async fn run(
             watcher = watch(dir, tx.clone());
         }
         let (done_tx, done_rx) = oneshot::channel();
-        if checks.send(done_tx).is_err() || done_rx.await.is_err() {
+        if checks.send(done_tx).is_err() {
             warn!("sync check panicked; the sync loop stops, the last snapshot stays served");
             return;
         }
+        let Ok(unreachable) = done_rx.await else {
+            warn!("sync check panicked; the sync loop stops, the last snapshot stays served");
+            return;
+        };
+        failures = if unreachable { failures + 1 } else { 0 };
+        let wait = if unreachable {
+            backoff(poll, failures)
+        } else {
+            poll
+        };
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
         tokio::select! {
-            _ = tokio::time::sleep(poll.mul_f64(jitter)) => {}
+            _ = tokio::time::sleep(wait.mul_f64(jitter)) => {}
             _ = rx.recv() => {}
             _ = shutdown.changed() => return,
         }
@@ -337,17 +370,24 @@ pub async fn run(
 /// 3.5–9× (BENCHMARKS.md): with both cores busy, every lookup has to
 /// preempt a sync thread, which a `PREEMPT_NONE` kernel does only when that
 /// thread leaves the kernel.
+///
+/// Each request is answered with whether the check found the store
+/// unreachable (the loop then backs off).
 fn spawn_sync_thread(
     mut syncer: Syncer,
-) -> std::io::Result<std::sync::mpsc::Sender<oneshot::Sender<()>>> {
-    let (tx, rx) = std::sync::mpsc::channel::<oneshot::Sender<()>>();
+) -> std::io::Result<std::sync::mpsc::Sender<oneshot::Sender<bool>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<oneshot::Sender<bool>>();
     std::thread::Builder::new()
         .name("strata-sync".into())
         .spawn(move || {
             lowest_priority("the sync thread");
             for done in rx {
-                syncer.check();
-                let _ = done.send(());
+                let outcome = syncer.check();
+                let unreachable = matches!(
+                    &outcome,
+                    Outcome::Refused(r) if matches!(**r, Refusal::StoreUnreachable { .. })
+                );
+                let _ = done.send(unreachable);
             }
         })?;
     Ok(tx)
@@ -387,7 +427,21 @@ fn names_a_pointer(root: &std::path::Path, path: &std::path::Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::names_a_pointer;
+    use super::{backoff, names_a_pointer};
+    use std::time::Duration;
+
+    #[test]
+    fn an_unreachable_store_is_retried_less_and_less_often_up_to_a_minute() {
+        let poll = Duration::from_secs(5);
+        let waits: Vec<u64> = (1..=6).map(|n| backoff(poll, n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
+        assert_eq!(backoff(poll, 1000), Duration::from_secs(60));
+        // A poll interval above the cap is kept.
+        assert_eq!(
+            backoff(Duration::from_secs(300), 3),
+            Duration::from_secs(300)
+        );
+    }
     use std::path::Path;
 
     #[test]

@@ -56,6 +56,10 @@ pub struct Config {
     /// Log format: `text` or `json`. Default `text`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// For an `https://` source: a PEM file of the CA certificates to trust
+    /// instead of the platform's. Default: the platform's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One trusted public key.
@@ -209,13 +213,10 @@ impl Config {
         if self.poll_interval < Duration::from_millis(100) {
             return Err(invalid("poll_interval", "must be at least 100ms".into()));
         }
-        if !matches!(self.source, StoreUrl::File(_)) {
+        if self.ca_file.is_some() && !matches!(self.source, StoreUrl::Https(_)) {
             return Err(invalid(
-                "source",
-                format!(
-                    "{:?}: this build reads file:///absolute/path stores",
-                    self.source.to_string()
-                ),
+                "ca_file",
+                "only an https:// source uses it; remove it or change source".into(),
             ));
         }
         if self.channel.is_empty() || self.channel.contains('/') {

@@ -23,8 +23,11 @@ use crate::verify::MAX_POINTER_BYTES;
 pub const DEFAULT_BUNDLE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of a channel pointer or pin.
 pub const DEFAULT_POINTER_EXPIRY: Duration = Duration::from_secs(14 * 24 * 3600);
-/// How often a publisher retries after losing a race before giving up.
-const MAX_ATTEMPTS: usize = 32;
+/// How long a publisher keeps trying while others keep moving the channel.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+/// How long a bundle key may be held by a bundle no pointer names before a
+/// publisher takes the version after it.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
 
 /// Why a publish failed. Nothing is half-written: a bundle is either absent
 /// or complete, and the pointer either moved or did not.
@@ -44,9 +47,14 @@ pub enum PublishError {
         /// What is wrong.
         reason: String,
     },
-    /// Too many concurrent publishers kept winning the race.
-    #[error("gave up after {0} attempts: other publishers kept moving the channel; try again")]
-    Contention(usize),
+    /// Other publishers kept winning the race for this long.
+    #[error("gave up after {0:?}: other publishers kept moving the channel; try again")]
+    Contention(Duration),
+    /// The channel is at the largest version there is.
+    #[error(
+        "the channel's pointer is at the largest version there is (2^64 - 1); no version can follow it"
+    )]
+    VersionExhausted,
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
@@ -89,6 +97,23 @@ pub struct PublishOptions {
     pub pointer_expires_in: Duration,
     /// Recorded in the manifest.
     pub provenance: Provenance,
+    /// How long a bundle key may be held by a bundle no pointer names
+    /// before this publisher takes the version after it.
+    pub abandoned_after: Duration,
+}
+
+impl PublishOptions {
+    /// The defaults for `channel`: bundles valid 365 days, pointers 14,
+    /// no provenance, abandoned keys skipped after [`ABANDONED_AFTER`].
+    pub fn for_channel(channel: impl Into<String>) -> Self {
+        Self {
+            channel: channel.into(),
+            bundle_expires_in: DEFAULT_BUNDLE_EXPIRY,
+            pointer_expires_in: DEFAULT_POINTER_EXPIRY,
+            provenance: Provenance::default(),
+            abandoned_after: ABANDONED_AFTER,
+        }
+    }
 }
 
 /// What a publish wrote.
@@ -129,7 +154,15 @@ pub fn list_versions(store: &dyn WriteStore) -> Result<Vec<SnapshotVersion>, Pub
     Ok(v)
 }
 
-/// Publishes `compiled` as the channel's next version.
+/// Publishes `compiled` as the channel's next version: the version after
+/// the pointer's, so that concurrent publishers get consecutive versions.
+///
+/// The bundle key is claimed with a create-only put. If another publisher
+/// holds it, that publisher is about to move the pointer to it: this one
+/// waits for the pointer to move and takes the version after. A key held
+/// for [`PublishOptions::abandoned_after`] by a bundle no pointer names (a
+/// publisher died between its two writes) is skipped, leaving that version
+/// unused.
 pub fn publish(
     store: &dyn WriteStore,
     compiled: &Compiled,
@@ -138,15 +171,22 @@ pub fn publish(
 ) -> Result<Published, PublishError> {
     let kind = PointerKind::Channel;
     let pointer_key = kind.store_key(&opts.channel);
-    for _ in 0..MAX_ATTEMPTS {
+    let started = std::time::Instant::now();
+    // The lowest version this publisher may take: raised past abandoned keys.
+    let mut floor = 0u64;
+    let mut blocked: Option<(u64, std::time::Instant)> = None;
+    let mut wait = Duration::from_millis(10);
+    loop {
+        if started.elapsed() > GIVE_UP_AFTER {
+            return Err(PublishError::Contention(GIVE_UP_AFTER));
+        }
         let current = read_pointer(store, kind, &opts.channel)?;
-        let newest_bundle = list_versions(store)?.last().map(|v| v.0).unwrap_or(0);
-        let version = current
+        let next = current
             .as_ref()
-            .map(|(p, _)| p.version)
-            .unwrap_or(0)
-            .max(newest_bundle)
-            + 1;
+            .map_or(0, |(p, _)| p.version)
+            .checked_add(1)
+            .ok_or(PublishError::VersionExhausted)?;
+        let version = next.max(floor);
         let now = time::now();
         let manifest = manifest(
             compiled,
@@ -159,7 +199,23 @@ pub fn publish(
         let bundle_key = SnapshotVersion(version).bundle_key();
         match store.put_new(&bundle_key, &bytes) {
             Ok(()) => {}
-            Err(StoreError::AlreadyExists { .. }) => continue,
+            Err(StoreError::AlreadyExists { .. }) => {
+                // Held by another publisher, which moves the pointer next;
+                // or abandoned, if the pointer never gets there.
+                match blocked {
+                    Some((v, since)) if v == version && since.elapsed() > opts.abandoned_after => {
+                        floor = version
+                            .checked_add(1)
+                            .ok_or(PublishError::VersionExhausted)?;
+                        blocked = None;
+                    }
+                    Some((v, _)) if v == version => {}
+                    _ => blocked = Some((version, std::time::Instant::now())),
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(500));
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
         let pointer = Pointer {
@@ -180,8 +236,9 @@ pub fn publish(
             match store.put_if(&pointer_key, &signed, expected.as_deref()) {
                 Ok(_) => return Ok(Published { pointer }),
                 Err(StoreError::PreconditionFailed { .. }) => {
-                    // Someone moved the pointer. Follow them only if they are
-                    // still behind us; otherwise our version is stale.
+                    // The pointer changed (re-signed, or moved by a publisher
+                    // that skipped an abandoned key). Follow it while it is
+                    // still behind this version; otherwise start again.
                     match read_pointer(store, kind, &opts.channel)? {
                         Some((p, etag)) if p.version < version => expected = Some(etag),
                         _ => break,
@@ -191,5 +248,4 @@ pub fn publish(
             }
         }
     }
-    Err(PublishError::Contention(MAX_ATTEMPTS))
 }

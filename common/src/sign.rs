@@ -243,6 +243,24 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     })
 }
 
+/// Reads a private key from the environment variable `name`, which holds
+/// its PEM text (a CI secret, so that it is never written to disk).
+pub fn signing_key_from_env(name: &str) -> Result<SigningKey, KeyError> {
+    let path = PathBuf::from(format!("${name}"));
+    let pem = std::env::var(name).map_err(|e| KeyError::Io {
+        path: path.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{e}; set it to the key's PEM text (-----BEGIN PRIVATE KEY-----…)"),
+        ),
+    })?;
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Pem {
+        path,
+        what: "private key (PKCS#8)",
+        reason: e.to_string(),
+    })
+}
+
 /// Loads a public key.
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
     let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {

@@ -51,7 +51,11 @@ pub fn parse_exact(s: &str) -> Result<SystemTime, NotExact> {
     if !shape {
         return Err(NotExact(s.to_owned()));
     }
-    parse(s).map_err(|_| NotExact(s.to_owned()))
+    // humantime reads a leap second `:60` as `:59`: one spelling only.
+    parse(s)
+        .ok()
+        .filter(|t| format(*t) == s)
+        .ok_or_else(|| NotExact(s.to_owned()))
 }
 
 #[cfg(test)]
@@ -70,6 +74,7 @@ mod tests {
             "2026-11-23 20:14:24Z",
             "2026-13-23T20:14:24Z",
             " 2026-11-23T20:14:24Z",
+            "2016-12-31T23:59:60Z",
         ] {
             assert!(parse_exact(bad).is_err(), "{bad}");
         }

@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use crate::bundle::{self, BundleError, Limits, Manifest, PayloadReader, SignatureCheck};
 use crate::pointer::{Pointer, PointerError, PointerKind};
 use crate::sign::{KeyId, SignatureEntry, TrustedKeys};
-use crate::store::{ErrorKind, ReadStore, StoreError};
+use crate::store::{ErrorKind, Fetched, ReadStore, StoreError};
 use crate::time;
 
 /// Pointers are small; anything larger is not a pointer.
@@ -55,13 +55,14 @@ pub struct Policy<'a> {
     pub served: Option<(u64, &'a str)>,
 }
 
-/// Whether a refusal means "the store cannot be trusted right now" (the
-/// node stays fresh-but-unconfirmed: stale) or "the store offers something
-/// bad" (degraded).
+/// Whether a refusal means "nothing could be checked right now" (the node
+/// serves what it has, unconfirmed: stale; checked again at the next poll)
+/// or "the store offers something bad" (degraded; not fetched again until
+/// the pointer changes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
-    /// Nothing to verify, or it cannot be fetched: the store is empty,
-    /// unreachable, the pointer expired, the spool failed.
+    /// Nothing to verify, or it cannot be fetched or stored: the store is
+    /// empty or unreachable, the pointer expired, the local disk failed.
     Unavailable,
     /// The store offers something that failed verification.
     Refused,
@@ -218,13 +219,21 @@ impl Refusal {
         }
     }
 
-    /// Whether the node is stale (nothing to verify) or degraded (refused).
+    /// Whether the node is stale (nothing to verify, or a local failure to
+    /// retry) or degraded (the signed inputs were refused). Only what the
+    /// signed inputs decide is refused: a full disk or a failed read of the
+    /// spool copy is retried, never held against the pointer.
     pub fn severity(&self) -> Severity {
         match self {
             Refusal::StoreEmpty { .. }
             | Refusal::StoreUnreachable { .. }
             | Refusal::PointerExpired { .. }
-            | Refusal::Spool { .. } => Severity::Unavailable,
+            | Refusal::Spool { .. }
+            | Refusal::Ingest { .. }
+            | Refusal::Bundle {
+                source: BundleError::Io(_),
+                ..
+            } => Severity::Unavailable,
             Refusal::Pointer { .. }
             | Refusal::OlderVersion { .. }
             | Refusal::VersionConflict { .. }
@@ -232,8 +241,7 @@ impl Refusal {
             | Refusal::BundleHash { .. }
             | Refusal::ManifestVersion { .. }
             | Refusal::BundleExpired { .. }
-            | Refusal::Bundle { .. }
-            | Refusal::Ingest { .. } => Severity::Refused,
+            | Refusal::Bundle { .. } => Severity::Refused,
         }
     }
 }
@@ -300,11 +308,41 @@ pub struct PayloadCounts {
     pub routes: u64,
 }
 
-/// Step 1: the channel pointer's bytes.
-pub fn read_pointer(store: &dyn ReadStore, channel: &str) -> Result<Vec<u8>, Refusal> {
+/// A channel pointer as last read, with its ETag: what the next read
+/// compares with, so an idle poll of an unchanged pointer moves no body.
+#[derive(Debug, Clone)]
+pub struct SeenPointer {
+    /// The store's ETag of these bytes.
+    pub etag: String,
+    /// The pointer file.
+    pub bytes: Vec<u8>,
+}
+
+/// Step 1: the channel pointer, read only if it changed since `seen` (a
+/// conditional GET); unchanged, `seen` is returned and verified again, so
+/// its expiry is still checked on every poll.
+pub fn read_pointer(
+    store: &dyn ReadStore,
+    channel: &str,
+    seen: Option<&SeenPointer>,
+) -> Result<SeenPointer, Refusal> {
     let key = PointerKind::Channel.store_key(channel);
-    match store.get(&key, MAX_POINTER_BYTES) {
-        Ok(obj) => Ok(obj.bytes),
+    match store.get_if_changed(&key, seen.map(|s| s.etag.as_str()), MAX_POINTER_BYTES) {
+        Ok(Fetched::Object(obj)) => Ok(SeenPointer {
+            etag: obj.etag,
+            bytes: obj.bytes,
+        }),
+        Ok(Fetched::NotModified) => match seen {
+            Some(seen) => Ok(seen.clone()),
+            // Only a broken store answers 304 to an unconditional GET.
+            None => Err(Refusal::StoreUnreachable {
+                store: store.url().to_string(),
+                source: StoreError::Fatal {
+                    key,
+                    source: "304 Not Modified to an unconditional GET".into(),
+                },
+            }),
+        },
         Err(e) if e.kind() == ErrorKind::NotFound => Err(Refusal::StoreEmpty {
             store: store.url().to_string(),
             key,
@@ -424,8 +462,8 @@ pub fn check(
     policy: &Policy<'_>,
     spool_dir: &Path,
 ) -> Result<Checked, Refusal> {
-    let bytes = read_pointer(store, policy.channel)?;
-    verify(store, &bytes, policy, spool_dir)
+    let pointer = read_pointer(store, policy.channel, None)?;
+    verify(store, &pointer.bytes, policy, spool_dir)
 }
 
 /// Step 6: copies the bundle the pointer names into an unnamed file in
@@ -439,7 +477,10 @@ fn fetch(store: &dyn ReadStore, pointer: &Pointer, spool_dir: &Path) -> Result<F
         dir: spool_dir.display().to_string(),
         source,
     };
-    let mut spool = tempfile::tempfile_in(spool_dir).map_err(spool_err)?;
+    let mut spool = Spool {
+        file: tempfile::tempfile_in(spool_dir).map_err(spool_err)?,
+        failed: None,
+    };
     let mismatch = |size, sha256| Refusal::BundleHash {
         bundle: pointer.bundle.clone(),
         size,
@@ -450,6 +491,13 @@ fn fetch(store: &dyn ReadStore, pointer: &Pointer, spool_dir: &Path) -> Result<F
     let copied =
         match crate::store::copy_hashed(store, &pointer.bundle, pointer.bundle_size, &mut spool) {
             Ok(c) => c,
+            // The local disk failed, not the store.
+            Err(_) if spool.failed.is_some() => {
+                let failed = spool.failed.take();
+                return Err(spool_err(failed.unwrap_or_else(|| {
+                    std::io::Error::other("the spool file could not be written")
+                })));
+            }
             Err(StoreError::TooLarge { size, .. }) => return Err(mismatch(size, String::new())),
             Err(source) => {
                 return Err(Refusal::StoreUnreachable {
@@ -461,6 +509,26 @@ fn fetch(store: &dyn ReadStore, pointer: &Pointer, spool_dir: &Path) -> Result<F
     if copied.size != pointer.bundle_size || copied.sha256 != pointer.bundle_sha256 {
         return Err(mismatch(copied.size, copied.sha256));
     }
-    spool.seek(SeekFrom::Start(0)).map_err(spool_err)?;
-    Ok(spool)
+    let mut file = spool.file;
+    file.seek(SeekFrom::Start(0)).map_err(spool_err)?;
+    Ok(file)
+}
+
+/// The spool file, remembering a failed write so that a full disk is told
+/// apart from a failing store.
+struct Spool {
+    file: File,
+    failed: Option<std::io::Error>,
+}
+
+impl std::io::Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).inspect_err(|e| {
+            self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }

@@ -19,16 +19,23 @@ pub struct SignedSource {
     /// Source directory (layer1.toml, tenants/*.toml).
     #[arg(long)]
     source: PathBuf,
-    /// Private key to sign with (repeat for several).
-    #[arg(long = "key", required = true)]
+    /// Private key file to sign with (repeat for several).
+    #[arg(long = "key", required_unless_present = "key_env")]
     keys: Vec<PathBuf>,
+    /// Environment variable holding a private key's PEM text, for a CI
+    /// secret that is never written to disk (repeat for several).
+    #[arg(long = "key-env", value_name = "NAME")]
+    key_env: Vec<String>,
 }
 
 impl SignedSource {
-    /// The keys (checked for their mode) and the compiled source, keys
-    /// first so a bad key fails before minutes of compiling.
+    /// The keys (files checked for their mode) and the compiled source,
+    /// keys first so a bad key fails before minutes of compiling.
     pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {
-        let keys = load_keys(&self.keys)?;
+        let mut keys = load_keys(&self.keys)?;
+        for name in &self.key_env {
+            keys.push(sign::signing_key_from_env(name)?);
+        }
         Ok((keys, compile_source(&self.source)?))
     }
 }

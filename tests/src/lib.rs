@@ -2,6 +2,9 @@
 //! started in-process or as real processes, and polling with deadlines
 //! (never sleeping as synchronisation).
 
+pub mod mirror;
+pub mod s3;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,9 +14,7 @@ use std::time::{Duration, Instant};
 use strata_agent::client::{self, Answer};
 use strata_agent::config::Config;
 use strata_common::bundle::{self, Provenance};
-use strata_common::channel::{
-    self, DEFAULT_BUNDLE_EXPIRY, DEFAULT_POINTER_EXPIRY, PublishOptions, Published,
-};
+use strata_common::channel::{self, DEFAULT_BUNDLE_EXPIRY, PublishOptions, Published};
 use strata_common::compile::{self, CompileOptions, Compiled};
 use strata_common::generate;
 use strata_common::sign::{self, SigningKey};
@@ -76,12 +77,7 @@ impl Fixture {
             &self.store(),
             compiled,
             keys,
-            &PublishOptions {
-                channel: "stable".into(),
-                bundle_expires_in: DEFAULT_BUNDLE_EXPIRY,
-                pointer_expires_in: DEFAULT_POINTER_EXPIRY,
-                provenance: Provenance::default(),
-            },
+            &PublishOptions::for_channel("stable"),
         )
         .expect("publish")
     }

@@ -548,3 +548,51 @@ async fn a_trusted_bundle_that_breaks_a_payload_rule_is_refused_and_the_snapshot
     assert_eq!(route.status, 404, "the refused route is not served");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_mirror_is_followed_with_the_configured_ca_and_refused_without_it() {
+    use strata_tests::mirror::{Mirror, TestCa};
+    let fx = Fixture::new();
+    fx.publish("v1", 10);
+    let ca = TestCa::new();
+    let mirror = Mirror::start(fx.store_dir(), &ca).await;
+    let ca_file = fx.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).expect("ca file");
+    // The fixture's config, with the mirror as source (and the CA file).
+    let https = |name: &str, ca: Option<&std::path::Path>| {
+        let (_, path) = fx.agent_config(name, "");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let source = format!("\"file://{}\"", fx.store_dir().display());
+        let ca_line = ca
+            .map(|c| format!("ca_file = \"{}\"\n", c.display()))
+            .unwrap_or_default();
+        let text = text
+            .replace(&source, &format!("\"{}\"", mirror.url()))
+            .replace("[[trusted_keys]]", &format!("{ca_line}[[trusted_keys]]"));
+        std::fs::write(&path, text).expect("config");
+        let config = strata_agent::config::Config::load(&path).expect("config");
+        Agent::start(config, path)
+    };
+    let trusted = https("trusted", Some(&ca_file));
+    trusted.serves(1).await;
+    let before = mirror
+        .not_modified
+        .load(std::sync::atomic::Ordering::Relaxed);
+    wait_for("idle polls answered 304", || async {
+        mirror
+            .not_modified
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= before + 3
+    })
+    .await;
+
+    // Without the CA file, the platform's roots do not know the test CA.
+    let untrusted = https("untrusted", None);
+    untrusted
+        .wait_until("the TLS failure reported", "/v1/snapshot", |a| {
+            a.json()["last_error_reason"] == "store_unreachable" && a.json()["state"] == "starting"
+        })
+        .await;
+    trusted.stop().await;
+    untrusted.stop().await;
+}

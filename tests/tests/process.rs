@@ -339,7 +339,7 @@ fn publisher_build_inspect_and_list() {
 }
 
 #[test]
-fn concurrent_publishers_never_lose_or_reuse_a_version() {
+fn concurrent_publishers_get_consecutive_versions() {
     let fx = Fixture::new();
     let (_, compiled) = fx.compile("c", 5);
     let versions: Vec<u64> = std::thread::scope(|s| {
@@ -359,11 +359,10 @@ fn concurrent_publishers_never_lose_or_reuse_a_version() {
     });
     let mut sorted = versions.clone();
     sorted.sort_unstable();
-    sorted.dedup();
     assert_eq!(
-        sorted.len(),
-        6,
-        "every publish got its own version: {versions:?}"
+        sorted,
+        [1, 2, 3, 4, 5, 6],
+        "every publish got its own, consecutive version: {versions:?}"
     );
     let pointer = strata_common::channel::read_pointer(
         &fx.store(),
@@ -425,4 +424,31 @@ fn inspect_store_runs_the_agents_pipeline_on_a_good_and_a_refused_store() {
     let keyless = publisher(&["inspect", "--store", &url]);
     assert_eq!(keyless.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&keyless.stderr).contains("--pubkey"));
+}
+
+#[test]
+fn a_bundle_key_abandoned_by_a_dead_publisher_is_skipped() {
+    use strata_common::channel::{self, PublishOptions};
+    use strata_common::store::WriteStore;
+    let fx = Fixture::new();
+    let first = fx.publish("a", 3);
+    assert_eq!(first.pointer.version, 1);
+    // A publisher died between its bundle and its pointer.
+    fx.store()
+        .put_new("snapshots/00000000000000000002.bundle", b"half a publish")
+        .expect("orphan");
+    let (_, compiled) = fx.compile("a", 3);
+    let started = std::time::Instant::now();
+    let next = channel::publish(
+        &fx.store(),
+        &compiled,
+        std::slice::from_ref(&fx.key),
+        &PublishOptions {
+            abandoned_after: std::time::Duration::from_millis(300),
+            ..PublishOptions::for_channel("stable")
+        },
+    )
+    .expect("publish");
+    assert_eq!(next.pointer.version, 3, "version 2's key is never reused");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
 }

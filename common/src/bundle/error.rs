@@ -104,8 +104,8 @@ pub enum BundleError {
         /// What it holds.
         value: String,
     },
-    /// A zstd frame written without its content checksum, or not exactly
-    /// one frame where the index says one is.
+    /// A zstd frame written without its content checksum (or not a zstd
+    /// frame at all).
     #[error("payload frame {frame} (0 is the index) {reason}")]
     FrameChecksumMissing {
         /// The frame: 0 for the index.

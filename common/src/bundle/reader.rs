@@ -639,10 +639,11 @@ impl<R: Read + Seek> PayloadReader<R> {
         if zstd::zstd_safe::find_frame_compressed_size(&self.compressed)
             != Ok(self.compressed.len())
         {
-            return Err(BundleError::FrameChecksumMissing {
-                frame: n,
-                reason: "is not exactly one zstd frame of the size the index gives",
-            });
+            return Err(bad(
+                n,
+                0,
+                "is not exactly one zstd frame of the size the index gives".into(),
+            ));
         }
         self.raw.clear();
         self.raw.reserve(frame.raw_size as usize);
@@ -768,6 +769,17 @@ impl<R: Read + Seek> PayloadReader<R> {
     }
 
     fn check_totals(&mut self) -> Result<(), BundleError> {
+        // The index is exactly one frame of `index_size` bytes: nothing may
+        // follow it, read or still unread.
+        let after_frame = self.index.get_ref().get_ref();
+        let unread = after_frame.buffer().len() as u64 + after_frame.get_ref().limit();
+        if unread > 0 {
+            return Err(bad(
+                0,
+                self.index_raw,
+                format!("{unread} byte(s) after the index's one zstd frame"),
+            ));
+        }
         let digest = hex::encode(std::mem::take(&mut self.routes).finalize());
         if digest != self.manifest.routes_sha256 {
             return Err(bad(

@@ -17,6 +17,12 @@
 //! async-SDK backend owns a small runtime and blocks on it behind them.
 
 mod file;
+#[cfg(feature = "https")]
+mod https;
+#[cfg(any(feature = "s3", feature = "https"))]
+mod runtime;
+#[cfg(feature = "s3")]
+mod s3;
 mod url;
 
 use std::io::Write;
@@ -25,6 +31,10 @@ use std::ops::Range;
 use sha2::{Digest, Sha256};
 
 pub use file::FileStore;
+#[cfg(feature = "https")]
+pub use https::HttpsStore;
+#[cfg(feature = "s3")]
+pub use s3::S3Store;
 pub use url::{StoreUrl, UrlError};
 
 /// An object read from the store, with the ETag to compare-and-swap on.
@@ -214,11 +224,23 @@ pub fn list(store: &dyn WriteStore, prefix: &str) -> Result<Vec<String>, StoreEr
     }
 }
 
-/// Opens a store for reading: what an agent follows.
-pub fn open_read(url: &StoreUrl) -> Result<Box<dyn ReadStore>, StoreError> {
+/// Opens a store for reading: what an agent follows. `ca_file`, for an
+/// `https://` mirror, replaces the platform's CA certificates.
+pub fn open_read(
+    url: &StoreUrl,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Box<dyn ReadStore>, StoreError> {
     match url {
         StoreUrl::File(path) => Ok(Box::new(FileStore::new(path)?)),
-        StoreUrl::S3 { .. } | StoreUrl::Https(_) => Err(not_built(url)),
+        #[cfg(feature = "s3")]
+        StoreUrl::S3 { .. } => Ok(Box::new(S3Store::new(url)?)),
+        #[cfg(feature = "https")]
+        StoreUrl::Https(_) => Ok(Box::new(HttpsStore::new(url, ca_file)?)),
+        #[allow(unreachable_patterns)]
+        _ => {
+            let _ = ca_file;
+            Err(not_built(url))
+        }
     }
 }
 
@@ -230,14 +252,17 @@ pub fn open_write(url: &StoreUrl) -> Result<Box<dyn WriteStore>, StoreError> {
             url: url.clone(),
             reason: "an https:// mirror is read-only; publish to the s3:// or file:// store it mirrors",
         }),
-        StoreUrl::S3 { .. } => Err(not_built(url)),
+        #[cfg(feature = "s3")]
+        StoreUrl::S3 { .. } => Ok(Box::new(S3Store::new(url)?)),
+        #[allow(unreachable_patterns)]
+        _ => Err(not_built(url)),
     }
 }
 
 fn not_built(url: &StoreUrl) -> StoreError {
     StoreError::Unsupported {
         url: url.clone(),
-        reason: "this build has no support for this scheme yet; use file:///absolute/path",
+        reason: "this build was made without the cargo feature for this scheme (s3, https)",
     }
 }
 

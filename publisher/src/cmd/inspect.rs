@@ -49,6 +49,7 @@ struct Trust {
     keys: TrustedKeys,
     limits: Limits,
     channel: Option<String>,
+    ca_file: Option<PathBuf>,
     checked: bool,
 }
 
@@ -63,6 +64,7 @@ fn trust(args: &Args) -> Result<Trust> {
                 ..Limits::default()
             },
             channel: Some(config.channel),
+            ca_file: config.ca_file,
             checked: true,
         });
     }
@@ -74,6 +76,7 @@ fn trust(args: &Args) -> Result<Trust> {
         keys,
         limits: Limits::default(),
         channel: None,
+        ca_file: None,
         checked: !args.pubkeys.is_empty(),
     })
 }
@@ -88,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
             show_bundle(&file.display().to_string(), &bytes, &trust)
         }
         (None, Some(url), Some(v)) => {
-            let store = store::open_read(url)?;
+            let store = store::open_read(url, trust.ca_file.as_deref())?;
             let key = SnapshotVersion(v).bundle_key();
             let obj = store.get(&key, trust.limits.max_bundle_bytes)?;
             show_bundle(&format!("{url}/{key}"), &obj.bytes, &trust)
@@ -151,7 +154,7 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
             "inspect --store runs the agents' pipeline, which needs their keys: pass --pubkey KEY.pub or --config AGENT_TOML (or --version N to look at one bundle)"
         );
     }
-    let store = store::open_read(url)?;
+    let store = store::open_read(url, trust.ca_file.as_deref())?;
     let policy = Policy {
         trust: &trust.keys,
         channel,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use strata_common::channel::{self, DEFAULT_BUNDLE_EXPIRY, PublishOptions};
+use strata_common::channel::{self, PublishOptions};
 use strata_common::store::{self, StoreUrl};
 
 use crate::input::{SignedSource, parse_duration, provenance_from_env};
@@ -29,10 +29,9 @@ pub fn run(args: Args) -> Result<()> {
     let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
     let opts = PublishOptions {
-        channel: args.channel,
-        bundle_expires_in: DEFAULT_BUNDLE_EXPIRY,
         pointer_expires_in: args.expires_in,
         provenance: provenance_from_env(),
+        ..PublishOptions::for_channel(args.channel)
     };
     let published = channel::publish(store.as_ref(), &compiled, &keys, &opts)?;
     let p = &published.pointer;

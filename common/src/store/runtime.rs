@@ -1,0 +1,57 @@
+//! The small runtime an async client blocks on behind the synchronous
+//! store traits (see the module doc of `store`).
+
+use std::future::Future;
+
+/// A current-thread tokio runtime that may be dropped anywhere (it shuts
+/// down in the background) and blocked on from a plain thread.
+pub(crate) struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+    }
+
+    /// Runs `future` to completion on this thread: for the store traits'
+    /// calls, which the agent makes on its sync thread and the publisher
+    /// from `main`, never from async code.
+    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime().block_on(future)
+    }
+
+    /// Runs `future` to completion from any thread, within another runtime
+    /// too (on a scoped thread of its own): for opening a store, which the
+    /// agent does in its async `run`.
+    pub(crate) fn block_on_anywhere<F: Future + Send>(&self, future: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        let rt = self.runtime();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return rt.block_on(future);
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(future))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        match &self.0 {
+            Some(rt) => rt,
+            None => unreachable!("the runtime is only taken by drop"),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! `s3://bucket/prefix` stores, through aws-sdk-s3 (the `s3` feature).
+//!
+//! Region, endpoint and credentials come from the standard AWS chain
+//! (environment, profile, web identity, instance profile), so
+//! `AWS_ENDPOINT_URL` and friends point it at any S3-compatible server; with
+//! an endpoint configured, requests use path-style addressing. Every request
+//! has a connect and a read timeout; the SDK retries throttling (503
+//! SlowDown) and transient failures with backoff, and the callers back off
+//! further between checks.
+//!
+//! Writes never lose a version: `put_new` is a create-only put
+//! (`If-None-Match: *`, through a multipart upload for large bundles), and
+//! `put_if` a compare-and-swap on the ETag (`If-Match`).
+
+use std::io::Write;
+use std::ops::Range;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::BehaviorVersion;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use super::runtime::Runtime;
+use super::{BackendError, Fetched, ListPage, Object, ReadStore, StoreError, StoreUrl, WriteStore};
+
+/// Objects above this size are uploaded in parts.
+const MULTIPART_THRESHOLD: usize = 64 << 20;
+/// The size of each part of a multipart upload.
+const PART_SIZE: usize = 16 << 20;
+/// Keys a page of [`WriteStore::list_page`] holds at most.
+const PAGE: i32 = 1000;
+
+/// A bucket and prefix, with the client and the runtime it blocks on.
+pub struct S3Store {
+    url: StoreUrl,
+    bucket: String,
+    prefix: String,
+    client: Client,
+    /// The SDK is async; the store traits are not (see the module doc of
+    /// `store`). Each call blocks on this runtime.
+    rt: Runtime,
+}
+
+/// What an S3 request failed with, with the SDK's whole error chain in its
+/// message (the SDK's own `Display` says only "service error").
+#[derive(Debug, thiserror::Error)]
+#[error("S3 {operation}: {detail}")]
+struct S3Failure {
+    operation: &'static str,
+    detail: String,
+    #[source]
+    source: BackendError,
+}
+
+impl S3Store {
+    /// Connects to the bucket of `url` (an `s3://` URL) with the standard
+    /// AWS configuration chain.
+    pub fn new(url: &StoreUrl) -> Result<Self, StoreError> {
+        let StoreUrl::S3 { bucket, prefix } = url else {
+            return Err(StoreError::Unsupported {
+                url: url.clone(),
+                reason: "not an s3:// URL",
+            });
+        };
+        let rt = Runtime::new().map_err(|e| StoreError::io(bucket, e))?;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(30))
+            .build();
+        let shared = rt.block_on_anywhere(
+            aws_config::defaults(BehaviorVersion::latest())
+                .timeout_config(timeouts)
+                .load(),
+        );
+        let config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(shared.endpoint_url().is_some())
+            .build();
+        Ok(Self {
+            url: url.clone(),
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            client: Client::from_conf(config),
+            rt,
+        })
+    }
+
+    /// The object key of a store key.
+    fn object(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    /// The store key of an object key under the prefix.
+    fn store_key<'a>(&self, object: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(object)
+        } else {
+            object
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|k| k.strip_prefix('/'))
+        }
+    }
+
+    /// Reads `key`'s body into `out`, stopping past `max_bytes`.
+    async fn read_body(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        declared: Option<i64>,
+        max_bytes: u64,
+        out: &mut dyn Write,
+    ) -> Result<u64, StoreError> {
+        if let Some(size) = declared.and_then(|s| u64::try_from(s).ok())
+            && size > max_bytes
+        {
+            return Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                size,
+                limit: max_bytes,
+            });
+        }
+        let mut copied = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Transient {
+                key: key.to_owned(),
+                source: Box::new(e),
+            })?;
+            copied += chunk.len() as u64;
+            if copied > max_bytes {
+                return Err(StoreError::TooLarge {
+                    key: key.to_owned(),
+                    size: copied,
+                    limit: max_bytes,
+                });
+            }
+            out.write_all(&chunk).map_err(|e| StoreError::io(key, e))?;
+        }
+        if let Some(size) = declared.and_then(|s| u64::try_from(s).ok())
+            && copied != size
+        {
+            return Err(StoreError::io(
+                key,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the body ended after {copied} of its {size} bytes"),
+                ),
+            ));
+        }
+        Ok(copied)
+    }
+
+    async fn upload_in_parts(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| classify(object, "CreateMultipartUpload", e))?;
+        let Some(upload_id) = created.upload_id() else {
+            return Err(StoreError::Fatal {
+                key: object.to_owned(),
+                source: "CreateMultipartUpload answered without an upload id".into(),
+            });
+        };
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(PART_SIZE).enumerate() {
+                let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(object)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| classify(object, "UploadPart", e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(str::to_owned))
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .if_none_match("*")
+                .send()
+                .await
+                .map_err(|e| classify(object, "CompleteMultipartUpload", e))
+        }
+        .await;
+        if result.is_err() {
+            // Leave no parts behind to be billed; the error that matters is
+            // the one above.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(upload_id)
+                .send()
+                .await;
+        }
+        result.map(|_| ())
+    }
+}
+
+/// Sorts an SDK error into the store's kinds by its HTTP status.
+fn classify<E>(key: &str, operation: &'static str, e: SdkError<E>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let construction = matches!(e, SdkError::ConstructionFailure(_));
+    let failure = |e: SdkError<E>| S3Failure {
+        operation,
+        detail: DisplayErrorContext(&e).to_string(),
+        source: Box::new(e),
+    };
+    let key = key.to_owned();
+    match status {
+        Some(404) => StoreError::NotFound { key },
+        Some(409 | 412) => StoreError::PreconditionFailed { key },
+        Some(s) if s == 429 || s >= 500 => StoreError::Transient {
+            key,
+            source: Box::new(failure(e)),
+        },
+        Some(400..=499) => StoreError::Fatal {
+            key,
+            source: Box::new(failure(e)),
+        },
+        _ if construction => StoreError::Fatal {
+            key,
+            source: Box::new(failure(e)),
+        },
+        _ => StoreError::Transient {
+            key,
+            source: Box::new(failure(e)),
+        },
+    }
+}
+
+impl ReadStore for S3Store {
+    fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
+        match self.get_if_changed(key, None, max_bytes)? {
+            Fetched::Object(obj) => Ok(obj),
+            Fetched::NotModified => Err(StoreError::Fatal {
+                key: key.to_owned(),
+                source: "the store answered 304 to an unconditional GET".into(),
+            }),
+        }
+    }
+
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        let object = self.object(key);
+        self.rt.block_on(async {
+            let sent = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .set_if_none_match(etag.map(str::to_owned))
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(resp) => resp,
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => {
+                    return Ok(Fetched::NotModified);
+                }
+                Err(e) => return Err(classify(key, "GetObject", e)),
+            };
+            let etag = resp.e_tag().unwrap_or_default().to_owned();
+            let declared = resp.content_length();
+            let mut bytes = Vec::new();
+            self.read_body(key, resp.body, declared, max_bytes, &mut bytes)
+                .await?;
+            Ok(Fetched::Object(Object { bytes, etag }))
+        })
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        let len = range.end.saturating_sub(range.start);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let object = self.object(key);
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .range(format!("bytes={}-{}", range.start, range.end - 1))
+                .send()
+                .await
+                .map_err(|e| classify(key, "GetObject", e))?;
+            let mut bytes = Vec::with_capacity(len as usize);
+            self.read_body(key, resp.body, Some(len as i64), len, &mut bytes)
+                .await?;
+            Ok(bytes)
+        })
+    }
+
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let object = self.object(key);
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .send()
+                .await
+                .map_err(|e| classify(key, "GetObject", e))?;
+            let declared = resp.content_length();
+            self.read_body(key, resp.body, declared, max_bytes, out)
+                .await
+        })
+    }
+}
+
+impl WriteStore for S3Store {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let object = self.object(key);
+        let written = self.rt.block_on(async {
+            if bytes.len() > MULTIPART_THRESHOLD {
+                return self.upload_in_parts(&object, bytes).await;
+            }
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .if_none_match("*")
+                .body(ByteStream::from(bytes.to_vec()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(key, "PutObject", e))
+        });
+        match written {
+            Err(StoreError::PreconditionFailed { key }) => Err(StoreError::AlreadyExists { key }),
+            other => other,
+        }
+    }
+
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let object = self.object(key);
+        self.rt.block_on(async {
+            let put = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .body(ByteStream::from(bytes.to_vec()));
+            let put = match expected {
+                Some(etag) => put.if_match(etag),
+                None => put.if_none_match("*"),
+            };
+            let resp = put
+                .send()
+                .await
+                .map_err(|e| classify(key, "PutObject", e))?;
+            Ok(resp.e_tag().unwrap_or_default().to_owned())
+        })
+    }
+
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        let object_prefix = self.object(prefix);
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&object_prefix)
+                .max_keys(PAGE)
+                .set_start_after(after.map(|a| self.object(a)))
+                .send()
+                .await
+                .map_err(|e| classify(prefix, "ListObjectsV2", e))?;
+            let mut keys: Vec<String> = resp
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter_map(|k| self.store_key(k))
+                .map(str::to_owned)
+                .collect();
+            keys.sort();
+            let next = if resp.is_truncated().unwrap_or(false) {
+                keys.last().cloned()
+            } else {
+                None
+            };
+            Ok(ListPage { keys, next })
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let object = self.object(key);
+        let deleted = self.rt.block_on(async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .send()
+                .await
+                .map_err(|e| classify(key, "DeleteObject", e))
+        });
+        match deleted {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

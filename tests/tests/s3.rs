@@ -1,0 +1,376 @@
+//! The publisher and the agent against a real S3 protocol server (`s3s` +
+//! `s3s-fs`, in this process, on 127.0.0.1:0, SigV4 on), both as real
+//! processes configured only through the standard AWS environment
+//! variables: publish and pull, concurrent publishers, conditional idle
+//! polls, an outage, limits, a cut body, throttling, wrong credentials.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_agent::client;
+use strata_common::sign;
+use strata_tests::s3::{BUCKET, S3Server};
+use strata_tests::{Fixture, bin, wait_for};
+
+const PREFIX: &str = "prod";
+
+fn url() -> String {
+    format!("s3://{BUCKET}/{PREFIX}")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the publisher with the server's environment, off the async threads.
+async fn publisher(env: Vec<(&'static str, String)>, args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(bin("strata-publisher"))
+            .envs(env)
+            .args(args)
+            .output()
+            .expect("run publisher")
+    })
+    .await
+    .expect("publisher thread")
+}
+
+/// Publishes `tenants` generated tenants (source `tag`) to the bucket.
+async fn publish(server: &S3Server, fx: &Fixture, tag: &str, tenants: usize) -> Output {
+    let (src, _) = fx.compile(tag, tenants);
+    publisher(
+        server.env(),
+        vec![
+            "publish".into(),
+            "--source".into(),
+            src.display().to_string(),
+            "--key".into(),
+            fx.key_path.display().to_string(),
+            "--store".into(),
+            url(),
+        ],
+    )
+    .await
+}
+
+/// An agent process following the bucket, with `env` (the server's, or a
+/// changed copy) and `extra` config lines.
+fn agent(
+    fx: &Fixture,
+    name: &str,
+    env: Vec<(&'static str, String)>,
+    extra: &str,
+) -> (Proc, PathBuf) {
+    let socket = fx.dir.path().join(format!("{name}.sock"));
+    let config = fx.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "source = \"{url}\"\npoll_interval = \"200ms\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\n{extra}\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{key}\"\n",
+            url = url(),
+            data = fx.dir.path().join(format!("{name}-data")).display(),
+            sock = socket.display(),
+            key = sign::public_path(&fx.key_path).display(),
+        ),
+    )
+    .expect("config");
+    let child = Command::new(bin("strata-agent"))
+        .envs(env)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    (Proc(child), socket)
+}
+
+async fn snapshot(socket: &Path) -> serde_json::Value {
+    match client::get(socket, "/v1/snapshot").await {
+        Ok(a) => a.json(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+async fn serves(socket: &Path, version: u64) {
+    wait_for(&format!("agent serving version {version}"), || async {
+        let s = snapshot(socket).await;
+        s["version"] == version && s["state"] == "fresh"
+    })
+    .await;
+}
+
+fn ok(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_pull_with_idle_polls_answered_304() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    let text = ok(&publish(&server, &fx, "v1", 20).await);
+    assert!(text.contains("published version 1 to s3://"), "{text}");
+    let (_agent, socket) = agent(&fx, "a", server.env(), "");
+    serves(&socket, 1).await;
+    let id = strata_common::generate::tenant_id(3);
+    let cfg = client::get(&socket, &format!("/v1/tenants/{id}"))
+        .await
+        .expect("lookup");
+    assert_eq!(cfg.status, 200);
+
+    // Idle: every poll is one conditional GET of the pointer, answered 304.
+    server.control.reset();
+    wait_for("five idle polls", || async {
+        server.control.requests_to("channels/stable.json").len() >= 5
+    })
+    .await;
+    let seen = server.control.seen.lock().expect("seen").clone();
+    let polls = seen.len() as u64;
+    assert!(
+        seen.iter().all(|r| r.method == "GET"
+            && r.path.ends_with("channels/stable.json")
+            && r.status == 304),
+        "{seen:?}"
+    );
+    let bytes_in = server
+        .control
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let bytes_out = server
+        .control
+        .bytes_out
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let per_poll = (bytes_in + bytes_out) / polls;
+    println!(
+        "idle poll: {polls} requests, {} bytes in, {} bytes out per poll",
+        bytes_in / polls,
+        bytes_out / polls
+    );
+    assert!(
+        per_poll <= 1024,
+        "{per_poll} bytes on the wire per idle poll"
+    );
+
+    // From CI: the signing key comes from an environment variable (a
+    // secret), never a file.
+    let (src, _) = fx.compile("v2", 21);
+    let mut env = server.env();
+    let pem = std::fs::read_to_string(&fx.key_path).expect("key");
+    env.push(("STRATA_SIGNING_KEY", pem));
+    let text = ok(&publisher(
+        env,
+        vec![
+            "publish".into(),
+            "--source".into(),
+            src.display().to_string(),
+            "--key-env".into(),
+            "STRATA_SIGNING_KEY".into(),
+            "--store".into(),
+            url(),
+        ],
+    )
+    .await);
+    assert!(text.contains("published version 2"), "{text}");
+    serves(&socket, 2).await;
+    let list = ok(&publisher(server.env(), vec!["list".into(), "--store".into(), url()]).await);
+    assert!(
+        list.contains("snapshots/00000000000000000002.bundle") && list.contains("version 2"),
+        "{list}"
+    );
+    let inspect = ok(&publisher(
+        server.env(),
+        vec![
+            "inspect".into(),
+            "--store".into(),
+            url(),
+            "--pubkey".into(),
+            sign::public_path(&fx.key_path).display().to_string(),
+        ],
+    )
+    .await);
+    assert!(
+        inspect.contains("an agent would apply version 2"),
+        "{inspect}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_concurrent_publishers_get_four_consecutive_versions() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        let (src, _) = fx.compile(&format!("p{i}"), 5 + i);
+        let env = server.env();
+        let key = fx.key_path.clone();
+        runs.push(tokio::task::spawn_blocking(move || {
+            Command::new(bin("strata-publisher"))
+                .envs(env)
+                .arg("publish")
+                .arg("--source")
+                .arg(src)
+                .arg("--key")
+                .arg(key)
+                .args(["--store", &url()])
+                .output()
+                .expect("publisher")
+        }));
+    }
+    let mut versions = Vec::new();
+    for run in runs {
+        let text = ok(&run.await.expect("thread"));
+        let v: u64 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no version in {text}"));
+        versions.push(v);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    let list = ok(&publisher(server.env(), vec!["list".into(), "--store".into(), url()]).await);
+    assert!(list.contains("→ version 4"), "{list}");
+    assert_eq!(list.matches(".bundle").count(), 4, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_the_snapshot_served_and_the_agent_catches_up() {
+    let mut server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 10).await);
+    let (_agent, socket) = agent(&fx, "a", server.env(), "");
+    serves(&socket, 1).await;
+
+    server.stop();
+    wait_for("the outage reported", || async {
+        let s = snapshot(&socket).await;
+        s["state"] == "stale" && s["last_error_reason"] == "store_unreachable"
+    })
+    .await;
+    let id = strata_common::generate::tenant_id(1);
+    let cfg = client::get(&socket, &format!("/v1/tenants/{id}"))
+        .await
+        .expect("lookup");
+    assert_eq!(cfg.status, 200, "serving never stops");
+
+    server.restart().await;
+    ok(&publish(&server, &fx, "v2", 11).await);
+    serves(&socket, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_over_the_limit_is_refused() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "big", 200).await);
+    let (_agent, socket) = agent(&fx, "a", server.env(), "max_bundle_bytes = 20000");
+    wait_for("the oversized bundle refused", || async {
+        snapshot(&socket).await["last_error_reason"] == "bundle_too_large"
+    })
+    .await;
+    assert_eq!(snapshot(&socket).await["state"], "starting");
+    assert!(
+        server
+            .control
+            .requests_to(".bundle")
+            .iter()
+            .all(|r| r.method != "GET"),
+        "refused from the pointer's size, not downloaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_is_fetched_again() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 10).await);
+    let (_agent, socket) = agent(&fx, "a", server.env(), "");
+    serves(&socket, 1).await;
+    server
+        .control
+        .truncate_next_bundle
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ok(&publish(&server, &fx, "v2", 12).await);
+    serves(&socket, 2).await;
+    let gets = server
+        .control
+        .requests_to("snapshots/00000000000000000002.bundle")
+        .len();
+    assert!(gets >= 2, "the cut body was fetched again ({gets} GETs)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_is_retried_with_backoff() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 10).await);
+    server
+        .control
+        .slow_down
+        .store(4, std::sync::atomic::Ordering::SeqCst);
+    let (_agent, socket) = agent(&fx, "a", server.env(), "");
+    serves(&socket, 1).await;
+    let throttled = server
+        .control
+        .seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert_eq!(throttled, 4, "every SlowDown was answered, then retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_reported_and_not_retried_hot() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 10).await);
+    let env: Vec<_> = server
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "AWS_SECRET_ACCESS_KEY" {
+                (k, "not-the-secret".to_owned())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let (_agent, socket) = agent(&fx, "a", env, "");
+    wait_for("the credentials refusal reported", || async {
+        let s = snapshot(&socket).await;
+        s["state"] == "starting" && s["last_error_reason"] == "store_unreachable"
+    })
+    .await;
+    let s = snapshot(&socket).await;
+    let error = s["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("403") || error.contains("SignatureDoesNotMatch"),
+        "{error}"
+    );
+    server.control.reset();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = server.control.seen.lock().expect("seen").len();
+    // At a 200 ms poll a hot loop would send 15 or more in 3 s; backing off
+    // from the first failure it sends a handful.
+    assert!(
+        requests <= 6,
+        "{requests} requests in 3 s with wrong credentials"
+    );
+}
