@@ -204,6 +204,10 @@ impl Syncer {
             },
             other => Refusal::Ingest {
                 bundle: bundle.clone(),
+                permanent: matches!(
+                    other,
+                    DbError::AlreadyStored { .. } | DbError::OlderThanStored { .. }
+                ),
                 source: Box::new(other),
             },
         })?;
@@ -221,6 +225,7 @@ impl Syncer {
             .map_err(|e| Refusal::Ingest {
                 bundle: bundle.clone(),
                 source: Box::new(e),
+                permanent: false,
             })?;
         {
             let mut status = self.shared.status();
@@ -298,8 +303,8 @@ impl Syncer {
 /// The longest wait between checks while the store keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// How long to wait after `failures` checks in a row found the store
-/// unreachable: `poll` doubled per failure, up to [`MAX_BACKOFF`] (or
+/// How long to wait after `failures` checks in a row found the store (or the
+/// local disk) failing: `poll` doubled per failure, up to [`MAX_BACKOFF`] (or
 /// `poll`, if that is longer). Wrong credentials or an outage are then
 /// retried a few times a minute, not hot.
 fn backoff(poll: Duration, failures: u32) -> Duration {
@@ -371,8 +376,8 @@ pub async fn run(
 /// preempt a sync thread, which a `PREEMPT_NONE` kernel does only when that
 /// thread leaves the kernel.
 ///
-/// Each request is answered with whether the check found the store
-/// unreachable (the loop then backs off).
+/// Each request is answered with whether the loop should back off: the
+/// store or the local disk failed ([`Refusal::backs_off`]).
 fn spawn_sync_thread(
     mut syncer: Syncer,
 ) -> std::io::Result<std::sync::mpsc::Sender<oneshot::Sender<bool>>> {
@@ -383,11 +388,8 @@ fn spawn_sync_thread(
             lowest_priority("the sync thread");
             for done in rx {
                 let outcome = syncer.check();
-                let unreachable = matches!(
-                    &outcome,
-                    Outcome::Refused(r) if matches!(**r, Refusal::StoreUnreachable { .. })
-                );
-                let _ = done.send(unreachable);
+                let back_off = matches!(&outcome, Outcome::Refused(r) if r.backs_off());
+                let _ = done.send(back_off);
             }
         })?;
     Ok(tx)

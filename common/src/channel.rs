@@ -157,12 +157,13 @@ pub fn list_versions(store: &dyn WriteStore) -> Result<Vec<SnapshotVersion>, Pub
 /// Publishes `compiled` as the channel's next version: the version after
 /// the pointer's, so that concurrent publishers get consecutive versions.
 ///
-/// The bundle key is claimed with a create-only put. If another publisher
-/// holds it, that publisher is about to move the pointer to it: this one
-/// waits for the pointer to move and takes the version after. A key held
-/// for [`PublishOptions::abandoned_after`] by a bundle no pointer names (a
-/// publisher died between its two writes) is skipped, leaving that version
-/// unused.
+/// The bundle key is claimed with a create-only put. Bundle keys are shared
+/// by every channel, so a key may be held already: by a bundle another
+/// channel's pointer names, or an old one (a publisher died between its two
+/// writes), which this publisher skips at once; or by a bundle made within
+/// [`PublishOptions::abandoned_after`] that no pointer names yet, whose
+/// publisher is about to move this channel's pointer: this one then waits,
+/// polling only the pointer, and takes the version after.
 pub fn publish(
     store: &dyn WriteStore,
     compiled: &Compiled,
@@ -172,14 +173,16 @@ pub fn publish(
     let kind = PointerKind::Channel;
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
-    // The lowest version this publisher may take: raised past abandoned keys.
-    let mut floor = 0u64;
-    let mut blocked: Option<(u64, std::time::Instant)> = None;
-    let mut wait = Duration::from_millis(10);
-    loop {
+    let give_up = || -> Result<(), PublishError> {
         if started.elapsed() > GIVE_UP_AFTER {
             return Err(PublishError::Contention(GIVE_UP_AFTER));
         }
+        Ok(())
+    };
+    // The lowest version this publisher may take: raised past held keys.
+    let mut floor = 0u64;
+    loop {
+        give_up()?;
         let current = read_pointer(store, kind, &opts.channel)?;
         let next = current
             .as_ref()
@@ -200,20 +203,31 @@ pub fn publish(
         match store.put_new(&bundle_key, &bytes) {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
-                // Held by another publisher, which moves the pointer next;
-                // or abandoned, if the pointer never gets there.
-                match blocked {
-                    Some((v, since)) if v == version && since.elapsed() > opts.abandoned_after => {
-                        floor = version
-                            .checked_add(1)
-                            .ok_or(PublishError::VersionExhausted)?;
-                        blocked = None;
+                let skip = version
+                    .checked_add(1)
+                    .ok_or(PublishError::VersionExhausted)?;
+                match held_by(store, version, opts.abandoned_after)? {
+                    Held::Done => floor = skip,
+                    Held::InFlight => {
+                        // Wait for its publisher to move this channel past it.
+                        let waiting = std::time::Instant::now();
+                        let mut wait = Duration::from_millis(10);
+                        loop {
+                            give_up()?;
+                            std::thread::sleep(wait);
+                            wait = (wait * 2).min(Duration::from_millis(500));
+                            let moved = read_pointer(store, kind, &opts.channel)?
+                                .is_some_and(|(p, _)| p.version >= version);
+                            if moved {
+                                break;
+                            }
+                            if waiting.elapsed() > opts.abandoned_after {
+                                floor = skip;
+                                break;
+                            }
+                        }
                     }
-                    Some((v, _)) if v == version => {}
-                    _ => blocked = Some((version, std::time::Instant::now())),
                 }
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_millis(500));
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -231,21 +245,81 @@ pub fn publish(
         let signed = pointer
             .sign(keys)
             .map_err(|e| PublishError::Sign(e.to_string()))?;
-        let mut expected = current.map(|(_, etag)| etag);
+        let mut expected = current.map(|(_, etag)| etag).filter(|e| !e.is_empty());
+        let mut wait = Duration::from_millis(10);
         loop {
+            give_up()?;
             match store.put_if(&pointer_key, &signed, expected.as_deref()) {
                 Ok(_) => return Ok(Published { pointer }),
                 Err(StoreError::PreconditionFailed { .. }) => {
-                    // The pointer changed (re-signed, or moved by a publisher
-                    // that skipped an abandoned key). Follow it while it is
-                    // still behind this version; otherwise start again.
-                    match read_pointer(store, kind, &opts.channel)? {
-                        Some((p, etag)) if p.version < version => expected = Some(etag),
-                        _ => break,
+                    // The pointer changed: re-signed, moved by a publisher
+                    // that skipped a held key, or by this very write whose
+                    // answer was lost and retried. Follow it while it is
+                    // behind this version; otherwise start again.
+                    match store.get(&pointer_key, MAX_POINTER_BYTES) {
+                        Ok(obj) if obj.bytes == signed => return Ok(Published { pointer }),
+                        Ok(obj) => match Pointer::parse_unverified(&obj.bytes) {
+                            Ok(p) if p.version < version => {
+                                expected = Some(obj.etag).filter(|e| !e.is_empty());
+                            }
+                            _ => break,
+                        },
+                        Err(e) if e.kind() == ErrorKind::NotFound => expected = None,
+                        Err(e) => return Err(e.into()),
                     }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
+}
+
+/// Who holds a bundle key a create-only put found taken.
+enum Held {
+    /// A bundle some channel's pointer names, or an old or unreadable one:
+    /// never this channel's next version.
+    Done,
+    /// A bundle made moments ago that no pointer names yet: its publisher
+    /// is about to move a pointer to it.
+    InFlight,
+}
+
+/// Decides who holds `snapshots/<version>`: only a scheduling decision (the
+/// version numbers stay unique whatever it says), so pointers and the
+/// bundle's header are read without verifying them.
+fn held_by(
+    store: &dyn WriteStore,
+    version: u64,
+    fresh_for: Duration,
+) -> Result<Held, PublishError> {
+    for key in store::list(store, "channels/")? {
+        let named = store
+            .get(&key, MAX_POINTER_BYTES)
+            .ok()
+            .and_then(|obj| Pointer::parse_unverified(&obj.bytes).ok())
+            .is_some_and(|p| p.version == version);
+        if named {
+            return Ok(Held::Done);
+        }
+    }
+    let key = SnapshotVersion(version).bundle_key();
+    let created = store
+        .get_range(&key, 0..12)
+        .ok()
+        .and_then(|head| {
+            head.get(8..12)
+                .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+        })
+        .filter(|m| *m <= bundle::MAX_HEADER_PART)
+        .and_then(|m| store.get_range(&key, 12..12 + u64::from(m)).ok())
+        .and_then(|bytes| serde_json::from_slice::<bundle::Manifest>(&bytes).ok())
+        .and_then(|m| time::parse_exact(&m.created_at).ok());
+    let fresh = created.is_some_and(|t| {
+        time::now()
+            .duration_since(t)
+            .map_or(true, |age| age <= fresh_for)
+    });
+    Ok(if fresh { Held::InFlight } else { Held::Done })
 }

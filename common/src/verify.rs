@@ -197,6 +197,10 @@ pub enum Refusal {
         bundle: String,
         /// The consumer's error.
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether storing this same bundle again would fail the same way
+        /// (its version is already stored, or older than the stored one),
+        /// as opposed to a disk that may have room at the next try.
+        permanent: bool,
     },
 }
 
@@ -219,6 +223,17 @@ impl Refusal {
         }
     }
 
+    /// Whether the next check should wait longer than the poll interval: the
+    /// store or the local disk failed, and trying at once would only fail
+    /// again (an empty store or an expired pointer is polled as usual).
+    pub fn backs_off(&self) -> bool {
+        self.severity() == Severity::Unavailable
+            && !matches!(
+                self,
+                Refusal::StoreEmpty { .. } | Refusal::PointerExpired { .. }
+            )
+    }
+
     /// Whether the node is stale (nothing to verify, or a local failure to
     /// retry) or degraded (the signed inputs were refused). Only what the
     /// signed inputs decide is refused: a full disk or a failed read of the
@@ -229,7 +244,9 @@ impl Refusal {
             | Refusal::StoreUnreachable { .. }
             | Refusal::PointerExpired { .. }
             | Refusal::Spool { .. }
-            | Refusal::Ingest { .. }
+            | Refusal::Ingest {
+                permanent: false, ..
+            }
             | Refusal::Bundle {
                 source: BundleError::Io(_),
                 ..
@@ -241,6 +258,9 @@ impl Refusal {
             | Refusal::BundleHash { .. }
             | Refusal::ManifestVersion { .. }
             | Refusal::BundleExpired { .. }
+            | Refusal::Ingest {
+                permanent: true, ..
+            }
             | Refusal::Bundle { .. } => Severity::Refused,
         }
     }

@@ -3,10 +3,9 @@
 //! store) answers with the new version. Each publish changes one tenant, as
 //! an operator's edit does. Run: `cargo bench -p strata-tests`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use strata_tests::{Agent, Fixture};
+use strata_tests::{Agent, Fixture, change_one_tenant};
 
 fn main() {
     if std::env::var_os("STRATA_LOG").is_some() {
@@ -22,28 +21,6 @@ fn main() {
     for (tenants, runs) in [(300, 20), (1000, 20), (10_000, 20)] {
         rt.block_on(run(tenants, runs));
     }
-}
-
-/// Gives the `i`th tenant file of `source` a new `version`.
-fn change_one_tenant(source: &Path, i: usize) {
-    let mut files: Vec<_> = std::fs::read_dir(source.join("tenants"))
-        .expect("tenants dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    let file = &files[i % files.len()];
-    let text = std::fs::read_to_string(file).expect("read tenant");
-    let changed: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("version = ") {
-                format!("version = \"9.9.{i}\"\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(file, changed).expect("write tenant");
 }
 
 async fn run(tenants: usize, runs: usize) {

@@ -291,3 +291,26 @@ pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) ->
         warnings: Vec::new(),
     }
 }
+
+/// Gives the `i`th tenant file of `source` a new `version`, as an
+/// operator's edit of one tenant does (for the publish → served benchmarks).
+pub fn change_one_tenant(source: &Path, i: usize) {
+    let mut files: Vec<_> = std::fs::read_dir(source.join("tenants"))
+        .expect("tenants dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let file = &files[i % files.len()];
+    let text = std::fs::read_to_string(file).expect("read tenant");
+    let changed: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("version = ") {
+                format!("version = \"9.9.{i}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(file, changed).expect("write tenant");
+}

@@ -48,6 +48,8 @@ pub struct Seen {
     pub path: String,
     /// The status answered.
     pub status: u16,
+    /// When the answer was ready (wall clock, to compare with logs).
+    pub at: std::time::SystemTime,
 }
 
 /// What the tests turn on and read.
@@ -196,6 +198,7 @@ impl S3Server {
                                     method,
                                     path,
                                     status: r.status().as_u16(),
+                                    at: std::time::SystemTime::now(),
                                 });
                             }
                             response

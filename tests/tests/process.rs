@@ -427,28 +427,48 @@ fn inspect_store_runs_the_agents_pipeline_on_a_good_and_a_refused_store() {
 }
 
 #[test]
-fn a_bundle_key_abandoned_by_a_dead_publisher_is_skipped() {
+fn a_bundle_key_held_by_junk_or_a_dead_publisher_is_skipped() {
+    use std::time::{Duration, Instant};
     use strata_common::channel::{self, PublishOptions};
     use strata_common::store::WriteStore;
     let fx = Fixture::new();
-    let first = fx.publish("a", 3);
-    assert_eq!(first.pointer.version, 1);
-    // A publisher died between its bundle and its pointer.
-    fx.store()
-        .put_new("snapshots/00000000000000000002.bundle", b"half a publish")
-        .expect("orphan");
+    assert_eq!(fx.publish("a", 3).pointer.version, 1);
     let (_, compiled) = fx.compile("a", 3);
-    let started = std::time::Instant::now();
-    let next = channel::publish(
-        &fx.store(),
+    let opts = PublishOptions {
+        abandoned_after: Duration::from_millis(300),
+        ..PublishOptions::for_channel("stable")
+    };
+    let publish = || {
+        channel::publish(&fx.store(), &compiled, std::slice::from_ref(&fx.key), &opts)
+            .expect("publish")
+            .pointer
+            .version
+    };
+    // Not a bundle at all: skipped at once.
+    fx.store()
+        .put_new("snapshots/00000000000000000002.bundle", b"junk")
+        .expect("junk");
+    assert_eq!(publish(), 3, "version 2's key is never reused");
+
+    // A real bundle made just now that no pointer names: its publisher may
+    // be about to move the pointer, so it is waited for, then skipped.
+    let manifest = channel::manifest(
         &compiled,
+        4,
+        strata_common::time::now(),
+        channel::DEFAULT_BUNDLE_EXPIRY,
+        &Default::default(),
+    );
+    let orphan = strata_common::bundle::write_bundle(
+        &manifest,
+        &compiled.payload.compressed,
         std::slice::from_ref(&fx.key),
-        &PublishOptions {
-            abandoned_after: std::time::Duration::from_millis(300),
-            ..PublishOptions::for_channel("stable")
-        },
     )
-    .expect("publish");
-    assert_eq!(next.pointer.version, 3, "version 2's key is never reused");
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    .expect("bundle");
+    fx.store()
+        .put_new("snapshots/00000000000000000004.bundle", &orphan)
+        .expect("orphan");
+    let started = Instant::now();
+    assert_eq!(publish(), 5);
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::BehaviorVersion;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
@@ -227,9 +227,17 @@ impl S3Store {
 /// Sorts an SDK error into the store's kinds by its HTTP status.
 fn classify<E>(key: &str, operation: &'static str, e: SdkError<E>) -> StoreError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    let status = e.raw_response().map(|r| r.status().as_u16());
+    // A missing bucket is configuration, not an empty store.
+    let no_bucket = e
+        .as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "NoSuchBucket");
+    let status = e
+        .raw_response()
+        .map(|r| r.status().as_u16())
+        .filter(|s| !(no_bucket && *s == 404));
     let construction = matches!(e, SdkError::ConstructionFailure(_));
     let failure = |e: SdkError<E>| S3Failure {
         operation,
@@ -248,7 +256,7 @@ where
             key,
             source: Box::new(failure(e)),
         },
-        _ if construction => StoreError::Fatal {
+        _ if construction || no_bucket => StoreError::Fatal {
             key,
             source: Box::new(failure(e)),
         },

@@ -1,0 +1,183 @@
+//! Publish → served on S3, fleet-sized: 20 agent processes poll the
+//! in-process S3 protocol server every second (±20 % jitter, as configured
+//! in production: `poll_interval = "1s"`); the publisher process moves the
+//! pointer; each agent's latency is from the server answering the pointer's
+//! PUT to that agent's "snapshot applied" log line. Then the idle polls:
+//! requests per agent and second, bytes on the wire per request.
+//!
+//! Run: `cargo bench -p strata-tests --bench s3_publish_to_served`
+//! (`RUNS=N` publishes, default 10; `AGENTS=N`, default 20).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use strata_common::sign;
+use strata_tests::s3::{BUCKET, S3Server};
+use strata_tests::{Fixture, bin, change_one_tenant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(env_usize("AGENTS", 20), env_usize("RUNS", 10)));
+}
+
+/// The wall-clock time of the first log line of `log` at or after `from`
+/// that contains `needle` (tracing's text format starts with an RFC 3339
+/// timestamp).
+fn logged_at(log: &Path, needle: &str) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(needle))?;
+    let stamp = line.split_whitespace().next()?;
+    humantime::parse_rfc3339(stamp).ok()
+}
+
+async fn run(agents: usize, runs: usize) {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    let url = format!("s3://{BUCKET}/bench");
+    let (source, _) = fx.compile("bench", 1000);
+    let publish = |env: Vec<(&'static str, String)>, source: PathBuf| {
+        let (key, url) = (fx.key_path.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(bin("strata-publisher"))
+                .envs(env)
+                .arg("publish")
+                .arg("--source")
+                .arg(source)
+                .arg("--key")
+                .arg(key)
+                .args(["--store", &url])
+                .output()
+                .expect("publisher");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+    };
+    publish(server.env(), source.clone())
+        .await
+        .expect("publish");
+
+    let mut procs = Vec::new();
+    let mut logs = Vec::new();
+    for i in 0..agents {
+        let name = format!("a{i}");
+        let config = fx.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "source = \"{url}\"\npoll_interval = \"1s\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{key}\"\n",
+                data = fx.dir.path().join(format!("{name}-data")).display(),
+                sock = fx.dir.path().join(format!("{name}.sock")).display(),
+                key = sign::public_path(&fx.key_path).display(),
+            ),
+        )
+        .expect("config");
+        let log = fx.dir.path().join(format!("{name}.log"));
+        let child = Command::new(bin("strata-agent"))
+            .envs(server.env())
+            .env("STRATA_LOG", "info")
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("agent");
+        procs.push(Proc(child));
+        logs.push(log);
+    }
+    let wait_all = |version: u64| {
+        let logs = logs.clone();
+        async move {
+            let needle = format!("snapshot applied version={version} ");
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let times: Vec<_> = logs.iter().map(|l| logged_at(l, &needle)).collect();
+                if times.iter().all(Option::is_some) {
+                    return times.into_iter().flatten().collect::<Vec<_>>();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "agents did not all apply version {version}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_all(1).await;
+
+    let mut latencies = Vec::new();
+    for run in 0..runs {
+        let version = run as u64 + 2;
+        change_one_tenant(&source, run);
+        server.control.reset();
+        publish(server.env(), source.clone())
+            .await
+            .expect("publish");
+        let moved = server
+            .control
+            .requests_to("channels/stable.json")
+            .into_iter()
+            .find(|r| r.method == "PUT" && r.status == 200)
+            .map(|r| r.at)
+            .expect("the pointer's PUT");
+        for served in wait_all(version).await {
+            let latency = served.duration_since(moved).unwrap_or_default();
+            latencies.push(latency.as_secs_f64());
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize] * 1e3;
+    println!(
+        "publish -> served on S3, {agents} agents polling every 1 s, 1,000 tenants, one changed per publish, {runs} publishes ({} samples): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+
+    // Idle: nothing published; every poll should be one conditional GET.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.control.reset();
+    let idle = Duration::from_secs(10);
+    tokio::time::sleep(idle).await;
+    let seen = server.control.seen.lock().expect("seen").clone();
+    let polls = seen.len().max(1) as u64;
+    let not_modified = seen.iter().filter(|r| r.status == 304).count();
+    let bytes_in = server.control.bytes_in.load(Ordering::Relaxed);
+    let bytes_out = server.control.bytes_out.load(Ordering::Relaxed);
+    println!(
+        "idle: {} requests in {} s from {agents} agents ({:.2} per agent per second), {not_modified} answered 304; per request {} bytes in, {} bytes out, {} in all",
+        seen.len(),
+        idle.as_secs(),
+        seen.len() as f64 / idle.as_secs_f64() / agents as f64,
+        bytes_in / polls,
+        bytes_out / polls,
+        (bytes_in + bytes_out) / polls
+    );
+    drop(procs);
+}
