@@ -267,16 +267,19 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
         .unwrap_or(&stem)
         .to_owned();
     let mut r = Reporter::new(&file_buf, Some(&tenant));
-    validate::check_secrets(&mut r, &doc);
-    let overlay: Overlay = match doc.try_into() {
+    validate::check_strings(&mut r, &doc, Some(&layer1.policy));
+    let overlay: Overlay = match serde_path_to_error::deserialize(doc) {
         Ok(o) => o,
-        Err(_) => {
-            // Parse again from text for an error that says where.
-            let reason = match toml::from_str::<Overlay>(&text) {
-                Err(e) => toml_reason(&e),
-                Ok(_) => "does not match the overlay format".to_owned(),
-            };
-            r.push("", reason);
+        Err(e) => {
+            // Name the field: `generation.temperature: expected a number,
+            // found the string "0.5"`.
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let message = e.into_inner().to_string();
+            r.push(
+                field,
+                type_reason(message.lines().next().unwrap_or_default()),
+            );
             result.problems = r.problems;
             return result;
         }
@@ -309,4 +312,28 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
     }
     result.problems = r.problems;
     result
+}
+
+/// A serde type error in words a person editing the file reads:
+/// `invalid type: string "0.5", expected f64` becomes `expected a number,
+/// found the string "0.5"`.
+fn type_reason(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_owned();
+    };
+    let Some((found, expected)) = rest.split_once(", expected ") else {
+        return message.to_owned();
+    };
+    let expected = match expected {
+        "f64" | "f32" => "a number",
+        "u8" | "u16" | "u32" | "u64" | "i32" | "i64" | "usize" => "a whole number",
+        "a boolean" | "bool" => "true or false",
+        other => other,
+    };
+    let found = match found.split_once(' ') {
+        Some(("string", value)) => format!("the string {value}"),
+        Some((kind, value)) => format!("the {kind} {value}"),
+        None => found.to_owned(),
+    };
+    format!("expected {expected}, found {found}")
 }

@@ -16,6 +16,7 @@ pub mod compile;
 pub mod copy;
 pub mod generate;
 pub mod model;
+pub mod normalize;
 pub mod pointer;
 pub mod render;
 pub mod secrets;

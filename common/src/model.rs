@@ -143,9 +143,19 @@ pub struct Layer1 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Case-insensitive substrings refused in prompts, personas and variables.
+    /// Phrases refused in every tenant string and in each rendered prompt,
+    /// matched after normalisation (see [`crate::normalize`]), so that look-alike
+    /// letters, invisible characters, entities or extra spaces do not evade them.
     #[serde(default)]
     pub forbidden_patterns: Vec<String>,
+    /// What every tenant's `model.key_ref` must start with, `{tenant_id}`
+    /// replaced by the tenant's id (`vault:tenants/{tenant_id}/`), so that no
+    /// tenant can name another tenant's secret. Default: any reference.
+    #[serde(default)]
+    pub key_ref_prefix: Option<String>,
+    /// [`Self::forbidden_patterns`], normalised once.
+    #[serde(skip)]
+    pub(crate) normalized_patterns: std::sync::OnceLock<Vec<crate::normalize::Pattern>>,
     /// The longest rendered overlay prompt, in characters.
     #[serde(default = "default_max_prompt_chars")]
     pub max_prompt_chars: usize,
@@ -534,4 +544,20 @@ impl EffectiveConfig {
 
 fn pick<T: Clone>(overlay: &Option<T>, default: &T) -> T {
     overlay.as_ref().unwrap_or(default).clone()
+}
+
+impl Policy {
+    /// The forbidden patterns, each with its normalised form.
+    pub(crate) fn patterns(&self) -> impl Iterator<Item = (&str, &crate::normalize::Pattern)> {
+        let normalized = self.normalized_patterns.get_or_init(|| {
+            self.forbidden_patterns
+                .iter()
+                .map(|p| crate::normalize::Pattern::new(p))
+                .collect()
+        });
+        self.forbidden_patterns
+            .iter()
+            .map(String::as_str)
+            .zip(normalized.iter())
+    }
 }

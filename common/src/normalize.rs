@@ -8,8 +8,8 @@
 //! extra word (`ignore all previous instructions`). Both the text and the
 //! pattern are brought to one form: HTML entities decoded, Unicode NFKC,
 //! format and other default-ignorable characters removed, lower case, then
-//! each character replaced by its confusables skeleton (Unicode TR39), and
-//! white space runs collapsed. Patterns stay plain phrases an operator can
+//! each character outside ASCII replaced by its confusables skeleton
+//! (Unicode TR39: `і` becomes `i`), and white space runs collapsed. Patterns stay plain phrases an operator can
 //! read; matching is then:
 //!
 //! - a pattern of one word (`</system>`, `<script`, `javascript:`) matches
@@ -28,81 +28,146 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 /// How many other words may stand between two words of a pattern.
 pub const MAX_GAP: usize = 2;
 
-/// A text brought to the matching form.
+/// A forbidden pattern in the matching form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalized {
-    /// Its words, in order.
-    words: Vec<String>,
-    /// The text without any white space.
+pub struct Pattern {
+    /// Without any white space.
     compact: String,
+    /// Its words without the punctuation around them, when it has several.
+    words: Vec<String>,
 }
 
-impl Normalized {
-    /// Brings `text` to the matching form.
+impl Pattern {
+    /// Brings the pattern `text` to the matching form (the same as a text's).
     pub fn new(text: &str) -> Self {
-        let folded = if text.is_ascii() && !text.contains('&') {
-            text.to_ascii_lowercase()
-        } else {
-            fold(text)
-        };
-        let words: Vec<String> = folded.split_whitespace().map(str::to_owned).collect();
-        let compact = words.concat();
-        Self { words, compact }
+        let t = Text::new(text);
+        let folded = t.folded.unwrap_or_else(|| text.to_ascii_lowercase());
+        let words: Vec<String> = folded
+            .split_whitespace()
+            .map(|w| bare(w).to_owned())
+            .collect();
+        Self {
+            compact: t.compact,
+            words: if words.len() > 1 { words } else { Vec::new() },
+        }
+    }
+}
+
+/// A text in the matching form, to look for several patterns in.
+#[derive(Debug)]
+pub struct Text<'a> {
+    source: &'a str,
+    /// The text without any white space.
+    compact: String,
+    /// The folded text, when it is not plain ASCII (which folds by case).
+    folded: Option<String>,
+}
+
+impl<'a> Text<'a> {
+    /// Brings `text` to the matching form.
+    pub fn new(text: &'a str) -> Self {
+        if text.is_ascii() && !text.contains('&') {
+            let mut compact = Vec::with_capacity(text.len());
+            for &b in text.as_bytes() {
+                if !b.is_ascii_whitespace() {
+                    compact.push(b.to_ascii_lowercase());
+                }
+            }
+            return Self {
+                source: text,
+                compact: String::from_utf8(compact).unwrap_or_default(),
+                folded: None,
+            };
+        }
+        let folded = fold(text);
+        Self {
+            source: text,
+            compact: folded.chars().filter(|c| !c.is_whitespace()).collect(),
+            folded: Some(folded),
+        }
     }
 
-    /// Whether `pattern` (itself normalized) occurs in this text.
-    pub fn contains(&self, pattern: &Normalized) -> bool {
+    /// Whether `pattern` occurs in this text.
+    pub fn contains(&self, pattern: &Pattern) -> bool {
         if pattern.compact.is_empty() {
             return false;
         }
         if self.compact.contains(&pattern.compact) {
             return true;
         }
-        if pattern.words.len() < 2 {
+        // Several words: each must appear somewhere (most texts are
+        // rejected here by a substring search), then in order, at most
+        // MAX_GAP other words between two.
+        if pattern.words.is_empty()
+            || !pattern
+                .words
+                .iter()
+                .all(|w| self.compact.contains(w.as_str()))
+        {
             return false;
         }
-        // Words in order, a few others allowed between them; a text word
-        // may carry punctuation around the pattern's word.
-        let matches = |word: &str, want: &str| {
-            word == want
-                || word
-                    .trim_matches(|c: char| !c.is_alphanumeric())
-                    .eq(want.trim_matches(|c: char| !c.is_alphanumeric()))
-        };
-        (0..self.words.len()).any(|start| {
-            if !matches(&self.words[start], &pattern.words[0]) {
-                return false;
+        let lower;
+        let folded = match &self.folded {
+            Some(f) => f.as_str(),
+            None => {
+                lower = self.source.to_ascii_lowercase();
+                lower.as_str()
             }
-            let mut at = start;
-            pattern.words[1..].iter().all(|want| {
-                let window = self.words.iter().enumerate().skip(at + 1).take(MAX_GAP + 1);
-                match window.into_iter().find(|(_, w)| matches(w, want)) {
-                    Some((i, _)) => {
-                        at = i;
-                        true
+        };
+        let mut words = folded.split_whitespace().map(bare);
+        while let Some(word) = words.next() {
+            if word != pattern.words[0] {
+                continue;
+            }
+            let mut rest = words.clone();
+            let found = pattern.words[1..].iter().all(|want| {
+                for _ in 0..=MAX_GAP {
+                    match rest.next() {
+                        Some(w) if w == want => return true,
+                        Some(_) => {}
+                        None => return false,
                     }
-                    None => false,
                 }
-            })
-        })
+                false
+            });
+            if found {
+                return true;
+            }
+        }
+        false
     }
 }
 
-/// The full path: entities, NFKC, ignorables, case, skeleton.
+/// A word without the punctuation around it.
+fn bare(word: &str) -> &str {
+    word.trim_matches(|c: char| !c.is_alphanumeric())
+}
+
+/// The full path: entities, NFKC, ignorables, case, and each character
+/// outside ASCII replaced by its skeleton (its ASCII look-alike where it has
+/// one). ASCII is left as it is (but for case), so that plain text and
+/// plain patterns fold alike on the fast path: TR39 would also map some
+/// ASCII to other ASCII (`m` to `rn`).
 fn fold(text: &str) -> String {
     // Twice, so that `&amp;lt;` is not a way around it either.
     let once = html_escape::decode_html_entities(text);
     let decoded = html_escape::decode_html_entities(&once);
-    let visible: String = decoded
+    let mut out = String::with_capacity(decoded.len());
+    for c in decoded
         .nfkc()
         .filter(|c| !is_ignorable(*c))
         .flat_map(char::to_lowercase)
-        .collect();
-    // The skeleton maps each look-alike to one prototype; it keeps white
-    // space, so words survive it.
-    unicode_security::skeleton(&visible)
-        .flat_map(char::to_lowercase)
-        .collect()
+    {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend(
+                unicode_security::skeleton(c.encode_utf8(&mut buf)).flat_map(char::to_lowercase),
+            );
+        }
+    }
+    out
 }
 
 /// Characters that render as nothing: format characters (zero-width
@@ -112,7 +177,13 @@ fn is_ignorable(c: char) -> bool {
     matches!(c.general_category(), GeneralCategory::Format)
         || matches!(
             c,
-            '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{3164}' | '\u{FFA0}'
+            '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{3164}'
+                | '\u{FFA0}'
         )
         || ('\u{180B}'..='\u{180F}').contains(&c)
         || ('\u{FE00}'..='\u{FE0F}').contains(&c)
@@ -124,7 +195,7 @@ mod tests {
     use super::*;
 
     fn found(pattern: &str, text: &str) -> bool {
-        Normalized::new(text).contains(&Normalized::new(pattern))
+        Text::new(text).contains(&Pattern::new(pattern))
     }
 
     #[test]

@@ -9,17 +9,65 @@ pub const KEY_REF_SCHEMES: &[&str] = &["vault:", "aws-sm:", "gcp-sm:", "azure-kv
 
 /// Why a string looks like a secret, or `None` if it does not.
 pub fn find_secret(s: &str) -> Option<&'static str> {
+    if s.contains("-----BEGIN") && s.contains("PRIVATE KEY") {
+        return Some("holds a PEM private key block");
+    }
+    if has_jwt(s) {
+        return Some("looks like a JSON Web Token (eyJ….….…)");
+    }
     // Every shape below is at least MIN_TOKEN characters long, so ordinary
-    // words are skipped without looking at them further.
-    s.split(|c: char| !is_token_char(c))
-        .filter(|t| t.len() >= MIN_TOKEN)
-        .find_map(classify)
+    // words are skipped without looking at them further. Token characters
+    // are ASCII, so tokens are cut at byte positions that are always char
+    // boundaries (a long prompt is scanned without decoding it).
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip to the next token, then to its end.
+        while i < bytes.len() && !TOKEN_BYTE[usize::from(bytes[i])] {
+            i += 1;
+        }
+        let from = i;
+        while i < bytes.len() && TOKEN_BYTE[usize::from(bytes[i])] {
+            i += 1;
+        }
+        if i - from >= MIN_TOKEN
+            && let Some(why) = s.get(from..i).and_then(classify)
+        {
+            return Some(why);
+        }
+    }
+    None
+}
+
+/// [`is_token_char`] for each byte (all token characters are ASCII).
+const TOKEN_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = is_token_char(b as u8 as char);
+        b += 1;
+    }
+    table
+};
+
+/// Whether `s` holds a JSON Web Token: three base64url parts joined by
+/// dots, the first (a JSON header) starting with `eyJ`.
+fn has_jwt(s: &str) -> bool {
+    let b64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    s.match_indices("eyJ").any(|(at, _)| {
+        let rest = &s[at..];
+        let end = rest
+            .find(|c: char| !(b64url(c) || c == '.'))
+            .unwrap_or(rest.len());
+        let parts: Vec<&str> = rest[..end].split('.').collect();
+        parts.len() >= 3 && parts[..3].iter().all(|p| p.len() >= 8)
+    })
 }
 
 /// The shortest token any rule can match (`sk-` and 16 characters).
 const MIN_TOKEN: usize = 19;
 
-fn is_token_char(c: char) -> bool {
+const fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+' | '/' | '=')
 }
 
@@ -37,8 +85,10 @@ fn classify(token: &str) -> Option<&'static str> {
     if tail_len("sk-") >= 16 {
         return Some("looks like an API key (sk-…)");
     }
+    // Key ids in any case: a host name (`akia….example`) lower-cases one.
+    let upper = token.to_ascii_uppercase();
     for prefix in ["AKIA", "ASIA"] {
-        if let Some(rest) = token.strip_prefix(prefix)
+        if let Some(rest) = upper.strip_prefix(prefix)
             && rest.len() >= 16
             && rest[..16]
                 .bytes()

@@ -63,6 +63,10 @@ impl Source {
                 });
             }
         };
+        // Layer 1 reaches every tenant's prompt: no secret in it either.
+        if let Ok(doc) = toml::from_str::<toml::Value>(&text) {
+            validate::check_strings(&mut r, &doc, None);
+        }
         validate::check_layer1(&mut r, &layer1);
         if !r.problems.is_empty() {
             return Err(SourceError::Invalid {

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::model::{EffectiveConfig, Layer1, PhoneNumber, TenantId};
+use crate::model::{EffectiveConfig, Layer1, PhoneNumber, Policy, TenantId};
+use crate::normalize::Text;
 use crate::render;
 use crate::secrets;
 
@@ -81,6 +82,14 @@ pub(crate) fn check_identity(r: &mut Reporter<'_>, cfg: &EffectiveConfig, file_s
     }
     if cfg.name.trim().is_empty() {
         r.push("name", "is empty; give the tenant a display name");
+    } else if has_markup(&cfg.name) {
+        r.push(
+            "name",
+            format!(
+                "{:?} holds markup (<, > or an HTML entity); display names are shown as text, write the name itself",
+                cfg.name
+            ),
+        );
     }
     if semver::Version::parse(&cfg.version).is_err() {
         r.push(
@@ -133,7 +142,7 @@ pub(crate) fn check_policy(
             Some(_) => {}
         }
     }
-    check_key_ref(r, &cfg.model.key_ref);
+    check_key_ref(r, p, &cfg.tenant_id, &cfg.model.key_ref);
 
     // Numeric bounds.
     bound_f(
@@ -191,7 +200,10 @@ pub(crate) fn check_policy(
             ),
         );
     }
-    if !cfg.branding.domain.is_empty() && !is_domain(&cfg.branding.domain) {
+    let domain_ok = is_domain(&cfg.branding.domain)
+        && url::Url::parse(&format!("https://{}/", cfg.branding.domain))
+            .is_ok_and(|u| u.host_str() == Some(cfg.branding.domain.to_ascii_lowercase().as_str()));
+    if !cfg.branding.domain.is_empty() && !domain_ok {
         r.push(
             "branding.domain",
             format!(
@@ -201,25 +213,9 @@ pub(crate) fn check_policy(
         );
     }
 
-    // Prompt: forbidden patterns in everything that reaches the model.
-    let mut texts: Vec<(String, &str)> = vec![
-        ("agent.persona".into(), &cfg.agent.persona),
-        ("agent.prompt".into(), &cfg.agent.prompt),
-    ];
-    for (k, v) in &cfg.agent.variables {
-        texts.push((format!("agent.variables.{k}"), v));
-    }
-    for (field, text) in &texts {
-        if let Some(pat) = forbidden_pattern(&p.forbidden_patterns, text) {
-            r.push(
-                field.clone(),
-                format!("contains the forbidden pattern {pat:?}; Layer 1 policy refuses it, remove or reword it"),
-            );
-        }
-    }
-
     match render::render(&cfg.agent.prompt, &cfg.agent.variables) {
         Ok(rendered) => {
+            check_prompt_texts(r, p, cfg, Some(&rendered));
             let chars = rendered.text.chars().count();
             if chars > p.max_prompt_chars {
                 r.push(
@@ -234,12 +230,13 @@ pub(crate) fn check_policy(
         }
         Err(e) => {
             r.push("agent.prompt", e.to_string());
+            check_prompt_texts(r, p, cfg, None);
             None
         }
     }
 }
 
-fn check_key_ref(r: &mut Reporter<'_>, key_ref: &str) {
+fn check_key_ref(r: &mut Reporter<'_>, policy: &Policy, tenant: &str, key_ref: &str) {
     // A key pasted here is reported once, by the secret scan.
     if key_ref.is_empty() || secrets::find_secret(key_ref).is_some() {
         return;
@@ -256,25 +253,141 @@ fn check_key_ref(r: &mut Reporter<'_>, key_ref: &str) {
                 secrets::KEY_REF_SCHEMES.join(" ")
             ),
         );
+        return;
+    }
+    if let Some(prefix) = &policy.key_ref_prefix {
+        let own = prefix.replace("{tenant_id}", tenant);
+        let escapes = key_ref.split('/').any(|part| part == ".." || part == ".");
+        if !key_ref.starts_with(&own) || escapes {
+            r.push(
+                "model.key_ref",
+                format!(
+                    "{key_ref:?} is not under this tenant's secrets; Layer 1 requires a reference starting with {own:?}"
+                ),
+            );
+        }
     }
 }
 
-/// Walks every string of a parsed tenant file and reports those shaped like
-/// a secret. Runs on the raw document so no field escapes it.
-pub(crate) fn check_secrets(r: &mut Reporter<'_>, doc: &toml::Value) {
-    fn walk(r: &mut Reporter<'_>, path: String, v: &toml::Value) {
-        match v {
-            toml::Value::String(s) => {
-                if let Some(why) = secrets::find_secret(s) {
-                    r.push(
-                        path,
-                        format!("{why}; bundles reach every call node and must carry no secrets: store the key in a vault and set model.key_ref"),
-                    );
-                }
+/// Checks the texts that make the prompt (the template and its variables)
+/// for forbidden patterns and secrets: through the rendered prompt, so that
+/// a pattern or a key split across variables, or completed by the template
+/// around them, is found too. Each problem is reported on the field that
+/// holds it, or on `agent.prompt` when only the rendered whole shows it.
+/// Without a rendered prompt (the template is malformed), and for unused
+/// variables (served in the config all the same), each text is checked
+/// alone. The walk over the file ([`check_strings`]) leaves these fields to
+/// this function, so the longest texts are scanned once.
+fn check_prompt_texts(
+    r: &mut Reporter<'_>,
+    policy: &Policy,
+    cfg: &EffectiveConfig,
+    rendered: Option<&render::Rendered>,
+) {
+    let parts: Vec<(String, &str)> =
+        std::iter::once(("agent.prompt".to_owned(), cfg.agent.prompt.as_str()))
+            .chain(
+                cfg.agent
+                    .variables
+                    .iter()
+                    .map(|(k, v)| (format!("agent.variables.{k}"), v.as_str())),
+            )
+            .collect();
+    let alone = |r: &mut Reporter<'_>, field: &str, text: &str| {
+        check_text(r, Some(policy), field.to_owned(), text);
+    };
+    let Some(rendered) = rendered else {
+        for (field, text) in &parts {
+            alone(r, field, text);
+        }
+        return;
+    };
+    for name in &rendered.unused {
+        if let Some(v) = cfg.agent.variables.get(name) {
+            alone(r, &format!("agent.variables.{name}"), v);
+        }
+    }
+    let whole = Text::new(&rendered.text);
+    for (pattern, normalized) in policy.patterns() {
+        if !whole.contains(normalized) {
+            continue;
+        }
+        let culprits: Vec<&String> = parts
+            .iter()
+            .filter(|(_, t)| Text::new(t).contains(normalized))
+            .map(|(f, _)| f)
+            .collect();
+        if culprits.is_empty() {
+            r.push(
+                "agent.prompt",
+                format!(
+                    "the rendered prompt (variables substituted) contains the forbidden pattern {pattern:?}; Layer 1 policy refuses it, reword the prompt or the variables"
+                ),
+            );
+        }
+        for field in culprits {
+            r.push(
+                field.clone(),
+                format!("contains the forbidden pattern {pattern:?} (matched however it is spelt); Layer 1 policy refuses it, remove or reword it"),
+            );
+        }
+    }
+    if let Some(why) = secrets::find_secret(&rendered.text) {
+        let mut any = false;
+        for (field, text) in &parts {
+            if let Some(why) = secrets::find_secret(text) {
+                any = true;
+                r.push(
+                    field.clone(),
+                    format!("{why}; bundles reach every call node and must carry no secrets: store the key in a vault and set model.key_ref"),
+                );
             }
+        }
+        if !any {
+            r.push(
+                "agent.prompt",
+                format!(
+                    "the rendered prompt (variables substituted) {why}; bundles reach every call node and must carry no secrets"
+                ),
+            );
+        }
+    }
+}
+
+/// Reports a secret, and (with `policy`) a forbidden pattern, in `text`.
+fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text: &str) {
+    if let Some(why) = secrets::find_secret(text) {
+        r.push(
+            field.clone(),
+            format!("{why}; bundles reach every call node and must carry no secrets: store the key in a vault and set model.key_ref"),
+        );
+    }
+    if let Some(policy) = policy {
+        let normalized = Text::new(text);
+        if let Some((pattern, _)) = policy.patterns().find(|(_, p)| normalized.contains(p)) {
+            r.push(
+                field,
+                format!("contains the forbidden pattern {pattern:?} (matched however it is spelt); Layer 1 policy refuses it, remove or reword it"),
+            );
+        }
+    }
+}
+
+/// Walks every string of a parsed file and reports those shaped like a
+/// secret, and (with `policy`) those holding a forbidden pattern. Runs on
+/// the raw document, so that no field escapes it.
+pub(crate) fn check_strings(r: &mut Reporter<'_>, doc: &toml::Value, policy: Option<&Policy>) {
+    fn walk(r: &mut Reporter<'_>, policy: Option<&Policy>, path: String, v: &toml::Value) {
+        match v {
+            // The prompt's texts are checked through the rendered prompt
+            // (check_prompt_texts), once.
+            toml::Value::String(_)
+                if policy.is_some()
+                    && (path == "agent.prompt" || path.starts_with("agent.variables.")) => {}
+            toml::Value::String(s) => check_text(r, policy, path, s),
             toml::Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    walk(r, format!("{path}[{i}]"), item);
+                    walk(r, policy, format!("{path}[{i}]"), item);
                 }
             }
             toml::Value::Table(t) => {
@@ -284,21 +397,13 @@ pub(crate) fn check_secrets(r: &mut Reporter<'_>, doc: &toml::Value) {
                     } else {
                         format!("{path}.{k}")
                     };
-                    walk(r, p, item);
+                    walk(r, policy, p, item);
                 }
             }
             _ => {}
         }
     }
-    walk(r, String::new(), doc);
-}
-
-fn forbidden_pattern<'p>(patterns: &'p [String], text: &str) -> Option<&'p str> {
-    let lower = text.to_lowercase();
-    patterns
-        .iter()
-        .find(|p| lower.contains(&p.to_lowercase()))
-        .map(String::as_str)
+    walk(r, policy, String::new(), doc);
 }
 
 fn bound_f(r: &mut Reporter<'_>, field: &str, v: f64, [lo, hi]: [f64; 2]) {
@@ -337,12 +442,23 @@ fn is_domain(s: &str) -> bool {
 }
 
 fn is_https_url(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("https://") else {
-        return false;
-    };
-    let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host_port.split(':').next().unwrap_or("");
-    is_domain(host) && !s.contains(|c: char| c.is_whitespace() || c.is_control())
+    // Quotes, angle brackets, back-ticks, spaces and controls can break out
+    // of an HTML attribute or a log line: none belong in a URL as written.
+    let clean = !s.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '`' | '\\')
+    });
+    clean
+        && url::Url::parse(s).is_ok_and(|u| {
+            u.scheme() == "https"
+                && u.username().is_empty()
+                && u.password().is_none()
+                && matches!(u.host(), Some(url::Host::Domain(d)) if is_domain(d))
+        })
+}
+
+/// A display name is shown in dashboards and logs: text, not markup.
+fn has_markup(s: &str) -> bool {
+    s.contains(['<', '>']) || html_escape::decode_html_entities(s) != s
 }
 
 /// Checks Layer 1 itself: at least one model, sane bounds, and defaults that
@@ -407,5 +523,11 @@ mod tests {
         assert!(is_https_url("https://acme.example/logo.png"));
         assert!(!is_https_url("http://acme.example/logo.png"));
         assert!(!is_https_url("javascript:alert(1)"));
+        assert!(!is_https_url("https://acme.example/x\"onerror=\"alert(1)"));
+        assert!(!is_https_url("https://user:pw@acme.example/logo.png"));
+        assert!(!is_https_url("https://127.0.0.1/logo.png"));
+        assert!(has_markup("<script>alert(1)</script>"));
+        assert!(has_markup("Acme &lt;b&gt;"));
+        assert!(!has_markup("Acme & Sons"));
     }
 }
