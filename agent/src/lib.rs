@@ -117,13 +117,22 @@ pub async fn run(
 }
 
 /// Binds the socket with `mode`, replacing a stale socket file (never any
-/// other kind of file).
+/// other kind of file, and never a socket another process answers on: a
+/// second agent must not take over a live one's socket). The socket is
+/// bound under a temporary name, given its mode, then renamed into place,
+/// so that it never exists at its path with the umask's mode.
 fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "{} is the socket of a running process (another agent?); stop it, or give this agent another socket path",
+                    path.display()
+                );
+            }
             std::fs::remove_file(path)
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
@@ -133,9 +142,23 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
         ),
         Err(_) => {}
     }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
     let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+        UnixListener::bind(&temp).with_context(|| format!("binding {}", temp.display()))?;
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", temp.display()))
+        .and_then(|()| {
+            std::fs::rename(&temp, path)
+                .with_context(|| format!("moving the socket to {}", path.display()))
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
     Ok(listener)
 }

@@ -272,6 +272,24 @@ impl Config {
             })?;
             trust.add(k.role, key);
         }
+        // A threshold no set of distinct trusted keys can meet would keep
+        // the agent from ever being ready: say so now.
+        for (role, key) in [
+            (Role::Publisher, "thresholds.publisher"),
+            (Role::Operator, "thresholds.operator"),
+        ] {
+            let (distinct, needed) = (trust.count(role), trust.threshold(role));
+            let has_any = self.trusted_keys.iter().any(|k| k.role == role);
+            if (has_any || role == Role::Publisher) && distinct < needed {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key,
+                    reason: format!(
+                        "{needed} signatures required but trusted_keys holds {distinct} distinct {role} key(s) (a key listed twice counts once); add keys or lower the threshold"
+                    ),
+                });
+            }
+        }
         Ok(trust)
     }
 
@@ -284,6 +302,38 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threshold_no_distinct_keys_can_meet_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("ci.key");
+        sign::generate_key(&key).expect("keygen");
+        let public = sign::public_path(&key);
+        let path = dir.path().join("agent.toml");
+        let text = format!(
+            "source = \"file:///s\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{k}\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{k}\"\n[thresholds]\npublisher = 2\n",
+            k = public.display()
+        );
+        let config = Config::parse(&text, &path).expect("parse");
+        let e = config
+            .trust(&path)
+            .expect_err("one distinct key for a threshold of 2");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "thresholds.publisher",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let once = text.replace("[thresholds]\npublisher = 2\n", "");
+        Config::parse(&once, &path)
+            .expect("parse")
+            .trust(&path)
+            .expect("threshold 1 is met");
+    }
 
     #[test]
     fn defaults_and_unknown_keys() {

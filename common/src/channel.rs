@@ -8,13 +8,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::bundle::{self, BundleError, FORMAT_VERSION, MANIFEST_TYPE, Manifest, Provenance};
 use crate::canonical::sha256_hex;
 use crate::compile::Compiled;
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
+use crate::sign::{Role, TrustedKeys};
 use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
 use crate::verify::MAX_POINTER_BYTES;
@@ -45,6 +46,16 @@ pub enum PublishError {
         /// The pointer's key.
         key: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// The channel pointer does not verify with the publisher's keys.
+    #[error(
+        "{key} does not verify with the signing keys' public halves or a --trusted-key ({reason}); if the publisher key was rotated, pass the old public key with --trusted-key; if it was written without a key, restore it from a trusted copy"
+    )]
+    UntrustedPointer {
+        /// The pointer's key.
+        key: String,
+        /// Why it was refused.
         reason: String,
     },
     /// Other publishers kept winning the race for this long.
@@ -100,6 +111,9 @@ pub struct PublishOptions {
     /// How long a bundle key may be held by a bundle no pointer names
     /// before this publisher takes the version after it.
     pub abandoned_after: Duration,
+    /// Public keys, beside the signing keys' own, whose signature on the
+    /// current pointer is trusted (the previous key, during a rotation).
+    pub trusted: Vec<VerifyingKey>,
 }
 
 impl PublishOptions {
@@ -112,6 +126,7 @@ impl PublishOptions {
             pointer_expires_in: DEFAULT_POINTER_EXPIRY,
             provenance: Provenance::default(),
             abandoned_after: ABANDONED_AFTER,
+            trusted: Vec::new(),
         }
     }
 }
@@ -134,6 +149,29 @@ pub fn read_pointer(
         Ok(obj) => {
             let p =
                 Pointer::parse_unverified(&obj.bytes).map_err(|e| PublishError::BadPointer {
+                    key,
+                    reason: e.to_string(),
+                })?;
+            Ok(Some((p, obj.etag)))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the channel pointer and verifies it with `trust` (publisher role):
+/// the only way a publisher learns the current version, so that nothing
+/// unsigned in the store (an edited pointer, a file name) decides one.
+pub fn read_verified_pointer(
+    store: &dyn ReadStore,
+    channel: &str,
+    trust: &TrustedKeys,
+) -> Result<Option<(Pointer, String)>, PublishError> {
+    let key = PointerKind::Channel.store_key(channel);
+    match store.get(&key, MAX_POINTER_BYTES) {
+        Ok(obj) => {
+            let (p, _) = Pointer::verify(&obj.bytes, PointerKind::Channel, channel, trust)
+                .map_err(|e| PublishError::UntrustedPointer {
                     key,
                     reason: e.to_string(),
                 })?;
@@ -173,6 +211,14 @@ pub fn publish(
     let kind = PointerKind::Channel;
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
+    let mut trust = TrustedKeys::new(1, 1);
+    for key in keys
+        .iter()
+        .map(SigningKey::verifying_key)
+        .chain(opts.trusted.iter().copied())
+    {
+        trust.add(Role::Publisher, key);
+    }
     let give_up = || -> Result<(), PublishError> {
         if started.elapsed() > GIVE_UP_AFTER {
             return Err(PublishError::Contention(GIVE_UP_AFTER));
@@ -183,7 +229,7 @@ pub fn publish(
     let mut floor = 0u64;
     loop {
         give_up()?;
-        let current = read_pointer(store, kind, &opts.channel)?;
+        let current = read_verified_pointer(store, &opts.channel, &trust)?;
         let next = current
             .as_ref()
             .map_or(0, |(p, _)| p.version)

@@ -128,9 +128,23 @@ impl TrustedKeys {
         self.keys.push((role, KeyId::of(&key), key));
     }
 
-    /// Number of keys trusted for `role`.
+    /// Number of distinct keys trusted for `role` (a key listed twice
+    /// counts once, as it does in a threshold).
     pub fn count(&self, role: Role) -> usize {
-        self.keys.iter().filter(|(r, ..)| *r == role).count()
+        self.keys
+            .iter()
+            .filter(|(r, ..)| *r == role)
+            .map(|(_, id, _)| id)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// The threshold of `role`.
+    pub fn threshold(&self, role: Role) -> usize {
+        match role {
+            Role::Publisher => self.publisher_threshold,
+            Role::Operator => self.operator_threshold,
+        }
     }
 
     /// Checks that a threshold of distinct keys trusted for `role` signed

@@ -40,10 +40,20 @@ impl SignedSource {
     }
 }
 
-/// Parses `--expires-in` and friends.
+/// Parses `--expires-in`: a signature's lifetime, from one minute (a
+/// pointer that expires at once would be refused by every agent) to ten
+/// years (a timestamp past year 9999 cannot be written).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    strata_common::time::parse_duration(s)
-        .map_err(|e| format!("{e}; write a duration such as 14d, 12h or 30m"))
+    const MIN: Duration = Duration::from_secs(60);
+    const MAX: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+    let d = strata_common::time::parse_duration(s)
+        .map_err(|e| format!("{e}; write a duration such as 14d, 12h or 30m"))?;
+    if d < MIN || d > MAX {
+        return Err(format!(
+            "{s} is outside 1m to 10y: a signature must outlive its upload, and expire within ten years"
+        ));
+    }
+    Ok(d)
 }
 
 /// Opens a source directory, printing every problem if it is invalid.

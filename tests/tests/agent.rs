@@ -319,7 +319,18 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     // 1. Signed by a key the agent does not trust.
     let stranger = SigningKey::from_bytes(&[42; 32]);
     let (_, compiled) = fx.compile("v1", 10);
-    fx.publish_with(&compiled, &[stranger]);
+    // (The stranger's publisher follows the channel as written by the
+    // trusted key, which it is told to trust for reading.)
+    channel::publish(
+        &fx.store(),
+        &compiled,
+        &[stranger],
+        &channel::PublishOptions {
+            trusted: vec![fx.key.verifying_key()],
+            ..channel::PublishOptions::for_channel("stable")
+        },
+    )
+    .expect("publish");
     still_serves(&agent, 1, "does not trust").await;
     assert_eq!(
         counter(
@@ -595,4 +606,29 @@ async fn an_https_mirror_is_followed_with_the_configured_ca_and_refused_without_
         .await;
     trusted.stop().await;
     untrusted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_does_not_take_over_a_live_agent_s_socket() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let first = fx.start_agent("a", "");
+    first.serves(1).await;
+    // Another agent (its own data dir) configured with the same socket.
+    let (_, path) = fx.agent_config("b", "");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replace("b.sock", "a.sock");
+    std::fs::write(&path, text).expect("config");
+    let config = strata_agent::config::Config::load(&path).expect("config");
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        strata_agent::run(config, &path, std::future::pending()),
+    )
+    .await
+    .expect("the second agent gives up at once");
+    let message = format!("{:#}", refused.expect_err("refused"));
+    assert!(message.contains("socket of a running process"), "{message}");
+    let s = first.get("/v1/snapshot").await;
+    assert_eq!(s.status, 200, "the first agent still answers");
+    first.stop().await;
 }

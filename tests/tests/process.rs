@@ -472,3 +472,74 @@ fn a_bundle_key_held_by_junk_or_a_dead_publisher_is_skipped() {
     assert_eq!(publish(), 5);
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+#[test]
+fn an_unsigned_pointer_or_a_junk_bundle_name_never_decides_the_next_version() {
+    use strata_common::pointer::Pointer;
+    use strata_common::store::WriteStore;
+    let fx = Fixture::new();
+    let first = fx.publish("a", 3);
+    assert_eq!(first.pointer.version, 1);
+    // Someone with write access but no key: a junk bundle at the largest
+    // version, then an unsigned pointer claiming a huge one.
+    fx.store()
+        .put_new("snapshots/18446744073709551615.bundle", b"junk")
+        .expect("junk");
+    assert_eq!(
+        fx.publish("a", 3).pointer.version,
+        2,
+        "a file name decides nothing"
+    );
+    let forged = Pointer {
+        version: u64::MAX - 1,
+        ..first.pointer.clone()
+    };
+    let stranger = strata_common::sign::SigningKey::from_bytes(&[9; 32]);
+    let bytes = forged.sign(&[stranger]).expect("sign");
+    std::fs::write(fx.store_dir().join("channels/stable.json"), &bytes).expect("forge");
+    let before = tree_bytes(&fx.store_dir());
+    let src = fx.dir.path().join("source-a");
+    let out = publisher(&[
+        "publish",
+        "--source",
+        &src.display().to_string(),
+        "--key",
+        &fx.key_path.display().to_string(),
+        "--store",
+        &format!("file://{}", fx.store_dir().display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("channels/stable.json does not verify") && err.contains("--trusted-key"),
+        "{err}"
+    );
+    assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
+}
+
+#[test]
+fn signature_lifetimes_outside_a_minute_to_ten_years_are_usage_errors() {
+    let fx = Fixture::new();
+    fx.publish("a", 2);
+    let before = tree_bytes(&fx.store_dir());
+    let src = fx.dir.path().join("source-a");
+    for lifetime in ["0s", "30s", "300000y"] {
+        let out = publisher(&[
+            "publish",
+            "--source",
+            &src.display().to_string(),
+            "--key",
+            &fx.key_path.display().to_string(),
+            "--store",
+            &format!("file://{}", fx.store_dir().display()),
+            "--expires-in",
+            lifetime,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{lifetime}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("outside 1m to 10y"),
+            "{lifetime}"
+        );
+    }
+    assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
+}

@@ -1,9 +1,11 @@
 //! `publish --source DIR --key KEY --store URL`: the channel's next version.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use strata_common::channel::{self, PublishOptions};
+use strata_common::sign;
 use strata_common::store::{self, StoreUrl};
 
 use crate::input::{SignedSource, parse_duration, provenance_from_env};
@@ -19,6 +21,11 @@ pub struct Args {
     /// Channel to move.
     #[arg(long, default_value = "stable")]
     channel: String,
+    /// A publisher public key (beside the signing keys' own) whose signature
+    /// on the current pointer is trusted, as during a key rotation (repeat
+    /// for several).
+    #[arg(long = "trusted-key", value_name = "PUB")]
+    trusted_keys: Vec<PathBuf>,
     /// Lifetime of the channel pointer's signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
@@ -28,8 +35,14 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
+    let trusted = args
+        .trusted_keys
+        .iter()
+        .map(|p| sign::load_verifying_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let opts = PublishOptions {
         pointer_expires_in: args.expires_in,
+        trusted,
         provenance: provenance_from_env(),
         ..PublishOptions::for_channel(args.channel)
     };
