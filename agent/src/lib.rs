@@ -80,22 +80,42 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
+        // A slot first: at the cap, connections wait in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
-                    Ok((s, _)) => s,
+                    Ok((s, _)) => {
+                        accept_errors.recovered();
+                        s
+                    }
                     Err(e) => {
-                        warn!("accept failed: {e}");
+                        // Out of file descriptors (or memory): wait instead
+                        // of spinning, and say it once per burst.
+                        accept_errors.failed(&e);
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 };
                 let shared = shared.clone();
                 let conn = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES)
                     .serve_connection(TokioIo::new(stream), service_fn(move |req| http::handle(req, shared.clone())));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!("connection ended: {e}");
                     }
@@ -114,6 +134,37 @@ pub async fn run(
     sync_task.abort();
     info!("agent stopped");
     Ok(())
+}
+
+/// How long a client may take to send a request's headers: a slow or
+/// silent client is closed instead of holding a connection slot for ever.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The largest request head read: lookups are a line and a few headers.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The wait after a failed accept (no file descriptor left), so that the
+/// loop does not spin.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Failed accepts, logged once per burst rather than once each.
+#[derive(Default)]
+struct AcceptErrors {
+    failing: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &std::io::Error) {
+        if self.failing == 0 {
+            warn!("accept failed: {e}; backing off (logged once until accepts succeed again)");
+        }
+        self.failing += 1;
+    }
+
+    fn recovered(&mut self) {
+        if self.failing > 0 {
+            info!(failed = self.failing, "accepting connections again");
+            self.failing = 0;
+        }
+    }
 }
 
 /// Binds the socket with `mode`, replacing a stale socket file (never any

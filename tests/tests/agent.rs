@@ -632,3 +632,51 @@ async fn a_second_agent_does_not_take_over_a_live_agent_s_socket() {
     assert_eq!(s.status, 200, "the first agent still answers");
     first.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_a_silent_client_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let agent = fx.start_agent("a", "max_connections = 2");
+    agent.serves(1).await;
+    // Two clients hold both slots without finishing a request.
+    let mut idle = UnixStream::connect(&agent.socket).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("half a request");
+    let other = UnixStream::connect(&agent.socket).await.expect("connect");
+    // A third waits in the backlog...
+    let waiting = tokio::spawn({
+        let socket = agent.socket.clone();
+        async move { strata_agent::client::get(&socket, "/healthz").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection waits for a slot"
+    );
+    // ...and is served once a slot frees.
+    drop(other);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("served after a slot freed")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(answer.status, 200);
+    // The silent client is closed after the header timeout (10 s): the
+    // agent may answer 408 first, then the connection ends.
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent client's connection is closed");
+    agent.stop().await;
+}
