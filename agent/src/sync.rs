@@ -149,9 +149,7 @@ impl Syncer {
             Err(refusal) => Outcome::Refused(Arc::new(refusal)),
         };
         self.refused_pointer = match &outcome {
-            Outcome::Refused(r) if r.severity() == Severity::Refused => {
-                Some((pointer_hash, r.clone()))
-            }
+            Outcome::Refused(r) if r.is_final() => Some((pointer_hash, r.clone())),
             _ => None,
         };
         Ok(outcome)

@@ -224,14 +224,25 @@ impl Refusal {
     }
 
     /// Whether the next check should wait longer than the poll interval: the
-    /// store or the local disk failed, and trying at once would only fail
-    /// again (an empty store or an expired pointer is polled as usual).
+    /// store or the local disk failed, or the bundle was not (yet) the one
+    /// the pointer names, and trying at once would only fail again (an
+    /// empty store or an expired pointer is polled as usual).
     pub fn backs_off(&self) -> bool {
-        self.severity() == Severity::Unavailable
-            && !matches!(
-                self,
-                Refusal::StoreEmpty { .. } | Refusal::PointerExpired { .. }
-            )
+        matches!(self, Refusal::BundleHash { .. })
+            || (self.severity() == Severity::Unavailable
+                && !matches!(
+                    self,
+                    Refusal::StoreEmpty { .. } | Refusal::PointerExpired { .. }
+                ))
+    }
+
+    /// Whether the same pointer bytes will always be refused the same way,
+    /// so that the bundle need not be fetched again until the pointer
+    /// changes: what the signed documents decide. A bundle whose bytes are
+    /// not the pointer's (a mirror caught mid-copy, an upload still under
+    /// way) may be right at the next try, and is fetched again, backing off.
+    pub fn is_final(&self) -> bool {
+        self.severity() == Severity::Refused && !matches!(self, Refusal::BundleHash { .. })
     }
 
     /// Whether the node is stale (nothing to verify, or a local failure to

@@ -680,3 +680,82 @@ async fn connections_are_capped_and_a_silent_client_is_closed() {
     assert!(closed.is_ok(), "a silent client's connection is closed");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_caught_mid_copy_is_fetched_again_until_it_is_whole() {
+    let fx = Fixture::new();
+    fx.publish("v1", 10);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let (_, compiled) = fx.compile("v2", 11);
+    let version = 2;
+    let manifest = channel::manifest(
+        &compiled,
+        version,
+        time::now(),
+        channel::DEFAULT_BUNDLE_EXPIRY,
+        &Default::default(),
+    );
+    let bytes = bundle::write_bundle(
+        &manifest,
+        &compiled.payload.compressed,
+        std::slice::from_ref(&fx.key),
+    )
+    .expect("bundle");
+    // A mirror that has copied the pointer but only half the bundle.
+    let bundle_key = SnapshotVersion(version).bundle_key();
+    let bundle_path = fx.store_dir().join(&bundle_key);
+    std::fs::write(&bundle_path, &bytes[..bytes.len() / 2]).expect("half");
+    let pointer = Pointer {
+        kind: PointerKind::Channel,
+        name: "stable".into(),
+        version,
+        bundle: bundle_key,
+        bundle_sha256: sha256_hex(&bytes),
+        bundle_size: bytes.len() as u64,
+        created_at: time::format(time::now()),
+        expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
+    };
+    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
+    std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("pointer");
+    agent
+        .wait_until("the half bundle refused", "/v1/snapshot", |a| {
+            a.json()["last_error_reason"] == "bundle_hash"
+        })
+        .await;
+    // The copy completes; the pointer does not change.
+    std::fs::write(&bundle_path, &bytes).expect("whole");
+    agent.serves(2).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_store_does_not_hang_the_agent() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let pointer = fx.store_dir().join("channels/stable.json");
+    let saved = fx.dir.path().join("stable.json");
+    std::fs::rename(&pointer, &saved).expect("move pointer aside");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pointer)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    agent
+        .wait_until("the FIFO reported", "/v1/snapshot", |a| {
+            a.json()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a regular file"))
+        })
+        .await;
+    std::fs::remove_file(&pointer).expect("remove fifo");
+    std::fs::rename(&saved, &pointer).expect("pointer back");
+    agent
+        .wait_until("fresh again", "/v1/snapshot", |a| {
+            a.json()["state"] == "fresh"
+        })
+        .await;
+    agent.stop().await;
+}

@@ -66,6 +66,7 @@ impl FileStore {
     fn open_bounded(&self, key: &str, max_bytes: u64) -> Result<File, StoreError> {
         let path = self.path(key)?;
         let transient = |source| StoreError::io(key, source);
+        self.check_regular(key, &path)?;
         let f = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound {
                 key: key.to_owned(),
@@ -81,6 +82,41 @@ impl FileStore {
             });
         }
         Ok(f)
+    }
+
+    /// Refuses anything at `path` but a regular file inside the store: a
+    /// FIFO would block the reader for ever, a device or a symlink out of
+    /// the store (`/dev/zero`) would feed it bytes from elsewhere.
+    fn check_regular(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+        let refuse = |what: &str| StoreError::Fatal {
+            key: key.to_owned(),
+            source: format!("{what}; a file store holds regular files only").into(),
+        };
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    key: key.to_owned(),
+                });
+            }
+            Err(e) => return Err(StoreError::io(key, e)),
+        };
+        let meta = if meta.file_type().is_symlink() {
+            let target = fs::canonicalize(path).map_err(|e| StoreError::io(key, e))?;
+            let root = fs::canonicalize(&self.root).map_err(|e| StoreError::io(key, e))?;
+            if !target.starts_with(&root) {
+                return Err(refuse("is a symbolic link out of the store"));
+            }
+            fs::metadata(&target).map_err(|e| StoreError::io(key, e))?
+        } else {
+            meta
+        };
+        if !meta.file_type().is_file() {
+            return Err(refuse(
+                "is not a regular file (a FIFO, a device, a directory?)",
+            ));
+        }
+        Ok(())
     }
 
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
@@ -311,6 +347,34 @@ mod tests {
         assert!(matches!(
             store.get_to("snapshots/none", 11, &mut Vec::new()),
             Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn only_regular_files_inside_the_store_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(dir.path()).expect("store");
+        store.put_new("snapshots/a.bundle", b"inside").expect("put");
+        std::fs::create_dir_all(dir.path().join("channels")).expect("dir");
+        let outside = tempfile::NamedTempFile::new().expect("outside file");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("channels/out.json"))
+            .expect("symlink out");
+        std::os::unix::fs::symlink(
+            dir.path().join("snapshots/a.bundle"),
+            dir.path().join("channels/in.json"),
+        )
+        .expect("symlink in");
+        assert!(matches!(
+            store.get("channels/out.json", 100),
+            Err(StoreError::Fatal { .. })
+        ));
+        assert_eq!(
+            store.get("channels/in.json", 100).expect("in").bytes,
+            b"inside"
+        );
+        assert!(matches!(
+            store.get("snapshots", 100),
+            Err(StoreError::Fatal { .. })
         ));
     }
 
