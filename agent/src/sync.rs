@@ -68,11 +68,7 @@ impl Syncer {
             channel: config.channel.clone(),
             retain: config.retain,
             spool_dir: config.data_dir.clone(),
-            limits: Limits {
-                max_bundle_bytes: config.max_bundle_bytes,
-                max_decompressed_bytes: config.max_bundle_bytes,
-                ..Limits::default()
-            },
+            limits: config.limits(),
             refused_pointer: None,
             seen_pointer: None,
         }

@@ -48,6 +48,11 @@ pub struct Config {
     /// against.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The largest decompressed body frame accepted: what an apply holds in
+    /// memory at once, whatever a (buggy or stolen) publisher key signed.
+    /// Default 64 MiB; publishers write ~512 KiB frames.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u64,
     /// Largest bundle download and decompressed payload. Default 1 GiB.
     #[serde(default = "default_max_bundle_bytes")]
     pub max_bundle_bytes: u64,
@@ -123,6 +128,9 @@ fn default_cache_bytes() -> usize {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_max_frame_bytes() -> u64 {
+    64 << 20
 }
 fn default_max_bundle_bytes() -> u64 {
     1 << 30
@@ -213,6 +221,13 @@ impl Config {
         };
         self.socket_mode_bits()
             .map_err(|r| invalid("socket_mode", r))?;
+        if self.max_frame_bytes < 1 << 20 {
+            return Err(invalid(
+                "max_frame_bytes",
+                "must be at least 1 MiB (publishers write frames of ~512 KiB plus one tenant)"
+                    .into(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1".into()));
         }
@@ -303,6 +318,17 @@ impl Config {
             }
         }
         Ok(trust)
+    }
+
+    /// The limits a bundle is read with: what this agent refuses, so that
+    /// `inspect --config` refuses exactly the same.
+    pub fn limits(&self) -> crate::bundle::Limits {
+        crate::bundle::Limits {
+            max_bundle_bytes: self.max_bundle_bytes,
+            max_decompressed_bytes: self.max_bundle_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            ..crate::bundle::Limits::default()
+        }
     }
 
     /// The redb file.

@@ -392,3 +392,19 @@ fn routes_that_do_not_hash_to_the_signed_digest_are_refused() {
     assert_eq!(frame, 0, "routes are in the index");
     assert!(reason.contains("routes_sha256"), "{reason}");
 }
+
+#[test]
+fn a_frame_over_max_frame_bytes_is_refused_before_it_is_decompressed() {
+    let (_dir, compiled) = generated(40);
+    let k = key(1);
+    let bytes = build(&compiled, &k);
+    let small = Limits {
+        max_frame_bytes: 1024,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        open(&bytes, &trust(&[&k]), &small),
+        Err(BundleError::DecompressedTooLarge { limit: 1024 })
+    ));
+    open(&bytes, &trust(&[&k]), &Limits::default()).expect("within the default");
+}

@@ -759,3 +759,18 @@ async fn a_fifo_in_the_store_does_not_hang_the_agent() {
         .await;
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_file_is_moved_aside_and_the_store_s_snapshot_served() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let (config, path) = fx.agent_config("a", "");
+    std::fs::create_dir_all(&config.data_dir).expect("data dir");
+    let garbage = vec![0xAB; 64 * 1024];
+    std::fs::write(config.db_path(), &garbage).expect("damaged file");
+    let agent = Agent::start(config.clone(), path);
+    agent.serves(1).await;
+    let aside = config.db_path().with_extension("redb.damaged");
+    assert_eq!(std::fs::read(&aside).expect("kept for forensics"), garbage);
+    agent.stop().await;
+}

@@ -170,6 +170,41 @@ pub enum DbError {
     Encode(#[from] serde_json::Error),
 }
 
+impl DbError {
+    /// Whether the file itself is damaged (not locked by another agent, not
+    /// unreadable for lack of permission): it can be moved aside and the
+    /// snapshot fetched again from the store.
+    pub fn is_damage(&self) -> bool {
+        use redb::{DatabaseError, StorageError};
+        match self {
+            DbError::Database(DatabaseError::Storage(StorageError::Corrupted(_)))
+            | DbError::Database(DatabaseError::UpgradeRequired(_))
+            | DbError::Database(DatabaseError::RepairAborted)
+            | DbError::Storage(StorageError::Corrupted(_))
+            | DbError::Damaged(_) => true,
+            // "Not a redb database: magic number mismatch".
+            DbError::Database(DatabaseError::Storage(StorageError::Io(e)))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                true
+            }
+            DbError::Open { .. }
+            | DbError::Database(_)
+            | DbError::Transaction(_)
+            | DbError::Table(_)
+            | DbError::Storage(_)
+            | DbError::Commit(_)
+            | DbError::Durability(_)
+            | DbError::Bundle(_)
+            | DbError::AlreadyStored { .. }
+            | DbError::OlderThanStored { .. }
+            | DbError::TenantCount { .. }
+            | DbError::NoCurrent
+            | DbError::Encode(_) => false,
+        }
+    }
+}
+
 /// The redb file.
 pub struct Db {
     db: redb::Database,

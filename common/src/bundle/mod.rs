@@ -114,6 +114,10 @@ pub struct Limits {
     pub max_records: u64,
     /// The largest single record value.
     pub max_value_bytes: u32,
+    /// The largest decompressed body frame: a reader holds one at a time,
+    /// so this bounds its memory whatever a signed manifest declares
+    /// (publishers cut frames at [`FRAME_TARGET_BYTES`] plus one tenant).
+    pub max_frame_bytes: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +127,7 @@ impl Default for Limits {
             max_decompressed_bytes: 1 << 30,
             max_records: 10_000_000,
             max_value_bytes: 16 << 20,
+            max_frame_bytes: 64 << 20,
         }
     }
 }

@@ -585,6 +585,11 @@ impl<R: Read + Seek> PayloadReader<R> {
         {
             return Err(bad(number, 0, "runs past the end of the payload".into()));
         }
+        if raw_size > self.limits.max_frame_bytes {
+            return Err(BundleError::DecompressedTooLarge {
+                limit: self.limits.max_frame_bytes,
+            });
+        }
         self.frames_raw = self.frames_raw.saturating_add(raw_size);
         let raw_limit = self
             .manifest

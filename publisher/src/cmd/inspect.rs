@@ -58,11 +58,7 @@ fn trust(args: &Args) -> Result<Trust> {
         let config = Config::load(path)?;
         return Ok(Trust {
             keys: config.trust(path)?,
-            limits: Limits {
-                max_bundle_bytes: config.max_bundle_bytes,
-                max_decompressed_bytes: config.max_bundle_bytes,
-                ..Limits::default()
-            },
+            limits: config.limits(),
             channel: Some(config.channel),
             ca_file: config.ca_file,
             checked: true,
