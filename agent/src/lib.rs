@@ -18,7 +18,7 @@ pub mod sync;
 pub mod writeback;
 
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,6 +67,9 @@ pub async fn run(
         &config.socket,
         config.socket_mode_bits().map_err(anyhow::Error::msg)?,
     )?;
+    let socket_id = std::fs::symlink_metadata(&config.socket)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
     info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -122,7 +125,13 @@ pub async fn run(
         }
     }
     drop(listener);
-    let _ = std::fs::remove_file(&config.socket);
+    // Only the socket this agent placed (an operator may have started
+    // another agent on the path since).
+    if std::fs::symlink_metadata(&config.socket)
+        .is_ok_and(|m| Some((m.dev(), m.ino())) == socket_id)
+    {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     let _ = stop_tx.send(true);
     tokio::select! {
         _ = graceful.shutdown() => info!("in-flight requests finished"),
@@ -199,11 +208,18 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
+            // Stale only if nothing listens: a refusal for lack of
+            // permission means a live socket of another user.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Ok(_) => bail!(
                     "{} is the socket of a running process (another agent?); stop it, or give this agent another socket path",
                     path.display()
-                );
+                ),
+                Err(e) => bail!(
+                    "{} is a socket this agent cannot check ({e}); if no agent serves it, remove it",
+                    path.display()
+                ),
             }
             std::fs::remove_file(path)
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
@@ -214,11 +230,8 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
         ),
         Err(_) => {}
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // Short: a socket path has at most 107 bytes.
+    let temp = path.with_file_name(format!(".{:08x}", rand::random::<u32>()));
     let _ = std::fs::remove_file(&temp);
     let listener =
         UnixListener::bind(&temp).with_context(|| format!("binding {}", temp.display()))?;

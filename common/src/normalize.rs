@@ -42,15 +42,19 @@ impl Pattern {
     pub fn new(text: &str) -> Self {
         let t = Text::new(text);
         let folded = t.folded.unwrap_or_else(|| text.to_ascii_lowercase());
-        let words: Vec<String> = folded
-            .split_whitespace()
-            .map(|w| bare(w).to_owned())
-            .collect();
+        let words: Vec<String> = alnum_words(&folded).map(str::to_owned).collect();
         Self {
             compact: t.compact,
             words: if words.len() > 1 { words } else { Vec::new() },
         }
     }
+}
+
+/// The runs of letters and digits of `text`: its words, whatever stands
+/// between them (spaces, `_`, `-`, dots).
+fn alnum_words(text: &str) -> impl Iterator<Item = &str> + Clone {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
 }
 
 /// A text in the matching form, to look for several patterns in.
@@ -96,15 +100,23 @@ impl<'a> Text<'a> {
             return true;
         }
         // Several words: each must appear somewhere (most texts are
-        // rejected here by a substring search), then in order, at most
-        // MAX_GAP other words between two.
-        if pattern.words.is_empty()
-            || !pattern
-                .words
-                .iter()
-                .all(|w| self.compact.contains(w.as_str()))
-        {
+        // rejected here by a substring search), then the words joined by
+        // anything (`ignore_previous-instructions`), or in order with at
+        // most MAX_GAP other words between two.
+        if pattern.words.is_empty() {
             return false;
+        }
+        // Each word must appear, in order, in the text without white space.
+        let mut at = 0;
+        for word in &pattern.words {
+            match self
+                .compact
+                .get(at..)
+                .and_then(|rest| rest.find(word.as_str()))
+            {
+                Some(i) => at += i + word.len(),
+                None => return false,
+            }
         }
         let lower;
         let folded = match &self.folded {
@@ -114,7 +126,11 @@ impl<'a> Text<'a> {
                 lower.as_str()
             }
         };
-        let mut words = folded.split_whitespace().map(bare);
+        let joined: String = alnum_words(folded).collect();
+        if joined.contains(&pattern.words.concat()) {
+            return true;
+        }
+        let mut words = alnum_words(folded);
         while let Some(word) = words.next() {
             if word != pattern.words[0] {
                 continue;
@@ -138,11 +154,6 @@ impl<'a> Text<'a> {
     }
 }
 
-/// A word without the punctuation around it.
-fn bare(word: &str) -> &str {
-    word.trim_matches(|c: char| !c.is_alphanumeric())
-}
-
 /// The full path: entities, NFKC, ignorables, case, and each character
 /// outside ASCII replaced by its skeleton (its ASCII look-alike where it has
 /// one). ASCII is left as it is (but for case), so that plain text and
@@ -153,10 +164,15 @@ fn fold(text: &str) -> String {
     let once = html_escape::decode_html_entities(text);
     let decoded = html_escape::decode_html_entities(&once);
     let mut out = String::with_capacity(decoded.len());
+    // Lower case, then decomposed, without combining marks: `İ`, `í` and a
+    // strike-through `i̶` are all `i`.
     for c in decoded
         .nfkc()
         .filter(|c| !is_ignorable(*c))
         .flat_map(char::to_lowercase)
+        .collect::<String>()
+        .nfd()
+        .filter(|c| !is_mark(*c))
     {
         if c.is_ascii() {
             out.push(c);
@@ -168,6 +184,16 @@ fn fold(text: &str) -> String {
         }
     }
     out
+}
+
+/// Combining marks: accents and overlays drawn on the letter before.
+fn is_mark(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::NonspacingMark
+            | GeneralCategory::EnclosingMark
+            | GeneralCategory::SpacingMark
+    )
 }
 
 /// Characters that render as nothing: format characters (zero-width
@@ -214,6 +240,13 @@ mod tests {
             "ignore all previous instructions",
             "ignore, previous: instructions",
             "ignoreprevious instructions",
+            "ignore_previous_instructions",
+            "ignore-previous-instructions",
+            "ignore.previous.instructions",
+            "ignore - - - previous instructions",
+            "\u{0130}GNORE PREVIOUS INSTRUCTIONS",
+            "\u{00ED}gnore previous instructions",
+            "i\u{0336}gnore previous instructions",
         ] {
             assert!(found(p, text), "{text:?}");
         }

@@ -51,17 +51,23 @@ const TOKEN_BYTE: [bool; 256] = {
 };
 
 /// Whether `s` holds a JSON Web Token: three base64url parts joined by
-/// dots, the first (a JSON header) starting with `eyJ`.
+/// dots, the first (a JSON header) starting with `eyJ`. Each run of
+/// base64url characters and dots is looked at once.
 fn has_jwt(s: &str) -> bool {
+    if !s.contains("eyJ") {
+        return false;
+    }
     let b64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    s.match_indices("eyJ").any(|(at, _)| {
-        let rest = &s[at..];
-        let end = rest
-            .find(|c: char| !(b64url(c) || c == '.'))
-            .unwrap_or(rest.len());
-        let parts: Vec<&str> = rest[..end].split('.').collect();
-        parts.len() >= 3 && parts[..3].iter().all(|p| p.len() >= 8)
-    })
+    s.split(|c: char| !(b64url(c) || c == '.'))
+        .filter(|run| run.contains("eyJ"))
+        .any(|run| {
+            let parts: Vec<&str> = run.split('.').collect();
+            parts.windows(3).any(|w| {
+                w[0].find("eyJ").is_some_and(|at| w[0].len() - at >= 8)
+                    && w[1].len() >= 8
+                    && w[2].len() >= 8
+            })
+        })
 }
 
 /// The shortest token any rule can match (`sk-` and 16 characters).
@@ -85,10 +91,8 @@ fn classify(token: &str) -> Option<&'static str> {
     if tail_len("sk-") >= 16 {
         return Some("looks like an API key (sk-…)");
     }
-    // Key ids in any case: a host name (`akia….example`) lower-cases one.
-    let upper = token.to_ascii_uppercase();
     for prefix in ["AKIA", "ASIA"] {
-        if let Some(rest) = upper.strip_prefix(prefix)
+        if let Some(rest) = token.strip_prefix(prefix)
             && rest.len() >= 16
             && rest[..16]
                 .bytes()
@@ -96,6 +100,20 @@ fn classify(token: &str) -> Option<&'static str> {
         {
             return Some("looks like an AWS access key id (AKIA…)");
         }
+    }
+    // Lower-cased (a host name, `akia….example`): exactly the 20 characters
+    // of a key id, base32 with at least one digit, so that words such as
+    // `asiapacificlogistics` are not taken for one.
+    let key_id_prefix = token
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("akia") || p.eq_ignore_ascii_case("asia"));
+    let base32 = |b: u8| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b);
+    if token.len() == 20
+        && key_id_prefix
+        && token.bytes().any(|b| (b'2'..=b'7').contains(&b))
+        && token.bytes().all(base32)
+    {
+        return Some("looks like an AWS access key id (AKIA…, in another case)");
     }
     for prefix in ["ghp_", "gho_", "github_pat_", "xoxb-", "xoxp-", "AIza"] {
         if tail_len(prefix) >= 20 {
@@ -146,6 +164,19 @@ mod tests {
         assert!(find_secret("sk-ant-api03-abcdefghijklmnopqrstuv").is_some());
         assert!(find_secret("AKIAIOSFODNN7EXAMPLE").is_some());
         assert!(find_secret("token: 8fJ2kLq9Zx7vB3nM1pQ4rT6yU0wE5aS2dF").is_some());
+    }
+
+    #[test]
+    fn key_ids_in_any_case_but_not_words_that_start_like_one() {
+        assert!(find_secret("help.akiaiosfodnn7example.acme.example").is_some());
+        assert!(find_secret("help.asiapacificlogistics.example").is_none());
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhY21lIn0.c2lnbmF0dXJlLWJ5dGVz";
+        assert!(find_secret(&format!("token {jwt} here")).is_some());
+        // Linear in the text: a long run of `eyJ` is looked at once.
+        let long = "eyJ".repeat(200_000);
+        let start = std::time::Instant::now();
+        let _ = find_secret(&long);
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

@@ -143,6 +143,20 @@ pub(crate) fn check_policy(
         }
     }
     check_key_ref(r, p, &cfg.tenant_id, &cfg.model.key_ref);
+    // Variable names ship in the config too, and only these can be used
+    // in a template: nothing else hides there.
+    for name in cfg.agent.variables.keys() {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            r.push(
+                format!("agent.variables.{name}"),
+                "a variable name is a-z, 0-9 and _ only; rename it".to_owned(),
+            );
+        }
+    }
 
     // Numeric bounds.
     bound_f(
@@ -430,7 +444,12 @@ fn is_hex_colour(s: &str) -> bool {
 
 fn is_domain(s: &str) -> bool {
     let labels: Vec<&str> = s.split('.').collect();
+    // A name, not an address: the last label is not all digits.
+    let top_is_name = labels
+        .last()
+        .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()));
     s.len() <= 253
+        && top_is_name
         && labels.len() >= 2
         && labels.iter().all(|l| {
             !l.is_empty()
@@ -464,6 +483,19 @@ fn has_markup(s: &str) -> bool {
 /// Checks Layer 1 itself: at least one model, sane bounds, and defaults that
 /// pass its own policy (a tenant that sets nothing must be valid).
 pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
+    if let Some(prefix) = &layer1.policy.key_ref_prefix {
+        // `vault:tenants/{tenant_id}` alone would let `acme` name
+        // `acme-hvac`'s secrets: the id must end a path segment.
+        let scoped = prefix.contains("{tenant_id}/") || prefix.contains("{tenant_id}:");
+        if !scoped {
+            r.push(
+                "policy.key_ref_prefix",
+                format!(
+                    "{prefix:?} does not end the tenant id with / or :; write one such as \"vault:tenants/{{tenant_id}}/\""
+                ),
+            );
+        }
+    }
     if layer1.policy.models.is_empty() {
         r.push("policy.models", "no model is approved; list at least one");
     }
@@ -520,6 +552,7 @@ mod tests {
         assert!(is_domain("help.acme.example"));
         assert!(!is_domain("localhost"));
         assert!(!is_domain("bad_domain.example"));
+        assert!(!is_domain("127.0.0.1"));
         assert!(is_https_url("https://acme.example/logo.png"));
         assert!(!is_https_url("http://acme.example/logo.png"));
         assert!(!is_https_url("javascript:alert(1)"));

@@ -9,6 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{Fetched, ListPage, Object, ReadStore, StoreError, StoreUrl, WriteStore};
@@ -67,13 +68,26 @@ impl FileStore {
         let path = self.path(key)?;
         let transient = |source| StoreError::io(key, source);
         self.check_regular(key, &path)?;
-        let f = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StoreError::NotFound {
+        // Non-blocking, and the type checked again on the open handle: a
+        // FIFO swapped in after the check cannot block the reader.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => StoreError::NotFound {
+                    key: key.to_owned(),
+                },
+                _ => transient(e),
+            })?;
+        let meta = f.metadata().map_err(transient)?;
+        if !meta.file_type().is_file() {
+            return Err(StoreError::Fatal {
                 key: key.to_owned(),
-            },
-            _ => transient(e),
-        })?;
-        let size = f.metadata().map_err(transient)?.len();
+                source: "is not a regular file; a file store holds regular files only".into(),
+            });
+        }
+        let size = meta.len();
         if size > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_owned(),
