@@ -307,6 +307,41 @@ async fn still_serves(agent: &Agent, version: u64, error_contains: &str) {
     );
 }
 
+/// A bundle of `compiled` at `version` signed by the fixture's key, and the
+/// signed channel pointer naming it, for tests that then put other bytes
+/// (tampered, half-copied) in the store under the pointer.
+fn signed_bundle_and_pointer(
+    fx: &Fixture,
+    compiled: &strata_common::compile::Compiled,
+    version: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let manifest = channel::manifest(
+        compiled,
+        version,
+        time::now(),
+        channel::DEFAULT_BUNDLE_EXPIRY,
+        &Default::default(),
+    );
+    let bytes = bundle::write_bundle(
+        &manifest,
+        &compiled.payload.compressed,
+        std::slice::from_ref(&fx.key),
+    )
+    .expect("bundle");
+    let pointer = Pointer {
+        kind: PointerKind::Channel,
+        name: "stable".into(),
+        version,
+        bundle: SnapshotVersion(version).bundle_key(),
+        bundle_sha256: sha256_hex(&bytes),
+        bundle_size: bytes.len() as u64,
+        created_at: time::format(time::now()),
+        expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
+    };
+    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
+    (bytes, signed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     let fx = Fixture::new();
@@ -344,35 +379,12 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     // 2. A trusted publish whose bundle was altered in the store before the
     //    pointer moved to it: the signed pointer names other bytes.
     let version = 3;
-    let manifest = channel::manifest(
-        &compiled,
-        version,
-        time::now(),
-        channel::DEFAULT_BUNDLE_EXPIRY,
-        &Default::default(),
-    );
-    let bytes = bundle::write_bundle(
-        &manifest,
-        &compiled.payload.compressed,
-        std::slice::from_ref(&fx.key),
-    )
-    .expect("bundle");
+    let (bytes, signed) = signed_bundle_and_pointer(&fx, &compiled, version);
     let mut tampered = bytes.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
     let bundle_key = SnapshotVersion(version).bundle_key();
     fx.store().put_new(&bundle_key, &tampered).expect("upload");
-    let pointer = Pointer {
-        kind: PointerKind::Channel,
-        name: "stable".into(),
-        version,
-        bundle: bundle_key,
-        bundle_sha256: sha256_hex(&bytes),
-        bundle_size: bytes.len() as u64,
-        created_at: time::format(time::now()),
-        expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
-    };
-    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
     std::fs::write(store.join("channels/stable.json"), signed).expect("move pointer");
     still_serves(&agent, 1, "altered").await;
 
@@ -689,34 +701,10 @@ async fn a_bundle_caught_mid_copy_is_fetched_again_until_it_is_whole() {
     agent.serves(1).await;
     let (_, compiled) = fx.compile("v2", 11);
     let version = 2;
-    let manifest = channel::manifest(
-        &compiled,
-        version,
-        time::now(),
-        channel::DEFAULT_BUNDLE_EXPIRY,
-        &Default::default(),
-    );
-    let bytes = bundle::write_bundle(
-        &manifest,
-        &compiled.payload.compressed,
-        std::slice::from_ref(&fx.key),
-    )
-    .expect("bundle");
+    let (bytes, signed) = signed_bundle_and_pointer(&fx, &compiled, version);
     // A mirror that has copied the pointer but only half the bundle.
-    let bundle_key = SnapshotVersion(version).bundle_key();
-    let bundle_path = fx.store_dir().join(&bundle_key);
+    let bundle_path = fx.store_dir().join(SnapshotVersion(version).bundle_key());
     std::fs::write(&bundle_path, &bytes[..bytes.len() / 2]).expect("half");
-    let pointer = Pointer {
-        kind: PointerKind::Channel,
-        name: "stable".into(),
-        version,
-        bundle: bundle_key,
-        bundle_sha256: sha256_hex(&bytes),
-        bundle_size: bytes.len() as u64,
-        created_at: time::format(time::now()),
-        expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
-    };
-    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
     std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("pointer");
     agent
         .wait_until("the half bundle refused", "/v1/snapshot", |a| {

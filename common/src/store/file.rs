@@ -167,15 +167,6 @@ impl ReadStore for FileStore {
         &self.url
     }
 
-    fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
-        let mut bytes = Vec::new();
-        self.get_to(key, max_bytes, &mut bytes)?;
-        Ok(Object {
-            etag: sha256_hex(&bytes),
-            bytes,
-        })
-    }
-
     /// The file store's ETag is the SHA-256 of the content, so a
     /// conditional read still reads the (small) file.
     fn get_if_changed(
@@ -184,11 +175,16 @@ impl ReadStore for FileStore {
         etag: Option<&str>,
         max_bytes: u64,
     ) -> Result<Fetched, StoreError> {
-        let obj = self.get(key, max_bytes)?;
-        Ok(if Some(obj.etag.as_str()) == etag {
+        let mut bytes = Vec::new();
+        self.get_to(key, max_bytes, &mut bytes)?;
+        let current = sha256_hex(&bytes);
+        Ok(if Some(current.as_str()) == etag {
             Fetched::NotModified
         } else {
-            Fetched::Object(obj)
+            Fetched::Object(Object {
+                etag: current,
+                bytes,
+            })
         })
     }
 

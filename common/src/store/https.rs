@@ -217,16 +217,6 @@ impl ReadStore for HttpsStore {
         &self.url
     }
 
-    fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
-        match self.get_if_changed(key, None, max_bytes)? {
-            Fetched::Object(obj) => Ok(obj),
-            Fetched::NotModified => Err(StoreError::Fatal {
-                key: key.to_owned(),
-                source: "the mirror answered 304 to an unconditional GET".into(),
-            }),
-        }
-    }
-
     fn get_if_changed(
         &self,
         key: &str,

@@ -172,7 +172,15 @@ pub trait ReadStore: Send + Sync {
     fn url(&self) -> &StoreUrl;
 
     /// Reads `key`, refusing objects over `max_bytes`.
-    fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError>;
+    fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
+        match self.get_if_changed(key, None, max_bytes)? {
+            Fetched::Object(obj) => Ok(obj),
+            Fetched::NotModified => Err(StoreError::Fatal {
+                key: key.to_owned(),
+                source: "the store answered 304 Not Modified to an unconditional read".into(),
+            }),
+        }
+    }
 
     /// Reads `key` unless its ETag is still `etag`: an idle poll of an
     /// unchanged pointer moves no body (a 304 on S3 and HTTPS).

@@ -272,16 +272,6 @@ impl ReadStore for S3Store {
         &self.url
     }
 
-    fn get(&self, key: &str, max_bytes: u64) -> Result<Object, StoreError> {
-        match self.get_if_changed(key, None, max_bytes)? {
-            Fetched::Object(obj) => Ok(obj),
-            Fetched::NotModified => Err(StoreError::Fatal {
-                key: key.to_owned(),
-                source: "the store answered 304 to an unconditional GET".into(),
-            }),
-        }
-    }
-
     fn get_if_changed(
         &self,
         key: &str,
