@@ -144,19 +144,12 @@ pub fn read_pointer(
     kind: PointerKind,
     name: &str,
 ) -> Result<Option<(Pointer, String)>, PublishError> {
-    let key = kind.store_key(name);
-    match store.get(&key, MAX_POINTER_BYTES) {
-        Ok(obj) => {
-            let p =
-                Pointer::parse_unverified(&obj.bytes).map_err(|e| PublishError::BadPointer {
-                    key,
-                    reason: e.to_string(),
-                })?;
-            Ok(Some((p, obj.etag)))
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    read_pointer_with(store, kind.store_key(name), |key, bytes| {
+        Pointer::parse_unverified(bytes).map_err(|e| PublishError::BadPointer {
+            key,
+            reason: e.to_string(),
+        })
+    })
 }
 
 /// Reads the channel pointer and verifies it with `trust` (publisher role):
@@ -167,16 +160,29 @@ pub fn read_verified_pointer(
     channel: &str,
     trust: &TrustedKeys,
 ) -> Result<Option<(Pointer, String)>, PublishError> {
-    let key = PointerKind::Channel.store_key(channel);
-    match store.get(&key, MAX_POINTER_BYTES) {
-        Ok(obj) => {
-            let (p, _) = Pointer::verify(&obj.bytes, PointerKind::Channel, channel, trust)
+    read_pointer_with(
+        store,
+        PointerKind::Channel.store_key(channel),
+        |key, bytes| {
+            Pointer::verify(bytes, PointerKind::Channel, channel, trust)
+                .map(|(p, _)| p)
                 .map_err(|e| PublishError::UntrustedPointer {
                     key,
                     reason: e.to_string(),
-                })?;
-            Ok(Some((p, obj.etag)))
-        }
+                })
+        },
+    )
+}
+
+/// Reads the pointer at `key` (absent: `None`) and decodes it with
+/// `decode`, which names the key in its error.
+fn read_pointer_with(
+    store: &dyn ReadStore,
+    key: String,
+    decode: impl FnOnce(String, &[u8]) -> Result<Pointer, PublishError>,
+) -> Result<Option<(Pointer, String)>, PublishError> {
+    match store.get(&key, MAX_POINTER_BYTES) {
+        Ok(obj) => Ok(Some((decode(key, &obj.bytes)?, obj.etag))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -23,6 +23,9 @@ pub struct FileStore {
     url: StoreUrl,
 }
 
+/// The largest object a compare-and-swap compares (pointers are small).
+const MAX_CURRENT_BYTES: u64 = 1 << 20;
+
 /// Keys a page of [`WriteStore::list_page`] holds at most, as on S3.
 const PAGE: usize = 1000;
 
@@ -268,10 +271,13 @@ impl WriteStore for FileStore {
             .open(PathBuf::from(lock_name))
             .map_err(transient)?;
         lock.lock().map_err(transient)?;
-        let current = match fs::read(&path) {
-            Ok(b) => Some(sha256_hex(&b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(transient(e)),
+        // Read as every other read is: regular files only, never blocking
+        // on a FIFO put in its place.
+        let current = match self.get_if_changed(key, None, MAX_CURRENT_BYTES) {
+            Ok(Fetched::Object(obj)) => Some(obj.etag),
+            Ok(Fetched::NotModified) => None,
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
         };
         if current.as_deref() != expected {
             return Err(StoreError::PreconditionFailed {
@@ -384,6 +390,17 @@ mod tests {
         );
         assert!(matches!(
             store.get("snapshots", 100),
+            Err(StoreError::Fatal { .. })
+        ));
+        // A compare-and-swap over a FIFO is refused, not blocked on.
+        let fifo = dir.path().join("channels/stable.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        assert!(matches!(
+            store.put_if("channels/stable.json", b"x", None),
             Err(StoreError::Fatal { .. })
         ));
     }

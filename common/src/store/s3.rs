@@ -96,6 +96,17 @@ impl S3Store {
         }
     }
 
+    /// A GetObject request for the store key `key`.
+    fn get_object(
+        &self,
+        key: &str,
+    ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object(key))
+    }
+
     /// The store key of an object key under the prefix.
     fn store_key<'a>(&self, object: &'a str) -> Option<&'a str> {
         if self.prefix.is_empty() {
@@ -278,13 +289,9 @@ impl ReadStore for S3Store {
         etag: Option<&str>,
         max_bytes: u64,
     ) -> Result<Fetched, StoreError> {
-        let object = self.object(key);
         self.rt.block_on(async {
             let sent = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&object)
+                .get_object(key)
                 .set_if_none_match(etag.map(str::to_owned))
                 .send()
                 .await;
@@ -309,13 +316,9 @@ impl ReadStore for S3Store {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let object = self.object(key);
         self.rt.block_on(async {
             let resp = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&object)
+                .get_object(key)
                 .range(format!("bytes={}-{}", range.start, range.end - 1))
                 .send()
                 .await
@@ -328,13 +331,9 @@ impl ReadStore for S3Store {
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        let object = self.object(key);
         self.rt.block_on(async {
             let resp = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&object)
+                .get_object(key)
                 .send()
                 .await
                 .map_err(|e| classify(key, "GetObject", e))?;
