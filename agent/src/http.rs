@@ -234,17 +234,38 @@ fn snapshot(shared: &Shared) -> Resp {
     let status = shared.status().clone();
     let served = shared.served.load();
     let meta = served.as_ref().and_then(|r| r.current_meta());
+    let pin = status
+        .followed
+        .as_ref()
+        .filter(|f| f.by != "channel")
+        .map(|f| {
+            json!({
+                "version": f.version,
+                "expires_at": f.expires_at,
+                "created_at": f.created_at,
+                "local": f.by == "local_pin",
+            })
+        });
     let body = json!({
         "version": meta.map(|m| m.version),
         "bundle_sha256": meta.map(|m| m.bundle_sha256.clone()),
         "created_at": meta.map(|m| m.created_at.clone()),
-        "expires_at": meta.map(|m| m.expires_at.clone()),
+        // The document followed now (a refreshed pointer's new expiry), or
+        // the one the snapshot was fetched under until the first check.
+        "expires_at": status
+            .followed
+            .as_ref()
+            .filter(|f| meta.is_some_and(|m| m.version == f.version))
+            .and_then(|f| f.expires_at.clone())
+            .or_else(|| meta.map(|m| m.expires_at.clone())),
         "fetched_at": meta.map(|m| m.fetched_at.clone()),
         "layer1_version": meta.map(|m| m.layer1_version.clone()),
         "tenant_count": meta.map(|m| m.tenant_count),
         "source": shared.source,
         "region": shared.region,
-        "pinned": meta.is_some_and(|m| m.pinned),
+        "pinned": pin.is_some()
+            || (status.followed.is_none() && meta.is_some_and(|m| m.pinned)),
+        "pin": pin,
         "last_check": status.last_check,
         "last_error": status.last_error,
         "last_error_reason": status.last_error_reason,

@@ -19,7 +19,7 @@ pub mod writeback;
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -57,7 +57,7 @@ pub async fn run(
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db = Arc::new(open_db(&config)?);
     let shared = Shared::new(store.url().to_string(), config.region.clone());
-    let syncer = Syncer::new(&config, store, trust, db, shared.clone());
+    let mut syncer = Syncer::new(&config, config_path, store, trust, db, shared.clone());
     match syncer.restore() {
         Ok(Some(v)) => info!(version = v, "serving the last verified snapshot from disk"),
         Ok(None) => info!("no snapshot on disk yet"),
@@ -73,9 +73,15 @@ pub async fn run(
     info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let local_files: Vec<PathBuf> = std::iter::once(config_path.to_path_buf())
+        .chain(config.trusted_keys.iter().map(|k| k.path.clone()))
+        .chain(config.pin_file.clone())
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect();
     let sync_task = tokio::spawn(sync::run(
         syncer,
         store_dir,
+        local_files,
         config.poll_interval,
         stop_rx.clone(),
     ));

@@ -41,6 +41,23 @@ pub struct Status {
     pub last_error_reason: Option<&'static str>,
     /// The version being written to disk right now, if any.
     pub applying: Option<u64>,
+    /// The document that named the version served, as last verified.
+    pub followed: Option<Followed>,
+}
+
+/// What decides the version served, for `/v1/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Followed {
+    /// `channel`, `pin` (the region's, signed by operators) or `local_pin`
+    /// (this node's `pin_file`).
+    pub by: &'static str,
+    /// The version it names.
+    pub version: u64,
+    /// When the document was signed (none for a local pin).
+    pub created_at: Option<String>,
+    /// When it expires (none for a local pin): after this the node keeps
+    /// serving, and its state is `stale`.
+    pub expires_at: Option<String>,
 }
 
 /// State shared by the sync loop and the HTTP handlers.
@@ -67,6 +84,7 @@ impl Shared {
                 last_error: None,
                 last_error_reason: None,
                 applying: None,
+                followed: None,
             }),
             metrics: Metrics::default(),
             source,

@@ -2,35 +2,67 @@
 //! net; on every check run [`Syncer::check`], the one ordered verification
 //! pipeline, and apply what passes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use strata_common::bundle::Limits;
 use strata_common::canonical::sha256_hex;
+use strata_common::pointer::PointerKind;
 use strata_common::sign::{Role, TrustedKeys};
 use strata_common::store::ReadStore;
 use strata_common::time;
-use strata_common::verify::{self, Checked, Policy, Refusal, SeenPointer, Severity};
+use strata_common::verify::{self, Checked, Named, Policy, Refusal, SeenPointer, Severity, Source};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
 use crate::config::Config;
-use crate::db::{Db, DbError, SnapshotMeta};
+use crate::db::{Db, DbError, Marks, SnapshotMeta};
 use crate::priority::lowest_priority;
-use crate::state::{Shared, State};
+use crate::state::{Followed, Shared, State};
 
 /// What one check found.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A new snapshot was verified and is now served.
+    /// A new snapshot was verified and is now served (fetched, or switched
+    /// to from the stored ones).
     Applied(u64),
-    /// The channel points at what is already served.
+    /// The document followed names what is already served.
     UpToDate(u64),
     /// Nothing was applied: the store could not be read or offered
     /// something that failed verification ([`Refusal::severity`] says which).
     Refused(Arc<Refusal>),
+}
+
+/// The document a check follows, as read.
+enum Doc {
+    /// The node's local pin: a version.
+    Local(u64),
+    /// The region's pin file.
+    Pin(Vec<u8>),
+    /// The channel pointer file.
+    Channel(Vec<u8>),
+}
+
+impl Doc {
+    fn source(&self) -> Source<'_> {
+        match self {
+            Doc::Local(v) => Source::Local(*v),
+            Doc::Pin(b) => Source::Pin(b),
+            Doc::Channel(b) => Source::Channel(b),
+        }
+    }
+
+    /// What the refusal cache keys on: every document the decision used
+    /// (a pin decides alone; without one, the channel pointer does).
+    fn cache_key(&self) -> String {
+        match self {
+            Doc::Local(v) => format!("local:{v}"),
+            Doc::Pin(b) => format!("pin:{}", sha256_hex(b)),
+            Doc::Channel(b) => format!("channel:{}", sha256_hex(b)),
+        }
+    }
 }
 
 /// The sync side of the agent: store, trust, database and what it has seen.
@@ -40,21 +72,36 @@ pub struct Syncer {
     db: Arc<Db>,
     shared: Arc<Shared>,
     channel: String,
+    region: String,
     retain: usize,
     limits: Limits,
+    /// The agent's config file, read again at every check for key rotation.
+    config_path: PathBuf,
+    /// This node's local pin file, if configured.
+    pin_file: Option<PathBuf>,
     /// Where a bundle is copied while it is verified and decoded.
     spool_dir: PathBuf,
-    /// The pointer bytes' hash last refused, so a bad bundle is not fetched
-    /// again on every poll; cleared when the pointer changes.
-    refused_pointer: Option<(String, Arc<Refusal>)>,
-    /// The pointer as last read, for the next conditional read.
+    /// The documents last refused, so a bad bundle is not fetched again on
+    /// every poll; cleared when they or the trusted keys change.
+    refused: Option<(String, Arc<Refusal>)>,
+    /// The channel pointer as last read, for the next conditional read.
     seen_pointer: Option<SeenPointer>,
+    /// The region's pin as last read.
+    seen_pin: Option<SeenPointer>,
+    /// The rollback-protection marks, as committed.
+    marks: Marks,
+    /// Trusted key files the config names that were missing at the last
+    /// reload, to log a change once.
+    missing_keys: Vec<PathBuf>,
+    /// Why the config last failed to reload, to log it once.
+    trust_error: Option<String>,
 }
 
 impl Syncer {
-    /// A syncer for `config`.
+    /// A syncer for `config`, read from `config_path`.
     pub fn new(
         config: &Config,
+        config_path: &Path,
         store: Box<dyn ReadStore>,
         trust: TrustedKeys,
         db: Arc<Db>,
@@ -66,11 +113,18 @@ impl Syncer {
             db,
             shared,
             channel: config.channel.clone(),
+            region: config.region.clone(),
             retain: config.retain,
             spool_dir: config.data_dir.clone(),
             limits: config.limits(),
-            refused_pointer: None,
+            config_path: config_path.to_path_buf(),
+            pin_file: config.pin_file.clone(),
+            refused: None,
             seen_pointer: None,
+            seen_pin: None,
+            marks: Marks::default(),
+            missing_keys: Vec::new(),
+            trust_error: None,
         }
     }
 
@@ -79,7 +133,8 @@ impl Syncer {
     /// restart serves at once without the network. A stored snapshot those
     /// keys do not vouch for is dropped, so that the store's snapshot is
     /// fetched as on a new node, whatever its version.
-    pub fn restore(&self) -> Result<Option<u64>, String> {
+    pub fn restore(&mut self) -> Result<Option<u64>, String> {
+        self.marks = self.db.marks().map_err(|e| e.to_string())?;
         let reader = self.db.reader().map_err(|e| e.to_string())?;
         let Some(reader) = reader else {
             return Ok(None);
@@ -103,20 +158,81 @@ impl Syncer {
             Err(refused) => refused,
         };
         drop(reader);
+        self.drop_stored(&refused)
+    }
+
+    /// Stops serving the stored snapshots and empties the file (marks too,
+    /// as on a new node): today's keys no longer vouch for them.
+    fn drop_stored(&mut self, why: &str) -> Result<Option<u64>, String> {
+        self.shared.served.store(None);
+        self.marks = Marks::default();
         match self.db.clear() {
             Ok(()) => Err(format!(
-                "{refused}; dropped it, fetching the channel's snapshot as a new node would"
+                "{why}; dropped it, fetching the channel's snapshot as a new node would"
             )),
             Err(e) => Err(format!(
-                "{refused}; dropping it failed too ({e}), so the store's snapshot may be \
-                 refused as already stored or older: remove strata.redb from data_dir and restart"
+                "{why}; dropping it failed too ({e}), so the store's snapshot may be \
+                 refused as already stored: remove strata.redb from data_dir and restart"
             )),
         }
     }
 
+    /// Reads the config's trusted keys again: a key added is trusted from
+    /// this check on, a key removed (its entry, or its file) stops vouching
+    /// at once, for the store and for what is stored. A config that no
+    /// longer loads keeps the keys in use, and says so once.
+    fn reload_trust(&mut self) {
+        let loaded = Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.trust_live(&self.config_path).map_err(|e| e.to_string()));
+        let (trust, missing) = match loaded {
+            Ok(t) => t,
+            Err(e) => {
+                let message = format!("{e}; the trusted keys in use are kept");
+                if self.trust_error.as_deref() != Some(message.as_str()) {
+                    warn!("{message}");
+                    self.trust_error = Some(message);
+                }
+                return;
+            }
+        };
+        self.trust_error = None;
+        if missing != self.missing_keys {
+            for path in missing.iter().filter(|p| !self.missing_keys.contains(p)) {
+                warn!(key = %path.display(), "trusted key file is gone; it no longer vouches for anything");
+            }
+            self.missing_keys = missing;
+        }
+        if trust.summary() == self.trust.summary() {
+            return;
+        }
+        info!(
+            publisher_keys = trust.count(Role::Publisher),
+            operator_keys = trust.count(Role::Operator),
+            "trusted keys changed; checking what is served against them"
+        );
+        self.trust = trust;
+        self.refused = None;
+        let served = self.shared.served.load_full();
+        let unvouched = served.as_ref().and_then(|r| {
+            let meta = r.current_meta()?;
+            self.trust
+                .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
+                .err()
+                .map(|e| format!("served snapshot {} no longer verifies: {e}", meta.version))
+        });
+        drop(served);
+        if let Some(why) = unvouched
+            && let Err(e) = self.drop_stored(&why)
+        {
+            warn!("{e}");
+        }
+    }
+
     /// One check of the store, recorded in the status and metrics.
-    #[instrument(skip(self), fields(channel = %self.channel))]
+    #[instrument(skip(self), fields(channel = %self.channel, region = %self.region))]
     pub fn check(&mut self) -> Outcome {
+        self.reload_trust();
         let outcome = match self.check_inner() {
             Ok(outcome) => outcome,
             Err(refusal) => Outcome::Refused(Arc::new(refusal)),
@@ -125,69 +241,209 @@ impl Syncer {
         outcome
     }
 
-    /// Reads the pointer; runs the rest of the pipeline unless these very
-    /// bytes were refused before.
-    fn check_inner(&mut self) -> Result<Outcome, Refusal> {
+    /// The version `pin_file` names, if the file exists.
+    fn local_pin(&self) -> Result<Option<u64>, Refusal> {
+        let Some(path) = &self.pin_file else {
+            return Ok(None);
+        };
+        let refused = |reason: String| Refusal::LocalPin {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut text = String::new();
+        match std::fs::File::open(path) {
+            Ok(f) => {
+                use std::io::Read;
+                f.take(64)
+                    .read_to_string(&mut text)
+                    .map_err(|e| refused(e.to_string()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(refused(e.to_string())),
+        }
+        match text.trim().parse::<u64>() {
+            Ok(v) if v >= 1 => Ok(Some(v)),
+            _ => Err(refused(format!(
+                "holds {:?}, not a snapshot version",
+                text.trim()
+            ))),
+        }
+    }
+
+    /// Reads the deciding document: the local pin, else the region's pin,
+    /// else the channel pointer. A region pin that disappeared was unpinned:
+    /// the replay floor moves past it, so the same pin cannot come back.
+    fn read_doc(&mut self) -> Result<Doc, Refusal> {
+        if let Some(v) = self.local_pin()? {
+            return Ok(Doc::Local(v));
+        }
+        let pin = verify::read_document(
+            self.store.as_ref(),
+            PointerKind::Pin,
+            &self.region,
+            self.seen_pin.as_ref(),
+        )?;
+        self.seen_pin = pin.clone();
+        if let Some(pin) = pin {
+            return Ok(Doc::Pin(pin.bytes));
+        }
+        if let Some(seen) = self.marks.pin_seen {
+            self.set_pin_marks(seen.saturating_add(1), None);
+            info!(region = %self.region, "region unpinned; following the channel again");
+        }
         let seen = verify::read_pointer(
             self.store.as_ref(),
             &self.channel,
             self.seen_pointer.as_ref(),
         )?;
-        let pointer_bytes = &self.seen_pointer.insert(seen).bytes.clone();
-        let pointer_hash = sha256_hex(pointer_bytes);
-        if let Some((hash, refused)) = &self.refused_pointer
-            && *hash == pointer_hash
+        let bytes = seen.bytes.clone();
+        self.seen_pointer = Some(seen);
+        Ok(Doc::Channel(bytes))
+    }
+
+    /// Commits new pin marks (logging a failure: they are protection, not
+    /// what is served).
+    fn set_pin_marks(&mut self, floor: u64, seen: Option<u64>) {
+        let floor = floor.max(self.marks.pin_floor);
+        match self.db.set_pin_marks(floor, seen) {
+            Ok(()) => {
+                self.marks.pin_floor = floor;
+                self.marks.pin_seen = seen;
+            }
+            Err(e) => warn!("cannot record the region pin in the snapshot file: {e}"),
+        }
+    }
+
+    /// Reads the documents; runs the rest of the pipeline unless these very
+    /// documents were refused before.
+    fn check_inner(&mut self) -> Result<Outcome, Refusal> {
+        let doc = self.read_doc()?;
+        let cache_key = doc.cache_key();
+        if let Some((key, refused)) = &self.refused
+            && *key == cache_key
         {
             return Ok(Outcome::Refused(refused.clone()));
         }
-        let outcome = match self.verify_and_apply(pointer_bytes) {
+        let outcome = match self.verify_and_apply(doc.source()) {
             Ok(outcome) => outcome,
             Err(refusal) => Outcome::Refused(Arc::new(refusal)),
         };
-        self.refused_pointer = match &outcome {
-            Outcome::Refused(r) if r.is_final() => Some((pointer_hash, r.clone())),
+        self.refused = match &outcome {
+            Outcome::Refused(r) if r.is_final() => Some((cache_key, r.clone())),
             _ => None,
         };
         Ok(outcome)
     }
 
+    /// Records the document now followed: for `/v1/snapshot`, and a region
+    /// pin's signing time as the replay floor.
+    fn follow(&mut self, named: &Named) {
+        if let Named::Pin(pin) = named {
+            let at = verify::signed_at(pin);
+            if self.marks.pin_seen != Some(at) {
+                self.set_pin_marks(at, Some(at));
+            }
+        }
+        if let Named::Channel(p) = named {
+            self.marks.high_water = self.marks.high_water.max(p.version);
+        }
+        let followed = Followed {
+            by: match named {
+                Named::Channel(_) => "channel",
+                Named::Pin(_) => "pin",
+                Named::Local(_) => "local_pin",
+            },
+            version: named.version(),
+            created_at: named.pointer().map(|p| p.created_at.clone()),
+            expires_at: named.pointer().map(|p| p.expires_at.clone()),
+        };
+        self.shared.status().followed = Some(followed);
+    }
+
     /// The rest of the pipeline ([`verify::verify`]), then the apply: the
     /// payload decoded into one redb write transaction, committed only if
-    /// every record passed, then swapped in as the served snapshot.
-    fn verify_and_apply(&mut self, pointer_bytes: &[u8]) -> Result<Outcome, Refusal> {
+    /// every record passed, then swapped in as the served snapshot; or, for
+    /// a version still stored, a switch to it.
+    fn verify_and_apply(&mut self, source: Source<'_>) -> Result<Outcome, Refusal> {
         let started = Instant::now();
-        let served = self.shared.served.load();
+        let served = self.shared.served.load_full();
         let served_meta = served.as_ref().and_then(|r| r.current_meta());
+        // Stored versions today's keys still vouch for.
+        let retained: Vec<(u64, String)> = served
+            .as_ref()
+            .map(|r| {
+                r.metas
+                    .values()
+                    .filter(|m| {
+                        self.trust
+                            .verify(Role::Publisher, m.manifest.as_bytes(), &m.signatures)
+                            .is_ok()
+                    })
+                    .map(|m| (m.version, m.bundle_sha256.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let policy = Policy {
             trust: &self.trust,
             channel: &self.channel,
+            region: &self.region,
             limits: self.limits,
             now: time::now(),
             served: served_meta.map(|m| (m.version, m.bundle_sha256.as_str())),
+            retained: &retained,
+            high_water: self.marks.high_water,
+            pin_floor: self.marks.pin_floor,
         };
-        let checked = verify::verify(self.store.as_ref(), pointer_bytes, &policy, &self.spool_dir)?;
+        let checked = verify::verify(self.store.as_ref(), source, &policy, &self.spool_dir)?;
         drop(served);
         let mut verified = match checked {
-            Checked::UpToDate(v) => return Ok(Outcome::UpToDate(v)),
+            Checked::UpToDate(named) => {
+                self.follow(&named);
+                return Ok(Outcome::UpToDate(named.version()));
+            }
+            Checked::Retained(named) => {
+                let version = named.version();
+                let switched = self
+                    .db
+                    .switch(version, !named.is_pin())
+                    .and_then(|()| self.db.reader())
+                    .and_then(|r| r.ok_or(DbError::NoCurrent));
+                let reader = switched.map_err(|e| Refusal::Ingest {
+                    bundle: named.bundle_key(),
+                    source: Box::new(e),
+                    permanent: false,
+                })?;
+                self.serve(reader);
+                self.follow(&named);
+                info!(
+                    version,
+                    pinned = named.is_pin(),
+                    "switched to a stored snapshot"
+                );
+                self.shared.metrics.applies.fetch_add(1, Ordering::Relaxed);
+                return Ok(Outcome::Applied(version));
+            }
             Checked::New(v) => v,
         };
         let verified_at = started.elapsed();
-        let pointer = &verified.pointer;
         let meta = SnapshotMeta {
             version: verified.manifest.version,
-            bundle_sha256: pointer.bundle_sha256.clone(),
-            bundle_size: pointer.bundle_size,
+            bundle_sha256: verified.bundle_sha256.clone(),
+            bundle_size: verified.bundle_size,
             created_at: verified.manifest.created_at.clone(),
-            expires_at: pointer.expires_at.clone(),
+            expires_at: verified.named.pointer().map_or_else(
+                || verified.manifest.expires_at.clone(),
+                |p| p.expires_at.clone(),
+            ),
             layer1_version: verified.manifest.layer1_version.clone(),
             tenant_count: verified.manifest.tenant_count,
             source: self.store.url().to_string(),
             fetched_at: time::format(time::now()),
-            pinned: false,
+            pinned: verified.named.is_pin(),
             manifest: String::from_utf8_lossy(&verified.manifest_bytes).into_owned(),
             signatures: verified.signatures.clone(),
         };
-        let bundle = pointer.bundle.clone();
+        let bundle = verified.bundle.clone();
         self.shared.status().applying = Some(meta.version);
         let ingested = self.db.ingest(&meta, &mut verified.payload, self.retain);
         self.shared.status().applying = None;
@@ -198,10 +454,7 @@ impl Syncer {
             },
             other => Refusal::Ingest {
                 bundle: bundle.clone(),
-                permanent: matches!(
-                    other,
-                    DbError::AlreadyStored { .. } | DbError::OlderThanStored { .. }
-                ),
+                permanent: matches!(other, DbError::AlreadyStored { .. }),
                 source: Box::new(other),
             },
         })?;
@@ -210,8 +463,6 @@ impl Syncer {
             .fetch_add(ingested.frames_decoded, Ordering::Relaxed);
         m.frames_skipped
             .fetch_add(ingested.frames_skipped, Ordering::Relaxed);
-        // Swap under the status lock so `/v1/snapshot` never shows the new
-        // version with the old state.
         let reader = self
             .db
             .reader()
@@ -221,18 +472,15 @@ impl Syncer {
                 source: Box::new(e),
                 permanent: false,
             })?;
-        {
-            let mut status = self.shared.status();
-            self.shared.served.store(Some(Arc::new(reader)));
-            status.state = State::Fresh;
-            status.last_error = None;
-            status.last_error_reason = None;
-        }
+        self.serve(reader);
+        self.follow(&verified.named);
         let version = meta.version;
+        let m = &self.shared.metrics;
         m.last_apply_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         info!(
             version,
+            pinned = meta.pinned,
             tenants = ingested.tenants,
             bodies_written = ingested.bodies_written,
             bodies_shared = ingested.bodies_shared,
@@ -257,6 +505,16 @@ impl Syncer {
         }
         m.applies.fetch_add(1, Ordering::Relaxed);
         Ok(Outcome::Applied(version))
+    }
+
+    /// Swaps in `reader` as the served snapshots, under the status lock so
+    /// `/v1/snapshot` never shows the new version with the old state.
+    fn serve(&self, reader: crate::db::Reader) {
+        let mut status = self.shared.status();
+        self.shared.served.store(Some(Arc::new(reader)));
+        status.state = State::Fresh;
+        status.last_error = None;
+        status.last_error_reason = None;
     }
 
     /// Updates status and metrics, logging once per change of error.
@@ -314,6 +572,7 @@ fn backoff(poll: Duration, failures: u32) -> Duration {
 pub async fn run(
     syncer: Syncer,
     store_dir: Option<PathBuf>,
+    local_files: Vec<PathBuf>,
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -326,6 +585,7 @@ pub async fn run(
     };
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = None;
+    let _local = watch_files(&local_files, tx.clone());
     let mut failures = 0;
     loop {
         if watcher.is_none()
@@ -409,6 +669,35 @@ fn watch(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::Recommen
     })
     .ok()?;
     w.watch(dir, notify::RecursiveMode::Recursive).ok()?;
+    Some(w)
+}
+
+/// Watches the node's own files (the config, the trusted keys, the local
+/// pin file): a change to one asks for a check, which reads them again. Each
+/// file's directory is watched, so a file created, replaced by a rename or
+/// deleted is seen too.
+fn watch_files(files: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let files: Vec<PathBuf> = files.to_vec();
+    let wanted = files.clone();
+    let mut w = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.need_rescan() || event.paths.iter().any(|p| wanted.contains(p)) {
+            let _ = tx.try_send(());
+        }
+    })
+    .ok()?;
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %dir.display(), "cannot watch for key or pin changes ({e}); they are read at every poll");
+        }
+    }
     Some(w)
 }
 

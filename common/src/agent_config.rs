@@ -71,6 +71,11 @@ pub struct Config {
     /// instead of the platform's. Default: the platform's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A local pin for this node alone: a file holding one snapshot version
+    /// (`42`) to serve whatever the channel and the region's pin say, during
+    /// an incident. Watched; removing the file ends the pin. Default: none.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
 }
 
 /// One trusted public key.
@@ -291,13 +296,52 @@ impl Config {
 
     /// Loads every trusted key into a trust set.
     pub fn trust(&self, path: &Path) -> Result<TrustedKeys, ConfigError> {
+        self.trust_with(path, false).map(|(trust, _)| trust)
+    }
+
+    /// Loads the trust set again while running (a key rotation): a key
+    /// file that no longer exists is left out, so that deleting a key's
+    /// file revokes it as surely as removing its entry. Returns the files
+    /// left out.
+    pub fn trust_live(&self, path: &Path) -> Result<(TrustedKeys, Vec<PathBuf>), ConfigError> {
+        self.trust_with(path, true)
+    }
+
+    fn trust_with(
+        &self,
+        path: &Path,
+        skip_missing: bool,
+    ) -> Result<(TrustedKeys, Vec<PathBuf>), ConfigError> {
         let mut trust = TrustedKeys::new(self.thresholds.publisher, self.thresholds.operator);
+        let mut missing = Vec::new();
         for k in &self.trusted_keys {
-            let key = sign::load_verifying_key(&k.path).map_err(|source| ConfigError::Key {
-                path: path.to_owned(),
-                source,
-            })?;
+            let key = match sign::load_verifying_key(&k.path) {
+                Ok(key) => key,
+                Err(sign::KeyError::Io { source, .. })
+                    if skip_missing && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    missing.push(k.path.clone());
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ConfigError::Key {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            };
             trust.add(k.role, key);
+        }
+        // A stolen CI key must never pin a region, nor an operator key
+        // author content: one key in both roles would be both.
+        if let Some(id) = trust.in_both_roles() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "trusted_keys",
+                reason: format!(
+                    "key {id} is trusted both as publisher and as operator; give each role its own keys"
+                ),
+            });
         }
         // A threshold no set of distinct trusted keys can meet would keep
         // the agent from ever being ready: say so now.
@@ -317,7 +361,7 @@ impl Config {
                 });
             }
         }
-        Ok(trust)
+        Ok((trust, missing))
     }
 
     /// The limits a bundle is read with: what this agent refuses, so that

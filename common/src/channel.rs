@@ -15,7 +15,7 @@ use crate::canonical::sha256_hex;
 use crate::compile::Compiled;
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
-use crate::sign::{Role, TrustedKeys};
+use crate::sign::TrustedKeys;
 use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
 use crate::verify::MAX_POINTER_BYTES;
@@ -217,14 +217,7 @@ pub fn publish(
     let kind = PointerKind::Channel;
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
-    let mut trust = TrustedKeys::new(1, 1);
-    for key in keys
-        .iter()
-        .map(SigningKey::verifying_key)
-        .chain(opts.trusted.iter().copied())
-    {
-        trust.add(Role::Publisher, key);
-    }
+    let trust = crate::operator::publisher_trust(keys, &opts.trusted);
     let give_up = || -> Result<(), PublishError> {
         if started.elapsed() > GIVE_UP_AFTER {
             return Err(PublishError::Contention(GIVE_UP_AFTER));

@@ -37,7 +37,7 @@ impl fmt::Display for KeyId {
 }
 
 /// What a key is trusted to sign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Signs bundles and channel pointers (CI).
@@ -137,6 +137,31 @@ impl TrustedKeys {
             .map(|(_, id, _)| id)
             .collect::<BTreeSet<_>>()
             .len()
+    }
+
+    /// A key id trusted for both roles, if any.
+    pub fn in_both_roles(&self) -> Option<&KeyId> {
+        self.keys.iter().find_map(|(role, id, _)| {
+            (*role == Role::Publisher
+                && self
+                    .keys
+                    .iter()
+                    .any(|(r, other, _)| *r == Role::Operator && other == id))
+            .then_some(id)
+        })
+    }
+
+    /// Every trusted (role, key id) and the thresholds, in a stable order:
+    /// what tells a changed trust set from the same one read again.
+    pub fn summary(&self) -> (Vec<(Role, KeyId)>, usize, usize) {
+        let mut keys: Vec<_> = self
+            .keys
+            .iter()
+            .map(|(r, id, _)| (*r, id.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        (keys, self.publisher_threshold, self.operator_threshold)
     }
 
     /// The threshold of `role`.

@@ -3,12 +3,20 @@
 //! agent runs it on every check; `strata-publisher inspect --store` runs it
 //! with the same keys and limits to show an operator what agents will do.
 //!
-//! 1. read the channel pointer (bounded) — [`read_pointer`];
-//! 2. the pointer: canonical JSON, exact timestamps, the expected channel,
-//!    signed by a threshold of trusted publisher keys;
+//! 1. read the document that names the version ([`read_document`]): the
+//!    node's local pin if it has one, else its region's pin if the store
+//!    holds one, else the channel pointer — a [`Source`];
+//! 2. the document: canonical JSON, exact timestamps, the expected channel
+//!    or region, signed by a threshold of trusted keys of its role
+//!    (publisher for the channel, operator for a pin); a pin must also be
+//!    signed no earlier than the last pin this node followed or retired
+//!    (a replayed older pin is refused);
 //! 3. its expiry;
-//! 4. its version against the one served: older is refused, the same is
-//!    up to date, a different bundle under the same version is refused;
+//! 4. its version: a channel pointer below the node's high-water mark (the
+//!    highest version it accepted from the channel) is refused, only a pin
+//!    may go back; the version served is up to date, a version still
+//!    stored locally is switched to without a fetch, and a different bundle
+//!    under either version is refused;
 //! 5. the bundle's size against the limit;
 //! 6. copy the bundle (bounded by the pointer's size) into a private spool
 //!    file, hashing it on the way: size and SHA-256 must be the pointer's;
@@ -31,6 +39,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::bundle::{self, BundleError, Limits, Manifest, PayloadReader, SignatureCheck};
+use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerError, PointerKind};
 use crate::sign::{KeyId, SignatureEntry, TrustedKeys};
 use crate::store::{ErrorKind, Fetched, ReadStore, StoreError};
@@ -39,20 +48,96 @@ use crate::time;
 /// Pointers are small; anything larger is not a pointer.
 pub const MAX_POINTER_BYTES: u64 = 64 * 1024;
 
-/// What the verifier trusts and compares against: an agent's keys, channel
-/// and limits, and what it serves now.
+/// What the verifier trusts and compares against: an agent's keys, channel,
+/// region and limits, and what it serves and holds now.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy<'a> {
     /// Trusted keys by role, with thresholds.
     pub trust: &'a TrustedKeys,
     /// The channel followed.
     pub channel: &'a str,
+    /// The node's region: the only pin it reads.
+    pub region: &'a str,
     /// Size limits.
     pub limits: Limits,
     /// The time expiry is checked against.
     pub now: SystemTime,
     /// The version served now and its bundle's SHA-256, if any.
     pub served: Option<(u64, &'a str)>,
+    /// Versions stored locally with their bundles' SHA-256: a pin (or the
+    /// channel, after an unpin) naming one is served without a fetch.
+    pub retained: &'a [(u64, String)],
+    /// The highest version accepted from the channel: rollback protection.
+    /// A channel pointer below it is refused; only a pin goes back.
+    pub high_water: u64,
+    /// Seconds since the epoch: a pin signed earlier is a replay (older than
+    /// the pin this node follows, or the same as one it saw removed).
+    pub pin_floor: u64,
+}
+
+/// The document that decides which version a node serves, in the order
+/// they win: the node's own local pin, its region's pin, the channel.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The channel pointer file, signed by publishers.
+    Channel(&'a [u8]),
+    /// The region's pin file, signed by operators.
+    Pin(&'a [u8]),
+    /// The version this node's `pin_file` names: local, unsigned (whoever
+    /// can write it is root on the node), and still served only from a
+    /// bundle the publisher keys signed.
+    Local(u64),
+}
+
+/// What named the version: the verified document, or the local pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// The channel pointer.
+    Channel(Pointer),
+    /// The region's pin.
+    Pin(Pointer),
+    /// This node's local pin.
+    Local(u64),
+}
+
+impl Named {
+    /// The version named.
+    pub fn version(&self) -> u64 {
+        match self {
+            Named::Channel(p) | Named::Pin(p) => p.version,
+            Named::Local(v) => *v,
+        }
+    }
+
+    /// The signed pointer, unless this is a local pin.
+    pub fn pointer(&self) -> Option<&Pointer> {
+        match self {
+            Named::Channel(p) | Named::Pin(p) => Some(p),
+            Named::Local(_) => None,
+        }
+    }
+
+    /// Whether a pin (region or local) named the version.
+    pub fn is_pin(&self) -> bool {
+        !matches!(self, Named::Channel(_))
+    }
+
+    /// The bundle's store key: the pointer's, or the version's own.
+    pub fn bundle_key(&self) -> String {
+        match self {
+            Named::Channel(p) | Named::Pin(p) => p.bundle.clone(),
+            Named::Local(v) => SnapshotVersion(*v).bundle_key(),
+        }
+    }
+}
+
+/// Where the document named by a [`Source`] lives, for messages.
+fn source_key(source: &Source<'_>, policy: &Policy<'_>) -> String {
+    match source {
+        Source::Channel(_) => PointerKind::Channel.store_key(policy.channel),
+        Source::Pin(_) => PointerKind::Pin.store_key(policy.region),
+        Source::Local(_) => "pin_file".to_owned(),
+    }
 }
 
 /// Whether a refusal means "nothing could be checked right now" (the node
@@ -97,27 +182,51 @@ pub enum Refusal {
         /// Why.
         source: PointerError,
     },
-    /// The pointer expired: the publisher has not refreshed it.
-    #[error(
-        "{key}: pointer expired at {expires_at}; the publisher must run `strata-publisher refresh` (or publish) to re-sign it"
-    )]
+    /// The pointer or pin expired: nobody re-signed it in time.
+    #[error("{key}: expired at {expires_at}; {}", expiry_fix(key))]
     PointerExpired {
         /// The pointer's key.
         key: String,
         /// Its expiry.
         expires_at: String,
     },
-    /// The pointer names a version older than the one served.
+    /// The channel pointer names a version below the highest this node has
+    /// accepted from the channel (a replayed older pointer).
     #[error(
-        "{key} names version {version}, older than the served version {served}; refusing a rollback that no operator pin asked for"
+        "{key} names version {version}, older than version {served} this node already accepted from the channel; refusing a rollback that no operator pin asked for (pin the region with `strata-publisher pin`, or publish with `strata-publisher rollback`)"
     )]
     OlderVersion {
         /// The pointer's key.
         key: String,
         /// The version it names.
         version: u64,
-        /// The version served.
+        /// The high-water mark.
         served: u64,
+    },
+    /// A pin signed before the pin this node follows, or no later than one
+    /// it saw removed: a replayed pin.
+    #[error(
+        "{key}: pin signed at {created_at}, before the last pin this node followed or saw removed; refusing a replayed pin (an operator pins again to move the region)"
+    )]
+    PinReplayed {
+        /// The pin's key.
+        key: String,
+        /// Its `created_at`.
+        created_at: String,
+    },
+    /// The bundle a pointer, pin or local pin names is not in the store.
+    #[error("{bundle} is not in the store; pin a version `strata-publisher list` shows")]
+    BundleMissing {
+        /// The bundle's key.
+        bundle: String,
+    },
+    /// The local pin file cannot be read or does not hold a version.
+    #[error("{path}: {reason}; write one snapshot version (such as `42`) or remove the file")]
+    LocalPin {
+        /// The pin file.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The pointer names the served version with another bundle.
     #[error("{key} names version {version} with a different bundle than the one served")]
@@ -213,6 +322,9 @@ impl Refusal {
             Refusal::Pointer { source, .. } => source.reason(),
             Refusal::PointerExpired { .. } => "pointer_expired",
             Refusal::OlderVersion { .. } => "older_version",
+            Refusal::PinReplayed { .. } => "pin_replayed",
+            Refusal::BundleMissing { .. } => "bundle_missing",
+            Refusal::LocalPin { .. } => "local_pin",
             Refusal::VersionConflict { .. } | Refusal::ManifestVersion { .. } => "version_conflict",
             Refusal::BundleTooLarge { .. } => "bundle_too_large",
             Refusal::BundleHash { .. } => "bundle_hash",
@@ -228,12 +340,14 @@ impl Refusal {
     /// the pointer names, and trying at once would only fail again (an
     /// empty store or an expired pointer is polled as usual).
     pub fn backs_off(&self) -> bool {
-        matches!(self, Refusal::BundleHash { .. })
-            || (self.severity() == Severity::Unavailable
-                && !matches!(
-                    self,
-                    Refusal::StoreEmpty { .. } | Refusal::PointerExpired { .. }
-                ))
+        matches!(
+            self,
+            Refusal::BundleHash { .. } | Refusal::BundleMissing { .. }
+        ) || (self.severity() == Severity::Unavailable
+            && !matches!(
+                self,
+                Refusal::StoreEmpty { .. } | Refusal::PointerExpired { .. }
+            ))
     }
 
     /// Whether the same pointer bytes will always be refused the same way,
@@ -242,7 +356,13 @@ impl Refusal {
     /// not the pointer's (a mirror caught mid-copy, an upload still under
     /// way) may be right at the next try, and is fetched again, backing off.
     pub fn is_final(&self) -> bool {
-        self.severity() == Severity::Refused && !matches!(self, Refusal::BundleHash { .. })
+        self.severity() == Severity::Refused
+            && !matches!(
+                self,
+                Refusal::BundleHash { .. }
+                    | Refusal::BundleMissing { .. }
+                    | Refusal::LocalPin { .. }
+            )
     }
 
     /// Whether the node is stale (nothing to verify, or a local failure to
@@ -264,6 +384,9 @@ impl Refusal {
             } => Severity::Unavailable,
             Refusal::Pointer { .. }
             | Refusal::OlderVersion { .. }
+            | Refusal::PinReplayed { .. }
+            | Refusal::BundleMissing { .. }
+            | Refusal::LocalPin { .. }
             | Refusal::VersionConflict { .. }
             | Refusal::BundleTooLarge { .. }
             | Refusal::BundleHash { .. }
@@ -279,17 +402,26 @@ impl Refusal {
 
 /// What a check found.
 pub enum Checked {
-    /// The pointer names the snapshot already served.
-    UpToDate(u64),
-    /// A new snapshot whose pointer and bundle header verified; its payload
+    /// The document names the snapshot already served.
+    UpToDate(Named),
+    /// The document names a snapshot still stored locally, with the same
+    /// bundle: serve it without a fetch.
+    Retained(Named),
+    /// A new snapshot whose document and bundle header verified; its payload
     /// is checked as it is read.
     New(Box<Verified>),
 }
 
-/// A snapshot whose pointer, bundle hash, signatures and manifest verified.
+/// A snapshot whose document, bundle hash, signatures and manifest verified.
 pub struct Verified {
-    /// The channel pointer that named it.
-    pub pointer: Pointer,
+    /// What named it.
+    pub named: Named,
+    /// The bundle's store key.
+    pub bundle: String,
+    /// The bundle file's SHA-256 (the pointer's; measured for a local pin).
+    pub bundle_sha256: String,
+    /// The bundle file's size.
+    pub bundle_size: u64,
     /// The manifest, exactly as signed.
     pub manifest: Manifest,
     /// The manifest's bytes, exactly as signed.
@@ -306,7 +438,7 @@ impl Verified {
     /// Decodes the whole payload, checking every record against every rule
     /// (what a node that holds nothing yet would check), and counts it.
     pub fn check_payload(mut self) -> Result<PayloadCounts, Refusal> {
-        let bundle = self.pointer.bundle.clone();
+        let bundle = self.bundle.clone();
         let refused = |source| Refusal::Bundle {
             bundle: bundle.clone(),
             source,
@@ -339,8 +471,17 @@ pub struct PayloadCounts {
     pub routes: u64,
 }
 
-/// A channel pointer as last read, with its ETag: what the next read
-/// compares with, so an idle poll of an unchanged pointer moves no body.
+/// What to tell the operator when `key` expired.
+fn expiry_fix(key: &str) -> &'static str {
+    if key.starts_with("pins/") {
+        "an operator must pin again (`strata-publisher pin`) or unpin; the node keeps serving what it has"
+    } else {
+        "the publisher must run `strata-publisher refresh` (or publish) to re-sign it; the node keeps serving what it has"
+    }
+}
+
+/// A pointer or pin as last read, with its ETag: what the next read
+/// compares with, so an idle poll of an unchanged document moves no body.
 #[derive(Debug, Clone)]
 pub struct SeenPointer {
     /// The store's ETag of these bytes.
@@ -349,22 +490,24 @@ pub struct SeenPointer {
     pub bytes: Vec<u8>,
 }
 
-/// Step 1: the channel pointer, read only if it changed since `seen` (a
-/// conditional GET); unchanged, `seen` is returned and verified again, so
-/// its expiry is still checked on every poll.
-pub fn read_pointer(
+/// Step 1: the document `kind`/`name` (a channel pointer or a region pin),
+/// read only if it changed since `seen` (a conditional GET); unchanged,
+/// `seen` is returned and verified again, so its expiry is still checked on
+/// every poll. `None` when the store has no such document.
+pub fn read_document(
     store: &dyn ReadStore,
-    channel: &str,
+    kind: PointerKind,
+    name: &str,
     seen: Option<&SeenPointer>,
-) -> Result<SeenPointer, Refusal> {
-    let key = PointerKind::Channel.store_key(channel);
+) -> Result<Option<SeenPointer>, Refusal> {
+    let key = kind.store_key(name);
     match store.get_if_changed(&key, seen.map(|s| s.etag.as_str()), MAX_POINTER_BYTES) {
-        Ok(Fetched::Object(obj)) => Ok(SeenPointer {
+        Ok(Fetched::Object(obj)) => Ok(Some(SeenPointer {
             etag: obj.etag,
             bytes: obj.bytes,
-        }),
+        })),
         Ok(Fetched::NotModified) => match seen {
-            Some(seen) => Ok(seen.clone()),
+            Some(seen) => Ok(Some(seen.clone())),
             // Only a broken store answers 304 to an unconditional GET.
             None => Err(Refusal::StoreUnreachable {
                 store: store.url().to_string(),
@@ -374,10 +517,7 @@ pub fn read_pointer(
                 },
             }),
         },
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(Refusal::StoreEmpty {
-            store: store.url().to_string(),
-            key,
-        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Refusal::StoreUnreachable {
             store: store.url().to_string(),
             source,
@@ -385,67 +525,109 @@ pub fn read_pointer(
     }
 }
 
-/// Steps 2 to 8 on the pointer `pointer_bytes` read by [`read_pointer`]: on
+/// Step 1 for the channel: its pointer, which must exist.
+pub fn read_pointer(
+    store: &dyn ReadStore,
+    channel: &str,
+    seen: Option<&SeenPointer>,
+) -> Result<SeenPointer, Refusal> {
+    read_document(store, PointerKind::Channel, channel, seen)?.ok_or_else(|| Refusal::StoreEmpty {
+        store: store.url().to_string(),
+        key: PointerKind::Channel.store_key(channel),
+    })
+}
+
+/// Steps 2 to 8 on the document `source` (read by [`read_document`]): on
 /// success the payload is ready to be read (step 9). The bundle is spooled
 /// into an unnamed file in `spool_dir`.
 pub fn verify(
     store: &dyn ReadStore,
-    pointer_bytes: &[u8],
+    source: Source<'_>,
     policy: &Policy<'_>,
     spool_dir: &Path,
 ) -> Result<Checked, Refusal> {
-    let key = PointerKind::Channel.store_key(policy.channel);
-    // 2.
-    let (pointer, _) = Pointer::verify(
-        pointer_bytes,
-        PointerKind::Channel,
-        policy.channel,
-        policy.trust,
-    )
-    .map_err(|source| Refusal::Pointer {
-        key: key.clone(),
-        source,
-    })?;
-    // 3.
-    match pointer.check_expiry(policy.now) {
-        Ok(()) => {}
-        Err(PointerError::Expired { expires_at }) => {
-            return Err(Refusal::PointerExpired { key, expires_at });
-        }
-        Err(source) => return Err(Refusal::Pointer { key, source }),
-    }
-    // 4.
-    if let Some((served, served_sha)) = policy.served {
-        if pointer.version < served {
-            return Err(Refusal::OlderVersion {
-                key,
-                version: pointer.version,
-                served,
-            });
-        }
-        if pointer.version == served {
-            if pointer.bundle_sha256 == served_sha {
-                return Ok(Checked::UpToDate(served));
+    let key = source_key(&source, policy);
+    // 2. and 3.
+    let document = |bytes: &[u8], kind: PointerKind, name: &str| {
+        let (pointer, _) = Pointer::verify(bytes, kind, name, policy.trust).map_err(|source| {
+            Refusal::Pointer {
+                key: key.clone(),
+                source,
             }
-            return Err(Refusal::VersionConflict {
-                key,
-                version: served,
-            });
+        })?;
+        match pointer.check_expiry(policy.now) {
+            Ok(()) => Ok(pointer),
+            Err(PointerError::Expired { expires_at }) => Err(Refusal::PointerExpired {
+                key: key.clone(),
+                expires_at,
+            }),
+            Err(source) => Err(Refusal::Pointer {
+                key: key.clone(),
+                source,
+            }),
         }
+    };
+    let named = match source {
+        Source::Channel(bytes) => {
+            Named::Channel(document(bytes, PointerKind::Channel, policy.channel)?)
+        }
+        Source::Pin(bytes) => {
+            let pin = document(bytes, PointerKind::Pin, policy.region)?;
+            if signed_at(&pin) < policy.pin_floor {
+                return Err(Refusal::PinReplayed {
+                    key,
+                    created_at: pin.created_at,
+                });
+            }
+            Named::Pin(pin)
+        }
+        Source::Local(version) => Named::Local(version),
+    };
+    // 4.
+    let version = named.version();
+    if let Named::Channel(_) = named
+        && version < policy.high_water
+    {
+        return Err(Refusal::OlderVersion {
+            key,
+            version,
+            served: policy.high_water,
+        });
+    }
+    let expected = named.pointer().map(|p| p.bundle_sha256.as_str());
+    let conflict = || Refusal::VersionConflict {
+        key: key.clone(),
+        version,
+    };
+    if let Some((served, served_sha)) = policy.served
+        && served == version
+    {
+        return match expected {
+            Some(sha) if sha != served_sha => Err(conflict()),
+            _ => Ok(Checked::UpToDate(named)),
+        };
+    }
+    if let Some((_, stored_sha)) = policy.retained.iter().find(|(v, _)| *v == version) {
+        return match expected {
+            Some(sha) if sha != stored_sha => Err(conflict()),
+            _ => Ok(Checked::Retained(named)),
+        };
     }
     // 5.
     let limit = policy.limits.max_bundle_bytes;
-    if pointer.bundle_size > limit {
+    let bundle_key = named.bundle_key();
+    if let Some(p) = named.pointer()
+        && p.bundle_size > limit
+    {
         return Err(Refusal::BundleTooLarge {
-            bundle: pointer.bundle,
-            size: pointer.bundle_size,
+            bundle: bundle_key,
+            size: p.bundle_size,
             limit,
         });
     }
     // 6.
-    let spool = fetch(store, &pointer, spool_dir)?;
+    let (spool, bundle_size, bundle_sha256) = fetch(store, &named, limit, spool_dir)?;
     // 7.
-    let bundle_key = pointer.bundle.clone();
     let refused = |source| Refusal::Bundle {
         bundle: bundle_key.clone(),
         source,
@@ -458,17 +640,17 @@ pub fn verify(
     .map_err(refused)?;
     // 8.
     let manifest = verified.manifest().clone();
-    if manifest.version != pointer.version {
+    if manifest.version != version {
         return Err(Refusal::ManifestVersion {
-            bundle: pointer.bundle,
+            bundle: bundle_key,
             manifest: manifest.version,
-            pointer: pointer.version,
+            pointer: version,
         });
     }
     // The header's check made the timestamp exact; compare it.
     if time::parse_exact(&manifest.expires_at).is_ok_and(|t| t < policy.now) {
         return Err(Refusal::BundleExpired {
-            bundle: pointer.bundle,
+            bundle: bundle_key,
             expires_at: manifest.expires_at,
         });
     }
@@ -478,7 +660,10 @@ pub fn verify(
     // 9. starts here: the index is opened, the rest is read on demand.
     let payload = verified.payload().map_err(refused)?;
     Ok(Checked::New(Box::new(Verified {
-        pointer,
+        named,
+        bundle: bundle_key,
+        bundle_sha256,
+        bundle_size,
         manifest,
         manifest_bytes,
         signatures,
@@ -487,24 +672,40 @@ pub fn verify(
     })))
 }
 
-/// Steps 1 to 8 together: what `inspect --store` runs.
+/// When a pointer or pin was signed, in seconds since the epoch (0 if its
+/// timestamp does not parse, which verification has refused already).
+pub fn signed_at(pointer: &Pointer) -> u64 {
+    time::parse_exact(&pointer.created_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Steps 1 to 8 together for the channel: what `inspect --store` runs.
 pub fn check(
     store: &dyn ReadStore,
     policy: &Policy<'_>,
     spool_dir: &Path,
 ) -> Result<Checked, Refusal> {
     let pointer = read_pointer(store, policy.channel, None)?;
-    verify(store, &pointer.bytes, policy, spool_dir)
+    verify(store, Source::Channel(&pointer.bytes), policy, spool_dir)
 }
 
-/// Step 6: copies the bundle the pointer names into an unnamed file in
-/// `spool_dir`, never more than the pointer's `bundle_size` bytes, checking
-/// its size and SHA-256 against the pointer on the way. Verification then
-/// reads this private copy, never the store again: what was hashed is what
-/// gets decoded, and memory stays flat whatever the bundle's size.
-fn fetch(store: &dyn ReadStore, pointer: &Pointer, spool_dir: &Path) -> Result<File, Refusal> {
+/// Step 6: copies the bundle `named` into an unnamed file in `spool_dir`,
+/// never more than the pointer's `bundle_size` bytes (a local pin: the
+/// `limit`), checking its size and SHA-256 against the pointer on the way.
+/// Verification then reads this private copy, never the store again: what
+/// was hashed is what gets decoded, and memory stays flat whatever the
+/// bundle's size. Returns the file, its size and its SHA-256.
+fn fetch(
+    store: &dyn ReadStore,
+    named: &Named,
+    limit: u64,
+    spool_dir: &Path,
+) -> Result<(File, u64, String), Refusal> {
+    let bundle = named.bundle_key();
     let spool_err = |source| Refusal::Spool {
-        bundle: pointer.bundle.clone(),
+        bundle: bundle.clone(),
         dir: spool_dir.display().to_string(),
         source,
     };
@@ -512,37 +713,50 @@ fn fetch(store: &dyn ReadStore, pointer: &Pointer, spool_dir: &Path) -> Result<F
         file: tempfile::tempfile_in(spool_dir).map_err(spool_err)?,
         failed: None,
     };
-    let mismatch = |size, sha256| Refusal::BundleHash {
-        bundle: pointer.bundle.clone(),
-        size,
-        sha256,
-        expected_size: pointer.bundle_size,
-        expected_sha256: pointer.bundle_sha256.clone(),
+    let pointer = named.pointer();
+    let max = pointer.map_or(limit, |p| p.bundle_size);
+    let mismatch = |size, sha256| match pointer {
+        Some(p) => Refusal::BundleHash {
+            bundle: bundle.clone(),
+            size,
+            sha256,
+            expected_size: p.bundle_size,
+            expected_sha256: p.bundle_sha256.clone(),
+        },
+        None => Refusal::BundleTooLarge {
+            bundle: bundle.clone(),
+            size,
+            limit,
+        },
     };
-    let copied =
-        match crate::store::copy_hashed(store, &pointer.bundle, pointer.bundle_size, &mut spool) {
-            Ok(c) => c,
-            // The local disk failed, not the store.
-            Err(_) if spool.failed.is_some() => {
-                let failed = spool.failed.take();
-                return Err(spool_err(failed.unwrap_or_else(|| {
-                    std::io::Error::other("the spool file could not be written")
-                })));
-            }
-            Err(StoreError::TooLarge { size, .. }) => return Err(mismatch(size, String::new())),
-            Err(source) => {
-                return Err(Refusal::StoreUnreachable {
-                    store: store.url().to_string(),
-                    source,
-                });
-            }
-        };
-    if copied.size != pointer.bundle_size || copied.sha256 != pointer.bundle_sha256 {
+    let copied = match crate::store::copy_hashed(store, &bundle, max, &mut spool) {
+        Ok(c) => c,
+        // The local disk failed, not the store.
+        Err(_) if spool.failed.is_some() => {
+            let failed = spool.failed.take();
+            return Err(spool_err(failed.unwrap_or_else(|| {
+                std::io::Error::other("the spool file could not be written")
+            })));
+        }
+        Err(StoreError::TooLarge { size, .. }) => return Err(mismatch(size, String::new())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Refusal::BundleMissing { bundle });
+        }
+        Err(source) => {
+            return Err(Refusal::StoreUnreachable {
+                store: store.url().to_string(),
+                source,
+            });
+        }
+    };
+    if let Some(p) = pointer
+        && (copied.size != p.bundle_size || copied.sha256 != p.bundle_sha256)
+    {
         return Err(mismatch(copied.size, copied.sha256));
     }
     let mut file = spool.file;
     file.seek(SeekFrom::Start(0)).map_err(spool_err)?;
-    Ok(file)
+    Ok((file, copied.size, copied.sha256))
 }
 
 /// The spool file, remembering a failed write so that a full disk is told

@@ -12,13 +12,9 @@ use strata_common::sign;
 use strata_common::source::{Source, SourceError};
 use strata_common::validate::Problem;
 
-/// What `build` and `publish` both take: a source to compile and the keys
-/// to sign it with.
+/// The keys a command signs with: `--key` files and `--key-env` variables.
 #[derive(clap::Args)]
-pub struct SignedSource {
-    /// Source directory (layer1.toml, tenants/*.toml).
-    #[arg(long)]
-    source: PathBuf,
+pub struct SigningKeys {
     /// Private key file to sign with (repeat for several).
     #[arg(long = "key", required_unless_present = "key_env")]
     keys: Vec<PathBuf>,
@@ -28,14 +24,41 @@ pub struct SignedSource {
     key_env: Vec<String>,
 }
 
-impl SignedSource {
-    /// The keys (files checked for their mode) and the compiled source,
-    /// keys first so a bad key fails before minutes of compiling.
-    pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {
+impl SigningKeys {
+    /// Loads every key, refusing a file readable by group or others.
+    pub fn load(&self) -> Result<Vec<sign::SigningKey>> {
         let mut keys = load_keys(&self.keys)?;
         for name in &self.key_env {
             keys.push(sign::signing_key_from_env(name)?);
         }
+        Ok(keys)
+    }
+}
+
+/// Public keys given with `--trusted-key`.
+pub fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<sign::VerifyingKey>> {
+    paths
+        .iter()
+        .map(|p| sign::load_verifying_key(p).map_err(anyhow::Error::new))
+        .collect()
+}
+
+/// What `build` and `publish` both take: a source to compile and the keys
+/// to sign it with.
+#[derive(clap::Args)]
+pub struct SignedSource {
+    /// Source directory (layer1.toml, tenants/*.toml).
+    #[arg(long)]
+    source: PathBuf,
+    #[command(flatten)]
+    keys: SigningKeys,
+}
+
+impl SignedSource {
+    /// The keys (files checked for their mode) and the compiled source,
+    /// keys first so a bad key fails before minutes of compiling.
+    pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {
+        let keys = self.keys.load()?;
         Ok((keys, compile_source(&self.source)?))
     }
 }

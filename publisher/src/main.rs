@@ -40,6 +40,18 @@ enum Command {
     /// Verify a bundle file, a bundle in a store, or a store's channel as an
     /// agent would, and show what it holds.
     Inspect(cmd::inspect::Args),
+    /// Tenants added, removed and changed between two snapshots.
+    Diff(cmd::diff::Args),
+    /// Pin a region to a snapshot version (signed by operator keys).
+    Pin(cmd::pin::Args),
+    /// Remove a region's pin: its agents follow the channel again.
+    Unpin(cmd::pin::UnpinArgs),
+    /// Publish version N's content again as the channel's next version.
+    Rollback(cmd::rollback::Args),
+    /// Re-sign the channel pointer with a fresh expiry, no new snapshot.
+    Refresh(cmd::refresh::Args),
+    /// Delete old bundles, never one a channel pointer or pin references.
+    Gc(cmd::gc::Args),
     /// Write a realistic synthetic source tree.
     Generate(cmd::generate::Args),
 }
@@ -60,6 +72,12 @@ fn main() -> ExitCode {
         Command::Publish(args) => cmd::publish::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Diff(args) => cmd::diff::run(args),
+        Command::Pin(args) => cmd::pin::run(args),
+        Command::Unpin(args) => cmd::pin::unpin(args),
+        Command::Rollback(args) => cmd::rollback::run(args),
+        Command::Refresh(args) => cmd::refresh::run(args),
+        Command::Gc(args) => cmd::gc::run(args),
         Command::Generate(args) => cmd::generate::run(args),
     };
     match result {

@@ -398,7 +398,12 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
         .sign(std::slice::from_ref(&fx.key))
         .expect("sign");
     std::fs::write(store.join("channels/stable.json"), old_pointer).expect("replay");
-    still_serves(&agent, served, "older than the served version").await;
+    still_serves(
+        &agent,
+        served,
+        "this node already accepted from the channel",
+    )
+    .await;
     agent.stop().await;
 }
 

@@ -17,7 +17,9 @@ use super::{
 
 impl Db {
     /// Writes a whole snapshot in one transaction, makes it current and prunes
-    /// all but the newest `retain` versions. Tenants whose config hash (and
+    /// all but the newest `retain` versions (an older version than the
+    /// newest stored replaces them all). A snapshot from the channel (not
+    /// `meta.pinned`) raises the high-water mark in the same commit. Tenants whose config hash (and
     /// Layer 1) are unchanged since the newest stored snapshot share its
     /// bodies, and a body frame whose tenants are all unchanged is not even
     /// decompressed. Any bad record rolls everything back.
@@ -30,6 +32,21 @@ impl Db {
         let v = meta.version;
         let mut txn = self.db.begin_write()?;
         let mut done = Ingested::default();
+        // A version older than the newest stored (a pin's rollback to one
+        // no longer retained) replaces every stored snapshot: rows cover
+        // version ranges, which only grow.
+        let newest = txn.open_table(SNAPSHOTS)?.last()?.map(|(k, _)| k.value());
+        let replace = newest.is_some_and(|n| n > v);
+        if replace {
+            txn.delete_table(TENANTS)?;
+            for table in [CONFIG_BODIES, PROMPT_BODIES, ROUTES] {
+                txn.delete_table(table)?;
+            }
+            txn.delete_table(CLOSED)?;
+            txn.delete_table(ROUTE_SETS)?;
+            txn.delete_table(LAYER1)?;
+            txn.delete_table(SNAPSHOTS)?;
+        }
         {
             let mut tenants = txn.open_table(TENANTS)?;
             let mut closed = txn.open_table(CLOSED)?;
@@ -47,15 +64,13 @@ impl Db {
             let base = snapshots.last()?.map(|(k, _)| k.value());
             // Nothing stored means nothing served: no lookup to stay out of
             // the way of, so the disk may start on the apply's pages at once.
-            let _eager = EagerWhile::set(&self.eager_writeback, base.is_none());
-            if let Some(stored) = base.filter(|b| *b > v) {
-                return Err(DbError::OlderThanStored { version: v, stored });
-            }
+            let _eager = EagerWhile::set(&self.eager_writeback, newest.is_none());
             // The base's rows, from the committed state, walked in tenant
             // order beside the index: rows of tenants the index no longer
             // lists are closed as the walk passes them.
             let committed = self.db.begin_read()?;
             let base_rows = match committed.open_table(TENANTS) {
+                Ok(_) if replace => None,
                 Ok(t) => Some(t),
                 Err(TableError::TableDoesNotExist(_)) => None,
                 Err(e) => return Err(e.into()),
@@ -196,6 +211,9 @@ impl Db {
             let meta_json = serde_json::to_vec(meta)?;
             snapshots.insert(v, meta_json.as_slice())?;
             m.insert("current", v)?;
+            if !meta.pinned {
+                super::marks::raise_high_water(&mut m, v)?;
+            }
 
             let mut versions: Vec<u64> = snapshots
                 .iter()?

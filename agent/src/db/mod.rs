@@ -14,9 +14,10 @@
 //! rows and ten bodies and closes ten rows, whatever the tenant count.
 //! Closed rows and their bodies are deleted once no retained version is in
 //! their range. Ranges are in version numbers, so snapshots are ingested in
-//! increasing version order (an older one is refused); serving an older,
-//! no-longer-retained version (a region pin's rollback) would need the rows
-//! around it split.
+//! increasing version order; a version older than the newest stored (a
+//! pin's rollback to a version no longer retained) replaces every stored
+//! snapshot in its one transaction, and a retained one is switched to
+//! (`marks`).
 //!
 //! Bodies are stored exactly as they are served, so a lookup hands redb's
 //! page to the HTTP response without copying or re-serialising.
@@ -27,6 +28,7 @@
 //! read view the HTTP handlers serve from.
 
 mod ingest;
+mod marks;
 mod read;
 mod rows;
 #[cfg(test)]
@@ -42,6 +44,7 @@ use strata_common::bundle::BundleError;
 use strata_common::sign::SignatureEntry;
 
 pub use ingest::Ingested;
+pub use marks::Marks;
 pub use read::{Entry, Reader};
 
 use crate::writeback::{EagerWriteback, open_data_file};
@@ -64,7 +67,8 @@ const ROUTE_SETS: TableDefinition<u64, &[u8]> = TableDefinition::new("route_sets
 const LAYER1: TableDefinition<u64, &[u8]> = TableDefinition::new("layer1");
 /// version → [`SnapshotMeta`] JSON.
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
-/// `current` → the version served; `schema` → [`SCHEMA`].
+/// `current` → the version served; `schema` → [`SCHEMA`]; the rollback
+/// marks (`marks`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The table layout this module writes; a file with another is emptied at open.
 const SCHEMA: u64 = 4;
@@ -142,15 +146,6 @@ pub enum DbError {
         /// The version.
         version: u64,
     },
-    /// The version is older than the newest stored: rows cover version
-    /// ranges, so snapshots are ingested in increasing order.
-    #[error("snapshot {version} is older than the stored {stored}")]
-    OlderThanStored {
-        /// The version offered.
-        version: u64,
-        /// The newest stored.
-        stored: u64,
-    },
     /// The payload held another number of tenants than its manifest says.
     #[error("snapshot incomplete: {found} tenants for {expected} in the manifest")]
     TenantCount {
@@ -197,7 +192,6 @@ impl DbError {
             | DbError::Durability(_)
             | DbError::Bundle(_)
             | DbError::AlreadyStored { .. }
-            | DbError::OlderThanStored { .. }
             | DbError::TenantCount { .. }
             | DbError::NoCurrent
             | DbError::Encode(_) => false,

@@ -154,26 +154,35 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
     let policy = Policy {
         trust: &trust.keys,
         channel,
+        region: "",
         limits: trust.limits,
         now: time::now(),
         served: None,
+        retained: &[],
+        high_water: 0,
+        pin_floor: 0,
     };
     let spool = std::env::temp_dir();
     println!("store {url} channel {channel}");
     let refusal = match verify::check(store.as_ref(), &policy, &spool) {
         Ok(Checked::New(verified)) => {
-            let pointer = verified.pointer.clone();
+            let named = verified.named.clone();
+            let (bundle, size, sha) = (
+                verified.bundle.clone(),
+                verified.bundle_size,
+                verified.bundle_sha256.clone(),
+            );
             let manifest = verified.manifest.clone();
             let signers = verified.signed_by.len();
             match verified.check_payload() {
                 Ok(counts) => {
                     println!(
-                        "an agent would apply version {}: {} ({} bytes, sha256 {})",
-                        pointer.version, pointer.bundle, pointer.bundle_size, pointer.bundle_sha256
+                        "an agent would apply version {}: {bundle} ({size} bytes, sha256 {sha})",
+                        named.version()
                     );
                     println!(
                         "pointer expires {}; bundle created {}, expires {}; layer1 {}",
-                        pointer.expires_at,
+                        named.pointer().map_or("never", |p| p.expires_at.as_str()),
                         manifest.created_at,
                         manifest.expires_at,
                         manifest.layer1_version
@@ -187,8 +196,11 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
                 Err(refusal) => refusal,
             }
         }
-        Ok(Checked::UpToDate(v)) => {
-            println!("an agent serving version {v} would keep serving it");
+        Ok(Checked::UpToDate(named) | Checked::Retained(named)) => {
+            println!(
+                "an agent serving version {} would keep serving it",
+                named.version()
+            );
             return Ok(());
         }
         Err(refusal) => refusal,

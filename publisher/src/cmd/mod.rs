@@ -1,9 +1,14 @@
 //! One module per subcommand: its arguments and its `run`.
 
 pub mod build;
+pub mod diff;
+pub mod gc;
 pub mod generate;
 pub mod inspect;
 pub mod keygen;
 pub mod list;
+pub mod pin;
 pub mod publish;
+pub mod refresh;
+pub mod rollback;
 pub mod validate;

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use strata_common::channel::{self, PublishOptions};
-use strata_common::sign;
 use strata_common::store::{self, StoreUrl};
 
-use crate::input::{SignedSource, parse_duration, provenance_from_env};
+use crate::input::{SignedSource, load_public_keys, parse_duration, provenance_from_env};
 
 /// Arguments of `publish`.
 #[derive(clap::Args)]
@@ -35,11 +34,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
-    let trusted = args
-        .trusted_keys
-        .iter()
-        .map(|p| sign::load_verifying_key(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let trusted = load_public_keys(&args.trusted_keys)?;
     let opts = PublishOptions {
         pointer_expires_in: args.expires_in,
         trusted,

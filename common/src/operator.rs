@@ -1,0 +1,468 @@
+//! What operators do to a store besides publishing: pin a region to a
+//! version and unpin it, re-sign a channel pointer with a fresh expiry
+//! (refresh), publish an old version's content as the channel's next
+//! version (rollback), and delete bundles nothing references (gc). The
+//! publisher's commands of the same names are thin wrappers.
+//!
+//! Pins are signed by operator keys and rollbacks by publisher keys, so a
+//! stolen CI key cannot pin a region and a stolen operator key cannot
+//! author content: agents check each document against its own role.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+
+use crate::bundle::{self, BundleError, Header, Limits, Payload, SignatureCheck};
+use crate::channel::{self, PublishError, PublishOptions, Published};
+use crate::compile::Compiled;
+use crate::model::SnapshotVersion;
+use crate::pointer::{Pointer, PointerKind};
+use crate::sign::{Role, TrustedKeys};
+use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
+use crate::time;
+use crate::verify::MAX_POINTER_BYTES;
+
+/// Why an operator command changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The version asked for has no bundle in the store.
+    #[error(
+        "{key} is not in the store; `strata-publisher list --store URL` shows the versions there"
+    )]
+    Missing {
+        /// The bundle's key.
+        key: String,
+    },
+    /// The bundle does not verify.
+    #[error("{key}: {source}")]
+    Bundle {
+        /// The bundle's key.
+        key: String,
+        /// Why.
+        source: BundleError,
+    },
+    /// The bundle under a version's key holds another version.
+    #[error("{key} holds version {found}, not {expected}: the store was tampered with")]
+    WrongVersion {
+        /// The bundle's key.
+        key: String,
+        /// The version asked for.
+        expected: u64,
+        /// The manifest's version.
+        found: u64,
+    },
+    /// A region or channel name that cannot be a store key.
+    #[error(
+        "{what} {name:?} is not a valid name: use 1 to 64 of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+    )]
+    BadName {
+        /// `region` or `channel`.
+        what: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// The channel has no pointer to refresh.
+    #[error("{key} does not exist; publish first")]
+    NoPointer {
+        /// The pointer's key.
+        key: String,
+    },
+    /// Someone else wrote the document between this command's read and write.
+    #[error("{key} changed while this command ran; nothing was written, run it again")]
+    Raced {
+        /// The document's key.
+        key: String,
+    },
+    /// A pointer or pin that cannot be parsed: gc cannot tell what it
+    /// references, so it deletes nothing.
+    #[error(
+        "{key}: {reason}; gc deletes nothing while it cannot tell what every pointer and pin references: fix or remove it"
+    )]
+    Unreadable {
+        /// The document's key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Publishing (rollback) or reading the channel failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A temporary file could not be written or read.
+    #[error("temporary copy of {key}: {source}")]
+    Spool {
+        /// The bundle's key.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signing failed.
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// Checks a region or channel name before it becomes part of a store key.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), OperatorError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || (i > 0 && matches!(b, b'-' | b'_' | b'.'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(OperatorError::BadName {
+            what,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A bundle copied out of the store into a private temporary file and
+/// verified: its header, size and SHA-256.
+pub struct StoredBundle {
+    /// The private copy.
+    pub file: File,
+    /// The verified header.
+    pub header: Header,
+    /// The file's size.
+    pub size: u64,
+    /// The file's SHA-256.
+    pub sha256: String,
+}
+
+impl StoredBundle {
+    /// The payload's bytes, exactly as signed.
+    pub fn payload(&mut self, key: &str) -> Result<Vec<u8>, OperatorError> {
+        let spool = |source| OperatorError::Spool {
+            key: key.to_owned(),
+            source,
+        };
+        self.file
+            .seek(SeekFrom::Start(self.header.payload_offset))
+            .map_err(spool)?;
+        let mut payload = Vec::new();
+        (&self.file)
+            .take(self.header.manifest.payload_size)
+            .read_to_end(&mut payload)
+            .map_err(spool)?;
+        Ok(payload)
+    }
+
+    /// A payload reader over the private copy.
+    pub fn reader(
+        &self,
+        key: &str,
+        limits: &Limits,
+    ) -> Result<bundle::PayloadReader<BufReader<File>>, OperatorError> {
+        let refused = |source| OperatorError::Bundle {
+            key: key.to_owned(),
+            source,
+        };
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|source| OperatorError::Spool {
+                key: key.to_owned(),
+                source,
+            })?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|source| OperatorError::Spool {
+                key: key.to_owned(),
+                source,
+            })?;
+        bundle::verify(
+            BufReader::new(file),
+            SignatureCheck::SkipForInspection,
+            limits,
+        )
+        .and_then(|v| v.payload())
+        .map_err(refused)
+    }
+}
+
+/// Copies `snapshots/<version>.bundle` into a temporary file and verifies it
+/// (signatures too, when `check` holds keys): what a pin or a rollback is
+/// about to name must be there and whole.
+pub fn fetch_bundle(
+    store: &dyn ReadStore,
+    version: u64,
+    check: SignatureCheck<'_>,
+    limits: &Limits,
+) -> Result<StoredBundle, OperatorError> {
+    let key = SnapshotVersion(version).bundle_key();
+    let spool = |source| OperatorError::Spool {
+        key: key.clone(),
+        source,
+    };
+    let mut file = tempfile::tempfile().map_err(spool)?;
+    let copied = match store::copy_hashed(store, &key, limits.max_bundle_bytes, &mut file) {
+        Ok(c) => c,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(OperatorError::Missing { key }),
+        Err(e) => return Err(e.into()),
+    };
+    file.seek(SeekFrom::Start(0)).map_err(spool)?;
+    let verified = bundle::verify(BufReader::new(&file), check, limits).map_err(|source| {
+        OperatorError::Bundle {
+            key: key.clone(),
+            source,
+        }
+    })?;
+    let header = verified.header;
+    if header.manifest.version != version {
+        return Err(OperatorError::WrongVersion {
+            key,
+            expected: version,
+            found: header.manifest.version,
+        });
+    }
+    Ok(StoredBundle {
+        file,
+        header,
+        size: copied.size,
+        sha256: copied.sha256,
+    })
+}
+
+/// Reads the raw document at `key` with its ETag (absent: `None`).
+fn read_raw(store: &dyn ReadStore, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+    match store.get(key, MAX_POINTER_BYTES) {
+        Ok(obj) => Ok(Some((obj.bytes, obj.etag))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` at `key` if it still has the ETag it was read with.
+fn write_if(
+    store: &dyn WriteStore,
+    key: &str,
+    bytes: &[u8],
+    etag: Option<&str>,
+) -> Result<(), OperatorError> {
+    match store.put_if(key, bytes, etag.filter(|e| !e.is_empty())) {
+        Ok(_) => Ok(()),
+        Err(StoreError::PreconditionFailed { .. } | StoreError::AlreadyExists { .. }) => {
+            Err(OperatorError::Raced {
+                key: key.to_owned(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Pins `region` to `version`, signed by the operator `keys`, valid for
+/// `expires_in`. The bundle must be in the store and whole (and signed by
+/// `publishers`, when given). The pin's `created_at` is after any pin it
+/// replaces: agents refuse a pin older than the one they follow.
+pub fn pin(
+    store: &dyn WriteStore,
+    region: &str,
+    version: u64,
+    keys: &[SigningKey],
+    publishers: Option<&TrustedKeys>,
+    expires_in: Duration,
+) -> Result<Pointer, OperatorError> {
+    check_name("region", region)?;
+    let check = publishers.map_or(SignatureCheck::SkipForInspection, SignatureCheck::Trusted);
+    let stored = fetch_bundle(store, version, check, &Limits::default())?;
+    let key = PointerKind::Pin.store_key(region);
+    let current = read_raw(store, &key)?;
+    let mut now = time::now();
+    if let Some(before) = current
+        .as_ref()
+        .and_then(|(bytes, _)| Pointer::parse_unverified(bytes).ok())
+        .and_then(|p| time::parse_exact(&p.created_at).ok())
+        && before >= now
+    {
+        now = before + Duration::from_secs(1);
+    }
+    let pointer = Pointer {
+        kind: PointerKind::Pin,
+        name: region.to_owned(),
+        version,
+        bundle: SnapshotVersion(version).bundle_key(),
+        bundle_sha256: stored.sha256,
+        bundle_size: stored.size,
+        created_at: time::format(now),
+        expires_at: time::format(now + expires_in),
+    };
+    let signed = pointer
+        .sign(keys)
+        .map_err(|e| OperatorError::Sign(e.to_string()))?;
+    write_if(
+        store,
+        &key,
+        &signed,
+        current.as_ref().map(|(_, etag)| etag.as_str()),
+    )?;
+    Ok(pointer)
+}
+
+/// Removes `region`'s pin: its agents follow the channel again. Returns the
+/// pin removed, or `None` if the region was not pinned.
+pub fn unpin(store: &dyn WriteStore, region: &str) -> Result<Option<Pointer>, OperatorError> {
+    check_name("region", region)?;
+    let key = PointerKind::Pin.store_key(region);
+    let Some((bytes, _)) = read_raw(store, &key)? else {
+        return Ok(None);
+    };
+    store.delete(&key)?;
+    Ok(Pointer::parse_unverified(&bytes).ok())
+}
+
+/// Re-signs the channel pointer with a fresh expiry and nothing else
+/// changed: agents serving its version take the new expiry without a
+/// fetch. The pointer must verify with `trust` (publisher role).
+pub fn refresh(
+    store: &dyn WriteStore,
+    channel_name: &str,
+    keys: &[SigningKey],
+    trust: &TrustedKeys,
+    expires_in: Duration,
+) -> Result<Pointer, OperatorError> {
+    check_name("channel", channel_name)?;
+    let key = PointerKind::Channel.store_key(channel_name);
+    let Some((current, etag)) = channel::read_verified_pointer(store, channel_name, trust)? else {
+        return Err(OperatorError::NoPointer { key });
+    };
+    let now = time::now();
+    let pointer = Pointer {
+        created_at: time::format(now),
+        expires_at: time::format(now + expires_in),
+        ..current
+    };
+    let signed = pointer
+        .sign(keys)
+        .map_err(|e| OperatorError::Sign(e.to_string()))?;
+    write_if(store, &key, &signed, Some(&etag))?;
+    Ok(pointer)
+}
+
+/// The trust a publisher command reads the channel with: the signing keys'
+/// public halves and any other trusted publisher keys.
+pub fn publisher_trust(
+    keys: &[SigningKey],
+    trusted: &[ed25519_dalek::VerifyingKey],
+) -> TrustedKeys {
+    let mut trust = TrustedKeys::new(1, 1);
+    for key in keys
+        .iter()
+        .map(SigningKey::verifying_key)
+        .chain(trusted.iter().copied())
+    {
+        trust.add(Role::Publisher, key);
+    }
+    trust
+}
+
+/// Publishes version `to`'s content as the channel's next version: history
+/// stays linear, agents move forward to it, and nothing needs a pin. The
+/// old bundle must verify with the signing keys or `opts.trusted`.
+pub fn rollback(
+    store: &dyn WriteStore,
+    to: u64,
+    keys: &[SigningKey],
+    opts: &PublishOptions,
+) -> Result<Published, OperatorError> {
+    let trust = publisher_trust(keys, &opts.trusted);
+    let mut stored = fetch_bundle(
+        store,
+        to,
+        SignatureCheck::Trusted(&trust),
+        &Limits::default(),
+    )?;
+    let key = SnapshotVersion(to).bundle_key();
+    let compressed = stored.payload(&key)?;
+    let m = &stored.header.manifest;
+    let compiled = Compiled {
+        payload: Payload {
+            compressed,
+            sha256: m.payload_sha256.clone(),
+            index_size: m.index_size,
+            routes_sha256: m.routes_sha256.clone(),
+            raw_size: m.payload_raw_size,
+            record_count: m.record_count,
+        },
+        layer1_version: m.layer1_version.clone(),
+        tenant_count: m.tenant_count,
+        warnings: Vec::new(),
+    };
+    Ok(channel::publish(store, &compiled, keys, opts)?)
+}
+
+/// Why gc keeps a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// Among the newest `--keep`.
+    Newest,
+    /// Named by a channel pointer or a pin (its key).
+    Referenced(String),
+    /// Newer than every pointer: a publish in flight.
+    InFlight,
+}
+
+/// What gc found: every bundle kept (with why) and every bundle deleted
+/// (or, in a dry run, to delete).
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// Versions kept, with the reasons.
+    pub kept: BTreeMap<u64, Vec<Kept>>,
+    /// Versions deleted (dry run: that would be).
+    pub deleted: Vec<u64>,
+}
+
+/// Deletes the bundles of versions that are not among the newest `keep`,
+/// not named by any channel pointer or pin, and not newer than every
+/// pointer (a publish in flight). A pointer or pin that cannot be parsed
+/// stops gc before it deletes anything. `dry_run` deletes nothing.
+pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport, OperatorError> {
+    let versions = channel::list_versions(store)?;
+    let mut report = GcReport::default();
+    let mut newest_named = 0u64;
+    for prefix in ["channels/", "pins/"] {
+        for key in store::list(store, prefix)? {
+            if !key.ends_with(".json") {
+                continue;
+            }
+            let Some((bytes, _)) = read_raw(store, &key)? else {
+                continue;
+            };
+            let pointer =
+                Pointer::parse_unverified(&bytes).map_err(|e| OperatorError::Unreadable {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            newest_named = newest_named.max(pointer.version);
+            report
+                .kept
+                .entry(pointer.version)
+                .or_default()
+                .push(Kept::Referenced(key));
+        }
+    }
+    let newest: Vec<u64> = versions.iter().rev().take(keep).map(|v| v.0).collect();
+    for v in versions {
+        let v = v.0;
+        if newest.contains(&v) {
+            report.kept.entry(v).or_default().push(Kept::Newest);
+        }
+        if v > newest_named {
+            report.kept.entry(v).or_default().push(Kept::InFlight);
+        }
+        if report.kept.contains_key(&v) {
+            continue;
+        }
+        if !dry_run {
+            store.delete(&SnapshotVersion(v).bundle_key())?;
+        }
+        report.deleted.push(v);
+    }
+    Ok(report)
+}

@@ -1,0 +1,72 @@
+//! `diff --store URL A B [--json]`: tenants added, removed and changed
+//! between two snapshots, with the changed fields.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use strata_common::bundle::SignatureCheck;
+use strata_common::diff;
+use strata_common::operator::publisher_trust;
+use strata_common::store::{self, StoreUrl};
+
+use crate::input::load_public_keys;
+
+/// Arguments of `diff`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store URL.
+    #[arg(long)]
+    store: StoreUrl,
+    /// The older version.
+    a: u64,
+    /// The newer version.
+    b: u64,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// A publisher public key: both bundles must carry its signature
+    /// (repeat for several; without one, only integrity is checked).
+    #[arg(long = "trusted-key", value_name = "PUB")]
+    trusted_keys: Vec<PathBuf>,
+}
+
+/// Prints the difference.
+pub fn run(args: Args) -> Result<()> {
+    let trusted = load_public_keys(&args.trusted_keys)?;
+    let trust = publisher_trust(&[], &trusted);
+    let check = if trusted.is_empty() {
+        SignatureCheck::SkipForInspection
+    } else {
+        SignatureCheck::Trusted(&trust)
+    };
+    let store = store::open_read(&args.store, None)?;
+    let d = diff::diff(store.as_ref(), args.a, args.b, check)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!(
+        "{} → {}: {} added, {} removed, {} changed",
+        d.from,
+        d.to,
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len()
+    );
+    if d.layer1_changed {
+        println!(
+            "layer1 changed: {} → {}",
+            d.layer1_versions.0, d.layer1_versions.1
+        );
+    }
+    for t in &d.added {
+        println!("+ {t}");
+    }
+    for t in &d.removed {
+        println!("- {t}");
+    }
+    for c in &d.changed {
+        println!("~ {}: {}", c.tenant_id, c.fields.join(", "));
+    }
+    Ok(())
+}

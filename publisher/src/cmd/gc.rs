@@ -1,0 +1,52 @@
+//! `gc --store URL --keep N [--dry-run]`: old bundles deleted, never one a
+//! channel pointer or pin references.
+
+use anyhow::Result;
+use strata_common::operator::{self, Kept};
+use strata_common::store::{self, StoreUrl};
+
+/// Arguments of `gc`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store URL.
+    #[arg(long)]
+    store: StoreUrl,
+    /// How many of the newest bundles to keep whatever references them.
+    #[arg(long)]
+    keep: usize,
+    /// Show what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// One line per bundle kept (with why) and per bundle deleted.
+pub fn run(args: Args) -> Result<()> {
+    let store = store::open_write(&args.store)?;
+    let report = operator::gc(store.as_ref(), args.keep, args.dry_run)?;
+    for (v, why) in &report.kept {
+        let why: Vec<String> = why
+            .iter()
+            .map(|k| match k {
+                Kept::Newest => format!("among the newest {}", args.keep),
+                Kept::Referenced(key) => format!("named by {key}"),
+                Kept::InFlight => "newer than every pointer (a publish in flight)".to_owned(),
+            })
+            .collect();
+        println!("keep   {v:>8}  {}", why.join(", "));
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for v in &report.deleted {
+        println!("{verb} {v:>8}");
+    }
+    println!(
+        "{}: {} bundle(s) {verb}, {} kept",
+        store.url(),
+        report.deleted.len(),
+        report.kept.len()
+    );
+    Ok(())
+}

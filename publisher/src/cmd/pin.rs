@@ -1,0 +1,91 @@
+//! `pin --store URL --key KEY --region R --version N` and `unpin`: a region
+//! held at one version, signed by operator keys.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use strata_common::operator::{self, publisher_trust};
+use strata_common::store::{self, StoreUrl};
+
+use crate::input::{SigningKeys, load_public_keys, parse_duration};
+
+/// Arguments of `pin`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store URL.
+    #[arg(long)]
+    store: StoreUrl,
+    #[command(flatten)]
+    keys: SigningKeys,
+    /// The region whose agents are pinned (their agent.toml `region`).
+    #[arg(long)]
+    region: String,
+    /// The snapshot version they must serve, older or newer than the channel's.
+    #[arg(long)]
+    version: u64,
+    /// A publisher public key: the bundle must carry its signature (repeat
+    /// for several; without one, only the bundle's integrity is checked,
+    /// and agents still check its signatures).
+    #[arg(long = "trusted-key", value_name = "PUB")]
+    trusted_keys: Vec<PathBuf>,
+    /// Lifetime of the pin's signature.
+    #[arg(long, default_value = "14d", value_parser = parse_duration)]
+    expires_in: Duration,
+}
+
+/// Checks the bundle is in the store and whole, then writes the signed pin.
+pub fn run(args: Args) -> Result<()> {
+    let keys = args.keys.load()?;
+    let trusted = load_public_keys(&args.trusted_keys)?;
+    let publishers = (!trusted.is_empty()).then(|| publisher_trust(&[], &trusted));
+    let store = store::open_write(&args.store)?;
+    let pin = operator::pin(
+        store.as_ref(),
+        &args.region,
+        args.version,
+        &keys,
+        publishers.as_ref(),
+        args.expires_in,
+    )?;
+    println!(
+        "pinned region {} of {} to version {} ({}, sha256 {}); pin expires {}",
+        pin.name,
+        store.url(),
+        pin.version,
+        pin.bundle,
+        pin.bundle_sha256,
+        pin.expires_at
+    );
+    Ok(())
+}
+
+/// Arguments of `unpin`.
+#[derive(clap::Args)]
+pub struct UnpinArgs {
+    /// Store URL.
+    #[arg(long)]
+    store: StoreUrl,
+    /// An operator key: unpinning is an operator's act, like pinning.
+    #[command(flatten)]
+    keys: SigningKeys,
+    /// The region to return to the channel's head.
+    #[arg(long)]
+    region: String,
+}
+
+/// Removes the region's pin.
+pub fn unpin(args: UnpinArgs) -> Result<()> {
+    args.keys.load()?;
+    let store = store::open_write(&args.store)?;
+    match operator::unpin(store.as_ref(), &args.region)? {
+        Some(pin) => println!(
+            "unpinned region {} of {} (was version {}); its agents follow the channel again",
+            args.region,
+            store.url(),
+            pin.version
+        ),
+        None => println!("region {} of {} was not pinned", args.region, store.url()),
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `rollback --store URL --key KEY --to N`: version N's content published
+//! again as the channel's next version (a roll forward: history stays
+//! linear and agents need no pin).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use strata_common::channel::PublishOptions;
+use strata_common::operator;
+use strata_common::store::{self, StoreUrl};
+
+use crate::input::{SigningKeys, load_public_keys, parse_duration, provenance_from_env};
+
+/// Arguments of `rollback`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store URL.
+    #[arg(long)]
+    store: StoreUrl,
+    #[command(flatten)]
+    keys: SigningKeys,
+    /// The version whose content to publish again.
+    #[arg(long)]
+    to: u64,
+    /// Channel to move.
+    #[arg(long, default_value = "stable")]
+    channel: String,
+    /// A publisher public key (beside the signing keys' own) trusted on the
+    /// current pointer and on version N's bundle (repeat for several).
+    #[arg(long = "trusted-key", value_name = "PUB")]
+    trusted_keys: Vec<PathBuf>,
+    /// Lifetime of the channel pointer's signature.
+    #[arg(long, default_value = "14d", value_parser = parse_duration)]
+    expires_in: Duration,
+}
+
+/// Verifies version N's bundle and publishes its payload as the next version.
+pub fn run(args: Args) -> Result<()> {
+    let keys = args.keys.load()?;
+    let opts = PublishOptions {
+        pointer_expires_in: args.expires_in,
+        trusted: load_public_keys(&args.trusted_keys)?,
+        provenance: provenance_from_env(),
+        ..PublishOptions::for_channel(args.channel)
+    };
+    let store = store::open_write(&args.store)?;
+    let published = operator::rollback(store.as_ref(), args.to, &keys, &opts)?;
+    let p = &published.pointer;
+    println!(
+        "rolled {} channel {} back to the content of version {} as version {} ({}, sha256 {}); pointer expires {}",
+        store.url(),
+        p.name,
+        args.to,
+        p.version,
+        p.bundle,
+        p.bundle_sha256,
+        p.expires_at
+    );
+    Ok(())
+}
