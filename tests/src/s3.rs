@@ -133,6 +133,43 @@ impl S3Server {
         server
     }
 
+    /// Where s3s-fs keeps the object `key` of the bucket on disk.
+    pub fn object_path(&self, key: &str) -> std::path::PathBuf {
+        self._dir.path().join(BUCKET).join(key)
+    }
+
+    /// Writes an object behind the server's back, as a hostile party with
+    /// write access to the bucket could: the file, and no cached ETag (s3s-fs
+    /// then hashes the new bytes), so conditional reads see the change.
+    pub fn put_raw(&self, key: &str, bytes: &[u8]) {
+        let path = self.object_path(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("object dir");
+        }
+        let tmp = path.with_extension("hostile-tmp");
+        std::fs::write(&tmp, bytes).expect("write object");
+        std::fs::rename(&tmp, &path).expect("rename object");
+        self.forget_etags();
+    }
+
+    /// Deletes an object behind the server's back.
+    pub fn delete_raw(&self, key: &str) {
+        let _ = std::fs::remove_file(self.object_path(key));
+        self.forget_etags();
+    }
+
+    /// Drops s3s-fs's sidecar files (cached ETags and metadata), so every
+    /// ETag is computed from the bytes on disk again.
+    fn forget_etags(&self) {
+        if let Ok(entries) = std::fs::read_dir(self._dir.path()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".bucket-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
