@@ -681,12 +681,20 @@ pub fn signed_at(pointer: &Pointer) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Steps 1 to 8 together for the channel: what `inspect --store` runs.
+/// Steps 1 to 8 together, as a new node of `policy.region` would take
+/// them (without a local pin): the region's pin if the store has one
+/// (`policy.region` empty: none is read), else the channel. What
+/// `inspect --store` runs.
 pub fn check(
     store: &dyn ReadStore,
     policy: &Policy<'_>,
     spool_dir: &Path,
 ) -> Result<Checked, Refusal> {
+    if !policy.region.is_empty()
+        && let Some(pin) = read_document(store, PointerKind::Pin, policy.region, None)?
+    {
+        return verify(store, Source::Pin(&pin.bytes), policy, spool_dir);
+    }
     let pointer = read_pointer(store, policy.channel, None)?;
     verify(store, Source::Channel(&pointer.bytes), policy, spool_dir)
 }

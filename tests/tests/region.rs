@@ -347,6 +347,13 @@ async fn pins_move_a_region_back_and_forth_and_unpin_returns_it(mut w: World) {
         .expect("lookup");
     assert_eq!(answer.header("x-strata-snapshot"), Some("1"));
     let old_pin = w.read_raw("pins/eu-west-1.json");
+    // `inspect --config` follows the agent's region too.
+    let config = w.config_path("eu").display().to_string();
+    let out = w.ok(&["inspect", "--config", &config]).await;
+    assert!(
+        out.contains("would apply version 1 (region eu-west-1's pin)"),
+        "{out}"
+    );
 
     // A publish moves the other region only.
     w.publish("v4", 4).await;
@@ -480,6 +487,24 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
         &w.craft_pin("eu-west-1", 99, std::slice::from_ref(&ops), 0),
     );
     refuses(&eu, 2, "bundle_missing").await;
+    // A bundle that does not verify (altered after upload).
+    let mut altered = w.read_raw(&SnapshotVersion(1).bundle_key());
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    w.put_raw(&SnapshotVersion(3).bundle_key(), &altered);
+    w.put_raw(
+        "pins/eu-west-1.json",
+        &w.craft_pin("eu-west-1", 3, std::slice::from_ref(&ops), 0),
+    );
+    until(&eu, "an altered pinned bundle refused", |s| {
+        s["version"] == 2
+            && s["state"] == "degraded"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("00000000000000000003.bundle"))
+    })
+    .await;
+    w.delete_raw(&SnapshotVersion(3).bundle_key());
     // A good pin still works after all that.
     w.put_raw(
         "pins/eu-west-1.json",

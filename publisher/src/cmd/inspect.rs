@@ -5,7 +5,7 @@
 //!   only with `--pubkey` or `--config`);
 //! - `inspect --store URL`: the channel as an agent sees it, through the
 //!   agents' own pipeline (`strata_common::verify`) with the keys of
-//!   `--pubkey` or exactly the trust, channel and limits of an agent's
+//!   `--pubkey` or exactly the trust, channel, region (its pin) and limits of an agent's
 //!   `--config`: prints what an agent would do, and exits 1 if it would
 //!   refuse.
 
@@ -49,6 +49,8 @@ struct Trust {
     keys: TrustedKeys,
     limits: Limits,
     channel: Option<String>,
+    /// The agent's region, whose pin it would follow (`--config` only).
+    region: Option<String>,
     ca_file: Option<PathBuf>,
     checked: bool,
 }
@@ -60,6 +62,7 @@ fn trust(args: &Args) -> Result<Trust> {
             keys: config.trust(path)?,
             limits: config.limits(),
             channel: Some(config.channel),
+            region: Some(config.region),
             ca_file: config.ca_file,
             checked: true,
         });
@@ -72,6 +75,7 @@ fn trust(args: &Args) -> Result<Trust> {
         keys,
         limits: Limits::default(),
         channel: None,
+        region: None,
         ca_file: None,
         checked: !args.pubkeys.is_empty(),
     })
@@ -154,7 +158,7 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
     let policy = Policy {
         trust: &trust.keys,
         channel,
-        region: "",
+        region: trust.region.as_deref().unwrap_or(""),
         limits: trust.limits,
         now: time::now(),
         served: None,
@@ -163,7 +167,10 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
         pin_floor: 0,
     };
     let spool = std::env::temp_dir();
-    println!("store {url} channel {channel}");
+    match &trust.region {
+        Some(region) => println!("store {url} channel {channel} region {region}"),
+        None => println!("store {url} channel {channel}"),
+    }
     let refusal = match verify::check(store.as_ref(), &policy, &spool) {
         Ok(Checked::New(verified)) => {
             let named = verified.named.clone();
@@ -176,8 +183,12 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
             let signers = verified.signed_by.len();
             match verified.check_payload() {
                 Ok(counts) => {
+                    let by = match &named {
+                        verify::Named::Pin(p) => format!(" (region {}'s pin)", p.name),
+                        _ => String::new(),
+                    };
                     println!(
-                        "an agent would apply version {}: {bundle} ({size} bytes, sha256 {sha})",
+                        "an agent would apply version {}{by}: {bundle} ({size} bytes, sha256 {sha})",
                         named.version()
                     );
                     println!(
