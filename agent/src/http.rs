@@ -38,9 +38,30 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Answers one request.
 pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, Infallible> {
+    let started = std::time::Instant::now();
     let resp = route(&req, &shared);
-    shared.metrics.count_status(resp.status().as_u16());
+    shared.metrics.observe_lookup(
+        endpoint(req.uri().path()),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     Ok(resp)
+}
+
+/// The metrics label of a request path: one of a fixed set, never an id.
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/v1/snapshot" => "snapshot",
+        "/v1/snapshots" => "snapshots",
+        "/v1/layer1" => "layer1",
+        p if p.starts_with("/v1/tenants/") && p.ends_with("/prompt") => "prompt",
+        p if p.starts_with("/v1/tenants/") => "tenant",
+        p if p.starts_with("/v1/routes/") => "route",
+        _ => "other",
+    }
 }
 
 fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
@@ -62,12 +83,13 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
             };
         }
         "/metrics" => {
+            let status = shared.status().clone();
             let served = shared.served.load();
-            let version = served.as_ref().map(|r| r.current).unwrap_or(0);
-            let body = shared.metrics.render(version, served.is_some());
+            let meta = served.as_ref().and_then(|r| r.current_meta());
+            let body = shared.metrics.render(meta, &status, shared.started);
             return plain(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 Bytes::from(body),
             );
         }

@@ -15,6 +15,7 @@ pub mod priority;
 pub mod shutdown;
 pub mod state;
 pub mod sync;
+pub mod systemd;
 pub mod writeback;
 
 use std::future::Future;
@@ -85,6 +86,11 @@ pub async fn run(
         config.poll_interval,
         stop_rx.clone(),
     ));
+    let notify_task = tokio::spawn(systemd::run(
+        shared.clone(),
+        config.socket.clone(),
+        stop_rx.clone(),
+    ));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut accept_errors = AcceptErrors::default();
@@ -144,6 +150,7 @@ pub async fn run(
         _ = tokio::time::sleep(config.shutdown_grace) => warn!("grace period over; closing remaining connections"),
     }
     sync_task.abort();
+    let _ = notify_task.await;
     info!("agent stopped");
     Ok(())
 }

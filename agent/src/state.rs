@@ -71,6 +71,8 @@ pub struct Shared {
     pub source: String,
     /// This node's region.
     pub region: String,
+    /// When the agent started.
+    pub started: std::time::Instant,
 }
 
 impl Shared {
@@ -89,6 +91,7 @@ impl Shared {
             metrics: Metrics::default(),
             source,
             region,
+            started: std::time::Instant::now(),
         })
     }
 

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use strata_common::bundle::Limits;
@@ -420,7 +419,7 @@ impl Syncer {
                     pinned = named.is_pin(),
                     "switched to a stored snapshot"
                 );
-                self.shared.metrics.applies.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.count_apply(started.elapsed(), 0, 0);
                 return Ok(Outcome::Applied(version));
             }
             Checked::New(v) => v,
@@ -458,11 +457,6 @@ impl Syncer {
                 source: Box::new(other),
             },
         })?;
-        let m = &self.shared.metrics;
-        m.frames_decoded
-            .fetch_add(ingested.frames_decoded, Ordering::Relaxed);
-        m.frames_skipped
-            .fetch_add(ingested.frames_skipped, Ordering::Relaxed);
         let reader = self
             .db
             .reader()
@@ -475,9 +469,11 @@ impl Syncer {
         self.serve(reader);
         self.follow(&verified.named);
         let version = meta.version;
-        let m = &self.shared.metrics;
-        m.last_apply_micros
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.shared.metrics.count_apply(
+            started.elapsed(),
+            ingested.frames_decoded,
+            ingested.frames_skipped,
+        );
         info!(
             version,
             pinned = meta.pinned,
@@ -503,7 +499,6 @@ impl Syncer {
                 Err(e) => warn!("snapshot {version} is served but not yet durable: {e}"),
             }
         }
-        m.applies.fetch_add(1, Ordering::Relaxed);
         Ok(Outcome::Applied(version))
     }
 
@@ -520,7 +515,15 @@ impl Syncer {
     /// Updates status and metrics, logging once per change of error.
     fn record(&self, outcome: &Outcome) {
         let m = &self.shared.metrics;
-        m.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (outcome_label, success) = match outcome {
+            Outcome::Applied(_) => ("applied", true),
+            Outcome::UpToDate(_) => ("up_to_date", true),
+            Outcome::Refused(r) => match r.severity() {
+                Severity::Unavailable => ("unavailable", false),
+                Severity::Refused => ("refused", false),
+            },
+        };
+        m.count_check(outcome_label, success);
         let ready = self.shared.is_ready();
         let mut status = self.shared.status();
         status.last_check = Some(time::format(time::now()));

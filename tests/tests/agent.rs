@@ -130,7 +130,10 @@ async fn serves_every_endpoint_from_a_published_snapshot() {
     assert_eq!(agent.get("/v1/tenants/x?snapshot=99").await.status, 410);
     let metrics = agent.get("/metrics").await.text();
     assert!(metrics.contains("strata_snapshot_version 1"), "{metrics}");
-    assert!(metrics.contains("strata_requests_total{status=\"2xx\"}"));
+    assert!(
+        metrics.contains("strata_lookups_total{endpoint=\"snapshots\",status=\"200\"} 1"),
+        "{metrics}"
+    );
     agent.stop().await;
 }
 

@@ -4,74 +4,15 @@
 //! pinned `tests/requirements.txt`, so a fresh machine needs only `python3`
 //! (with `venv`, Debian's `python3-venv`) and nothing installed by hand.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use strata_common::sign;
 use strata_tests::Fixture;
 
-/// The virtual environment's `python`, created (once, under a lock, for
-/// tests running in parallel) if missing. Panics with what to install when
-/// the machine lacks python3 or its venv module.
-fn python() -> PathBuf {
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let requirements =
-        std::fs::read(tests.join("requirements.txt")).expect("tests/requirements.txt");
-    let digest = strata_common::canonical::sha256_hex(&requirements);
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let venv = root.join(format!("python-venv-{}", &digest[..12]));
-    let python = venv.join("bin/python");
-    let ready = venv.join(".ready");
-    if ready.exists() {
-        return python;
-    }
-    let lock = File::create(root.join("python-venv.lock")).expect("venv lock file");
-    lock.lock().expect("venv lock");
-    if ready.exists() {
-        return python;
-    }
-    let found = Command::new("python3").arg("--version").output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "python3 is missing: the verifier test needs it (Debian: apt-get install python3 python3-venv)"
-    );
-    let _ = std::fs::remove_dir_all(&venv);
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .expect("python3 -m venv runs");
-    assert!(
-        made.status.success(),
-        "python3 cannot create a virtual environment (Debian: apt-get install python3-venv):\n{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let pip = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(tests.join("requirements.txt"))
-        .output()
-        .expect("pip runs");
-    assert!(
-        pip.status.success(),
-        "installing tests/requirements.txt into {} failed (it needs PyPI):\n{}",
-        venv.display(),
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    std::fs::write(&ready, b"").expect("mark the venv ready");
-    python
-}
-
 fn verify(args: &[&Path]) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("verify_bundle.py");
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(strata_tests::python(Path::new(env!("CARGO_TARGET_TMPDIR"))));
     cmd.arg(script);
     for pair in args.chunks(2) {
         cmd.arg(pair[0]).arg(pair[1]);

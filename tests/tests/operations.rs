@@ -1,0 +1,229 @@
+//! What an SRE relies on: systemd's notify protocol spoken by the real
+//! binary (READY=1 only once a snapshot is served, STATUS= lines, WATCHDOG=1
+//! pings), and `/metrics` read by a real Prometheus (OpenMetrics) parser.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_agent::client;
+use strata_tests::{DEADLINE, Fixture, bin};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads notify datagrams until `done` holds for what was read so far (or
+/// the deadline passes); returns every message.
+fn read_until(sock: &UnixDatagram, seen: &mut Vec<String>, done: impl Fn(&[String]) -> bool) {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !done(seen) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out; notify messages so far: {seen:?}"
+        );
+        if let Ok(n) = sock.recv(&mut buf) {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                seen.push(line.to_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_agent_speaks_systemd_notify_ready_status_and_watchdog() {
+    let fx = Fixture::new();
+    let notify = fx.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let (_, config) = fx.agent_config("a", "");
+    let _agent = Proc(
+        Command::new(bin("strata-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent"),
+    );
+    // An empty store: a status saying so, pings (the socket answers), and
+    // no READY=1.
+    let mut seen = Vec::new();
+    read_until(&sock, &mut seen, |s| {
+        s.iter().any(|l| l == "WATCHDOG=1") && s.iter().any(|l| l.starts_with("STATUS=starting"))
+    });
+    assert!(!seen.iter().any(|l| l == "READY=1"), "{seen:?}");
+
+    fx.publish("v1", 3);
+    read_until(&sock, &mut seen, |s| s.iter().any(|l| l == "READY=1"));
+    read_until(&sock, &mut seen, |s| {
+        s.iter().any(|l| l == "STATUS=serving version 1 (fresh)")
+    });
+    fx.publish("v1", 3);
+    read_until(&sock, &mut seen, |s| {
+        s.iter().any(|l| l == "STATUS=serving version 2 (fresh)")
+    });
+    assert_eq!(
+        seen.iter().filter(|l| *l == "READY=1").count(),
+        1,
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn ready_comes_from_the_local_snapshot_with_the_store_gone() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let (_, config) = fx.agent_config("a", "");
+    let notify = fx.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let start = || {
+        Proc(
+            Command::new(bin("strata-agent"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("NOTIFY_SOCKET", &notify)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn agent"),
+        )
+    };
+    let agent = start();
+    let mut seen = Vec::new();
+    read_until(&sock, &mut seen, |s| s.iter().any(|l| l == "READY=1"));
+    drop(agent);
+    std::fs::remove_dir_all(fx.store_dir()).expect("the store goes away");
+    let _agent = start();
+    let mut seen = Vec::new();
+    read_until(&sock, &mut seen, |s| s.iter().any(|l| l == "READY=1"));
+    read_until(&sock, &mut seen, |s| {
+        s.iter().any(|l| l == "STATUS=serving version 1 (stale)")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_with_a_real_prometheus_parser() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let id = strata_common::generate::tenant_id(1);
+    for path in [
+        format!("/v1/tenants/{id}"),
+        format!("/v1/tenants/{id}/prompt"),
+        "/v1/tenants/nobody-here".to_owned(),
+        "/v1/routes/+19999999999".to_owned(),
+    ] {
+        client::get(&agent.socket, &path).await.expect("lookup");
+    }
+    let metrics = client::get(&agent.socket, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    agent.stop().await;
+    // No tenant id in any label.
+    assert!(!text.contains(&id), "{text}");
+
+    let python = strata_tests::python(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write metrics");
+    }
+    let out = child.wait_with_output().expect("python runs");
+    assert!(
+        out.status.success(),
+        "the parser refused the text:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for (name, kind) in [
+        ("strata_lookups", "counter"),
+        ("strata_lookup_duration_seconds", "histogram"),
+        ("strata_fetches", "counter"),
+        ("strata_checks", "counter"),
+        ("strata_applies", "counter"),
+        ("strata_apply_duration_seconds", "histogram"),
+        ("strata_snapshot_version", "gauge"),
+        ("strata_snapshot_age_seconds", "gauge"),
+        ("strata_since_last_success_seconds", "gauge"),
+        ("strata_bundle_size_bytes", "gauge"),
+        ("strata_pinned", "gauge"),
+        ("strata_ready", "gauge"),
+        ("strata_state", "gauge"),
+    ] {
+        assert_eq!(families[name]["type"], kind, "{name}: {families}");
+    }
+    let sample = |family: &str, labels: serde_json::Value| {
+        families[family]["samples"]
+            .as_array()
+            .and_then(|s| {
+                s.iter().find(|s| {
+                    s[1] == labels && !s[0].as_str().is_some_and(|n| n.ends_with("_created"))
+                })
+            })
+            .and_then(|s| s[2].as_f64())
+    };
+    assert_eq!(
+        sample(
+            "strata_lookups",
+            serde_json::json!({"endpoint": "tenant", "status": "200"})
+        ),
+        Some(1.0),
+        "{families}"
+    );
+    assert_eq!(
+        sample(
+            "strata_lookups",
+            serde_json::json!({"endpoint": "tenant", "status": "404"})
+        ),
+        Some(1.0),
+        "{families}"
+    );
+    assert_eq!(
+        sample("strata_snapshot_version", serde_json::json!({})),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("strata_state", serde_json::json!({"state": "fresh"})),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("strata_fetches", serde_json::json!({"outcome": "applied"})),
+        Some(1.0),
+        "{families}"
+    );
+}
