@@ -12,7 +12,9 @@ use strata_common::pointer::PointerKind;
 use strata_common::sign::{Role, TrustedKeys};
 use strata_common::store::ReadStore;
 use strata_common::time;
-use strata_common::verify::{self, Checked, Named, Policy, Refusal, SeenPointer, Severity, Source};
+use strata_common::verify::{
+    self, Checked, Named, Policy, Refusal, SeenPointer, Severity, Source, Stored,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, instrument, warn};
 
@@ -343,8 +345,14 @@ impl Syncer {
                 self.set_pin_marks(at, Some(at));
             }
         }
-        if let Named::Channel(p) = named {
-            self.marks.high_water = self.marks.high_water.max(p.version);
+        if let Named::Channel(p) = named
+            && p.version > self.marks.high_water
+        {
+            // Committed before it counts: a restart must not forget it.
+            match self.db.raise_high_water(p.version) {
+                Ok(()) => self.marks.high_water = p.version,
+                Err(e) => warn!("cannot record the high-water mark in the snapshot file: {e}"),
+            }
         }
         let followed = Followed {
             by: match named {
@@ -368,7 +376,7 @@ impl Syncer {
         let served = self.shared.served.load_full();
         let served_meta = served.as_ref().and_then(|r| r.current_meta());
         // Stored versions today's keys still vouch for.
-        let retained: Vec<(u64, String)> = served
+        let retained: Vec<Stored> = served
             .as_ref()
             .map(|r| {
                 r.metas
@@ -378,7 +386,11 @@ impl Syncer {
                             .verify(Role::Publisher, m.manifest.as_bytes(), &m.signatures)
                             .is_ok()
                     })
-                    .map(|m| (m.version, m.bundle_sha256.clone()))
+                    .map(|m| Stored {
+                        version: m.version,
+                        bundle_sha256: m.bundle_sha256.clone(),
+                        bundle_expires_at: bundle_expiry(&m.manifest),
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -553,6 +565,14 @@ impl Syncer {
         }
         status.state = if ready { state } else { State::Starting };
     }
+}
+
+/// The `expires_at` of a stored manifest (empty if it does not parse,
+/// which its verification at ingest ruled out).
+fn bundle_expiry(manifest: &str) -> String {
+    serde_json::from_str::<strata_common::bundle::Manifest>(manifest)
+        .map(|m| m.expires_at)
+        .unwrap_or_default()
 }
 
 /// The longest wait between checks while the store keeps failing.

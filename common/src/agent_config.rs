@@ -349,7 +349,20 @@ impl Config {
             (Role::Publisher, "thresholds.publisher"),
             (Role::Operator, "thresholds.operator"),
         ] {
-            let (distinct, needed) = (trust.count(role), trust.threshold(role));
+            let (mut distinct, needed) = (trust.count(role), trust.threshold(role));
+            // While running, a deleted key file is a revocation, not a
+            // typo: only entries that cannot meet the threshold even with
+            // every file present are refused (the old keys are then kept).
+            if skip_missing {
+                distinct += missing
+                    .iter()
+                    .filter(|p| {
+                        self.trusted_keys
+                            .iter()
+                            .any(|k| k.role == role && &k.path == *p)
+                    })
+                    .count();
+            }
             let has_any = self.trusted_keys.iter().any(|k| k.role == role);
             if (has_any || role == Role::Publisher) && distinct < needed {
                 return Err(ConfigError::Invalid {

@@ -20,7 +20,7 @@ use crate::channel::{self, PublishError, PublishOptions, Published};
 use crate::compile::Compiled;
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
-use crate::sign::{Role, TrustedKeys};
+use crate::sign::{KeyId, Role, TrustedKeys};
 use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
 use crate::verify::MAX_POINTER_BYTES;
@@ -104,6 +104,38 @@ pub enum OperatorError {
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
+    /// The pin in place was signed after this machine's clock.
+    #[error(
+        "{key} was signed at {created_at}, ahead of this machine's clock: a new pin must be signed later, or agents refuse it as a replay; check the clocks"
+    )]
+    PinInFuture {
+        /// The pin's key.
+        key: String,
+        /// Its `created_at`.
+        created_at: String,
+    },
+    /// A pin signed with a key that signs channel pointers.
+    #[error(
+        "key {key_id} signs {pointer}: it is a publisher key, and agents refuse pins it signs; pin with an operator key"
+    )]
+    WrongRole {
+        /// The key's id.
+        key_id: String,
+        /// A channel pointer it signed.
+        pointer: String,
+    },
+    /// The store holds bundles newer than the pointer to refresh.
+    #[error(
+        "{key} names version {version}, but the store holds {newest}: the pointer may be an old one put back; publish (or rollback) instead, or pass --force if an abandoned upload left {newest}"
+    )]
+    NewerBundles {
+        /// The pointer's key.
+        key: String,
+        /// Its version.
+        version: u64,
+        /// The newest bundle's key.
+        newest: String,
+    },
 }
 
 /// Checks a region or channel name before it becomes part of a store key.
@@ -260,7 +292,8 @@ fn write_if(
 /// Pins `region` to `version`, signed by the operator `keys`, valid for
 /// `expires_in`. The bundle must be in the store and whole (and signed by
 /// `publishers`, when given). The pin's `created_at` is after any pin it
-/// replaces: agents refuse a pin older than the one they follow.
+/// replaces (the command waits up to a second for its clock to pass it):
+/// agents refuse a pin older than the one they follow.
 pub fn pin(
     store: &dyn WriteStore,
     region: &str,
@@ -270,19 +303,23 @@ pub fn pin(
     expires_in: Duration,
 ) -> Result<Pointer, OperatorError> {
     check_name("region", region)?;
+    refuse_publisher_keys(store, keys)?;
     let check = publishers.map_or(SignatureCheck::SkipForInspection, SignatureCheck::Trusted);
     let stored = fetch_bundle(store, version, check, &Limits::default())?;
     let key = PointerKind::Pin.store_key(region);
     let current = read_raw(store, &key)?;
-    let mut now = time::now();
     if let Some(before) = current
         .as_ref()
         .and_then(|(bytes, _)| Pointer::parse_unverified(bytes).ok())
         .and_then(|p| time::parse_exact(&p.created_at).ok())
-        && before >= now
+        && !wait_past(before)
     {
-        now = before + Duration::from_secs(1);
+        return Err(OperatorError::PinInFuture {
+            key: key.clone(),
+            created_at: time::format(before),
+        });
     }
+    let now = time::now();
     let pointer = Pointer {
         kind: PointerKind::Pin,
         name: region.to_owned(),
@@ -305,6 +342,31 @@ pub fn pin(
     Ok(pointer)
 }
 
+/// Refuses to pin with a key that signs a channel pointer in the store: a
+/// publisher key, whose pin every agent would refuse (freezing the region
+/// on what it serves).
+fn refuse_publisher_keys(store: &dyn WriteStore, keys: &[SigningKey]) -> Result<(), OperatorError> {
+    let ids: Vec<KeyId> = keys.iter().map(|k| KeyId::of(&k.verifying_key())).collect();
+    for key in store::list(store, "channels/")? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let Some((bytes, _)) = read_raw(store, &key)? else {
+            continue;
+        };
+        if let Some(id) = Pointer::signer_ids(&bytes)
+            .into_iter()
+            .find(|i| ids.contains(i))
+        {
+            return Err(OperatorError::WrongRole {
+                key_id: id.0,
+                pointer: key,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Removes `region`'s pin: its agents follow the channel again. Returns the
 /// pin removed, or `None` if the region was not pinned.
 pub fn unpin(store: &dyn WriteStore, region: &str) -> Result<Option<Pointer>, OperatorError> {
@@ -314,24 +376,67 @@ pub fn unpin(store: &dyn WriteStore, region: &str) -> Result<Option<Pointer>, Op
         return Ok(None);
     };
     store.delete(&key)?;
-    Ok(Pointer::parse_unverified(&bytes).ok())
+    let removed = Pointer::parse_unverified(&bytes).ok();
+    // Agents refuse a pin signed no later than one they saw removed (a
+    // replay); signing times are whole seconds, so return only once the
+    // clock is past the removed pin's second, and a pin made next is newer.
+    if let Some(signed) = removed
+        .as_ref()
+        .and_then(|p| time::parse_exact(&p.created_at).ok())
+    {
+        wait_past(signed);
+    }
+    Ok(removed)
+}
+
+/// Waits until this machine's clock, in whole seconds, is past `t` (a
+/// signing time), so that what is signed next is strictly newer. Returns
+/// false without waiting if that would take more than a few seconds: `t`
+/// is in the future, and the clocks disagree.
+fn wait_past(t: std::time::SystemTime) -> bool {
+    const AT_MOST: Duration = Duration::from_secs(5);
+    let after = t + Duration::from_secs(1);
+    match after.duration_since(std::time::SystemTime::now()) {
+        Err(_) => true,
+        Ok(wait) if wait <= AT_MOST => {
+            std::thread::sleep(wait);
+            true
+        }
+        Ok(_) => false,
+    }
 }
 
 /// Re-signs the channel pointer with a fresh expiry and nothing else
 /// changed: agents serving its version take the new expiry without a
-/// fetch. The pointer must verify with `trust` (publisher role).
+/// fetch. The pointer must verify with `trust` (publisher role), and no
+/// bundle newer than it may be in the store (unless `force`: a publisher
+/// that died after its upload leaves one).
 pub fn refresh(
     store: &dyn WriteStore,
     channel_name: &str,
     keys: &[SigningKey],
     trust: &TrustedKeys,
     expires_in: Duration,
+    force: bool,
 ) -> Result<Pointer, OperatorError> {
     check_name("channel", channel_name)?;
     let key = PointerKind::Channel.store_key(channel_name);
     let Some((current, etag)) = channel::read_verified_pointer(store, channel_name, trust)? else {
         return Err(OperatorError::NoPointer { key });
     };
+    // An older pointer put back by someone with write access to the store
+    // must not be made fresh again.
+    if !force
+        && let Some(newest) = channel::list_versions(store)?
+            .into_iter()
+            .rfind(|v| v.0 > current.version)
+    {
+        return Err(OperatorError::NewerBundles {
+            key,
+            version: current.version,
+            newest: newest.bundle_key(),
+        });
+    }
     let now = time::now();
     let pointer = Pointer {
         created_at: time::format(now),

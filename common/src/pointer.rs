@@ -132,6 +132,14 @@ impl Pointer {
         canonical::to_vec(&file)
     }
 
+    /// The key ids listed in a pointer file's signatures, unverified: for
+    /// a publisher command to tell which role a key already signs for.
+    pub fn signer_ids(bytes: &[u8]) -> Vec<KeyId> {
+        serde_json::from_slice::<SignedFile>(bytes)
+            .map(|f| f.signatures.into_iter().map(|s| s.key_id).collect())
+            .unwrap_or_default()
+    }
+
     /// Parses a pointer file without checking its signatures: for the
     /// publisher, which only needs the current version to pick the next.
     pub fn parse_unverified(bytes: &[u8]) -> Result<Self, PointerError> {
@@ -164,6 +172,15 @@ impl Pointer {
                 found: pointer.kind,
                 found_name: pointer.name,
             });
+        }
+        // The bundle is named by its version: nothing else in the store
+        // (and nothing outside it) can be pointed at.
+        let bundle = crate::model::SnapshotVersion(pointer.version).bundle_key();
+        if pointer.bundle != bundle || pointer.version == 0 {
+            return Err(PointerError::Malformed(format!(
+                "bundle {:?} is not {bundle:?}, the key of version {}",
+                pointer.bundle, pointer.version
+            )));
         }
         for (field, value) in [
             ("created_at", &pointer.created_at),

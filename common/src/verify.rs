@@ -64,9 +64,9 @@ pub struct Policy<'a> {
     pub now: SystemTime,
     /// The version served now and its bundle's SHA-256, if any.
     pub served: Option<(u64, &'a str)>,
-    /// Versions stored locally with their bundles' SHA-256: a pin (or the
-    /// channel, after an unpin) naming one is served without a fetch.
-    pub retained: &'a [(u64, String)],
+    /// Versions stored locally: a pin (or the channel, after an unpin)
+    /// naming one is served without a fetch.
+    pub retained: &'a [Stored],
     /// The highest version accepted from the channel: rollback protection.
     /// A channel pointer below it is refused; only a pin goes back.
     pub high_water: u64,
@@ -74,6 +74,23 @@ pub struct Policy<'a> {
     /// the pin this node follows, or the same as one it saw removed).
     pub pin_floor: u64,
 }
+
+/// A snapshot a node stores, as the pipeline compares with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its version.
+    pub version: u64,
+    /// Its bundle's SHA-256.
+    pub bundle_sha256: String,
+    /// Its bundle's own expiry (`expires_at` of the manifest): an expired
+    /// one is not switched to.
+    pub bundle_expires_at: String,
+}
+
+/// How far ahead of this node's clock a document may be signed: clocks
+/// drift, but a pin signed far in the future would stay newer than every
+/// pin after it and jam the region.
+pub const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The document that decides which version a node serves, in the order
 /// they win: the node's own local pin, its region's pin, the channel.
@@ -214,6 +231,17 @@ pub enum Refusal {
         /// Its `created_at`.
         created_at: String,
     },
+    /// A pointer or pin signed more than [`MAX_CLOCK_AHEAD`] after this
+    /// node's clock: a pin from the future would outrank every later one.
+    #[error(
+        "{key}: signed at {created_at}, ahead of this node's clock by more than 5 minutes; check the signer's and this node's clocks, then sign again"
+    )]
+    SignedInFuture {
+        /// The document's key.
+        key: String,
+        /// Its `created_at`.
+        created_at: String,
+    },
     /// The bundle a pointer, pin or local pin names is not in the store.
     #[error("{bundle} is not in the store; pin a version `strata-publisher list` shows")]
     BundleMissing {
@@ -323,6 +351,7 @@ impl Refusal {
             Refusal::PointerExpired { .. } => "pointer_expired",
             Refusal::OlderVersion { .. } => "older_version",
             Refusal::PinReplayed { .. } => "pin_replayed",
+            Refusal::SignedInFuture { .. } => "signed_in_future",
             Refusal::BundleMissing { .. } => "bundle_missing",
             Refusal::LocalPin { .. } => "local_pin",
             Refusal::VersionConflict { .. } | Refusal::ManifestVersion { .. } => "version_conflict",
@@ -362,6 +391,7 @@ impl Refusal {
                 Refusal::BundleHash { .. }
                     | Refusal::BundleMissing { .. }
                     | Refusal::LocalPin { .. }
+                    | Refusal::SignedInFuture { .. }
             )
     }
 
@@ -385,6 +415,7 @@ impl Refusal {
             Refusal::Pointer { .. }
             | Refusal::OlderVersion { .. }
             | Refusal::PinReplayed { .. }
+            | Refusal::SignedInFuture { .. }
             | Refusal::BundleMissing { .. }
             | Refusal::LocalPin { .. }
             | Refusal::VersionConflict { .. }
@@ -474,9 +505,9 @@ pub struct PayloadCounts {
 /// What to tell the operator when `key` expired.
 fn expiry_fix(key: &str) -> &'static str {
     if key.starts_with("pins/") {
-        "an operator must pin again (`strata-publisher pin`) or unpin; the node keeps serving what it has"
+        "an operator must pin again (`strata-publisher pin`) or unpin; a node keeps serving the snapshot it has, if any"
     } else {
-        "the publisher must run `strata-publisher refresh` (or publish) to re-sign it; the node keeps serving what it has"
+        "the publisher must run `strata-publisher refresh` (or publish) to re-sign it; a node keeps serving the snapshot it has, if any"
     }
 }
 
@@ -555,6 +586,12 @@ pub fn verify(
                 source,
             }
         })?;
+        if time::parse_exact(&pointer.created_at).is_ok_and(|t| t > policy.now + MAX_CLOCK_AHEAD) {
+            return Err(Refusal::SignedInFuture {
+                key: key.clone(),
+                created_at: pointer.created_at.clone(),
+            });
+        }
         match pointer.check_expiry(policy.now) {
             Ok(()) => Ok(pointer),
             Err(PointerError::Expired { expires_at }) => Err(Refusal::PointerExpired {
@@ -607,11 +644,17 @@ pub fn verify(
             _ => Ok(Checked::UpToDate(named)),
         };
     }
-    if let Some((_, stored_sha)) = policy.retained.iter().find(|(v, _)| *v == version) {
-        return match expected {
-            Some(sha) if sha != stored_sha => Err(conflict()),
-            _ => Ok(Checked::Retained(named)),
-        };
+    if let Some(stored) = policy.retained.iter().find(|s| s.version == version) {
+        if expected.is_some_and(|sha| sha != stored.bundle_sha256) {
+            return Err(conflict());
+        }
+        if time::parse_exact(&stored.bundle_expires_at).is_ok_and(|t| t < policy.now) {
+            return Err(Refusal::BundleExpired {
+                bundle: named.bundle_key(),
+                expires_at: stored.bundle_expires_at.clone(),
+            });
+        }
+        return Ok(Checked::Retained(named));
     }
     // 5.
     let limit = policy.limits.max_bundle_bytes;

@@ -211,6 +211,19 @@ impl World {
     /// A pin document for `region` naming `version` (whatever the store
     /// holds), signed by `keys`, signed `age` seconds ago.
     fn craft_pin(&self, region: &str, version: u64, keys: &[SigningKey], age: u64) -> Vec<u8> {
+        let at = time::now() - std::time::Duration::from_secs(age);
+        self.craft_pin_at(region, version, keys, at, |p| p)
+    }
+
+    /// A pin signed at `at`, edited by `edit` before it is signed.
+    fn craft_pin_at(
+        &self,
+        region: &str,
+        version: u64,
+        keys: &[SigningKey],
+        at: std::time::SystemTime,
+        edit: impl FnOnce(Pointer) -> Pointer,
+    ) -> Vec<u8> {
         let key = SnapshotVersion(version).bundle_key();
         let (sha, size) = if self.exists(&key) {
             let b = self.read_raw(&key);
@@ -218,8 +231,8 @@ impl World {
         } else {
             ("0".repeat(64), 1000)
         };
-        let now = time::now() - std::time::Duration::from_secs(age);
-        Pointer {
+        let now = at;
+        edit(Pointer {
             kind: PointerKind::Pin,
             name: region.to_owned(),
             version,
@@ -228,7 +241,7 @@ impl World {
             bundle_size: size,
             created_at: time::format(now),
             expires_at: time::format(now + std::time::Duration::from_secs(3600)),
-        }
+        })
         .sign(keys)
         .expect("sign pin")
     }
@@ -305,6 +318,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     pins_move_a_region_back_and_forth_and_unpin_returns_it,
     a_pin_to_a_version_no_longer_retained_is_fetched_again_and_marks_survive_restarts,
+    the_high_water_mark_survives_a_restart_after_an_unpin,
     forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on,
     a_local_pin_holds_one_node,
     rollback_rolls_forward_and_diff_names_what_changed,
@@ -400,6 +414,66 @@ async fn pins_move_a_region_back_and_forth_and_unpin_returns_it(mut w: World) {
     w.stop_agents();
     let eu = w.agent("eu", "eu-west-1", "");
     refuses(&eu, 4, "pin_replayed").await;
+    // A new pin right after an unpin is taken.
+    w.ok(&[
+        "pin",
+        "--key",
+        &ops,
+        "--region",
+        "eu-west-1",
+        "--version",
+        "3",
+    ])
+    .await;
+    serves(&eu, 3, true).await;
+    w.ok(&["unpin", "--key", &ops, "--region", "eu-west-1"])
+        .await;
+    w.ok(&[
+        "pin",
+        "--key",
+        &ops,
+        "--region",
+        "eu-west-1",
+        "--version",
+        "1",
+    ])
+    .await;
+    serves(&eu, 1, true).await;
+}
+
+async fn the_high_water_mark_survives_a_restart_after_an_unpin(mut w: World) {
+    let mut pointers = Vec::new();
+    for tag in ["v1", "v2", "v3"] {
+        w.publish(tag, 4).await;
+        pointers.push(w.read_raw("channels/stable.json"));
+    }
+    // A new node that first sees version 1's pointer.
+    w.put_raw("channels/stable.json", &pointers[0]);
+    let eu = w.agent("eu", "eu-west-1", "");
+    serves(&eu, 1, false).await;
+    let ops = w.ops.display().to_string();
+    w.ok(&[
+        "pin",
+        "--key",
+        &ops,
+        "--region",
+        "eu-west-1",
+        "--version",
+        "3",
+    ])
+    .await;
+    serves(&eu, 3, true).await;
+    // The channel catches up with the pin, and the region is unpinned: the
+    // node accepts 3 from the channel without a fetch.
+    w.put_raw("channels/stable.json", &pointers[2]);
+    w.ok(&["unpin", "--key", &ops, "--region", "eu-west-1"])
+        .await;
+    serves(&eu, 3, false).await;
+    // A restart, and an older pointer put back: refused from the file's mark.
+    w.stop_agents();
+    w.put_raw("channels/stable.json", &pointers[1]);
+    let eu = w.agent("eu", "eu-west-1", "");
+    refuses(&eu, 3, "older_version").await;
 }
 
 async fn a_pin_to_a_version_no_longer_retained_is_fetched_again_and_marks_survive_restarts(
@@ -487,6 +561,28 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
         &w.craft_pin("eu-west-1", 99, std::slice::from_ref(&ops), 0),
     );
     refuses(&eu, 2, "bundle_missing").await;
+    // Signed far in the future (it would outrank every later pin).
+    let future = time::now() + std::time::Duration::from_secs(3600 * 24 * 365);
+    w.put_raw(
+        "pins/eu-west-1.json",
+        &w.craft_pin_at("eu-west-1", 1, std::slice::from_ref(&ops), future, |p| p),
+    );
+    refuses(&eu, 2, "signed_in_future").await;
+    // Naming a file outside the store.
+    w.put_raw(
+        "pins/eu-west-1.json",
+        &w.craft_pin_at(
+            "eu-west-1",
+            1,
+            std::slice::from_ref(&ops),
+            time::now(),
+            |p| Pointer {
+                bundle: "../../etc/passwd".into(),
+                ..p
+            },
+        ),
+    );
+    refuses(&eu, 2, "pointer_malformed").await;
     // A bundle that does not verify (altered after upload).
     let mut altered = w.read_raw(&SnapshotVersion(1).bundle_key());
     let last = altered.len() - 1;
@@ -511,6 +607,26 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
         &w.craft_pin("eu-west-1", 1, std::slice::from_ref(&ops), 0),
     );
     serves(&eu, 1, true).await;
+
+    // The pin command refuses a key that signs channel pointers.
+    let ci = w.key();
+    let out = w
+        .run(&[
+            "pin",
+            "--key",
+            &ci,
+            "--region",
+            "eu-west-1",
+            "--version",
+            "1",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("it is a publisher key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Below the operator threshold: a node that needs two operators.
     let keys = format!(
@@ -613,6 +729,9 @@ async fn rollback_rolls_forward_and_diff_names_what_changed(mut w: World) {
     let same: serde_json::Value = serde_json::from_str(&same).expect("json");
     assert_eq!(same["changed"], serde_json::json!([]), "{same}");
     assert_eq!(same["added"], serde_json::json!([]), "{same}");
+    // Versions start at 1.
+    let out = w.run(&["rollback", "--key", &key, "--to", "0"]).await;
+    assert_eq!(out.status.code(), Some(2));
     // A version that is not there.
     let out = w.run(&["rollback", "--key", &key, "--to", "42"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -661,10 +780,41 @@ async fn an_expired_pointer_is_refused_until_refreshed_and_refresh_moves_the_exp
     })
     .await;
 
+    // An older pointer put back is not made fresh again.
+    let v1_pointer = w.read_raw("channels/stable.json");
+    w.publish("v2", 4).await;
+    serves(&fresh, 2, false).await;
+    w.put_raw("channels/stable.json", &v1_pointer);
+    let out = w.run(&["refresh", "--key", &key]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may be an old one put back"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.ok(&["refresh", "--key", &key, "--force"]).await;
+    refuses(&fresh, 2, "older_version").await;
+    let expired = Pointer {
+        created_at: time::format(past - std::time::Duration::from_secs(60)),
+        expires_at: time::format(past),
+        ..Pointer::parse_unverified(&w.read_raw("channels/stable.json")).expect("ptr")
+    };
+    let expired = Pointer {
+        version: 2,
+        bundle: SnapshotVersion(2).bundle_key(),
+        bundle_sha256: strata_common::canonical::sha256_hex(
+            &w.read_raw(&SnapshotVersion(2).bundle_key()),
+        ),
+        bundle_size: w.read_raw(&SnapshotVersion(2).bundle_key()).len() as u64,
+        ..expired
+    }
+    .sign(&[load(&w.fx.key_path)])
+    .expect("sign");
+
     // Expired while serving: keeps serving, stale.
     w.put_raw("channels/stable.json", &expired);
     until(&fresh, "stale but serving", |s| {
-        s["version"] == 1 && s["state"] == "stale" && s["last_error_reason"] == "pointer_expired"
+        s["version"] == 2 && s["state"] == "stale" && s["last_error_reason"] == "pointer_expired"
     })
     .await;
     let metrics = client::get(&fresh, "/metrics").await.expect("metrics");
@@ -793,4 +943,19 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     ])
     .await;
     serves(&r, 6, false).await;
+
+    // Deleting the only operator key's file revokes it: its pins are refused.
+    std::fs::remove_file(sign::public_path(&w.ops)).expect("delete operator key");
+    let ops = w.ops.display().to_string();
+    w.ok(&[
+        "pin",
+        "--key",
+        &ops,
+        "--region",
+        "eu-west-1",
+        "--version",
+        "2",
+    ])
+    .await;
+    refuses(&eu, 6, "pointer_signature").await;
 }

@@ -66,6 +66,15 @@ impl Db {
         Ok(())
     }
 
+    /// Raises the high-water mark to `version` (a channel pointer naming
+    /// the version already served, after an unpin).
+    pub fn raise_high_water(&self, version: u64) -> Result<(), DbError> {
+        let txn = self.db.begin_write()?;
+        raise_high_water(&mut txn.open_table(META)?, version)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Serves the stored `version` from now on (a pin to a retained
     /// version, or the channel's head again after an unpin): one small
     /// commit, no fetch. `from_channel` raises the high-water mark.

@@ -18,8 +18,10 @@ pub struct Args {
     #[arg(long)]
     store: StoreUrl,
     /// The older version.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     a: u64,
     /// The newer version.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     b: u64,
     /// Print JSON for scripts.
     #[arg(long)]

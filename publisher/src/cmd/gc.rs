@@ -42,11 +42,19 @@ pub fn run(args: Args) -> Result<()> {
     for v in &report.deleted {
         println!("{verb} {v:>8}");
     }
+    let done = if args.dry_run {
+        "to delete (dry run: nothing deleted)"
+    } else {
+        "deleted"
+    };
     println!(
-        "{}: {} bundle(s) {verb}, {} kept",
+        "{}: {} bundle(s) {done}, {} kept",
         store.url(),
         report.deleted.len(),
         report.kept.len()
+    );
+    println!(
+        "note: a node's local pin_file is not in the store; gc cannot see it, so keep enough versions for the nodes held by one"
     );
     Ok(())
 }

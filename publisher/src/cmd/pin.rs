@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     region: String,
     /// The snapshot version they must serve, older or newer than the channel's.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     version: u64,
     /// A publisher public key: the bundle must carry its signature (repeat
     /// for several; without one, only the bundle's integrity is checked,

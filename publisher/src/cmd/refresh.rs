@@ -25,6 +25,10 @@ pub struct Args {
     /// on the current pointer is trusted (repeat for several).
     #[arg(long = "trusted-key", value_name = "PUB")]
     trusted_keys: Vec<PathBuf>,
+    /// Re-sign even though the store holds bundles newer than the pointer
+    /// (left by a publish that died before moving it).
+    #[arg(long)]
+    force: bool,
     /// Lifetime of the new signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
@@ -41,6 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         &keys,
         &trust,
         args.expires_in,
+        args.force,
     )?;
     println!(
         "refreshed {} channel {} at version {}; pointer expires {}",

@@ -21,7 +21,7 @@ pub struct Args {
     #[command(flatten)]
     keys: SigningKeys,
     /// The version whose content to publish again.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     to: u64,
     /// Channel to move.
     #[arg(long, default_value = "stable")]
