@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => load(&config).and_then(|c| {
             init_tracing(&c.log_format, "info");
-            runtime()?.block_on(strata_agent::run(
+            runtime(c.worker_threads)?.block_on(strata_agent::run(
                 c,
                 &config,
                 strata_agent::shutdown::signal(),
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("strata-demo-{}", std::process::id()))
             });
-            runtime().and_then(|rt| rt.block_on(strata_agent::demo::run(&dir)))
+            runtime(2).and_then(|rt| rt.block_on(strata_agent::demo::run(&dir)))
         }
     };
     match result {
@@ -96,8 +96,11 @@ fn check_config(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The runtime serving the socket: `worker_threads` threads (the sync
+/// thread is separate, at idle priority).
+fn runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
         .context("starting the tokio runtime")

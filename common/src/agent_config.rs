@@ -48,6 +48,10 @@ pub struct Config {
     /// against.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Threads serving the socket. The agent is a sidecar: the call worker
+    /// beside it needs the CPU more. Default 1 (BENCHMARKS.md, issue 16).
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
     /// The largest decompressed body frame accepted: what an apply holds in
     /// memory at once, whatever a (buggy or stolen) publisher key signed.
     /// Default 64 MiB; publishers write ~512 KiB frames.
@@ -133,6 +137,9 @@ fn default_cache_bytes() -> usize {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_worker_threads() -> usize {
+    1
 }
 fn default_max_frame_bytes() -> u64 {
     64 << 20
@@ -231,6 +238,12 @@ impl Config {
                 "max_frame_bytes",
                 "must be at least 1 MiB (publishers write frames of ~512 KiB plus one tenant)"
                     .into(),
+            ));
+        }
+        if self.worker_threads == 0 || self.worker_threads > 64 {
+            return Err(invalid(
+                "worker_threads",
+                "must be 1 to 64 (1 or 2 serve a node's call workers; BENCHMARKS.md)".into(),
             ));
         }
         if self.max_connections == 0 {
