@@ -48,19 +48,20 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp,
     Ok(resp)
 }
 
-/// The metrics label of a request path: one of a fixed set, never an id.
-fn endpoint(path: &str) -> &'static str {
+/// The metrics label of a request path, as an index into
+/// [`crate::metrics::ENDPOINTS`]: one of a fixed set, never an id.
+fn endpoint(path: &str) -> usize {
     match path {
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        "/v1/snapshot" => "snapshot",
-        "/v1/snapshots" => "snapshots",
-        "/v1/layer1" => "layer1",
-        p if p.starts_with("/v1/tenants/") && p.ends_with("/prompt") => "prompt",
-        p if p.starts_with("/v1/tenants/") => "tenant",
-        p if p.starts_with("/v1/routes/") => "route",
-        _ => "other",
+        p if p.starts_with("/v1/tenants/") && p.ends_with("/prompt") => 1,
+        p if p.starts_with("/v1/tenants/") => 0,
+        p if p.starts_with("/v1/routes/") => 2,
+        "/v1/layer1" => 3,
+        "/v1/snapshot" => 4,
+        "/v1/snapshots" => 5,
+        "/healthz" => 6,
+        "/readyz" => 7,
+        "/metrics" => 8,
+        _ => 9,
     }
 }
 
@@ -365,4 +366,29 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint;
+    use crate::metrics::ENDPOINTS;
+
+    #[test]
+    fn every_path_has_the_endpoint_label_it_names() {
+        for (path, label) in [
+            ("/v1/tenants/acme/prompt", "prompt"),
+            ("/v1/tenants/acme", "tenant"),
+            ("/v1/routes/+14155550100", "route"),
+            ("/v1/layer1", "layer1"),
+            ("/v1/snapshot", "snapshot"),
+            ("/v1/snapshots", "snapshots"),
+            ("/healthz", "healthz"),
+            ("/readyz", "readyz"),
+            ("/metrics", "metrics"),
+            ("/v1/tenants", "other"),
+            ("/../etc", "other"),
+        ] {
+            assert_eq!(ENDPOINTS[endpoint(path)], label, "{path}");
+        }
+    }
 }

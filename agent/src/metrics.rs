@@ -3,8 +3,8 @@
 //! alerts on. No per-tenant label anywhere: a label's values are a fixed,
 //! small set (endpoints, statuses, outcomes, refusal reasons, states).
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,11 +57,39 @@ fn lookup_histogram() -> Histogram {
     Histogram::new(exponential_buckets(5e-6, 2.0, 15))
 }
 
-/// The agent's metrics. Lookups touch only atomics and a read lock.
+/// Every endpoint label, in a fixed order: the index of a request's
+/// endpoint into [`Metrics::per_endpoint`].
+pub const ENDPOINTS: [&str; 10] = [
+    "tenant",
+    "prompt",
+    "route",
+    "layer1",
+    "snapshot",
+    "snapshots",
+    "healthz",
+    "readyz",
+    "metrics",
+    "other",
+];
+
+/// The statuses a lookup answers with, cached per endpoint (others go
+/// through the family's map).
+const STATUSES: [u16; 8] = [200, 304, 400, 404, 405, 410, 500, 503];
+
+/// One endpoint's series, resolved once: a request then costs an atomic
+/// increment and the histogram's short lock, not a label-map lookup.
+#[derive(Default)]
+struct EndpointSeries {
+    by_status: [OnceLock<Counter>; STATUSES.len()],
+    seconds: OnceLock<Histogram>,
+}
+
+/// The agent's metrics. Lookups touch only atomics and one short lock.
 pub struct Metrics {
     registry: Registry,
     lookups: Family<LookupLabels, Counter>,
     lookup_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    per_endpoint: [EndpointSeries; ENDPOINTS.len()],
     fetches: Family<OutcomeLabel, Counter>,
     refusals: Family<ReasonLabel, Counter>,
     frames: Family<ResultLabel, Counter>,
@@ -110,6 +138,7 @@ impl Metrics {
             state: Family::default(),
             last_success: Mutex::new(None),
             registry: Registry::default(),
+            per_endpoint: Default::default(),
         };
         registry.register(
             "lookups",
@@ -195,13 +224,33 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// Counts a request on the socket and its duration.
-    pub fn observe_lookup(&self, endpoint: &'static str, status: u16, took: Duration) {
-        self.lookups
-            .get_or_create(&LookupLabels { endpoint, status })
-            .inc();
-        self.lookup_seconds
-            .get_or_create(&EndpointLabel { endpoint })
+    /// Counts a request on the socket and its duration; `endpoint` is an
+    /// index into [`ENDPOINTS`].
+    pub fn observe_lookup(&self, endpoint: usize, status: u16, took: Duration) {
+        let Some(series) = self.per_endpoint.get(endpoint) else {
+            return;
+        };
+        let name = ENDPOINTS[endpoint];
+        let labels = LookupLabels {
+            endpoint: name,
+            status,
+        };
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => {
+                series.by_status[i]
+                    .get_or_init(|| self.lookups.get_or_create_owned(&labels))
+                    .inc();
+            }
+            None => {
+                self.lookups.get_or_create(&labels).inc();
+            }
+        }
+        series
+            .seconds
+            .get_or_init(|| {
+                self.lookup_seconds
+                    .get_or_create_owned(&EndpointLabel { endpoint: name })
+            })
             .observe(took.as_secs_f64());
     }
 

@@ -369,7 +369,7 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
         },
     )
     .expect("publish");
-    still_serves(&agent, 1, "does not trust").await;
+    still_serves(&agent, 1, "not trusted as publisher").await;
     assert_eq!(
         counter(
             &agent,
@@ -521,7 +521,6 @@ async fn an_empty_store_then_an_expired_pointer_then_an_oversized_bundle() {
 
     // The same pointer re-signed with an expiry in the past.
     let mut expired = first.pointer.clone();
-    expired.version = 2;
     expired.expires_at = time::format(time::now() - std::time::Duration::from_secs(60));
     let signed = expired.sign(std::slice::from_ref(&fx.key)).expect("sign");
     std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("write");
