@@ -28,3 +28,4 @@ pub mod store;
 pub mod time;
 pub mod validate;
 pub mod verify;
+pub mod versions;

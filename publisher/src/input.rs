@@ -55,6 +55,11 @@ pub struct SignedSource {
 }
 
 impl SignedSource {
+    /// The source directory.
+    pub fn dir(&self) -> &Path {
+        &self.source
+    }
+
     /// The keys (files checked for their mode) and the compiled source,
     /// keys first so a bad key fails before minutes of compiling.
     pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use strata_common::channel::{self, PublishOptions};
+use strata_common::operator::publisher_trust;
 use strata_common::store::{self, StoreUrl};
+use strata_common::versions;
 
 use crate::input::{SignedSource, load_public_keys, parse_duration, provenance_from_env};
 
@@ -35,6 +37,26 @@ pub fn run(args: Args) -> Result<()> {
     let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
     let trusted = load_public_keys(&args.trusted_keys)?;
+    // Each tenant against the snapshot the channel serves: content changed
+    // means a higher version; nothing goes back (rollback does that).
+    let trust = publisher_trust(&keys, &trusted);
+    let problems = versions::check(
+        store.as_ref(),
+        &args.channel,
+        &trust,
+        &compiled,
+        args.input.dir(),
+    )?;
+    if !problems.is_empty() {
+        for p in &problems {
+            println!("{p}");
+        }
+        bail!(
+            "{}: {} tenant version problem(s) against the channel's snapshot; nothing was written. Raise those versions and publish again",
+            args.input.dir().display(),
+            problems.len()
+        );
+    }
     let opts = PublishOptions {
         pointer_expires_in: args.expires_in,
         trusted,

@@ -1,0 +1,296 @@
+//! Version discipline per tenant: a publish compares each tenant with the
+//! snapshot the channel serves. A tenant whose content changed must carry a
+//! higher semantic `version`; a lowered version, or the same version with
+//! other content, is refused, naming the tenant, both versions and both
+//! config hashes. Old content comes back only through `rollback`, which
+//! republishes a whole old snapshot.
+//!
+//! Both payloads are read frame by frame in tenant order (a merge of two
+//! sorted streams), so memory stays one frame per side whatever the tenant
+//! count.
+//!
+//! "Content" is the tenant's own: under the same Layer 1, equal config
+//! hashes. When Layer 1 changed between the two snapshots every config
+//! hash changes with it, so the effective configs are compared field by
+//! field, and a field that holds Layer 1's default on both sides (the
+//! default changed, the tenant did not) is not a change of the tenant's.
+
+use std::collections::VecDeque;
+use std::io::{Cursor, Read, Seek};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::bundle::{self, BundleError, Limits, PayloadReader, SignatureCheck};
+use crate::channel::{self, PublishError};
+use crate::compile::Compiled;
+use crate::operator::{OperatorError, fetch_bundle};
+use crate::sign::{SigningKey, TrustedKeys};
+use crate::store::WriteStore;
+use crate::validate::Problem;
+
+/// Why the comparison itself could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionsError {
+    /// The served snapshot could not be read or verified.
+    #[error(transparent)]
+    Served(#[from] OperatorError),
+    /// The channel pointer could not be read.
+    #[error(transparent)]
+    Channel(#[from] PublishError),
+    /// A payload could not be decoded.
+    #[error("{what}: {source}")]
+    Payload {
+        /// Which snapshot.
+        what: &'static str,
+        /// Why.
+        source: BundleError,
+    },
+}
+
+/// Compares `compiled` (to be published from the source in `dir`) with
+/// the snapshot `channel` serves in `store` (its pointer verified with
+/// `trust`); returns one problem per tenant that breaks the discipline
+/// (none when the channel has no snapshot yet).
+pub fn check(
+    store: &dyn WriteStore,
+    channel_name: &str,
+    trust: &TrustedKeys,
+    compiled: &Compiled,
+    dir: &Path,
+) -> Result<Vec<Problem>, VersionsError> {
+    let Some((pointer, _)) = channel::read_verified_pointer(store, channel_name, trust)? else {
+        return Ok(Vec::new());
+    };
+    let limits = Limits::default();
+    let served = fetch_bundle(
+        store,
+        pointer.version,
+        SignatureCheck::Trusted(trust),
+        &limits,
+    )?;
+    let key = crate::model::SnapshotVersion(pointer.version).bundle_key();
+    let old = served.reader(&key, &limits)?;
+    let new = payload_reader(compiled).map_err(|source| VersionsError::Payload {
+        what: "the new snapshot",
+        source,
+    })?;
+    compare(old, new, pointer.version, dir)
+}
+
+/// A payload reader over the compiled payload, through a bundle signed by
+/// a throwaway key (only the payload's structure is read).
+fn payload_reader(compiled: &Compiled) -> Result<PayloadReader<Cursor<Vec<u8>>>, BundleError> {
+    let manifest = channel::manifest(
+        compiled,
+        1,
+        crate::time::now(),
+        std::time::Duration::from_secs(3600),
+        &bundle::Provenance::default(),
+    );
+    let throwaway = SigningKey::from_bytes(&[7; 32]);
+    let bytes = bundle::write_bundle(
+        &manifest,
+        &compiled.payload.compressed,
+        std::slice::from_ref(&throwaway),
+    )?;
+    bundle::verify(
+        Cursor::new(bytes),
+        SignatureCheck::SkipForInspection,
+        &Limits::default(),
+    )?
+    .payload()
+}
+
+/// One tenant as a payload holds it.
+struct Tenant {
+    id: String,
+    hash: [u8; 64],
+    config: Vec<u8>,
+}
+
+/// The tenants of a payload in order, one decoded frame at a time.
+struct Tenants<R: Read + Seek> {
+    reader: PayloadReader<R>,
+    pending: VecDeque<Tenant>,
+    what: &'static str,
+}
+
+impl<R: Read + Seek> Tenants<R> {
+    fn next(&mut self) -> Result<Option<Tenant>, VersionsError> {
+        let what = self.what;
+        let err = |source| VersionsError::Payload { what, source };
+        while self.pending.is_empty() {
+            let Some(frame) = self.reader.next_frame().map_err(err)? else {
+                return Ok(None);
+            };
+            let bodies = self.reader.read_frame(&frame).map_err(err)?;
+            for (i, t) in frame.tenants.iter().enumerate() {
+                self.pending.push_back(Tenant {
+                    id: t.tenant.clone(),
+                    hash: t.config_hash,
+                    config: bodies.config(i).map_err(err)?.to_vec(),
+                });
+            }
+        }
+        Ok(self.pending.pop_front())
+    }
+}
+
+fn compare<A: Read + Seek, B: Read + Seek>(
+    old: PayloadReader<A>,
+    new: PayloadReader<B>,
+    served: u64,
+    dir: &Path,
+) -> Result<Vec<Problem>, VersionsError> {
+    let same_layer1 = old.layer1() == new.layer1();
+    let defaults = |layer1: &[u8]| {
+        serde_json::from_slice::<Value>(layer1)
+            .ok()
+            .and_then(|l| l.get("defaults").cloned())
+            .unwrap_or(Value::Null)
+    };
+    let (old_defaults, new_defaults) = (defaults(old.layer1()), defaults(new.layer1()));
+    let mut old = Tenants {
+        reader: old,
+        pending: VecDeque::new(),
+        what: "the served snapshot",
+    };
+    let mut new = Tenants {
+        reader: new,
+        pending: VecDeque::new(),
+        what: "the new snapshot",
+    };
+    let mut problems = Vec::new();
+    let (mut a, mut b) = (old.next()?, new.next()?);
+    while let (Some(o), Some(n)) = (&a, &b) {
+        match o.id.cmp(&n.id) {
+            std::cmp::Ordering::Less => a = old.next()?,
+            std::cmp::Ordering::Greater => b = new.next()?,
+            std::cmp::Ordering::Equal => {
+                if !(same_layer1 && o.hash == n.hash)
+                    && let Some(p) = check_tenant(
+                        o,
+                        n,
+                        same_layer1,
+                        (&old_defaults, &new_defaults),
+                        served,
+                        dir,
+                    )
+                {
+                    problems.push(p);
+                }
+                a = old.next()?;
+                b = new.next()?;
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The discipline for one tenant present on both sides.
+fn check_tenant(
+    old: &Tenant,
+    new: &Tenant,
+    same_layer1: bool,
+    (old_defaults, new_defaults): (&Value, &Value),
+    served: u64,
+    dir: &Path,
+) -> Option<Problem> {
+    let parse = |c: &[u8]| serde_json::from_slice::<Value>(c).ok();
+    let (old_cfg, new_cfg) = (parse(&old.config)?, parse(&new.config)?);
+    let version = |c: &Value| {
+        c.get("version")
+            .and_then(Value::as_str)
+            .and_then(|v| semver::Version::parse(v).ok())
+    };
+    let (old_v, new_v) = (version(&old_cfg)?, version(&new_cfg)?);
+    let changed = if same_layer1 {
+        old.hash != new.hash
+    } else {
+        tenant_changed(&old_cfg, &new_cfg, old_defaults, new_defaults, "")
+    };
+    let hashes = format!(
+        "config_hash {} → {}",
+        String::from_utf8_lossy(&old.hash[..12]),
+        String::from_utf8_lossy(&new.hash[..12])
+    );
+    let reason = if new_v < old_v {
+        format!(
+            "{new_v} is lower than {old_v}, the version snapshot {served} serves ({hashes}); versions only go up: raise it above {old_v} (old content returns with `strata-publisher rollback`)"
+        )
+    } else if changed && new_v == old_v {
+        format!(
+            "the content changed but the version stays {old_v} ({hashes}); raise it above {old_v}"
+        )
+    } else {
+        return None;
+    };
+    Some(Problem {
+        file: dir.join("tenants").join(format!("{}.toml", new.id)),
+        tenant: Some(new.id.clone()),
+        field: "version".to_owned(),
+        reason,
+    })
+}
+
+/// Whether the tenant's own settings differ between two effective configs
+/// made under different Layer 1s: every field but `version`,
+/// `layer1_version` and `config_hash` is compared, and a field holding its
+/// Layer 1 default on both sides is the platform's change, not the tenant's.
+fn tenant_changed(old: &Value, new: &Value, old_def: &Value, new_def: &Value, at: &str) -> bool {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+            keys.into_iter().any(|k| {
+                if at.is_empty()
+                    && matches!(k.as_str(), "version" | "layer1_version" | "config_hash")
+                {
+                    return false;
+                }
+                let (Some(ov), Some(nv)) = (o.get(k), n.get(k)) else {
+                    return true;
+                };
+                let (od, nd) = (
+                    old_def.get(k).unwrap_or(&Value::Null),
+                    new_def.get(k).unwrap_or(&Value::Null),
+                );
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                tenant_changed(ov, nv, od, nd, &path)
+            })
+        }
+        _ => old != new && !(old == old_def && new == new_def),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenant_changed;
+    use serde_json::json;
+
+    #[test]
+    fn a_default_that_changed_under_a_tenant_is_not_the_tenant_s_change() {
+        let old_def = json!({"generation": {"temperature": 0.7}});
+        let new_def = json!({"generation": {"temperature": 0.5}});
+        let on_default_old =
+            json!({"version": "1.0.0", "layer1_version": "a", "generation": {"temperature": 0.7}});
+        let on_default_new =
+            json!({"version": "1.0.0", "layer1_version": "b", "generation": {"temperature": 0.5}});
+        assert!(!tenant_changed(
+            &on_default_old,
+            &on_default_new,
+            &old_def,
+            &new_def,
+            ""
+        ));
+        let own_old = json!({"generation": {"temperature": 0.4}});
+        let own_new = json!({"generation": {"temperature": 0.3}});
+        assert!(tenant_changed(&own_old, &own_new, &old_def, &new_def, ""));
+        let kept = json!({"generation": {"temperature": 0.4}});
+        assert!(!tenant_changed(&kept, &kept, &old_def, &new_def, ""));
+    }
+}
