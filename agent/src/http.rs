@@ -97,17 +97,19 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
         "/v1/snapshot" => return snapshot(shared),
         _ => {}
     }
-    let Some(reader) = shared.served.load_full() else {
+    // A guard, not a new Arc: no shared counter touched per lookup.
+    let served = shared.served.load();
+    let Some(reader) = served.as_deref() else {
         return not_ready();
     };
     if path == "/v1/snapshots" {
-        return snapshots(&reader);
+        return snapshots(reader);
     }
-    let version = match requested_version(req, &reader) {
+    let version = match requested_version(req, reader) {
         Ok(v) => v,
         Err(e) => return e.response(),
     };
-    match lookup(&reader, version, path) {
+    match lookup(reader, version, path) {
         Ok((entry, content_type)) => entry_response(req, entry, content_type, version),
         Err(e) => e.response(),
     }
@@ -241,8 +243,31 @@ fn entry_response(
     if let Some(h) = etag_header {
         headers.insert(ETAG, h);
     }
-    headers.insert("x-strata-snapshot", HeaderValue::from(version));
+    headers.insert(SNAPSHOT_HEADER, version_header(version));
     resp
+}
+
+const SNAPSHOT_HEADER: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-strata-snapshot");
+
+/// The `X-Strata-Snapshot` value of `version`, made once per thread and
+/// version: a clone is a reference count, not a formatted allocation.
+fn version_header(version: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((v, h)) if *v == version => h.clone(),
+            _ => {
+                let h = HeaderValue::from(version);
+                *last = Some((version, h.clone()));
+                h
+            }
+        }
+    })
 }
 
 fn etag_matches(header: &str, etag: &[u8]) -> bool {
