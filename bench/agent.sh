@@ -237,7 +237,7 @@ apply "1% changed" "$V" -c 8
 # a cold apply, under a fixed 2,000 lookups/s.
 echo "== every tenant changed: 100k new bodies, under 2,000 lookups/s"
 load "idle, 2000/s" "$SECS" -c 8 -q 2000 --latency-correction
-find "$W/src100k/tenants" -name '*.toml' -exec sed -i 's/^version = .*/version = "8.8.8"/' {} +
+find "$W/src100k/tenants" -name '*.toml' -exec sed -i 's/^version = .*/version = "10.0.0"/' {} +
 publish "$W/src100k"
 V=$((V + 1))
 OHA_SECS=$((SECS + 40)) apply "all changed" "$V" -c 8 -q 2000 --latency-correction
