@@ -16,7 +16,9 @@
 # pointer move and the new version being served (oha --db-url).
 # Numbers and the machine: BENCHMARKS.md.
 # Needs oha (cargo install oha --locked).
-# Usage: bench/agent.sh [seconds per run]; CACHE_BYTES=... sets the agent's redb cache;
+# Usage: bench/agent.sh [seconds per run]; CACHE_BYTES=... sets the agent's redb cache,
+# WORKER_THREADS=N its serving threads (default: the agent's, 1);
+# AGENT_BIN=PATH runs another build of the agent (an A/B against an older one);
 # STEADY_RUNS=N repeats the steady-state apply at 2,000 lookups/s N times;
 # DATA_DIR=DIR puts the agents' data dirs under DIR (e.g. /dev/shm, to take
 # the disk out of the measurement).
@@ -26,7 +28,7 @@ SECS=${1:-10}
 command -v oha >/dev/null || { echo "install oha: cargo install oha --locked" >&2; exit 2; }
 cargo build --release -q -p strata-publisher -p strata-agent
 P=$PWD/target/release/strata-publisher
-A=$PWD/target/release/strata-agent
+A=${AGENT_BIN:-$PWD/target/release/strata-agent}
 W=$(mktemp -d)
 D=$(mktemp -d -p "${DATA_DIR:-$W}")
 AGENT=
@@ -67,6 +69,7 @@ poll_interval = "1s"
 data_dir = "$D/data"
 socket = "$W/agent.sock"
 cache_bytes = ${CACHE_BYTES:-67108864}
+${WORKER_THREADS:+worker_threads = $WORKER_THREADS}
 [[trusted_keys]]
 role = "publisher"
 path = "$W/ci.key.pub"

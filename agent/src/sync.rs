@@ -424,6 +424,10 @@ impl Syncer {
                     source: Box::new(e),
                     permanent: false,
                 })?;
+                if !named.is_pin() {
+                    // `switch` raised the mark in its commit.
+                    self.marks.high_water = self.marks.high_water.max(version);
+                }
                 self.serve(reader);
                 self.follow(&named);
                 info!(
@@ -469,6 +473,11 @@ impl Syncer {
                 source: Box::new(other),
             },
         })?;
+        if !meta.pinned {
+            // The ingest raised the mark in its own commit: `follow` must
+            // not commit (and fsync) it again.
+            self.marks.high_water = self.marks.high_water.max(meta.version);
+        }
         let reader = self
             .db
             .reader()
