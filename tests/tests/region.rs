@@ -208,6 +208,30 @@ impl World {
         self.agents.clear();
     }
 
+    /// Writes a pin for eu-west-1 naming `version`, signed by `keys` now,
+    /// straight into the store (as a holder of those keys could).
+    fn plant_pin(&self, version: u64, keys: &[SigningKey]) {
+        self.put_raw(
+            "pins/eu-west-1.json",
+            &self.craft_pin("eu-west-1", version, keys, 0),
+        );
+    }
+
+    /// `strata-publisher pin` of eu-west-1 to `version` with the key file `ops`.
+    async fn pin_eu(&self, ops: &str, version: u64) -> String {
+        let version = version.to_string();
+        self.ok(&[
+            "pin",
+            "--key",
+            ops,
+            "--region",
+            "eu-west-1",
+            "--version",
+            &version,
+        ])
+        .await
+    }
+
     /// A pin document for `region` naming `version` (whatever the store
     /// holds), signed by `keys`, signed `age` seconds ago.
     fn craft_pin(&self, region: &str, version: u64, keys: &[SigningKey], age: u64) -> Vec<u8> {
@@ -375,27 +399,9 @@ async fn pins_move_a_region_back_and_forth_and_unpin_returns_it(mut w: World) {
     serves(&eu, 1, true).await;
 
     // Forward, past the channel's head... to its head.
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "4",
-    ])
-    .await;
+    w.pin_eu(&ops, 4).await;
     serves(&eu, 4, true).await;
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "2",
-    ])
-    .await;
+    w.pin_eu(&ops, 2).await;
     serves(&eu, 2, true).await;
 
     // Unpin: back to the channel's head (still stored: no fetch needed).
@@ -415,29 +421,11 @@ async fn pins_move_a_region_back_and_forth_and_unpin_returns_it(mut w: World) {
     let eu = w.agent("eu", "eu-west-1", "");
     refuses(&eu, 4, "pin_replayed").await;
     // A new pin right after an unpin is taken.
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "3",
-    ])
-    .await;
+    w.pin_eu(&ops, 3).await;
     serves(&eu, 3, true).await;
     w.ok(&["unpin", "--key", &ops, "--region", "eu-west-1"])
         .await;
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "1",
-    ])
-    .await;
+    w.pin_eu(&ops, 1).await;
     serves(&eu, 1, true).await;
 }
 
@@ -452,16 +440,7 @@ async fn the_high_water_mark_survives_a_restart_after_an_unpin(mut w: World) {
     let eu = w.agent("eu", "eu-west-1", "");
     serves(&eu, 1, false).await;
     let ops = w.ops.display().to_string();
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "3",
-    ])
-    .await;
+    w.pin_eu(&ops, 3).await;
     serves(&eu, 3, true).await;
     // The channel catches up with the pin, and the region is unpinned: the
     // node accepts 3 from the channel without a fetch.
@@ -485,16 +464,7 @@ async fn a_pin_to_a_version_no_longer_retained_is_fetched_again_and_marks_surviv
     let eu = w.agent("eu", "eu-west-1", "retain = 1");
     serves(&eu, 3, false).await;
     let ops = w.ops.display().to_string();
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "1",
-    ])
-    .await;
+    w.pin_eu(&ops, 1).await;
     serves(&eu, 1, true).await;
     let retained = client::get(&eu, "/v1/snapshots").await.expect("snapshots");
     assert!(retained.text().contains('1'), "{}", retained.text());
@@ -530,16 +500,10 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
     let stranger = SigningKey::from_bytes(&[7u8; 32]);
 
     // Signed by the publisher (CI) key: a stolen CI key cannot pin.
-    w.put_raw(
-        "pins/eu-west-1.json",
-        &w.craft_pin("eu-west-1", 1, std::slice::from_ref(&publisher), 0),
-    );
+    w.plant_pin(1, std::slice::from_ref(&publisher));
     refuses(&eu, 2, "pointer_signature").await;
     // Signed by a key nobody trusts.
-    w.put_raw(
-        "pins/eu-west-1.json",
-        &w.craft_pin("eu-west-1", 1, std::slice::from_ref(&stranger), 0),
-    );
+    w.plant_pin(1, std::slice::from_ref(&stranger));
     until(&eu, "unknown key refused", |s| {
         s["version"] == 2
             && s["last_error_reason"] == "pointer_signature"
@@ -556,10 +520,7 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
     );
     refuses(&eu, 2, "pointer_wrong_target").await;
     // A version the store does not have.
-    w.put_raw(
-        "pins/eu-west-1.json",
-        &w.craft_pin("eu-west-1", 99, std::slice::from_ref(&ops), 0),
-    );
+    w.plant_pin(99, std::slice::from_ref(&ops));
     refuses(&eu, 2, "bundle_missing").await;
     // Signed far in the future (it would outrank every later pin).
     let future = time::now() + std::time::Duration::from_secs(3600 * 24 * 365);
@@ -588,10 +549,7 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
     let last = altered.len() - 1;
     altered[last] ^= 1;
     w.put_raw(&SnapshotVersion(3).bundle_key(), &altered);
-    w.put_raw(
-        "pins/eu-west-1.json",
-        &w.craft_pin("eu-west-1", 3, std::slice::from_ref(&ops), 0),
-    );
+    w.plant_pin(3, std::slice::from_ref(&ops));
     until(&eu, "an altered pinned bundle refused", |s| {
         s["version"] == 2
             && s["state"] == "degraded"
@@ -602,10 +560,7 @@ async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mu
     .await;
     w.delete_raw(&SnapshotVersion(3).bundle_key());
     // A good pin still works after all that.
-    w.put_raw(
-        "pins/eu-west-1.json",
-        &w.craft_pin("eu-west-1", 1, std::slice::from_ref(&ops), 0),
-    );
+    w.plant_pin(1, std::slice::from_ref(&ops));
     serves(&eu, 1, true).await;
 
     // The pin command refuses a key that signs channel pointers.
@@ -830,16 +785,7 @@ async fn gc_never_deletes_what_a_pointer_or_pin_names(w: World) {
         w.publish(tag, 3).await;
     }
     let ops = w.ops.display().to_string();
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "1",
-    ])
-    .await;
+    w.pin_eu(&ops, 1).await;
     let dry = w.ok(&["gc", "--keep", "2", "--dry-run"]).await;
     assert!(dry.contains("would delete        2"), "{dry}");
     assert!(dry.contains("would delete        3"), "{dry}");
@@ -947,15 +893,6 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     // Deleting the only operator key's file revokes it: its pins are refused.
     std::fs::remove_file(sign::public_path(&w.ops)).expect("delete operator key");
     let ops = w.ops.display().to_string();
-    w.ok(&[
-        "pin",
-        "--key",
-        &ops,
-        "--region",
-        "eu-west-1",
-        "--version",
-        "2",
-    ])
-    .await;
+    w.pin_eu(&ops, 2).await;
     refuses(&eu, 6, "pointer_signature").await;
 }
