@@ -28,7 +28,7 @@ use serde_json::json;
 use strata_common::model::{PhoneNumber, TenantId};
 
 use crate::db::{Entry, Reader};
-use crate::state::Shared;
+use crate::state::{FollowedBy, Shared};
 
 /// The response type of every handler.
 pub type Resp = Response<Full<Bytes>>;
@@ -285,13 +285,13 @@ fn snapshot(shared: &Shared) -> Resp {
     let pin = status
         .followed
         .as_ref()
-        .filter(|f| f.by != "channel")
+        .filter(|f| f.by != FollowedBy::Channel)
         .map(|f| {
             json!({
                 "version": f.version,
                 "expires_at": f.expires_at,
                 "created_at": f.created_at,
-                "local": f.by == "local_pin",
+                "local": f.by == FollowedBy::LocalPin,
             })
         });
     let body = json!({
@@ -311,8 +311,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "tenant_count": meta.map(|m| m.tenant_count),
         "source": shared.source,
         "region": shared.region,
-        "pinned": pin.is_some()
-            || (status.followed.is_none() && meta.is_some_and(|m| m.pinned)),
+        "pinned": status.pinned(meta),
         "pin": pin,
         "last_check": status.last_check,
         "last_error": status.last_error,

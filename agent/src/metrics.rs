@@ -302,11 +302,7 @@ impl Metrics {
             .unwrap_or(started)
             .elapsed();
         self.since_success.set(since.as_secs_f64());
-        let pinned = match &status.followed {
-            Some(f) => f.by != "channel",
-            None => meta.is_some_and(|m| m.pinned),
-        };
-        self.pinned.set(i64::from(pinned));
+        self.pinned.set(i64::from(status.pinned(meta)));
         self.ready.set(i64::from(meta.is_some()));
         for (state, name) in [
             (State::Starting, "starting"),

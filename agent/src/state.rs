@@ -45,12 +45,23 @@ pub struct Status {
     pub followed: Option<Followed>,
 }
 
+/// Which document decides the version served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowedBy {
+    /// The channel pointer.
+    Channel,
+    /// The region's pin, signed by operators.
+    Pin,
+    /// This node's `pin_file`.
+    LocalPin,
+}
+
 /// What decides the version served, for `/v1/snapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Followed {
-    /// `channel`, `pin` (the region's, signed by operators) or `local_pin`
-    /// (this node's `pin_file`).
-    pub by: &'static str,
+    /// The deciding document.
+    pub by: FollowedBy,
     /// The version it names.
     pub version: u64,
     /// When the document was signed (none for a local pin).
@@ -58,6 +69,17 @@ pub struct Followed {
     /// When it expires (none for a local pin): after this the node keeps
     /// serving, and its state is `stale`.
     pub expires_at: Option<String>,
+}
+
+impl Status {
+    /// Whether a pin (the region's or the local one) decides the version
+    /// served; before the first check, what the stored snapshot recorded.
+    pub fn pinned(&self, meta: Option<&crate::db::SnapshotMeta>) -> bool {
+        match &self.followed {
+            Some(f) => f.by != FollowedBy::Channel,
+            None => meta.is_some_and(|m| m.pinned),
+        }
+    }
 }
 
 /// State shared by the sync loop and the HTTP handlers.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use strata_common::bundle::Limits;
 use strata_common::canonical::sha256_hex;
 use strata_common::pointer::PointerKind;
-use strata_common::sign::{Role, TrustedKeys};
+use strata_common::sign::{Role, SignatureError, TrustedKeys};
 use strata_common::store::ReadStore;
 use strata_common::time;
 use strata_common::verify::{
@@ -21,7 +21,7 @@ use tracing::{info, instrument, warn};
 use crate::config::Config;
 use crate::db::{Db, DbError, Marks, SnapshotMeta};
 use crate::priority::lowest_priority;
-use crate::state::{Followed, Shared, State};
+use crate::state::{Followed, FollowedBy, Shared, State};
 
 /// What one check found.
 #[derive(Debug)]
@@ -144,11 +144,9 @@ impl Syncer {
             .current_meta()
             .ok_or_else(|| "the local snapshot file names no current snapshot".to_owned())
             .and_then(|meta| {
-                self.trust
-                    .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
-                    .map_err(|e| {
-                        format!("stored snapshot {} no longer verifies: {e}", meta.version)
-                    })
+                self.vouches(meta).map_err(|e| {
+                    format!("stored snapshot {} no longer verifies: {e}", meta.version)
+                })
             });
         let refused = match vouched {
             Ok(_signers) => {
@@ -160,6 +158,14 @@ impl Syncer {
         };
         drop(reader);
         self.drop_stored(&refused)
+    }
+
+    /// Whether today's trusted publisher keys still vouch for a stored
+    /// snapshot: its manifest's signatures, checked again.
+    fn vouches(&self, meta: &SnapshotMeta) -> Result<(), SignatureError> {
+        self.trust
+            .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
+            .map(drop)
     }
 
     /// Stops serving the stored snapshots and empties the file (marks too,
@@ -217,8 +223,7 @@ impl Syncer {
         let served = self.shared.served.load_full();
         let unvouched = served.as_ref().and_then(|r| {
             let meta = r.current_meta()?;
-            self.trust
-                .verify(Role::Publisher, meta.manifest.as_bytes(), &meta.signatures)
+            self.vouches(meta)
                 .err()
                 .map(|e| format!("served snapshot {} no longer verifies: {e}", meta.version))
         });
@@ -356,9 +361,9 @@ impl Syncer {
         }
         let followed = Followed {
             by: match named {
-                Named::Channel(_) => "channel",
-                Named::Pin(_) => "pin",
-                Named::Local(_) => "local_pin",
+                Named::Channel(_) => FollowedBy::Channel,
+                Named::Pin(_) => FollowedBy::Pin,
+                Named::Local(_) => FollowedBy::LocalPin,
             },
             version: named.version(),
             created_at: named.pointer().map(|p| p.created_at.clone()),
@@ -381,11 +386,7 @@ impl Syncer {
             .map(|r| {
                 r.metas
                     .values()
-                    .filter(|m| {
-                        self.trust
-                            .verify(Role::Publisher, m.manifest.as_bytes(), &m.signatures)
-                            .is_ok()
-                    })
+                    .filter(|m| self.vouches(m).is_ok())
                     .map(|m| Stored {
                         version: m.version,
                         bundle_sha256: m.bundle_sha256.clone(),

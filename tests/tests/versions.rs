@@ -135,3 +135,23 @@ fn a_tenant_s_version_goes_up_with_its_content_and_never_down() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(bundles(&fx), 4);
 }
+
+#[test]
+fn a_damaged_served_bundle_does_not_lock_the_channel() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 3);
+    assert!(publish(&fx, &src).status.success());
+    let bundle = fx.store_dir().join("snapshots/00000000000000000001.bundle");
+    let mut bytes = std::fs::read(&bundle).expect("bundle");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&bundle, bytes).expect("damage");
+    let out = publish(&fx, &src);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning: tenant versions not checked against the channel's snapshot"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bundles(&fx), 2);
+}
