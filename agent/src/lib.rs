@@ -56,7 +56,14 @@ pub async fn run(
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let db = Arc::new(open_db(&config)?);
+    let db = Db::open_or_set_aside(&config.db_path(), config.cache_bytes)
+        .with_context(|| format!("opening {}", config.db_path().display()))?;
+    if !db.is_writable() {
+        warn!(
+            "{} cannot be written (a read-only data_dir?): serving what it holds; no update is applied until it can be",
+            config.db_path().display()
+        );
+    }
     let shared = Shared::new(store.url().to_string(), config.region.clone());
     let mut syncer = Syncer::new(&config, config_path, store, trust, db, shared.clone());
     match syncer.restore() {
@@ -153,30 +160,6 @@ pub async fn run(
     let _ = notify_task.await;
     info!("agent stopped");
     Ok(())
-}
-
-/// Opens the snapshot file. A damaged one (the agent would otherwise exit
-/// at every start, a crash loop under `Restart=`) is moved aside to
-/// `strata.redb.damaged` (replacing an older one, for forensics) and a new
-/// one created: the store still has every snapshot.
-fn open_db(config: &Config) -> Result<Db> {
-    let path = config.db_path();
-    match Db::open(&path, config.cache_bytes) {
-        Ok(db) => Ok(db),
-        Err(e) if e.is_damage() => {
-            let aside = path.with_extension("redb.damaged");
-            warn!(
-                "{} is damaged ({e}); moving it to {} and fetching the snapshot from the store again",
-                path.display(),
-                aside.display()
-            );
-            std::fs::rename(&path, &aside)
-                .with_context(|| format!("moving the damaged {} aside", path.display()))?;
-            Db::open(&path, config.cache_bytes)
-                .with_context(|| format!("opening a new {}", path.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
-    }
 }
 
 /// How long a client may take to send a request's headers: a slow or

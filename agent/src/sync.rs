@@ -70,7 +70,7 @@ impl Doc {
 pub struct Syncer {
     store: Box<dyn ReadStore>,
     trust: TrustedKeys,
-    db: Arc<Db>,
+    db: Db,
     shared: Arc<Shared>,
     channel: String,
     region: String,
@@ -96,6 +96,9 @@ pub struct Syncer {
     missing_keys: Vec<PathBuf>,
     /// Why the config last failed to reload, to log it once.
     trust_error: Option<String>,
+    /// A write to the snapshot file failed and redb latched the failure:
+    /// the file is opened again before the next check.
+    db_failed: bool,
 }
 
 impl Syncer {
@@ -105,7 +108,7 @@ impl Syncer {
         config_path: &Path,
         store: Box<dyn ReadStore>,
         trust: TrustedKeys,
-        db: Arc<Db>,
+        db: Db,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
@@ -126,6 +129,7 @@ impl Syncer {
             marks: Marks::default(),
             missing_keys: Vec::new(),
             trust_error: None,
+            db_failed: false,
         }
     }
 
@@ -239,12 +243,54 @@ impl Syncer {
     #[instrument(skip(self), fields(channel = %self.channel, region = %self.region))]
     pub fn check(&mut self) -> Outcome {
         self.reload_trust();
-        let outcome = match self.check_inner() {
+        let outcome = match self.reopen_db().and_then(|()| self.check_inner()) {
             Ok(outcome) => outcome,
             Err(refusal) => Outcome::Refused(Arc::new(refusal)),
         };
+        if matches!(&outcome, Outcome::Refused(r) if matches!(**r, Refusal::Ingest { .. })) {
+            self.db_write_failed();
+        }
         self.record(&outcome);
         outcome
+    }
+
+    /// After a failed write to the snapshot file: notes whether redb
+    /// latched the failure (it then refuses every write until the file is
+    /// opened again, as after a full disk), so the next check reopens it.
+    fn db_write_failed(&mut self) {
+        if !self.db_failed && self.db.is_writable() && self.db.needs_reopen() {
+            warn!(
+                "the snapshot file refuses writes after an I/O error; opening it again at the next check"
+            );
+            self.db_failed = true;
+        }
+    }
+
+    /// Opens the snapshot file again when it is due: after a latched I/O
+    /// error, or once a read-only `data_dir` can be written. The snapshot
+    /// it holds is then served through the new handle. Failing, the check
+    /// is refused (stale, backing off) and the last snapshot stays served.
+    fn reopen_db(&mut self) -> Result<(), Refusal> {
+        let due = self.db_failed || (!self.db.is_writable() && self.db.needs_reopen());
+        if !due {
+            return Ok(());
+        }
+        if let Err(e) = self.db.reopen() {
+            return Err(Refusal::Ingest {
+                bundle: self.db.path().display().to_string(),
+                source: format!("opening the snapshot file again: {e}").into(),
+                permanent: false,
+            });
+        }
+        self.db_failed = false;
+        match self.restore() {
+            Ok(version) => info!(
+                version,
+                "opened the snapshot file again; updates can be applied"
+            ),
+            Err(e) => warn!("opened the snapshot file again, but {e}"),
+        }
+        Ok(())
     }
 
     /// The version `pin_file` names, if the file exists.
@@ -316,7 +362,10 @@ impl Syncer {
                 self.marks.pin_floor = floor;
                 self.marks.pin_seen = seen;
             }
-            Err(e) => warn!("cannot record the region pin in the snapshot file: {e}"),
+            Err(e) => {
+                warn!("cannot record the region pin in the snapshot file: {e}");
+                self.db_write_failed();
+            }
         }
     }
 
@@ -356,7 +405,10 @@ impl Syncer {
             // Committed before it counts: a restart must not forget it.
             match self.db.raise_high_water(p.version) {
                 Ok(()) => self.marks.high_water = p.version,
-                Err(e) => warn!("cannot record the high-water mark in the snapshot file: {e}"),
+                Err(e) => {
+                    warn!("cannot record the high-water mark in the snapshot file: {e}");
+                    self.db_write_failed();
+                }
             }
         }
         let followed = Followed {
@@ -518,7 +570,10 @@ impl Syncer {
                     persist_seconds = (started.elapsed() - served_at).as_secs_f64(),
                     "snapshot durable"
                 ),
-                Err(e) => warn!("snapshot {version} is served but not yet durable: {e}"),
+                Err(e) => {
+                    warn!("snapshot {version} is served but not yet durable: {e}");
+                    self.db_write_failed();
+                }
             }
         }
         Ok(Outcome::Applied(version))

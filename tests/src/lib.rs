@@ -3,6 +3,7 @@
 //! (never sleeping as synchronisation).
 
 pub mod mirror;
+pub mod mount;
 pub mod s3;
 
 use std::fs::File;

@@ -3,7 +3,7 @@
 use std::io::{Read, Seek};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{ReadableDatabase, ReadableTable, Table, TableError};
+use redb::{ReadableTable, Table, TableError};
 use strata_common::bundle::PayloadReader;
 use strata_common::canonical::sha256_hex;
 

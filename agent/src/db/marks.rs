@@ -2,7 +2,7 @@
 //! survives a restart with the store gone: the rollback-protection marks,
 //! and the switch between stored versions that a pin or an unpin makes.
 
-use redb::{ReadableDatabase, ReadableTable, TableError};
+use redb::{ReadableTable, TableError};
 
 use super::{Db, DbError, META, SNAPSHOTS};
 

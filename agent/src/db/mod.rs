@@ -154,6 +154,16 @@ pub enum DbError {
         /// The manifest's count.
         expected: u64,
     },
+    /// The file is open read-only (its directory cannot be written).
+    #[error(
+        "the snapshot file is open read-only: data_dir cannot be written (a read-only mount or its permissions); make it writable, the agent then opens the file again"
+    )]
+    ReadOnly,
+    /// The file is closed after an I/O error and could not be opened again yet.
+    #[error(
+        "the snapshot file is closed after an I/O error and could not be opened again yet (a full disk?)"
+    )]
+    Closed,
     /// A committed snapshot cannot be read back: the file names no current one.
     #[error("the snapshot file names no current snapshot")]
     NoCurrent,
@@ -194,6 +204,8 @@ impl DbError {
             | DbError::AlreadyStored { .. }
             | DbError::TenantCount { .. }
             | DbError::NoCurrent
+            | DbError::ReadOnly
+            | DbError::Closed
             | DbError::Encode(_) => false,
         }
     }
@@ -201,7 +213,10 @@ impl DbError {
 
 /// The redb file.
 pub struct Db {
-    db: redb::Database,
+    db: Handle,
+    /// Where the file is, and redb's cache size: to open it again.
+    path: std::path::PathBuf,
+    cache_bytes: usize,
     /// How many bytes of pages redb buffers in memory before writing them to
     /// the file: half its cache.
     write_buffer_bytes: u64,
@@ -209,24 +224,162 @@ pub struct Db {
     eager_writeback: Arc<AtomicBool>,
 }
 
+/// How the file is open: for writing (the normal case), read-only (its
+/// directory is on a read-only filesystem: what is on disk is served, no
+/// update can be applied), or not at all (an empty in-memory stand-in,
+/// while the file cannot be opened again after an I/O error).
+enum Handle {
+    Write(redb::Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+    Closed(redb::Database),
+}
+
+impl Handle {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        use redb::ReadableDatabase;
+        match self {
+            Handle::Write(db) | Handle::Closed(db) => db.begin_read(),
+            Handle::ReadOnly(db) => db.begin_read(),
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, DbError> {
+        match self {
+            Handle::Write(db) => Ok(db.begin_write()?),
+            Handle::ReadOnly(_) => Err(DbError::ReadOnly),
+            Handle::Closed(_) => Err(DbError::Closed),
+        }
+    }
+}
+
+/// Whether an open for writing failed because the file or its directory
+/// cannot be written (a read-only mount, permissions), not because the
+/// file is bad.
+fn is_read_only(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
+}
+
 impl Db {
-    /// Opens (or creates) the database file; `cache_bytes` bounds redb's cache.
+    /// Opens (or creates) the database file; `cache_bytes` bounds redb's
+    /// cache. A file that cannot be opened for writing (a read-only
+    /// `data_dir`) but exists is opened read-only: see [`Db::is_writable`].
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
-        let file = open_data_file(path).map_err(|source| DbError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let eager_writeback = Arc::new(AtomicBool::new(false));
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)?;
+        let db = match open_data_file(path) {
+            Ok(file) => Handle::Write(
+                redb::Builder::new()
+                    .set_cache_size(cache_bytes)
+                    .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)?,
+            ),
+            Err(e) if is_read_only(&e) && path.exists() => Handle::ReadOnly(
+                redb::Builder::new()
+                    .set_cache_size(cache_bytes)
+                    .open_read_only(path)?,
+            ),
+            Err(source) => {
+                return Err(DbError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
         let this = Self {
             db,
+            path: path.to_path_buf(),
+            cache_bytes,
             write_buffer_bytes: cache_bytes as u64 / 2,
             eager_writeback,
         };
-        this.migrate()?;
+        if this.is_writable() {
+            this.migrate()?;
+        }
         Ok(this)
+    }
+
+    /// Opens the file as [`Db::open`] does; a damaged one (the agent would
+    /// otherwise exit at every start, a crash loop under `Restart=`) is
+    /// moved aside to `strata.redb.damaged` (replacing an older one, for
+    /// forensics) and a new one created: the store still has every snapshot.
+    pub fn open_or_set_aside(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
+        match Self::open(path, cache_bytes) {
+            Err(e) if e.is_damage() => {
+                let aside = path.with_extension("redb.damaged");
+                tracing::warn!(
+                    "{} is damaged ({e}); moving it to {} and fetching the snapshot from the store again",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(path, &aside).map_err(|source| DbError::Open {
+                    path: aside,
+                    source,
+                })?;
+                Self::open(path, cache_bytes)
+            }
+            opened => opened,
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether updates can be written: false while the file is open
+    /// read-only or closed after an I/O error (see [`Db::needs_reopen`]).
+    pub fn is_writable(&self) -> bool {
+        matches!(self.db, Handle::Write(_))
+    }
+
+    /// Whether the file should be opened again before the next update:
+    /// redb refuses every write after an I/O error (a full disk) until the
+    /// database is reopened; a read-only file is reopened once its
+    /// directory can be written again.
+    pub fn needs_reopen(&self) -> bool {
+        match &self.db {
+            // An uncommitted write transaction is only dropped.
+            Handle::Write(db) => db.begin_write().is_err(),
+            Handle::ReadOnly(_) => {
+                let probe = self.path.with_extension("redb.probe");
+                let writable = std::fs::write(&probe, b"").is_ok()
+                    && std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&self.path)
+                        .is_ok();
+                let _ = std::fs::remove_file(&probe);
+                writable
+            }
+            Handle::Closed(_) => true,
+        }
+    }
+
+    /// Closes the file and opens it again (moving it aside if it is now
+    /// found damaged). Until that succeeds the handle stays closed, and a
+    /// later call tries again; the snapshots served before keep what redb
+    /// had cached of their pages.
+    pub fn reopen(&mut self) -> Result<(), DbError> {
+        // redb holds its lock on the file until the old handle is dropped.
+        let stand_in =
+            redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        match std::mem::replace(&mut self.db, Handle::Closed(stand_in)) {
+            // Closed at once, though the served snapshot's read
+            // transactions still hold the old handle's memory.
+            Handle::Write(db) => {
+                if let Err(e) = db.close() {
+                    tracing::debug!("closing the snapshot file after an I/O error: {e}");
+                }
+            }
+            Handle::ReadOnly(db) => {
+                if let Err(e) = db.close() {
+                    tracing::debug!("closing the read-only snapshot file: {e}");
+                }
+            }
+            Handle::Closed(_) => {}
+        }
+        *self = Self::open_or_set_aside(&self.path, self.cache_bytes)?;
+        Ok(())
     }
 
     /// A file written with another table layout is emptied (the store still

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, TableError};
+use redb::{ReadOnlyTable, ReadableTable, TableError};
 
 use super::rows::{RouteSet, TenantRow};
 use super::{

@@ -2,7 +2,6 @@
 
 use std::io::Cursor;
 
-use redb::ReadableDatabase;
 use strata_common::bundle::{
     self, Limits, Manifest, PayloadReader, PayloadWriter, Provenance, SignatureCheck,
 };
