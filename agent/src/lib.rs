@@ -171,11 +171,18 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// loop does not spin.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Failed accepts, logged once per burst rather than once each.
+/// Failed accepts, logged once per burst rather than once each. A burst
+/// ends only after accepts have succeeded for [`BURST_QUIET`]: out of
+/// descriptors, every one freed (a lookup answered, a file closed by the
+/// sync thread) lets one connection in before the next accept fails again.
 #[derive(Default)]
 struct AcceptErrors {
     failing: u64,
+    last_failure: Option<std::time::Instant>,
 }
+
+/// How long accepts must keep succeeding before a burst of failures is over.
+const BURST_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AcceptErrors {
     fn failed(&mut self, e: &std::io::Error) {
@@ -183,10 +190,11 @@ impl AcceptErrors {
             warn!("accept failed: {e}; backing off (logged once until accepts succeed again)");
         }
         self.failing += 1;
+        self.last_failure = Some(std::time::Instant::now());
     }
 
     fn recovered(&mut self) {
-        if self.failing > 0 {
+        if self.failing > 0 && self.last_failure.is_none_or(|t| t.elapsed() >= BURST_QUIET) {
             info!(failed = self.failing, "accepting connections again");
             self.failing = 0;
         }

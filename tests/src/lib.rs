@@ -194,6 +194,45 @@ impl Agent {
     }
 }
 
+/// An agent (or any child) process, killed and reaped on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the `strata-agent` binary with `config`, its output discarded.
+pub fn spawn_agent(config: &Path) -> Proc {
+    spawn_agent_with(config, &[], std::process::Stdio::null())
+}
+
+/// Starts the `strata-agent` binary with `config` under `wrapper` (a
+/// command and its arguments that runs the rest, such as `prlimit
+/// --nofile=64`), its log written to `stderr`.
+pub fn spawn_agent_with(config: &Path, wrapper: &[&str], stderr: std::process::Stdio) -> Proc {
+    let agent = bin("strata-agent");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&agent);
+            c
+        }
+        None => Command::new(&agent),
+    };
+    Proc(
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn agent"),
+    )
+}
+
 /// Polls `cond` until it holds, failing the test after [`DEADLINE`].
 pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
 where

@@ -5,9 +5,10 @@
 //! what is wrong, and the agent recovers without a restart once the fault
 //! is gone.
 
+use strata_agent::client;
 use strata_common::generate;
 use strata_tests::mount::Mount;
-use strata_tests::{Agent, Fixture};
+use strata_tests::{Agent, DEADLINE, Fixture, spawn_agent, spawn_agent_with, wait_for};
 
 /// A full disk under `data_dir`: redb refuses every write after the failed
 /// one until the database is opened again. The agent keeps serving the
@@ -76,4 +77,129 @@ async fn a_read_only_data_dir_serves_what_is_on_disk_and_reports_it() {
     ro.remount("bind,rw");
     agent.serves(2).await;
     agent.stop().await;
+}
+
+/// The agent's user and system CPU time so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// Out of file descriptors (a limit of 64, 100 clients holding
+/// connections open), the accept loop backs off instead of spinning, says
+/// so once, and answers again as soon as descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_agent_backs_off_and_answers_again() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let (config, path) = fx.agent_config("a", "");
+    let log_path = fx.dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let agent = spawn_agent_with(&path, &["prlimit", "--nofile=64:64", "--"], log.into());
+    let socket = config.socket.clone();
+    wait_for("ready", || async {
+        client::get(&socket, "/readyz")
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    let held: Vec<_> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    wait_for("the agent runs out of descriptors", || async {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("accept failed"))
+    })
+    .await;
+    let before = cpu_seconds(agent.0.id());
+    let window = std::time::Instant::now();
+    while window.elapsed() < std::time::Duration::from_secs(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let spent = cpu_seconds(agent.0.id()) - before;
+    assert!(spent < 0.5, "the accept loop spun: {spent:.2} CPU-s in 2 s");
+    let log_text = std::fs::read_to_string(&log_path).expect("log");
+    let failures = log_text.matches("accept failed").count();
+    assert_eq!(failures, 1, "logged once per burst:\n{log_text}");
+    drop(held);
+    wait_for("answers again once descriptors are free", || async {
+        client::get(&socket, "/v1/snapshot")
+            .await
+            .is_ok_and(|a| a.json()["version"] == 1)
+    })
+    .await;
+}
+
+/// SIGKILL at a random point of each of 100 applies, alternating two
+/// snapshots of different sizes: after every restart the agent serves one
+/// complete snapshot (its tenant count is the published one and its last
+/// tenant is there), and at the end it catches up with the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_of_100_applies_always_leaves_a_complete_snapshot() {
+    let fx = Fixture::new();
+    let (_, large) = fx.compile("large", 1500);
+    let (_, small) = fx.compile("small", 700);
+    let (config, path) = fx.agent_config("a", "");
+    let socket = config.socket.clone();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("seed {seed}");
+    let mut tenants_of = std::collections::BTreeMap::new();
+    let mut agent = spawn_agent(&path);
+    for round in 0..100 {
+        let compiled = if round % 2 == 0 { &large } else { &small };
+        let published = fx.publish_with(compiled, std::slice::from_ref(&fx.key));
+        tenants_of.insert(published.pointer.version, compiled.tenant_count);
+        // xorshift: a kill anywhere from before the fetch to after the commit.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = std::time::Duration::from_millis(seed % 120);
+        let started = std::time::Instant::now();
+        while started.elapsed() < at {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(agent);
+        agent = spawn_agent(&path);
+        let answered = std::time::Instant::now();
+        let snapshot = loop {
+            match client::get(&socket, "/v1/snapshot").await {
+                Ok(a) if a.json()["version"].is_u64() => break a.json(),
+                _ => {}
+            }
+            assert!(
+                answered.elapsed() < DEADLINE,
+                "round {round}: the restarted agent answers"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        let version = snapshot["version"].as_u64().expect("version");
+        let count = snapshot["tenant_count"].as_u64().expect("tenant count");
+        assert_eq!(
+            tenants_of.get(&version),
+            Some(&count),
+            "round {round}: a complete snapshot, never a mix: {snapshot}"
+        );
+        let last = generate::tenant_id(count as usize - 1);
+        let found = client::get(&socket, &format!("/v1/tenants/{last}?snapshot={version}"))
+            .await
+            .expect("lookup");
+        assert_eq!(
+            found.status, 200,
+            "round {round}: {last} in snapshot {version}"
+        );
+    }
+    let newest = *tenants_of.keys().last().expect("published");
+    wait_for("the agent catches up after the last kill", || async {
+        client::get(&socket, "/v1/snapshot")
+            .await
+            .is_ok_and(|a| a.json()["version"] == newest)
+    })
+    .await;
 }

@@ -2,32 +2,11 @@
 //! and the publisher's command line.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use strata_agent::client;
 use strata_common::{generate, sign};
-use strata_tests::{Fixture, bin, wait_for};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_agent(config: &std::path::Path) -> Proc {
-    Proc(
-        Command::new(bin("strata-agent"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agent"),
-    )
-}
+use strata_tests::{Fixture, bin, spawn_agent, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingest_then_restart_without_the_store_serves_the_last_complete_snapshot() {
