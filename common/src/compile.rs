@@ -252,7 +252,35 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
             return result;
         }
     };
-    let doc: toml::Value = match toml::from_str(&text) {
+    compile_tenant_text(layer1, result, &text)
+}
+
+/// What `validate` finds in one tenant file's `text` (named `file`): its
+/// problems, empty for a valid tenant. For the fuzzer and tools that check
+/// one file without a source directory.
+pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem> {
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_owned();
+    let result = TenantResult {
+        file: file.to_path_buf(),
+        tenant_id: stem,
+        phones: Vec::new(),
+        output: None,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    compile_tenant_text(layer1, result, text).problems
+}
+
+/// Parses, merges, validates and renders one tenant file's text into
+/// `result` (which names the file).
+fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> TenantResult {
+    let file_buf = result.file.clone();
+    let stem = result.tenant_id.clone();
+    let doc: toml::Value = match toml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let mut r = Reporter::new(&file_buf, Some(&stem));

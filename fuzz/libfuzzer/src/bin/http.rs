@@ -1,0 +1,4 @@
+//! libFuzzer target: `strata_fuzz::http` (see there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| strata_fuzz::http(data));
