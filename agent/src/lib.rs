@@ -88,9 +88,11 @@ pub async fn run(
         .collect();
     let sync_task = tokio::spawn(sync::run(
         syncer,
+        shared.clone(),
         store_dir,
         local_files,
         config.poll_interval,
+        config.check_timeout,
         stop_rx.clone(),
     ));
     let notify_task = tokio::spawn(systemd::run(
@@ -156,7 +158,8 @@ pub async fn run(
         _ = graceful.shutdown() => info!("in-flight requests finished"),
         _ = tokio::time::sleep(config.shutdown_grace) => warn!("grace period over; closing remaining connections"),
     }
-    sync_task.abort();
+    // Bounded inside: a hung check is not waited for long.
+    let _ = sync_task.await;
     let _ = notify_task.await;
     info!("agent stopped");
     Ok(())

@@ -303,7 +303,8 @@ impl Syncer {
             reason,
         };
         let mut text = String::new();
-        match std::fs::File::open(path) {
+        // Non-blocking and regular files only: a FIFO must not hang the check.
+        match strata_common::store::open_regular(path) {
             Ok(f) => {
                 use std::io::Read;
                 f.take(64)
@@ -659,12 +660,14 @@ fn backoff(poll: Duration, failures: u32) -> Duration {
 /// thread (see `spawn_sync_thread`).
 pub async fn run(
     syncer: Syncer,
+    shared: Arc<Shared>,
     store_dir: Option<PathBuf>,
     local_files: Vec<PathBuf>,
     poll: Duration,
+    check_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let checks = match spawn_sync_thread(syncer) {
+    let (checks, exited) = match spawn_sync_thread(syncer) {
         Ok(c) => c,
         Err(e) => {
             warn!("cannot start the sync thread: {e}; the last snapshot stays served");
@@ -675,7 +678,7 @@ pub async fn run(
     let mut watcher = None;
     let _local = watch_files(&local_files, tx.clone());
     let mut failures = 0;
-    loop {
+    'run: loop {
         if watcher.is_none()
             && let Some(dir) = &store_dir
         {
@@ -686,7 +689,20 @@ pub async fn run(
             warn!("sync check panicked; the sync loop stops, the last snapshot stays served");
             return;
         }
-        let Ok(unreachable) = done_rx.await else {
+        let mut done_rx = done_rx;
+        let started = Instant::now();
+        let mut overran = false;
+        let done = loop {
+            tokio::select! {
+                done = &mut done_rx => break done,
+                _ = tokio::time::sleep(check_timeout), if !overran => {
+                    overran = true;
+                    check_overran(&shared, started.elapsed());
+                }
+                _ = shutdown.changed() => break 'run,
+            }
+        };
+        let Ok(unreachable) = done else {
             warn!("sync check panicked; the sync loop stops, the last snapshot stays served");
             return;
         };
@@ -700,16 +716,48 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait.mul_f64(jitter)) => {}
             _ = rx.recv() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break 'run,
         }
     }
+    // The sync thread ends after the check under way, closing the snapshot
+    // file (an agent started again in this process can then open it); a
+    // check that hangs is not waited for long.
+    drop(checks);
+    let _ = tokio::time::timeout(THREAD_EXIT_WAIT, exited).await;
 }
+
+/// How long a stopping agent waits for the check under way to end.
+const THREAD_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// A check has run past `check_timeout`: the store or the disk hangs
+/// under it. The node says so (`degraded`, reason `check_timeout`) until
+/// the check ends and reports its own outcome.
+fn check_overran(shared: &Shared, after: Duration) {
+    let message = format!(
+        "a check of the store has run for {}s, past check_timeout: the store or the local disk \
+         is not answering (a stalled mirror or mount?); the last snapshot stays served",
+        after.as_secs()
+    );
+    warn!(reason = CHECK_TIMEOUT, "{message}");
+    shared.metrics.count_refusal(CHECK_TIMEOUT);
+    let ready = shared.is_ready();
+    let mut status = shared.status();
+    if ready {
+        status.state = State::Degraded;
+    }
+    status.last_error = Some(message);
+    status.last_error_reason = Some(CHECK_TIMEOUT);
+}
+
+/// The reason a check that overran is reported with.
+const CHECK_TIMEOUT: &str = "check_timeout";
 
 /// Starts the thread that runs one check per request, at `SCHED_IDLE`: the
 /// kernel runs it only on a CPU nothing else wants, so applying a large
 /// snapshot never delays a lookup (or the call worker beside us). Measured
-/// in BENCHMARKS.md; nice 10 was not enough. The thread is not joined: an
-/// exit in the middle of an ingest is as safe as a crash.
+/// in BENCHMARKS.md; nice 10 was not enough. A stopping agent waits a few
+/// seconds for the check under way, not longer: an exit in the middle of
+/// an ingest is as safe as a crash.
 ///
 /// One thread, not a decode/write pipeline: decompressing on a second
 /// `SCHED_IDLE` thread made a 10k-tenant apply ~20 % faster, but took the
@@ -722,8 +770,12 @@ pub async fn run(
 /// store or the local disk failed ([`Refusal::backs_off`]).
 fn spawn_sync_thread(
     mut syncer: Syncer,
-) -> std::io::Result<std::sync::mpsc::Sender<oneshot::Sender<bool>>> {
+) -> std::io::Result<(
+    std::sync::mpsc::Sender<oneshot::Sender<bool>>,
+    oneshot::Receiver<()>,
+)> {
     let (tx, rx) = std::sync::mpsc::channel::<oneshot::Sender<bool>>();
+    let (exit_tx, exited) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("strata-sync".into())
         .spawn(move || {
@@ -733,8 +785,10 @@ fn spawn_sync_thread(
                 let back_off = matches!(&outcome, Outcome::Refused(r) if r.backs_off());
                 let _ = done.send(back_off);
             }
+            drop(syncer);
+            let _ = exit_tx.send(());
         })?;
-    Ok(tx)
+    Ok((tx, exited))
 }
 
 /// Watches a store directory; a change to a channel pointer or a pin asks

@@ -26,6 +26,14 @@ pub struct Config {
     /// Poll period, jittered ±20%. Default `5s`.
     #[serde(default = "default_poll", with = "duration")]
     pub poll_interval: Duration,
+    /// How long one check of the store (with its apply) may run before the
+    /// agent reports itself `degraded`: a store or disk that hangs
+    /// (a stalled mirror, a hung mount) shows in `/v1/snapshot` and the
+    /// metrics instead of behind a `fresh` state. The check is not
+    /// abandoned: when it ends, its outcome is reported as usual. Default
+    /// `5m`, above a cold 100k-tenant apply on a slow disk.
+    #[serde(default = "default_check_timeout", with = "duration")]
+    pub check_timeout: Duration,
     /// Directory of the redb file. Default `/var/lib/strata`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -119,6 +127,9 @@ fn default_region() -> String {
 }
 fn default_poll() -> Duration {
     Duration::from_secs(5)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_data_dir() -> PathBuf {
     "/var/lib/strata".into()
@@ -254,6 +265,9 @@ impl Config {
                 "retain",
                 "must be at least 1 (the served snapshot)".into(),
             ));
+        }
+        if self.check_timeout < Duration::from_secs(1) {
+            return Err(invalid("check_timeout", "must be at least 1s".into()));
         }
         if self.poll_interval < Duration::from_millis(100) {
             return Err(invalid("poll_interval", "must be at least 100ms".into()));

@@ -203,3 +203,76 @@ async fn sigkill_at_random_points_of_100_applies_always_leaves_a_complete_snapsh
     })
     .await;
 }
+
+/// A store that accepts connections and never answers: the check hangs
+/// (until the store's own 30 s read timeout), and past `check_timeout` the
+/// node says so, `degraded` with reason `check_timeout`, still serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_hangs_past_check_timeout_makes_the_node_degraded() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = stalled.local_addr().expect("addr").port();
+    let ca_file = fx.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, strata_tests::mirror::TestCa::new().ca_pem).expect("ca file");
+    let (config, path) = fx.agent_config("a", "check_timeout = \"1s\"");
+    let agent = Agent::start(config.clone(), path.clone());
+    agent.serves(1).await;
+    agent.stop().await;
+    let text = std::fs::read_to_string(&path).expect("config").replace(
+        &format!("file://{}", fx.store_dir().display()),
+        &format!("https://127.0.0.1:{port}/store"),
+    );
+    std::fs::write(
+        &path,
+        format!("ca_file = \"{}\"\n{text}", ca_file.display()),
+    )
+    .expect("config");
+    let config = strata_agent::config::Config::load(&path).expect("config");
+    let agent = Agent::start(config, path);
+    agent
+        .wait_until("the hung check is reported", "/v1/snapshot", |a| {
+            a.json()["state"] == "degraded" && a.json()["last_error_reason"] == "check_timeout"
+        })
+        .await;
+    let tenant = generate::tenant_id(3);
+    assert_eq!(
+        agent.get(&format!("/v1/tenants/{tenant}")).await.status,
+        200
+    );
+    agent.stop().await;
+    drop(stalled);
+}
+
+/// A FIFO as the local pin file: refused as not a regular file, never
+/// waited on, and the snapshot stays served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_the_local_pin_file_is_refused_without_hanging() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let pin = fx.dir.path().join("pin");
+    let (config, path) = fx.agent_config("a", &format!("pin_file = \"{}\"", pin.display()));
+    let agent = Agent::start(config, path);
+    agent.serves(1).await;
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pin)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    agent
+        .wait_until("the FIFO is refused", "/v1/snapshot", |a| {
+            a.json()["state"] == "degraded"
+                && a.json()["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not a regular file"))
+        })
+        .await;
+    assert_eq!(
+        agent
+            .get(&format!("/v1/tenants/{}", generate::tenant_id(3)))
+            .await
+            .status,
+        200
+    );
+    agent.stop().await;
+}

@@ -29,6 +29,25 @@ const MAX_CURRENT_BYTES: u64 = 1 << 20;
 /// Keys a page of [`WriteStore::list_page`] holds at most, as on S3.
 const PAGE: usize = 1000;
 
+/// Opens `path` for reading if it is a regular file, without blocking: a
+/// FIFO (which would block an open or a read for ever) or a device is
+/// refused with [`io::ErrorKind::InvalidInput`], the type checked on the
+/// open handle so that nothing swapped in after a check gets through.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if f.metadata()?.file_type().is_file() {
+        Ok(f)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
 impl FileStore {
     /// A store rooted at the absolute path `root` (created if missing).
     pub fn new(root: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -73,24 +92,17 @@ impl FileStore {
         self.check_regular(key, &path)?;
         // Non-blocking, and the type checked again on the open handle: a
         // FIFO swapped in after the check cannot block the reader.
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => StoreError::NotFound {
-                    key: key.to_owned(),
-                },
-                _ => transient(e),
-            })?;
-        let meta = f.metadata().map_err(transient)?;
-        if !meta.file_type().is_file() {
-            return Err(StoreError::Fatal {
+        let f = open_regular(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound {
+                key: key.to_owned(),
+            },
+            io::ErrorKind::InvalidInput => StoreError::Fatal {
                 key: key.to_owned(),
                 source: "is not a regular file; a file store holds regular files only".into(),
-            });
-        }
-        let size = meta.len();
+            },
+            _ => transient(e),
+        })?;
+        let size = f.metadata().map_err(transient)?.len();
         if size > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_owned(),
