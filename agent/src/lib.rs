@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod priority;
 pub mod shutdown;
@@ -103,6 +104,7 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut accept_errors = AcceptErrors::default();
+    let idle_timeout = config.idle_timeout;
     tokio::pin!(shutdown);
     loop {
         // A slot first: at the cap, connections wait in the backlog.
@@ -129,6 +131,8 @@ pub async fn run(
                     }
                 };
                 let shared = shared.clone();
+                let activity = idle::Activity::new();
+                let stream = idle::Watched::new(stream, activity.clone());
                 let conn = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -137,8 +141,13 @@ pub async fn run(
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _slot = slot;
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
+                    tokio::select! {
+                        ended = conn => if let Err(e) = ended {
+                            tracing::debug!("connection ended: {e}");
+                        },
+                        () = activity.idle_for(idle_timeout) => {
+                            tracing::debug!("closing a connection that moved no byte for {idle_timeout:?}");
+                        }
                     }
                 });
             }

@@ -56,6 +56,11 @@ pub struct Config {
     /// against.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long a connection may move no byte (no request arriving, or a
+    /// response its client does not read) before it is closed, freeing its
+    /// slot. Default `60s`; call workers' pools reconnect.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
     /// Threads serving the socket. The agent is a sidecar: the call worker
     /// beside it needs the CPU more. Default 1 (BENCHMARKS.md, issue 16).
     #[serde(default = "default_worker_threads")]
@@ -148,6 +153,9 @@ fn default_cache_bytes() -> usize {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_worker_threads() -> usize {
     1
@@ -265,6 +273,9 @@ impl Config {
                 "retain",
                 "must be at least 1 (the served snapshot)".into(),
             ));
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err(invalid("idle_timeout", "must be at least 1s".into()));
         }
         if self.check_timeout < Duration::from_secs(1) {
             return Err(invalid("check_timeout", "must be at least 1s".into()));

@@ -276,3 +276,34 @@ async fn a_fifo_as_the_local_pin_file_is_refused_without_hanging() {
     );
     agent.stop().await;
 }
+
+/// A client that sends requests and never reads the answers holds its
+/// connection slot only until `idle_timeout`: with one slot, the next
+/// client is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_loses_its_slot_after_idle_timeout() {
+    use std::io::Write;
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let agent = fx.start_agent("a", "max_connections = 1\nidle_timeout = \"1s\"");
+    agent.serves(1).await;
+    let mut greedy = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    greedy
+        .set_write_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    // Pipelined lookups until the socket's buffers are full both ways.
+    let request = format!(
+        "GET /v1/tenants/{}/prompt HTTP/1.1\r\nhost: x\r\n\r\n",
+        generate::tenant_id(1)
+    )
+    .repeat(100);
+    while greedy.write_all(request.as_bytes()).is_ok() {}
+    // A client waiting in the backlog blocks: bound the whole wait.
+    let served = agent.wait_until("another client is served", "/v1/snapshot", |a| {
+        a.json()["version"] == 1
+    });
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("another client is served once the greedy one is closed");
+    agent.stop().await;
+}
