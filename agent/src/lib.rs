@@ -72,7 +72,7 @@ pub async fn run(
         Ok(None) => info!("no snapshot on disk yet"),
         Err(e) => warn!("not serving the snapshot on disk: {e}"),
     }
-    let listener = bind(
+    let (listener, _socket_lock) = bind(
         &config.socket,
         config.socket_mode_bits().map_err(anyhow::Error::msg)?,
     )?;
@@ -218,9 +218,31 @@ impl AcceptErrors {
 /// second agent must not take over a live one's socket). The socket is
 /// bound under a temporary name, given its mode, then renamed into place,
 /// so that it never exists at its path with the umask's mode.
-fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
+///
+/// Two agents started at the same instant could both find no live socket:
+/// each first takes an exclusive `flock` on `<socket>.lock` (next to the
+/// socket), held until it exits, and the second is refused.
+fn bind(path: &Path, mode: u32) -> Result<(UnixListener, std::fs::File)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening the socket's lock file {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is the socket of a running process (another agent holds {}); stop it, or give this agent another socket path",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -261,5 +283,5 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
         let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
-    Ok(listener)
+    Ok((listener, lock))
 }

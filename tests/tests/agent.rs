@@ -652,6 +652,31 @@ async fn a_second_agent_does_not_take_over_a_live_agent_s_socket() {
     first.stop().await;
 }
 
+/// Two agents started at the same instant on one socket: whichever takes
+/// the socket's lock first binds it, the other is refused (here the lock is
+/// held as the first agent would hold it, before its socket exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_refused_while_another_holds_the_socket_lock() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let (config, path) = fx.agent_config("a", "");
+    let lock = std::fs::File::create(config.socket.with_extension("lock")).expect("lock file");
+    lock.try_lock().expect("take the lock");
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        strata_agent::run(config.clone(), &path, std::future::pending()),
+    )
+    .await
+    .expect("refused at once");
+    let message = format!("{:#}", refused.expect_err("refused"));
+    assert!(message.contains("another agent holds"), "{message}");
+    assert!(!config.socket.exists(), "no socket placed");
+    drop(lock);
+    let agent = Agent::start(config, path);
+    agent.serves(1).await;
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_and_a_silent_client_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -130,12 +130,16 @@ impl FileStore {
             }
             Err(e) => return Err(StoreError::io(key, e)),
         };
+        // Resolved whole: the file itself or a directory on its way
+        // (`snapshots/` a link elsewhere) may be a symbolic link.
+        let target = fs::canonicalize(path).map_err(|e| StoreError::io(key, e))?;
+        let root = fs::canonicalize(&self.root).map_err(|e| StoreError::io(key, e))?;
+        if !target.starts_with(&root) {
+            return Err(refuse(
+                "is (or lies under) a symbolic link out of the store",
+            ));
+        }
         let meta = if meta.file_type().is_symlink() {
-            let target = fs::canonicalize(path).map_err(|e| StoreError::io(key, e))?;
-            let root = fs::canonicalize(&self.root).map_err(|e| StoreError::io(key, e))?;
-            if !target.starts_with(&root) {
-                return Err(refuse("is a symbolic link out of the store"));
-            }
             fs::metadata(&target).map_err(|e| StoreError::io(key, e))?
         } else {
             meta
@@ -151,6 +155,7 @@ impl FileStore {
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
         let dir = target.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir)?;
+        remove_stale_temps(dir);
         let name = target
             .file_name()
             .and_then(|n| n.to_str())
@@ -351,9 +356,65 @@ impl WriteStore for FileStore {
     }
 }
 
+/// How long a temporary file may go unwritten before it counts as left by
+/// a killed writer: far above the time to write one bundle, since another
+/// publisher may be writing its own right now.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the temporary files (`.<name>.<pid>.<n>.tmp`) in `dir` that no
+/// one has written for [`STALE_TEMP`]: what a publisher killed mid-write
+/// leaves. Done before each write; a failure only leaves them for the next.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP));
+        if stale && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                file = %entry.path().display(),
+                "removed a temporary file unwritten for over an hour (left by a killed publisher)"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_writer_s_temporary_files_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(dir.path()).expect("store");
+        let snapshots = dir.path().join("snapshots");
+        fs::create_dir_all(&snapshots).expect("dir");
+        let old = snapshots.join(".00000000000000000007.bundle.4242.1.tmp");
+        let fresh = snapshots.join(".00000000000000000008.bundle.4343.1.tmp");
+        fs::write(&old, b"half a bundle").expect("old temp");
+        fs::write(&fresh, b"a bundle being written").expect("fresh temp");
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(two_hours_ago))
+            .expect("age the old temp");
+        store
+            .put_new("snapshots/00000000000000000009.bundle", b"bundle")
+            .expect("put");
+        assert!(!old.exists(), "a killed publisher's temp file is removed");
+        assert!(fresh.exists(), "one being written now is left alone");
+    }
 
     #[test]
     fn copy_hashed_streams_with_the_size_limit_of_get() {
@@ -402,6 +463,14 @@ mod tests {
         );
         assert!(matches!(
             store.get("snapshots", 100),
+            Err(StoreError::Fatal { .. })
+        ));
+        // A directory of the store that is a link out of it.
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        std::fs::write(elsewhere.path().join("eu-west-1.json"), b"{}").expect("file");
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("pins")).expect("symlink dir");
+        assert!(matches!(
+            store.get("pins/eu-west-1.json", 100),
             Err(StoreError::Fatal { .. })
         ));
         // A compare-and-swap over a FIFO is refused, not blocked on.
