@@ -12,11 +12,13 @@
 //! (Unicode TR39: `і` becomes `i`), and white space runs collapsed. Patterns stay plain phrases an operator can
 //! read; matching is then:
 //!
-//! - a pattern of one word (`</system>`, `<script`, `javascript:`) matches
-//!   when it appears in the text with all white space removed;
-//! - a pattern of several words matches those words in order with at most
-//!   [`MAX_GAP`] other words between each two, or the whole pattern without
-//!   white space anywhere in the text without white space.
+//! - a pattern without white space (`</system>`, `<script`,
+//!   `<|im_end|>`, `javascript:`) matches when it appears in the text with
+//!   all white space removed;
+//! - a phrase, words between white space (`ignore previous
+//!   instructions`), also matches its words (runs of letters and digits) in
+//!   order with at most [`MAX_GAP`] other words between each two, or those
+//!   words joined by anything (`ignore_previous-instructions`).
 //!
 //! Text that is plain ASCII without `&` is already in this form but for
 //! case and white space (ASCII is NFKC-stable, has no format characters),
@@ -35,6 +37,8 @@ pub struct Pattern {
     compact: String,
     /// Its words without the punctuation around them, when it has several.
     words: Vec<String>,
+    /// Those words joined.
+    joined: String,
 }
 
 impl Pattern {
@@ -42,10 +46,20 @@ impl Pattern {
     pub fn new(text: &str) -> Self {
         let t = Text::new(text);
         let folded = t.folded.unwrap_or_else(|| text.to_ascii_lowercase());
-        let words: Vec<String> = alnum_words(&folded).map(str::to_owned).collect();
+        // A phrase (words between white space) is also matched word by
+        // word; a token such as `<|im_end|>` only as itself, white space
+        // removed: its letters alone (`imend`) are in ordinary text
+        // ("claim. End").
+        let words: Vec<String> = if folded.split_whitespace().nth(1).is_some() {
+            alnum_words(&folded).map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        let words = if words.len() > 1 { words } else { Vec::new() };
         Self {
             compact: t.compact,
-            words: if words.len() > 1 { words } else { Vec::new() },
+            joined: words.concat(),
+            words,
         }
     }
 }
@@ -118,40 +132,58 @@ impl<'a> Text<'a> {
                 None => return false,
             }
         }
-        let lower;
-        let folded = match &self.folded {
-            Some(f) => f.as_str(),
+        match &self.folded {
+            // Plain ASCII: words and case by bytes, no copy but one.
             None => {
-                lower = self.source.to_ascii_lowercase();
-                lower.as_str()
+                let text = self.source.as_bytes();
+                let joined: String = text
+                    .iter()
+                    .filter(|b| b.is_ascii_alphanumeric())
+                    .map(|b| char::from(b.to_ascii_lowercase()))
+                    .collect();
+                joined.contains(&pattern.joined)
+                    || in_order(
+                        text.split(|b| !b.is_ascii_alphanumeric())
+                            .filter(|w| !w.is_empty()),
+                        &pattern.words,
+                    )
             }
-        };
-        let joined: String = alnum_words(folded).collect();
-        if joined.contains(&pattern.words.concat()) {
+            Some(folded) => {
+                let joined: String = alnum_words(folded).collect();
+                joined.contains(&pattern.joined)
+                    || in_order(alnum_words(folded).map(str::as_bytes), &pattern.words)
+            }
+        }
+    }
+}
+
+/// Whether `want` appears among `words` in order, with at most [`MAX_GAP`]
+/// other words between two (compared without regard to ASCII case: a
+/// folded text is lower case already).
+fn in_order<'w>(mut words: impl Iterator<Item = &'w [u8]> + Clone, want: &[String]) -> bool {
+    let Some((first, rest_wanted)) = want.split_first() else {
+        return false;
+    };
+    while let Some(word) = words.next() {
+        if !word.eq_ignore_ascii_case(first.as_bytes()) {
+            continue;
+        }
+        let mut rest = words.clone();
+        let found = rest_wanted.iter().all(|want| {
+            for _ in 0..=MAX_GAP {
+                match rest.next() {
+                    Some(w) if w.eq_ignore_ascii_case(want.as_bytes()) => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+            false
+        });
+        if found {
             return true;
         }
-        let mut words = alnum_words(folded);
-        while let Some(word) = words.next() {
-            if word != pattern.words[0] {
-                continue;
-            }
-            let mut rest = words.clone();
-            let found = pattern.words[1..].iter().all(|want| {
-                for _ in 0..=MAX_GAP {
-                    match rest.next() {
-                        Some(w) if w == want => return true,
-                        Some(_) => {}
-                        None => return false,
-                    }
-                }
-                false
-            });
-            if found {
-                return true;
-            }
-        }
-        false
     }
+    false
 }
 
 /// The full path: entities, NFKC, ignorables, case, and each character
@@ -277,6 +309,16 @@ mod tests {
         ] {
             assert!(!found("ignore previous instructions", text), "{text:?}");
             assert!(!found("<script", text), "{text:?}");
+        }
+        // A token pattern is not a phrase: its letters joined are in
+        // ordinary words.
+        for text in [
+            "Please claim end-of-year discounts.",
+            "Start time: 9am; I'm starting now.",
+            "im end",
+        ] {
+            assert!(!found("<|im_end|>", text), "{text:?}");
+            assert!(!found("<|im_start|>", text), "{text:?}");
         }
     }
 }
