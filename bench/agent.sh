@@ -21,7 +21,13 @@
 # AGENT_BIN=PATH runs another build of the agent (an A/B against an older one);
 # STEADY_RUNS=N repeats the steady-state apply at 2,000 lookups/s N times;
 # DATA_DIR=DIR puts the agents' data dirs under DIR (e.g. /dev/shm, to take
-# the disk out of the measurement).
+# the disk out of the measurement);
+# ONLY=steady runs only the 100k apply (no load) and the steady-state 1 %
+# applies at 2,000 lookups/s (the A/B of issue 16, item 4);
+# SCHED_TRACE=1 records `perf sched` during each steady-state apply and
+# prints the agent threads' longest waits off the CPU (state S: asleep, D:
+# in the kernel, R: runnable but not run) and their longest scheduling
+# delays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -95,8 +101,10 @@ load() {
   shift 2
   oha --no-tui --output-format json -z "${secs}s" "$@" --unix-socket "$W/agent.sock" "$URL" | summary "$name"
 }
+if [ "${ONLY:-}" != steady ]; then
 echo "== lookups, GET /v1/tenants/{id}, 10k-tenant snapshot, ${SECS}s each"
 for c in 1 8 32; do load "c=$c" "$SECS" -c "$c"; done
+fi
 
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' /proc/$AGENT/status; }
 # window DB FROM TO NAME [POOL]: latency of the requests oha (--db-url)
@@ -185,7 +193,17 @@ t = time.time()
 os.rename(sys.argv[1], sys.argv[2])
 print(f"{t:.6f} {os.getpid()}", flush=True)
 time.sleep(600)' "$W/store/.stable.json" "$W/store/channels/stable.json")
+  local tracer=
+  if [ -n "${SCHED_TRACE:-}" ]; then
+    perf sched record -a -o "$W/sched.data" -- sleep 30 >/dev/null 2>&1 &
+    tracer=$!
+  fi
   wait $waiter
+  if [ -n "$tracer" ]; then
+    kill -INT "$tracer" 2>/dev/null || true
+    wait "$tracer" 2>/dev/null || true
+    sched_report "$W/sched.data"
+  fi
   local end durable
   end=$(log_time "snapshot applied version=$v ")
   durable=$(log_time "$(durable_line "$v")")
@@ -199,11 +217,37 @@ time.sleep(600)' "$W/store/.stable.json" "$W/store/channels/stable.json")
   window "$W/during.db" "$(python3 -c "print($start-$t0)")" "$(python3 -c "print($durable-$t0)")" "until durable ($*)"
 }
 
+# sched_report DATA: the agent threads' longest times off the CPU in a
+# `perf sched` recording, with the state they left it in, and their longest
+# scheduling delays (runnable, not running).
+sched_report() {
+  perf sched timehist -i "$1" --state -p "$AGENT" 2>/dev/null | python3 -c '
+import sys
+rows = []
+for line in sys.stdin:
+    f = line.split()
+    if len(f) < 8 or "[" not in f[2]:
+        continue
+    try:
+        rows.append((float(f[3]), float(f[4]), f[2], f[6] if len(f) > 6 else "?", f[0]))
+    except ValueError:
+        pass
+print("  perf sched: longest waits off the CPU (ms, state):",
+      ", ".join("%s %.2f %s" % (r[2], r[0], r[3]) for r in sorted(rows, reverse=True)[:6]))
+print("  perf sched: longest scheduling delays (ms):",
+      ", ".join("%s %.2f" % (r[2], r[1]) for r in sorted(rows, key=lambda r: -r[1])[:6]))
+'
+}
+
 echo "== cold apply: 100k-tenant bundle onto the 10k snapshot (every body new)"
 echo "  agent RSS before: $(rss) MiB"
 publish "$W/src100k"
+if [ "${ONLY:-}" != steady ]; then
 load "idle, c=8, just before" "$SECS" -c 8
 OHA_SECS=$((SECS + 40)) apply "cold apply" 2 -c 8
+else
+OHA_SECS=$((SECS + 40)) apply "cold apply" 2 -c 1 -q 10
+fi
 echo "  agent peak RSS (VmHWM): $(awk '/^VmHWM/ {printf "%.1f", $2/1024}' /proc/$AGENT/status) MiB, RSS after: $(rss) MiB (redb cache: $(( ${CACHE_BYTES:-67108864} >> 20 )) MiB)"
 echo "  data dir: $(du -sh "$D/data" | cut -f1)"
 
@@ -220,6 +264,7 @@ done
 # and a single stall of the machine decides it; pooled over the runs:
 pooled "all idle runs above, 2000/s" "$W/idle.pool"
 pooled "all 1% applies above, 2000/s" "$W/during.pool"
+[ "${ONLY:-}" != steady ] || exit 0
 # The machine's own share: no apply, a busy loop at SCHED_IDLE (what the sync
 # thread is to the scheduler), under 2,000 lookups/s.
 echo "== no apply: a busy loop at SCHED_IDLE beside the agent, 2,000 lookups/s"

@@ -111,7 +111,15 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
     };
     match lookup(reader, version, path) {
         Ok((entry, content_type)) => entry_response(req, entry, content_type, version),
-        Err(e) => e.response(),
+        Err(e) => {
+            if e.code == "storage" {
+                // The sync thread reopens the file if redb latched an I/O error.
+                shared
+                    .read_failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            e.response()
+        }
     }
 }
 

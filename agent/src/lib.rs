@@ -82,6 +82,9 @@ pub async fn run(
     info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The sync side stops last: it owns the snapshot file, which in-flight
+    // requests still read while they drain.
+    let (sync_stop_tx, sync_stop_rx) = watch::channel(false);
     let local_files: Vec<PathBuf> = std::iter::once(config_path.to_path_buf())
         .chain(config.trusted_keys.iter().map(|k| k.path.clone()))
         .chain(config.pin_file.clone())
@@ -94,7 +97,7 @@ pub async fn run(
         local_files,
         config.poll_interval,
         config.check_timeout,
-        stop_rx.clone(),
+        sync_stop_rx,
     ));
     let notify_task = tokio::spawn(systemd::run(
         shared.clone(),
@@ -168,6 +171,7 @@ pub async fn run(
         _ = tokio::time::sleep(config.shutdown_grace) => warn!("grace period over; closing remaining connections"),
     }
     // Bounded inside: a hung check is not waited for long.
+    let _ = sync_stop_tx.send(true);
     let _ = sync_task.await;
     let _ = notify_task.await;
     info!("agent stopped");
@@ -198,6 +202,13 @@ const BURST_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AcceptErrors {
     fn failed(&mut self, e: &std::io::Error) {
+        // A failure long after the last one starts a new burst.
+        if self
+            .last_failure
+            .is_some_and(|t| t.elapsed() >= BURST_QUIET)
+        {
+            self.failing = 0;
+        }
         if self.failing == 0 {
             warn!("accept failed: {e}; backing off (logged once until accepts succeed again)");
         }
@@ -226,7 +237,9 @@ fn bind(path: &Path, mode: u32) -> Result<(UnixListener, std::fs::File)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let lock_path = path.with_extension("lock");
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -95,6 +95,9 @@ pub struct Shared {
     pub region: String,
     /// When the agent started.
     pub started: std::time::Instant,
+    /// A lookup failed reading the snapshot file (an I/O error): the sync
+    /// thread checks at its next check whether the file must be reopened.
+    pub read_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -102,6 +105,7 @@ impl Shared {
     pub fn new(source: String, region: String) -> Arc<Self> {
         Arc::new(Self {
             served: ArcSwapOption::empty(),
+            read_failed: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_check: None,

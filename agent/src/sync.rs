@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use strata_common::bundle::Limits;
@@ -267,20 +268,41 @@ impl Syncer {
     }
 
     /// Opens the snapshot file again when it is due: after a latched I/O
-    /// error, or once a read-only `data_dir` can be written. The snapshot
-    /// it holds is then served through the new handle. Failing, the check
-    /// is refused (stale, backing off) and the last snapshot stays served.
+    /// error (a full disk, once `data_dir` has [`REOPEN_ROOM`] free again),
+    /// or once a read-only `data_dir` can be written. Closing the old
+    /// handle ends what it served, so the snapshot on disk is then served
+    /// through the new one (or nothing, if it cannot be opened: lookups
+    /// answer 503 and the check is refused, stale, backing off).
     fn reopen_db(&mut self) -> Result<(), Refusal> {
+        if self.shared.read_failed.swap(false, Ordering::Relaxed) {
+            self.db_write_failed();
+        }
         let due = self.db_failed || (!self.db.is_writable() && self.db.needs_reopen());
         if !due {
             return Ok(());
         }
-        if let Err(e) = self.db.reopen() {
-            return Err(Refusal::Ingest {
-                bundle: self.db.path().display().to_string(),
-                source: format!("opening the snapshot file again: {e}").into(),
-                permanent: false,
-            });
+        let refused = |db: &Db, why: String| Refusal::Ingest {
+            bundle: db.path().display().to_string(),
+            source: why.into(),
+            permanent: false,
+        };
+        if self.db_failed && !self.db.has_room(REOPEN_ROOM) {
+            return Err(refused(
+                &self.db,
+                format!(
+                    "the snapshot file refuses writes after an I/O error and data_dir has less than {} MiB free; \
+                     free space and the agent opens it again",
+                    REOPEN_ROOM >> 20
+                ),
+            ));
+        }
+        let reopened = self.db.reopen();
+        self.shared.served.store(None);
+        if let Err(e) = reopened {
+            return Err(refused(
+                &self.db,
+                format!("opening the snapshot file again: {e}"),
+            ));
         }
         self.db_failed = false;
         match self.restore() {
@@ -748,6 +770,10 @@ fn check_overran(shared: &Shared, after: Duration) {
     status.last_error = Some(message);
     status.last_error_reason = Some(CHECK_TIMEOUT);
 }
+
+/// Free space in `data_dir` before the snapshot file is opened again after
+/// an I/O error: enough for a publish of a few thousand changed tenants.
+const REOPEN_ROOM: u64 = 64 << 20;
 
 /// The reason a check that overran is reported with.
 const CHECK_TIMEOUT: &str = "check_timeout";

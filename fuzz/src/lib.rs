@@ -125,6 +125,13 @@ impl Server {
     }
 
     fn start() -> Server {
+        // A panic in a connection task is caught by tokio, which would hide
+        // it from the seed replay: abort, as libFuzzer's own hook does.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            std::process::abort();
+        }));
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let source = root.join("source");

@@ -660,7 +660,9 @@ async fn an_agent_is_refused_while_another_holds_the_socket_lock() {
     let fx = Fixture::new();
     fx.publish("v1", 5);
     let (config, path) = fx.agent_config("a", "");
-    let lock = std::fs::File::create(config.socket.with_extension("lock")).expect("lock file");
+    let mut lock_path = config.socket.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock = std::fs::File::create(lock_path).expect("lock file");
     lock.try_lock().expect("take the lock");
     let refused = tokio::time::timeout(
         std::time::Duration::from_secs(20),

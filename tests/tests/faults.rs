@@ -28,7 +28,9 @@ async fn a_full_disk_keeps_the_snapshot_served_and_updates_resume_once_there_is_
     fx.publish("large", 3000);
     agent
         .wait_until("the failed apply is reported", "/v1/snapshot", |a| {
-            a.json()["state"] == "stale" && a.json()["version"] == 1
+            a.json()["state"] == "stale"
+                && a.json()["version"] == 1
+                && a.json()["last_error_reason"] == "ingest"
         })
         .await;
     let snapshot = agent.get("/v1/snapshot").await.json();
@@ -305,5 +307,36 @@ async fn a_client_that_never_reads_loses_its_slot_after_idle_timeout() {
     tokio::time::timeout(DEADLINE, served)
         .await
         .expect("another client is served once the greedy one is closed");
+    agent.stop().await;
+}
+
+/// A read-only `data_dir` whose snapshot file needs recovery (the agent was
+/// killed before the directory turned read-only): the agent starts anyway,
+/// serving nothing and saying why, and recovers once it can write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_dir_with_an_unclean_file_starts_and_recovers_once_writable() {
+    let fx = Fixture::new();
+    fx.publish("v1", 5);
+    let (config, path) = fx.agent_config("a", "");
+    let killed = spawn_agent(&path);
+    wait_for("v1 served", || async {
+        client::get(&config.socket, "/v1/snapshot")
+            .await
+            .is_ok_and(|a| a.json()["version"] == 1)
+    })
+    .await;
+    drop(killed); // SIGKILL: the file is left for recovery
+    let Some(ro) = Mount::read_only(&config.data_dir) else {
+        return;
+    };
+    let agent = Agent::start(config.clone(), path);
+    agent
+        .wait_until("the agent answers, serving nothing", "/v1/snapshot", |a| {
+            a.json()["state"] == "starting"
+        })
+        .await;
+    assert_eq!(agent.get("/readyz").await.status, 503);
+    ro.remount("bind,rw");
+    agent.serves(1).await;
     agent.stop().await;
 }

@@ -274,11 +274,27 @@ impl Db {
                     .set_cache_size(cache_bytes)
                     .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)?,
             ),
-            Err(e) if is_read_only(&e) && path.exists() => Handle::ReadOnly(
-                redb::Builder::new()
+            Err(e) if is_read_only(&e) && path.exists() => {
+                match redb::Builder::new()
                     .set_cache_size(cache_bytes)
-                    .open_read_only(path)?,
-            ),
+                    .open_read_only(path)
+                {
+                    Ok(db) => Handle::ReadOnly(db),
+                    // Not clean (a crash before the directory turned
+                    // read-only): it cannot be recovered without writing,
+                    // nor moved aside. Nothing is served until it can be.
+                    Err(e) => {
+                        tracing::warn!(
+                            "{} cannot be written and cannot be read without recovery ({e}); serving nothing until data_dir is writable",
+                            path.display()
+                        );
+                        Handle::Closed(
+                            redb::Builder::new()
+                                .create_with_backend(redb::backends::InMemoryBackend::new())?,
+                        )
+                    }
+                }
+            }
             Err(source) => {
                 return Err(DbError::Open {
                     path: path.to_path_buf(),
@@ -355,10 +371,18 @@ impl Db {
         }
     }
 
+    /// Whether `data_dir` has at least `bytes` free: reopening after a
+    /// full disk is pointless (and costs the served snapshot) before then.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= bytes)
+    }
+
     /// Closes the file and opens it again (moving it aside if it is now
     /// found damaged). Until that succeeds the handle stays closed, and a
-    /// later call tries again; the snapshots served before keep what redb
-    /// had cached of their pages.
+    /// later call tries again. Closing empties redb's cache: readers of the
+    /// old handle can no longer read anything, so the caller serves a
+    /// reader of the new one, or nothing.
     pub fn reopen(&mut self) -> Result<(), DbError> {
         // redb holds its lock on the file until the old handle is dropped.
         let stand_in =
