@@ -22,6 +22,8 @@
 # STEADY_RUNS=N repeats the steady-state apply at 2,000 lookups/s N times;
 # DATA_DIR=DIR puts the agents' data dirs under DIR (e.g. /dev/shm, to take
 # the disk out of the measurement);
+# OHA_THREADS=N gives the load generator N threads (default: oha's, one per
+# core);
 # ONLY=steady runs only the 100k apply (no load) and the steady-state 1 %
 # applies at 2,000 lookups/s (the A/B of issue 16, item 4);
 # SCHED_TRACE=1 records `perf sched` during each steady-state apply and
@@ -99,7 +101,7 @@ print("  %-22s %9.0f req/s  p50 %7.1f us  p99 %7.1f us  success %.1f%%" % (sys.a
 load() {
   local name=$1 secs=$2
   shift 2
-  oha --no-tui --output-format json -z "${secs}s" "$@" --unix-socket "$W/agent.sock" "$URL" | summary "$name"
+  oha --no-tui ${OHA_THREADS:+--worker-threads $OHA_THREADS} --output-format json -z "${secs}s" "$@" --unix-socket "$W/agent.sock" "$URL" | summary "$name"
 }
 if [ "${ONLY:-}" != steady ]; then
 echo "== lookups, GET /v1/tenants/{id}, 10k-tenant snapshot, ${SECS}s each"
@@ -141,7 +143,7 @@ load_pooled() {
   local name=$1 secs=$2 pool=$3
   shift 3
   rm -f "$W/idle.db"
-  oha --no-tui --output-format quiet -z "${secs}s" "$@" --db-url "$W/idle.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1
+  oha --no-tui ${OHA_THREADS:+--worker-threads $OHA_THREADS} --output-format quiet -z "${secs}s" "$@" --db-url "$W/idle.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1
   window "$W/idle.db" 0 "$secs" "$name" "$pool"
 }
 # log_time PATTERN: the timestamp (epoch seconds) of the agent's first log
@@ -179,7 +181,7 @@ apply() {
   stage
   rm -f "$W/during.db"
   local t0=$EPOCHREALTIME
-  oha --no-tui --output-format quiet -z "${OHA_SECS:-$((SECS + 20))}s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
+  oha --no-tui ${OHA_THREADS:+--worker-threads $OHA_THREADS} --output-format quiet -z "${OHA_SECS:-$((SECS + 20))}s" "$@" --db-url "$W/during.db" --unix-socket "$W/agent.sock" "$URL" >/dev/null 2>&1 &
   local oha=$!
   grep -m1 -q -E "$(durable_line "$v")" <(tail -n +1 --pid="$AGENT" -f "$W/agent.log") &
   local waiter=$!
@@ -202,7 +204,7 @@ time.sleep(600)' "$W/store/.stable.json" "$W/store/channels/stable.json")
   if [ -n "$tracer" ]; then
     kill -INT "$tracer" 2>/dev/null || true
     wait "$tracer" 2>/dev/null || true
-    sched_report "$W/sched.data"
+    sched_report "$W/sched.data" "$AGENT,$oha"
   fi
   local end durable
   end=$(log_time "snapshot applied version=$v ")
@@ -217,21 +219,28 @@ time.sleep(600)' "$W/store/.stable.json" "$W/store/channels/stable.json")
   window "$W/during.db" "$(python3 -c "print($start-$t0)")" "$(python3 -c "print($durable-$t0)")" "until durable ($*)"
 }
 
-# sched_report DATA: the agent threads' longest times off the CPU in a
-# `perf sched` recording, with the state they left it in, and their longest
-# scheduling delays (runnable, not running).
+# sched_report DATA PIDS: the longest times off the CPU of the threads of
+# PIDS (the agent, the load generator) in a `perf sched` recording, with the
+# state they left it in, and their longest scheduling delays (runnable, not
+# running).
 sched_report() {
-  perf sched timehist -i "$1" --state -p "$AGENT" 2>/dev/null | python3 -c '
+  perf sched timehist -i "$1" --state -p "$2" 2>/dev/null | python3 -c '
 import sys
-rows = []
+# Each row is a switch out: time, cpu, task[tid/pid], the wait before this
+# run (off the CPU), the scheduling delay (woken, not yet run), the run
+# time, and the state the task leaves in; the wait belongs to the state of
+# the task row before.
+rows, left = [], {}
 for line in sys.stdin:
     f = line.split()
-    if len(f) < 8 or "[" not in f[2]:
+    if len(f) < 7 or "[" not in f[2]:
         continue
     try:
-        rows.append((float(f[3]), float(f[4]), f[2], f[6] if len(f) > 6 else "?", f[0]))
+        wait, delay = float(f[3]), float(f[4])
     except ValueError:
-        pass
+        continue
+    rows.append((wait, delay, f[2], left.get(f[2], "?")))
+    left[f[2]] = f[6]
 print("  perf sched: longest waits off the CPU (ms, state):",
       ", ".join("%s %.2f %s" % (r[2], r[0], r[3]) for r in sorted(rows, reverse=True)[:6]))
 print("  perf sched: longest scheduling delays (ms):",
