@@ -89,7 +89,7 @@ impl FileStore {
     fn open_bounded(&self, key: &str, max_bytes: u64) -> Result<File, StoreError> {
         let path = self.path(key)?;
         let transient = |source| StoreError::io(key, source);
-        self.check_regular(key, &path)?;
+        let target = self.check_regular(key, &path)?;
         // Non-blocking, and the type checked again on the open handle: a
         // FIFO swapped in after the check cannot block the reader.
         let f = open_regular(&path).map_err(|e| match e.kind() {
@@ -102,7 +102,20 @@ impl FileStore {
             },
             _ => transient(e),
         })?;
-        let size = f.metadata().map_err(transient)?.len();
+        let meta = f.metadata().map_err(transient)?;
+        // The file opened is the one checked: a directory on the way
+        // swapped for a link out of the store in between is refused.
+        let checked = fs::metadata(&target).map_err(transient)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            if (meta.dev(), meta.ino()) != (checked.dev(), checked.ino()) {
+                return Err(StoreError::Fatal {
+                    key: key.to_owned(),
+                    source: "changed while it was opened (a link swapped in?); a file store holds regular files only".into(),
+                });
+            }
+        }
+        let size = meta.len();
         if size > max_bytes {
             return Err(StoreError::TooLarge {
                 key: key.to_owned(),
@@ -115,8 +128,9 @@ impl FileStore {
 
     /// Refuses anything at `path` but a regular file inside the store: a
     /// FIFO would block the reader for ever, a device or a symlink out of
-    /// the store (`/dev/zero`) would feed it bytes from elsewhere.
-    fn check_regular(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+    /// the store (`/dev/zero`) would feed it bytes from elsewhere. Returns
+    /// the file's resolved path.
+    fn check_regular(&self, key: &str, path: &Path) -> Result<PathBuf, StoreError> {
         let refuse = |what: &str| StoreError::Fatal {
             key: key.to_owned(),
             source: format!("{what}; a file store holds regular files only").into(),
@@ -149,7 +163,7 @@ impl FileStore {
                 "is not a regular file (a FIFO, a device, a directory?)",
             ));
         }
-        Ok(())
+        Ok(target)
     }
 
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
