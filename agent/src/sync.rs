@@ -281,10 +281,9 @@ impl Syncer {
         if !due {
             return Ok(());
         }
-        let refused = |db: &Db, why: String| Refusal::Ingest {
-            bundle: db.path().display().to_string(),
-            source: why.into(),
-            permanent: false,
+        let refused = |db: &Db, reason: String| Refusal::LocalStore {
+            path: db.path().display().to_string(),
+            reason,
         };
         if self.db_failed && !self.db.has_room(REOPEN_ROOM) {
             return Err(refused(
@@ -301,7 +300,9 @@ impl Syncer {
         if let Err(e) = reopened {
             return Err(refused(
                 &self.db,
-                format!("opening the snapshot file again: {e}"),
+                format!(
+                    "opening the snapshot file again: {e}; nothing is served until it opens (lookups answer 503)"
+                ),
             ));
         }
         self.db_failed = false;

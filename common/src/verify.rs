@@ -339,6 +339,16 @@ pub enum Refusal {
         /// as opposed to a disk that may have room at the next try.
         permanent: bool,
     },
+    /// The consumer's local store cannot take a snapshot now (the agent's
+    /// snapshot file closed after an I/O error, or on a full or read-only
+    /// disk): nothing new is applied until it can. Reported as `ingest`.
+    #[error("{path}: {reason}")]
+    LocalStore {
+        /// The local file.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -360,7 +370,7 @@ impl Refusal {
             Refusal::Spool { .. } => "spool",
             Refusal::BundleExpired { .. } => "bundle_expired",
             Refusal::Bundle { source, .. } => source.reason(),
-            Refusal::Ingest { .. } => "ingest",
+            Refusal::Ingest { .. } | Refusal::LocalStore { .. } => "ingest",
         }
     }
 
@@ -405,6 +415,7 @@ impl Refusal {
             | Refusal::StoreUnreachable { .. }
             | Refusal::PointerExpired { .. }
             | Refusal::Spool { .. }
+            | Refusal::LocalStore { .. }
             | Refusal::Ingest {
                 permanent: false, ..
             }
