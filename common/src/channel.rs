@@ -69,6 +69,10 @@ pub enum PublishError {
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
+    /// The caller's check against the channel's current snapshot refused
+    /// the publish (see [`publish_gated`]); nothing of it stays in the store.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The manifest of a bundle built from `compiled`.
@@ -214,6 +218,23 @@ pub fn publish(
     keys: &[SigningKey],
     opts: &PublishOptions,
 ) -> Result<Published, PublishError> {
+    publish_gated(store, compiled, keys, opts, &mut |_| Ok(()))
+}
+
+/// [`publish`], with `gate` asked about every channel head the new
+/// version would follow (`None`: the channel has no pointer yet) before
+/// the pointer moves past it: a check made against one head (the tenant
+/// version discipline) holds for the version published. When another
+/// publisher moves the channel first, `gate` is asked again about the new
+/// head; when it refuses, the bundle this publish uploaded is removed
+/// (no pointer named it) and its error returned.
+pub fn publish_gated(
+    store: &dyn WriteStore,
+    compiled: &Compiled,
+    keys: &[SigningKey],
+    opts: &PublishOptions,
+    gate: &mut dyn FnMut(Option<&Pointer>) -> Result<(), PublishError>,
+) -> Result<Published, PublishError> {
     let kind = PointerKind::Channel;
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
@@ -226,57 +247,81 @@ pub fn publish(
     };
     // The lowest version this publisher may take: raised past held keys.
     let mut floor = 0u64;
+    // The head `gate` passed (`Some(None)`: an empty channel).
+    let mut gated: Option<Option<u64>> = None;
+    // The bundle this publisher uploaded and no pointer names yet.
+    let mut uploaded: Option<(u64, Vec<u8>)> = None;
     loop {
         give_up()?;
         let current = read_verified_pointer(store, &opts.channel, &trust)?;
-        let next = current
-            .as_ref()
-            .map_or(0, |(p, _)| p.version)
+        let head = current.as_ref().map(|(p, _)| p.version);
+        let next = head
+            .unwrap_or(0)
             .checked_add(1)
             .ok_or(PublishError::VersionExhausted)?;
         let version = next.max(floor);
-        let now = time::now();
-        let manifest = manifest(
-            compiled,
-            version,
-            now,
-            opts.bundle_expires_in,
-            &opts.provenance,
-        );
-        let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, keys)?;
+        // An upload of another version is left behind: removed while the
+        // channel is below it (it would hold up other publishers, which
+        // wait for a pointer to name a fresh bundle).
+        if let Some((v, _)) = uploaded.take_if(|(v, _)| *v != version) {
+            discard(store, v, head);
+        }
+        if gated != Some(head) {
+            if let Err(e) = gate(current.as_ref().map(|(p, _)| p)) {
+                if let Some((v, _)) = uploaded.take() {
+                    discard(store, v, head);
+                }
+                return Err(e);
+            }
+            gated = Some(head);
+        }
         let bundle_key = SnapshotVersion(version).bundle_key();
-        match store.put_new(&bundle_key, &bytes) {
-            Ok(()) => {}
-            Err(StoreError::AlreadyExists { .. }) => {
-                let skip = version
-                    .checked_add(1)
-                    .ok_or(PublishError::VersionExhausted)?;
-                match held_by(store, version, opts.abandoned_after)? {
-                    Held::Done => floor = skip,
-                    Held::InFlight => {
-                        // Wait for its publisher to move this channel past it.
-                        let waiting = std::time::Instant::now();
-                        let mut wait = Duration::from_millis(10);
-                        loop {
-                            give_up()?;
-                            std::thread::sleep(wait);
-                            wait = (wait * 2).min(Duration::from_millis(500));
-                            let moved = read_pointer(store, kind, &opts.channel)?
-                                .is_some_and(|(p, _)| p.version >= version);
-                            if moved {
-                                break;
-                            }
-                            if waiting.elapsed() > opts.abandoned_after {
-                                floor = skip;
-                                break;
+        let (now, bytes) = match uploaded.take() {
+            Some((_, bytes)) => (time::now(), bytes),
+            None => {
+                let now = time::now();
+                let manifest = manifest(
+                    compiled,
+                    version,
+                    now,
+                    opts.bundle_expires_in,
+                    &opts.provenance,
+                );
+                let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, keys)?;
+                match store.put_new(&bundle_key, &bytes) {
+                    Ok(()) => (now, bytes),
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        let skip = version
+                            .checked_add(1)
+                            .ok_or(PublishError::VersionExhausted)?;
+                        match held_by(store, version, opts.abandoned_after)? {
+                            Held::Done => floor = skip,
+                            Held::InFlight => {
+                                // Wait for its publisher to move this channel past it.
+                                let waiting = std::time::Instant::now();
+                                let mut wait = Duration::from_millis(10);
+                                loop {
+                                    give_up()?;
+                                    std::thread::sleep(wait);
+                                    wait = (wait * 2).min(Duration::from_millis(500));
+                                    let moved = read_pointer(store, kind, &opts.channel)?
+                                        .is_some_and(|(p, _)| p.version >= version);
+                                    if moved {
+                                        break;
+                                    }
+                                    if waiting.elapsed() > opts.abandoned_after {
+                                        floor = skip;
+                                        break;
+                                    }
+                                }
                             }
                         }
+                        continue;
                     }
+                    Err(e) => return Err(e.into()),
                 }
-                continue;
             }
-            Err(e) => return Err(e.into()),
-        }
+        };
         let pointer = Pointer {
             kind,
             name: opts.channel.clone(),
@@ -290,6 +335,7 @@ pub fn publish(
         let signed = pointer
             .sign(keys)
             .map_err(|e| PublishError::Sign(e.to_string()))?;
+        uploaded = Some((version, bytes));
         let mut expected = current.map(|(_, etag)| etag).filter(|e| !e.is_empty());
         let mut wait = Duration::from_millis(10);
         loop {
@@ -297,19 +343,23 @@ pub fn publish(
             match store.put_if(&pointer_key, &signed, expected.as_deref()) {
                 Ok(_) => return Ok(Published { pointer }),
                 Err(StoreError::PreconditionFailed { .. }) => {
-                    // The pointer changed: re-signed, moved by a publisher
-                    // that skipped a held key, or by this very write whose
-                    // answer was lost and retried. Follow it while it is
-                    // behind this version; otherwise start again.
+                    // The pointer changed: re-signed at the head `gate`
+                    // passed, or by this very write whose answer was lost
+                    // and retried: follow it. Moved anywhere else (another
+                    // publisher's version): start again from the new head,
+                    // which `gate` is asked about.
                     match store.get(&pointer_key, MAX_POINTER_BYTES) {
                         Ok(obj) if obj.bytes == signed => return Ok(Published { pointer }),
                         Ok(obj) => match Pointer::parse_unverified(&obj.bytes) {
-                            Ok(p) if p.version < version => {
+                            Ok(p) if p.version < version && gated == Some(Some(p.version)) => {
                                 expected = Some(obj.etag).filter(|e| !e.is_empty());
                             }
                             _ => break,
                         },
-                        Err(e) if e.kind() == ErrorKind::NotFound => expected = None,
+                        Err(e) if e.kind() == ErrorKind::NotFound && gated == Some(None) => {
+                            expected = None;
+                        }
+                        Err(e) if e.kind() == ErrorKind::NotFound => break,
                         Err(e) => return Err(e.into()),
                     }
                     std::thread::sleep(wait);
@@ -317,6 +367,21 @@ pub fn publish(
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// Removes this publisher's bundle `version`, which no pointer names, while
+/// the channel's `head` is below it. At or under the head it is left to
+/// `gc`: a pointer of this publisher's whose answer was lost may have named
+/// it for a moment, and agents may have taken it.
+fn discard(store: &dyn WriteStore, version: u64, head: Option<u64>) {
+    if head.is_none_or(|h| h < version) {
+        let key = SnapshotVersion(version).bundle_key();
+        if let Err(e) = store.delete(&key) {
+            tracing::warn!(
+                "{key}: could not remove this publish's unused bundle: {e}; gc removes it"
+            );
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::bundle::{self, BundleError, Limits, PayloadReader, SignatureCheck};
 use crate::channel::{self, PublishError};
 use crate::compile::Compiled;
 use crate::operator::{OperatorError, fetch_bundle};
+use crate::pointer::Pointer;
 use crate::sign::{SigningKey, TrustedKeys};
 use crate::store::WriteStore;
 use crate::validate::Problem;
@@ -62,6 +63,18 @@ pub fn check(
     let Some((pointer, _)) = channel::read_verified_pointer(store, channel_name, trust)? else {
         return Ok(Vec::new());
     };
+    check_against(store, &pointer, trust, compiled, dir)
+}
+
+/// [`check`] against the snapshot `pointer` (verified) names: what a
+/// publish asks again when another publisher moved the channel first.
+pub fn check_against(
+    store: &dyn WriteStore,
+    pointer: &Pointer,
+    trust: &TrustedKeys,
+    compiled: &Compiled,
+    dir: &Path,
+) -> Result<Vec<Problem>, VersionsError> {
     let limits = Limits::default();
     let served = fetch_bundle(
         store,

@@ -6,6 +6,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use strata_common::channel::{self, PublishError, PublishOptions};
+use strata_common::compile::{self, CompileOptions, Compiled};
+use strata_common::source::Source;
+use strata_common::store::{Fetched, ListPage, ReadStore, StoreError, WriteStore};
+use strata_common::versions;
 use strata_tests::{Fixture, bin};
 
 fn publish(fx: &Fixture, src: &Path) -> Output {
@@ -154,4 +159,192 @@ fn a_damaged_served_bundle_does_not_lock_the_channel() {
         text(&out)
     );
     assert_eq!(bundles(&fx), 2);
+}
+
+/// A file store whose channel is moved by another publisher (`race`) just
+/// before this publisher's first write under `on` (`snapshots/`: its
+/// upload; `channels/`: its pointer): the races two `publish` commands
+/// started together run.
+struct Racing {
+    inner: strata_common::store::FileStore,
+    on: &'static str,
+    race: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Racing {
+    fn before_write(&self, key: &str) {
+        if key.starts_with(self.on) {
+            let race = self.race.lock().expect("lock").take();
+            if let Some(race) = race {
+                race();
+            }
+        }
+    }
+}
+
+impl ReadStore for Racing {
+    fn url(&self) -> &strata_common::store::StoreUrl {
+        self.inner.url()
+    }
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        self.inner.get_if_changed(key, etag, max_bytes)
+    }
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(key, range)
+    }
+    fn get_to(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, StoreError> {
+        self.inner.get_to(key, max_bytes, out)
+    }
+}
+
+impl WriteStore for Racing {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.before_write(key);
+        self.inner.put_new(key, bytes)
+    }
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.before_write(key);
+        self.inner.put_if(key, bytes, expected)
+    }
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        self.inner.list_page(prefix, after)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+}
+
+/// Two publishes started together from different sources: the one that
+/// moves the channel second is checked again against the snapshot the
+/// first one published. A tenant the first raised is not lowered by the
+/// second (refused, nothing of it left in the store); a second publish
+/// that lowers nothing lands on top.
+#[test]
+fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
+    let fx = Fixture::new();
+    let (old_src, old) = fx.compile("old", 5);
+    fx.publish_with(&old, std::slice::from_ref(&fx.key));
+    let new_src = fx.dir.path().join("source-new");
+    copy_dir(&old_src, &new_src);
+    strata_tests::change_one_tenant(&new_src, 0);
+    let new = compile::compile(
+        &Source::open(&new_src).expect("source"),
+        CompileOptions::default(),
+    )
+    .expect("compile");
+    let newer_src = fx.dir.path().join("source-newer");
+    copy_dir(&new_src, &newer_src);
+    strata_tests::change_one_tenant(&newer_src, 1);
+    let newer = compile::compile(
+        &Source::open(&newer_src).expect("source"),
+        CompileOptions::default(),
+    )
+    .expect("compile");
+    let trust = strata_common::operator::publisher_trust(std::slice::from_ref(&fx.key), &[]);
+
+    // The competitor takes the key after a fresh upload no pointer names
+    // at once, as it would after waiting for that upload's publisher.
+    let racing = |on: &'static str, competitor: Compiled| Racing {
+        inner: fx.store(),
+        on,
+        race: std::sync::Mutex::new(Some(Box::new({
+            let store = fx.store();
+            let key = fx.key.clone();
+            move || {
+                let opts = PublishOptions {
+                    abandoned_after: std::time::Duration::ZERO,
+                    ..PublishOptions::for_channel("stable")
+                };
+                channel::publish(&store, &competitor, std::slice::from_ref(&key), &opts)
+                    .expect("the competing publish");
+            }
+        }))),
+    };
+    let publish_checked = |store: &Racing, compiled: &Compiled, dir: &Path| {
+        let mut heads = Vec::new();
+        let result = channel::publish_gated(
+            store,
+            compiled,
+            std::slice::from_ref(&fx.key),
+            &PublishOptions::for_channel("stable"),
+            &mut |head| {
+                let Some(head) = head else { return Ok(()) };
+                heads.push(head.version);
+                let problems = versions::check_against(store, head, &trust, compiled, dir)
+                    .expect("versions checked");
+                match problems.first() {
+                    None => Ok(()),
+                    Some(p) => Err(PublishError::Refused(p.to_string())),
+                }
+            },
+        );
+        (result, heads)
+    };
+    let head = || {
+        channel::read_verified_pointer(&fx.store(), "stable", &trust)
+            .expect("pointer")
+            .expect("a pointer")
+            .0
+            .version
+    };
+
+    // The old source, overtaken before its upload by the new one: refused.
+    let (result, heads) = publish_checked(&racing("snapshots/", new.clone()), &old, &old_src);
+    let Err(PublishError::Refused(why)) = result else {
+        panic!("the overtaken publish was not refused: {result:?}");
+    };
+    assert!(why.contains("is lower than 9.9.0"), "{why}");
+    assert_eq!(
+        heads,
+        [1, 2],
+        "checked against version 1, then again against 2"
+    );
+    assert_eq!(bundles(&fx), 2, "nothing of the refused publish is left");
+    assert_eq!(head(), 2, "the channel stays at the new source's version");
+
+    // Overtaken after its upload (version 3) and before its pointer: the
+    // new source passes against version 2, not against the newer one's 4.
+    let (result, heads) = publish_checked(&racing("channels/", newer.clone()), &new, &new_src);
+    let Err(PublishError::Refused(why)) = result else {
+        panic!("the overtaken publish was not refused: {result:?}");
+    };
+    assert!(why.contains("is lower than 9.9.1"), "{why}");
+    assert_eq!(heads, [2, 4]);
+    assert_eq!(head(), 4);
+
+    // Overtaken the same way by a publish it lowers nothing of: it lands
+    // on top.
+    let (result, heads) = publish_checked(&racing("channels/", newer.clone()), &newer, &newer_src);
+    let published = result.expect("lands after the competitor");
+    assert_eq!(heads, [4, 6]);
+    assert_eq!(published.pointer.version, 7);
+    assert_eq!(head(), 7);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use strata_common::channel::{self, PublishOptions};
+use anyhow::Result;
+use strata_common::channel::{self, PublishError, PublishOptions};
 use strata_common::operator::publisher_trust;
+use strata_common::pointer::Pointer;
 use strata_common::store::{self, StoreUrl};
 use strata_common::versions;
 
@@ -37,44 +38,45 @@ pub fn run(args: Args) -> Result<()> {
     let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
     let trusted = load_public_keys(&args.trusted_keys)?;
-    // Each tenant against the snapshot the channel serves: content changed
-    // means a higher version; nothing goes back (rollback does that).
     let trust = publisher_trust(&keys, &trusted);
-    // A served bundle that is gone or damaged must not lock the channel:
-    // the publish that replaces it is the fix, so it goes ahead, said loudly.
-    let problems = match versions::check(
-        store.as_ref(),
-        &args.channel,
-        &trust,
-        &compiled,
-        args.input.dir(),
-    ) {
-        Ok(problems) => problems,
-        Err(versions::VersionsError::Served(e)) => {
-            eprintln!(
-                "warning: tenant versions not checked against the channel's snapshot ({e}); publishing anyway"
-            );
-            Vec::new()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !problems.is_empty() {
-        for p in &problems {
-            println!("{p}");
-        }
-        bail!(
-            "{}: {} tenant version problem(s) against the channel's snapshot; nothing was written. Raise those versions and publish again",
-            args.input.dir().display(),
-            problems.len()
-        );
-    }
     let opts = PublishOptions {
         pointer_expires_in: args.expires_in,
         trusted,
         provenance: provenance_from_env(),
         ..PublishOptions::for_channel(args.channel)
     };
-    let published = channel::publish(store.as_ref(), &compiled, &keys, &opts)?;
+    // Each tenant against the snapshot the channel serves: content changed
+    // means a higher version; nothing goes back (rollback does that). Asked
+    // again if another publisher moves the channel first.
+    let dir = args.input.dir();
+    let mut gate = |head: Option<&Pointer>| -> Result<(), PublishError> {
+        let Some(head) = head else { return Ok(()) };
+        match versions::check_against(store.as_ref(), head, &trust, &compiled, dir) {
+            Ok(problems) if problems.is_empty() => Ok(()),
+            Ok(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                Err(PublishError::Refused(format!(
+                    "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was written. Raise those versions and publish again",
+                    dir.display(),
+                    problems.len(),
+                    head.version
+                )))
+            }
+            // A served bundle that is gone or damaged must not lock the
+            // channel: the publish that replaces it is the fix, so it goes
+            // ahead, said loudly.
+            Err(versions::VersionsError::Served(e)) => {
+                eprintln!(
+                    "warning: tenant versions not checked against the channel's snapshot ({e}); publishing anyway"
+                );
+                Ok(())
+            }
+            Err(e) => Err(PublishError::Refused(e.to_string())),
+        }
+    };
+    let published = channel::publish_gated(store.as_ref(), &compiled, &keys, &opts, &mut gate)?;
     let p = &published.pointer;
     println!(
         "published version {} to {} channel {}: {} ({} bytes, sha256 {}), {} tenant(s); pointer expires {}",
