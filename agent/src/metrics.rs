@@ -101,6 +101,7 @@ pub struct Metrics {
     snapshot_age: FloatGauge,
     since_success: FloatGauge,
     bundle_bytes: Gauge,
+    tenants: Gauge,
     pinned: Gauge,
     ready: Gauge,
     state: Family<StateLabel, Gauge>,
@@ -133,6 +134,7 @@ impl Metrics {
             snapshot_age: FloatGauge::default(),
             since_success: FloatGauge::default(),
             bundle_bytes: Gauge::default(),
+            tenants: Gauge::default(),
             pinned: Gauge::default(),
             ready: Gauge::default(),
             state: Family::default(),
@@ -205,6 +207,11 @@ impl Metrics {
             "Size of the served snapshot's bundle",
             Unit::Bytes,
             m.bundle_bytes.clone(),
+        );
+        registry.register(
+            "snapshot_tenants",
+            "Tenants in the served snapshot (0 before the first): a publish that dropped many shows here",
+            m.tenants.clone(),
         );
         registry.register(
             "pinned",
@@ -290,6 +297,8 @@ impl Metrics {
             .set(meta.map_or(0, |m| i64::try_from(m.version).unwrap_or(i64::MAX)));
         self.bundle_bytes
             .set(meta.map_or(0, |m| i64::try_from(m.bundle_size).unwrap_or(i64::MAX)));
+        self.tenants
+            .set(meta.map_or(0, |m| i64::try_from(m.tenant_count).unwrap_or(i64::MAX)));
         let age = meta
             .and_then(|m| strata_common::time::parse_exact(&m.created_at).ok())
             .and_then(|t| now.duration_since(t).ok())

@@ -107,7 +107,7 @@ fn run(
         w.layer1(&json).map_err(payload_err)?;
     }
     let mut problems = Vec::new();
-    let mut warnings = Vec::new();
+    let mut warnings = source.warnings.clone();
     let mut phones = PhoneIndex::default();
     let mut tenant_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;

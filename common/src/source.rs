@@ -21,6 +21,10 @@ pub struct Source {
     pub layer1: Layer1,
     /// `tenants/*.toml`, sorted.
     pub tenant_files: Vec<PathBuf>,
+    /// What was found but not read (a file in `tenants/` not named
+    /// `*.toml`, no tenant file at all): a tenant file misnamed would
+    /// otherwise drop out of the snapshot without a word.
+    pub warnings: Vec<Problem>,
 }
 
 /// Why a source could not be read at all, or is invalid.
@@ -80,6 +84,7 @@ impl Source {
             source,
         })?;
         let mut tenant_files = Vec::new();
+        let mut ignored = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| SourceError::Io {
                 path: tenants_dir.clone(),
@@ -88,13 +93,40 @@ impl Source {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "toml") {
                 tenant_files.push(path);
+            } else if !entry.file_name().as_encoded_bytes().starts_with(b".") {
+                // Dot files (.gitkeep) are a repository's own.
+                ignored.push(path);
             }
         }
         tenant_files.sort();
+        ignored.sort();
+        let mut warnings: Vec<Problem> = ignored
+            .into_iter()
+            .map(|file| Problem {
+                file,
+                tenant: None,
+                field: String::new(),
+                reason:
+                    "not read: only *.toml files in tenants/ are tenants; if this is a tenant, \
+                         rename it to <tenant_id>.toml, otherwise move it out of tenants/"
+                        .into(),
+            })
+            .collect();
+        if tenant_files.is_empty() {
+            warnings.push(Problem {
+                file: tenants_dir,
+                tenant: None,
+                field: String::new(),
+                reason: "no *.toml file: this source has no tenants, and a snapshot published \
+                         from it serves none"
+                    .into(),
+            });
+        }
         Ok(Self {
             dir: dir.to_owned(),
             layer1,
             tenant_files,
+            warnings,
         })
     }
 }

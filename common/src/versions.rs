@@ -59,9 +59,9 @@ pub fn check(
     trust: &TrustedKeys,
     compiled: &Compiled,
     dir: &Path,
-) -> Result<Vec<Problem>, VersionsError> {
+) -> Result<Comparison, VersionsError> {
     let Some((pointer, _)) = channel::read_verified_pointer(store, channel_name, trust)? else {
-        return Ok(Vec::new());
+        return Ok(Comparison::default());
     };
     check_against(store, &pointer, trust, compiled, dir)
 }
@@ -74,7 +74,7 @@ pub fn check_against(
     trust: &TrustedKeys,
     compiled: &Compiled,
     dir: &Path,
-) -> Result<Vec<Problem>, VersionsError> {
+) -> Result<Comparison, VersionsError> {
     let limits = Limits::default();
     let served = fetch_bundle(
         store,
@@ -150,12 +150,37 @@ impl<R: Read + Seek> Tenants<R> {
     }
 }
 
+/// What a publish would change against the snapshot a channel serves.
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// One per tenant that breaks the version discipline.
+    pub problems: Vec<Problem>,
+    /// Tenants the served snapshot has: none for an empty channel.
+    pub served_tenants: u64,
+    /// Tenants it has and the new snapshot has not, in order.
+    pub removed: Vec<String>,
+}
+
+impl Comparison {
+    /// Whether the publish removes more tenants than a routine offboarding
+    /// does: more than one, and more than [`MASS_REMOVAL_PERCENT`] % of the
+    /// served ones. Such a publish is far more often a wrong or empty
+    /// source than a decision, and it takes the tenants off every node.
+    pub fn is_mass_removal(&self) -> bool {
+        let removed = self.removed.len() as u64;
+        removed > 1 && removed * 100 > self.served_tenants * MASS_REMOVAL_PERCENT
+    }
+}
+
+/// The share of a channel's tenants one publish may remove unasked.
+pub const MASS_REMOVAL_PERCENT: u64 = 10;
+
 fn compare<A: Read + Seek, B: Read + Seek>(
     old: PayloadReader<A>,
     new: PayloadReader<B>,
     served: u64,
     dir: &Path,
-) -> Result<Vec<Problem>, VersionsError> {
+) -> Result<Comparison, VersionsError> {
     let same_layer1 = old.layer1() == new.layer1();
     let defaults = |layer1: &[u8]| {
         serde_json::from_slice::<Value>(layer1)
@@ -175,15 +200,21 @@ fn compare<A: Read + Seek, B: Read + Seek>(
         what: "the new snapshot",
     };
     let mut problems = Vec::new();
+    let mut removed = Vec::new();
+    let mut served_tenants = 0u64;
     let (mut a, mut b) = (old.next()?, new.next()?);
-    while let (Some(o), Some(n)) = (&a, &b) {
-        match o.id.cmp(&n.id) {
-            std::cmp::Ordering::Less => a = old.next()?,
-            std::cmp::Ordering::Greater => b = new.next()?,
-            std::cmp::Ordering::Equal => {
+    while let Some(o) = a.take() {
+        match b.as_ref().map(|n| (o.id.cmp(&n.id), n)) {
+            Some((std::cmp::Ordering::Greater, _)) => {
+                b = new.next()?;
+                a = Some(o);
+                continue;
+            }
+            None | Some((std::cmp::Ordering::Less, _)) => removed.push(o.id.clone()),
+            Some((std::cmp::Ordering::Equal, n)) => {
                 if !(same_layer1 && o.hash == n.hash)
                     && let Some(p) = check_tenant(
-                        o,
+                        &o,
                         n,
                         same_layer1,
                         (&old_defaults, &new_defaults),
@@ -193,12 +224,17 @@ fn compare<A: Read + Seek, B: Read + Seek>(
                 {
                     problems.push(p);
                 }
-                a = old.next()?;
                 b = new.next()?;
             }
         }
+        served_tenants += 1;
+        a = old.next()?;
     }
-    Ok(problems)
+    Ok(Comparison {
+        problems,
+        served_tenants,
+        removed,
+    })
 }
 
 /// The discipline for one tenant present on both sides.

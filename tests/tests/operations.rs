@@ -181,6 +181,7 @@ print(json.dumps(out))
         ("strata_snapshot_age_seconds", "gauge"),
         ("strata_since_last_success_seconds", "gauge"),
         ("strata_bundle_size_bytes", "gauge"),
+        ("strata_snapshot_tenants", "gauge"),
         ("strata_pinned", "gauge"),
         ("strata_ready", "gauge"),
         ("strata_state", "gauge"),
@@ -216,6 +217,11 @@ print(json.dumps(out))
     assert_eq!(
         sample("strata_snapshot_version", serde_json::json!({})),
         Some(1.0)
+    );
+    assert_eq!(
+        sample("strata_snapshot_tenants", serde_json::json!({})),
+        Some(5.0),
+        "{families}"
     );
     assert_eq!(
         sample("strata_state", serde_json::json!({"state": "fresh"})),

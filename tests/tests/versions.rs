@@ -286,6 +286,7 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
                 let Some(head) = head else { return Ok(()) };
                 heads.push(head.version);
                 let problems = versions::check_against(store, head, &trust, compiled, dir)
+                    .map(|c| c.problems)
                     .expect("versions checked");
                 match problems.first() {
                     None => Ok(()),
@@ -347,4 +348,103 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
     }
+}
+
+/// A source that lost tenants by mistake (files misnamed, a wrong or empty
+/// directory) is not published unasked: past one tenant and 10 % of the
+/// channel's, the publish is refused naming the tenants, and the files
+/// that were not read are named by `validate` and `publish` alike. One
+/// tenant off-boarded is routine and goes through.
+#[test]
+fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 10);
+    assert!(publish(&fx, &src).status.success());
+    let mut files: Vec<_> = std::fs::read_dir(src.join("tenants"))
+        .expect("tenants")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let stem = |f: &Path| f.file_stem().expect("stem").to_string_lossy().into_owned();
+
+    // One tenant removed: routine.
+    std::fs::remove_file(&files[0]).expect("remove");
+    let out = publish(&fx, &src);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(bundles(&fx), 2);
+
+    // Two more misnamed: both named as not read, the publish refused.
+    for f in &files[1..3] {
+        std::fs::rename(f, f.with_extension("tml")).expect("rename");
+    }
+    std::fs::write(src.join("tenants/.gitkeep"), "").expect("dot file");
+    let out = Command::new(bin("strata-publisher"))
+        .args(["validate", "--source"])
+        .arg(&src)
+        .output()
+        .expect("validate");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for f in &files[1..3] {
+        assert!(
+            t.contains(&format!(
+                "warning: {}: not read",
+                f.with_extension("tml").display()
+            )),
+            "{t}"
+        );
+    }
+    assert!(
+        !t.contains(".gitkeep"),
+        "dot files are the repository's: {t}"
+    );
+    let out = publish(&fx, &src);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!(
+            "removes 2 of the 9 tenants channel stable serves (version 2): {}, {}; nothing was written",
+            stem(&files[1]),
+            stem(&files[2])
+        )),
+        "{t}"
+    );
+    assert!(t.contains("--allow-removals"), "{t}");
+    assert_eq!(
+        bundles(&fx),
+        2,
+        "a refused publish leaves the store untouched"
+    );
+
+    // An empty source: said by validate, refused by publish.
+    let empty = fx.dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("tenants")).expect("mkdir");
+    std::fs::copy(src.join("layer1.toml"), empty.join("layer1.toml")).expect("layer1");
+    let out = Command::new(bin("strata-publisher"))
+        .args(["validate", "--source"])
+        .arg(&empty)
+        .output()
+        .expect("validate");
+    assert!(text(&out).contains("no *.toml file"), "{}", text(&out));
+    let out = publish(&fx, &empty);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("removes 9 of the 9 tenants"),
+        "{}",
+        text(&out)
+    );
+
+    // Meant: allowed.
+    let out = Command::new(bin("strata-publisher"))
+        .args(["publish", "--allow-removals", "--source"])
+        .arg(&src)
+        .arg("--key")
+        .arg(&fx.key_path)
+        .arg("--store")
+        .arg(format!("file://{}", fx.store_dir().display()))
+        .output()
+        .expect("run publisher");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("7 tenant(s)"), "{}", text(&out));
+    assert_eq!(bundles(&fx), 3);
 }

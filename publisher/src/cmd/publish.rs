@@ -31,6 +31,11 @@ pub struct Args {
     /// Lifetime of the channel pointer's signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
+    /// Publish even if it removes more than 10 % of the channel's tenants
+    /// (and more than one): without it such a publish is refused, as a
+    /// wrong or empty --source far more often than a decision.
+    #[arg(long)]
+    allow_removals: bool,
 }
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
@@ -49,21 +54,40 @@ pub fn run(args: Args) -> Result<()> {
     // means a higher version; nothing goes back (rollback does that). Asked
     // again if another publisher moves the channel first.
     let dir = args.input.dir();
+    let allow_removals = args.allow_removals;
     let mut gate = |head: Option<&Pointer>| -> Result<(), PublishError> {
         let Some(head) = head else { return Ok(()) };
         match versions::check_against(store.as_ref(), head, &trust, &compiled, dir) {
-            Ok(problems) if problems.is_empty() => Ok(()),
-            Ok(problems) => {
-                for p in &problems {
+            Ok(c) if !c.problems.is_empty() => {
+                for p in &c.problems {
                     println!("{p}");
                 }
                 Err(PublishError::Refused(format!(
                     "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was written. Raise those versions and publish again",
                     dir.display(),
-                    problems.len(),
+                    c.problems.len(),
                     head.version
                 )))
             }
+            Ok(c) if c.is_mass_removal() && !allow_removals => {
+                let shown: Vec<&str> = c.removed.iter().take(5).map(String::as_str).collect();
+                Err(PublishError::Refused(format!(
+                    "{}: this publish removes {} of the {} tenants channel {} serves (version {}): {}{}; nothing was written. \
+                     Check --source (a wrong or empty directory, tenant files not named *.toml); if the removals are meant, publish again with --allow-removals",
+                    dir.display(),
+                    c.removed.len(),
+                    c.served_tenants,
+                    head.name,
+                    head.version,
+                    shown.join(", "),
+                    if c.removed.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+            Ok(_) => Ok(()),
             // A served bundle that is gone or damaged must not lock the
             // channel: the publish that replaces it is the fix, so it goes
             // ahead, said loudly.
