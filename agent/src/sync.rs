@@ -637,7 +637,19 @@ impl Syncer {
         };
         match error {
             Some(r) => {
-                let message = r.to_string();
+                let mut message = r.to_string();
+                if r.reason().ends_with("_signature") && !self.missing_keys.is_empty() {
+                    let files: Vec<String> = self
+                        .missing_keys
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    message.push_str(&format!(
+                        "; trusted key file(s) gone: {} (a key file that disappears counts as revoked: \
+                         put it back, or remove its entry from the config)",
+                        files.join(", ")
+                    ));
+                }
                 if status.last_error.as_deref() != Some(message.as_str()) {
                     warn!(reason = r.reason(), "{message}");
                     m.count_refusal(r.reason());

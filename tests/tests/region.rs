@@ -895,4 +895,10 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     let ops = w.ops.display().to_string();
     w.pin_eu(&ops, 2).await;
     refuses(&eu, 6, "pointer_signature").await;
+    until(&eu, "the gone key file named", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("trusted key file(s) gone") && e.contains(".pub"))
+    })
+    .await;
 }
