@@ -7,6 +7,31 @@
 //!
 //! Exit status: 0 success, 1 refused input (validation, verification), 2 usage.
 
+/// `println!` that returns the write's error instead of panicking: with
+/// its output piped into `head`, a command stops quietly (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::StdoutError)
+    }};
+}
+
+/// Writing a command's output failed (a store's errors are never this).
+#[derive(Debug)]
+struct StdoutError(std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 mod cmd;
 mod input;
 
@@ -82,6 +107,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output stopped reading (`| head`): not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
             ExitCode::from(1)
@@ -104,4 +131,12 @@ fn chain(e: &anyhow::Error) -> String {
         text.push_str(&cause);
     }
     text
+}
+
+/// Whether `e` is standard output closed under a command's feet.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<StdoutError>()
+            .is_some_and(|StdoutError(io)| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

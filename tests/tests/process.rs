@@ -2,7 +2,7 @@
 //! and the publisher's command line.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use strata_agent::client;
 use strata_common::{generate, sign};
@@ -521,4 +521,31 @@ fn signature_lifetimes_outside_a_minute_to_ten_years_are_usage_errors() {
         );
     }
     assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
+}
+
+/// Output piped into `head`: the reader goes away, the command stops
+/// quietly (exit 0, no panic), as `grep` or `ls` would.
+#[test]
+fn publisher_output_cut_short_by_its_reader_is_not_a_crash() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    fx.publish("v2", 3);
+    let store = format!("file://{}", fx.store_dir().display());
+    for args in [
+        vec!["list", "--store", &store],
+        vec!["diff", "--store", &store, "1", "2"],
+        vec!["inspect", "--store", &store, "--version", "2"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(bin("strata-publisher"))
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run publisher");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }

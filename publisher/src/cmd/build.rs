@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, &keys)?;
     write_new_file(&args.out, &bytes)?;
-    println!(
+    out!(
         "wrote {}: version {}, {} tenant(s), {} bytes (payload {} → {} bytes)",
         args.out.display(),
         args.version,
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         bytes.len(),
         compiled.payload.raw_size,
         compiled.payload.compressed.len()
-    );
+    )?;
     Ok(())
 }
 

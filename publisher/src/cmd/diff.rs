@@ -44,31 +44,32 @@ pub fn run(args: Args) -> Result<()> {
     let store = store::open_read(&args.store, None)?;
     let d = diff::diff(store.as_ref(), args.a, args.b, check)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        out!("{}", serde_json::to_string_pretty(&d)?)?;
         return Ok(());
     }
-    println!(
+    out!(
         "{} → {}: {} added, {} removed, {} changed",
         d.from,
         d.to,
         d.added.len(),
         d.removed.len(),
         d.changed.len()
-    );
+    )?;
     if d.layer1_changed {
-        println!(
+        out!(
             "layer1 changed: {} → {}",
-            d.layer1_versions.0, d.layer1_versions.1
-        );
+            d.layer1_versions.0,
+            d.layer1_versions.1
+        )?;
     }
     for t in &d.added {
-        println!("+ {t}");
+        out!("+ {t}")?;
     }
     for t in &d.removed {
-        println!("- {t}");
+        out!("- {t}")?;
     }
     for c in &d.changed {
-        println!("~ {}: {}", c.tenant_id, c.fields.join(", "));
+        out!("~ {}: {}", c.tenant_id, c.fields.join(", "))?;
     }
     Ok(())
 }

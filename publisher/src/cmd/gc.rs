@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
                 Kept::InFlight => "newer than every pointer (a publish in flight)".to_owned(),
             })
             .collect();
-        println!("keep   {v:>8}  {}", why.join(", "));
+        out!("keep   {v:>8}  {}", why.join(", "))?;
     }
     let verb = if args.dry_run {
         "would delete"
@@ -40,21 +40,21 @@ pub fn run(args: Args) -> Result<()> {
         "deleted"
     };
     for v in &report.deleted {
-        println!("{verb} {v:>8}");
+        out!("{verb} {v:>8}")?;
     }
     let done = if args.dry_run {
         "to delete (dry run: nothing deleted)"
     } else {
         "deleted"
     };
-    println!(
+    out!(
         "{}: {} bundle(s) {done}, {} kept",
         store.url(),
         report.deleted.len(),
         report.kept.len()
-    );
-    println!(
+    )?;
+    out!(
         "note: a node's local pin_file is not in the store; gc cannot see it, so keep enough versions for the nodes held by one"
-    );
+    )?;
     Ok(())
 }

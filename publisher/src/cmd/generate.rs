@@ -20,10 +20,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     generate::generate(&args.out, args.tenants)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
+    out!(
         "wrote {} tenant(s) and layer1.toml to {}",
         args.tenants,
         args.out.display()
-    );
+    )?;
     Ok(())
 }

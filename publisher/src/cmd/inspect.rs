@@ -121,29 +121,29 @@ fn show_bundle(name: &str, bytes: &[u8], trust: &Trust) -> Result<()> {
     let signed_by = verified.signed_by.clone();
     let contents =
         Contents::collect(verified.records()?).with_context(|| format!("{name} refused"))?;
-    println!("bundle {name}");
-    println!("sha256 {}", sha256_hex(bytes));
-    println!("size {} bytes", bytes.len());
-    println!(
+    out!("bundle {name}")?;
+    out!("sha256 {}", sha256_hex(bytes))?;
+    out!("size {} bytes", bytes.len())?;
+    out!(
         "manifest {}",
         serde_json::to_string_pretty(&header.manifest)?
-    );
+    )?;
     for s in &header.signatures {
-        println!("signature by key {}", s.key_id);
+        out!("signature by key {}", s.key_id)?;
     }
     if trust.checked {
-        println!("signatures verified: {} trusted key(s)", signed_by.len());
+        out!("signatures verified: {} trusted key(s)", signed_by.len())?;
     } else {
-        println!(
+        out!(
             "signatures NOT checked (pass --pubkey KEY.pub to verify); payload hash and records checked"
-        );
+        )?;
     }
-    println!(
+    out!(
         "records: {} tenant config(s), {} prompt(s), {} route(s), 1 layer1",
         contents.configs.len(),
         contents.prompts.len(),
         contents.routes.len(),
-    );
+    )?;
     Ok(())
 }
 
@@ -168,8 +168,8 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
     };
     let spool = std::env::temp_dir();
     match &trust.region {
-        Some(region) => println!("store {url} channel {channel} region {region}"),
-        None => println!("store {url} channel {channel}"),
+        Some(region) => out!("store {url} channel {channel} region {region}")?,
+        None => out!("store {url} channel {channel}")?,
     }
     let refusal = match verify::check(store.as_ref(), &policy, &spool) {
         Ok(Checked::New(verified)) => {
@@ -187,36 +187,38 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
                         verify::Named::Pin(p) => format!(" (region {}'s pin)", p.name),
                         _ => String::new(),
                     };
-                    println!(
+                    out!(
                         "an agent would apply version {}{by}: {bundle} ({size} bytes, sha256 {sha})",
                         named.version()
-                    );
-                    println!(
+                    )?;
+                    out!(
                         "pointer expires {}; bundle created {}, expires {}; layer1 {}",
                         named.pointer().map_or("never", |p| p.expires_at.as_str()),
                         manifest.created_at,
                         manifest.expires_at,
                         manifest.layer1_version
-                    );
-                    println!(
+                    )?;
+                    out!(
                         "verified: {signers} trusted publisher signature(s); {} tenant(s) in {} frame(s), {} route(s), every payload rule checked",
-                        counts.tenants, counts.frames, counts.routes
-                    );
+                        counts.tenants,
+                        counts.frames,
+                        counts.routes
+                    )?;
                     return Ok(());
                 }
                 Err(refusal) => refusal,
             }
         }
         Ok(Checked::UpToDate(named) | Checked::Retained(named)) => {
-            println!(
+            out!(
                 "an agent serving version {} would keep serving it",
                 named.version()
-            );
+            )?;
             return Ok(());
         }
         Err(refusal) => refusal,
     };
-    println!("an agent would refuse it ({}): {refusal}", refusal.reason());
+    out!("an agent would refuse it ({}): {refusal}", refusal.reason())?;
     bail!(
         "{url}: agents would refuse channel {channel} ({})",
         refusal.reason()

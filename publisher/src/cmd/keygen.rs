@@ -16,11 +16,11 @@ pub struct Args {
 /// Writes KEY (0600) and KEY.pub; never overwrites a key.
 pub fn run(args: Args) -> Result<()> {
     let id = sign::generate_key(&args.out)?;
-    println!(
+    out!(
         "wrote {} (0600) and {}",
         args.out.display(),
         sign::public_path(&args.out).display()
-    );
-    println!("key id {id}");
+    )?;
+    out!("key id {id}")?;
     Ok(())
 }

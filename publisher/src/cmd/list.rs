@@ -16,9 +16,9 @@ pub struct Args {
 /// One line per bundle, channel pointer and pin.
 pub fn run(args: Args) -> Result<()> {
     let store = store::open_write(&args.store)?;
-    println!("store {}", store.url());
+    out!("store {}", store.url())?;
     for v in channel::list_versions(store.as_ref())? {
-        println!("snapshot {v:>8}  {}", v.bundle_key());
+        out!("snapshot {v:>8}  {}", v.bundle_key())?;
     }
     for (kind, prefix) in [
         (PointerKind::Channel, "channels/"),
@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
                 continue;
             };
             match channel::read_pointer(store.as_ref(), kind, name) {
-                Ok(Some((p, _))) => println!(
+                Ok(Some((p, _))) => out!(
                     "{:<8} {name:<12} → version {} (expires {})",
                     if kind == PointerKind::Channel {
                         "channel"
@@ -41,9 +41,9 @@ pub fn run(args: Args) -> Result<()> {
                     },
                     p.version,
                     p.expires_at
-                ),
+                )?,
                 Ok(None) => {}
-                Err(e) => println!("{key}: unreadable: {e}"),
+                Err(e) => out!("{key}: unreadable: {e}")?,
             }
         }
     }

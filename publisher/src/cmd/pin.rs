@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         publishers.as_ref(),
         args.expires_in,
     )?;
-    println!(
+    out!(
         "pinned region {} of {} to version {} ({}, sha256 {}); pin expires {}",
         pin.name,
         store.url(),
@@ -56,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
         pin.bundle,
         pin.bundle_sha256,
         pin.expires_at
-    );
+    )?;
     Ok(())
 }
 
@@ -79,13 +79,13 @@ pub fn unpin(args: UnpinArgs) -> Result<()> {
     args.keys.load()?;
     let store = store::open_write(&args.store)?;
     match operator::unpin(store.as_ref(), &args.region)? {
-        Some(pin) => println!(
+        Some(pin) => out!(
             "unpinned region {} of {} (was version {}); its agents follow the channel again",
             args.region,
             store.url(),
             pin.version
-        ),
-        None => println!("region {} of {} was not pinned", args.region, store.url()),
+        )?,
+        None => out!("region {} of {} was not pinned", args.region, store.url())?,
     }
     Ok(())
 }

@@ -60,7 +60,8 @@ pub fn run(args: Args) -> Result<()> {
         match versions::check_against(store.as_ref(), head, &trust, &compiled, dir) {
             Ok(c) if !c.problems.is_empty() => {
                 for p in &c.problems {
-                    println!("{p}");
+                    // The refusal is the error either way.
+                    let _ = out!("{p}");
                 }
                 Err(PublishError::Refused(format!(
                     "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was written. Raise those versions and publish again",
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, &keys, &opts, &mut gate)?;
     let p = &published.pointer;
-    println!(
+    out!(
         "published version {} to {} channel {}: {} ({} bytes, sha256 {}), {} tenant(s); pointer expires {}",
         p.version,
         store.url(),
@@ -112,6 +113,6 @@ pub fn run(args: Args) -> Result<()> {
         p.bundle_sha256,
         compiled.tenant_count,
         p.expires_at
-    );
+    )?;
     Ok(())
 }

@@ -47,12 +47,12 @@ pub fn run(args: Args) -> Result<()> {
         args.expires_in,
         args.force,
     )?;
-    println!(
+    out!(
         "refreshed {} channel {} at version {}; pointer expires {}",
         store.url(),
         p.name,
         p.version,
         p.expires_at
-    );
+    )?;
     Ok(())
 }

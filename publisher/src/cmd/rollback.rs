@@ -47,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = store::open_write(&args.store)?;
     let published = operator::rollback(store.as_ref(), args.to, &keys, &opts)?;
     let p = &published.pointer;
-    println!(
+    out!(
         "rolled {} channel {} back to the content of version {} as version {} ({}, sha256 {}); pointer expires {}",
         store.url(),
         p.name,
@@ -56,6 +56,6 @@ pub fn run(args: Args) -> Result<()> {
         p.bundle,
         p.bundle_sha256,
         p.expires_at
-    );
+    )?;
     Ok(())
 }

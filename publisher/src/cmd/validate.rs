@@ -21,10 +21,10 @@ pub fn run(args: Args) -> Result<()> {
     let warnings =
         compile::validate(&src, CompileOptions::default()).map_err(|e| report(&args.source, e))?;
     print_warnings(&warnings);
-    println!(
+    out!(
         "{}: {} tenant(s) valid",
         args.source.display(),
         src.tenant_files.len()
-    );
+    )?;
     Ok(())
 }
