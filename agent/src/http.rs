@@ -324,6 +324,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "last_check": status.last_check,
         "last_error": status.last_error,
         "last_error_reason": status.last_error_reason,
+        "config_problem": status.config_problem,
         "state": status.state,
         "applying": status.applying,
     });

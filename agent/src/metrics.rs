@@ -102,6 +102,7 @@ pub struct Metrics {
     since_success: FloatGauge,
     bundle_bytes: Gauge,
     tenants: Gauge,
+    config_problem: Gauge,
     pinned: Gauge,
     ready: Gauge,
     state: Family<StateLabel, Gauge>,
@@ -135,6 +136,7 @@ impl Metrics {
             since_success: FloatGauge::default(),
             bundle_bytes: Gauge::default(),
             tenants: Gauge::default(),
+            config_problem: Gauge::default(),
             pinned: Gauge::default(),
             ready: Gauge::default(),
             state: Family::default(),
@@ -212,6 +214,11 @@ impl Metrics {
             "snapshot_tenants",
             "Tenants in the served snapshot (0 before the first): a publish that dropped many shows here",
             m.tenants.clone(),
+        );
+        registry.register(
+            "config_problem",
+            "1 while the config file on disk would not load, or changes a setting only a restart applies",
+            m.config_problem.clone(),
         );
         registry.register(
             "pinned",
@@ -312,6 +319,8 @@ impl Metrics {
             .elapsed();
         self.since_success.set(since.as_secs_f64());
         self.pinned.set(i64::from(status.pinned(meta)));
+        self.config_problem
+            .set(i64::from(status.config_problem.is_some()));
         self.ready.set(i64::from(meta.is_some()));
         for (state, name) in [
             (State::Starting, "starting"),

@@ -41,6 +41,11 @@ pub struct Status {
     pub last_error_reason: Option<&'static str>,
     /// The version being written to disk right now, if any.
     pub applying: Option<u64>,
+    /// What is wrong with the config file on disk now (it no longer
+    /// loads, or changes a setting that only a restart applies): the
+    /// running agent goes on with what it started with, and its next
+    /// restart would fail or behave differently.
+    pub config_problem: Option<String>,
     /// The document that named the version served, as last verified.
     pub followed: Option<Followed>,
 }
@@ -112,6 +117,7 @@ impl Shared {
                 last_error: None,
                 last_error_reason: None,
                 applying: None,
+                config_problem: None,
                 followed: None,
             }),
             metrics: Metrics::default(),

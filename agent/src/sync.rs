@@ -97,6 +97,8 @@ pub struct Syncer {
     missing_keys: Vec<PathBuf>,
     /// Why the config last failed to reload, to log it once.
     trust_error: Option<String>,
+    /// The settings the agent started with that only a restart changes.
+    started_with: RestartSettings,
     /// A write to the snapshot file failed and redb latched the failure:
     /// the file is opened again before the next check.
     db_failed: bool,
@@ -130,6 +132,7 @@ impl Syncer {
             marks: Marks::default(),
             missing_keys: Vec::new(),
             trust_error: None,
+            started_with: RestartSettings::of(config),
             db_failed: false,
         }
     }
@@ -196,19 +199,47 @@ impl Syncer {
     fn reload_trust(&mut self) {
         let loaded = Config::load(&self.config_path)
             .map_err(|e| e.to_string())
-            .and_then(|c| c.trust_live(&self.config_path).map_err(|e| e.to_string()));
+            .and_then(|c| {
+                let trust = c.trust_live(&self.config_path).map_err(|e| e.to_string())?;
+                Ok((c, trust))
+            });
         let (trust, missing) = match loaded {
-            Ok(t) => t,
+            Ok((c, t)) => {
+                let changed = self.started_with.changed_in(&c);
+                self.shared.status().config_problem = (!changed.is_empty()).then(|| {
+                    format!(
+                        "{}: {} changed; the agent goes on with the values it started with until it is restarted",
+                        self.config_path.display(),
+                        changed.join(", ")
+                    )
+                });
+                if changed.is_empty() {
+                    self.trust_error = None;
+                } else {
+                    let message = format!(
+                        "{} changed in {}: a restart applies it",
+                        changed.join(", "),
+                        self.config_path.display()
+                    );
+                    if self.trust_error.as_deref() != Some(message.as_str()) {
+                        warn!("{message}");
+                        self.trust_error = Some(message);
+                    }
+                }
+                t
+            }
             Err(e) => {
-                let message = format!("{e}; the trusted keys in use are kept");
+                let message = format!(
+                    "{e}; the trusted keys in use are kept, and the agent would not start with this file"
+                );
                 if self.trust_error.as_deref() != Some(message.as_str()) {
                     warn!("{message}");
-                    self.trust_error = Some(message);
+                    self.trust_error = Some(message.clone());
                 }
+                self.shared.status().config_problem = Some(message);
                 return;
             }
         };
-        self.trust_error = None;
         if missing != self.missing_keys {
             for path in missing.iter().filter(|p| !self.missing_keys.contains(p)) {
                 warn!(key = %path.display(), "trusted key file is gone; it no longer vouches for anything");
@@ -665,6 +696,35 @@ impl Syncer {
             }
         }
         status.state = if ready { state } else { State::Starting };
+    }
+}
+
+/// The settings read once at start: a change on disk is reported (a
+/// `config_problem` in `/v1/snapshot`) rather than ignored in silence.
+struct RestartSettings(Vec<(&'static str, String)>);
+
+impl RestartSettings {
+    fn of(c: &Config) -> Self {
+        Self(vec![
+            ("source", c.source.to_string()),
+            ("channel", c.channel.clone()),
+            ("region", c.region.clone()),
+            ("data_dir", c.data_dir.display().to_string()),
+            ("socket", c.socket.display().to_string()),
+            ("socket_mode", c.socket_mode.clone()),
+            ("worker_threads", c.worker_threads.to_string()),
+            ("max_connections", c.max_connections.to_string()),
+        ])
+    }
+
+    /// The names of the settings `now` holds other values for.
+    fn changed_in(&self, now: &Config) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .zip(Self::of(now).0)
+            .filter(|((_, was), (_, is))| *was != *is)
+            .map(|((name, _), _)| *name)
+            .collect()
     }
 }
 

@@ -210,7 +210,10 @@ pub enum Refusal {
     /// The channel pointer names a version below the highest this node has
     /// accepted from the channel (a replayed older pointer).
     #[error(
-        "{key} names version {version}, older than version {served} this node already accepted from the channel; refusing a rollback that no operator pin asked for (pin the region with `strata-publisher pin`, or publish with `strata-publisher rollback`)"
+        "{key} names version {version}, older than version {served}, the newest this node has accepted from a channel; refusing a rollback that no operator pin asked for. \
+         An old pointer put back: publish (or `strata-publisher rollback`) to move the channel past {served}. \
+         This node moved to another channel, or the store was rebuilt (versions start again): pin it to {version} (`pin_file`, or `strata-publisher pin` for the region) until the channel passes {served}, \
+         or stop the agent, move strata.redb out of data_dir and start it again (it then fetches as a new node)"
     )]
     OlderVersion {
         /// The pointer's key.

@@ -404,7 +404,7 @@ async fn untrusted_tampered_and_replayed_snapshots_are_refused() {
     still_serves(
         &agent,
         served,
-        "this node already accepted from the channel",
+        "the newest this node has accepted from a channel",
     )
     .await;
     agent.stop().await;
@@ -794,5 +794,58 @@ async fn a_damaged_snapshot_file_is_moved_aside_and_the_store_s_snapshot_served(
     agent.serves(1).await;
     let aside = config.db_path().with_extension("redb.damaged");
     assert_eq!(std::fs::read(&aside).expect("kept for forensics"), garbage);
+    agent.stop().await;
+}
+
+/// A config file edited under a running agent into one it would not start
+/// with, or with a setting only a restart applies, is said at once in
+/// `/v1/snapshot` and `/metrics`, not found at the next reboot; the
+/// snapshot stays served and the state is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_edit_the_running_agent_cannot_apply_is_reported() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let (config, path) = fx.agent_config("a", "");
+    let agent = Agent::start(config, path.clone());
+    agent.serves(1).await;
+    let original = std::fs::read_to_string(&path).expect("config");
+
+    std::fs::write(&path, format!("bogus_key = 1\n{original}")).expect("edit");
+    agent
+        .wait_until("the broken config reported", "/v1/snapshot", |a| {
+            a.json()["config_problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("bogus_key") && p.contains("would not start"))
+        })
+        .await;
+    let snapshot = agent.get("/v1/snapshot").await.json();
+    assert_eq!(snapshot["state"], "fresh", "{snapshot}");
+    assert!(
+        agent
+            .get("/metrics")
+            .await
+            .text()
+            .contains("strata_config_problem 1"),
+    );
+
+    std::fs::write(
+        &path,
+        original.replace("[[trusted_keys]]", "channel = \"canary\"\n[[trusted_keys]]"),
+    )
+    .expect("edit");
+    agent
+        .wait_until("the channel change reported", "/v1/snapshot", |a| {
+            a.json()["config_problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("channel changed"))
+        })
+        .await;
+
+    std::fs::write(&path, &original).expect("restore");
+    agent
+        .wait_until("the problem cleared", "/v1/snapshot", |a| {
+            a.json()["config_problem"].is_null()
+        })
+        .await;
     agent.stop().await;
 }

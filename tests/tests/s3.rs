@@ -228,6 +228,9 @@ async fn four_concurrent_publishers_get_four_consecutive_versions() {
                 .arg(src)
                 .arg("--key")
                 .arg(key)
+                // Sources of 5 to 8 tenants in any order: a smaller one
+                // after a larger one removes tenants, meant here.
+                .arg("--allow-removals")
                 .args(["--store", &url()])
                 .output()
                 .expect("publisher")
