@@ -48,6 +48,23 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp,
     Ok(resp)
 }
 
+/// What `metrics_listen` answers: `/metrics`, `/healthz` and `/readyz`
+/// as the socket does; anything else is 404, so that no tenant's config
+/// is served over TCP.
+pub async fn handle_scrape(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Resp, Infallible> {
+    match req.uri().path() {
+        "/metrics" | "/healthz" | "/readyz" => handle(req, shared).await,
+        _ => Ok(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "only /metrics, /healthz and /readyz are served on metrics_listen; lookups are on the unix socket",
+        )),
+    }
+}
+
 /// The metrics label of a request path, as an index into
 /// [`crate::metrics::ENDPOINTS`]: one of a fixed set, never an id.
 fn endpoint(path: &str) -> usize {
@@ -325,6 +342,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "last_error": status.last_error,
         "last_error_reason": status.last_error_reason,
         "config_problem": status.config_problem,
+        "metrics_address": status.metrics_address,
         "state": status.state,
         "applying": status.applying,
     });

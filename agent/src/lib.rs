@@ -105,6 +105,20 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let graceful = GracefulShutdown::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics_listen {addr}"))?;
+        let bound = listener.local_addr().map_or(addr, |a| a);
+        info!(address = %bound, "serving /metrics, /healthz and /readyz over TCP");
+        shared.status().metrics_address = Some(bound.to_string());
+        tokio::spawn(serve_scrapes(
+            listener,
+            shared.clone(),
+            config.idle_timeout,
+            stop_rx.clone(),
+        ));
+    }
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut accept_errors = AcceptErrors::default();
     let idle_timeout = config.idle_timeout;
@@ -133,26 +147,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let shared = shared.clone();
-                let activity = idle::Activity::new();
-                let stream = idle::Watched::new(stream, activity.clone());
-                let conn = http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(MAX_HEADER_BYTES)
-                    .serve_connection(TokioIo::new(stream), service_fn(move |req| http::handle(req, shared.clone())));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    tokio::select! {
-                        ended = conn => if let Err(e) = ended {
-                            tracing::debug!("connection ended: {e}");
-                        },
-                        () = activity.idle_for(idle_timeout) => {
-                            tracing::debug!("closing a connection that moved no byte for {idle_timeout:?}");
-                        }
-                    }
-                });
+                serve(stream, shared.clone(), http::handle, slot, idle_timeout, &graceful);
             }
             _ = &mut shutdown => break,
         }
@@ -177,6 +172,84 @@ pub async fn run(
     info!("agent stopped");
     Ok(())
 }
+
+/// Serves one accepted connection with `handler` until it ends, or until
+/// it moves no byte for `idle_timeout`, holding `slot` meanwhile.
+fn serve<S, H, F>(
+    stream: S,
+    shared: Arc<Shared>,
+    handler: H,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    idle_timeout: std::time::Duration,
+    graceful: &GracefulShutdown,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>, Arc<Shared>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Result<http::Resp, std::convert::Infallible>> + Send + 'static,
+{
+    let activity = idle::Activity::new();
+    let stream = idle::Watched::new(stream, activity.clone());
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| handler(req, shared.clone())),
+        );
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        let _slot = slot;
+        tokio::select! {
+            ended = conn => if let Err(e) = ended {
+                tracing::debug!("connection ended: {e}");
+            },
+            () = activity.idle_for(idle_timeout) => {
+                tracing::debug!("closing a connection that moved no byte for {idle_timeout:?}");
+            }
+        }
+    });
+}
+
+/// Serves `metrics_listen`: `/metrics`, `/healthz` and `/readyz` only (a
+/// Prometheus server cannot scrape a unix socket; tenant configs never
+/// leave it), at most [`SCRAPE_CONNECTIONS`] at once, until `stop`.
+async fn serve_scrapes(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    idle_timeout: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(SCRAPE_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut accept_errors = AcceptErrors::default();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    accept_errors.recovered();
+                    let _ = stream.set_nodelay(true);
+                    serve(stream, shared.clone(), http::handle_scrape, slot, idle_timeout, &graceful);
+                }
+                Err(e) => {
+                    accept_errors.failed(&e);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Scrapers served at once on `metrics_listen`.
+const SCRAPE_CONNECTIONS: usize = 16;
 
 /// How long a client may take to send a request's headers: a slow or
 /// silent client is closed instead of holding a connection slot for ever.

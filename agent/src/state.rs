@@ -46,6 +46,8 @@ pub struct Status {
     /// running agent goes on with what it started with, and its next
     /// restart would fail or behave differently.
     pub config_problem: Option<String>,
+    /// The TCP address `/metrics` is served on (`metrics_listen`), if any.
+    pub metrics_address: Option<String>,
     /// The document that named the version served, as last verified.
     pub followed: Option<Followed>,
 }
@@ -118,6 +120,7 @@ impl Shared {
                 last_error_reason: None,
                 applying: None,
                 config_problem: None,
+                metrics_address: None,
                 followed: None,
             }),
             metrics: Metrics::default(),

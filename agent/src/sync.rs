@@ -714,6 +714,10 @@ impl RestartSettings {
             ("socket_mode", c.socket_mode.clone()),
             ("worker_threads", c.worker_threads.to_string()),
             ("max_connections", c.max_connections.to_string()),
+            (
+                "metrics_listen",
+                c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+            ),
         ])
     }
 

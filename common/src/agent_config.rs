@@ -88,6 +88,11 @@ pub struct Config {
     /// instead of the platform's. Default: the platform's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A TCP address (`127.0.0.1:9464`) serving `/metrics`, `/healthz`
+    /// and `/readyz` for a Prometheus server, which cannot scrape a unix
+    /// socket. Lookups stay on the socket. Default: none (no TCP listener).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// A local pin for this node alone: a file holding one snapshot version
     /// (`42`) to serve whatever the channel and the region's pin say, during
     /// an incident. Watched; removing the file ends the pin. Default: none.

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_agent::client;
+use strata_common::generate;
 use strata_tests::{DEADLINE, Fixture, bin};
 
 struct Proc(Child);
@@ -232,4 +233,71 @@ print(json.dumps(out))
         Some(1.0),
         "{families}"
     );
+}
+
+/// GETs `path` over plain HTTP/1.1 at `addr`; the status and the body.
+fn tcp_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer}"));
+    (status, answer)
+}
+
+/// `metrics_listen` gives a Prometheus server `/metrics` (and the health
+/// checks) over TCP; a tenant's config never leaves the unix socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_tcp_only_when_configured_and_nothing_else_is() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let plain = fx.start_agent("plain", "");
+    plain.serves(1).await;
+    assert!(
+        plain.get("/v1/snapshot").await.json()["metrics_address"].is_null(),
+        "no TCP listener unless configured"
+    );
+    plain.stop().await;
+
+    let agent = fx.start_agent("scraped", "metrics_listen = \"127.0.0.1:0\"");
+    agent.serves(1).await;
+    let snapshot = agent.get("/v1/snapshot").await.json();
+    let addr = snapshot["metrics_address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metrics_address: {snapshot}"))
+        .to_owned();
+    let (status, body) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || tcp_get(&addr, "/metrics")
+    })
+    .await
+    .expect("thread");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("strata_ready 1"), "{body}");
+    let tenant = generate::tenant_id(0);
+    for (path, want) in [
+        ("/readyz".to_owned(), 200),
+        (format!("/v1/tenants/{tenant}"), 404),
+        ("/v1/snapshot".to_owned(), 404),
+        (format!("/v1/tenants/{tenant}/prompt"), 404),
+    ] {
+        let addr = addr.clone();
+        let (status, body) = tokio::task::spawn_blocking(move || tcp_get(&addr, &path))
+            .await
+            .expect("thread");
+        assert_eq!(status, want, "{body}");
+        if want == 404 {
+            assert!(!body.contains("tenant_id"), "{body}");
+        }
+    }
+    agent.stop().await;
 }
