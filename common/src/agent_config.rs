@@ -294,12 +294,12 @@ impl Config {
                 "only an https:// source uses it; remove it or change source".into(),
             ));
         }
-        if self.channel.is_empty() || self.channel.contains('/') {
-            return Err(invalid(
-                "channel",
-                format!("{:?} is not a channel name", self.channel),
-            ));
-        }
+        // The names the publisher signs pointers and pins under: anything
+        // else could never be pinned or published to.
+        crate::operator::check_name("channel", &self.channel)
+            .map_err(|e| invalid("channel", e.to_string()))?;
+        crate::operator::check_name("region", &self.region)
+            .map_err(|e| invalid("region", e.to_string()))?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid(
                 "log_format",
@@ -494,5 +494,33 @@ mod tests {
         let e = Config::parse("source = \"file:///s\"\ntrusted_keys = []\n", p)
             .expect_err("no keys refused");
         assert!(e.to_string().contains("trusted_keys"), "{e}");
+    }
+
+    #[test]
+    fn a_region_or_channel_no_publisher_could_pin_or_publish_is_refused() {
+        let p = Path::new("agent.toml");
+        let keys = "[[trusted_keys]]\nrole = \"publisher\"\npath = \"/k.pub\"\n";
+        for (key, value) in [
+            ("region", "EU West"),
+            ("region", "../channels/stable"),
+            ("region", ""),
+            ("channel", "Stable"),
+            ("channel", "a/b"),
+        ] {
+            let e = Config::parse(
+                &format!("source = \"file:///s\"\n{key} = {value:?}\n{keys}"),
+                p,
+            )
+            .expect_err("refused");
+            assert!(
+                matches!(&e, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{key} = {value:?}: {e}"
+            );
+        }
+        Config::parse(
+            &format!("source = \"file:///s\"\nregion = \"eu-west-1\"\n{keys}"),
+            p,
+        )
+        .expect("a region name");
     }
 }

@@ -253,6 +253,17 @@ pub enum KeyError {
         /// The parser's complaint.
         reason: String,
     },
+    /// A key of the other kind: a public key where a private one is
+    /// needed, or the reverse.
+    #[error("{path}: {found}; {expected}")]
+    WrongKind {
+        /// The key file.
+        path: PathBuf,
+        /// What the file holds.
+        found: &'static str,
+        /// What was asked for, and which file that is.
+        expected: &'static str,
+    },
     /// keygen refuses to overwrite a key.
     #[error("{path} already exists; keygen never overwrites a key, choose another --out")]
     Exists {
@@ -268,18 +279,45 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
         source,
     };
     let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    let public = || KeyError::WrongKind {
+        path: path.to_owned(),
+        found: "this is a public key",
+        expected: "signing takes the private key (KEY, not KEY.pub)",
+    };
     if mode & 0o077 != 0 {
+        // A public key is readable by anyone, and `chmod 600` is not
+        // the fix for it.
+        if fs::read_to_string(path).is_ok_and(|t| t.contains(PUBLIC_PEM)) {
+            return Err(public());
+        }
         return Err(KeyError::TooOpen {
             path: path.to_owned(),
             mode,
         });
     }
     let pem = fs::read_to_string(path).map_err(io)?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Pem {
+    if pem.contains(PUBLIC_PEM) {
+        return Err(public());
+    }
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| pem_error(path, "private key (PKCS#8)", &pem, e))
+}
+
+/// The first line of an SPKI public key in PEM.
+const PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----";
+
+/// A key file that did not parse: a file that is no PEM at all is said
+/// so, rather than with the parser's view of its first bytes.
+fn pem_error(path: &Path, what: &'static str, text: &str, e: impl std::fmt::Display) -> KeyError {
+    let reason = if text.contains("-----BEGIN ") {
+        e.to_string()
+    } else {
+        "no -----BEGIN line: not a PEM file".to_owned()
+    };
+    KeyError::Pem {
         path: path.to_owned(),
-        what: "private key (PKCS#8)",
-        reason: e.to_string(),
-    })
+        what,
+        reason,
+    }
 }
 
 /// Reads a private key from the environment variable `name`, which holds
@@ -306,11 +344,15 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
         path: path.to_owned(),
         source,
     })?;
-    VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Pem {
-        path: path.to_owned(),
-        what: "public key (SPKI)",
-        reason: e.to_string(),
-    })
+    if pem.contains("-----BEGIN PRIVATE KEY-----") {
+        return Err(KeyError::WrongKind {
+            path: path.to_owned(),
+            found: "this is a private key",
+            expected: "trust takes the public key (KEY.pub); keep the private key off the nodes",
+        });
+    }
+    VerifyingKey::from_public_key_pem(&pem)
+        .map_err(|e| pem_error(path, "public key (SPKI)", &pem, e))
 }
 
 /// Generates a key pair: `out` (mode 0600) and `out.pub`. Never overwrites.
@@ -437,5 +479,25 @@ mod tests {
             load_signing_key(&path),
             Err(KeyError::TooOpen { mode: 0o640, .. })
         ));
+    }
+
+    #[test]
+    fn a_key_of_the_other_kind_or_no_pem_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ci.key");
+        generate_key(&path).expect("keygen");
+        let public = public_path(&path);
+        // Readable by all, as public keys are: still "a public key", not "chmod 600".
+        for mode in [0o644, 0o600] {
+            fs::set_permissions(&public, fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = load_signing_key(&public).expect_err("a public key");
+            assert!(e.to_string().contains("this is a public key"), "{e}");
+        }
+        let e = load_verifying_key(&path).expect_err("a private key");
+        assert!(e.to_string().contains("this is a private key"), "{e}");
+        let junk = dir.path().join("junk.pub");
+        fs::write(&junk, "not a key\n").expect("write");
+        let e = load_verifying_key(&junk).expect_err("junk");
+        assert!(e.to_string().contains("not a PEM file"), "{e}");
     }
 }

@@ -40,6 +40,7 @@ pub struct Args {
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
 pub fn run(args: Args) -> Result<()> {
+    strata_common::operator::check_name("channel", &args.channel)?;
     let (keys, compiled) = args.input.load()?;
     let store = store::open_write(&args.store)?;
     let trusted = load_public_keys(&args.trusted_keys)?;
