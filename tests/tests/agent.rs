@@ -849,3 +849,38 @@ async fn a_config_edit_the_running_agent_cannot_apply_is_reported() {
         .await;
     agent.stop().await;
 }
+
+/// A file store that vanishes (an unmounted volume) is reported as
+/// unreachable, not as an empty store waiting for a publish; the snapshot
+/// stays served, and the node is fresh again once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_store_directory_is_unreachable_not_empty() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let agent = fx.start_agent("a", "poll_interval = \"200ms\"");
+    agent.serves(1).await;
+    let away = fx.dir.path().join("store-away");
+    std::fs::rename(fx.store_dir(), &away).expect("unmount, as it were");
+    agent
+        .wait_until("the vanished store reported", "/v1/snapshot", |a| {
+            let s = a.json();
+            s["state"] == "stale"
+                && s["last_error_reason"] == "store_unreachable"
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("does not exist"))
+        })
+        .await;
+    let tenant = strata_common::generate::tenant_id(1);
+    assert_eq!(
+        agent.get(&format!("/v1/tenants/{tenant}")).await.status,
+        200
+    );
+    std::fs::rename(&away, fx.store_dir()).expect("back");
+    agent
+        .wait_until("fresh again", "/v1/snapshot", |a| {
+            a.json()["state"] == "fresh"
+        })
+        .await;
+    agent.stop().await;
+}

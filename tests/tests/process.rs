@@ -549,3 +549,31 @@ fn publisher_output_cut_short_by_its_reader_is_not_a_crash() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// A first publish makes its store directory and says so: a mistyped
+/// path is a new store no agent follows, and must not pass in silence.
+#[test]
+fn a_publish_to_a_missing_store_directory_says_it_created_one() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 3);
+    let store = fx.dir.path().join("new-store");
+    let out = Command::new(bin("strata-publisher"))
+        .args(["publish", "--source"])
+        .arg(&src)
+        .arg("--key")
+        .arg(&fx.key_path)
+        .arg("--store")
+        .arg(format!("file://{}", store.display()))
+        .output()
+        .expect("run publisher");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "note: {} did not exist; created it as a new, empty store",
+            store.display()
+        )),
+        "{stderr}"
+    );
+    assert!(store.join("channels/stable.json").exists());
+}

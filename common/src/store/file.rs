@@ -137,6 +137,20 @@ impl FileStore {
         };
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
+            // The store itself gone (an unmounted volume, a wrong path) is
+            // not an empty store: nobody should wait for a publish.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.root.exists() => {
+                return Err(StoreError::io(
+                    key,
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "the store directory {} does not exist (an unmounted volume, or a wrong source?)",
+                            self.root.display()
+                        ),
+                    ),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound {
                     key: key.to_owned(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use strata_common::channel::{self, PublishError, PublishOptions};
 use strata_common::operator::publisher_trust;
 use strata_common::pointer::Pointer;
@@ -42,6 +42,18 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     strata_common::operator::check_name("channel", &args.channel)?;
     let (keys, compiled) = args.input.load()?;
+    // A first publish makes its store; said, so that a mistyped path
+    // (a new store no agent follows) does not pass unnoticed.
+    if let StoreUrl::File(dir) = &args.store
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the store directory {}", dir.display()))?;
+        eprintln!(
+            "note: {} did not exist; created it as a new, empty store",
+            dir.display()
+        );
+    }
     let store = store::open_write(&args.store)?;
     let trusted = load_public_keys(&args.trusted_keys)?;
     let trust = publisher_trust(&keys, &trusted);
