@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", strata_common::report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

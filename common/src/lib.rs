@@ -21,6 +21,7 @@ pub mod normalize;
 pub mod operator;
 pub mod pointer;
 pub mod render;
+pub mod report;
 pub mod secrets;
 pub mod sign;
 pub mod source;

@@ -110,27 +110,10 @@ fn main() -> ExitCode {
         // Whoever read the output stopped reading (`| head`): not an error.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            eprintln!("error: {}", strata_common::report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
-}
-
-/// The error and its causes, each added only if the message so far does not
-/// already say it (typed errors often quote their source).
-fn chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let cause = cause.to_string();
-        if text.contains(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
 }
 
 /// Whether `e` is standard output closed under a command's feet.

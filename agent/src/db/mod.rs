@@ -119,6 +119,15 @@ pub enum DbError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process holds the file (redb's lock).
+    #[error(
+        "{} is in use by another process (another agent with the same data_dir?); stop it, or give this agent its own data_dir",
+        path.display()
+    )]
+    InUse {
+        /// The file.
+        path: std::path::PathBuf,
+    },
     /// redb could not open the file as a database.
     #[error("redb database: {0}")]
     Database(#[from] redb::DatabaseError),
@@ -194,6 +203,7 @@ impl DbError {
                 true
             }
             DbError::Open { .. }
+            | DbError::InUse { .. }
             | DbError::Database(_)
             | DbError::Transaction(_)
             | DbError::Table(_)
@@ -272,7 +282,13 @@ impl Db {
             Ok(file) => Handle::Write(
                 redb::Builder::new()
                     .set_cache_size(cache_bytes)
-                    .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)?,
+                    .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)
+                    .map_err(|e| match e {
+                        redb::DatabaseError::DatabaseAlreadyOpen => DbError::InUse {
+                            path: path.to_path_buf(),
+                        },
+                        e => e.into(),
+                    })?,
             ),
             Err(e) if is_read_only(&e) && path.exists() => {
                 match redb::Builder::new()
