@@ -284,7 +284,7 @@ fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) ->
         Ok(v) => v,
         Err(e) => {
             let mut r = Reporter::new(&file_buf, Some(&stem));
-            r.push("", format!("not valid TOML: {}", toml_reason(&e)));
+            r.push("", format!("not valid TOML: {}", toml_reason(&e, text)));
             result.problems = r.problems;
             return result;
         }
@@ -345,7 +345,7 @@ fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) ->
 /// A serde type error in words a person editing the file reads:
 /// `invalid type: string "0.5", expected f64` becomes `expected a number,
 /// found the string "0.5"`.
-fn type_reason(message: &str) -> String {
+pub(crate) fn type_reason(message: &str) -> String {
     let Some(rest) = message.strip_prefix("invalid type: ") else {
         return message.to_owned();
     };

@@ -577,3 +577,57 @@ fn a_publish_to_a_missing_store_directory_says_it_created_one() {
     );
     assert!(store.join("channels/stable.json").exists());
 }
+
+/// A source's mistakes are placed as an editor would: a TOML syntax error
+/// by line and column, a wrong type or unknown key in Layer 1 by its field.
+#[test]
+fn source_errors_name_the_line_or_the_field() {
+    let fx = Fixture::new();
+    let src = fx.dir.path().join("src");
+    let s = src.display().to_string();
+    assert!(
+        publisher(&["generate", "--tenants", "2", "--out", &s])
+            .status
+            .success()
+    );
+    let validate = || {
+        let out = publisher(&["validate", "--source", &s]);
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tenant = src.join(format!("tenants/{}.toml", generate::tenant_id(0)));
+    let text = std::fs::read_to_string(&tenant).expect("tenant");
+    std::fs::write(&tenant, text.replacen("name = ", "name == ", 1)).expect("write");
+    let out = validate();
+    assert!(
+        out.contains("not valid TOML") && out.contains("(line 2, column 7)"),
+        "{out}"
+    );
+    std::fs::write(&tenant, &text).expect("restore");
+
+    let layer1 = src.join("layer1.toml");
+    let original = std::fs::read_to_string(&layer1).expect("layer1");
+    std::fs::write(
+        &layer1,
+        original.replace("max_prompt_chars = 8000", "max_prompt_chars = \"lots\""),
+    )
+    .expect("write");
+    let out = validate();
+    assert!(
+        out.contains("layer1.toml: policy.max_prompt_chars: expected a whole number, found the string \"lots\""),
+        "{out}"
+    );
+    std::fs::write(
+        &layer1,
+        original.replace(
+            "max_prompt_chars = 8000",
+            "max_prompt_chars = 8000\nmax_prompt_charz = 1",
+        ),
+    )
+    .expect("write");
+    let out = validate();
+    assert!(
+        out.contains("policy.max_prompt_charz: unknown field `max_prompt_charz`"),
+        "{out}"
+    );
+}
