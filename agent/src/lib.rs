@@ -50,7 +50,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let trust = config.trust(config_path)?;
-    let store = strata_common::store::open_read(&config.source, config.ca_file.as_deref())?;
+    // A read still running at twice check_timeout (reported at once) is
+    // given up and tried again, however the store trickles its answer.
+    let store = strata_common::store::open_read_within(
+        &config.source,
+        config.ca_file.as_deref(),
+        config.check_timeout.checked_mul(2),
+    )?;
     let store_dir = match &config.source {
         StoreUrl::File(dir) => Some(dir.clone()),
         StoreUrl::S3 { .. } | StoreUrl::Https(_) => None,

@@ -206,9 +206,11 @@ async fn sigkill_at_random_points_of_100_applies_always_leaves_a_complete_snapsh
     .await;
 }
 
-/// A store that accepts connections and never answers: the check hangs
-/// (until the store's own 30 s read timeout), and past `check_timeout` the
-/// node says so, `degraded` with reason `check_timeout`, still serving.
+/// A store that accepts connections and never answers: the check hangs,
+/// and past `check_timeout` the node says so, `degraded` with reason
+/// `check_timeout`, still serving; at twice `check_timeout` the read is
+/// given up (however slowly a store trickles, a check ends) and the node
+/// is `stale`, the store unreachable, until it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_that_hangs_past_check_timeout_makes_the_node_degraded() {
     let fx = Fixture::new();
@@ -238,6 +240,19 @@ async fn a_check_that_hangs_past_check_timeout_makes_the_node_degraded() {
         })
         .await;
     let tenant = generate::tenant_id(3);
+    assert_eq!(
+        agent.get(&format!("/v1/tenants/{tenant}")).await.status,
+        200
+    );
+    agent
+        .wait_until("the hung read given up", "/v1/snapshot", |a| {
+            a.json()["state"] == "stale"
+                && a.json()["last_error_reason"] == "store_unreachable"
+                && a.json()["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no complete answer within 2s"))
+        })
+        .await;
     assert_eq!(
         agent.get(&format!("/v1/tenants/{tenant}")).await.status,
         200

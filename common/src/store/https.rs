@@ -39,6 +39,8 @@ pub struct HttpsStore {
     base: String,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     rt: Runtime,
+    /// How long one read may take in all (see [`HttpsStore::with_deadline`]).
+    deadline: Option<std::time::Duration>,
 }
 
 /// Why a mirror's answer was not what was asked.
@@ -100,7 +102,15 @@ impl HttpsStore {
             base: base.clone(),
             client,
             rt,
+            deadline: None,
         })
+    }
+
+    /// Gives up any one read after `deadline` in all, however the mirror
+    /// trickles its answer (the agent: twice its `check_timeout`).
+    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// GETs `key` with `headers`; `Ok(None)` on 304.
@@ -223,7 +233,7 @@ impl ReadStore for HttpsStore {
         etag: Option<&str>,
         max_bytes: u64,
     ) -> Result<Fetched, StoreError> {
-        self.rt.block_on(async {
+        self.rt.read(key, self.deadline, async {
             let headers: Vec<_> = etag
                 .map(|e| (IF_NONE_MATCH, e.to_owned()))
                 .into_iter()
@@ -248,7 +258,7 @@ impl ReadStore for HttpsStore {
         if len == 0 {
             return Ok(Vec::new());
         }
-        self.rt.block_on(async {
+        self.rt.read(key, self.deadline, async {
             let header = (RANGE, format!("bytes={}-{}", range.start, range.end - 1));
             let Some(response) = self.send(key, &[header]).await? else {
                 return Err(StoreError::Fatal {
@@ -269,7 +279,7 @@ impl ReadStore for HttpsStore {
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        self.rt.block_on(async {
+        self.rt.read(key, self.deadline, async {
             let Some(response) = self.send(key, &[]).await? else {
                 return Err(StoreError::Fatal {
                     key: key.to_owned(),

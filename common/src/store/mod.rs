@@ -238,15 +238,37 @@ pub fn open_read(
     url: &StoreUrl,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Box<dyn ReadStore>, StoreError> {
+    open_read_within(url, ca_file, None)
+}
+
+/// [`open_read`], with every read of an S3 or HTTPS store given up after
+/// `deadline` in all (a file store's reads are local and cannot be cut).
+pub fn open_read_within(
+    url: &StoreUrl,
+    ca_file: Option<&std::path::Path>,
+    deadline: Option<std::time::Duration>,
+) -> Result<Box<dyn ReadStore>, StoreError> {
     match url {
         StoreUrl::File(path) => Ok(Box::new(FileStore::new(path)?)),
         #[cfg(feature = "s3")]
-        StoreUrl::S3 { .. } => Ok(Box::new(S3Store::new(url)?)),
+        StoreUrl::S3 { .. } => {
+            let store = S3Store::new(url)?;
+            Ok(Box::new(match deadline {
+                Some(d) => store.with_deadline(d),
+                None => store,
+            }))
+        }
         #[cfg(feature = "https")]
-        StoreUrl::Https(_) => Ok(Box::new(HttpsStore::new(url, ca_file)?)),
+        StoreUrl::Https(_) => {
+            let store = HttpsStore::new(url, ca_file)?;
+            Ok(Box::new(match deadline {
+                Some(d) => store.with_deadline(d),
+                None => store,
+            }))
+        }
         #[allow(unreachable_patterns)]
         _ => {
-            let _ = ca_file;
+            let _ = (ca_file, deadline);
             Err(not_built(url))
         }
     }

@@ -40,6 +40,34 @@ impl Runtime {
         })
     }
 
+    /// Runs a read of `key` as [`Runtime::block_on`] does, given up after
+    /// `deadline` (if any) however the store trickles its answer: the
+    /// per-read timeouts end only a read that moves nothing at all.
+    pub(crate) fn read<T>(
+        &self,
+        key: &str,
+        deadline: Option<std::time::Duration>,
+        future: impl Future<Output = Result<T, super::StoreError>>,
+    ) -> Result<T, super::StoreError> {
+        let Some(deadline) = deadline else {
+            return self.block_on(future);
+        };
+        self.block_on(async {
+            tokio::time::timeout(deadline, future)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(super::StoreError::Transient {
+                        key: key.to_owned(),
+                        source: format!(
+                            "no complete answer within {}s (twice check_timeout); given up, to be tried again",
+                            deadline.as_secs()
+                        )
+                        .into(),
+                    })
+                })
+        })
+    }
+
     fn runtime(&self) -> &tokio::runtime::Runtime {
         match &self.0 {
             Some(rt) => rt,

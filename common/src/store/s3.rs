@@ -42,6 +42,8 @@ pub struct S3Store {
     /// The SDK is async; the store traits are not (see the module doc of
     /// `store`). Each call blocks on this runtime.
     rt: Runtime,
+    /// How long one read may take in all (see [`S3Store::with_deadline`]).
+    deadline: Option<Duration>,
 }
 
 /// What an S3 request failed with, with the SDK's whole error chain in its
@@ -84,7 +86,15 @@ impl S3Store {
             prefix: prefix.clone(),
             client: Client::from_conf(config),
             rt,
+            deadline: None,
         })
+    }
+
+    /// Gives up any one read after `deadline` in all, however the bucket
+    /// trickles its answer (the agent: twice its `check_timeout`).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// The object key of a store key.
@@ -289,7 +299,7 @@ impl ReadStore for S3Store {
         etag: Option<&str>,
         max_bytes: u64,
     ) -> Result<Fetched, StoreError> {
-        self.rt.block_on(async {
+        self.rt.read(key, self.deadline, async {
             let sent = self
                 .get_object(key)
                 .set_if_none_match(etag.map(str::to_owned))
@@ -316,7 +326,7 @@ impl ReadStore for S3Store {
         if len == 0 {
             return Ok(Vec::new());
         }
-        self.rt.block_on(async {
+        self.rt.read(key, self.deadline, async {
             let resp = self
                 .get_object(key)
                 .range(format!("bytes={}-{}", range.start, range.end - 1))
@@ -331,7 +341,7 @@ impl ReadStore for S3Store {
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        self.rt.block_on(async {
+        self.rt.read(key, self.deadline, async {
             let resp = self
                 .get_object(key)
                 .send()
