@@ -631,3 +631,34 @@ fn source_errors_name_the_line_or_the_field() {
         "{out}"
     );
 }
+
+/// `list` says which documents agents refuse as expired, and which expire
+/// within a day, with what to do.
+#[test]
+fn list_flags_expired_and_soon_expiring_documents() {
+    let fx = Fixture::new();
+    let published = fx.publish("v1", 3);
+    let store = format!("file://{}", fx.store_dir().display());
+    let list = || {
+        let out = publisher(&["list", "--store", &store]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!list().contains("refresh"), "{}", list());
+
+    let mut pointer = published.pointer.clone();
+    let soon = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    pointer.expires_at = strata_common::time::format(soon);
+    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
+    std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("write");
+    assert!(
+        list().contains("expires within a day: `strata-publisher refresh` it"),
+        "{}",
+        list()
+    );
+
+    pointer.expires_at = "2020-01-01T00:00:00Z".into();
+    let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
+    std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("write");
+    assert!(list().contains("EXPIRED: agents refuse it"), "{}", list());
+}

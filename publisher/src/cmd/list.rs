@@ -4,6 +4,7 @@ use anyhow::Result;
 use strata_common::channel;
 use strata_common::pointer::PointerKind;
 use strata_common::store::{self, StoreUrl};
+use strata_common::time;
 
 /// Arguments of `list`.
 #[derive(clap::Args)]
@@ -33,14 +34,15 @@ pub fn run(args: Args) -> Result<()> {
             };
             match channel::read_pointer(store.as_ref(), kind, name) {
                 Ok(Some((p, _))) => out!(
-                    "{:<8} {name:<12} → version {} (expires {})",
+                    "{:<8} {name:<12} → version {} (expires {}){}",
                     if kind == PointerKind::Channel {
                         "channel"
                     } else {
                         "pin"
                     },
                     p.version,
-                    p.expires_at
+                    p.expires_at,
+                    expiry_note(kind, &p.expires_at)
                 )?,
                 Ok(None) => {}
                 Err(e) => out!("{key}: unreadable: {e}")?,
@@ -49,3 +51,24 @@ pub fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// What an operator must know of a document's expiry: agents refuse an
+/// expired one, and one that expires within [`SOON`] needs a refresh.
+fn expiry_note(kind: PointerKind, expires_at: &str) -> String {
+    let now = time::now();
+    let what = match kind {
+        PointerKind::Channel => "`strata-publisher refresh` it",
+        PointerKind::Pin => "pin again, or unpin",
+    };
+    match time::parse_exact(expires_at) {
+        Err(_) => "  UNREADABLE expiry: agents refuse it".to_owned(),
+        Ok(t) if t <= now => format!("  EXPIRED: agents refuse it; {what}"),
+        Ok(t) if t.duration_since(now).is_ok_and(|left| left < SOON) => {
+            format!("  expires within a day: {what}")
+        }
+        Ok(_) => String::new(),
+    }
+}
+
+/// How close an expiry is worth a word.
+const SOON: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
