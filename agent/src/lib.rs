@@ -78,13 +78,12 @@ pub async fn run(
         Ok(None) => info!("no snapshot on disk yet"),
         Err(e) => warn!("not serving the snapshot on disk: {e}"),
     }
-    let (listener, _socket_lock) = bind(
-        &config.socket,
-        config.socket_mode_bits().map_err(anyhow::Error::msg)?,
-    )?;
-    let socket_id = std::fs::symlink_metadata(&config.socket)
-        .ok()
-        .map(|m| (m.dev(), m.ino()));
+    let socket_mode = config.socket_mode_bits().map_err(anyhow::Error::msg)?;
+    let (mut listener, _socket_lock) = bind(&config.socket, socket_mode)?;
+    let mut socket_id = file_id(&config.socket);
+    let mut socket_watch = tokio::time::interval(SOCKET_CHECK);
+    socket_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut socket_replaced = false;
     info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -154,6 +153,27 @@ pub async fn run(
                     }
                 };
                 serve(stream, shared.clone(), http::handle, slot, idle_timeout, &graceful);
+            }
+            _ = socket_watch.tick() => {
+                // The socket file removed (a cleanup script, a tmpfiles
+                // rule): without it no client reaches this agent. Placed
+                // again; a file of someone else's there is left alone.
+                let now = file_id(&config.socket);
+                if now == socket_id {
+                    socket_replaced = false;
+                } else if now.is_none() {
+                    match place(&config.socket, socket_mode) {
+                        Ok(placed) => {
+                            warn!(socket = %config.socket.display(), "the socket file was removed; placed it again");
+                            listener = placed;
+                            socket_id = file_id(&config.socket);
+                        }
+                        Err(e) => warn!("the socket file was removed, and placing it again failed: {e:#}"),
+                    }
+                } else if !socket_replaced {
+                    warn!(socket = %config.socket.display(), "the socket file was replaced by another file; clients of that path no longer reach this agent (restart it)");
+                    socket_replaced = true;
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -360,6 +380,26 @@ fn bind(path: &Path, mode: u32) -> Result<(UnixListener, std::fs::File)> {
         ),
         Err(_) => {}
     }
+    Ok((place(path, mode)?, lock))
+}
+
+/// Device and inode of the file at `path`, if any.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// How often the agent checks that its socket file is still in place.
+const SOCKET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Binds a new socket at `path` with `mode`: bound under a temporary
+/// name, given its mode, then renamed into place, so that it never exists
+/// at its path with the umask's mode.
+fn place(path: &Path, mode: u32) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     // Short: a socket path has at most 107 bytes.
     let temp = path.with_file_name(format!(".{:08x}", rand::random::<u32>()));
     let _ = std::fs::remove_file(&temp);
@@ -375,5 +415,5 @@ fn bind(path: &Path, mode: u32) -> Result<(UnixListener, std::fs::File)> {
         let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
-    Ok((listener, lock))
+    Ok(listener)
 }

@@ -884,3 +884,37 @@ async fn a_vanished_store_directory_is_unreachable_not_empty() {
         .await;
     agent.stop().await;
 }
+
+/// The socket file removed under a running agent (a cleanup script, a
+/// tmpfiles rule): the agent places it again, with its mode, and answers
+/// on it; a file of someone else's at the path is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_socket_file_is_placed_again() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    std::fs::remove_file(&agent.socket).expect("remove the socket");
+    strata_tests::wait_for("the socket placed again and answering", || async {
+        strata_agent::client::get(&agent.socket, "/readyz")
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    let meta = std::fs::symlink_metadata(&agent.socket).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+
+    std::fs::remove_file(&agent.socket).expect("remove the socket");
+    std::fs::write(&agent.socket, "someone else's").expect("a file in its place");
+    // Not a wait for a condition: a window (past the agent's 2 s check)
+    // in which nothing may happen.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read_to_string(&agent.socket).expect("still the file"),
+        "someone else's"
+    );
+    std::fs::remove_file(&agent.socket).expect("cleanup");
+    agent.stop().await;
+}
