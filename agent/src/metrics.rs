@@ -194,7 +194,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "snapshot_age",
-            "Seconds since the served snapshot was built by the publisher",
+            "Seconds since the served snapshot was built by the publisher (NaN while nothing is served: a 0 would read as fresh)",
             Unit::Seconds,
             m.snapshot_age.clone(),
         );
@@ -306,10 +306,13 @@ impl Metrics {
             .set(meta.map_or(0, |m| i64::try_from(m.bundle_size).unwrap_or(i64::MAX)));
         self.tenants
             .set(meta.map_or(0, |m| i64::try_from(m.tenant_count).unwrap_or(i64::MAX)));
-        let age = meta
-            .and_then(|m| strata_common::time::parse_exact(&m.created_at).ok())
-            .and_then(|t| now.duration_since(t).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
+        // Built "in the future" (a publisher's clock ahead): 0.
+        let age = meta.map_or(f64::NAN, |m| {
+            strata_common::time::parse_exact(&m.created_at)
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
         self.snapshot_age.set(age);
         let since = self
             .last_success
