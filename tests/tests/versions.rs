@@ -33,6 +33,16 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// The tenant files of the source `src`, sorted.
+fn tenant_files(src: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(src.join("tenants"))
+        .expect("tenants")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
 fn bundles(fx: &Fixture) -> usize {
     std::fs::read_dir(fx.store_dir().join("snapshots"))
         .map(|d| d.count())
@@ -61,11 +71,7 @@ fn a_tenant_s_version_goes_up_with_its_content_and_never_down() {
     let fx = Fixture::new();
     let (src, _) = fx.compile("v1", 5);
     assert!(publish(&fx, &src).status.success());
-    let mut files: Vec<_> = std::fs::read_dir(src.join("tenants"))
-        .expect("tenants")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
+    let files = tenant_files(&src);
     let file = &files[1];
     let tenant = file
         .file_stem()
@@ -360,11 +366,7 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
     let fx = Fixture::new();
     let (src, _) = fx.compile("v1", 10);
     assert!(publish(&fx, &src).status.success());
-    let mut files: Vec<_> = std::fs::read_dir(src.join("tenants"))
-        .expect("tenants")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
+    let files = tenant_files(&src);
     let stem = |f: &Path| f.file_stem().expect("stem").to_string_lossy().into_owned();
 
     // One tenant removed: routine.
