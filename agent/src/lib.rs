@@ -50,8 +50,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let trust = config.trust(config_path)?;
-    // A read still running at twice check_timeout (reported at once) is
-    // given up and tried again, however the store trickles its answer.
+    // A read still running at twice check_timeout (plus a second per
+    // 256 KiB) is given up and tried again, however the store trickles.
     let store = strata_common::store::open_read_within(
         &config.source,
         config.ca_file.as_deref(),
@@ -78,12 +78,26 @@ pub async fn run(
         Ok(None) => info!("no snapshot on disk yet"),
         Err(e) => warn!("not serving the snapshot on disk: {e}"),
     }
+    // Bound before the socket: a port in use stops the agent before it
+    // has placed anything.
+    let scrapes = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?;
+            let bound = listener.local_addr().map_or(addr, |a| a);
+            info!(address = %bound, "serving /metrics, /healthz and /readyz over TCP");
+            shared.status().metrics_address = Some(bound.to_string());
+            Some(listener)
+        }
+        None => None,
+    };
     let socket_mode = config.socket_mode_bits().map_err(anyhow::Error::msg)?;
     let (mut listener, _socket_lock) = bind(&config.socket, socket_mode)?;
     let mut socket_id = file_id(&config.socket);
     let mut socket_watch = tokio::time::interval(SOCKET_CHECK);
     socket_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut socket_replaced = false;
+    let mut socket_trouble = false;
     info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -110,13 +124,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let graceful = GracefulShutdown::new();
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding metrics_listen {addr}"))?;
-        let bound = listener.local_addr().map_or(addr, |a| a);
-        info!(address = %bound, "serving /metrics, /healthz and /readyz over TCP");
-        shared.status().metrics_address = Some(bound.to_string());
+    if let Some(listener) = scrapes {
         tokio::spawn(serve_scrapes(
             listener,
             shared.clone(),
@@ -158,21 +166,30 @@ pub async fn run(
                 // The socket file removed (a cleanup script, a tmpfiles
                 // rule): without it no client reaches this agent. Placed
                 // again; a file of someone else's there is left alone.
-                let now = file_id(&config.socket);
-                if now == socket_id {
-                    socket_replaced = false;
-                } else if now.is_none() {
-                    match place(&config.socket, socket_mode) {
-                        Ok(placed) => {
-                            warn!(socket = %config.socket.display(), "the socket file was removed; placed it again");
-                            listener = placed;
-                            socket_id = file_id(&config.socket);
+                match std::fs::symlink_metadata(&config.socket).map(|m| (m.dev(), m.ino())) {
+                    Ok(now) if Some(now) == socket_id => socket_trouble = false,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        match place(&config.socket, socket_mode) {
+                            Ok(placed) => {
+                                warn!(socket = %config.socket.display(), "the socket file was removed; placed it again");
+                                listener = placed;
+                                socket_id = file_id(&config.socket);
+                                socket_trouble = false;
+                            }
+                            Err(e) if !socket_trouble => {
+                                warn!("the socket file was removed, and placing it again failed: {e:#}; trying every {}s", SOCKET_CHECK.as_secs());
+                                socket_trouble = true;
+                            }
+                            Err(_) => {}
                         }
-                        Err(e) => warn!("the socket file was removed, and placing it again failed: {e:#}"),
                     }
-                } else if !socket_replaced {
-                    warn!(socket = %config.socket.display(), "the socket file was replaced by another file; clients of that path no longer reach this agent (restart it)");
-                    socket_replaced = true;
+                    // Another file there, or one this agent cannot look
+                    // at: never replaced.
+                    _ if !socket_trouble => {
+                        warn!(socket = %config.socket.display(), "the socket file was replaced by another file (or cannot be checked); clients of that path no longer reach this agent (restart it)");
+                        socket_trouble = true;
+                    }
+                    _ => {}
                 }
             }
             _ = &mut shutdown => break,

@@ -206,13 +206,23 @@ impl Syncer {
         let (trust, missing) = match loaded {
             Ok((c, t)) => {
                 let changed = self.started_with.changed_in(&c);
-                self.shared.status().config_problem = (!changed.is_empty()).then(|| {
-                    format!(
-                        "{}: {} changed; the agent goes on with the values it started with until it is restarted",
-                        self.config_path.display(),
+                let mut problems = Vec::new();
+                if !changed.is_empty() {
+                    problems.push(format!(
+                        "{} changed; the agent goes on with the values it started with until it is restarted",
                         changed.join(", ")
-                    )
-                });
+                    ));
+                }
+                // Revoked now, and fatal at the next start.
+                if !t.1.is_empty() {
+                    let files: Vec<String> = t.1.iter().map(|p| p.display().to_string()).collect();
+                    problems.push(format!(
+                        "trusted key file(s) {} gone: no longer trusted, and the agent would not start with this file (remove their [[trusted_keys]] entries, or put the files back)",
+                        files.join(", ")
+                    ));
+                }
+                self.shared.status().config_problem = (!problems.is_empty())
+                    .then(|| format!("{}: {}", self.config_path.display(), problems.join("; ")));
                 if changed.is_empty() {
                     self.trust_error = None;
                 } else {
@@ -704,20 +714,30 @@ impl Syncer {
 struct RestartSettings(Vec<(&'static str, String)>);
 
 impl RestartSettings {
+    /// Every setting but the trusted keys and thresholds, which each
+    /// check reads again.
     fn of(c: &Config) -> Self {
         Self(vec![
             ("source", c.source.to_string()),
             ("channel", c.channel.clone()),
             ("region", c.region.clone()),
+            ("poll_interval", format!("{:?}", c.poll_interval)),
+            ("check_timeout", format!("{:?}", c.check_timeout)),
             ("data_dir", c.data_dir.display().to_string()),
             ("socket", c.socket.display().to_string()),
             ("socket_mode", c.socket_mode.clone()),
-            ("worker_threads", c.worker_threads.to_string()),
+            ("retain", c.retain.to_string()),
+            ("cache_bytes", c.cache_bytes.to_string()),
             ("max_connections", c.max_connections.to_string()),
-            (
-                "metrics_listen",
-                c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
-            ),
+            ("idle_timeout", format!("{:?}", c.idle_timeout)),
+            ("worker_threads", c.worker_threads.to_string()),
+            ("max_frame_bytes", c.max_frame_bytes.to_string()),
+            ("max_bundle_bytes", c.max_bundle_bytes.to_string()),
+            ("shutdown_grace", format!("{:?}", c.shutdown_grace)),
+            ("log_format", c.log_format.clone()),
+            ("ca_file", format!("{:?}", c.ca_file)),
+            ("metrics_listen", format!("{:?}", c.metrics_listen)),
+            ("pin_file", format!("{:?}", c.pin_file)),
         ])
     }
 

@@ -30,9 +30,9 @@ pub struct Config {
     /// agent reports itself `degraded`: a store or disk that hangs
     /// (a stalled mirror, a hung mount) shows in `/v1/snapshot` and the
     /// metrics instead of behind a `fresh` state. A read from an S3 or
-    /// HTTPS store still running at twice this is given up and tried again
-    /// (a local disk's cannot be cut: that check is reported until it
-    /// ends). Default `5m`, above a cold 100k-tenant apply on a slow disk.
+    /// HTTPS store still running at twice this (plus a second per 256 KiB
+    /// it may carry) is given up and tried again (a local disk's cannot be
+    /// cut: that check is reported until it ends). Default `5m`, above a cold 100k-tenant apply on a slow disk.
     #[serde(default = "default_check_timeout", with = "duration")]
     pub check_timeout: Duration,
     /// Directory of the redb file. Default `/var/lib/strata`.

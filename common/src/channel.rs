@@ -226,8 +226,8 @@ pub fn publish(
 /// the pointer moves past it: a check made against one head (the tenant
 /// version discipline) holds for the version published. When another
 /// publisher moves the channel first, `gate` is asked again about the new
-/// head; when it refuses, the bundle this publish uploaded is removed
-/// (no pointer named it) and its error returned.
+/// head; when it refuses, its error is returned (naming the bundle this
+/// publish had uploaded, if any: no pointer names it, and gc removes it).
 pub fn publish_gated(
     store: &dyn WriteStore,
     compiled: &Compiled,
@@ -260,18 +260,19 @@ pub fn publish_gated(
             .checked_add(1)
             .ok_or(PublishError::VersionExhausted)?;
         let version = next.max(floor);
-        // An upload of another version is left behind: removed while the
-        // channel is below it (it would hold up other publishers, which
-        // wait for a pointer to name a fresh bundle).
-        if let Some((v, _)) = uploaded.take_if(|(v, _)| *v != version) {
-            discard(store, v, head);
-        }
+        // An upload of another version is left behind, named by no
+        // pointer, for gc: deleting it would free its key for a bundle
+        // of other bytes, which a mirror or a pin may have seen already.
+        uploaded.take_if(|(v, _)| *v != version);
         if gated != Some(head) {
             if let Err(e) = gate(current.as_ref().map(|(p, _)| p)) {
-                if let Some((v, _)) = uploaded.take() {
-                    discard(store, v, head);
-                }
-                return Err(e);
+                return Err(match (e, uploaded) {
+                    (PublishError::Refused(why), Some((v, _))) => PublishError::Refused(format!(
+                        "{why} (another publish moved the channel after this one uploaded {}: no pointer names it, and gc removes it)",
+                        SnapshotVersion(v).bundle_key()
+                    )),
+                    (e, _) => e,
+                });
             }
             gated = Some(head);
         }
@@ -367,21 +368,6 @@ pub fn publish_gated(
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-}
-
-/// Removes this publisher's bundle `version`, which no pointer names, while
-/// the channel's `head` is below it. At or under the head it is left to
-/// `gc`: a pointer of this publisher's whose answer was lost may have named
-/// it for a moment, and agents may have taken it.
-fn discard(store: &dyn WriteStore, version: u64, head: Option<u64>) {
-    if head.is_none_or(|h| h < version) {
-        let key = SnapshotVersion(version).bundle_key();
-        if let Err(e) = store.delete(&key) {
-            tracing::warn!(
-                "{key}: could not remove this publish's unused bundle: {e}; gc removes it"
-            );
         }
     }
 }

@@ -138,6 +138,19 @@ pub enum OperatorError {
     },
 }
 
+impl OperatorError {
+    /// Whether the bundle itself is gone or damaged in the store (not a
+    /// store or local disk that failed this time): a publish may replace
+    /// it without the checks against it, since nothing else can.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            OperatorError::Missing { .. } | OperatorError::WrongVersion { .. } => true,
+            OperatorError::Bundle { source, .. } => !matches!(source, BundleError::Io(_)),
+            _ => false,
+        }
+    }
+}
+
 /// Checks a region or channel name before it becomes part of a store key.
 pub fn check_name(what: &'static str, name: &str) -> Result<(), OperatorError> {
     let ok = (1..=64).contains(&name.len())

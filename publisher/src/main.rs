@@ -7,13 +7,34 @@
 //!
 //! Exit status: 0 success, 1 refused input (validation, verification), 2 usage.
 
-/// `println!` that returns the write's error instead of panicking: with
-/// its output piped into `head`, a command stops quietly (see `main`).
+/// `println!` that returns the write's error instead of panicking. Once
+/// whoever reads the output has gone (`| head`), the rest is dropped and
+/// the command runs on: its exit status stays its own (a refusal is still
+/// 1), which a panic or an early stop would hide.
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::StdoutError)
-    }};
+    ($($arg:tt)*) => {
+        crate::write_out(format_args!($($arg)*))
+    };
+}
+
+/// Set once standard output's reader has gone.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line of a command's output (see [`out!`]).
+fn write_out(line: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(StdoutError(e)),
+    }
 }
 
 /// Writing a command's output failed (a store's errors are never this).
@@ -107,19 +128,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // Whoever read the output stopped reading (`| head`): not an error.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", strata_common::report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
-}
-
-/// Whether `e` is standard output closed under a command's feet.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<StdoutError>()
-            .is_some_and(|StdoutError(io)| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }

@@ -523,18 +523,26 @@ fn signature_lifetimes_outside_a_minute_to_ten_years_are_usage_errors() {
     assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
 }
 
-/// Output piped into `head`: the reader goes away, the command stops
-/// quietly (exit 0, no panic), as `grep` or `ls` would.
+/// Output piped into `head`: the reader goes away, the rest of the output
+/// is dropped, and the exit status is still the command's own (0, or 1
+/// for a refusal a `| grep -q` must not hide), never a panic.
 #[test]
 fn publisher_output_cut_short_by_its_reader_is_not_a_crash() {
     let fx = Fixture::new();
     fx.publish("v1", 3);
     fx.publish("v2", 3);
     let store = format!("file://{}", fx.store_dir().display());
-    for args in [
-        vec!["list", "--store", &store],
-        vec!["diff", "--store", &store, "1", "2"],
-        vec!["inspect", "--store", &store, "--version", "2"],
+    let other = fx.dir.path().join("other.key");
+    sign::generate_key(&other).expect("keygen");
+    let other_pub = sign::public_path(&other).display().to_string();
+    for (args, code) in [
+        (vec!["list", "--store", &store], 0),
+        (vec!["diff", "--store", &store, "1", "2"], 0),
+        (vec!["inspect", "--store", &store, "--version", "2"], 0),
+        (
+            vec!["inspect", "--store", &store, "--pubkey", &other_pub],
+            1,
+        ),
     ] {
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
@@ -546,7 +554,7 @@ fn publisher_output_cut_short_by_its_reader_is_not_a_crash() {
             .expect("run publisher");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     }
 }
 

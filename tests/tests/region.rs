@@ -899,6 +899,9 @@ async fn keys_rotate_without_a_restart(mut w: World) {
         s["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("trusted key file(s) gone") && e.contains(".pub"))
+            && s["config_problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("would not start with this file"))
     })
     .await;
 }

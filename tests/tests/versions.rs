@@ -98,7 +98,7 @@ fn a_tenant_s_version_goes_up_with_its_content_and_never_down() {
         "{t}"
     );
     assert!(t.contains("config_hash "), "{t}");
-    assert!(t.contains("nothing was written"), "{t}");
+    assert!(t.contains("nothing was published"), "{t}");
     assert_eq!(
         bundles(&fx),
         1,
@@ -160,7 +160,7 @@ fn a_damaged_served_bundle_does_not_lock_the_channel() {
     let out = publish(&fx, &src);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("warning: tenant versions not checked against the channel's snapshot"),
+        text(&out).contains("warning: tenant versions and removals not checked against the channel's snapshot"),
         "{}",
         text(&out)
     );
@@ -405,7 +405,7 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
         t.contains(&format!(
-            "removes 2 of the 9 tenants channel stable serves (version 2): {}, {}; nothing was written",
+            "removes 2 of the 9 tenants channel stable serves (version 2): {}, {}; nothing was published",
             stem(&files[1]),
             stem(&files[2])
         )),

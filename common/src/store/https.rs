@@ -233,7 +233,7 @@ impl ReadStore for HttpsStore {
         etag: Option<&str>,
         max_bytes: u64,
     ) -> Result<Fetched, StoreError> {
-        self.rt.read(key, self.deadline, async {
+        self.rt.read(key, self.deadline, max_bytes, async {
             let headers: Vec<_> = etag
                 .map(|e| (IF_NONE_MATCH, e.to_owned()))
                 .into_iter()
@@ -258,7 +258,7 @@ impl ReadStore for HttpsStore {
         if len == 0 {
             return Ok(Vec::new());
         }
-        self.rt.read(key, self.deadline, async {
+        self.rt.read(key, self.deadline, len, async {
             let header = (RANGE, format!("bytes={}-{}", range.start, range.end - 1));
             let Some(response) = self.send(key, &[header]).await? else {
                 return Err(StoreError::Fatal {
@@ -279,7 +279,7 @@ impl ReadStore for HttpsStore {
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        self.rt.read(key, self.deadline, async {
+        self.rt.read(key, self.deadline, max_bytes, async {
             let Some(response) = self.send(key, &[]).await? else {
                 return Err(StoreError::Fatal {
                     key: key.to_owned(),

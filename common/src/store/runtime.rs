@@ -40,18 +40,22 @@ impl Runtime {
         })
     }
 
-    /// Runs a read of `key` as [`Runtime::block_on`] does, given up after
-    /// `deadline` (if any) however the store trickles its answer: the
-    /// per-read timeouts end only a read that moves nothing at all.
+    /// Runs a read of up to `bytes` of `key` as [`Runtime::block_on`]
+    /// does, given up after `deadline` (if any) plus a second per
+    /// [`FLOOR_RATE`] bytes, however the store trickles its answer: the
+    /// per-read timeouts end only a read that moves nothing at all, and a
+    /// large bundle on a slow link still arrives.
     pub(crate) fn read<T>(
         &self,
         key: &str,
         deadline: Option<std::time::Duration>,
+        bytes: u64,
         future: impl Future<Output = Result<T, super::StoreError>>,
     ) -> Result<T, super::StoreError> {
         let Some(deadline) = deadline else {
             return self.block_on(future);
         };
+        let deadline = deadline.saturating_add(std::time::Duration::from_secs(bytes / FLOOR_RATE));
         self.block_on(async {
             tokio::time::timeout(deadline, future)
                 .await
@@ -59,7 +63,7 @@ impl Runtime {
                     Err(super::StoreError::Transient {
                         key: key.to_owned(),
                         source: format!(
-                            "no complete answer within {}s (twice check_timeout); given up, to be tried again",
+                            "no complete answer within {}s (twice check_timeout, and a second per 256 KiB); given up, to be tried again",
                             deadline.as_secs()
                         )
                         .into(),
@@ -75,6 +79,9 @@ impl Runtime {
         }
     }
 }
+
+/// The slowest transfer a read's deadline allows for, in bytes per second.
+const FLOOR_RATE: u64 = 256 << 10;
 
 impl Drop for Runtime {
     fn drop(&mut self) {

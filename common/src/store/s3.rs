@@ -299,7 +299,7 @@ impl ReadStore for S3Store {
         etag: Option<&str>,
         max_bytes: u64,
     ) -> Result<Fetched, StoreError> {
-        self.rt.read(key, self.deadline, async {
+        self.rt.read(key, self.deadline, max_bytes, async {
             let sent = self
                 .get_object(key)
                 .set_if_none_match(etag.map(str::to_owned))
@@ -326,7 +326,7 @@ impl ReadStore for S3Store {
         if len == 0 {
             return Ok(Vec::new());
         }
-        self.rt.read(key, self.deadline, async {
+        self.rt.read(key, self.deadline, len, async {
             let resp = self
                 .get_object(key)
                 .range(format!("bytes={}-{}", range.start, range.end - 1))
@@ -341,7 +341,7 @@ impl ReadStore for S3Store {
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        self.rt.read(key, self.deadline, async {
+        self.rt.read(key, self.deadline, max_bytes, async {
             let resp = self
                 .get_object(key)
                 .send()

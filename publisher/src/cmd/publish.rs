@@ -77,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
                     let _ = out!("{p}");
                 }
                 Err(PublishError::Refused(format!(
-                    "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was written. Raise those versions and publish again",
+                    "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was published. Raise those versions and publish again",
                     dir.display(),
                     c.problems.len(),
                     head.version
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(c) if c.is_mass_removal() && !allow_removals => {
                 let shown: Vec<&str> = c.removed.iter().take(5).map(String::as_str).collect();
                 Err(PublishError::Refused(format!(
-                    "{}: this publish removes {} of the {} tenants channel {} serves (version {}): {}{}; nothing was written. \
+                    "{}: this publish removes {} of the {} tenants channel {} serves (version {}): {}{}; nothing was published. \
                      Check --source (a wrong or empty directory, tenant files not named *.toml); if the removals are meant, publish again with --allow-removals",
                     dir.display(),
                     c.removed.len(),
@@ -104,14 +104,19 @@ pub fn run(args: Args) -> Result<()> {
             Ok(_) => Ok(()),
             // A served bundle that is gone or damaged must not lock the
             // channel: the publish that replaces it is the fix, so it goes
-            // ahead, said loudly.
-            Err(versions::VersionsError::Served(e)) => {
+            // ahead, said loudly. A store or disk that failed this time
+            // is no reason to skip the checks: try again.
+            Err(versions::VersionsError::Served(e)) if e.is_damage() => {
                 eprintln!(
-                    "warning: tenant versions not checked against the channel's snapshot ({e}); publishing anyway"
+                    "warning: tenant versions and removals not checked against the channel's snapshot ({e}); publishing anyway"
                 );
                 Ok(())
             }
-            Err(e) => Err(PublishError::Refused(e.to_string())),
+            Err(e) => Err(PublishError::Refused(format!(
+                "{}: the channel's snapshot (version {}) could not be read to check this publish against ({e}); nothing was published. Try again",
+                dir.display(),
+                head.version
+            ))),
         }
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, &keys, &opts, &mut gate)?;
