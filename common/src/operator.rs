@@ -146,6 +146,8 @@ impl OperatorError {
         match self {
             OperatorError::Missing { .. } | OperatorError::WrongVersion { .. } => true,
             OperatorError::Bundle { source, .. } => !matches!(source, BundleError::Io(_)),
+            // Not a regular file, over the size limit: no retry mends it.
+            OperatorError::Store(e) => e.kind() != ErrorKind::Transient,
             _ => false,
         }
     }
@@ -583,4 +585,51 @@ pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport
         report.deleted.push(v);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_gone_or_damaged_bundle_counts_as_damage_not_a_failure_this_time() {
+        let key = || "snapshots/00000000000000000001.bundle".to_owned();
+        let io = || std::io::Error::other("EIO");
+        for (e, damage) in [
+            (OperatorError::Missing { key: key() }, true),
+            (
+                OperatorError::WrongVersion {
+                    key: key(),
+                    expected: 1,
+                    found: 2,
+                },
+                true,
+            ),
+            (
+                OperatorError::Store(StoreError::TooLarge {
+                    key: key(),
+                    size: 2,
+                    limit: 1,
+                }),
+                true,
+            ),
+            (OperatorError::Store(StoreError::io(&key(), io())), false),
+            (
+                OperatorError::Spool {
+                    key: key(),
+                    source: io(),
+                },
+                false,
+            ),
+            (
+                OperatorError::Bundle {
+                    key: key(),
+                    source: BundleError::Io(io()),
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(e.is_damage(), damage, "{e}");
+        }
+    }
 }

@@ -160,7 +160,9 @@ fn a_damaged_served_bundle_does_not_lock_the_channel() {
     let out = publish(&fx, &src);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("warning: tenant versions and removals not checked against the channel's snapshot"),
+        text(&out).contains(
+            "warning: tenant versions and removals not checked against the channel's snapshot"
+        ),
         "{}",
         text(&out)
     );
