@@ -265,6 +265,12 @@ impl Config {
                     .into(),
             ));
         }
+        if self.max_bundle_bytes < 4096 {
+            return Err(invalid(
+                "max_bundle_bytes",
+                "must be at least 4096: no bundle is smaller (it bounds a download and a decompressed payload; default 1 GiB)".into(),
+            ));
+        }
         if self.worker_threads == 0 || self.worker_threads > 64 {
             return Err(invalid(
                 "worker_threads",

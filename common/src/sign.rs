@@ -278,7 +278,15 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
         path: path.to_owned(),
         source,
     };
-    let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(KeyError::WrongKind {
+            path: path.to_owned(),
+            found: "not a file",
+            expected: "give the private key file `strata-publisher keygen --out KEY` wrote",
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
     let public = || KeyError::WrongKind {
         path: path.to_owned(),
         found: "this is a public key",
@@ -287,7 +295,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     if mode & 0o077 != 0 {
         // A public key is readable by anyone, and `chmod 600` is not
         // the fix for it.
-        if fs::read_to_string(path).is_ok_and(|t| t.contains(PUBLIC_PEM)) {
+        if fs::read_to_string(path).is_ok_and(|t| is_public_only(&t)) {
             return Err(public());
         }
         return Err(KeyError::TooOpen {
@@ -296,14 +304,34 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
         });
     }
     let pem = fs::read_to_string(path).map_err(io)?;
-    if pem.contains(PUBLIC_PEM) {
+    if is_public_only(&pem) {
         return Err(public());
     }
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| pem_error(path, "private key (PKCS#8)", &pem, e))
+    SigningKey::from_pkcs8_pem(private_block(&pem))
+        .map_err(|e| pem_error(path, "private key (PKCS#8)", &pem, e))
+}
+
+/// The private key's PEM block of `pem`, as openssl reads it: a file may
+/// also hold the public half (`cat KEY KEY.pub`).
+fn private_block(pem: &str) -> &str {
+    const END: &str = "-----END PRIVATE KEY-----";
+    pem.find(PRIVATE_PEM)
+        .and_then(|start| {
+            let end = start + pem[start..].find(END)? + END.len();
+            pem.get(start..end)
+        })
+        .unwrap_or(pem)
 }
 
 /// The first line of an SPKI public key in PEM.
 const PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----";
+/// The first line of a PKCS#8 private key in PEM.
+const PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----";
+
+/// Whether PEM text holds a public key and no private one.
+fn is_public_only(pem: &str) -> bool {
+    pem.contains(PUBLIC_PEM) && !pem.contains(PRIVATE_PEM)
+}
 
 /// A key file that did not parse: a file that is no PEM at all is said
 /// so, rather than with the parser's view of its first bytes.
@@ -331,11 +359,15 @@ pub fn signing_key_from_env(name: &str) -> Result<SigningKey, KeyError> {
             format!("{e}; set it to the key's PEM text (-----BEGIN PRIVATE KEY-----…)"),
         ),
     })?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Pem {
-        path,
-        what: "private key (PKCS#8)",
-        reason: e.to_string(),
-    })
+    if is_public_only(&pem) {
+        return Err(KeyError::WrongKind {
+            path,
+            found: "this is a public key",
+            expected: "signing takes the private key's PEM text (KEY, not KEY.pub)",
+        });
+    }
+    SigningKey::from_pkcs8_pem(private_block(&pem))
+        .map_err(|e| pem_error(&path, "private key (PKCS#8)", &pem, e))
 }
 
 /// Loads a public key.
@@ -344,7 +376,7 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
         path: path.to_owned(),
         source,
     })?;
-    if pem.contains("-----BEGIN PRIVATE KEY-----") {
+    if pem.contains(PRIVATE_PEM) {
         return Err(KeyError::WrongKind {
             path: path.to_owned(),
             found: "this is a private key",
@@ -495,6 +527,15 @@ mod tests {
         }
         let e = load_verifying_key(&path).expect_err("a private key");
         assert!(e.to_string().contains("this is a private key"), "{e}");
+        // Both halves in one file, as `cat KEY KEY.pub` makes: the private key.
+        let both = dir.path().join("both.pem");
+        let text =
+            fs::read_to_string(&path).expect("key") + &fs::read_to_string(&public).expect("pub");
+        fs::write(&both, text).expect("write");
+        fs::set_permissions(&both, fs::Permissions::from_mode(0o600)).expect("chmod");
+        load_signing_key(&both).expect("the private key of both halves");
+        let e = load_signing_key(dir.path()).expect_err("a directory");
+        assert!(e.to_string().contains("not a file"), "{e}");
         let junk = dir.path().join("junk.pub");
         fs::write(&junk, "not a key\n").expect("write");
         let e = load_verifying_key(&junk).expect_err("junk");

@@ -105,10 +105,14 @@ impl Source {
                 source,
             })?;
             let path = entry.path();
+            // Dot files (.gitkeep, an editor's .#lock, macOS's ._x.toml)
+            // are a repository's or a tool's own, whatever they end in.
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
             if path.extension().is_some_and(|e| e == "toml") {
                 tenant_files.push(path);
-            } else if !entry.file_name().as_encoded_bytes().starts_with(b".") {
-                // Dot files (.gitkeep) are a repository's own.
+            } else {
                 ignored.push(path);
             }
         }

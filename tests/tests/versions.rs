@@ -382,6 +382,7 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
         std::fs::rename(f, f.with_extension("tml")).expect("rename");
     }
     std::fs::write(src.join("tenants/.gitkeep"), "").expect("dot file");
+    std::fs::write(src.join("tenants/._acme.toml"), [0u8, 5, 22]).expect("macOS resource fork");
     let out = Command::new(bin("strata-publisher"))
         .args(["validate", "--source"])
         .arg(&src)
@@ -399,7 +400,7 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
         );
     }
     assert!(
-        !t.contains(".gitkeep"),
+        !t.contains(".gitkeep") && !t.contains("._acme"),
         "dot files are the repository's: {t}"
     );
     let out = publish(&fx, &src);
