@@ -723,8 +723,8 @@ impl RestartSettings {
             ("region", c.region.clone()),
             ("poll_interval", format!("{:?}", c.poll_interval)),
             ("check_timeout", format!("{:?}", c.check_timeout)),
-            ("data_dir", c.data_dir.display().to_string()),
-            ("socket", c.socket.display().to_string()),
+            ("data_dir", same_path(Some(&c.data_dir))),
+            ("socket", same_path(Some(&c.socket))),
             ("socket_mode", c.socket_mode.clone()),
             ("retain", c.retain.to_string()),
             ("cache_bytes", c.cache_bytes.to_string()),
@@ -735,9 +735,9 @@ impl RestartSettings {
             ("max_bundle_bytes", c.max_bundle_bytes.to_string()),
             ("shutdown_grace", format!("{:?}", c.shutdown_grace)),
             ("log_format", c.log_format.clone()),
-            ("ca_file", format!("{:?}", c.ca_file)),
+            ("ca_file", same_path(c.ca_file.as_deref())),
             ("metrics_listen", format!("{:?}", c.metrics_listen)),
-            ("pin_file", format!("{:?}", c.pin_file)),
+            ("pin_file", same_path(c.pin_file.as_deref())),
         ])
     }
 
@@ -750,6 +750,11 @@ impl RestartSettings {
             .map(|((name, _), _)| *name)
             .collect()
     }
+}
+
+/// A path as compared: `data/` and `data`, `a/./b` and `a/b` are one.
+fn same_path(p: Option<&Path>) -> String {
+    format!("{:?}", p.map(|p| p.components().collect::<Vec<_>>()))
 }
 
 /// The `expires_at` of a stored manifest (empty if it does not parse,

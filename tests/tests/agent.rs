@@ -828,16 +828,20 @@ async fn a_config_edit_the_running_agent_cannot_apply_is_reported() {
             .contains("strata_config_problem 1"),
     );
 
+    // The same data_dir written another way is no change.
+    let data_dir = config_data_dir(&original);
     std::fs::write(
         &path,
-        original.replace("[[trusted_keys]]", "channel = \"canary\"\n[[trusted_keys]]"),
+        original
+            .replace("[[trusted_keys]]", "channel = \"canary\"\n[[trusted_keys]]")
+            .replace(&data_dir, &format!("{data_dir}/")),
     )
     .expect("edit");
     agent
         .wait_until("the channel change reported", "/v1/snapshot", |a| {
             a.json()["config_problem"]
                 .as_str()
-                .is_some_and(|p| p.contains("channel changed"))
+                .is_some_and(|p| p.contains(": channel changed"))
         })
         .await;
 
@@ -917,4 +921,13 @@ async fn a_removed_socket_file_is_placed_again() {
     );
     std::fs::remove_file(&agent.socket).expect("cleanup");
     agent.stop().await;
+}
+
+/// The `data_dir` value of a config file's text.
+fn config_data_dir(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("data_dir = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("data_dir in the config")
+        .to_owned()
 }

@@ -565,6 +565,22 @@ fn a_publish_to_a_missing_store_directory_says_it_created_one() {
     let fx = Fixture::new();
     let (src, _) = fx.compile("v1", 3);
     let store = fx.dir.path().join("new-store");
+    let url = format!("file://{}", store.display());
+    for args in [
+        vec!["list", "--store", &url],
+        vec!["gc", "--store", &url, "--keep", "1"],
+    ] {
+        let out = publisher(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: a missing store is not an empty one"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+            "{args:?}"
+        );
+    }
     let out = Command::new(bin("strata-publisher"))
         .args(["publish", "--source"])
         .arg(&src)

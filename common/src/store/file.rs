@@ -70,6 +70,22 @@ impl FileStore {
         &self.root
     }
 
+    /// The error for `key` when the store directory itself is gone (an
+    /// unmounted volume, a wrong path): not an empty store, which nobody
+    /// should wait on or take for one.
+    fn missing(&self, key: &str) -> StoreError {
+        StoreError::io(
+            key,
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the store directory {} does not exist (an unmounted volume, or a wrong source?)",
+                    self.root.display()
+                ),
+            ),
+        )
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let ok = !key.is_empty()
             && !key.starts_with('/')
@@ -140,16 +156,7 @@ impl FileStore {
             // The store itself gone (an unmounted volume, a wrong path) is
             // not an empty store: nobody should wait for a publish.
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.root.exists() => {
-                return Err(StoreError::io(
-                    key,
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!(
-                            "the store directory {} does not exist (an unmounted volume, or a wrong source?)",
-                            self.root.display()
-                        ),
-                    ),
-                ));
+                return Err(self.missing(key));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound {
@@ -349,6 +356,9 @@ impl WriteStore for FileStore {
         };
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.root.exists() => {
+                return Err(self.missing(prefix));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ListPage::default()),
             Err(source) => return Err(StoreError::io(prefix, source)),
         };
