@@ -140,6 +140,8 @@ impl PublishOptions {
 pub struct Published {
     /// The new pointer (version, bundle key, hash, size, expiry).
     pub pointer: Pointer,
+    /// Tenants in the snapshot published.
+    pub tenant_count: u64,
 }
 
 /// Reads the pointer `kind`/`name` without verifying it, with its ETag.
@@ -342,7 +344,12 @@ pub fn publish_gated(
         loop {
             give_up()?;
             match store.put_if(&pointer_key, &signed, expected.as_deref()) {
-                Ok(_) => return Ok(Published { pointer }),
+                Ok(_) => {
+                    return Ok(Published {
+                        pointer,
+                        tenant_count: compiled.tenant_count,
+                    });
+                }
                 Err(StoreError::PreconditionFailed { .. }) => {
                     // The pointer changed: re-signed at the head `gate`
                     // passed, or by this very write whose answer was lost
@@ -350,7 +357,12 @@ pub fn publish_gated(
                     // publisher's version): start again from the new head,
                     // which `gate` is asked about.
                     match store.get(&pointer_key, MAX_POINTER_BYTES) {
-                        Ok(obj) if obj.bytes == signed => return Ok(Published { pointer }),
+                        Ok(obj) if obj.bytes == signed => {
+                            return Ok(Published {
+                                pointer,
+                                tenant_count: compiled.tenant_count,
+                            });
+                        }
                         Ok(obj) => match Pointer::parse_unverified(&obj.bytes) {
                             Ok(p) if p.version < version && gated == Some(Some(p.version)) => {
                                 expected = Some(obj.etag).filter(|e| !e.is_empty());

@@ -371,10 +371,18 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
     let files = tenant_files(&src);
     let stem = |f: &Path| f.file_stem().expect("stem").to_string_lossy().into_owned();
 
-    // One tenant removed: routine.
+    // One tenant removed: routine, and named.
     std::fs::remove_file(&files[0]).expect("remove");
     let out = publish(&fx, &src);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "note: tenant {} (served by version 1) is removed",
+            stem(&files[0])
+        )),
+        "{}",
+        text(&out)
+    );
     assert_eq!(bundles(&fx), 2);
 
     // Two more misnamed: both named as not read, the publish refused.
@@ -415,6 +423,15 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
         "{t}"
     );
     assert!(t.contains("--allow-removals"), "{t}");
+    for f in &files[1..3] {
+        assert!(
+            t.contains(&format!(
+                "tenant {}: served by version 2, not in this source",
+                stem(f)
+            )),
+            "every removed tenant named: {t}"
+        );
+    }
     assert_eq!(
         bundles(&fx),
         2,
@@ -452,4 +469,25 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("7 tenant(s)"), "{}", text(&out));
     assert_eq!(bundles(&fx), 3);
+
+    // A rollback is meant, never refused, but what it drops is said.
+    let rollback = |to: &str| {
+        Command::new(bin("strata-publisher"))
+            .args(["rollback", "--to", to, "--key"])
+            .arg(&fx.key_path)
+            .arg("--store")
+            .arg(format!("file://{}", fx.store_dir().display()))
+            .output()
+            .expect("rollback")
+    };
+    let out = rollback("1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("note:"), "{}", text(&out));
+    let out = rollback("3");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("note: version 4 served 10 tenant(s), version 5 serves 7"),
+        "{}",
+        text(&out)
+    );
 }

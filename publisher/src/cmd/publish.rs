@@ -84,6 +84,13 @@ pub fn run(args: Args) -> Result<()> {
                 )))
             }
             Ok(c) if c.is_mass_removal() && !allow_removals => {
+                for id in &c.removed {
+                    let _ = out!(
+                        "{}: tenant {id}: served by version {}, not in this source",
+                        dir.display(),
+                        head.version
+                    );
+                }
                 let shown: Vec<&str> = c.removed.iter().take(5).map(String::as_str).collect();
                 Err(PublishError::Refused(format!(
                     "{}: this publish removes {} of the {} tenants channel {} serves (version {}): {}{}; nothing was published. \
@@ -101,7 +108,16 @@ pub fn run(args: Args) -> Result<()> {
                     }
                 )))
             }
-            Ok(_) => Ok(()),
+            Ok(c) => {
+                // Removals go through: each is named, so a log says which.
+                for id in &c.removed {
+                    eprintln!(
+                        "note: tenant {id} (served by version {}) is removed",
+                        head.version
+                    );
+                }
+                Ok(())
+            }
             // A served bundle that is gone or damaged must not lock the
             // channel: the publish that replaces it is the fix, so it goes
             // ahead, said loudly. A store or disk that failed this time

@@ -45,17 +45,33 @@ pub fn run(args: Args) -> Result<()> {
         ..PublishOptions::for_channel(args.channel)
     };
     let store = store::open_write(&args.store)?;
+    let trust = operator::publisher_trust(&keys, &opts.trusted);
+    let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
     let published = operator::rollback(store.as_ref(), args.to, &keys, &opts)?;
     let p = &published.pointer;
     out!(
-        "rolled {} channel {} back to the content of version {} as version {} ({}, sha256 {}); pointer expires {}",
+        "rolled {} channel {} back to the content of version {} as version {} ({}, sha256 {}), {} tenant(s); pointer expires {}",
         store.url(),
         p.name,
         args.to,
         p.version,
         p.bundle,
         p.bundle_sha256,
+        published.tenant_count,
         p.expires_at
     )?;
+    // Old content may serve far fewer tenants than the channel did: said,
+    // since a rollback is meant and not refused.
+    if let Some((version, served)) = before
+        && published.tenant_count < served
+    {
+        eprintln!(
+            "note: version {version} served {served} tenant(s), version {} serves {}: tenants added since version {} are no longer served ({} fewer); `strata-publisher diff` names them",
+            p.version,
+            published.tenant_count,
+            args.to,
+            served - published.tenant_count
+        );
+    }
     Ok(())
 }
