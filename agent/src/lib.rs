@@ -94,10 +94,14 @@ pub async fn run(
     };
     let socket_mode = config.socket_mode_bits().map_err(anyhow::Error::msg)?;
     let (mut listener, _socket_lock) = bind(&config.socket, socket_mode)?;
-    let mut socket_id = file_id(&config.socket);
-    let mut socket_watch = tokio::time::interval(SOCKET_CHECK);
-    socket_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut socket_trouble = false;
+    let mut socket = SocketWatch {
+        path: config.socket.clone(),
+        mode: socket_mode,
+        id: file_id(&config.socket),
+        trouble: false,
+    };
+    let mut socket_check = tokio::time::interval(SOCKET_CHECK);
+    socket_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -143,6 +147,13 @@ pub async fn run(
                 Ok(slot) => slot,
                 Err(_) => break,
             },
+            // At the cap too: the socket must be back for when a slot frees.
+            _ = socket_check.tick() => {
+                if let Some(placed) = socket.check() {
+                    listener = placed;
+                }
+                continue;
+            }
             _ = &mut shutdown => break,
         };
         tokio::select! {
@@ -162,34 +173,9 @@ pub async fn run(
                 };
                 serve(stream, shared.clone(), http::handle, slot, idle_timeout, &graceful);
             }
-            _ = socket_watch.tick() => {
-                // The socket file removed (a cleanup script, a tmpfiles
-                // rule): without it no client reaches this agent. Placed
-                // again; a file of someone else's there is left alone.
-                match std::fs::symlink_metadata(&config.socket).map(|m| (m.dev(), m.ino())) {
-                    Ok(now) if Some(now) == socket_id => socket_trouble = false,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        match place(&config.socket, socket_mode) {
-                            Ok(placed) => {
-                                warn!(socket = %config.socket.display(), "the socket file was removed; placed it again");
-                                listener = placed;
-                                socket_id = file_id(&config.socket);
-                                socket_trouble = false;
-                            }
-                            Err(e) if !socket_trouble => {
-                                warn!("the socket file was removed, and placing it again failed: {e:#}; trying every {}s", SOCKET_CHECK.as_secs());
-                                socket_trouble = true;
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                    // Another file there, or one this agent cannot look
-                    // at: never replaced.
-                    _ if !socket_trouble => {
-                        warn!(socket = %config.socket.display(), "the socket file was replaced by another file (or cannot be checked); clients of that path no longer reach this agent (restart it)");
-                        socket_trouble = true;
-                    }
-                    _ => {}
+            _ = socket_check.tick() => {
+                if let Some(placed) = socket.check() {
+                    listener = placed;
                 }
             }
             _ = &mut shutdown => break,
@@ -199,7 +185,7 @@ pub async fn run(
     // Only the socket this agent placed (an operator may have started
     // another agent on the path since).
     if std::fs::symlink_metadata(&config.socket)
-        .is_ok_and(|m| Some((m.dev(), m.ino())) == socket_id)
+        .is_ok_and(|m| Some((m.dev(), m.ino())) == socket.id)
     {
         let _ = std::fs::remove_file(&config.socket);
     }
@@ -292,7 +278,7 @@ async fn serve_scrapes(
 }
 
 /// Scrapers served at once on `metrics_listen`.
-const SCRAPE_CONNECTIONS: usize = 16;
+const SCRAPE_CONNECTIONS: usize = 64;
 
 /// How long a client may take to send a request's headers: a slow or
 /// silent client is closed instead of holding a connection slot for ever.
@@ -407,6 +393,56 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
+/// The agent's socket file, checked every [`SOCKET_CHECK`]: removed (a
+/// cleanup script, a tmpfiles rule), no client reaches the agent, so it is
+/// placed again; a file of someone else's there is left alone.
+struct SocketWatch {
+    path: PathBuf,
+    mode: u32,
+    /// Device and inode of the socket this agent placed.
+    id: Option<(u64, u64)>,
+    /// A problem already logged (said once until it clears).
+    trouble: bool,
+}
+
+impl SocketWatch {
+    /// A new listener when the socket had to be placed again.
+    fn check(&mut self) -> Option<UnixListener> {
+        match std::fs::symlink_metadata(&self.path).map(|m| (m.dev(), m.ino())) {
+            Ok(now) if Some(now) == self.id => self.trouble = false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match place(&self.path, self.mode) {
+                    Ok(placed) => {
+                        warn!(socket = %self.path.display(), "the socket file was removed; placed it again");
+                        self.id = file_id(&self.path);
+                        self.trouble = false;
+                        return Some(placed);
+                    }
+                    Err(e) if !self.trouble => {
+                        warn!(
+                            "the socket file was removed, and placing it again failed: {e:#}; trying every {}s",
+                            SOCKET_CHECK.as_secs()
+                        );
+                        self.trouble = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            // Another file there, or one this agent cannot look at: never
+            // replaced.
+            _ if !self.trouble => {
+                warn!(
+                    socket = %self.path.display(),
+                    "the socket file was replaced by another file (or cannot be checked); clients of that path no longer reach this agent (restart it)"
+                );
+                self.trouble = true;
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
 /// How often the agent checks that its socket file is still in place.
 const SOCKET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -425,8 +461,16 @@ fn place(path: &Path, mode: u32) -> Result<UnixListener> {
     let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {mode:o} on {}", temp.display()))
         .and_then(|()| {
-            std::fs::rename(&temp, path)
-                .with_context(|| format!("moving the socket to {}", path.display()))
+            // Never over a file that appeared at the path meanwhile.
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &temp,
+                rustix::fs::CWD,
+                path,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("moving the socket to {}", path.display()))
         });
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&temp);

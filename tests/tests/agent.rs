@@ -921,6 +921,24 @@ async fn a_removed_socket_file_is_placed_again() {
     );
     std::fs::remove_file(&agent.socket).expect("cleanup");
     agent.stop().await;
+
+    // With every connection slot taken, too.
+    let agent = fx.start_agent("b", "max_connections = 1");
+    agent.serves(1).await;
+    let held = std::os::unix::net::UnixStream::connect(&agent.socket).expect("hold the slot");
+    std::fs::remove_file(&agent.socket).expect("remove the socket");
+    strata_tests::wait_for("the socket placed again at the cap", || async {
+        std::fs::symlink_metadata(&agent.socket).is_ok_and(|m| m.file_type().is_socket())
+    })
+    .await;
+    drop(held);
+    strata_tests::wait_for("answering once the slot frees", || async {
+        strata_agent::client::get(&agent.socket, "/readyz")
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    agent.stop().await;
 }
 
 /// The `data_dir` value of a config file's text.
