@@ -204,7 +204,7 @@ impl Syncer {
                 Ok((c, trust))
             });
         let (trust, missing) = match loaded {
-            Ok((c, t)) => {
+            Ok((c, (trust, missing))) => {
                 let changed = self.started_with.changed_in(&c);
                 let mut problems = Vec::new();
                 if !changed.is_empty() {
@@ -214,8 +214,9 @@ impl Syncer {
                     ));
                 }
                 // Revoked now, and fatal at the next start.
-                if !t.1.is_empty() {
-                    let files: Vec<String> = t.1.iter().map(|p| p.display().to_string()).collect();
+                if !missing.is_empty() {
+                    let files: Vec<String> =
+                        missing.iter().map(|p| p.display().to_string()).collect();
                     problems.push(format!(
                         "trusted key file(s) {} gone: no longer trusted, and the agent would not start with this file (remove their [[trusted_keys]] entries, or put the files back)",
                         files.join(", ")
@@ -236,7 +237,7 @@ impl Syncer {
                         self.trust_error = Some(message);
                     }
                 }
-                t
+                (trust, missing)
             }
             Err(e) => {
                 let message = format!(
