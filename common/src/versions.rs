@@ -167,9 +167,14 @@ impl Comparison {
     /// served ones. Such a publish is far more often a wrong or empty
     /// source than a decision, and it takes the tenants off every node.
     pub fn is_mass_removal(&self) -> bool {
-        let removed = self.removed.len() as u64;
-        removed > 1 && removed * 100 > self.served_tenants * MASS_REMOVAL_PERCENT
+        is_mass_removal(self.removed.len() as u64, self.served_tenants)
     }
+}
+
+/// Whether removing `removed` of `served` tenants is more than a routine
+/// offboarding (see [`Comparison::is_mass_removal`]).
+pub fn is_mass_removal(removed: u64, served: u64) -> bool {
+    removed > 1 && removed.saturating_mul(100) > served.saturating_mul(MASS_REMOVAL_PERCENT)
 }
 
 /// The share of a channel's tenants one publish may remove unasked.

@@ -157,6 +157,18 @@ fn a_damaged_served_bundle_does_not_lock_the_channel() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&bundle, bytes).expect("damage");
+    // Still no empty source over it: its header gives the count.
+    let empty = fx.dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("tenants")).expect("mkdir");
+    std::fs::copy(src.join("layer1.toml"), empty.join("layer1.toml")).expect("layer1");
+    let out = publish(&fx, &empty);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("this source has 0 tenant(s), the channel's snapshot (version 1) 3"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bundles(&fx), 1);
     let out = publish(&fx, &src);
     assert!(out.status.success(), "{}", text(&out));
     assert!(

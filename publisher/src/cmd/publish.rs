@@ -123,6 +123,23 @@ pub fn run(args: Args) -> Result<()> {
             // ahead, said loudly. A store or disk that failed this time
             // is no reason to skip the checks: try again.
             Err(versions::VersionsError::Served(e)) if e.is_damage() => {
+                // The count alone, from its header, when that still reads.
+                if let Some((_, served)) =
+                    strata_common::operator::served_tenants(store.as_ref(), &head.name, &trust)
+                    && versions::is_mass_removal(
+                        served.saturating_sub(compiled.tenant_count),
+                        served,
+                    )
+                    && !allow_removals
+                {
+                    return Err(PublishError::Refused(format!(
+                        "{}: this source has {} tenant(s), the channel's snapshot (version {}) {served}; its bundle cannot be compared tenant by tenant ({e}), and nothing was published. \
+                         Check --source; if the removals are meant, publish again with --allow-removals",
+                        dir.display(),
+                        compiled.tenant_count,
+                        head.version
+                    )));
+                }
                 eprintln!(
                     "warning: tenant versions and removals not checked against the channel's snapshot ({e}); publishing anyway"
                 );
