@@ -95,8 +95,9 @@ pub struct Syncer {
     /// Trusted key files the config names that were missing at the last
     /// reload, to log a change once.
     missing_keys: Vec<PathBuf>,
-    /// Why the config last failed to reload, to log it once.
-    trust_error: Option<String>,
+    /// What was last logged about the config file (it failed to load, or
+    /// changed a setting only a restart applies), to say it once.
+    config_said: Option<String>,
     /// The settings the agent started with that only a restart changes.
     started_with: RestartSettings,
     /// A write to the snapshot file failed and redb latched the failure:
@@ -131,7 +132,7 @@ impl Syncer {
             seen_pin: None,
             marks: Marks::default(),
             missing_keys: Vec::new(),
-            trust_error: None,
+            config_said: None,
             started_with: RestartSettings::of(config),
             db_failed: false,
         }
@@ -225,16 +226,16 @@ impl Syncer {
                 self.shared.status().config_problem = (!problems.is_empty())
                     .then(|| format!("{}: {}", self.config_path.display(), problems.join("; ")));
                 if changed.is_empty() {
-                    self.trust_error = None;
+                    self.config_said = None;
                 } else {
                     let message = format!(
                         "{} changed in {}: a restart applies it",
                         changed.join(", "),
                         self.config_path.display()
                     );
-                    if self.trust_error.as_deref() != Some(message.as_str()) {
+                    if self.config_said.as_deref() != Some(message.as_str()) {
                         warn!("{message}");
-                        self.trust_error = Some(message);
+                        self.config_said = Some(message);
                     }
                 }
                 (trust, missing)
@@ -243,9 +244,9 @@ impl Syncer {
                 let message = format!(
                     "{e}; the trusted keys in use are kept, and the agent would not start with this file"
                 );
-                if self.trust_error.as_deref() != Some(message.as_str()) {
+                if self.config_said.as_deref() != Some(message.as_str()) {
                     warn!("{message}");
-                    self.trust_error = Some(message.clone());
+                    self.config_said = Some(message.clone());
                 }
                 self.shared.status().config_problem = Some(message);
                 return;

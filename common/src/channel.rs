@@ -412,17 +412,7 @@ fn held_by(
             return Ok(Held::Done);
         }
     }
-    let key = SnapshotVersion(version).bundle_key();
-    let created = store
-        .get_range(&key, 0..12)
-        .ok()
-        .and_then(|head| {
-            head.get(8..12)
-                .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
-        })
-        .filter(|m| *m <= bundle::MAX_HEADER_PART)
-        .and_then(|m| store.get_range(&key, 12..12 + u64::from(m)).ok())
-        .and_then(|bytes| serde_json::from_slice::<bundle::Manifest>(&bytes).ok())
+    let created = peek_manifest(store, &SnapshotVersion(version).bundle_key())
         .and_then(|m| time::parse_exact(&m.created_at).ok());
     let fresh = created.is_some_and(|t| {
         time::now()
@@ -430,4 +420,19 @@ fn held_by(
             .map_or(true, |age| age <= fresh_for)
     });
     Ok(if fresh { Held::InFlight } else { Held::Done })
+}
+
+/// The manifest of the bundle at `key`, read alone (its first bytes) and
+/// not verified: for a scheduling decision or a message, never for what
+/// is served. `None` if it cannot be read.
+pub fn peek_manifest(store: &dyn ReadStore, key: &str) -> Option<bundle::Manifest> {
+    let head = store.get_range(key, 0..12).ok()?;
+    let len = head
+        .get(8..12)
+        .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))?;
+    if len > bundle::MAX_HEADER_PART {
+        return None;
+    }
+    let bytes = store.get_range(key, 12..12 + u64::from(len)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -483,23 +483,17 @@ pub fn publisher_trust(
 }
 
 /// The version channel `name` serves and that snapshot's tenant count,
-/// from its verified pointer and its bundle's header alone (for a message:
-/// `None` if either cannot be read).
+/// from its verified pointer and its bundle's manifest alone (for a
+/// message: `None` if either cannot be read).
 pub fn served_tenants(
     store: &dyn ReadStore,
     name: &str,
     trust: &TrustedKeys,
 ) -> Option<(u64, u64)> {
     let (pointer, _) = channel::read_verified_pointer(store, name, trust).ok()??;
-    let head = store
-        .get_range(&pointer.bundle, 0..pointer.bundle_size.min(HEADER_PEEK))
-        .ok()?;
-    let header = bundle::read_header(&mut std::io::Cursor::new(head)).ok()?;
-    Some((pointer.version, header.manifest.tenant_count))
+    let manifest = channel::peek_manifest(store, &pointer.bundle)?;
+    Some((pointer.version, manifest.tenant_count))
 }
-
-/// Bytes read for a bundle's header: its manifest and signatures.
-const HEADER_PEEK: u64 = 1 << 20;
 
 /// Publishes version `to`'s content as the channel's next version: history
 /// stays linear, agents move forward to it, and nothing needs a pin. The

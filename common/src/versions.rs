@@ -50,23 +50,8 @@ pub enum VersionsError {
 }
 
 /// Compares `compiled` (to be published from the source in `dir`) with
-/// the snapshot `channel` serves in `store` (its pointer verified with
-/// `trust`); returns one problem per tenant that breaks the discipline
-/// (none when the channel has no snapshot yet).
-pub fn check(
-    store: &dyn WriteStore,
-    channel_name: &str,
-    trust: &TrustedKeys,
-    compiled: &Compiled,
-    dir: &Path,
-) -> Result<Comparison, VersionsError> {
-    let Some((pointer, _)) = channel::read_verified_pointer(store, channel_name, trust)? else {
-        return Ok(Comparison::default());
-    };
-    check_against(store, &pointer, trust, compiled, dir)
-}
-
-/// [`check`] against the snapshot `pointer` (verified) names: what a
+/// the snapshot `pointer` names (verified with `trust`): one problem per
+/// tenant that breaks the discipline, and the tenants it would remove. A
 /// publish asks again when another publisher moved the channel first.
 pub fn check_against(
     store: &dyn WriteStore,
