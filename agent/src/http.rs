@@ -28,6 +28,7 @@ use serde_json::json;
 use strata_common::model::{PhoneNumber, TenantId};
 
 use crate::db::{Entry, Reader};
+use crate::endpoint::Endpoint;
 use crate::state::{FollowedBy, Shared};
 
 /// The response type of every handler.
@@ -39,12 +40,11 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// Answers one request.
 pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp, Infallible> {
     let started = std::time::Instant::now();
-    let resp = route(&req, &shared);
-    shared.metrics.observe_lookup(
-        endpoint(req.uri().path()),
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
+    let endpoint = Endpoint::parse(req.uri().path());
+    let resp = route(&req, endpoint, &shared);
+    shared
+        .metrics
+        .observe_lookup(endpoint.index(), resp.status().as_u16(), started.elapsed());
     Ok(resp)
 }
 
@@ -55,8 +55,8 @@ pub async fn handle_scrape(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Resp, Infallible> {
-    match req.uri().path() {
-        "/metrics" | "/healthz" | "/readyz" => handle(req, shared).await,
+    match Endpoint::parse(req.uri().path()) {
+        Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz => handle(req, shared).await,
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -65,24 +65,7 @@ pub async fn handle_scrape(
     }
 }
 
-/// The metrics label of a request path, as an index into
-/// [`crate::metrics::ENDPOINTS`]: one of a fixed set, never an id.
-fn endpoint(path: &str) -> usize {
-    match path {
-        p if p.starts_with("/v1/tenants/") && p.ends_with("/prompt") => 1,
-        p if p.starts_with("/v1/tenants/") => 0,
-        p if p.starts_with("/v1/routes/") => 2,
-        "/v1/layer1" => 3,
-        "/v1/snapshot" => 4,
-        "/v1/snapshots" => 5,
-        "/healthz" => 6,
-        "/readyz" => 7,
-        "/metrics" => 8,
-        _ => 9,
-    }
-}
-
-fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
+fn route(req: &Request<Incoming>, endpoint: Endpoint<'_>, shared: &Shared) -> Resp {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -90,28 +73,24 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
             "only GET is supported",
         );
     }
-    let path = req.uri().path();
-    match path {
-        "/healthz" => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
-        "/readyz" => {
+    match endpoint {
+        Endpoint::Healthz => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+        Endpoint::Readyz => {
             return if shared.is_ready() {
                 plain(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
             } else {
                 not_ready()
             };
         }
-        "/metrics" => {
-            let status = shared.status().clone();
-            let served = shared.served.load();
-            let meta = served.as_ref().and_then(|r| r.current_meta());
-            let body = shared.metrics.render(meta, &status, shared.started);
+        Endpoint::Metrics => {
+            let body = shared.render_metrics();
             return plain(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 Bytes::from(body),
             );
         }
-        "/v1/snapshot" => return snapshot(shared),
+        Endpoint::Snapshot => return snapshot(shared),
         _ => {}
     }
     // A guard, not a new Arc: no shared counter touched per lookup.
@@ -119,14 +98,14 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
     let Some(reader) = served.as_deref() else {
         return not_ready();
     };
-    if path == "/v1/snapshots" {
+    if endpoint == Endpoint::Snapshots {
         return snapshots(reader);
     }
     let version = match requested_version(req, reader) {
         Ok(v) => v,
         Err(e) => return e.response(),
     };
-    match lookup(reader, version, path) {
+    match lookup(reader, version, endpoint, req.uri().path()) {
         Ok((entry, content_type)) => entry_response(req, entry, content_type, version),
         Err(e) => {
             if e.code == "storage" {
@@ -140,38 +119,42 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Resp {
     }
 }
 
-/// Finds the stored value a lookup path names, with its content type.
-fn lookup(reader: &Reader, version: u64, path: &str) -> Result<(Entry, &'static str), ApiError> {
-    let (found, content_type, missing) = if path == "/v1/layer1" {
-        (
+/// Finds the stored value a lookup endpoint names, with its content type.
+fn lookup(
+    reader: &Reader,
+    version: u64,
+    endpoint: Endpoint<'_>,
+    path: &str,
+) -> Result<(Entry, &'static str), ApiError> {
+    let tenant_missing = ("unknown_tenant", "no such tenant");
+    let (found, content_type, missing) = match endpoint {
+        Endpoint::Layer1 => (
             reader.layer1(version),
             JSON,
             ("not_found", "Layer 1 is missing"),
-        )
-    } else if let Some(rest) = path.strip_prefix("/v1/tenants/") {
-        let missing = ("unknown_tenant", "no such tenant");
-        match rest.strip_suffix("/prompt") {
-            Some(id) => (reader.prompt(version, tenant(id)?), TEXT, missing),
-            None => (reader.config(version, tenant(rest)?), JSON, missing),
+        ),
+        Endpoint::Prompt(id) => (reader.prompt(version, tenant(id)?), TEXT, tenant_missing),
+        Endpoint::Tenant(id) => (reader.config(version, tenant(id)?), JSON, tenant_missing),
+        Endpoint::Route(number) => {
+            let number = percent_decode(number);
+            let number = PhoneNumber::check(&number).map_err(|message| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_number",
+                message,
+            })?;
+            let missing = (
+                "unknown_number",
+                "no tenant owns this number (there is no default tenant)",
+            );
+            (reader.route(version, number), JSON, missing)
         }
-    } else if let Some(number) = path.strip_prefix("/v1/routes/") {
-        let number = percent_decode(number);
-        let number = PhoneNumber::check(&number).map_err(|message| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_number",
-            message,
-        })?;
-        let missing = (
-            "unknown_number",
-            "no tenant owns this number (there is no default tenant)",
-        );
-        (reader.route(version, number), JSON, missing)
-    } else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "no_route",
-            message: format!("no endpoint {path}"),
-        });
+        _ => {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "no_route",
+                message: format!("no endpoint {path}"),
+            });
+        }
     };
     match found {
         Ok(Some(entry)) => Ok((entry, content_type)),
@@ -417,29 +400,4 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod endpoint_tests {
-    use super::endpoint;
-    use crate::metrics::ENDPOINTS;
-
-    #[test]
-    fn every_path_has_the_endpoint_label_it_names() {
-        for (path, label) in [
-            ("/v1/tenants/acme/prompt", "prompt"),
-            ("/v1/tenants/acme", "tenant"),
-            ("/v1/routes/+14155550100", "route"),
-            ("/v1/layer1", "layer1"),
-            ("/v1/snapshot", "snapshot"),
-            ("/v1/snapshots", "snapshots"),
-            ("/healthz", "healthz"),
-            ("/readyz", "readyz"),
-            ("/metrics", "metrics"),
-            ("/v1/tenants", "other"),
-            ("/../etc", "other"),
-        ] {
-            assert_eq!(ENDPOINTS[endpoint(path)], label, "{path}");
-        }
-    }
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod endpoint;
 pub mod http;
 pub mod idle;
 pub mod metrics;

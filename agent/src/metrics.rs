@@ -14,8 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::db::SnapshotMeta;
-use crate::state::{State, Status};
+use crate::endpoint::LABELS as ENDPOINTS;
 
 /// A lookup's endpoint and answer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,20 +56,36 @@ fn lookup_histogram() -> Histogram {
     Histogram::new(exponential_buckets(5e-6, 2.0, 15))
 }
 
-/// Every endpoint label, in a fixed order: the index of a request's
-/// endpoint into [`Metrics::per_endpoint`].
-pub const ENDPOINTS: [&str; 10] = [
-    "tenant",
-    "prompt",
-    "route",
-    "layer1",
-    "snapshot",
-    "snapshots",
-    "healthz",
-    "readyz",
-    "metrics",
-    "other",
-];
+/// The agent's states, as the `strata_state` gauge labels them.
+pub const STATES: [&str; 4] = ["starting", "fresh", "stale", "degraded"];
+
+/// What the gauges show at a scrape, read by the caller from what is
+/// served and the agent's status (so that rendering needs neither).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges<'a> {
+    /// The served snapshot's version, bundle size, tenant count and when
+    /// it was built; `None` while nothing is served.
+    pub served: Option<ServedGauges<'a>>,
+    /// Whether a pin names the version served.
+    pub pinned: bool,
+    /// Whether the config file on disk has a problem.
+    pub config_problem: bool,
+    /// The agent's state, one of [`STATES`].
+    pub state: &'static str,
+}
+
+/// The served snapshot, as the gauges show it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedGauges<'a> {
+    /// Its version.
+    pub version: u64,
+    /// Its bundle's size in bytes.
+    pub bundle_size: u64,
+    /// Its tenants.
+    pub tenants: u64,
+    /// When the publisher built it (RFC 3339).
+    pub created_at: &'a str,
+}
 
 /// The statuses a lookup answers with, cached per endpoint (others go
 /// through the family's map).
@@ -296,19 +311,20 @@ impl Metrics {
             .inc_by(frames_skipped);
     }
 
-    /// Renders the text format with the gauges read from what is served
-    /// now; `started` is when the agent started.
-    pub fn render(&self, meta: Option<&SnapshotMeta>, status: &Status, started: Instant) -> String {
+    /// Renders the text format with `gauges`; `started` is when the agent
+    /// started.
+    pub fn render(&self, gauges: &Gauges<'_>, started: Instant) -> String {
         let now = std::time::SystemTime::now();
+        let served = gauges.served.as_ref();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.snapshot_version
-            .set(meta.map_or(0, |m| i64::try_from(m.version).unwrap_or(i64::MAX)));
+            .set(served.map_or(0, |s| int(s.version)));
         self.bundle_bytes
-            .set(meta.map_or(0, |m| i64::try_from(m.bundle_size).unwrap_or(i64::MAX)));
-        self.tenants
-            .set(meta.map_or(0, |m| i64::try_from(m.tenant_count).unwrap_or(i64::MAX)));
+            .set(served.map_or(0, |s| int(s.bundle_size)));
+        self.tenants.set(served.map_or(0, |s| int(s.tenants)));
         // Built "in the future" (a publisher's clock ahead): 0.
-        let age = meta.map_or(f64::NAN, |m| {
-            strata_common::time::parse_exact(&m.created_at)
+        let age = served.map_or(f64::NAN, |s| {
+            strata_common::time::parse_exact(s.created_at)
                 .ok()
                 .and_then(|t| now.duration_since(t).ok())
                 .map_or(0.0, |d| d.as_secs_f64())
@@ -321,19 +337,13 @@ impl Metrics {
             .unwrap_or(started)
             .elapsed();
         self.since_success.set(since.as_secs_f64());
-        self.pinned.set(i64::from(status.pinned(meta)));
-        self.config_problem
-            .set(i64::from(status.config_problem.is_some()));
-        self.ready.set(i64::from(meta.is_some()));
-        for (state, name) in [
-            (State::Starting, "starting"),
-            (State::Fresh, "fresh"),
-            (State::Stale, "stale"),
-            (State::Degraded, "degraded"),
-        ] {
+        self.pinned.set(i64::from(gauges.pinned));
+        self.config_problem.set(i64::from(gauges.config_problem));
+        self.ready.set(i64::from(served.is_some()));
+        for name in STATES {
             self.state
                 .get_or_create(&StateLabel { state: name })
-                .set(i64::from(status.state == state));
+                .set(i64::from(gauges.state == name));
         }
         let mut text = String::with_capacity(4096);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {

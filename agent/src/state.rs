@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use crate::db::Reader;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics, ServedGauges};
 
 /// The agent's health, as `/v1/snapshot` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,6 +26,18 @@ pub enum State {
     /// Serving a verified snapshot while refusing what the store offers
     /// (untrusted, tampered, older, oversized).
     Degraded,
+}
+
+impl State {
+    /// Its name, as `/v1/snapshot` and the `strata_state` gauge say it.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Fresh => "fresh",
+            State::Stale => "stale",
+            State::Degraded => "degraded",
+        }
+    }
 }
 
 /// The outcome of the last check, for `/v1/snapshot`.
@@ -133,6 +145,26 @@ impl Shared {
     /// The current status (a poisoned lock still yields the last value).
     pub fn status(&self) -> MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `/metrics`, with the gauges read from what is served and the status.
+    pub fn render_metrics(&self) -> String {
+        // Status first: the sync loop swaps the snapshot while holding it.
+        let status = self.status().clone();
+        let served = self.served.load();
+        let meta = served.as_ref().and_then(|r| r.current_meta());
+        let gauges = Gauges {
+            served: meta.map(|m| ServedGauges {
+                version: m.version,
+                bundle_size: m.bundle_size,
+                tenants: m.tenant_count,
+                created_at: &m.created_at,
+            }),
+            pinned: status.pinned(meta),
+            config_problem: status.config_problem.is_some(),
+            state: status.state.label(),
+        };
+        self.metrics.render(&gauges, self.started)
     }
 
     /// Whether a verified snapshot is served.

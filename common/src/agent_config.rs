@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use crate::sign::{self, Role, TrustedKeys};
 use crate::store::StoreUrl;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the agent needs to know. Every key has a default except
 /// `source` and `trusted_keys`; unknown keys are an error.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Store URL: `file:///abs/path` (watched and polled).
@@ -36,10 +36,10 @@ pub struct Config {
     #[serde(default = "default_check_timeout", with = "duration")]
     pub check_timeout: Duration,
     /// Directory of the redb file. Default `/var/lib/strata`.
-    #[serde(default = "default_data_dir")]
+    #[serde(default = "default_data_dir", serialize_with = "as_compared::path")]
     pub data_dir: PathBuf,
     /// Unix socket path. Default `/run/strata/agent.sock`.
-    #[serde(default = "default_socket")]
+    #[serde(default = "default_socket", serialize_with = "as_compared::path")]
     pub socket: PathBuf,
     /// Socket permissions, octal. Default `0660`.
     #[serde(default = "default_socket_mode")]
@@ -87,7 +87,7 @@ pub struct Config {
     pub log_format: String,
     /// For an `https://` source: a PEM file of the CA certificates to trust
     /// instead of the platform's. Default: the platform's.
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_compared::opt_path")]
     pub ca_file: Option<PathBuf>,
     /// A TCP address (`127.0.0.1:9464`) serving `/metrics`, `/healthz`
     /// and `/readyz` for a Prometheus server, which cannot scrape a unix
@@ -97,12 +97,12 @@ pub struct Config {
     /// A local pin for this node alone: a file holding one snapshot version
     /// (`42`) to serve whatever the channel and the region's pin say, during
     /// an incident. Watched; removing the file ends the pin. Default: none.
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_compared::opt_path")]
     pub pin_file: Option<PathBuf>,
 }
 
 /// One trusted public key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedKeyConfig {
     /// `publisher` (bundles, channel pointers) or `operator` (pins).
@@ -112,7 +112,7 @@ pub struct TrustedKeyConfig {
 }
 
 /// Signatures required per role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
     /// Publisher keys that must sign a bundle or pointer.
@@ -180,14 +180,40 @@ fn default_log_format() -> String {
 }
 
 mod duration {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         crate::time::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!("{s:?}: {e}; write a duration such as 5s or 1m"))
         })
+    }
+}
+
+/// How paths serialise: as compared, so that `data/` and `data`, `a/./b`
+/// and `a/b` are one value (a config edited that way changed nothing).
+mod as_compared {
+    use serde::Serializer;
+    use std::path::{Path, PathBuf};
+
+    fn normal(p: &Path) -> PathBuf {
+        p.components().collect()
+    }
+
+    pub fn path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&normal(p).display())
+    }
+
+    pub fn opt_path<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => s.collect_str(&normal(p).display()),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -303,9 +329,9 @@ impl Config {
         }
         // The names the publisher signs pointers and pins under: anything
         // else could never be pinned or published to.
-        crate::operator::check_name("channel", &self.channel)
+        crate::layout::check_name("channel", &self.channel)
             .map_err(|e| invalid("channel", e.to_string()))?;
-        crate::operator::check_name("region", &self.region)
+        crate::layout::check_name("region", &self.region)
             .map_err(|e| invalid("region", e.to_string()))?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid(

@@ -13,12 +13,12 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use crate::bundle::{self, BundleError, FORMAT_VERSION, MANIFEST_TYPE, Manifest, Provenance};
 use crate::canonical::sha256_hex;
 use crate::compile::Compiled;
+use crate::layout;
 use crate::model::SnapshotVersion;
-use crate::pointer::{Pointer, PointerKind};
+use crate::pointer::{Pointer, PointerKind, PointerReadError};
 use crate::sign::TrustedKeys;
-use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
+use crate::store::{self, StoreError, WriteStore};
 use crate::time;
-use crate::verify::MAX_POINTER_BYTES;
 
 /// Default lifetime of a bundle's signature.
 pub const DEFAULT_BUNDLE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -40,24 +40,9 @@ pub enum PublishError {
     /// The bundle could not be built.
     #[error("bundle: {0}")]
     Bundle(#[from] BundleError),
-    /// The current pointer cannot be read.
-    #[error("{key}: {reason}; fix or remove it before publishing")]
-    BadPointer {
-        /// The pointer's key.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The channel pointer does not verify with the publisher's keys.
-    #[error(
-        "{key} does not verify with the signing keys' public halves or a --trusted-key ({reason}); if the publisher key was rotated, pass the old public key with --trusted-key; if it was written without a key, restore it from a trusted copy"
-    )]
-    UntrustedPointer {
-        /// The pointer's key.
-        key: String,
-        /// Why it was refused.
-        reason: String,
-    },
+    /// The current pointer cannot be read or does not verify.
+    #[error(transparent)]
+    Pointer(#[from] PointerReadError),
     /// Other publishers kept winning the race for this long.
     #[error("gave up after {0:?}: other publishers kept moving the channel; try again")]
     Contention(Duration),
@@ -144,59 +129,9 @@ pub struct Published {
     pub tenant_count: u64,
 }
 
-/// Reads the pointer `kind`/`name` without verifying it, with its ETag.
-pub fn read_pointer(
-    store: &dyn ReadStore,
-    kind: PointerKind,
-    name: &str,
-) -> Result<Option<(Pointer, String)>, PublishError> {
-    read_pointer_with(store, kind.store_key(name), |key, bytes| {
-        Pointer::parse_unverified(bytes).map_err(|e| PublishError::BadPointer {
-            key,
-            reason: e.to_string(),
-        })
-    })
-}
-
-/// Reads the channel pointer and verifies it with `trust` (publisher role):
-/// the only way a publisher learns the current version, so that nothing
-/// unsigned in the store (an edited pointer, a file name) decides one.
-pub fn read_verified_pointer(
-    store: &dyn ReadStore,
-    channel: &str,
-    trust: &TrustedKeys,
-) -> Result<Option<(Pointer, String)>, PublishError> {
-    read_pointer_with(
-        store,
-        PointerKind::Channel.store_key(channel),
-        |key, bytes| {
-            Pointer::verify(bytes, PointerKind::Channel, channel, trust)
-                .map(|(p, _)| p)
-                .map_err(|e| PublishError::UntrustedPointer {
-                    key,
-                    reason: e.to_string(),
-                })
-        },
-    )
-}
-
-/// Reads the pointer at `key` (absent: `None`) and decodes it with
-/// `decode`, which names the key in its error.
-fn read_pointer_with(
-    store: &dyn ReadStore,
-    key: String,
-    decode: impl FnOnce(String, &[u8]) -> Result<Pointer, PublishError>,
-) -> Result<Option<(Pointer, String)>, PublishError> {
-    match store.get(&key, MAX_POINTER_BYTES) {
-        Ok(obj) => Ok(Some((decode(key, &obj.bytes)?, obj.etag))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Versions of every bundle in the store, ascending.
 pub fn list_versions(store: &dyn WriteStore) -> Result<Vec<SnapshotVersion>, PublishError> {
-    let mut v: Vec<_> = store::list(store, "snapshots/")?
+    let mut v: Vec<_> = store::list(store, layout::SNAPSHOTS)?
         .iter()
         .filter_map(|k| SnapshotVersion::from_bundle_key(k))
         .collect();
@@ -240,7 +175,7 @@ pub fn publish_gated(
     let kind = PointerKind::Channel;
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
-    let trust = crate::operator::publisher_trust(keys, &opts.trusted);
+    let trust = TrustedKeys::for_publisher(keys, &opts.trusted);
     let give_up = || -> Result<(), PublishError> {
         if started.elapsed() > GIVE_UP_AFTER {
             return Err(PublishError::Contention(GIVE_UP_AFTER));
@@ -255,7 +190,7 @@ pub fn publish_gated(
     let mut uploaded: Option<(u64, Vec<u8>)> = None;
     loop {
         give_up()?;
-        let current = read_verified_pointer(store, &opts.channel, &trust)?;
+        let current = Pointer::read_channel(store, &opts.channel, &trust)?;
         let head = current.as_ref().map(|(p, _)| p.version);
         let next = head
             .unwrap_or(0)
@@ -307,8 +242,9 @@ pub fn publish_gated(
                                     give_up()?;
                                     std::thread::sleep(wait);
                                     wait = (wait * 2).min(Duration::from_millis(500));
-                                    let moved = read_pointer(store, kind, &opts.channel)?
-                                        .is_some_and(|(p, _)| p.version >= version);
+                                    let moved =
+                                        Pointer::read_unverified(store, kind, &opts.channel)?
+                                            .is_some_and(|(p, _)| p.version >= version);
                                     if moved {
                                         break;
                                     }
@@ -356,23 +292,23 @@ pub fn publish_gated(
                     // and retried: follow it. Moved anywhere else (another
                     // publisher's version): start again from the new head,
                     // which `gate` is asked about.
-                    match store.get(&pointer_key, MAX_POINTER_BYTES) {
-                        Ok(obj) if obj.bytes == signed => {
+                    match layout::read(store, &pointer_key) {
+                        Ok(Some(obj)) if obj.bytes == signed => {
                             return Ok(Published {
                                 pointer,
                                 tenant_count: compiled.tenant_count,
                             });
                         }
-                        Ok(obj) => match Pointer::parse_unverified(&obj.bytes) {
+                        Ok(Some(obj)) => match Pointer::parse_unverified(&obj.bytes) {
                             Ok(p) if p.version < version && gated == Some(Some(p.version)) => {
                                 expected = Some(obj.etag).filter(|e| !e.is_empty());
                             }
                             _ => break,
                         },
-                        Err(e) if e.kind() == ErrorKind::NotFound && gated == Some(None) => {
+                        Ok(None) if gated == Some(None) => {
                             expected = None;
                         }
-                        Err(e) if e.kind() == ErrorKind::NotFound => break,
+                        Ok(None) => break,
                         Err(e) => return Err(e.into()),
                     }
                     std::thread::sleep(wait);
@@ -402,17 +338,17 @@ fn held_by(
     version: u64,
     fresh_for: Duration,
 ) -> Result<Held, PublishError> {
-    for key in store::list(store, "channels/")? {
-        let named = store
-            .get(&key, MAX_POINTER_BYTES)
+    for key in store::list(store, layout::CHANNELS)? {
+        let named = layout::read(store, &key)
             .ok()
+            .flatten()
             .and_then(|obj| Pointer::parse_unverified(&obj.bytes).ok())
             .is_some_and(|p| p.version == version);
         if named {
             return Ok(Held::Done);
         }
     }
-    let created = peek_manifest(store, &SnapshotVersion(version).bundle_key())
+    let created = bundle::peek_manifest(store, &SnapshotVersion(version).bundle_key())
         .and_then(|m| time::parse_exact(&m.created_at).ok());
     let fresh = created.is_some_and(|t| {
         time::now()
@@ -420,19 +356,4 @@ fn held_by(
             .map_or(true, |age| age <= fresh_for)
     });
     Ok(if fresh { Held::InFlight } else { Held::Done })
-}
-
-/// The manifest of the bundle at `key`, read alone (its first bytes) and
-/// not verified: for a scheduling decision or a message, never for what
-/// is served. `None` if it cannot be read.
-pub fn peek_manifest(store: &dyn ReadStore, key: &str) -> Option<bundle::Manifest> {
-    let head = store.get_range(key, 0..12).ok()?;
-    let len = head
-        .get(8..12)
-        .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))?;
-    if len > bundle::MAX_HEADER_PART {
-        return None;
-    }
-    let bytes = store.get_range(key, 12..12 + u64::from(len)).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }

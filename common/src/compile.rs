@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::bundle::{Payload, PayloadWriter};
 use crate::model::{EffectiveConfig, Layer1, Overlay};
 use crate::render;
-use crate::source::{Source, SourceError, toml_reason};
+use crate::source::{Source, SourceError};
 use crate::validate::{self, PhoneIndex, Problem, Reporter};
 
 /// Tenants per batch: enough to keep every thread busy, few enough that a
@@ -280,12 +280,14 @@ pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem>
 fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> TenantResult {
     let file_buf = result.file.clone();
     let stem = result.tenant_id.clone();
-    let doc: toml::Value = match toml::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            let mut r = Reporter::new(&file_buf, Some(&stem));
-            r.push("", format!("not valid TOML: {}", toml_reason(&e, text)));
-            result.problems = r.problems;
+    let parsed = {
+        let mut r = Reporter::new(&file_buf, Some(&stem));
+        validate::parse_toml(&mut r, text).ok_or(r.problems)
+    };
+    let doc = match parsed {
+        Ok(doc) => doc,
+        Err(problems) => {
+            result.problems = problems;
             return result;
         }
     };
@@ -296,21 +298,11 @@ fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) ->
         .to_owned();
     let mut r = Reporter::new(&file_buf, Some(&tenant));
     validate::check_strings(&mut r, &doc, Some(&layer1.policy));
-    let overlay: Overlay = match serde_path_to_error::deserialize(doc) {
-        Ok(o) => o,
-        Err(e) => {
-            // Name the field: `generation.temperature: expected a number,
-            // found the string "0.5"`.
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            let message = e.into_inner().to_string();
-            r.push(
-                field,
-                type_reason(message.lines().next().unwrap_or_default()),
-            );
-            result.problems = r.problems;
-            return result;
-        }
+    // A type error names its field: `generation.temperature: expected a
+    // number, found the string "0.5"`.
+    let Some(overlay) = validate::typed::<Overlay>(&mut r, doc) else {
+        result.problems = r.problems;
+        return result;
     };
     let mut cfg = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &overlay);
     validate::check_identity(&mut r, &cfg, &stem);
@@ -340,28 +332,4 @@ fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) ->
     }
     result.problems = r.problems;
     result
-}
-
-/// A serde type error in words a person editing the file reads:
-/// `invalid type: string "0.5", expected f64` becomes `expected a number,
-/// found the string "0.5"`.
-pub(crate) fn type_reason(message: &str) -> String {
-    let Some(rest) = message.strip_prefix("invalid type: ") else {
-        return message.to_owned();
-    };
-    let Some((found, expected)) = rest.split_once(", expected ") else {
-        return message.to_owned();
-    };
-    let expected = match expected {
-        "f64" | "f32" => "a number",
-        "u8" | "u16" | "u32" | "u64" | "i32" | "i64" | "usize" => "a whole number",
-        "a boolean" | "bool" => "true or false",
-        other => other,
-    };
-    let found = match found.split_once(' ') {
-        Some(("string", value)) => format!("the string {value}"),
-        Some((kind, value)) => format!("the {kind} {value}"),
-        None => found.to_owned(),
-    };
-    format!("expected {expected}, found {found}")
 }

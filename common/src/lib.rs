@@ -16,6 +16,7 @@ pub mod compile;
 pub mod copy;
 pub mod diff;
 pub mod generate;
+pub mod layout;
 pub mod model;
 pub mod normalize;
 pub mod operator;

@@ -104,16 +104,12 @@ pub struct SnapshotVersion(pub u64);
 impl SnapshotVersion {
     /// The store key of this version's bundle: `snapshots/<20 digits>.bundle`.
     pub fn bundle_key(self) -> String {
-        format!("snapshots/{:020}.bundle", self.0)
+        crate::layout::bundle_key(self.0)
     }
 
     /// Parses a bundle key back into its version.
     pub fn from_bundle_key(key: &str) -> Option<Self> {
-        let digits = key.strip_prefix("snapshots/")?.strip_suffix(".bundle")?;
-        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok().map(Self)
+        crate::layout::bundle_version(key).map(Self)
     }
 }
 

@@ -18,12 +18,12 @@ use ed25519_dalek::SigningKey;
 use crate::bundle::{self, BundleError, Header, Limits, Payload, SignatureCheck};
 use crate::channel::{self, PublishError, PublishOptions, Published};
 use crate::compile::Compiled;
+use crate::layout::{self, BadName, Document};
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
-use crate::sign::{KeyId, Role, TrustedKeys};
+use crate::sign::{KeyId, TrustedKeys};
 use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
-use crate::verify::MAX_POINTER_BYTES;
 
 /// Why an operator command changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +58,8 @@ pub enum OperatorError {
         found: u64,
     },
     /// A region or channel name that cannot be a store key.
-    #[error(
-        "{what} {name:?} is not a valid name: use 1 to 64 of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
-    )]
-    BadName {
-        /// `region` or `channel`.
-        what: &'static str,
-        /// The name given.
-        name: String,
-    },
+    #[error(transparent)]
+    BadName(#[from] BadName),
     /// The channel has no pointer to refresh.
     #[error("{key} does not exist; publish first")]
     NoPointer {
@@ -150,24 +143,6 @@ impl OperatorError {
             OperatorError::Store(e) => e.kind() != ErrorKind::Transient,
             _ => false,
         }
-    }
-}
-
-/// Checks a region or channel name before it becomes part of a store key.
-pub fn check_name(what: &'static str, name: &str) -> Result<(), OperatorError> {
-    let ok = (1..=64).contains(&name.len())
-        && name.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || (i > 0 && matches!(b, b'-' | b'_' | b'.'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(OperatorError::BadName {
-            what,
-            name: name.to_owned(),
-        })
     }
 }
 
@@ -277,15 +252,6 @@ pub fn fetch_bundle(
     })
 }
 
-/// Reads the raw document at `key` with its ETag (absent: `None`).
-fn read_raw(store: &dyn ReadStore, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
-    match store.get(key, MAX_POINTER_BYTES) {
-        Ok(obj) => Ok(Some((obj.bytes, obj.etag))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Writes `bytes` at `key` if it still has the ETag it was read with.
 fn write_if(
     store: &dyn WriteStore,
@@ -317,15 +283,15 @@ pub fn pin(
     publishers: Option<&TrustedKeys>,
     expires_in: Duration,
 ) -> Result<Pointer, OperatorError> {
-    check_name("region", region)?;
+    layout::check_name("region", region)?;
     refuse_publisher_keys(store, keys)?;
     let check = publishers.map_or(SignatureCheck::SkipForInspection, SignatureCheck::Trusted);
     let stored = fetch_bundle(store, version, check, &Limits::default())?;
     let key = PointerKind::Pin.store_key(region);
-    let current = read_raw(store, &key)?;
+    let current = layout::read(store, &key)?;
     if let Some(before) = current
         .as_ref()
-        .and_then(|(bytes, _)| Pointer::parse_unverified(bytes).ok())
+        .and_then(|doc| Pointer::parse_unverified(&doc.bytes).ok())
         .and_then(|p| time::parse_exact(&p.created_at).ok())
         && !wait_past(before)
     {
@@ -352,7 +318,7 @@ pub fn pin(
         store,
         &key,
         &signed,
-        current.as_ref().map(|(_, etag)| etag.as_str()),
+        current.as_ref().map(|doc| doc.etag.as_str()),
     )?;
     Ok(pointer)
 }
@@ -362,11 +328,11 @@ pub fn pin(
 /// on what it serves).
 fn refuse_publisher_keys(store: &dyn WriteStore, keys: &[SigningKey]) -> Result<(), OperatorError> {
     let ids: Vec<KeyId> = keys.iter().map(|k| KeyId::of(&k.verifying_key())).collect();
-    for key in store::list(store, "channels/")? {
+    for key in store::list(store, layout::CHANNELS)? {
         if !key.ends_with(".json") {
             continue;
         }
-        let Some((bytes, _)) = read_raw(store, &key)? else {
+        let Some(Document { bytes, .. }) = layout::read(store, &key)? else {
             continue;
         };
         if let Some(id) = Pointer::signer_ids(&bytes)
@@ -385,9 +351,9 @@ fn refuse_publisher_keys(store: &dyn WriteStore, keys: &[SigningKey]) -> Result<
 /// Removes `region`'s pin: its agents follow the channel again. Returns the
 /// pin removed, or `None` if the region was not pinned.
 pub fn unpin(store: &dyn WriteStore, region: &str) -> Result<Option<Pointer>, OperatorError> {
-    check_name("region", region)?;
+    layout::check_name("region", region)?;
     let key = PointerKind::Pin.store_key(region);
-    let Some((bytes, _)) = read_raw(store, &key)? else {
+    let Some(Document { bytes, .. }) = layout::read(store, &key)? else {
         return Ok(None);
     };
     store.delete(&key)?;
@@ -434,9 +400,11 @@ pub fn refresh(
     expires_in: Duration,
     force: bool,
 ) -> Result<Pointer, OperatorError> {
-    check_name("channel", channel_name)?;
+    layout::check_name("channel", channel_name)?;
     let key = PointerKind::Channel.store_key(channel_name);
-    let Some((current, etag)) = channel::read_verified_pointer(store, channel_name, trust)? else {
+    let Some((current, etag)) =
+        Pointer::read_channel(store, channel_name, trust).map_err(PublishError::from)?
+    else {
         return Err(OperatorError::NoPointer { key });
     };
     // An older pointer put back by someone with write access to the store
@@ -465,23 +433,6 @@ pub fn refresh(
     Ok(pointer)
 }
 
-/// The trust a publisher command reads the channel with: the signing keys'
-/// public halves and any other trusted publisher keys.
-pub fn publisher_trust(
-    keys: &[SigningKey],
-    trusted: &[ed25519_dalek::VerifyingKey],
-) -> TrustedKeys {
-    let mut trust = TrustedKeys::new(1, 1);
-    for key in keys
-        .iter()
-        .map(SigningKey::verifying_key)
-        .chain(trusted.iter().copied())
-    {
-        trust.add(Role::Publisher, key);
-    }
-    trust
-}
-
 /// The version channel `name` serves and that snapshot's tenant count,
 /// from its verified pointer and its bundle's manifest alone (for a
 /// message: `None` if either cannot be read).
@@ -490,8 +441,8 @@ pub fn served_tenants(
     name: &str,
     trust: &TrustedKeys,
 ) -> Option<(u64, u64)> {
-    let (pointer, _) = channel::read_verified_pointer(store, name, trust).ok()??;
-    let manifest = channel::peek_manifest(store, &pointer.bundle)?;
+    let (pointer, _) = Pointer::read_channel(store, name, trust).ok()??;
+    let manifest = bundle::peek_manifest(store, &pointer.bundle)?;
     Some((pointer.version, manifest.tenant_count))
 }
 
@@ -504,7 +455,7 @@ pub fn rollback(
     keys: &[SigningKey],
     opts: &PublishOptions,
 ) -> Result<Published, OperatorError> {
-    let trust = publisher_trust(keys, &opts.trusted);
+    let trust = TrustedKeys::for_publisher(keys, &opts.trusted);
     let mut stored = fetch_bundle(
         store,
         to,
@@ -559,12 +510,12 @@ pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport
     let versions = channel::list_versions(store)?;
     let mut report = GcReport::default();
     let mut newest_named = 0u64;
-    for prefix in ["channels/", "pins/"] {
+    for prefix in [layout::CHANNELS, layout::PINS] {
         for key in store::list(store, prefix)? {
             if !key.ends_with(".json") {
                 continue;
             }
-            let Some((bytes, _)) = read_raw(store, &key)? else {
+            let Some(Document { bytes, .. }) = layout::read(store, &key)? else {
                 continue;
             };
             let pointer =

@@ -12,7 +12,9 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, NotCanonical};
+use crate::layout;
 use crate::sign::{self, KeyId, Role, SignatureEntry, SignatureError, TrustedKeys};
+use crate::store::{ReadStore, StoreError};
 
 /// Which document a pointer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,11 +36,11 @@ impl PointerKind {
         }
     }
 
-    /// The store key of the pointer named `name`.
+    /// The store key of the pointer named `name` (see [`crate::layout`]).
     pub fn store_key(self, name: &str) -> String {
         match self {
-            PointerKind::Channel => format!("channels/{name}.json"),
-            PointerKind::Pin => format!("pins/{name}.json"),
+            PointerKind::Channel => layout::channel_key(name),
+            PointerKind::Pin => layout::pin_key(name),
         }
     }
 }
@@ -175,7 +177,7 @@ impl Pointer {
         }
         // The bundle is named by its version: nothing else in the store
         // (and nothing outside it) can be pointed at.
-        let bundle = crate::model::SnapshotVersion(pointer.version).bundle_key();
+        let bundle = layout::bundle_key(pointer.version);
         if pointer.bundle != bundle || pointer.version == 0 {
             return Err(PointerError::Malformed(format!(
                 "bundle {:?} is not {bundle:?}, the key of version {}",
@@ -190,6 +192,49 @@ impl Pointer {
                 .map_err(|source| PointerError::BadTimestamp { field, source })?;
         }
         Ok((pointer, signed_by))
+    }
+
+    /// Reads the pointer `kind`/`name` without verifying it, with its
+    /// ETag: for a listing or a scheduling decision, never for what is
+    /// served. `None` if the store has none.
+    pub fn read_unverified(
+        store: &dyn ReadStore,
+        kind: PointerKind,
+        name: &str,
+    ) -> Result<Option<(Self, String)>, PointerReadError> {
+        let key = kind.store_key(name);
+        let Some(doc) = layout::read(store, &key)? else {
+            return Ok(None);
+        };
+        let pointer =
+            Self::parse_unverified(&doc.bytes).map_err(|e| PointerReadError::Malformed {
+                key,
+                reason: e.to_string(),
+            })?;
+        Ok(Some((pointer, doc.etag)))
+    }
+
+    /// Reads channel `channel`'s pointer and verifies it with `trust`
+    /// (publisher role), with its ETag: the only way a publisher learns
+    /// the current version, so that nothing unsigned in the store (an
+    /// edited pointer, a file name) decides one. Expiry is not checked.
+    pub fn read_channel(
+        store: &dyn ReadStore,
+        channel: &str,
+        trust: &TrustedKeys,
+    ) -> Result<Option<(Self, String)>, PointerReadError> {
+        let key = layout::channel_key(channel);
+        let Some(doc) = layout::read(store, &key)? else {
+            return Ok(None);
+        };
+        let (pointer, _) =
+            Self::verify(&doc.bytes, PointerKind::Channel, channel, trust).map_err(|e| {
+                PointerReadError::Untrusted {
+                    key,
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Some((pointer, doc.etag)))
     }
 
     /// Refuses the pointer if `now` is past its expiry.
@@ -207,6 +252,32 @@ impl Pointer {
         }
         Ok(())
     }
+}
+
+/// Why a pointer a publisher command reads cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PointerReadError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The document is not a pointer.
+    #[error("{key}: {reason}; fix or remove it before publishing")]
+    Malformed {
+        /// The pointer's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The channel pointer does not verify with the publisher's keys.
+    #[error(
+        "{key} does not verify with the signing keys' public halves or a --trusted-key ({reason}); if the publisher key was rotated, pass the old public key with --trusted-key; if it was written without a key, restore it from a trusted copy"
+    )]
+    Untrusted {
+        /// The pointer's key.
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl PointerError {

@@ -123,6 +123,21 @@ impl TrustedKeys {
         }
     }
 
+    /// The trust a publisher command reads the channel with: the signing
+    /// keys' public halves and any other trusted publisher keys (the
+    /// previous key, during a rotation), thresholds 1.
+    pub fn for_publisher(keys: &[SigningKey], trusted: &[VerifyingKey]) -> Self {
+        let mut trust = Self::new(1, 1);
+        for key in keys
+            .iter()
+            .map(SigningKey::verifying_key)
+            .chain(trusted.iter().copied())
+        {
+            trust.add(Role::Publisher, key);
+        }
+        trust
+    }
+
     /// Trusts `key` for `role`.
     pub fn add(&mut self, role: Role, key: VerifyingKey) {
         self.keys.push((role, KeyId::of(&key), key));

@@ -61,27 +61,11 @@ impl Source {
             problems: r.problems,
             warnings: Vec::new(),
         };
-        let doc = match toml::from_str::<toml::Value>(&text) {
-            Ok(doc) => doc,
-            Err(e) => {
-                r.push("", format!("not valid TOML: {}", toml_reason(&e, &text)));
-                return Err(invalid(r));
-            }
+        let Some(doc) = validate::parse_toml(&mut r, &text) else {
+            return Err(invalid(r));
         };
-        // Through the parsed document, so that a wrong type or an unknown
-        // key names its field (`policy.max_turns`), as in a tenant file.
-        let layer1: Layer1 = match serde_path_to_error::deserialize(doc.clone()) {
-            Ok(l) => l,
-            Err(e) => {
-                let field = e.path().to_string();
-                let field = if field == "." { String::new() } else { field };
-                let message = e.into_inner().to_string();
-                r.push(
-                    field,
-                    crate::compile::type_reason(message.lines().next().unwrap_or_default()),
-                );
-                return Err(invalid(r));
-            }
+        let Some(layer1) = validate::typed::<Layer1>(&mut r, doc.clone()) else {
+            return Err(invalid(r));
         };
         // Layer 1 reaches every tenant's prompt: no secret in it either.
         validate::check_strings(&mut r, &doc, None);
@@ -146,20 +130,5 @@ impl Source {
             tenant_files,
             warnings,
         })
-    }
-}
-
-/// A TOML error in `text` as one line: the message and where it is, as
-/// an editor counts (line and column, from 1).
-pub(crate) fn toml_reason(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("{msg} (line {line}, column {column})")
-        }
-        None => msg,
     }
 }

@@ -356,6 +356,14 @@ pub fn change_one_tenant(source: &Path, i: usize) {
     std::fs::write(file, changed).expect("write tenant");
 }
 
+/// Whether `python` starts and imports what the tests use.
+fn runs(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import cryptography, zstandard, prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// The tests' Python virtual environment's `python` (under `root`, the
 /// test's `CARGO_TARGET_TMPDIR`), created (once, under a lock, for
 /// tests running in parallel) if missing. Panics with what to install when
@@ -368,12 +376,15 @@ pub fn python(root: &Path) -> PathBuf {
     let venv = root.join(format!("python-venv-{}", &digest[..12]));
     let python = venv.join("bin/python");
     let ready = venv.join(".ready");
-    if ready.exists() {
+    // A venv outlives its interpreter (the system python upgraded, or made
+    // through a link that is gone): ready only while its python runs.
+    let usable = || ready.exists() && runs(&python);
+    if usable() {
         return python;
     }
     let lock = File::create(root.join("python-venv.lock")).expect("venv lock file");
     lock.lock().expect("venv lock");
-    if ready.exists() {
+    if usable() {
         return python;
     }
     let found = Command::new("python3").arg("--version").output();

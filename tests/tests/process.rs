@@ -343,7 +343,7 @@ fn concurrent_publishers_get_consecutive_versions() {
         [1, 2, 3, 4, 5, 6],
         "every publish got its own, consecutive version: {versions:?}"
     );
-    let pointer = strata_common::channel::read_pointer(
+    let pointer = strata_common::pointer::Pointer::read_unverified(
         &fx.store(),
         strata_common::pointer::PointerKind::Channel,
         "stable",

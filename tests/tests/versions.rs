@@ -275,7 +275,7 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
         CompileOptions::default(),
     )
     .expect("compile");
-    let trust = strata_common::operator::publisher_trust(std::slice::from_ref(&fx.key), &[]);
+    let trust = strata_common::sign::TrustedKeys::for_publisher(std::slice::from_ref(&fx.key), &[]);
 
     // The competitor takes the key after a fresh upload no pointer names
     // at once, as it would after waiting for that upload's publisher.
@@ -317,7 +317,7 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
         (result, heads)
     };
     let head = || {
-        channel::read_verified_pointer(&fx.store(), "stable", &trust)
+        strata_common::pointer::Pointer::read_channel(&fx.store(), "stable", &trust)
             .expect("pointer")
             .expect("a pointer")
             .0

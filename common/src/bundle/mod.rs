@@ -24,6 +24,8 @@
 
 mod contents;
 mod error;
+mod frame;
+mod payload;
 mod reader;
 pub mod record;
 mod writer;
@@ -32,10 +34,9 @@ use serde::{Deserialize, Serialize};
 
 pub use contents::{Contents, Records};
 pub use error::BundleError;
-pub use reader::{
-    Frame, FrameBodies, Header, IndexEntry, PayloadReader, SignatureCheck, VerifiedBundle,
-    read_header, verify,
-};
+pub use frame::{Frame, FrameBodies, IndexEntry};
+pub use payload::PayloadReader;
+pub use reader::{Header, SignatureCheck, VerifiedBundle, read_header, verify};
 pub use record::{Record, RecordKind};
 pub use writer::{Payload, PayloadWriter, assemble, write_bundle};
 
@@ -130,4 +131,19 @@ impl Default for Limits {
             max_frame_bytes: 64 << 20,
         }
     }
+}
+
+/// The manifest of the bundle at `key` in `store`, read alone (its first
+/// bytes) and not verified: for a scheduling decision or a message, never
+/// for what is served. `None` if it cannot be read.
+pub fn peek_manifest(store: &dyn crate::store::ReadStore, key: &str) -> Option<Manifest> {
+    let head = store.get_range(key, 0..12).ok()?;
+    let len = head
+        .get(8..12)
+        .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))?;
+    if len > MAX_HEADER_PART {
+        return None;
+    }
+    let bytes = store.get_range(key, 12..12 + u64::from(len)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -83,6 +83,12 @@ impl fmt::Display for StoreUrl {
 
 /// Parsed where it is read (an agent's `source`), so a bad URL is an error
 /// of the config file, with the key named.
+impl serde::Serialize for StoreUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for StoreUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use strata_common::bundle::SignatureCheck;
 use strata_common::diff;
-use strata_common::operator::publisher_trust;
+use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
 
 use crate::input::load_public_keys;
@@ -35,7 +35,7 @@ pub struct Args {
 /// Prints the difference.
 pub fn run(args: Args) -> Result<()> {
     let trusted = load_public_keys(&args.trusted_keys)?;
-    let trust = publisher_trust(&[], &trusted);
+    let trust = TrustedKeys::for_publisher(&[], &trusted);
     let check = if trusted.is_empty() {
         SignatureCheck::SkipForInspection
     } else {

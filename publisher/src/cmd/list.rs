@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use strata_common::channel;
-use strata_common::pointer::PointerKind;
+use strata_common::pointer::{Pointer, PointerKind};
 use strata_common::store::{self, StoreUrl};
 use strata_common::time;
 
@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
             else {
                 continue;
             };
-            match channel::read_pointer(store.as_ref(), kind, name) {
+            match Pointer::read_unverified(store.as_ref(), kind, name) {
                 Ok(Some((p, _))) => out!(
                     "{:<8} {name:<12} → version {} (expires {}){}",
                     if kind == PointerKind::Channel {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use strata_common::operator::{self, publisher_trust};
+use strata_common::operator;
+use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
 
 use crate::input::{SigningKeys, load_public_keys, parse_duration};
@@ -38,7 +39,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let keys = args.keys.load()?;
     let trusted = load_public_keys(&args.trusted_keys)?;
-    let publishers = (!trusted.is_empty()).then(|| publisher_trust(&[], &trusted));
+    let publishers = (!trusted.is_empty()).then(|| TrustedKeys::for_publisher(&[], &trusted));
     let store = store::open_write(&args.store)?;
     let pin = operator::pin(
         store.as_ref(),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use strata_common::channel::{self, PublishError, PublishOptions};
-use strata_common::operator::publisher_trust;
 use strata_common::pointer::Pointer;
+use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
 use strata_common::versions;
 
@@ -40,7 +40,7 @@ pub struct Args {
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
 pub fn run(args: Args) -> Result<()> {
-    strata_common::operator::check_name("channel", &args.channel)?;
+    strata_common::layout::check_name("channel", &args.channel)?;
     let (keys, compiled) = args.input.load()?;
     // A first publish makes its store; said, so that a mistyped path
     // (a new store no agent follows) does not pass unnoticed.
@@ -56,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let store = store::open_write(&args.store)?;
     let trusted = load_public_keys(&args.trusted_keys)?;
-    let trust = publisher_trust(&keys, &trusted);
+    let trust = TrustedKeys::for_publisher(&keys, &trusted);
     let opts = PublishOptions {
         pointer_expires_in: args.expires_in,
         trusted,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use strata_common::operator::{self, publisher_trust};
+use strata_common::operator;
+use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
 
 use crate::input::{SigningKeys, load_public_keys, parse_duration};
@@ -37,7 +38,7 @@ pub struct Args {
 /// Re-signs the verified pointer with a new expiry.
 pub fn run(args: Args) -> Result<()> {
     let keys = args.keys.load()?;
-    let trust = publisher_trust(&keys, &load_public_keys(&args.trusted_keys)?);
+    let trust = TrustedKeys::for_publisher(&keys, &load_public_keys(&args.trusted_keys)?);
     let store = store::open_write(&args.store)?;
     let p = operator::refresh(
         store.as_ref(),

@@ -45,7 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         ..PublishOptions::for_channel(args.channel)
     };
     let store = store::open_write(&args.store)?;
-    let trust = operator::publisher_trust(&keys, &opts.trusted);
+    let trust = strata_common::sign::TrustedKeys::for_publisher(&keys, &opts.trusted);
     let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
     let published = operator::rollback(store.as_ref(), args.to, &keys, &opts)?;
     let p = &published.pointer;

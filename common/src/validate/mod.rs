@@ -13,6 +13,9 @@ use crate::normalize::Text;
 use crate::render;
 use crate::secrets;
 
+mod parse;
+pub(crate) use parse::{parse_toml, typed};
+
 /// One thing wrong with the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -1,0 +1,163 @@
+//! Which document decides the version served, in the order they win: the
+//! node's local pin, its region's pin, the channel pointer; and the marks
+//! following one moves (the pin replay floor, the high-water mark).
+
+use strata_common::canonical::sha256_hex;
+use strata_common::pointer::PointerKind;
+use strata_common::verify::{self, Named, VersionDoc};
+use tracing::{info, warn};
+
+use super::{CheckError, Syncer};
+use crate::db::Marks;
+use crate::state::{Followed, FollowedBy};
+
+/// The document a check follows, as read.
+pub(super) enum Doc {
+    /// The node's local pin: a version.
+    Local(u64),
+    /// The region's pin file.
+    Pin(Vec<u8>),
+    /// The channel pointer file.
+    Channel(Vec<u8>),
+}
+
+impl Doc {
+    /// The document, as the verification pipeline takes it.
+    pub(super) fn version_doc(&self) -> VersionDoc<'_> {
+        match self {
+            Doc::Local(v) => VersionDoc::Local(*v),
+            Doc::Pin(b) => VersionDoc::Pin(b),
+            Doc::Channel(b) => VersionDoc::Channel(b),
+        }
+    }
+
+    /// What the refusal cache keys on: every document the decision used
+    /// (a pin decides alone; without one, the channel pointer does).
+    pub(super) fn cache_key(&self) -> String {
+        match self {
+            Doc::Local(v) => format!("local:{v}"),
+            Doc::Pin(b) => format!("pin:{}", sha256_hex(b)),
+            Doc::Channel(b) => format!("channel:{}", sha256_hex(b)),
+        }
+    }
+}
+
+impl Syncer {
+    /// The marks as the snapshot file holds them (a file that cannot be
+    /// read refuses the check: the marks guard against rollbacks).
+    pub(super) fn marks(&self) -> Result<Marks, CheckError> {
+        self.db.marks().map_err(|e| CheckError::LocalStore {
+            path: self.db.path().display().to_string(),
+            reason: format!("reading the rollback-protection marks: {e}"),
+        })
+    }
+
+    /// The version `pin_file` names, if the file exists.
+    fn local_pin(&self) -> Result<Option<u64>, CheckError> {
+        let Some(path) = &self.pin_file else {
+            return Ok(None);
+        };
+        let refused = |reason: String| CheckError::LocalPin {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut text = String::new();
+        // Non-blocking and regular files only: a FIFO must not hang the check.
+        match strata_common::store::open_regular(path) {
+            Ok(f) => {
+                use std::io::Read;
+                f.take(64)
+                    .read_to_string(&mut text)
+                    .map_err(|e| refused(e.to_string()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(refused(e.to_string())),
+        }
+        match text.trim().parse::<u64>() {
+            Ok(v) if v >= 1 => Ok(Some(v)),
+            _ => Err(refused(format!(
+                "holds {:?}, not a snapshot version",
+                text.trim()
+            ))),
+        }
+    }
+
+    /// Reads the deciding document: the local pin, else the region's pin,
+    /// else the channel pointer. A region pin that disappeared was unpinned:
+    /// the replay floor moves past it, so the same pin cannot come back.
+    pub(super) fn read_doc(&mut self) -> Result<Doc, CheckError> {
+        if let Some(v) = self.local_pin()? {
+            return Ok(Doc::Local(v));
+        }
+        let pin = verify::read_document(
+            self.store.as_ref(),
+            PointerKind::Pin,
+            &self.region,
+            self.seen_pin.as_ref(),
+        )?;
+        self.seen_pin = pin.clone();
+        if let Some(pin) = pin {
+            return Ok(Doc::Pin(pin.bytes));
+        }
+        let marks = self.marks()?;
+        if let Some(seen) = marks.pin_seen {
+            self.set_pin_marks(&marks, seen.saturating_add(1), None);
+            info!(region = %self.region, "region unpinned; following the channel again");
+        }
+        let seen = verify::read_pointer(
+            self.store.as_ref(),
+            &self.channel,
+            self.seen_pointer.as_ref(),
+        )?;
+        let bytes = seen.bytes.clone();
+        self.seen_pointer = Some(seen);
+        Ok(Doc::Channel(bytes))
+    }
+
+    /// Commits new pin marks, never lowering the floor (logging a failure:
+    /// they are protection, not what is served).
+    fn set_pin_marks(&mut self, marks: &Marks, floor: u64, seen: Option<u64>) {
+        if let Err(e) = self.db.set_pin_marks(floor.max(marks.pin_floor), seen) {
+            warn!("cannot record the region pin in the snapshot file: {e}");
+            self.db_write_failed();
+        }
+    }
+
+    /// Records the document now followed: for `/v1/snapshot`, a region
+    /// pin's signing time as the replay floor, and a channel pointer's
+    /// version as the high-water mark (if an apply's commit did not
+    /// already raise it).
+    pub(super) fn follow(&mut self, named: &Named) {
+        match self.marks() {
+            Ok(marks) => {
+                if let Named::Pin(pin) = named {
+                    let at = verify::signed_at(pin);
+                    if marks.pin_seen != Some(at) {
+                        self.set_pin_marks(&marks, at, Some(at));
+                    }
+                }
+                if let Named::Channel(p) = named
+                    && p.version > marks.high_water
+                {
+                    // Committed before it counts: a restart must not forget it.
+                    if let Err(e) = self.db.raise_high_water(p.version) {
+                        warn!("cannot record the high-water mark in the snapshot file: {e}");
+                        self.db_write_failed();
+                    }
+                }
+            }
+            Err(e) => warn!("{e}"),
+        }
+        let followed = Followed {
+            by: match named {
+                Named::Channel(_) => FollowedBy::Channel,
+                Named::Pin(_) => FollowedBy::Pin,
+                Named::Local(_) => FollowedBy::LocalPin,
+            },
+            version: named.version(),
+            created_at: named.pointer().map(|p| p.created_at.clone()),
+            expires_at: named.pointer().map(|p| p.expires_at.clone()),
+        };
+        self.shared.status().followed = Some(followed);
+    }
+}
