@@ -54,11 +54,11 @@ pub async fn run(
     // A read still running at twice check_timeout (plus a second per
     // 256 KiB) is given up and tried again, however the store trickles.
     let store = strata_common::store::open_read_within(
-        &config.source,
+        &config.store,
         config.ca_file.as_deref(),
         config.check_timeout.checked_mul(2),
     )?;
-    let store_dir = match &config.source {
+    let store_dir = match &config.store {
         StoreUrl::File(dir) => Some(dir.clone()),
         StoreUrl::S3 { .. } | StoreUrl::Https(_) => None,
     };
@@ -103,7 +103,7 @@ pub async fn run(
     };
     let mut socket_check = tokio::time::interval(SOCKET_CHECK);
     socket_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    info!(socket = %config.socket.display(), source = %config.source, channel = %config.channel, "agent started");
+    info!(socket = %config.socket.display(), source = %config.store, channel = %config.channel, "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // The sync side stops last: it owns the snapshot file, which in-flight

@@ -78,11 +78,11 @@ fn load(path: &Path) -> Result<Config> {
 fn check_config(path: &Path) -> Result<()> {
     let config = load(path)?;
     let trust = config.trust(path)?;
-    strata_common::store::open_read(&config.source, config.ca_file.as_deref())?;
+    strata_common::store::open_read(&config.store, config.ca_file.as_deref())?;
     println!(
         "{}: ok. source {} channel {} region {}; {} publisher key(s) (threshold {}), {} operator key(s) (threshold {}); socket {} mode {}; data {}",
         path.display(),
-        config.source,
+        config.store,
         config.channel,
         config.region,
         trust.count(strata_common::sign::Role::Publisher),

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Store URL: `file:///abs/path` (watched and polled).
-    pub source: StoreUrl,
+    /// Store URL: `file:///abs/path` (watched and polled). The key in
+    /// agent.toml is `source`.
+    #[serde(rename = "source")]
+    pub store: StoreUrl,
     /// Channel whose pointer is followed. Default `stable`.
     #[serde(default = "default_channel")]
     pub channel: String,
@@ -321,7 +323,7 @@ impl Config {
         if self.poll_interval < Duration::from_millis(100) {
             return Err(invalid("poll_interval", "must be at least 100ms".into()));
         }
-        if self.ca_file.is_some() && !matches!(self.source, StoreUrl::Https(_)) {
+        if self.ca_file.is_some() && !matches!(self.store, StoreUrl::Https(_)) {
             return Err(invalid(
                 "ca_file",
                 "only an https:// source uses it; remove it or change source".into(),
