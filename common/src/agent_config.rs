@@ -261,10 +261,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        // Regular files only, non-blocking, bounded: a FIFO or /dev/zero at
+        // the path must not hang or flood the check that reads it again.
+        let text = crate::localfile::read_text(path, crate::localfile::MAX_CONFIG_BYTES).map_err(
+            |source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
         Self::parse(&text, path)
     }
 

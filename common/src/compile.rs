@@ -7,7 +7,6 @@
 //! tenant order, which keeps the output deterministic.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::bundle::{Payload, PayloadWriter};
@@ -243,7 +242,7 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    let text = match fs::read_to_string(file) {
+    let text = match crate::localfile::read_text(file, crate::localfile::MAX_TENANT_FILE_BYTES) {
         Ok(t) => t,
         Err(e) => {
             let mut r = Reporter::new(&file_buf, Some(&stem));

@@ -17,6 +17,7 @@ pub mod copy;
 pub mod diff;
 pub mod generate;
 pub mod layout;
+pub mod localfile;
 pub mod model;
 pub mod normalize;
 pub mod operator;

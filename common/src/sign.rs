@@ -310,7 +310,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     if mode & 0o077 != 0 {
         // A public key is readable by anyone, and `chmod 600` is not
         // the fix for it.
-        if fs::read_to_string(path).is_ok_and(|t| is_public_only(&t)) {
+        if read_key_file(path).is_ok_and(|t| is_public_only(&t)) {
             return Err(public());
         }
         return Err(KeyError::TooOpen {
@@ -318,7 +318,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
             mode,
         });
     }
-    let pem = fs::read_to_string(path).map_err(io)?;
+    let pem = read_key_file(path).map_err(io)?;
     if is_public_only(&pem) {
         return Err(public());
     }
@@ -385,9 +385,15 @@ pub fn signing_key_from_env(name: &str) -> Result<SigningKey, KeyError> {
         .map_err(|e| pem_error(&path, "private key (PKCS#8)", &pem, e))
 }
 
+/// A PEM key file's text: a regular file, read non-blocking, at most
+/// [`crate::localfile::MAX_KEY_BYTES`] (a 2 GB file is refused before it is read).
+fn read_key_file(path: &Path) -> std::io::Result<String> {
+    crate::localfile::read_text(path, crate::localfile::MAX_KEY_BYTES)
+}
+
 /// Loads a public key.
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
-    let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
+    let pem = read_key_file(path).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,
     })?;

@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::localfile;
 use crate::model::Layer1;
 use crate::validate::{self, Problem, Reporter};
 
@@ -52,10 +53,26 @@ impl Source {
     /// Reads `dir/layer1.toml` and lists `dir/tenants/*.toml`.
     pub fn open(dir: &Path) -> Result<Self, SourceError> {
         let layer1_path = dir.join("layer1.toml");
-        let text = fs::read_to_string(&layer1_path).map_err(|source| SourceError::Io {
-            path: layer1_path.clone(),
-            source,
-        })?;
+        if let Ok(root) = fs::canonicalize(dir)
+            && let Some(reason) = leaves(&root, &layer1_path)
+        {
+            return Err(SourceError::Invalid {
+                problems: vec![Problem {
+                    file: layer1_path,
+                    tenant: None,
+                    field: String::new(),
+                    reason,
+                }],
+                warnings: Vec::new(),
+            });
+        }
+        let text =
+            localfile::read_text(&layer1_path, localfile::MAX_LAYER1_BYTES).map_err(|source| {
+                SourceError::Io {
+                    path: layer1_path.clone(),
+                    source,
+                }
+            })?;
         let mut r = Reporter::new(&layer1_path, None);
         let invalid = |r: Reporter| SourceError::Invalid {
             problems: r.problems,
@@ -102,6 +119,30 @@ impl Source {
         }
         tenant_files.sort();
         ignored.sort();
+        // A link may point within the source (a shared file, a renamed
+        // tenant), never out of it: a tenant file linked to /etc/passwd or
+        // /proc/self/environ, or a tenants/ linked elsewhere, is refused
+        // before it is read.
+        let root = fs::canonicalize(dir).map_err(|source| SourceError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let outside: Vec<Problem> = tenant_files
+            .iter()
+            .filter_map(|file| leaves(&root, file).map(|reason| (file, reason)))
+            .map(|(file, reason)| Problem {
+                file: file.clone(),
+                tenant: None,
+                field: String::new(),
+                reason,
+            })
+            .collect();
+        if !outside.is_empty() {
+            return Err(SourceError::Invalid {
+                problems: outside,
+                warnings: Vec::new(),
+            });
+        }
         let mut warnings: Vec<Problem> = ignored
             .into_iter()
             .map(|file| Problem {
@@ -131,4 +172,17 @@ impl Source {
             warnings,
         })
     }
+}
+
+/// Why `file` may not be read as part of the source rooted at `root` (its
+/// canonical path): it resolves outside it. `None` if it stays inside (or
+/// does not resolve: reading it then says what is wrong).
+fn leaves(root: &Path, file: &Path) -> Option<String> {
+    let real = fs::canonicalize(file).ok()?;
+    (!real.starts_with(root)).then(|| {
+        format!(
+            "is a link that leaves the source (to {}): only files inside the source directory are read; copy the file in, or link to a file inside it",
+            real.display()
+        )
+    })
 }

@@ -854,6 +854,52 @@ async fn a_config_edit_the_running_agent_cannot_apply_is_reported() {
     agent.stop().await;
 }
 
+/// agent.toml replaced by a FIFO or a link to /dev/zero (an outside attack
+/// held the check thread on the FIFO for good, and read 4.6 GB from
+/// /dev/zero in 10 s): the config is refused at once as not a regular
+/// file, the node goes on applying publishes with the keys it has, and the
+/// problem clears when the file is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_is_a_fifo_or_a_device_never_stalls_the_checks() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let (config, path) = fx.agent_config("a", "");
+    let agent = Agent::start(config, path.clone());
+    agent.serves(1).await;
+    let original = std::fs::read_to_string(&path).expect("config");
+    for (n, special) in ["fifo", "device"].into_iter().enumerate() {
+        std::fs::remove_file(&path).expect("rm config");
+        if special == "fifo" {
+            let made = std::process::Command::new("mkfifo")
+                .arg(&path)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success());
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &path).expect("link");
+        }
+        agent
+            .wait_until("the special file reported", "/v1/snapshot", |a| {
+                a.json()["config_problem"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("not a regular file"))
+            })
+            .await;
+        // Checks go on: a publish is applied with the keys in use.
+        let version = 2 + n as u64;
+        fx.publish(&format!("v{version}"), 3);
+        agent.serves(version).await;
+        std::fs::remove_file(&path).expect("rm special");
+        std::fs::write(&path, &original).expect("restore");
+        agent
+            .wait_until("the problem cleared", "/v1/snapshot", |a| {
+                a.json()["config_problem"].is_null()
+            })
+            .await;
+    }
+    agent.stop().await;
+}
+
 /// A file store that vanishes (an unmounted volume) is reported as
 /// unreachable, not as an empty store waiting for a publish; the snapshot
 /// stays served, and the node is fresh again once the store is back.

@@ -63,7 +63,7 @@ impl Syncer {
         };
         let mut text = String::new();
         // Non-blocking and regular files only: a FIFO must not hang the check.
-        match strata_common::store::open_regular(path) {
+        match strata_common::localfile::open_regular(path) {
             Ok(f) => {
                 use std::io::Read;
                 f.take(64)

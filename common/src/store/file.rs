@@ -6,10 +6,10 @@
 //! expected ETag, and rename a temporary file over the key. The kernel drops
 //! the lock if the process dies, so a crash never leaves the store locked.
 
+use crate::localfile::open_regular;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{Fetched, ListPage, Object, ReadStore, StoreError, StoreUrl, WriteStore};
@@ -28,25 +28,6 @@ const MAX_CURRENT_BYTES: u64 = 1 << 20;
 
 /// Keys a page of [`WriteStore::list_page`] holds at most, as on S3.
 const PAGE: usize = 1000;
-
-/// Opens `path` for reading if it is a regular file, without blocking: a
-/// FIFO (which would block an open or a read for ever) or a device is
-/// refused with [`io::ErrorKind::InvalidInput`], the type checked on the
-/// open handle so that nothing swapped in after a check gets through.
-pub fn open_regular(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if f.metadata()?.file_type().is_file() {
-        Ok(f)
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ))
-    }
-}
 
 impl FileStore {
     /// A store rooted at the absolute path `root` (created if missing).

@@ -30,7 +30,7 @@ use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
-pub use file::{FileStore, open_regular};
+pub use file::FileStore;
 #[cfg(feature = "https")]
 pub use https::HttpsStore;
 #[cfg(feature = "s3")]

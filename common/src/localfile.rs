@@ -1,0 +1,111 @@
+//! Reading a local input file the one way every input is read: regular
+//! files only, opened non-blocking (a FIFO or a device at the path never
+//! blocks or streams a read), at most a limit of bytes, and once (a file
+//! that changed size while it was read is refused, not half-used).
+//!
+//! The agent's config and key files, a publisher's source files and keys,
+//! and a node's local pin all come through here.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// The largest agent.toml read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest PEM key file read.
+pub const MAX_KEY_BYTES: u64 = 64 << 10;
+/// The largest tenant file read.
+pub const MAX_TENANT_FILE_BYTES: u64 = 1 << 20;
+/// The largest `layer1.toml` read.
+pub const MAX_LAYER1_BYTES: u64 = 4 << 20;
+
+/// Opens `path` for reading if it is a regular file (following links),
+/// non-blocking: a FIFO, a socket or a device is refused without waiting
+/// for a writer.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if f.metadata()?.file_type().is_file() {
+        Ok(f)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a directory is never read)",
+        ))
+    }
+}
+
+/// Reads the regular file at `path`, at most `limit` bytes: larger is an
+/// error naming the limit, as is a file whose size changed while it was
+/// read (written to meanwhile: read it again once the writer is done).
+pub fn read(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = open_regular(path)?;
+    let before = f.metadata()?.len();
+    if before > limit {
+        return Err(too_large(before, limit));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(before).unwrap_or(0));
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    let read = bytes.len() as u64;
+    if read > limit {
+        return Err(too_large(read, limit));
+    }
+    if read != before {
+        return Err(io::Error::other(format!(
+            "changed size while it was read ({before} bytes, then {read}): it is being written; read it again once it is complete"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read`], as UTF-8 text.
+pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
+    String::from_utf8(read(path, limit)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+fn too_large(size: u64, limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{size} bytes or more, over the limit of {limit} bytes for this file"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_a_device_or_a_directory_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            let e = read(path, 100).expect_err("refused");
+            assert!(
+                e.to_string().contains("not a regular file"),
+                "{path:?}: {e}"
+            );
+        }
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("link");
+        assert!(read(&link, 100).is_err());
+    }
+
+    #[test]
+    fn a_file_over_its_limit_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![b'x'; 101]).expect("write");
+        let e = read(&path, 100).expect_err("too large");
+        assert!(e.to_string().contains("limit of 100 bytes"), "{e}");
+        assert_eq!(read(&path, 101).expect("fits").len(), 101);
+    }
+}
