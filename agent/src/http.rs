@@ -99,9 +99,9 @@ fn route(req: &Request<Incoming>, endpoint: Endpoint<'_>, shared: &Shared) -> Re
         return not_ready();
     };
     if endpoint == Endpoint::Snapshots {
-        return snapshots(reader);
+        return snapshots(reader, &shared.untrusted.load());
     }
-    let version = match requested_version(req, reader) {
+    let version = match requested_version(req, reader, shared) {
         Ok(v) => v,
         Err(e) => return e.response(),
     };
@@ -193,7 +193,11 @@ fn tenant(id: &str) -> Result<&str, ApiError> {
 }
 
 /// `?snapshot=N` if given and retained, else the current version.
-fn requested_version(req: &Request<Incoming>, reader: &Reader) -> Result<u64, ApiError> {
+fn requested_version(
+    req: &Request<Incoming>,
+    reader: &Reader,
+    shared: &Shared,
+) -> Result<u64, ApiError> {
     let Some(query) = req.uri().query() else {
         return Ok(reader.current);
     };
@@ -204,8 +208,23 @@ fn requested_version(req: &Request<Incoming>, reader: &Reader) -> Result<u64, Ap
                 code: "bad_snapshot",
                 message: "snapshot must be a version number".into(),
             })?;
+            let untrusted = shared.untrusted.load();
+            if v != reader.current && untrusted.contains(&v) {
+                return Err(ApiError {
+                    status: StatusCode::GONE,
+                    code: "snapshot_untrusted",
+                    message: format!(
+                        "snapshot {v} is stored on this node, but no trusted publisher key vouches for it any more (its signer was removed from the config); it is not served"
+                    ),
+                });
+            }
             if !reader.metas.contains_key(&v) {
-                let retained: Vec<u64> = reader.metas.keys().copied().collect();
+                let retained: Vec<u64> = reader
+                    .metas
+                    .keys()
+                    .filter(|v| !untrusted.contains(v))
+                    .copied()
+                    .collect();
                 return Err(ApiError {
                     status: StatusCode::GONE,
                     code: "snapshot_gone",
@@ -332,10 +351,11 @@ fn snapshot(shared: &Shared) -> Resp {
     json_response(StatusCode::OK, &body)
 }
 
-fn snapshots(reader: &Reader) -> Resp {
+fn snapshots(reader: &Reader, untrusted: &std::collections::BTreeSet<u64>) -> Resp {
     let list: Vec<_> = reader
         .metas
         .values()
+        .filter(|m| !untrusted.contains(&m.version))
         .map(|m| {
             json!({
                 "version": m.version,

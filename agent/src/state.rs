@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
 use crate::db::Reader;
@@ -105,6 +105,11 @@ impl Status {
 pub struct Shared {
     /// The snapshots being served; `None` until the first verified one.
     pub served: ArcSwapOption<Reader>,
+    /// Retained versions no trusted publisher key vouches for any more (a
+    /// key removed since they were stored): `?snapshot=N` answers 410
+    /// `snapshot_untrusted` and `/v1/snapshots` leaves them out. Set by the
+    /// sync side whenever what is served or the trusted keys change.
+    pub untrusted: ArcSwap<std::collections::BTreeSet<u64>>,
     status: Mutex<Status>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
@@ -124,6 +129,7 @@ impl Shared {
     pub fn new(source: String, region: String) -> Arc<Self> {
         Arc::new(Self {
             served: ArcSwapOption::empty(),
+            untrusted: ArcSwap::default(),
             read_failed: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(Status {
                 state: State::Starting,

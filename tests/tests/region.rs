@@ -349,6 +349,7 @@ on_both_stores!(
     an_expired_pointer_is_refused_until_refreshed_and_refresh_moves_the_expiry,
     gc_never_deletes_what_a_pointer_or_pin_names,
     keys_rotate_without_a_restart,
+    a_retained_snapshot_no_trusted_key_vouches_for_is_not_served,
 );
 
 async fn pins_move_a_region_back_and_forth_and_unpin_returns_it(mut w: World) {
@@ -904,4 +905,74 @@ async fn keys_rotate_without_a_restart(mut w: World) {
                 .is_some_and(|p| p.contains("would not start with this file"))
     })
     .await;
+}
+
+/// A key's entry removed stops it vouching for what the node stores too:
+/// a retained snapshot only that key signed answers `?snapshot=N` with
+/// 410 `snapshot_untrusted` and leaves `/v1/snapshots`, also after a
+/// restart (an outside attack found it served on every endpoint).
+async fn a_retained_snapshot_no_trusted_key_vouches_for_is_not_served(mut w: World) {
+    let old = w.fx.key_path.clone();
+    let new = w.fx.dir.path().join("ci2.key");
+    sign::generate_key(&new).expect("new key");
+    let keys = |publishers: &[&Path]| {
+        let mut text = String::new();
+        for p in publishers {
+            text.push_str(&format!(
+                "[[trusted_keys]]\nrole = \"publisher\"\npath = \"{}\"\n",
+                World::pubkey(p)
+            ));
+        }
+        text + &format!(
+            "[[trusted_keys]]\nrole = \"operator\"\npath = \"{}\"\n",
+            World::pubkey(&w.ops)
+        )
+    };
+    let both = keys(&[&old, &new]);
+    let only_new = keys(&[&new]);
+    w.publish("v1", 4).await;
+    let a = w.agent_with_keys("a", "eu-west-1", "", &both);
+    serves(&a, 1, false).await;
+    let (src, _) = w.fx.compile("v2", 4);
+    let src = src.display().to_string();
+    let old_pub = World::pubkey(&old);
+    w.ok(&[
+        "publish",
+        "--source",
+        &src,
+        "--key",
+        &new.display().to_string(),
+        "--trusted-key",
+        &old_pub,
+    ])
+    .await;
+    serves(&a, 2, false).await;
+    let status = |socket: PathBuf, path: &'static str| async move {
+        client::get(&socket, path).await.expect("answer")
+    };
+    assert_eq!(status(a.clone(), "/v1/layer1?snapshot=1").await.status, 200);
+
+    w.write_config("a", "eu-west-1", "", &only_new);
+    for round in ["live", "after a restart"] {
+        wait_for("snapshot 1 no longer served", || async {
+            client::get(&a, "/v1/layer1?snapshot=1")
+                .await
+                .is_ok_and(|r| r.status == 410 && r.json()["error"]["code"] == "snapshot_untrusted")
+        })
+        .await;
+        let list = status(a.clone(), "/v1/snapshots").await.json();
+        let versions: Vec<u64> = list["snapshots"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|s| s["version"].as_u64())
+            .collect();
+        assert_eq!(versions, [2], "{round}: {list}");
+        assert_eq!(status(a.clone(), "/v1/layer1").await.status, 200, "{round}");
+        if round == "live" {
+            w.stop_agents();
+            let a2 = w.agent_with_keys("a", "eu-west-1", "", &only_new);
+            serves(&a2, 2, false).await;
+        }
+    }
 }

@@ -89,6 +89,16 @@ impl Syncer {
         if let Some(v) = self.local_pin()? {
             return Ok(Doc::Local(v));
         }
+        // Now and then read both documents whole: a mirror or proxy that
+        // answers 304 to every conditional GET would otherwise keep this
+        // node on an old version while it reports fresh.
+        let whole = self
+            .last_whole_read
+            .is_none_or(|at| at.elapsed() >= self.whole_read_every);
+        if whole {
+            self.seen_pin = None;
+            self.seen_pointer = None;
+        }
         let pin = verify::read_document(
             self.store.as_ref(),
             PointerKind::Pin,
@@ -97,6 +107,9 @@ impl Syncer {
         )?;
         self.seen_pin = pin.clone();
         if let Some(pin) = pin {
+            if whole {
+                self.last_whole_read = Some(std::time::Instant::now());
+            }
             return Ok(Doc::Pin(pin.bytes));
         }
         let marks = self.marks()?;
@@ -111,6 +124,9 @@ impl Syncer {
         )?;
         let bytes = seen.bytes.clone();
         self.seen_pointer = Some(seen);
+        if whole {
+            self.last_whole_read = Some(std::time::Instant::now());
+        }
         Ok(Doc::Channel(bytes))
     }
 

@@ -41,6 +41,12 @@ mod schedule;
 pub use error::CheckError;
 pub use schedule::run;
 
+/// How often the deciding documents are read whole instead of with a
+/// conditional GET, so that a mirror or proxy answering 304 for ever
+/// cannot hold a node on an old version while it reports fresh: a pointer
+/// (~1 KB) every 5 minutes, about 12 KB an hour per node.
+pub const WHOLE_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What one check found.
 #[derive(Debug)]
 pub enum Outcome {
@@ -86,6 +92,11 @@ pub struct Syncer {
     seen_pointer: Option<Document>,
     /// The region's pin as last read.
     seen_pin: Option<Document>,
+    /// When the deciding documents were last read whole (no conditional
+    /// GET): see [`WHOLE_READ_EVERY`].
+    last_whole_read: Option<std::time::Instant>,
+    /// How often they are ([`WHOLE_READ_EVERY`]; shorter in tests).
+    whole_read_every: std::time::Duration,
     /// Trusted key files the config names that were missing at the last
     /// reload, to log a change once.
     missing_keys: Vec<PathBuf>,
@@ -124,11 +135,19 @@ impl Syncer {
             refused: None,
             seen_pointer: None,
             seen_pin: None,
+            last_whole_read: None,
+            whole_read_every: WHOLE_READ_EVERY,
             missing_keys: Vec::new(),
             config_said: None,
             started_with: reload::RestartSettings::of(config),
             db_failed: false,
         }
+    }
+
+    /// Reads the deciding documents whole every `every` instead of
+    /// [`WHOLE_READ_EVERY`] (for tests of a store that answers 304 for ever).
+    pub fn read_whole_every(&mut self, every: std::time::Duration) {
+        self.whole_read_every = every;
     }
 
     /// One check of the store, recorded in the status and metrics: the

@@ -37,6 +37,7 @@ impl Syncer {
         let refused = match vouched {
             Ok(()) => {
                 let version = reader.current;
+                self.mark_untrusted(Some(&reader));
                 self.shared.served.store(Some(std::sync::Arc::new(reader)));
                 return Ok(Some(version));
             }

@@ -116,6 +116,7 @@ impl Syncer {
         self.trust = trust;
         self.refused = None;
         let served = self.shared.served.load_full();
+        self.mark_untrusted(served.as_deref());
         let unvouched = served.as_ref().and_then(|r| {
             let meta = r.current_meta()?;
             self.vouches(meta)

@@ -19,11 +19,32 @@ impl Syncer {
     /// Swaps in `reader` as the served snapshots, under the status lock so
     /// `/v1/snapshot` never shows the new version with the old state.
     pub(super) fn serve(&self, reader: Reader) {
+        self.mark_untrusted(Some(&reader));
         let mut status = self.shared.status();
         self.shared.served.store(Some(Arc::new(reader)));
         status.state = State::Fresh;
         status.last_error = None;
         status.last_error_reason = None;
+    }
+
+    /// Records which of `reader`'s retained versions today's trusted keys
+    /// no longer vouch for: they are not served by `?snapshot=N`.
+    pub(super) fn mark_untrusted(&self, reader: Option<&Reader>) {
+        let untrusted: std::collections::BTreeSet<u64> = reader
+            .map(|r| {
+                r.metas
+                    .values()
+                    .filter(|m| self.vouches(m).is_err())
+                    .map(|m| m.version)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if **self.shared.untrusted.load() != untrusted {
+            if !untrusted.is_empty() {
+                info!(versions = ?untrusted, "retained snapshots no trusted key vouches for are no longer served by ?snapshot=");
+            }
+            self.shared.untrusted.store(Arc::new(untrusted));
+        }
     }
 
     /// Updates status and metrics, logging once per change of error.
