@@ -54,6 +54,18 @@ pub enum PublishError {
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
+    /// The store does not honour conditional writes.
+    #[error(transparent)]
+    Conditions(#[from] store::ConditionsError),
+    /// The pointer written was replaced by another write at once, although
+    /// the store accepted this one's condition.
+    #[error(
+        "{key} holds other bytes right after this publish's conditional write succeeded: the store (or a proxy) does not honour If-Match, and a concurrent publish may have been lost; nothing more was written"
+    )]
+    LostWrite {
+        /// The pointer's key.
+        key: String,
+    },
     /// The caller's check against the channel's current snapshot refused
     /// the publish (see [`publish_gated`]); nothing of it stays in the store.
     #[error("{0}")]
@@ -176,6 +188,7 @@ pub fn publish_gated(
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
     let trust = TrustedKeys::for_publisher(keys, &opts.trusted);
+    store::check_conditions(store)?;
     let give_up = || -> Result<(), PublishError> {
         if started.elapsed() > GIVE_UP_AFTER {
             return Err(PublishError::Contention(GIVE_UP_AFTER));
@@ -281,6 +294,19 @@ pub fn publish_gated(
             give_up()?;
             match store.put_if(&pointer_key, &signed, expected.as_deref()) {
                 Ok(_) => {
+                    // Read back: a store that let another writer's bytes
+                    // replace these ones has not kept its condition.
+                    match layout::read(store, &pointer_key)? {
+                        Some(doc) if doc.bytes == signed => {}
+                        Some(doc)
+                            if Pointer::parse_unverified(&doc.bytes)
+                                .is_ok_and(|p| p.version > version) => {}
+                        _ => {
+                            return Err(PublishError::LostWrite {
+                                key: pointer_key.clone(),
+                            });
+                        }
+                    }
                     return Ok(Published {
                         pointer,
                         tenant_count: compiled.tenant_count,

@@ -83,6 +83,9 @@ pub enum OperatorError {
         /// Why.
         reason: String,
     },
+    /// The store does not honour conditional writes.
+    #[error(transparent)]
+    Conditions(#[from] store::ConditionsError),
     /// Publishing (rollback) or reading the channel failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -284,6 +287,7 @@ pub fn pin(
     expires_in: Duration,
 ) -> Result<Pointer, OperatorError> {
     layout::check_name("region", region)?;
+    store::check_conditions(store)?;
     refuse_publisher_keys(store, keys)?;
     let check = publishers.map_or(SignatureCheck::SkipForInspection, SignatureCheck::Trusted);
     let stored = fetch_bundle(store, version, check, &Limits::default())?;
@@ -401,6 +405,7 @@ pub fn refresh(
     force: bool,
 ) -> Result<Pointer, OperatorError> {
     layout::check_name("channel", channel_name)?;
+    store::check_conditions(store)?;
     let key = PointerKind::Channel.store_key(channel_name);
     let Some((current, etag)) =
         Pointer::read_channel(store, channel_name, trust).map_err(PublishError::from)?

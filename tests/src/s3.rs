@@ -65,6 +65,9 @@ pub struct Control {
     pub slow_down: AtomicU32,
     /// Cut the next GET of a bundle short, after half its bytes.
     pub truncate_next_bundle: AtomicBool,
+    /// Ignore `If-None-Match` and `If-Match` on PUT, as some S3-compatible
+    /// servers and gateways (and proxies that strip them) do.
+    pub ignore_conditions: AtomicBool,
 }
 
 impl Control {
@@ -379,9 +382,13 @@ impl S3 for Conditional {
 
     async fn put_object(
         &self,
-        req: S3Request<PutObjectInput>,
+        mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let _one_at_a_time = self.writes.write().await;
+        if self.control.ignore_conditions.load(Ordering::Relaxed) {
+            req.input.if_none_match = None;
+            req.input.if_match = None;
+        }
         self.inner.put_object(req).await
     }
 

@@ -1,6 +1,7 @@
-//! The agent's check driven directly (a real `Syncer`, a real redb file)
-//! over a store that misbehaves the way mirrors, proxies and S3-compatible
-//! gateways have been seen to.
+//! The agent's check and the publisher's library driven directly (a real
+//! `Syncer`, a real redb file, a real file store) through a store that
+//! misbehaves the way mirrors, proxies and S3-compatible gateways have
+//! been seen to.
 
 use std::io::Write;
 use std::ops::Range;
@@ -10,7 +11,11 @@ use std::time::Duration;
 use strata_agent::db::Db;
 use strata_agent::state::Shared;
 use strata_agent::sync::{Outcome, Syncer};
-use strata_common::store::{Fetched, FileStore, ReadStore, StoreError, StoreUrl};
+use strata_common::channel::{self, PublishOptions};
+use strata_common::operator;
+use strata_common::store::{
+    Fetched, FileStore, ListPage, ReadStore, StoreError, StoreUrl, WriteStore,
+};
 use strata_tests::Fixture;
 
 /// A mirror that answers every conditional GET with 304 Not Modified,
@@ -66,4 +71,110 @@ fn a_mirror_answering_304_for_ever_is_read_whole_now_and_then() {
     // ... until the documents are next read whole.
     syncer.read_whole_every(Duration::ZERO);
     assert!(matches!(syncer.check(), Outcome::Applied(2)));
+}
+
+/// A file store seen through a gateway that ignores write conditions:
+/// a create-only put overwrites, a compare-and-swap ignores the ETag.
+struct NoConditions(FileStore);
+
+impl ReadStore for NoConditions {
+    fn url(&self) -> &StoreUrl {
+        self.0.url()
+    }
+
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        self.0.get_if_changed(key, etag, max_bytes)
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        self.0.get_range(key, range)
+    }
+
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
+        self.0.get_to(key, max_bytes, out)
+    }
+}
+
+impl WriteStore for NoConditions {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_if(key, bytes, None).map(drop)
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], _: Option<&str>) -> Result<String, StoreError> {
+        let now = match self.0.get(key, u64::MAX) {
+            Ok(obj) => Some(obj.etag),
+            Err(_) => None,
+        };
+        self.0.put_if(key, bytes, now.as_deref())
+    }
+
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        self.0.list_page(prefix, after)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key)
+    }
+}
+
+#[test]
+fn publish_pin_and_refresh_refuse_a_store_that_ignores_write_conditions() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let store = NoConditions(fx.store());
+    let (_, compiled) = fx.compile("v2", 3);
+    let keys = std::slice::from_ref(&fx.key);
+    let refused = channel::publish(
+        &store,
+        &compiled,
+        keys,
+        &PublishOptions::for_channel("stable"),
+    )
+    .expect_err("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("does not honour conditional writes")
+            && refused.to_string().contains(&store.url().to_string()),
+        "{refused}"
+    );
+    assert_eq!(channel::list_versions(&store).expect("list").len(), 1);
+    let pinned = operator::pin(&store, "eu", 1, keys, None, Duration::from_secs(60));
+    assert!(matches!(
+        pinned,
+        Err(operator::OperatorError::Conditions(_))
+    ));
+    let trust = strata_common::sign::TrustedKeys::for_publisher(keys, &[]);
+    let refreshed = operator::refresh(
+        &store,
+        "stable",
+        keys,
+        &trust,
+        Duration::from_secs(60),
+        false,
+    );
+    assert!(matches!(
+        refreshed,
+        Err(operator::OperatorError::Conditions(_))
+    ));
+    // The probe leaves nothing behind on an honest store.
+    channel::publish(
+        &fx.store(),
+        &compiled,
+        keys,
+        &PublishOptions::for_channel("stable"),
+    )
+    .expect("publish");
+    assert!(
+        fx.store()
+            .list_page("probes/", None)
+            .expect("list")
+            .keys
+            .is_empty()
+    );
 }

@@ -382,3 +382,39 @@ async fn wrong_credentials_are_reported_and_not_retried_hot() {
         "{requests} requests in 3 s with wrong credentials"
     );
 }
+
+/// An S3-compatible server that ignores `If-None-Match` and `If-Match` on
+/// PUT (as some gateways do, and proxies that strip them): an outside
+/// attack saw 8 concurrent publishers all print `published version 2`
+/// while 7 of the publishes were lost. Every publishing command now probes
+/// the store first and refuses, naming it; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ignores_conditional_writes_is_refused_before_anything_is_written() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 5).await);
+    server
+        .control
+        .ignore_conditions
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = publish(&server, &fx, "v2", 5).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&url()) && stderr.contains("does not honour conditional writes"),
+        "{stderr}"
+    );
+    assert!(
+        !server
+            .object_path(&format!("{PREFIX}/snapshots/00000000000000000002.bundle"))
+            .exists(),
+        "a bundle was written"
+    );
+    // Once the server honours them again, publishing goes on.
+    server
+        .control
+        .ignore_conditions
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let text = ok(&publish(&server, &fx, "v2", 5).await);
+    assert!(text.contains("published version 2"), "{text}");
+}

@@ -19,6 +19,7 @@
 mod file;
 #[cfg(feature = "https")]
 mod https;
+mod probe;
 #[cfg(any(feature = "s3", feature = "https"))]
 mod runtime;
 #[cfg(feature = "s3")]
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 pub use file::FileStore;
 #[cfg(feature = "https")]
 pub use https::HttpsStore;
+pub use probe::{ConditionsError, check_conditions};
 #[cfg(feature = "s3")]
 pub use s3::S3Store;
 pub use url::{StoreUrl, UrlError};
