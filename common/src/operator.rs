@@ -324,6 +324,25 @@ pub fn pin(
         &signed,
         current.as_ref().map(|doc| doc.etag.as_str()),
     )?;
+    // A gc that read the pins before this one was written may have
+    // deleted the bundle meanwhile: a pin to nothing would send the
+    // region's nodes to `bundle_missing`, so it is taken back.
+    if let Err(e) = store.get_range(&pointer.bundle, 0..1)
+        && e.kind() == ErrorKind::NotFound
+    {
+        let restored = match &current {
+            Some(before) => layout::read(store, &key)?
+                .filter(|now| now.bytes == signed)
+                .map(|now| write_if(store, &key, &before.bytes, Some(&now.etag)))
+                .transpose()
+                .map(drop),
+            None => store.delete(&key).map_err(OperatorError::from),
+        };
+        restored?;
+        return Err(OperatorError::Missing {
+            key: pointer.bundle,
+        });
+    }
     Ok(pointer)
 }
 
@@ -507,14 +526,11 @@ pub struct GcReport {
     pub deleted: Vec<u64>,
 }
 
-/// Deletes the bundles of versions that are not among the newest `keep`,
-/// not named by any channel pointer or pin, and not newer than every
-/// pointer (a publish in flight). A pointer or pin that cannot be parsed
-/// stops gc before it deletes anything. `dry_run` deletes nothing.
-pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport, OperatorError> {
-    let versions = channel::list_versions(store)?;
-    let mut report = GcReport::default();
-    let mut newest_named = 0u64;
+/// Every version a channel pointer or pin names, with the documents that
+/// name it. A pointer or pin that cannot be parsed is an error: gc cannot
+/// tell what it references.
+fn referenced(store: &dyn WriteStore) -> Result<BTreeMap<u64, Vec<String>>, OperatorError> {
+    let mut named: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for prefix in [layout::CHANNELS, layout::PINS] {
         for key in store::list(store, prefix)? {
             if !key.ends_with(".json") {
@@ -528,13 +544,31 @@ pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport
                     key: key.clone(),
                     reason: e.to_string(),
                 })?;
-            newest_named = newest_named.max(pointer.version);
-            report
-                .kept
-                .entry(pointer.version)
-                .or_default()
-                .push(Kept::Referenced(key));
+            named.entry(pointer.version).or_default().push(key);
         }
+    }
+    Ok(named)
+}
+
+/// Deletes the bundles of versions that are not among the newest `keep`,
+/// not named by any channel pointer or pin, and not newer than every
+/// pointer (a publish in flight). A pointer or pin that cannot be parsed
+/// stops gc before it deletes anything. `dry_run` deletes nothing.
+///
+/// The pointers and pins are read again right before each deletion, so a
+/// pin (or rollback) written while gc ran keeps its bundle; `pin` checks
+/// its bundle after writing, for the moment in between.
+pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport, OperatorError> {
+    let versions = channel::list_versions(store)?;
+    let mut report = GcReport::default();
+    let named = referenced(store)?;
+    let newest_named = named.keys().next_back().copied().unwrap_or(0);
+    for (version, keys) in named {
+        report
+            .kept
+            .entry(version)
+            .or_default()
+            .extend(keys.into_iter().map(Kept::Referenced));
     }
     let newest: Vec<u64> = versions.iter().rev().take(keep).map(|v| v.0).collect();
     for v in versions {
@@ -549,6 +583,14 @@ pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport
             continue;
         }
         if !dry_run {
+            if let Some(keys) = referenced(store)?.remove(&v) {
+                report
+                    .kept
+                    .entry(v)
+                    .or_default()
+                    .extend(keys.into_iter().map(Kept::Referenced));
+                continue;
+            }
             store.delete(&SnapshotVersion(v).bundle_key())?;
         }
         report.deleted.push(v);

@@ -32,6 +32,14 @@ pub enum RenderError {
         /// Character offset of the brace.
         at: usize,
     },
+    /// The output passed the limit: rendering stopped there.
+    #[error(
+        "the rendered prompt is longer than {max} characters (rendering stopped there); Layer 1 allows at most {max}"
+    )]
+    TooLong {
+        /// The limit, `policy.max_prompt_chars`.
+        max: usize,
+    },
 }
 
 /// A rendered template and the variables it did not use.
@@ -45,18 +53,38 @@ pub struct Rendered {
 
 /// Renders `template` with `vars`.
 pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<Rendered, RenderError> {
-    let mut out = String::with_capacity(template.len() + 64);
+    render_within(template, vars, usize::MAX)
+}
+
+/// Renders `template` with `vars`, stopping as soon as the output passes
+/// `max_chars` characters: a short template naming a long variable many
+/// times cannot make the publisher build gigabytes to refuse them.
+pub fn render_within(
+    template: &str,
+    vars: &BTreeMap<String, String>,
+    max_chars: usize,
+) -> Result<Rendered, RenderError> {
+    let mut out = String::with_capacity(template.len().min(max_chars) + 64);
+    let mut chars = 0usize;
+    let mut push = |out: &mut String, piece: &str| {
+        chars = chars.saturating_add(piece.chars().count());
+        if chars > max_chars {
+            return Err(RenderError::TooLong { max: max_chars });
+        }
+        out.push_str(piece);
+        Ok(())
+    };
     let mut used = BTreeSet::new();
     let bytes = template.as_bytes();
     let mut i = 0;
     // Copy runs of plain text whole; only braces need a decision.
     while let Some(off) = template[i..].find(['{', '}']) {
-        out.push_str(&template[i..i + off]);
+        push(&mut out, &template[i..i + off])?;
         let at = i + off;
         let doubled = bytes.get(at + 1) == Some(&bytes[at]);
         match bytes[at] {
             b'{' if doubled => {
-                out.push('{');
+                push(&mut out, "{")?;
                 i = at + 2;
             }
             b'{' => {
@@ -74,12 +102,12 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<Rendere
                 let value = vars.get(name).ok_or_else(|| RenderError::UnknownVariable {
                     name: name.to_owned(),
                 })?;
-                out.push_str(value);
+                push(&mut out, value)?;
                 used.insert(name);
                 i = close + 1;
             }
             _ if doubled => {
-                out.push('}');
+                push(&mut out, "}")?;
                 i = at + 2;
             }
             _ => {
@@ -89,7 +117,7 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<Rendere
             }
         }
     }
-    out.push_str(&template[i..]);
+    push(&mut out, &template[i..])?;
     let unused = vars
         .keys()
         .filter(|k| !used.contains(k.as_str()))
@@ -115,6 +143,20 @@ pub fn system_prompt(base_prompt: &str, rendered_overlay: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendering_stops_as_soon_as_the_output_passes_the_limit() {
+        let big = "x".repeat(100_000);
+        let template = "{a}".repeat(100_000);
+        let started = std::time::Instant::now();
+        let e = render_within(&template, &vars(&[("a", &big)]), 8000).expect_err("too long");
+        assert_eq!(e, RenderError::TooLong { max: 8000 });
+        // 10 GB were asked for; nothing near it was built.
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let fits = render_within("{a}{a}", &vars(&[("a", "ab")]), 4).expect("fits");
+        assert_eq!(fits.text, "abab");
+        assert!(render_within("{a}{a}x", &vars(&[("a", "ab")]), 4).is_err());
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -435,3 +435,66 @@ fn layer1_is_scanned_for_secrets_like_a_tenant() {
         }
     }
 }
+
+/// A short file that names a long variable many times: rendering stops at
+/// `max_prompt_chars` (an outside attack had a 222 KB file ask for 7.9 GB).
+#[test]
+fn placeholder_amplification_stops_at_the_prompt_limit() {
+    let big = "word ".repeat(2_000);
+    let tenant = ACME
+        .replacen("Book service visits", &"{business}".repeat(20_000), 1)
+        .replacen(
+            "business = \"Acme HVAC\"",
+            &format!("business = \"{big}\""),
+            1,
+        );
+    let started = std::time::Instant::now();
+    let problems = problems_of(&tenant);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "agent.prompt" && p.reason.contains("rendering stopped")),
+        "{problems:#?}"
+    );
+}
+
+/// Control characters and text-direction controls in anything a caller or
+/// a model reads are refused, naming the field and the position; problem
+/// lines escape whatever they quote, so no tenant starts a line of its own
+/// in a CI log.
+#[test]
+fn control_and_bidi_characters_are_refused_and_never_printed_raw() {
+    for (from, to, field) in [
+        (
+            "name = \"Acme HVAC\"",
+            "name = \"Acme \u{202E}CAVH\"",
+            "name",
+        ),
+        (
+            "persona = \"Ava\"",
+            "persona = \"Ava\\u001b[2J\"",
+            "agent.persona",
+        ),
+        (
+            "hours = \"Mon-Fri 8am-6pm\"",
+            "hours = \"Mon-Fri\\u0007\"",
+            "agent.variables.hours",
+        ),
+    ] {
+        refuses(from, to, field);
+    }
+    let hostile = ACME.replacen(
+        "tenant_id = \"acme-hvac\"",
+        "tenant_id = \"x\\n::error title=pwned::owned\\u001b[2J\"",
+        1,
+    );
+    for p in problems_of(&hostile) {
+        let line = p.to_string();
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line:?}");
+    }
+}

@@ -178,3 +178,169 @@ fn publish_pin_and_refresh_refuse_a_store_that_ignores_write_conditions() {
             .is_empty()
     );
 }
+
+/// A file store where a `gc` runs at the worst moment: right after a pin is
+/// written, the bundle it names is deleted (an outside attack saw `pin`
+/// succeed in 3 of 4 races, and the region's nodes go `bundle_missing`).
+struct GcAfterPin(FileStore);
+
+impl ReadStore for GcAfterPin {
+    fn url(&self) -> &StoreUrl {
+        self.0.url()
+    }
+
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        self.0.get_if_changed(key, etag, max_bytes)
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        self.0.get_range(key, range)
+    }
+
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
+        self.0.get_to(key, max_bytes, out)
+    }
+}
+
+impl WriteStore for GcAfterPin {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.0.put_new(key, bytes)
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], etag: Option<&str>) -> Result<String, StoreError> {
+        let written = self.0.put_if(key, bytes, etag)?;
+        if key.starts_with("pins/")
+            && let Ok(pin) = strata_common::pointer::Pointer::parse_unverified(bytes)
+        {
+            self.0.delete(&pin.bundle)?;
+        }
+        Ok(written)
+    }
+
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        self.0.list_page(prefix, after)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key)
+    }
+}
+
+#[test]
+fn a_pin_whose_bundle_a_gc_deleted_meanwhile_is_taken_back() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    fx.publish("v2", 3);
+    let ops = strata_common::sign::SigningKey::from_bytes(&[7; 32]);
+    let store = GcAfterPin(fx.store());
+    let pinned = operator::pin(
+        &store,
+        "eu",
+        1,
+        std::slice::from_ref(&ops),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        matches!(pinned, Err(operator::OperatorError::Missing { .. })),
+        "{pinned:?}"
+    );
+    // No pin to nothing is left for the region's nodes.
+    assert!(
+        fx.store()
+            .get("pins/eu.json", 1 << 16)
+            .is_err_and(|e| e.kind() == strata_common::store::ErrorKind::NotFound)
+    );
+}
+
+/// A store where a region is pinned while `gc` runs, between its first
+/// reading of the pins and its deletions: the pin's bundle is kept.
+struct PinDuringGc {
+    inner: FileStore,
+    pin_once: std::sync::Mutex<Option<u64>>,
+}
+
+impl ReadStore for PinDuringGc {
+    fn url(&self) -> &StoreUrl {
+        self.inner.url()
+    }
+
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        self.inner.get_if_changed(key, etag, max_bytes)
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(key, range)
+    }
+
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
+        self.inner.get_to(key, max_bytes, out)
+    }
+}
+
+impl WriteStore for PinDuringGc {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_new(key, bytes)
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], etag: Option<&str>) -> Result<String, StoreError> {
+        self.inner.put_if(key, bytes, etag)
+    }
+
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        let page = self.inner.list_page(prefix, after)?;
+        let planted = (prefix == "pins/")
+            .then(|| self.pin_once.lock().ok().and_then(|mut p| p.take()))
+            .flatten();
+        if let Some(version) = planted {
+            let ops = strata_common::sign::SigningKey::from_bytes(&[7; 32]);
+            operator::pin(
+                &self.inner,
+                "eu",
+                version,
+                std::slice::from_ref(&ops),
+                None,
+                Duration::from_secs(60),
+            )
+            .map_err(|e| StoreError::Fatal {
+                key: "pins/eu.json".into(),
+                source: e.to_string().into(),
+            })?;
+        }
+        Ok(page)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn gc_keeps_a_bundle_a_pin_written_while_it_ran_names() {
+    let fx = Fixture::new();
+    for v in 1..=4 {
+        fx.publish(&format!("v{v}"), 3);
+    }
+    let store = PinDuringGc {
+        inner: fx.store(),
+        pin_once: std::sync::Mutex::new(Some(1)),
+    };
+    let report = operator::gc(&store, 1, false).expect("gc");
+    assert!(!report.deleted.contains(&1), "{report:?}");
+    assert_eq!(report.deleted, [2, 3]);
+    assert!(
+        fx.store()
+            .get_range("snapshots/00000000000000000001.bundle", 0..1)
+            .is_ok()
+    );
+}

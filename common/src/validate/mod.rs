@@ -13,7 +13,10 @@ use crate::normalize::Text;
 use crate::render;
 use crate::secrets;
 
+mod chars;
 mod parse;
+use chars::check_characters;
+pub use chars::{Escaped, is_unsafe_char};
 pub(crate) use parse::{parse_toml, typed};
 
 /// One thing wrong with the source.
@@ -30,15 +33,20 @@ pub struct Problem {
 }
 
 impl fmt::Display for Problem {
+    /// One line, whatever the file name, tenant id, field or quoted value
+    /// holds: control characters, line breaks and bidi controls are
+    /// written as `\u{…}` escapes, so that a hostile tenant cannot start a
+    /// line of its own in a CI log (`::error …`, `::add-mask::`), move the
+    /// cursor or reorder what a reader sees.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        write!(f, "{}", Escaped(&self.file.display().to_string()))?;
         if let Some(t) = &self.tenant {
-            write!(f, ": tenant {t}")?;
+            write!(f, ": tenant {}", Escaped(t))?;
         }
         if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
+            write!(f, ": {}", Escaped(&self.field))?;
         }
-        write!(f, ": {}", self.reason)
+        write!(f, ": {}", Escaped(&self.reason))
     }
 }
 
@@ -230,19 +238,9 @@ pub(crate) fn check_policy(
         );
     }
 
-    match render::render(&cfg.agent.prompt, &cfg.agent.variables) {
+    match render::render_within(&cfg.agent.prompt, &cfg.agent.variables, p.max_prompt_chars) {
         Ok(rendered) => {
             check_prompt_texts(r, p, cfg, Some(&rendered));
-            let chars = rendered.text.chars().count();
-            if chars > p.max_prompt_chars {
-                r.push(
-                    "agent.prompt",
-                    format!(
-                        "the rendered prompt is {chars} characters; Layer 1 allows at most {}",
-                        p.max_prompt_chars
-                    ),
-                );
-            }
             Some(rendered)
         }
         Err(e) => {
@@ -395,6 +393,9 @@ fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text
 /// the raw document, so that no field escapes it.
 pub(crate) fn check_strings(r: &mut Reporter<'_>, doc: &toml::Value, policy: Option<&Policy>) {
     fn walk(r: &mut Reporter<'_>, policy: Option<&Policy>, path: String, v: &toml::Value) {
+        if let toml::Value::String(text) = v {
+            check_characters(r, &path, text);
+        }
         match v {
             // The prompt's texts are checked through the rendered prompt
             // (check_prompt_texts), once.

@@ -1,0 +1,58 @@
+//! Characters that must not reach a log line, a caller's screen or a
+//! model: control characters, line and paragraph separators, and the
+//! bidirectional controls that reorder what a reader sees. Problem lines
+//! escape them; tenant strings that hold them are refused.
+
+use std::fmt;
+
+use super::Reporter;
+
+/// Text written with every character that could break a line or fool a
+/// reader escaped as `\u{…}`.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if is_unsafe_char(c) {
+                write!(f, "\\u{{{:x}}}", u32::from(c))?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Control characters (C0, DEL, C1: line breaks, ESC, BEL), the line and
+/// paragraph separators, and the bidirectional controls (overrides,
+/// embeddings, isolates, marks) that reorder what a reader sees.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Refuses a control character (but line breaks and tabs), a line or
+/// paragraph separator or a bidi control in a string a person or a model
+/// reads: an ESC or a BEL in a persona, a U+202E that shows a name
+/// reversed. Names the field and the character's position.
+pub(super) fn check_characters(r: &mut Reporter<'_>, field: &str, text: &str) {
+    let found = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !matches!(c, '\n' | '\t' | '\r') && is_unsafe_char(*c));
+    if let Some((at, c)) = found {
+        r.push(
+            field,
+            format!(
+                "contains the control character U+{:04X} at character {at} (escapes, bells and text-direction controls are never shown to a caller or a model); remove it",
+                u32::from(c)
+            ),
+        );
+    }
+}
