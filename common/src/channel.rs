@@ -26,6 +26,9 @@ pub const DEFAULT_BUNDLE_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600)
 pub const DEFAULT_POINTER_EXPIRY: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How long a publisher keeps trying while others keep moving the channel.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+/// How many compare-and-swaps on an unchanged pointer may be refused before
+/// the store's ETags are blamed rather than other publishers.
+const UNSTABLE_ETAG_TRIES: u32 = 5;
 /// How long a bundle key may be held by a bundle no pointer names before a
 /// publisher takes the version after it.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
@@ -57,6 +60,16 @@ pub enum PublishError {
     /// The store does not honour conditional writes.
     #[error(transparent)]
     Conditions(#[from] store::ConditionsError),
+    /// Compare-and-swaps on a pointer nobody changed kept being refused.
+    #[error(
+        "{key}: the store refused {tries} compare-and-swaps in a row although nobody changed the pointer: its ETags change between reads (a proxy or CDN rewriting ETag, or a store that does not keep them stable); publish to the store directly, or fix the ETag handling in front of it; the uploaded bundle is left for gc"
+    )]
+    UnstableEtags {
+        /// The pointer's key.
+        key: String,
+        /// How many were refused.
+        tries: u32,
+    },
     /// The pointer written was replaced by another write at once, although
     /// the store accepted this one's condition.
     #[error(
@@ -188,7 +201,7 @@ pub fn publish_gated(
     let pointer_key = kind.store_key(&opts.channel);
     let started = std::time::Instant::now();
     let trust = TrustedKeys::for_publisher(keys, &opts.trusted);
-    store::check_conditions(store)?;
+    let mut probed = false;
     let give_up = || -> Result<(), PublishError> {
         if started.elapsed() > GIVE_UP_AFTER {
             return Err(PublishError::Contention(GIVE_UP_AFTER));
@@ -239,6 +252,12 @@ pub fn publish_gated(
                     &opts.provenance,
                 );
                 let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, keys)?;
+                // Right before the first write: a publish refused for any
+                // other reason leaves the store untouched.
+                if !probed {
+                    store::check_conditions(store)?;
+                    probed = true;
+                }
                 match store.put_new(&bundle_key, &bytes) {
                     Ok(()) => (now, bytes),
                     Err(StoreError::AlreadyExists { .. }) => {
@@ -288,8 +307,12 @@ pub fn publish_gated(
             .sign(keys)
             .map_err(|e| PublishError::Sign(e.to_string()))?;
         uploaded = Some((version, bytes));
+        let head_pointer = current.as_ref().map(|(p, _)| p.clone());
         let mut expected = current.map(|(_, etag)| etag).filter(|e| !e.is_empty());
         let mut wait = Duration::from_millis(10);
+        // Refusals of a pointer nobody changed: a store (or proxy) whose
+        // ETags change between reads refuses every compare-and-swap.
+        let mut refused_unchanged = 0u32;
         loop {
             give_up()?;
             match store.put_if(&pointer_key, &signed, expected.as_deref()) {
@@ -327,6 +350,15 @@ pub fn publish_gated(
                         }
                         Ok(Some(obj)) => match Pointer::parse_unverified(&obj.bytes) {
                             Ok(p) if p.version < version && gated == Some(Some(p.version)) => {
+                                if head_pointer.as_ref() == Some(&p) {
+                                    refused_unchanged += 1;
+                                    if refused_unchanged >= UNSTABLE_ETAG_TRIES {
+                                        return Err(PublishError::UnstableEtags {
+                                            key: pointer_key.clone(),
+                                            tries: refused_unchanged,
+                                        });
+                                    }
+                                }
                                 expected = Some(obj.etag).filter(|e| !e.is_empty());
                             }
                             _ => break,

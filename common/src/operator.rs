@@ -287,7 +287,6 @@ pub fn pin(
     expires_in: Duration,
 ) -> Result<Pointer, OperatorError> {
     layout::check_name("region", region)?;
-    store::check_conditions(store)?;
     refuse_publisher_keys(store, keys)?;
     let check = publishers.map_or(SignatureCheck::SkipForInspection, SignatureCheck::Trusted);
     let stored = fetch_bundle(store, version, check, &Limits::default())?;
@@ -318,6 +317,7 @@ pub fn pin(
     let signed = pointer
         .sign(keys)
         .map_err(|e| OperatorError::Sign(e.to_string()))?;
+    store::check_conditions(store)?;
     write_if(
         store,
         &key,
@@ -424,7 +424,6 @@ pub fn refresh(
     force: bool,
 ) -> Result<Pointer, OperatorError> {
     layout::check_name("channel", channel_name)?;
-    store::check_conditions(store)?;
     let key = PointerKind::Channel.store_key(channel_name);
     let Some((current, etag)) =
         Pointer::read_channel(store, channel_name, trust).map_err(PublishError::from)?
@@ -453,6 +452,7 @@ pub fn refresh(
     let signed = pointer
         .sign(keys)
         .map_err(|e| OperatorError::Sign(e.to_string()))?;
+    store::check_conditions(store)?;
     write_if(store, &key, &signed, Some(&etag))?;
     Ok(pointer)
 }

@@ -144,7 +144,15 @@ fn publish_pin_and_refresh_refuse_a_store_that_ignores_write_conditions() {
         "{refused}"
     );
     assert_eq!(channel::list_versions(&store).expect("list").len(), 1);
-    let pinned = operator::pin(&store, "eu", 1, keys, None, Duration::from_secs(60));
+    let ops = strata_common::sign::SigningKey::from_bytes(&[7; 32]);
+    let pinned = operator::pin(
+        &store,
+        "eu",
+        1,
+        std::slice::from_ref(&ops),
+        None,
+        Duration::from_secs(60),
+    );
     assert!(matches!(
         pinned,
         Err(operator::OperatorError::Conditions(_))
@@ -162,20 +170,11 @@ fn publish_pin_and_refresh_refuse_a_store_that_ignores_write_conditions() {
         refreshed,
         Err(operator::OperatorError::Conditions(_))
     ));
-    // The probe leaves nothing behind on an honest store.
-    channel::publish(
-        &fx.store(),
-        &compiled,
-        keys,
-        &PublishOptions::for_channel("stable"),
-    )
-    .expect("publish");
+    // Refused before any write: no bundle was uploaded.
     assert!(
         fx.store()
-            .list_page("probes/", None)
-            .expect("list")
-            .keys
-            .is_empty()
+            .get_range("snapshots/00000000000000000002.bundle", 0..1)
+            .is_err()
     );
 }
 
@@ -343,4 +342,89 @@ fn gc_keeps_a_bundle_a_pin_written_while_it_ran_names() {
             .get_range("snapshots/00000000000000000001.bundle", 0..1)
             .is_ok()
     );
+}
+
+/// A store (or a proxy, a CDN) that hands out a new ETag on every read:
+/// every compare-and-swap is refused although nobody else writes.
+struct ChangingEtags {
+    inner: FileStore,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl ReadStore for ChangingEtags {
+    fn url(&self) -> &StoreUrl {
+        self.inner.url()
+    }
+
+    fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Fetched, StoreError> {
+        let n = self
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(match self.inner.get_if_changed(key, etag, max_bytes)? {
+            Fetched::Object(mut obj) => {
+                obj.etag = format!("\"{n}-{}\"", obj.etag.trim_matches('"'));
+                Fetched::Object(obj)
+            }
+            other => other,
+        })
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(key, range)
+    }
+
+    fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
+        self.inner.get_to(key, max_bytes, out)
+    }
+}
+
+impl WriteStore for ChangingEtags {
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_new(key, bytes)
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], etag: Option<&str>) -> Result<String, StoreError> {
+        self.inner.put_if(key, bytes, etag)
+    }
+
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage, StoreError> {
+        self.inner.list_page(prefix, after)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+}
+
+/// An outside attack saw the publisher retry for 120 s (about 220 PUTs)
+/// and then blame "other publishers": it now names the store's ETags
+/// within a second.
+#[test]
+fn etags_that_never_match_are_named_not_blamed_on_other_publishers() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let store = ChangingEtags {
+        inner: fx.store(),
+        reads: Default::default(),
+    };
+    let (_, compiled) = fx.compile("v2", 3);
+    let started = std::time::Instant::now();
+    let refused = channel::publish(
+        &store,
+        &compiled,
+        std::slice::from_ref(&fx.key),
+        &PublishOptions::for_channel("stable"),
+    )
+    .expect_err("refused");
+    assert!(
+        matches!(refused, channel::PublishError::UnstableEtags { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("ETags change between reads"));
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -417,4 +417,12 @@ async fn a_store_that_ignores_conditional_writes_is_refused_before_anything_is_w
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let text = ok(&publish(&server, &fx, "v2", 5).await);
     assert!(text.contains("published version 2"), "{text}");
+    // The probe removes what it wrote.
+    let probes = server.object_path(&format!("{PREFIX}/probes"));
+    let left = std::fs::read_dir(&probes).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    });
+    assert_eq!(left, 0, "probe objects left in {}", probes.display());
 }

@@ -373,6 +373,10 @@ impl WriteStore for FileStore {
             Err(source) => Err(StoreError::io(key, source)),
         }
     }
+
+    fn enforces_conditions_locally(&self) -> bool {
+        true
+    }
 }
 
 /// How long a temporary file may go unwritten before it counts as left by

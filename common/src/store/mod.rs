@@ -218,6 +218,14 @@ pub trait WriteStore: ReadStore {
 
     /// Removes `key`; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Whether this implementation enforces `put_new` and `put_if`'s
+    /// conditions itself (a local directory: `O_EXCL` and a rename under a
+    /// lock), so that no server or proxy in between can drop them and
+    /// [`check_conditions`] has nothing to find out.
+    fn enforces_conditions_locally(&self) -> bool {
+        false
+    }
 }
 
 /// Every key under `prefix`, sorted, through as many pages as there are.
