@@ -65,6 +65,9 @@ pub struct Control {
     pub slow_down: AtomicU32,
     /// Cut the next GET of a bundle short, after half its bytes.
     pub truncate_next_bundle: AtomicBool,
+    /// Answer GETs of channel pointers with a 403 whose body is this many
+    /// bytes of junk, streamed (0: off): an error body without end.
+    pub huge_error_body: AtomicU64,
     /// Ignore `If-None-Match` and `If-Match` on PUT, as some S3-compatible
     /// servers and gateways (and proxies that strip them) do.
     pub ignore_conditions: AtomicBool,
@@ -214,7 +217,13 @@ impl S3Server {
                         async move {
                             let method = req.method().to_string();
                             let path = req.uri().path().to_owned();
-                            let response = if control
+                            let huge = control.huge_error_body.load(Ordering::Relaxed);
+                            let response = if huge > 0
+                                && method == "GET"
+                                && path.contains("/channels/")
+                            {
+                                Ok(huge_error(huge))
+                            } else if control
                                 .slow_down
                                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                                     n.checked_sub(1)
@@ -329,6 +338,26 @@ impl AsyncWrite for Counted {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// A 403 whose body is `bytes` of junk, streamed 64 KiB at a time.
+fn huge_error(bytes: u64) -> hyper::Response<s3s::Body> {
+    static CHUNK: [u8; 65536] = [b'x'; 65536];
+    let chunks = bytes.div_ceil(CHUNK.len() as u64);
+    let stream = futures_util::stream::iter((0..chunks).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+            &CHUNK,
+        )))
+    }));
+    let mut response = hyper::Response::new(s3s::Body::http_body(http_body_util::StreamBody::new(
+        stream,
+    )));
+    *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
+    response
 }
 
 /// `s3s-fs` with what real S3 does and it does not (see the module doc).

@@ -426,3 +426,59 @@ async fn a_store_that_ignores_conditional_writes_is_refused_before_anything_is_w
     });
     assert_eq!(left, 0, "probe objects left in {}", probes.display());
 }
+
+/// Peak resident memory of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// An S3 error response with a body without end (an outside attack sent a
+/// 403 with 800 MB: the SDK read it whole, taking the agent from 18 MB to
+/// 1.4 GB). The body is now read at most 64 KiB: the agent's memory stays
+/// flat, it keeps serving, says what it saw, and recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_body_without_end_is_not_read_into_memory() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 5).await);
+    let (agent, socket) = agent(&fx, "a", server.env(), "");
+    serves(&socket, 1).await;
+    let before = peak_rss(agent.0.id());
+    server
+        .control
+        .huge_error_body
+        .store(300 << 20, std::sync::atomic::Ordering::Relaxed);
+    server.control.reset();
+    wait_for("the refused read reported", || async {
+        let s = snapshot(&socket).await;
+        s["state"] == "stale"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("could not be read") || e.contains("access denied"))
+    })
+    .await;
+    wait_for("a second refused read", || async {
+        server.control.requests_to("channels/stable.json").len() >= 2
+    })
+    .await;
+    let after = peak_rss(agent.0.id());
+    assert!(
+        after < before + (64 << 20),
+        "peak RSS went from {} MiB to {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    let cfg = client::get(&socket, "/v1/layer1").await.expect("lookup");
+    assert_eq!(cfg.status, 200, "the snapshot stays served");
+    server
+        .control
+        .huge_error_body
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    ok(&publish(&server, &fx, "v2", 5).await);
+    serves(&socket, 2).await;
+}

@@ -22,6 +22,12 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
 
 use super::runtime::Runtime;
 use super::{BackendError, Fetched, ListPage, Object, ReadStore, StoreError, StoreUrl, WriteStore};
@@ -32,6 +38,36 @@ const MULTIPART_THRESHOLD: usize = 64 << 20;
 const PART_SIZE: usize = 16 << 20;
 /// Keys a page of [`WriteStore::list_page`] holds at most.
 const PAGE: i32 = 1000;
+/// The most of an error response's body read: S3's XML errors are a few
+/// hundred bytes, and the SDK reads an error body whole before any caller's
+/// limit applies (a hostile endpoint sent 800 MB with a 403).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Bounds the body of every response that is not a success before the SDK
+/// reads it: past [`MAX_ERROR_BODY`] the read fails, and the request with it.
+#[derive(Debug)]
+struct BoundedErrorBodies;
+
+impl Intercept for BoundedErrorBodies {
+    fn name(&self) -> &'static str {
+        "BoundedErrorBodies"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        if !response.status().is_success() {
+            let body = response.take_body();
+            *response.body_mut() =
+                SdkBody::from_body_1_x(http_body_util::Limited::new(body, MAX_ERROR_BODY));
+        }
+        Ok(())
+    }
+}
 
 /// A bucket and prefix, with the client and the runtime it blocks on.
 pub struct S3Store {
@@ -79,6 +115,7 @@ impl S3Store {
         );
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(shared.endpoint_url().is_some())
+            .interceptor(BoundedErrorBodies)
             .build();
         Ok(Self {
             url: url.clone(),
@@ -260,9 +297,12 @@ where
         .map(|r| r.status().as_u16())
         .filter(|s| !(no_bucket && *s == 404));
     let construction = matches!(e, SdkError::ConstructionFailure(_));
+    let summary = explain(&e, status);
+    // The SDK's whole chain, for whoever debugs the store itself.
+    tracing::debug!(operation, key, error = %DisplayErrorContext(&e), "S3 request failed");
     let failure = |e: SdkError<E>| S3Failure {
         operation,
-        detail: DisplayErrorContext(&e).to_string(),
+        detail: summary,
         source: Box::new(e),
     };
     let key = key.to_owned();
@@ -284,6 +324,53 @@ where
         _ => StoreError::Transient {
             key,
             source: Box::new(failure(e)),
+        },
+    }
+}
+
+/// What an operator acts on, from an SDK error and its HTTP status: bad
+/// credentials, missing permissions, a missing bucket, throttling, the
+/// store failing, or the network; anything else in the SDK's own words.
+fn explain<E>(e: &SdkError<E>, status: Option<u16>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+    let with = |what: &str| {
+        if code.is_empty() {
+            match status {
+                Some(s) => format!("{what} (HTTP {s})"),
+                None => what.to_owned(),
+            }
+        } else {
+            format!("{what} ({code})")
+        }
+    };
+    match (code, status) {
+        (
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"
+            | "TokenRefreshRequired",
+            _,
+        ) => with(
+            "the credentials were refused: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, the profile or the role, and that the clock is right",
+        ),
+        ("NoSuchBucket", _) => with(
+            "the bucket does not exist: check the bucket in the store URL, AWS_REGION and AWS_ENDPOINT_URL",
+        ),
+        ("AccessDenied" | "AllAccessDisabled", _) | (_, Some(401 | 403)) => with(
+            "access denied: these credentials may not use this bucket or prefix (OPERATIONS.md lists the permissions needed)",
+        ),
+        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _)
+        | (_, Some(429 | 503)) => with("throttled by the store; retried with backoff"),
+        (_, Some(s)) if s >= 500 => with("the store failed; retried with backoff"),
+        _ => match e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                "cannot reach the store: a network, DNS, TLS or endpoint problem (check AWS_ENDPOINT_URL and the network)".to_owned()
+            }
+            SdkError::ResponseError(_) => with(
+                "the store's answer could not be read: cut short, or an error body over 64 KiB",
+            ),
+            _ => DisplayErrorContext(e).to_string(),
         },
     }
 }
