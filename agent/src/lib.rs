@@ -14,6 +14,7 @@ pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod priority;
+mod scrape;
 pub mod shutdown;
 pub mod state;
 pub mod sync;
@@ -130,7 +131,7 @@ pub async fn run(
     ));
     let graceful = GracefulShutdown::new();
     if let Some(listener) = scrapes {
-        tokio::spawn(serve_scrapes(
+        tokio::spawn(scrape::serve_scrapes(
             listener,
             shared.clone(),
             config.idle_timeout,
@@ -172,7 +173,15 @@ pub async fn run(
                         continue;
                     }
                 };
-                serve(stream, shared.clone(), http::handle, slot, idle_timeout, &graceful);
+                serve(
+                    stream,
+                    shared.clone(),
+                    http::handle,
+                    slot,
+                    idle_timeout,
+                    HEADER_READ_TIMEOUT,
+                    &graceful,
+                );
             }
             _ = socket_check.tick() => {
                 if let Some(placed) = socket.check() {
@@ -205,12 +214,13 @@ pub async fn run(
 
 /// Serves one accepted connection with `handler` until it ends, or until
 /// it moves no byte for `idle_timeout`, holding `slot` meanwhile.
-fn serve<S, H, F>(
+pub(crate) fn serve<S, H, F>(
     stream: S,
     shared: Arc<Shared>,
     handler: H,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: impl Send + 'static,
     idle_timeout: std::time::Duration,
+    header_timeout: std::time::Duration,
     graceful: &GracefulShutdown,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -221,7 +231,7 @@ fn serve<S, H, F>(
     let stream = idle::Watched::new(stream, activity.clone());
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(
             TokioIo::new(stream),
@@ -241,46 +251,6 @@ fn serve<S, H, F>(
     });
 }
 
-/// Serves `metrics_listen`: `/metrics`, `/healthz` and `/readyz` only (a
-/// Prometheus server cannot scrape a unix socket; tenant configs never
-/// leave it), at most [`SCRAPE_CONNECTIONS`] at once, until `stop`.
-async fn serve_scrapes(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    idle_timeout: std::time::Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(SCRAPE_CONNECTIONS));
-    let graceful = GracefulShutdown::new();
-    let mut accept_errors = AcceptErrors::default();
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    accept_errors.recovered();
-                    let _ = stream.set_nodelay(true);
-                    serve(stream, shared.clone(), http::handle_scrape, slot, idle_timeout, &graceful);
-                }
-                Err(e) => {
-                    accept_errors.failed(&e);
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            _ = stop.changed() => break,
-        }
-    }
-}
-
-/// Scrapers served at once on `metrics_listen`.
-const SCRAPE_CONNECTIONS: usize = 64;
-
 /// How long a client may take to send a request's headers: a slow or
 /// silent client is closed instead of holding a connection slot for ever.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -288,14 +258,14 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// The wait after a failed accept (no file descriptor left), so that the
 /// loop does not spin.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Failed accepts, logged once per burst rather than once each. A burst
 /// ends only after accepts have succeeded for [`BURST_QUIET`]: out of
 /// descriptors, every one freed (a lookup answered, a file closed by the
 /// sync thread) lets one connection in before the next accept fails again.
 #[derive(Default)]
-struct AcceptErrors {
+pub(crate) struct AcceptErrors {
     failing: u64,
     last_failure: Option<std::time::Instant>,
 }
@@ -304,7 +274,7 @@ struct AcceptErrors {
 const BURST_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AcceptErrors {
-    fn failed(&mut self, e: &std::io::Error) {
+    pub(crate) fn failed(&mut self, e: &std::io::Error) {
         // A failure long after the last one starts a new burst.
         if self
             .last_failure
@@ -319,7 +289,7 @@ impl AcceptErrors {
         self.last_failure = Some(std::time::Instant::now());
     }
 
-    fn recovered(&mut self) {
+    pub(crate) fn recovered(&mut self) {
         if self.failing > 0 && self.last_failure.is_none_or(|t| t.elapsed() >= BURST_QUIET) {
             info!(failed = self.failing, "accepting connections again");
             self.failing = 0;

@@ -301,3 +301,59 @@ async fn metrics_are_served_over_tcp_only_when_configured_and_nothing_else_is() 
     }
     agent.stop().await;
 }
+
+/// 64 half-open connections to `metrics_listen` (an outside attack's) used
+/// to delay a scrape by the 10 s header timeout; one address now holds at
+/// most 4 connections, and a silent one is closed after 2 s: a scraper from
+/// another address is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_from_one_address_cannot_starve_a_scrape() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let agent = fx.start_agent("scraped", "metrics_listen = \"127.0.0.1:0\"");
+    agent.serves(1).await;
+    let addr = agent.get("/v1/snapshot").await.json()["metrics_address"]
+        .as_str()
+        .expect("metrics_address")
+        .to_owned();
+    let held: Vec<std::net::TcpStream> = (0..64)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    assert_eq!(held.len(), 64);
+    let started = Instant::now();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        let socket = std::net::SocketAddr::from(([127, 0, 0, 2], 0));
+        let target: std::net::SocketAddr = addr.parse().expect("address");
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind(socket).expect("bind 127.0.0.2");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let stream = rt.block_on(s.connect(target)).expect("connect");
+        let mut stream = stream.into_std().expect("std");
+        stream.set_nonblocking(false).expect("blocking");
+        use std::io::{Read, Write};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read");
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        (status, text)
+    })
+    .await
+    .expect("thread");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the scrape took {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    agent.stop().await;
+}
