@@ -26,6 +26,9 @@ pub struct CompileOptions {
     pub threads: usize,
     /// zstd level.
     pub level: i32,
+    /// The limits the snapshot must pass: the agents' (their defaults,
+    /// unless every node was configured otherwise).
+    pub agent_limits: crate::bundle::Limits,
 }
 
 impl Default for CompileOptions {
@@ -35,6 +38,7 @@ impl Default for CompileOptions {
                 .map(|n| n.get())
                 .unwrap_or(1),
             level: 1,
+            agent_limits: crate::bundle::Limits::default(),
         }
     }
 }
@@ -77,12 +81,63 @@ pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, Source
         return Err(payload_err(std::io::Error::other("payload writer missing")));
     };
     let payload = writer.finish().map_err(payload_err)?;
+    check_agent_limits(source, &payload, &opts.agent_limits)?;
     Ok(Compiled {
         payload,
         layer1_version: source.layer1.version.clone(),
         tenant_count,
         warnings,
     })
+}
+
+/// Refuses a payload that agents with their default limits would refuse:
+/// published, it would stall the channel for every tenant. Names the limit
+/// and the agent setting that raises it.
+fn check_agent_limits(
+    source: &Source,
+    payload: &crate::bundle::Payload,
+    limits: &crate::bundle::Limits,
+) -> Result<(), SourceError> {
+    let over = [
+        (
+            payload.compressed.len() as u64,
+            limits.max_bundle_bytes,
+            "bytes compressed",
+            "max_bundle_bytes",
+        ),
+        (
+            payload.raw_size,
+            limits.max_decompressed_bytes,
+            "bytes of records",
+            "max_bundle_bytes",
+        ),
+        (
+            payload.record_count,
+            limits.max_records,
+            "records",
+            "(a fixed limit)",
+        ),
+    ];
+    let problems: Vec<Problem> = over
+        .iter()
+        .filter(|(found, limit, ..)| found > limit)
+        .map(|(found, limit, what, setting)| Problem {
+            file: source.dir.clone(),
+            tenant: None,
+            field: String::new(),
+            reason: format!(
+                "the snapshot would hold {found} {what}; agents refuse more than {limit} by default ({setting}): nothing was signed; raise the agents' limit on every node first, or publish fewer tenants per channel"
+            ),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SourceError::Invalid {
+            problems,
+            warnings: Vec::new(),
+        })
+    }
 }
 
 /// Writing the in-memory payload failed (out of memory, or a record over 4 GiB).
@@ -242,11 +297,24 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    let text = match crate::localfile::read_text(file, crate::localfile::MAX_TENANT_FILE_BYTES) {
+    let max_file = layer1.policy.tenant_limits.max_file_bytes;
+    let text = match crate::localfile::read_text(file, max_file) {
         Ok(t) => t,
         Err(e) => {
             let mut r = Reporter::new(&file_buf, Some(&stem));
-            r.push("", format!("cannot read the file: {e}"));
+            let too_large = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::localfile::TooLarge>());
+            match too_large {
+                Some(t) => r.push(
+                    "",
+                    format!(
+                        "the file is {} bytes or more; Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)",
+                        t.size
+                    ),
+                ),
+                None => r.push("", format!("cannot read the file: {e}")),
+            }
             result.problems = r.problems;
             return result;
         }
@@ -279,6 +347,19 @@ pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem>
 fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> TenantResult {
     let file_buf = result.file.clone();
     let stem = result.tenant_id.clone();
+    let max_file = layer1.policy.tenant_limits.max_file_bytes;
+    if text.len() as u64 > max_file {
+        let mut r = Reporter::new(&file_buf, Some(&stem));
+        r.push(
+            "",
+            format!(
+                "the file is {} bytes; Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)",
+                text.len()
+            ),
+        );
+        result.problems = r.problems;
+        return result;
+    }
     let parsed = {
         let mut r = Reporter::new(&file_buf, Some(&stem));
         validate::parse_toml(&mut r, text).ok_or(r.problems)
@@ -324,7 +405,18 @@ fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) ->
         match cfg.seal() {
             Ok(json) => {
                 let prompt = render::system_prompt(&layer1.base_prompt, &rendered.text);
-                result.output = Some((cfg.config_hash.clone(), json, prompt));
+                let max = u64::from(crate::bundle::Limits::default().max_value_bytes);
+                let largest = json.len().max(prompt.len()) as u64;
+                if largest > max {
+                    r.push(
+                        "",
+                        format!(
+                            "the effective config or prompt is {largest} bytes; agents refuse a record over {max} bytes: shorten the tenant's texts"
+                        ),
+                    );
+                } else {
+                    result.output = Some((cfg.config_hash.clone(), json, prompt));
+                }
             }
             Err(e) => r.push("", format!("cannot serialise the effective config: {e}")),
         }

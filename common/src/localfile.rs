@@ -15,8 +15,6 @@ use std::path::Path;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The largest PEM key file read.
 pub const MAX_KEY_BYTES: u64 = 64 << 10;
-/// The largest tenant file read.
-pub const MAX_TENANT_FILE_BYTES: u64 = 1 << 20;
 /// The largest `layer1.toml` read.
 pub const MAX_LAYER1_BYTES: u64 = 4 << 20;
 
@@ -68,10 +66,18 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
 }
 
 fn too_large(size: u64, limit: u64) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{size} bytes or more, over the limit of {limit} bytes for this file"),
-    )
+    io::Error::new(io::ErrorKind::InvalidInput, TooLarge { size, limit })
+}
+
+/// A file over its limit: the inner error of what [`read`] returns, for a
+/// caller that names its own setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{size} bytes or more, over the limit of {limit} bytes for this file")]
+pub struct TooLarge {
+    /// The size found (at least).
+    pub size: u64,
+    /// The limit.
+    pub limit: u64,
 }
 
 #[cfg(test)]

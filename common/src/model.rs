@@ -160,10 +160,48 @@ pub struct Policy {
     /// Inclusive numeric bounds.
     #[serde(default)]
     pub bounds: Bounds,
+    /// What one tenant file may hold at most (`[policy.tenant_limits]`):
+    /// one tenant's input must not make a snapshot every agent refuses.
+    #[serde(default, skip_serializing_if = "TenantLimits::is_default")]
+    pub tenant_limits: TenantLimits,
 }
 
 fn default_max_prompt_chars() -> usize {
     8000
+}
+
+/// Per-tenant ceilings, checked at validation so that a refusal names the
+/// tenant: a file, its strings and its lists can be only so large.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// The largest tenant file, in bytes. Default 256 KiB.
+    pub max_file_bytes: u64,
+    /// The longest string value (a name, a persona, a variable), in
+    /// characters. Default 16,384.
+    pub max_string_chars: usize,
+    /// The most `agent.variables`. Default 256.
+    pub max_variables: usize,
+    /// The most `phone_numbers`. Default 1,000.
+    pub max_phone_numbers: usize,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 << 10,
+            max_string_chars: 16_384,
+            max_variables: 256,
+            max_phone_numbers: 1_000,
+        }
+    }
+}
+
+impl TenantLimits {
+    /// Whether these are the defaults (left out of the served Layer 1).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What Layer 1 allows of one model.

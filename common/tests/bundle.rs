@@ -126,6 +126,7 @@ fn same_source_same_bytes() {
         CompileOptions {
             threads: 1,
             level: 3,
+            ..CompileOptions::default()
         },
     )
     .expect("compile single-threaded");

@@ -498,3 +498,83 @@ fn control_and_bidi_characters_are_refused_and_never_printed_raw() {
         assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line:?}");
     }
 }
+
+/// One tenant's input must not make a snapshot every agent refuses (an
+/// outside attack published an 18.6 MB persona and 1.3M phone numbers):
+/// Layer 1's per-tenant ceilings refuse it at validation, naming the tenant
+/// and the limit, fast and without building it.
+#[test]
+fn a_tenant_over_the_layer1_ceilings_is_refused_by_name() {
+    let huge = format!("persona = \"{}\"", "a".repeat(18 << 20));
+    let started = std::time::Instant::now();
+    let problems = problems_of(&ACME.replacen("persona = \"Ava\"", &huge, 1));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.tenant.as_deref() == Some("acme-hvac")
+                && p.reason.contains("policy.tenant_limits.max_file_bytes")),
+        "{problems:#?}"
+    );
+    let phones: Vec<String> = (0..1500).map(|i| format!("\"+1415555{i:04}\"")).collect();
+    refuses(
+        "phone_numbers = [\"+14155550100\", \"+14155550101\"]",
+        &format!("phone_numbers = [{}]", phones.join(", ")),
+        "phone_numbers",
+    );
+    refuses(
+        "persona = \"Ava\"",
+        &format!("persona = \"{}\"", "a".repeat(20_000)),
+        "agent.persona",
+    );
+    let vars: Vec<String> = (0..300).map(|i| format!("v{i} = \"x\"")).collect();
+    refuses(
+        "hours = \"Mon-Fri 8am-6pm\"",
+        &format!("hours = \"Mon-Fri 8am-6pm\"\n{}", vars.join("\n")),
+        "agent.variables",
+    );
+    // A platform that needs more raises the ceiling in Layer 1.
+    let raised = format!("{LAYER1_TOML}\n[policy.tenant_limits]\nmax_phone_numbers = 2000\n");
+    let problems = problems_with(
+        &raised,
+        &[(
+            "acme-hvac",
+            ACME.replacen(
+                "phone_numbers = [\"+14155550100\", \"+14155550101\"]",
+                &format!("phone_numbers = [{}]", phones.join(", ")),
+                1,
+            ),
+        )],
+    );
+    assert!(
+        !problems.iter().any(|p| p.field == "phone_numbers"),
+        "{problems:#?}"
+    );
+}
+
+/// A source whose snapshot agents would refuse as a whole (more records,
+/// bytes or compressed bytes than their limits) is refused before anything
+/// is signed, naming the limit and the setting.
+#[test]
+fn a_snapshot_over_the_agents_limits_is_refused_before_signing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    strata_common::generate::generate(dir.path(), 20).expect("generate");
+    let source = Source::open(dir.path()).expect("source");
+    let opts = CompileOptions {
+        agent_limits: strata_common::bundle::Limits {
+            max_records: 10,
+            ..strata_common::bundle::Limits::default()
+        },
+        ..CompileOptions::default()
+    };
+    match compile::compile(&source, opts) {
+        Err(SourceError::Invalid { problems, .. }) => assert!(
+            problems
+                .iter()
+                .any(|p| p.reason.contains("records") && p.reason.contains("nothing was signed")),
+            "{problems:#?}"
+        ),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a snapshot over the agents' limits compiled"),
+    }
+}

@@ -127,6 +127,27 @@ pub(crate) fn check_policy(
 ) -> Option<render::Rendered> {
     let p = &layer1.policy;
     let b = &p.bounds;
+    let limits = &p.tenant_limits;
+    if cfg.phone_numbers.len() > limits.max_phone_numbers {
+        r.push(
+            "phone_numbers",
+            format!(
+                "{} numbers; Layer 1 allows at most {} a tenant (policy.tenant_limits.max_phone_numbers)",
+                cfg.phone_numbers.len(),
+                limits.max_phone_numbers
+            ),
+        );
+    }
+    if cfg.agent.variables.len() > limits.max_variables {
+        r.push(
+            "agent.variables",
+            format!(
+                "{} variables; Layer 1 allows at most {} (policy.tenant_limits.max_variables)",
+                cfg.agent.variables.len(),
+                limits.max_variables
+            ),
+        );
+    }
 
     // Models: approved, and max_tokens within every used model's ceiling.
     let approved = || p.models.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -395,6 +416,18 @@ pub(crate) fn check_strings(r: &mut Reporter<'_>, doc: &toml::Value, policy: Opt
     fn walk(r: &mut Reporter<'_>, policy: Option<&Policy>, path: String, v: &toml::Value) {
         if let toml::Value::String(text) = v {
             check_characters(r, &path, text);
+            if let Some(max) = policy.map(|p| p.tenant_limits.max_string_chars)
+                && text.len() > max
+                && text.chars().count() > max
+            {
+                r.push(
+                    path.clone(),
+                    format!(
+                        "{} characters; Layer 1 allows at most {max} in one value (policy.tenant_limits.max_string_chars)",
+                        text.chars().count()
+                    ),
+                );
+            }
         }
         match v {
             // The prompt's texts are checked through the rendered prompt
