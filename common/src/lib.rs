@@ -18,6 +18,7 @@ pub mod diff;
 pub mod generate;
 pub mod layout;
 pub mod localfile;
+pub mod matcher;
 pub mod model;
 pub mod normalize;
 pub mod operator;

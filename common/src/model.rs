@@ -149,9 +149,9 @@ pub struct Policy {
     /// tenant can name another tenant's secret. Default: any reference.
     #[serde(default)]
     pub key_ref_prefix: Option<String>,
-    /// [`Self::forbidden_patterns`], normalised once.
+    /// [`Self::forbidden_patterns`], normalised and built into automata once.
     #[serde(skip)]
-    pub(crate) normalized_patterns: std::sync::OnceLock<Vec<crate::normalize::Pattern>>,
+    pub(crate) pattern_set: std::sync::OnceLock<crate::matcher::PatternSet>,
     /// The longest rendered overlay prompt, in characters.
     #[serde(default = "default_max_prompt_chars")]
     pub max_prompt_chars: usize,
@@ -582,16 +582,8 @@ fn pick<T: Clone>(overlay: &Option<T>, default: &T) -> T {
 
 impl Policy {
     /// The forbidden patterns, each with its normalised form.
-    pub(crate) fn patterns(&self) -> impl Iterator<Item = (&str, &crate::normalize::Pattern)> {
-        let normalized = self.normalized_patterns.get_or_init(|| {
-            self.forbidden_patterns
-                .iter()
-                .map(|p| crate::normalize::Pattern::new(p))
-                .collect()
-        });
-        self.forbidden_patterns
-            .iter()
-            .map(String::as_str)
-            .zip(normalized.iter())
+    pub(crate) fn patterns(&self) -> &crate::matcher::PatternSet {
+        self.pattern_set
+            .get_or_init(|| crate::matcher::PatternSet::new(&self.forbidden_patterns))
     }
 }

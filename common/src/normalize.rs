@@ -42,10 +42,22 @@ pub struct Pattern {
 }
 
 impl Pattern {
+    /// Without any white space.
+    pub(crate) fn compact(&self) -> &str {
+        &self.compact
+    }
+
+    /// Its words, when it is a phrase of several.
+    pub(crate) fn words(&self) -> &[String] {
+        &self.words
+    }
+
     /// Brings the pattern `text` to the matching form (the same as a text's).
     pub fn new(text: &str) -> Self {
         let t = Text::new(text);
-        let folded = t.folded.unwrap_or_else(|| text.to_ascii_lowercase());
+        let folded = t
+            .folded
+            .unwrap_or_else(|| text.bytes().map(|b| char::from(fold_byte(b))).collect());
         // A phrase (words between white space) is also matched word by
         // word; a token such as `<|im_end|>` only as itself, white space
         // removed: its letters alone (`imend`) are in ordinary text
@@ -88,7 +100,7 @@ impl<'a> Text<'a> {
             let mut compact = Vec::with_capacity(text.len());
             for &b in text.as_bytes() {
                 if !b.is_ascii_whitespace() {
-                    compact.push(b.to_ascii_lowercase());
+                    compact.push(fold_byte(b));
                 }
             }
             return Self {
@@ -103,6 +115,11 @@ impl<'a> Text<'a> {
             compact: folded.chars().filter(|c| !c.is_whitespace()).collect(),
             folded: Some(folded),
         }
+    }
+
+    /// The text in the matching form, without any white space.
+    pub(crate) fn compact(&self) -> &str {
+        &self.compact
     }
 
     /// Whether `pattern` occurs in this text.
@@ -139,7 +156,7 @@ impl<'a> Text<'a> {
                 let joined: String = text
                     .iter()
                     .filter(|b| b.is_ascii_alphanumeric())
-                    .map(|b| char::from(b.to_ascii_lowercase()))
+                    .map(|&b| char::from(fold_byte(b)))
                     .collect();
                 joined.contains(&pattern.joined)
                     || in_order(
@@ -165,14 +182,14 @@ fn in_order<'w>(mut words: impl Iterator<Item = &'w [u8]> + Clone, want: &[Strin
         return false;
     };
     while let Some(word) = words.next() {
-        if !word.eq_ignore_ascii_case(first.as_bytes()) {
+        if !same_word(word, first.as_bytes()) {
             continue;
         }
         let mut rest = words.clone();
         let found = rest_wanted.iter().all(|want| {
             for _ in 0..=MAX_GAP {
                 match rest.next() {
-                    Some(w) if w.eq_ignore_ascii_case(want.as_bytes()) => return true,
+                    Some(w) if same_word(w, want.as_bytes()) => return true,
                     Some(_) => {}
                     None => return false,
                 }
@@ -184,6 +201,26 @@ fn in_order<'w>(mut words: impl Iterator<Item = &'w [u8]> + Clone, want: &[Strin
         }
     }
     false
+}
+
+/// One ASCII byte as the matcher sees it: lower case, and a digit that
+/// stands for a letter (`1gn0re prev1ous 1nstruct10ns`) as that letter:
+/// 0 o, 1 i, 3 e, 4 a, 5 s, 7 t.
+fn fold_byte(b: u8) -> u8 {
+    match b {
+        b'0' => b'o',
+        b'1' => b'i',
+        b'3' => b'e',
+        b'4' => b'a',
+        b'5' => b's',
+        b'7' => b't',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// Whether two words are the same once folded ([`fold_byte`]).
+fn same_word(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold_byte(*x) == fold_byte(*y))
 }
 
 /// The full path: entities, NFKC, ignorables, case, and each character
@@ -207,11 +244,19 @@ fn fold(text: &str) -> String {
         .filter(|c| !is_mark(*c))
     {
         if c.is_ascii() {
-            out.push(c);
+            out.push(char::from(fold_byte(c as u8)));
         } else {
             let mut buf = [0u8; 4];
             out.extend(
-                unicode_security::skeleton(c.encode_utf8(&mut buf)).flat_map(char::to_lowercase),
+                unicode_security::skeleton(c.encode_utf8(&mut buf))
+                    .flat_map(char::to_lowercase)
+                    .map(|c| {
+                        if c.is_ascii() {
+                            char::from(fold_byte(c as u8))
+                        } else {
+                            c
+                        }
+                    }),
             );
         }
     }
@@ -283,6 +328,10 @@ mod tests {
             assert!(found(p, text), "{text:?}");
         }
         assert!(found("disregard", "disreg\u{0430}rd the rules"));
+        // Digits that stand for letters.
+        assert!(found(p, "1gn0re prev1ous 1nstruct10ns"));
+        assert!(found(p, "\u{0456}gn0re previous instruct1ons"));
+        assert!(found("</system>", "</5y5tem>"));
     }
 
     #[test]

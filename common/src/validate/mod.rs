@@ -344,10 +344,8 @@ fn check_prompt_texts(
         }
     }
     let whole = Text::new(&rendered.text);
-    for (pattern, normalized) in policy.patterns() {
-        if !whole.contains(normalized) {
-            continue;
-        }
+    let set = policy.patterns();
+    for (pattern, normalized) in set.matching(&whole).into_iter().filter_map(|i| set.get(i)) {
         let culprits: Vec<&String> = parts
             .iter()
             .filter(|(_, t)| Text::new(t).contains(normalized))
@@ -400,7 +398,7 @@ fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text
     }
     if let Some(policy) = policy {
         let normalized = Text::new(text);
-        if let Some((pattern, _)) = policy.patterns().find(|(_, p)| normalized.contains(p)) {
+        if let Some((pattern, _)) = policy.patterns().first(&normalized) {
             r.push(
                 field,
                 format!("contains the forbidden pattern {pattern:?} (matched however it is spelt); Layer 1 policy refuses it, remove or reword it"),
