@@ -20,7 +20,7 @@ use crate::validate::{self, PhoneIndex, Problem, Reporter};
 const BATCH: usize = 2048;
 
 /// How a compile should run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CompileOptions {
     /// Worker threads for parse/validate/render (and zstd).
     pub threads: usize,
@@ -29,6 +29,11 @@ pub struct CompileOptions {
     /// The limits the snapshot must pass: the agents' (their defaults,
     /// unless every node was configured otherwise).
     pub agent_limits: crate::bundle::Limits,
+    /// Who owns each phone number in the snapshot the channel serves
+    /// (number → tenant), when known: of two tenants claiming one number,
+    /// the one that holds it there keeps it and the other is refused.
+    /// Without it, the tenant read first keeps it.
+    pub served_owners: Option<std::sync::Arc<BTreeMap<String, String>>>,
 }
 
 impl Default for CompileOptions {
@@ -39,6 +44,7 @@ impl Default for CompileOptions {
                 .unwrap_or(1),
             level: 1,
             agent_limits: crate::bundle::Limits::default(),
+            served_owners: None,
         }
     }
 }
@@ -76,7 +82,7 @@ pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, S
 /// Compiles the source into a payload, or reports every problem.
 pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, SourceError> {
     let writer = PayloadWriter::new(opts.level).map_err(payload_err)?;
-    let (writer, warnings) = run(source, opts, Some(writer))?;
+    let (writer, warnings) = run(source, opts.clone(), Some(writer))?;
     let Some((tenant_count, writer)) = writer else {
         return Err(payload_err(std::io::Error::other("payload writer missing")));
     };
@@ -166,6 +172,7 @@ fn run(
     let mut tenant_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;
     let threads = opts.threads.max(1);
+    let served = opts.served_owners.as_deref();
     // Compile batch N+1 on worker threads while this thread checks and
     // writes batch N.
     std::thread::scope(|s| -> Result<(), SourceError> {
@@ -180,7 +187,7 @@ fn run(
         for results in rx {
             for mut t in results {
                 warnings.append(&mut t.warnings);
-                claim_numbers(&mut phones, &tenant_files, &mut t);
+                claim_numbers(&mut phones, &tenant_files, served, &mut t);
                 tenant_files.insert(t.tenant_id.clone(), t.file.clone());
                 if !t.problems.is_empty() {
                     problems.append(&mut t.problems);
@@ -209,24 +216,51 @@ fn run(
     Ok((writer.map(|w| (count, w)), warnings))
 }
 
-/// Claims the tenant's numbers; a number another tenant owns is a problem
-/// on this tenant naming the owner and its file.
-fn claim_numbers(phones: &mut PhoneIndex, files: &BTreeMap<String, PathBuf>, t: &mut TenantResult) {
+/// Claims the tenant's numbers. A number another tenant claimed already
+/// is a problem on the claimant: this tenant, unless the snapshot the
+/// channel serves gives the number to this tenant, when it is the other
+/// one (a new tenant cannot take a number by sorting first).
+fn claim_numbers(
+    phones: &mut PhoneIndex,
+    files: &BTreeMap<String, PathBuf>,
+    served: Option<&BTreeMap<String, String>>,
+    t: &mut TenantResult,
+) {
+    let file_of = |id: &str| files.get(id).cloned().unwrap_or_default();
     for (i, n) in t.phones.iter().enumerate() {
-        if let Some(owner) = phones.claim(n, &t.tenant_id) {
-            let owner_file = files
-                .get(&owner)
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            t.problems.push(Problem {
+        let Some(other) = phones.claim(n, &t.tenant_id) else {
+            continue;
+        };
+        let holder = served.and_then(|s| s.get(n.as_str()));
+        let problem = if holder == Some(&t.tenant_id) {
+            Problem {
+                file: file_of(&other),
+                tenant: Some(other.clone()),
+                field: "phone_numbers".into(),
+                reason: format!(
+                    "{n} belongs to tenant {} ({}) in the snapshot the channel serves; each number belongs to exactly one tenant: remove it here, or have {} release it in a publish first",
+                    t.tenant_id,
+                    t.file.display(),
+                    t.tenant_id
+                ),
+            }
+        } else {
+            let whose = if holder == Some(&other) {
+                " in the snapshot the channel serves"
+            } else {
+                ""
+            };
+            Problem {
                 file: t.file.clone(),
                 tenant: Some(t.tenant_id.clone()),
                 field: format!("phone_numbers[{i}]"),
                 reason: format!(
-                    "{n} is already owned by tenant {owner} ({owner_file}); each number belongs to exactly one tenant, remove it from one of them"
+                    "{n} is already owned by tenant {other} ({}){whose}; each number belongs to exactly one tenant, remove it from one of them",
+                    file_of(&other).display()
                 ),
-            });
-        }
+            }
+        };
+        t.problems.push(problem);
     }
 }
 

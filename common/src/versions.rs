@@ -76,6 +76,35 @@ pub fn check_against(
     compare(old, new, pointer.version, dir)
 }
 
+/// Who owns each phone number (number → tenant) in the snapshot `pointer`
+/// names, verified with `trust`: what a publish gives to the tenant that
+/// already holds a number when another claims it too.
+pub fn served_owners(
+    store: &dyn WriteStore,
+    pointer: &Pointer,
+    trust: &TrustedKeys,
+) -> Result<std::collections::BTreeMap<String, String>, VersionsError> {
+    let limits = Limits::default();
+    let served = fetch_bundle(
+        store,
+        pointer.version,
+        SignatureCheck::Trusted(trust),
+        &limits,
+    )?;
+    let key = crate::model::SnapshotVersion(pointer.version).bundle_key();
+    let mut reader = served.reader(&key, &limits)?;
+    let err = |source| VersionsError::Payload {
+        what: "the channel's snapshot",
+        source,
+    };
+    while reader.next_frame().map_err(err)?.is_some() {}
+    let mut owners = std::collections::BTreeMap::new();
+    while let Some((number, tenant)) = reader.next_route().map_err(err)? {
+        owners.insert(number.to_owned(), tenant.to_owned());
+    }
+    Ok(owners)
+}
+
 /// A payload reader over the compiled payload, through a bundle signed by
 /// a throwaway key (only the payload's structure is read).
 fn payload_reader(compiled: &Compiled) -> Result<PayloadReader<Cursor<Vec<u8>>>, BundleError> {

@@ -578,3 +578,40 @@ fn a_snapshot_over_the_agents_limits_is_refused_before_signing() {
         Ok(_) => panic!("a snapshot over the agents' limits compiled"),
     }
 }
+
+/// A new tenant claiming a number another already owns: the tenant that
+/// holds it in the snapshot the channel serves keeps it, and the claimant
+/// is the one named, even when its file is read first (an outside attack
+/// had the error filed on the owner's file).
+#[test]
+fn a_number_squatter_is_refused_not_the_owner() {
+    let squatter = ACME
+        .replacen("tenant_id = \"acme-hvac\"", "tenant_id = \"aa-squatter\"", 1)
+        .replacen("\"+14155550101\"", "\"+14155550199\"", 1)
+        .replace("tenants/acme-hvac/", "tenants/aa-squatter/");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_source_with(
+        dir.path(),
+        LAYER1_TOML,
+        &[("acme-hvac", ACME.to_owned()), ("aa-squatter", squatter)],
+    );
+    let source = Source::open(dir.path()).expect("source");
+    let served = std::collections::BTreeMap::from([
+        ("+14155550100".to_owned(), "acme-hvac".to_owned()),
+        ("+14155550101".to_owned(), "acme-hvac".to_owned()),
+    ]);
+    let opts = CompileOptions {
+        served_owners: Some(std::sync::Arc::new(served)),
+        ..CompileOptions::default()
+    };
+    let problems = match compile::validate(&source, opts) {
+        Err(SourceError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {:?}", other.map(|_| ())),
+    };
+    assert!(!problems.is_empty());
+    for p in &problems {
+        assert_eq!(p.tenant.as_deref(), Some("aa-squatter"), "{p}");
+        assert!(p.file.ends_with("aa-squatter.toml"), "{p}");
+        assert!(p.reason.contains("+14155550100"), "{p}");
+    }
+}

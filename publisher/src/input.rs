@@ -64,7 +64,20 @@ impl SignedSource {
     /// keys first so a bad key fails before minutes of compiling.
     pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {
         let keys = self.keys.load()?;
-        Ok((keys, compile_source(&self.source)?))
+        Ok((
+            keys,
+            compile_source(&self.source, CompileOptions::default())?,
+        ))
+    }
+
+    /// The signing keys alone (checked for their mode).
+    pub fn keys(&self) -> Result<Vec<sign::SigningKey>> {
+        self.keys.load()
+    }
+
+    /// The compiled source, with `opts`.
+    pub fn compile(&self, opts: CompileOptions) -> Result<compile::Compiled> {
+        compile_source(&self.source, opts)
     }
 }
 
@@ -91,9 +104,9 @@ pub fn open_source(dir: &Path) -> Result<Source> {
 
 /// Validates and compiles a source directory, printing every problem (and
 /// warning) of an invalid one.
-fn compile_source(dir: &Path) -> Result<compile::Compiled> {
+fn compile_source(dir: &Path, opts: CompileOptions) -> Result<compile::Compiled> {
     let src = open_source(dir)?;
-    let compiled = compile::compile(&src, CompileOptions::default()).map_err(|e| report(dir, e))?;
+    let compiled = compile::compile(&src, opts).map_err(|e| report(dir, e))?;
     print_warnings(&compiled.warnings);
     Ok(compiled)
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use strata_common::channel::{self, PublishError, PublishOptions};
+use strata_common::compile::CompileOptions;
 use strata_common::pointer::Pointer;
 use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
@@ -41,7 +42,22 @@ pub struct Args {
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
 pub fn run(args: Args) -> Result<()> {
     strata_common::layout::check_name("channel", &args.channel)?;
-    let (keys, compiled) = args.input.load()?;
+    let keys = args.input.keys()?;
+    let trusted = load_public_keys(&args.trusted_keys)?;
+    let trust = TrustedKeys::for_publisher(&keys, &trusted);
+    // Of two tenants claiming one number, the one the channel's snapshot
+    // gives it to keeps it: who that is, if the channel can be read.
+    let served_owners = store::open_write(&args.store)
+        .ok()
+        .and_then(|s| {
+            let (head, _) = Pointer::read_channel(s.as_ref(), &args.channel, &trust).ok()??;
+            versions::served_owners(s.as_ref(), &head, &trust).ok()
+        })
+        .map(std::sync::Arc::new);
+    let compiled = args.input.compile(CompileOptions {
+        served_owners,
+        ..CompileOptions::default()
+    })?;
     // A first publish makes its store; said, so that a mistyped path
     // (a new store no agent follows) does not pass unnoticed.
     if let StoreUrl::File(dir) = &args.store
@@ -55,8 +71,6 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let store = store::open_write(&args.store)?;
-    let trusted = load_public_keys(&args.trusted_keys)?;
-    let trust = TrustedKeys::for_publisher(&keys, &trusted);
     let opts = PublishOptions {
         pointer_expires_in: args.expires_in,
         trusted,
