@@ -586,7 +586,11 @@ fn a_snapshot_over_the_agents_limits_is_refused_before_signing() {
 #[test]
 fn a_number_squatter_is_refused_not_the_owner() {
     let squatter = ACME
-        .replacen("tenant_id = \"acme-hvac\"", "tenant_id = \"aa-squatter\"", 1)
+        .replacen(
+            "tenant_id = \"acme-hvac\"",
+            "tenant_id = \"aa-squatter\"",
+            1,
+        )
         .replacen("\"+14155550101\"", "\"+14155550199\"", 1)
         .replace("tenants/acme-hvac/", "tenants/aa-squatter/");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -686,3 +686,52 @@ fn list_flags_expired_and_soon_expiring_documents() {
     std::fs::write(fx.store_dir().join("channels/stable.json"), signed).expect("write");
     assert!(list().contains("EXPIRED: agents refuse it"), "{}", list());
 }
+
+/// `rollback --to N` of a bundle whose own signature expired publishes its
+/// content signed again (agents accept it) and says so.
+#[test]
+fn rollback_to_an_expired_bundle_says_so_and_publishes_it_signed_anew() {
+    use strata_common::store::WriteStore;
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let (_, compiled) = fx.compile("old", 3);
+    let month_ago = strata_common::time::now() - std::time::Duration::from_secs(30 * 24 * 3600);
+    let manifest = strata_common::channel::manifest(
+        &compiled,
+        9,
+        month_ago,
+        std::time::Duration::from_secs(24 * 3600),
+        &strata_common::bundle::Provenance::default(),
+    );
+    let bytes = strata_common::bundle::write_bundle(
+        &manifest,
+        &compiled.payload.compressed,
+        std::slice::from_ref(&fx.key),
+    )
+    .expect("bundle");
+    fx.store()
+        .put_new(&strata_common::layout::bundle_key(9), &bytes)
+        .expect("plant an expired bundle");
+    let store = format!("file://{}", fx.store_dir().display());
+    let key = fx.key_path.display().to_string();
+    let out = publisher(&["rollback", "--store", &store, "--key", &key, "--to", "9"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("version 9's bundle expired") && stderr.contains("signed again"),
+        "{stderr}"
+    );
+    let head = strata_common::pointer::Pointer::read_unverified(
+        &fx.store(),
+        strata_common::pointer::PointerKind::Channel,
+        "stable",
+    )
+    .expect("read")
+    .expect("pointer");
+    let fresh =
+        strata_common::bundle::peek_manifest(&fx.store(), &head.0.bundle).expect("manifest");
+    assert!(
+        strata_common::time::parse_exact(&fresh.expires_at)
+            .is_ok_and(|t| t > strata_common::time::now())
+    );
+}

@@ -168,9 +168,23 @@ impl FileStore {
         Ok(target)
     }
 
+    /// Refuses a directory that resolves outside the store (`snapshots/` a
+    /// link elsewhere): what agents refuse to read is never written
+    /// through either.
+    fn inside(&self, dir: &Path) -> io::Result<()> {
+        let real = fs::canonicalize(dir)?;
+        let root = fs::canonicalize(&self.root)?;
+        if real.starts_with(&root) {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, OUTSIDE))
+        }
+    }
+
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
         let dir = target.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir)?;
+        self.inside(dir)?;
         remove_stale_temps(dir);
         let name = target
             .file_name()
@@ -181,6 +195,22 @@ impl FileStore {
         f.write_all(bytes)?;
         f.sync_all()?;
         Ok(tmp)
+    }
+}
+
+/// What a write through a link out of the store is refused with.
+const OUTSIDE: &str = "lies under a symbolic link out of the store; a file store writes only inside its own directory (agents refuse to read through such a link too)";
+
+/// A write refused because its directory leaves the store: fatal, not a
+/// transient I/O error a retry mends.
+fn outside(key: &str, e: io::Error) -> StoreError {
+    if e.kind() == io::ErrorKind::InvalidInput {
+        StoreError::Fatal {
+            key: key.to_owned(),
+            source: OUTSIDE.into(),
+        }
+    } else {
+        StoreError::io(key, e)
     }
 }
 
@@ -269,7 +299,7 @@ impl WriteStore for FileStore {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let transient = |source| StoreError::io(key, source);
-        let tmp = self.write_temp(&path, bytes).map_err(transient)?;
+        let tmp = self.write_temp(&path, bytes).map_err(|e| outside(key, e))?;
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -294,6 +324,7 @@ impl WriteStore for FileStore {
         let transient = |source| StoreError::io(key, source);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(transient)?;
+            self.inside(dir).map_err(|e| outside(key, e))?;
         }
         let mut lock_name = path.as_os_str().to_owned();
         lock_name.push(".lock");
@@ -317,7 +348,7 @@ impl WriteStore for FileStore {
                 key: key.to_owned(),
             });
         }
-        let tmp = self.write_temp(&path, bytes).map_err(transient)?;
+        let tmp = self.write_temp(&path, bytes).map_err(|e| outside(key, e))?;
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             transient(e)
@@ -367,6 +398,9 @@ impl WriteStore for FileStore {
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
+        if let Some(dir) = path.parent().filter(|d| d.exists()) {
+            self.inside(dir).map_err(|e| outside(key, e))?;
+        }
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -528,6 +562,33 @@ mod tests {
         let all = super::super::list(&store, "snapshots/").expect("list");
         assert_eq!(all.len(), PAGE + 5);
         assert!(all.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_out_of_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("snapshots")).expect("link");
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("channels")).expect("link");
+        let store = FileStore::new(dir.path()).expect("store");
+        assert!(matches!(
+            store.put_new("snapshots/a.bundle", b"one"),
+            Err(StoreError::Fatal { .. })
+        ));
+        assert!(matches!(
+            store.put_if("channels/stable.json", b"p", None),
+            Err(StoreError::Fatal { .. })
+        ));
+        assert!(matches!(
+            store.delete("channels/stable.json"),
+            Err(StoreError::Fatal { .. })
+        ));
+        let written: Vec<_> = std::fs::read_dir(elsewhere.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(written.is_empty(), "{written:?}");
     }
 
     #[test]

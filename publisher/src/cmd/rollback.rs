@@ -47,6 +47,15 @@ pub fn run(args: Args) -> Result<()> {
     let store = store::open_write(&args.store)?;
     let trust = strata_common::sign::TrustedKeys::for_publisher(&keys, &opts.trusted);
     let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
+    // Read for the note only: the rollback verifies the bundle itself.
+    let expired = strata_common::bundle::peek_manifest(
+        store.as_ref(),
+        &strata_common::layout::bundle_key(args.to),
+    )
+    .map(|m| m.expires_at)
+    .filter(|at| {
+        strata_common::time::parse_exact(at).is_ok_and(|t| t < strata_common::time::now())
+    });
     let published = operator::rollback(store.as_ref(), args.to, &keys, &opts)?;
     let p = &published.pointer;
     out!(
@@ -60,6 +69,13 @@ pub fn run(args: Args) -> Result<()> {
         published.tenant_count,
         p.expires_at
     )?;
+    // Agents refuse an expired bundle; the rollback's own is signed anew.
+    if let Some(at) = expired {
+        eprintln!(
+            "note: version {}'s bundle expired at {at}; its content is published as version {}, signed again with a fresh expiry (agents would refuse the old bundle itself, e.g. in a pin)",
+            args.to, p.version
+        );
+    }
     // Old content may serve far fewer tenants than the channel did: said,
     // since a rollback is meant and not refused.
     if let Some((version, served)) = before
