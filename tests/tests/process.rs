@@ -735,3 +735,53 @@ fn rollback_to_an_expired_bundle_says_so_and_publishes_it_signed_anew() {
             .is_ok_and(|t| t > strata_common::time::now())
     );
 }
+
+/// An old signed pointer put back with the newer bundles deleted (a writer
+/// without keys can do both): `refresh --state-dir` remembers the highest
+/// version it refreshed, outside the store, and refuses to make the old
+/// pointer fresh again; without the record it would, and the next publish
+/// would reuse version 2 with other bytes.
+#[test]
+fn refresh_refuses_an_old_pointer_put_back_after_the_bundles_were_deleted() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let old_pointer =
+        std::fs::read(fx.store_dir().join("channels/stable.json")).expect("pointer v1");
+    fx.publish("v2", 3);
+    let store = format!("file://{}", fx.store_dir().display());
+    let key = fx.key_path.display().to_string();
+    let state = fx.dir.path().join("refresh-state");
+    let state_arg = state.display().to_string();
+    let refresh = || {
+        publisher(&[
+            "refresh",
+            "--store",
+            &store,
+            "--key",
+            &key,
+            "--state-dir",
+            &state_arg,
+        ])
+    };
+    let out = refresh();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The attack: v2's bundle deleted, v1's pointer put back.
+    std::fs::remove_file(fx.store_dir().join(strata_common::layout::bundle_key(2))).expect("rm");
+    std::fs::write(fx.store_dir().join("channels/stable.json"), &old_pointer).expect("put back");
+    let out = refresh();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("names version 1") && stderr.contains("refreshed version 2"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(fx.store_dir().join("channels/stable.json")).expect("pointer"),
+        old_pointer,
+        "nothing was written"
+    );
+}

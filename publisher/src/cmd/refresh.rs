@@ -1,10 +1,17 @@
-//! `refresh --store URL --key KEY [--channel C]`: the channel pointer
-//! re-signed with a fresh expiry, no new snapshot.
+//! `refresh --store URL --key KEY [--channel C] [--state-dir DIR]`: the
+//! channel pointer re-signed with a fresh expiry, no new snapshot.
+//!
+//! With `--state-dir` (the refresh timer's unit passes its own state
+//! directory), the highest version refreshed is remembered outside the
+//! store, where a writer without keys cannot lower it: an old signed
+//! pointer put back with the newer bundles deleted is refused instead of
+//! made fresh again (a publish after it would reuse version numbers with
+//! other bytes, and nodes that held them would refuse them).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use strata_common::operator;
 use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
@@ -33,13 +40,83 @@ pub struct Args {
     /// Lifetime of the new signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
+    /// A directory of this host's own where the highest version refreshed
+    /// per store and channel is kept; a pointer below it is refused.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// What a refresh host remembers of a channel.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Seen {
+    store: String,
+    channel: String,
+    version: u64,
+    bundle_sha256: String,
+}
+
+/// Where the record of `channel` at `store` lives in `dir`.
+fn record_path(dir: &Path, store: &str, channel: &str) -> PathBuf {
+    let id = strata_common::canonical::sha256_hex(format!("{store}\n{channel}").as_bytes());
+    dir.join(format!("{channel}-{}.json", &id[..16]))
+}
+
+/// The record at `path`, if any.
+fn read_seen(path: &Path) -> Result<Option<Seen>> {
+    match strata_common::localfile::read(path, 64 << 10) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{}: not a refresh record; remove it", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+/// Writes the record at `path` (a temporary file renamed over it).
+fn write_seen(path: &Path, seen: &Seen) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(seen)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Re-signs the verified pointer with a new expiry.
 pub fn run(args: Args) -> Result<()> {
+    strata_common::layout::check_name("channel", &args.channel)?;
     let keys = args.keys.load()?;
     let trust = TrustedKeys::for_publisher(&keys, &load_public_keys(&args.trusted_keys)?);
     let store = store::open_write(&args.store)?;
+    let record = match &args.state_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+            Some(record_path(dir, &store.url().to_string(), &args.channel))
+        }
+        None => None,
+    };
+    let seen = match &record {
+        Some(path) => read_seen(path)?,
+        None => None,
+    };
+    if let (Some(seen), Some(path)) = (&seen, &record)
+        && let Some((current, _)) =
+            strata_common::pointer::Pointer::read_channel(store.as_ref(), &args.channel, &trust)?
+        && (current.version < seen.version
+            || (current.version == seen.version && current.bundle_sha256 != seen.bundle_sha256))
+    {
+        bail!(
+            "channel {} at {} names version {} (bundle {}), but this host refreshed version {} (bundle {}) before, as {} records: an old pointer may have been put back with the newer bundles deleted, and a publish after it would reuse their version numbers. Nothing was written. Publish (or rollback) to move the channel past {}; remove the record only if the store was rebuilt on purpose",
+            args.channel,
+            store.url(),
+            current.version,
+            current.bundle_sha256,
+            seen.version,
+            seen.bundle_sha256,
+            path.display(),
+            seen.version
+        );
+    }
     let p = operator::refresh(
         store.as_ref(),
         &args.channel,
@@ -48,6 +125,17 @@ pub fn run(args: Args) -> Result<()> {
         args.expires_in,
         args.force,
     )?;
+    if let Some(path) = &record {
+        write_seen(
+            path,
+            &Seen {
+                store: store.url().to_string(),
+                channel: args.channel.clone(),
+                version: p.version,
+                bundle_sha256: p.bundle_sha256.clone(),
+            },
+        )?;
+    }
     out!(
         "refreshed {} channel {} at version {}; pointer expires {}",
         store.url(),
