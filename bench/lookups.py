@@ -98,7 +98,7 @@ def main():
         run = lambda *a: subprocess.run(a, check=True, capture_output=True)
         run(publisher_bin, "keygen", "--out", f"{work}/ci.key")
         run(publisher_bin, "generate", "--tenants", "10000", "--out", f"{work}/src")
-        run(publisher_bin, "publish", "--source", f"{work}/src", "--key", f"{work}/ci.key",
+        run(publisher_bin, "publish", "--init", "--source", f"{work}/src", "--key", f"{work}/ci.key",
             "--store", f"file://{work}/store")
         tenants = sorted(os.listdir(f"{work}/src/tenants"))
         tenant = tenants[len(tenants) // 2].removesuffix(".toml")

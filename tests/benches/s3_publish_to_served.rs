@@ -63,6 +63,7 @@ async fn run(agents: usize, runs: usize) {
             let out = Command::new(bin("strata-publisher"))
                 .envs(env)
                 .arg("publish")
+                .arg("--init")
                 .arg("--source")
                 .arg(source)
                 .arg("--key")

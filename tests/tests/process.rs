@@ -149,6 +149,7 @@ fn publisher_cli_refuses_bad_sources_without_touching_the_store() {
     let publish = || {
         publisher(&[
             "publish",
+            "--init",
             "--source",
             &s(&src),
             "--key",
@@ -288,6 +289,7 @@ fn publisher_build_inspect_and_list() {
         assert!(
             publisher(&[
                 "publish",
+                "--init",
                 "--source",
                 &s(&src),
                 "--key",
@@ -480,6 +482,7 @@ fn an_unsigned_pointer_or_a_junk_bundle_name_never_decides_the_next_version() {
     let src = fx.dir.path().join("source-a");
     let out = publisher(&[
         "publish",
+        "--init",
         "--source",
         &src.display().to_string(),
         "--key",
@@ -505,6 +508,7 @@ fn signature_lifetimes_outside_a_minute_to_ten_years_are_usage_errors() {
     for lifetime in ["0s", "30s", "300000y"] {
         let out = publisher(&[
             "publish",
+            "--init",
             "--source",
             &src.display().to_string(),
             "--key",
@@ -558,10 +562,12 @@ fn publisher_output_cut_short_by_its_reader_is_not_a_crash() {
     }
 }
 
-/// A first publish makes its store directory and says so: a mistyped
-/// path is a new store no agent follows, and must not pass in silence.
+/// A publish to a store that is not there (an unmounted volume, a
+/// mistyped path: every node would go `older_version` against a new store)
+/// is refused unless `--init`; `--init` on a store that exists changes
+/// nothing, so a script may always pass it on a first publish.
 #[test]
-fn a_publish_to_a_missing_store_directory_says_it_created_one() {
+fn a_publish_to_a_missing_store_is_refused_unless_init() {
     let fx = Fixture::new();
     let (src, _) = fx.compile("v1", 3);
     let store = fx.dir.path().join("new-store");
@@ -581,9 +587,44 @@ fn a_publish_to_a_missing_store_directory_says_it_created_one() {
             "{args:?}"
         );
     }
+    let publish = |extra: &[&str], store: &std::path::Path| {
+        Command::new(bin("strata-publisher"))
+            .args(["publish", "--source"])
+            .arg(&src)
+            .arg("--key")
+            .arg(&fx.key_path)
+            .arg("--store")
+            .arg(format!("file://{}", store.display()))
+            .args(extra)
+            .output()
+            .expect("run publisher")
+    };
+    // An unmounted volume, a mistyped path: refused, nothing made.
+    let out = publish(&[], &store);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("there is no store here yet") && stderr.contains("--init"),
+        "{stderr}"
+    );
+    assert!(!store.exists(), "nothing is created without --init");
+    // An empty directory is no store either.
+    std::fs::create_dir_all(&store).expect("mkdir");
+    assert_eq!(publish(&[], &store).status.code(), Some(1));
+    // A first publish, asked for.
+    let out = publish(&["--init"], &store);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is a new, empty store (--init)"),
+        "{stderr}"
+    );
+    assert!(store.join("channels/stable.json").exists());
+    // --init on a store that exists changes nothing: a routine publish.
+    let (src2, _) = fx.compile("v2", 3);
     let out = Command::new(bin("strata-publisher"))
-        .args(["publish", "--source"])
-        .arg(&src)
+        .args(["publish", "--init", "--source"])
+        .arg(&src2)
         .arg("--key")
         .arg(&fx.key_path)
         .arg("--store")
@@ -592,14 +633,8 @@ fn a_publish_to_a_missing_store_directory_says_it_created_one() {
         .expect("run publisher");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "note: {} did not exist; created it as a new, empty store",
-            store.display()
-        )),
-        "{stderr}"
-    );
-    assert!(store.join("channels/stable.json").exists());
+    assert!(!stderr.contains("new, empty store"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published version 2"));
 }
 
 /// A source's mistakes are placed as an editor would: a TOML syntax error

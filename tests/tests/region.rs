@@ -143,6 +143,7 @@ impl World {
         let key = self.fx.key_path.display().to_string();
         self.ok(&[
             "publish",
+            "--init",
             "--source",
             &src.display().to_string(),
             "--key",
@@ -835,8 +836,10 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     let (src, _) = w.fx.compile("v2", 4);
     let (o, n) = (old.display().to_string(), new.display().to_string());
     let src = src.display().to_string();
-    w.ok(&["publish", "--source", &src, "--key", &o, "--key", &n])
-        .await;
+    w.ok(&[
+        "publish", "--init", "--source", &src, "--key", &o, "--key", &n,
+    ])
+    .await;
     serves(&eu, 2, false).await;
     // 3. Retire the old key: what is served was signed by both, so it stays.
     w.write_config("eu", "eu-west-1", "", &only_new);
@@ -846,6 +849,7 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     let old_pub = World::pubkey(&old);
     w.ok(&[
         "publish",
+        "--init",
         "--source",
         &src,
         "--key",
@@ -863,6 +867,7 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     let new_pub = World::pubkey(&new);
     w.ok(&[
         "publish",
+        "--init",
         "--source",
         &src,
         "--key",
@@ -881,6 +886,7 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     .await;
     w.ok(&[
         "publish",
+        "--init",
         "--source",
         &src,
         "--key",
@@ -938,6 +944,7 @@ async fn a_retained_snapshot_no_trusted_key_vouches_for_is_not_served(mut w: Wor
     let old_pub = World::pubkey(&old);
     w.ok(&[
         "publish",
+        "--init",
         "--source",
         &src,
         "--key",

@@ -48,6 +48,7 @@ async fn publish(server: &S3Server, fx: &Fixture, tag: &str, tenants: usize) -> 
         server.env(),
         vec![
             "publish".into(),
+            "--init".into(),
             "--source".into(),
             src.display().to_string(),
             "--key".into(),
@@ -178,6 +179,7 @@ async fn publish_and_pull_with_idle_polls_answered_304() {
         env,
         vec![
             "publish".into(),
+            "--init".into(),
             "--source".into(),
             src.display().to_string(),
             "--key-env".into(),
@@ -224,6 +226,7 @@ async fn four_concurrent_publishers_get_four_consecutive_versions() {
             Command::new(bin("strata-publisher"))
                 .envs(env)
                 .arg("publish")
+                .arg("--init")
                 .arg("--source")
                 .arg(src)
                 .arg("--key")

@@ -15,7 +15,7 @@ use strata_tests::{Fixture, bin};
 
 fn publish(fx: &Fixture, src: &Path) -> Output {
     Command::new(bin("strata-publisher"))
-        .args(["publish", "--source"])
+        .args(["publish", "--init", "--source"])
         .arg(src)
         .arg("--key")
         .arg(&fx.key_path)
@@ -470,7 +470,7 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
 
     // Meant: allowed.
     let out = Command::new(bin("strata-publisher"))
-        .args(["publish", "--allow-removals", "--source"])
+        .args(["publish", "--init", "--allow-removals", "--source"])
         .arg(&src)
         .arg("--key")
         .arg(&fx.key_path)

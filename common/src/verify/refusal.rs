@@ -65,6 +65,7 @@ pub enum Refusal {
     /// accepted from the channel (a replayed older pointer).
     #[error(
         "{key} names version {version}, older than version {served}, the newest this node has accepted from a channel; refusing a rollback that no operator pin asked for. \
+         A store replaced or made anew where the old one was (an unmounted volume, a wrong --store path or bucket prefix): point the publisher back at the store this node followed, and check its volume. \
          An old pointer put back: publish (or `strata-publisher rollback`) to move the channel past {served}. \
          This node moved to another channel, or the store was rebuilt (versions start again): pin it to {version} (`pin_file`, or `strata-publisher pin` for the region) until the channel passes {served}, \
          or stop the agent, move strata.redb out of data_dir and start it again (it then fetches as a new node)"

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use strata_common::channel::{self, PublishError, PublishOptions};
 use strata_common::compile::CompileOptions;
 use strata_common::pointer::Pointer;
@@ -37,6 +37,12 @@ pub struct Args {
     /// wrong or empty --source far more often than a decision.
     #[arg(long)]
     allow_removals: bool,
+    /// Make the store if there is none yet (a first publish). Without it a
+    /// store with no snapshot and no channel is refused: a wrong URL or an
+    /// unmounted volume must not become a new store no agent follows. On a
+    /// store that exists it changes nothing.
+    #[arg(long)]
+    init: bool,
 }
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
@@ -58,17 +64,34 @@ pub fn run(args: Args) -> Result<()> {
         served_owners,
         ..CompileOptions::default()
     })?;
-    // A first publish makes its store; said, so that a mistyped path
-    // (a new store no agent follows) does not pass unnoticed.
+    // Only a first publish makes a store, and only when asked: a mistyped
+    // URL or an unmounted volume must not become a new store no agent
+    // follows while every node goes on with the old one.
+    let missing_dir = matches!(&args.store, StoreUrl::File(dir) if !dir.exists());
+    let fresh = missing_dir || {
+        let s = store::open_write(&args.store)?;
+        let empty = |prefix| store::list(s.as_ref(), prefix).map(|keys| keys.is_empty());
+        empty(strata_common::layout::SNAPSHOTS)? && empty(strata_common::layout::CHANNELS)?
+    };
+    if fresh && !args.init {
+        bail!(
+            "{}: there is no store here yet ({}); nothing was published. If this is the first publish, pass --init to make it; if a store was expected, check the URL (and that its volume is mounted or its bucket and prefix are right)",
+            args.store,
+            if missing_dir {
+                "the directory does not exist"
+            } else {
+                "no snapshot and no channel"
+            }
+        );
+    }
     if let StoreUrl::File(dir) = &args.store
-        && !dir.exists()
+        && missing_dir
     {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the store directory {}", dir.display()))?;
-        eprintln!(
-            "note: {} did not exist; created it as a new, empty store",
-            dir.display()
-        );
+    }
+    if fresh {
+        eprintln!("note: {} is a new, empty store (--init)", args.store);
     }
     let store = store::open_write(&args.store)?;
     let opts = PublishOptions {
