@@ -316,7 +316,20 @@ fn no_plaintext_secrets_but_references_pass() {
         "aws-sm:arn:aws:secretsmanager:us-east-1:123456789012:secret:acme-openai",
         1,
     );
-    assert_eq!(problems_of(&aws_ref), vec![]);
+    // Any secret store's reference passes where Layer 1 sets no prefix.
+    assert_eq!(
+        problems_with(&layer1_without_prefix(), &[("acme-hvac", aws_ref)]),
+        vec![]
+    );
+}
+
+/// The generated Layer 1 without its `key_ref_prefix` line.
+fn layer1_without_prefix() -> String {
+    LAYER1_TOML
+        .lines()
+        .filter(|l| !l.starts_with("key_ref_prefix"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -367,12 +380,10 @@ fn every_hostile_tenant_file_is_refused_naming_the_field() {
         .collect();
     files.sort();
     assert!(files.len() >= 30, "{} files", files.len());
-    // Layer 1 scoping every tenant's key_ref to its own secrets.
-    let layer1 = LAYER1_TOML.replacen(
-        "max_prompt_chars = 8000",
-        "max_prompt_chars = 8000\nkey_ref_prefix = \"vault:tenants/{tenant_id}/\"",
-        1,
-    );
+    // Layer 1 scoping every tenant's key_ref to its own secrets, as the
+    // generated one does.
+    let layer1 = LAYER1_TOML.to_owned();
+    assert!(layer1.contains("key_ref_prefix = \"vault:tenants/{tenant_id}/\""));
     assert_eq!(
         problems_with(&layer1, &[("acme-hvac", ACME.to_owned())]),
         vec![]
@@ -618,4 +629,28 @@ fn a_number_squatter_is_refused_not_the_owner() {
         assert!(p.file.ends_with("aa-squatter.toml"), "{p}");
         assert!(p.reason.contains("+14155550100"), "{p}");
     }
+}
+
+/// Without `key_ref_prefix` in Layer 1, a key_ref naming another tenant's
+/// secrets (`…/tenants/<other>/…`) is still refused: safe by default.
+#[test]
+fn another_tenants_secret_is_refused_even_without_a_prefix() {
+    let layer1 = layer1_without_prefix();
+    assert!(!layer1.contains("key_ref_prefix ="));
+    let other = ACME.replacen(
+        "key_ref = \"vault:tenants/acme-hvac/openai\"",
+        "key_ref = \"vault:tenants/acme-auto-000112/llm\"",
+        1,
+    );
+    let problems = problems_with(&layer1, &[("acme-hvac", other)]);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "model.key_ref" && p.reason.contains("acme-auto-000112")),
+        "{problems:#?}"
+    );
+    assert_eq!(
+        problems_with(&layer1, &[("acme-hvac", ACME.to_owned())]),
+        vec![]
+    );
 }

@@ -291,6 +291,22 @@ fn check_key_ref(r: &mut Reporter<'_>, policy: &Policy, tenant: &str, key_ref: &
         );
         return;
     }
+    // Safe without a prefix too: a path naming the secrets of a tenant
+    // (`…/tenants/<id>/…`) must name this one's.
+    let segments: Vec<&str> = key_ref.split(['/', ':']).collect();
+    if let Some(other) = segments
+        .windows(2)
+        .find(|w| w[0] == "tenants" && w[1] != tenant)
+        .map(|w| w[1])
+    {
+        r.push(
+            "model.key_ref",
+            format!(
+                "{key_ref:?} names the secrets of tenant {other:?}, not this tenant's; a tenant may reference only its own, such as vault:tenants/{tenant}/openai (Layer 1's policy.key_ref_prefix = \"vault:tenants/{{tenant_id}}/\" enforces it for every tenant)"
+            ),
+        );
+        return;
+    }
     if let Some(prefix) = &policy.key_ref_prefix {
         let own = prefix.replace("{tenant_id}", tenant);
         let escapes = key_ref.split('/').any(|part| part == ".." || part == ".");
