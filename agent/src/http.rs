@@ -48,19 +48,22 @@ pub async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp,
     Ok(resp)
 }
 
-/// What `metrics_listen` answers: `/metrics`, `/healthz` and `/readyz`
-/// as the socket does; anything else is 404, so that no tenant's config
-/// is served over TCP.
+/// What `metrics_listen` answers: `/metrics`, `/healthz`, `/readyz` and
+/// `/v1/snapshot` (read-only, no secret: a fleet tool reads `last_error`
+/// remotely) as the socket does; anything else is 404, so that no tenant's
+/// config is served over TCP.
 pub async fn handle_scrape(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Resp, Infallible> {
     match Endpoint::parse(req.uri().path()) {
-        Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz => handle(req, shared).await,
+        Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz | Endpoint::Snapshot => {
+            handle(req, shared).await
+        }
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "only /metrics, /healthz and /readyz are served on metrics_listen; lookups are on the unix socket",
+            "only /metrics, /healthz, /readyz and /v1/snapshot are served on metrics_listen; lookups are on the unix socket",
         )),
     }
 }

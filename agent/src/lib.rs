@@ -74,6 +74,9 @@ pub async fn run(
         );
     }
     let shared = Shared::new(store.url().to_string(), config.region.clone());
+    shared
+        .metrics
+        .set_info(&config.region, &config.channel, &node_name());
     let mut syncer = Syncer::new(&config, config_path, store, trust, db, shared.clone());
     match syncer.restore() {
         Ok(Some(v)) => info!(version = v, "serving the last verified snapshot from disk"),
@@ -210,6 +213,15 @@ pub async fn run(
     let _ = notify_task.await;
     info!("agent stopped");
     Ok(())
+}
+
+/// This node's name for `strata_node`: the kernel's host name.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Serves one accepted connection with `handler` until it ends, or until

@@ -44,6 +44,14 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// Who this agent is, for joining its series by region and channel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    region: String,
+    channel: String,
+    node: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
@@ -121,6 +129,7 @@ pub struct Metrics {
     pinned: Gauge,
     ready: Gauge,
     state: Family<StateLabel, Gauge>,
+    info: Family<InfoLabels, Gauge>,
     /// When a check last applied or confirmed a snapshot.
     last_success: Mutex<Option<Instant>>,
 }
@@ -155,6 +164,7 @@ impl Metrics {
             pinned: Gauge::default(),
             ready: Gauge::default(),
             state: Family::default(),
+            info: Family::default(),
             last_success: Mutex::new(None),
             registry: Registry::default(),
             per_endpoint: Default::default(),
@@ -250,7 +260,24 @@ impl Metrics {
             "1 for the agent's state (starting, fresh, stale, degraded), 0 for the others",
             m.state.clone(),
         );
+        registry.register(
+            "node",
+            "1, labelled with this agent's region, channel and node (its host name): join other series on it, for alerts per region",
+            m.info.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Labels `strata_node` with this agent's region, channel and
+    /// node name (set once, at start).
+    pub fn set_info(&self, region: &str, channel: &str, node: &str) {
+        self.info
+            .get_or_create(&InfoLabels {
+                region: region.to_owned(),
+                channel: channel.to_owned(),
+                node: node.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a request on the socket and its duration; `endpoint` is an

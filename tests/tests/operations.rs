@@ -186,6 +186,7 @@ print(json.dumps(out))
         ("strata_pinned", "gauge"),
         ("strata_ready", "gauge"),
         ("strata_state", "gauge"),
+        ("strata_node", "gauge"),
     ] {
         assert_eq!(families[name]["type"], kind, "{name}: {families}");
     }
@@ -283,11 +284,16 @@ async fn metrics_are_served_over_tcp_only_when_configured_and_nothing_else_is() 
     .expect("thread");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("strata_ready 1"), "{body}");
+    // Joinable by region and channel: alerts per region.
+    assert!(
+        body.contains("strata_node{region=\"default\",channel=\"stable\",node="),
+        "{body}"
+    );
     let tenant = generate::tenant_id(0);
     for (path, want) in [
         ("/readyz".to_owned(), 200),
         (format!("/v1/tenants/{tenant}"), 404),
-        ("/v1/snapshot".to_owned(), 404),
+        ("/v1/snapshot".to_owned(), 200),
         (format!("/v1/tenants/{tenant}/prompt"), 404),
     ] {
         let addr = addr.clone();
