@@ -93,6 +93,24 @@ fn check_config(path: &Path) -> Result<()> {
         config.socket_mode,
         config.db_path().display()
     );
+    println!(
+        "  pin_file: {}; metrics_listen: {}",
+        config.pin_file.as_deref().map_or_else(
+            || "none".to_owned(),
+            |p| format!(
+                "{} ({})",
+                p.display(),
+                if p.exists() {
+                    "present: this node is pinned"
+                } else {
+                    "absent"
+                }
+            )
+        ),
+        config
+            .metrics_listen
+            .map_or_else(|| "none".to_owned(), |a| a.to_string())
+    );
     Ok(())
 }
 

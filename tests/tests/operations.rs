@@ -363,3 +363,44 @@ async fn half_open_connections_from_one_address_cannot_starve_a_scrape() {
     drop(held);
     agent.stop().await;
 }
+
+/// The packaged agent.toml lists every key the agent reads, each with its
+/// default (a commented line where it is the default), and sets
+/// `pin_file`, so `echo 41 > /etc/strata/pin` works on a packaged node.
+#[test]
+fn the_packaged_config_lists_every_key_and_sets_pin_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+    let text = std::fs::read_to_string(&path).expect("packaged config");
+    assert!(
+        text.contains("\npin_file = \"/etc/strata/pin\"\n"),
+        "{text}"
+    );
+    // Every commented default, uncommented, still makes a valid config.
+    let mut uncommented = String::new();
+    let mut in_tables = false;
+    for line in text.lines() {
+        in_tables |= line.starts_with('[') || line.starts_with("# [");
+        let setting = line
+            .strip_prefix("# ")
+            // ca_file's line is an example (it has no default, and only an
+            // https:// source takes it).
+            .filter(|l| {
+                !in_tables && l.split_whitespace().nth(1) == Some("=") && !l.starts_with("ca_file")
+            })
+            .map(|l| l.split(" #").next().unwrap_or(l).trim_end());
+        uncommented.push_str(setting.unwrap_or(line));
+        uncommented.push('\n');
+    }
+    let config = strata_agent::config::Config::parse(&uncommented, &path)
+        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let fields = serde_json::to_value(&config).expect("serialise");
+    for key in fields.as_object().expect("object").keys() {
+        assert!(
+            text.contains(&format!("\n{key} ="))
+                || text.contains(&format!("\n# {key} ="))
+                || text.contains(&format!("[[{key}]]"))
+                || text.contains(&format!("[{key}]")),
+            "agent.toml does not list {key}"
+        );
+    }
+}

@@ -637,6 +637,13 @@ async fn a_local_pin_holds_one_node(mut w: World) {
     let s = snapshot(&eu).await;
     assert_eq!(s["pin"]["local"], true, "{s}");
     assert_eq!(s["pin"]["version"], 1, "{s}");
+    // `inspect --config` follows the node's local pin too.
+    let config = w.config_path("eu").display().to_string();
+    let out = w.ok(&["inspect", "--config", &config]).await;
+    assert!(
+        out.contains("would apply version 1 (this node's pin_file)"),
+        "{out}"
+    );
     // The next publish passes this node by, not the other.
     w.publish("v3", 4).await;
     serves(&other, 3, false).await;

@@ -51,6 +51,9 @@ struct Trust {
     channel: Option<String>,
     /// The agent's region, whose pin it would follow (`--config` only).
     region: Option<String>,
+    /// The version the agent's `pin_file` holds, if it has one (`--config`
+    /// only): it decides before any region pin or the channel.
+    local_pin: Option<u64>,
     ca_file: Option<PathBuf>,
     checked: bool,
 }
@@ -58,11 +61,34 @@ struct Trust {
 fn trust(args: &Args) -> Result<Trust> {
     if let Some(path) = &args.config {
         let config = Config::load(path)?;
+        let local_pin = match &config.pin_file {
+            Some(pin) => match strata_common::localfile::read_text(pin, 64) {
+                Ok(text) => Some(
+                    text.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|v| *v >= 1)
+                        .with_context(|| {
+                            format!(
+                                "{}: holds {:?}, not a snapshot version",
+                                pin.display(),
+                                text.trim()
+                            )
+                        })?,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("reading {}", pin.display())));
+                }
+            },
+            None => None,
+        };
         return Ok(Trust {
             keys: config.trust(path)?,
             limits: config.limits(),
             channel: Some(config.channel),
             region: Some(config.region),
+            local_pin,
             ca_file: config.ca_file,
             checked: true,
         });
@@ -76,6 +102,7 @@ fn trust(args: &Args) -> Result<Trust> {
         limits: Limits::default(),
         channel: None,
         region: None,
+        local_pin: None,
         ca_file: None,
         checked: !args.pubkeys.is_empty(),
     })
@@ -171,7 +198,19 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
         Some(region) => out!("store {url} channel {channel} region {region}")?,
         None => out!("store {url} channel {channel}")?,
     }
-    let refusal = match verify::check(store.as_ref(), &policy, &spool) {
+    let checked = match trust.local_pin {
+        Some(version) => {
+            out!("this node's pin_file holds version {version}: it decides")?;
+            verify::verify(
+                store.as_ref(),
+                verify::VersionDoc::Local(version),
+                &policy,
+                &spool,
+            )
+        }
+        None => verify::check(store.as_ref(), &policy, &spool),
+    };
+    let refusal = match checked {
         Ok(Checked::New(verified)) => {
             let named = verified.named.clone();
             let (bundle, size, sha) = (
@@ -185,6 +224,7 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
                 Ok(counts) => {
                     let by = match &named {
                         verify::Named::Pin(p) => format!(" (region {}'s pin)", p.name),
+                        verify::Named::Local(_) => " (this node's pin_file)".to_owned(),
                         _ => String::new(),
                     };
                     out!(
