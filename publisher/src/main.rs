@@ -54,6 +54,7 @@ impl std::error::Error for StdoutError {
 }
 
 mod cmd;
+mod guard;
 mod input;
 
 use std::process::ExitCode;

@@ -426,12 +426,15 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
     let out = publish(&fx, &src);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
+    // The summary first, then the names.
     assert!(
-        t.contains(&format!(
-            "removes 2 of the 9 tenants channel stable serves (version 2): {}, {}; nothing was published",
-            stem(&files[1]),
-            stem(&files[2])
-        )),
+        t.contains(
+            "this publish removes 2 of the 9 tenants channel stable serves (version 2); they are:"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("2 of 9 tenants would be removed; nothing was published"),
         "{t}"
     );
     assert!(t.contains("--allow-removals"), "{t}");
@@ -501,5 +504,53 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
         text(&out).contains("note: version 4 served 10 tenant(s), version 5 serves 7"),
         "{}",
         text(&out)
+    );
+}
+
+/// `validate --store` runs the publish-time checks against what the channel
+/// serves, so CI fails the pull request, not the merge; it writes nothing.
+#[test]
+fn validate_against_the_store_fails_the_pull_request_not_the_merge() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 5);
+    assert!(publish(&fx, &src).status.success());
+    let validate = |extra: &[&str]| {
+        Command::new(bin("strata-publisher"))
+            .args(["validate", "--source"])
+            .arg(&src)
+            .arg("--store")
+            .arg(format!("file://{}", fx.store_dir().display()))
+            .args(extra)
+            .output()
+            .expect("run publisher")
+    };
+    let pubkey = strata_common::sign::public_path(&fx.key_path);
+    let pubkey = pubkey.display().to_string();
+    // Without the key to read the channel with: a usage error, said.
+    let out = validate(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--trusted-key"), "{}", text(&out));
+    let ok = validate(&["--trusted-key", &pubkey]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("publishable over"), "{}", text(&ok));
+
+    let file = &tenant_files(&src)[1];
+    set_line(file, "name = ", "name = \"Renamed Without A Bump\"");
+    let before = std::fs::read_dir(fx.store_dir().join("snapshots"))
+        .expect("snapshots")
+        .count();
+    let out = validate(&["--trusted-key", &pubkey]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("the content changed but the version stays"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(fx.store_dir().join("snapshots"))
+            .expect("snapshots")
+            .count(),
+        before,
+        "validate writes nothing"
     );
 }

@@ -107,87 +107,14 @@ pub fn run(args: Args) -> Result<()> {
     let allow_removals = args.allow_removals;
     let mut gate = |head: Option<&Pointer>| -> Result<(), PublishError> {
         let Some(head) = head else { return Ok(()) };
-        match versions::check_against(store.as_ref(), head, &trust, &compiled, dir) {
-            Ok(c) if !c.problems.is_empty() => {
-                for p in &c.problems {
-                    // The refusal is the error either way.
-                    let _ = out!("{p}");
-                }
-                Err(PublishError::Refused(format!(
-                    "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was published. Raise those versions and publish again",
-                    dir.display(),
-                    c.problems.len(),
-                    head.version
-                )))
-            }
-            Ok(c) if c.is_mass_removal() && !allow_removals => {
-                for id in &c.removed {
-                    let _ = out!(
-                        "{}: tenant {id}: served by version {}, not in this source",
-                        dir.display(),
-                        head.version
-                    );
-                }
-                let shown: Vec<&str> = c.removed.iter().take(5).map(String::as_str).collect();
-                Err(PublishError::Refused(format!(
-                    "{}: this publish removes {} of the {} tenants channel {} serves (version {}): {}{}; nothing was published. \
-                     Check --source (a wrong or empty directory, tenant files not named *.toml); if the removals are meant, publish again with --allow-removals",
-                    dir.display(),
-                    c.removed.len(),
-                    c.served_tenants,
-                    head.name,
-                    head.version,
-                    shown.join(", "),
-                    if c.removed.len() > shown.len() {
-                        ", …"
-                    } else {
-                        ""
-                    }
-                )))
-            }
-            Ok(c) => {
-                // Removals go through: each is named, so a log says which.
-                for id in &c.removed {
-                    eprintln!(
-                        "note: tenant {id} (served by version {}) is removed",
-                        head.version
-                    );
-                }
-                Ok(())
-            }
-            // A served bundle that is gone or damaged must not lock the
-            // channel: the publish that replaces it is the fix, so it goes
-            // ahead, said loudly. A store or disk that failed this time
-            // is no reason to skip the checks: try again.
-            Err(versions::VersionsError::Served(e)) if e.is_damage() => {
-                // The count alone, from its header, when that still reads.
-                if let Some((_, served)) =
-                    strata_common::operator::served_tenants(store.as_ref(), &head.name, &trust)
-                    && versions::is_mass_removal(
-                        served.saturating_sub(compiled.tenant_count),
-                        served,
-                    )
-                    && !allow_removals
-                {
-                    return Err(PublishError::Refused(format!(
-                        "{}: this source has {} tenant(s), the channel's snapshot (version {}) {served}; its bundle cannot be compared tenant by tenant ({e}), and nothing was published. \
-                         Check --source; if the removals are meant, publish again with --allow-removals",
-                        dir.display(),
-                        compiled.tenant_count,
-                        head.version
-                    )));
-                }
-                eprintln!(
-                    "warning: tenant versions and removals not checked against the channel's snapshot ({e}); publishing anyway"
-                );
-                Ok(())
-            }
-            Err(e) => Err(PublishError::Refused(format!(
-                "{}: the channel's snapshot (version {}) could not be read to check this publish against ({e}); nothing was published. Try again",
-                dir.display(),
-                head.version
-            ))),
-        }
+        crate::guard::check_against_head(
+            store.as_ref(),
+            head,
+            &trust,
+            &compiled,
+            dir,
+            allow_removals,
+        )
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, &keys, &opts, &mut gate)?;
     let p = &published.pointer;

@@ -1,11 +1,18 @@
-//! `validate --source DIR`: every overlay against Layer 1.
+//! `validate --source DIR [--store URL --trusted-key PUB [--channel C]]`:
+//! every overlay against Layer 1; with a store, also each tenant's version
+//! against what the channel serves, as `publish` will check it, so that a
+//! pull request fails, not the merge.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use strata_common::compile::{self, CompileOptions};
+use strata_common::pointer::Pointer;
+use strata_common::sign::TrustedKeys;
+use strata_common::store::{self, StoreUrl};
+use strata_common::versions;
 
-use crate::input::{open_source, print_warnings, report};
+use crate::input::{load_public_keys, open_source, print_warnings, report};
 
 /// Arguments of `validate`.
 #[derive(clap::Args)]
@@ -13,18 +20,84 @@ pub struct Args {
     /// Source directory (layer1.toml, tenants/*.toml).
     #[arg(long)]
     source: PathBuf,
+    /// Also check the source against what this store's channel serves:
+    /// each tenant's version discipline, removals, and who owns each number.
+    #[arg(long)]
+    store: Option<StoreUrl>,
+    /// The channel to check against (with --store).
+    #[arg(long, default_value = "stable")]
+    channel: String,
+    /// The publisher public key the channel is read with (with --store;
+    /// repeat for several).
+    #[arg(long = "trusted-key", value_name = "PUB")]
+    trusted_keys: Vec<PathBuf>,
+    /// Accept removing more than 10 % of the channel's tenants (with --store).
+    #[arg(long)]
+    allow_removals: bool,
 }
 
 /// One line per problem; an error (exit 1) if there is any.
 pub fn run(args: Args) -> Result<()> {
     let src = open_source(&args.source)?;
-    let warnings =
-        compile::validate(&src, CompileOptions::default()).map_err(|e| report(&args.source, e))?;
-    print_warnings(&warnings);
-    out!(
-        "{}: {} tenant(s) valid",
-        args.source.display(),
-        src.tenant_files.len()
-    )?;
+    let Some(url) = &args.store else {
+        let warnings = compile::validate(&src, CompileOptions::default())
+            .map_err(|e| report(&args.source, e))?;
+        print_warnings(&warnings);
+        out!(
+            "{}: {} tenant(s) valid",
+            args.source.display(),
+            src.tenant_files.len()
+        )?;
+        return Ok(());
+    };
+    strata_common::layout::check_name("channel", &args.channel)?;
+    if args.trusted_keys.is_empty() {
+        bail!(
+            "validate --store reads the channel as agents do: pass the publisher's public key with --trusted-key PUB"
+        );
+    }
+    let trust = TrustedKeys::for_publisher(&[], &load_public_keys(&args.trusted_keys)?);
+    let store = store::open_write(url)?;
+    let head = Pointer::read_channel(store.as_ref(), &args.channel, &trust)?.map(|(p, _)| p);
+    let served_owners = head
+        .as_ref()
+        .and_then(|p| versions::served_owners(store.as_ref(), p, &trust).ok())
+        .map(std::sync::Arc::new);
+    let compiled = compile::compile(
+        &src,
+        CompileOptions {
+            served_owners,
+            ..CompileOptions::default()
+        },
+    )
+    .map_err(|e| report(&args.source, e))?;
+    print_warnings(&compiled.warnings);
+    match &head {
+        Some(head) => {
+            crate::guard::check_against_head(
+                store.as_ref(),
+                head,
+                &trust,
+                &compiled,
+                &args.source,
+                args.allow_removals,
+            )?;
+            out!(
+                "{}: {} tenant(s) valid, and publishable over {} channel {} (version {})",
+                args.source.display(),
+                compiled.tenant_count,
+                store.url(),
+                head.name,
+                head.version
+            )?;
+        }
+        None => out!(
+            "{}: {} tenant(s) valid; {} has no channel {} yet (its first publish needs --init if the store is new)",
+            args.source.display(),
+            compiled.tenant_count,
+            store.url(),
+            args.channel
+        )?,
+    }
     Ok(())
 }

@@ -1,0 +1,116 @@
+//! The checks a publish makes against the snapshot the channel serves,
+//! shared by `publish` (asked again about every head it would move past)
+//! and `validate --store` (so that a pull request fails, not the merge):
+//! each tenant's version discipline, and no mass removal unless allowed.
+
+use std::path::Path;
+
+use strata_common::channel::PublishError;
+use strata_common::compile::Compiled;
+use strata_common::pointer::Pointer;
+use strata_common::sign::TrustedKeys;
+use strata_common::store::WriteStore;
+use strata_common::versions;
+
+/// How many removed tenants a refusal names, after its summary.
+const NAMES_SHOWN: usize = 20;
+
+/// Checks `compiled` (from the source in `dir`) against the snapshot `head`
+/// names: problems and a refused mass removal are printed (summary first)
+/// and returned as a refusal; a served bundle that is gone or damaged is
+/// published over (only its header's tenant count still guards removals).
+pub(crate) fn check_against_head(
+    store: &dyn WriteStore,
+    head: &Pointer,
+    trust: &TrustedKeys,
+    compiled: &Compiled,
+    dir: &Path,
+    allow_removals: bool,
+) -> Result<(), PublishError> {
+    match versions::check_against(store, head, trust, compiled, dir) {
+        Ok(c) if !c.problems.is_empty() => {
+            for p in &c.problems {
+                // The refusal is the error either way.
+                let _ = out!("{p}");
+            }
+            Err(PublishError::Refused(format!(
+                "{}: {} tenant version problem(s) against the channel's snapshot (version {}); nothing was published. Raise those versions and publish again",
+                dir.display(),
+                c.problems.len(),
+                head.version
+            )))
+        }
+        Ok(c) if c.is_mass_removal() && !allow_removals => {
+            // The summary first, then the names (a log cut short keeps the
+            // part that matters).
+            let _ = out!(
+                "{}: this publish removes {} of the {} tenants channel {} serves (version {}); they are:",
+                dir.display(),
+                c.removed.len(),
+                c.served_tenants,
+                head.name,
+                head.version
+            );
+            for id in c.removed.iter().take(NAMES_SHOWN) {
+                let _ = out!(
+                    "{}: tenant {id}: served by version {}, not in this source",
+                    dir.display(),
+                    head.version
+                );
+            }
+            if c.removed.len() > NAMES_SHOWN {
+                let _ = out!(
+                    "{}: … and {} more (`strata-publisher diff` lists them all)",
+                    dir.display(),
+                    c.removed.len() - NAMES_SHOWN
+                );
+            }
+            Err(PublishError::Refused(format!(
+                "{}: {} of {} tenants would be removed; nothing was published. \
+                 Check --source (a wrong or empty directory, tenant files not named *.toml); if the removals are meant, publish again with --allow-removals",
+                dir.display(),
+                c.removed.len(),
+                c.served_tenants,
+            )))
+        }
+        Ok(c) => {
+            // Removals go through: each is named, so a log says which.
+            for id in &c.removed {
+                eprintln!(
+                    "note: tenant {id} (served by version {}) is removed",
+                    head.version
+                );
+            }
+            Ok(())
+        }
+        // A served bundle that is gone or damaged must not lock the
+        // channel: the publish that replaces it is the fix, so it goes
+        // ahead, said loudly. A store or disk that failed this time
+        // is no reason to skip the checks: try again.
+        Err(versions::VersionsError::Served(e)) if e.is_damage() => {
+            // The count alone, from its header, when that still reads.
+            if let Some((_, served)) =
+                strata_common::operator::served_tenants(store, &head.name, trust)
+                && versions::is_mass_removal(served.saturating_sub(compiled.tenant_count), served)
+                && !allow_removals
+            {
+                return Err(PublishError::Refused(format!(
+                    "{}: this source has {} tenant(s), the channel's snapshot (version {}) {served}; its bundle cannot be compared tenant by tenant ({e}), and nothing was published. \
+                     Check --source; if the removals are meant, publish again with --allow-removals",
+                    dir.display(),
+                    compiled.tenant_count,
+                    head.version
+                )));
+            }
+            eprintln!(
+                "warning: tenant versions and removals not checked against the channel's snapshot ({e}); publishing anyway"
+            );
+            Ok(())
+        }
+        Err(e) => Err(PublishError::Refused(format!(
+            "{}: the channel's snapshot (version {}) could not be read to check this publish against ({e}); nothing was published. Try again",
+            dir.display(),
+            head.version
+        ))),
+    }
+}
