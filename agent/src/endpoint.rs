@@ -3,7 +3,7 @@
 
 /// Every endpoint label, in a fixed order: [`Endpoint::index`] indexes it,
 /// and `/metrics` labels requests with it (one of a fixed set, never an id).
-pub const LABELS: [&str; 10] = [
+pub const LABELS: [&str; 11] = [
     "tenant",
     "prompt",
     "route",
@@ -14,6 +14,7 @@ pub const LABELS: [&str; 10] = [
     "readyz",
     "metrics",
     "other",
+    "check",
 ];
 
 /// What a request path names, with the id or number it carries (not yet
@@ -33,6 +34,8 @@ pub enum Endpoint<'a> {
     Snapshot,
     /// `/v1/snapshots`: the retained versions.
     Snapshots,
+    /// `POST /v1/check`: check the store now.
+    Check,
     /// `/healthz`.
     Healthz,
     /// `/readyz`.
@@ -60,6 +63,7 @@ impl<'a> Endpoint<'a> {
                 "layer1" => Endpoint::Layer1,
                 "snapshot" => Endpoint::Snapshot,
                 "snapshots" => Endpoint::Snapshots,
+                "check" => Endpoint::Check,
                 _ => Endpoint::Other,
             };
         }
@@ -84,6 +88,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Readyz => 7,
             Endpoint::Metrics => 8,
             Endpoint::Other => 9,
+            Endpoint::Check => 10,
         }
     }
 
@@ -106,6 +111,7 @@ mod tests {
             ("/v1/layer1", "layer1"),
             ("/v1/snapshot", "snapshot"),
             ("/v1/snapshots", "snapshots"),
+            ("/v1/check", "check"),
             ("/healthz", "healthz"),
             ("/readyz", "readyz"),
             ("/metrics", "metrics"),

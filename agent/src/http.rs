@@ -12,6 +12,7 @@
 //! | `If-None-Match`                  | 304 when the ETag matches                     |
 //! | `GET /healthz`, `/readyz`        | liveness; readiness (503 until a snapshot)    |
 //! | `GET /metrics`                   | Prometheus text                               |
+//! | `POST /v1/check`                 | 202: the store is checked now, backoff or not |
 //!
 //! Lookup bodies are redb pages handed to hyper as `Bytes`: nothing is
 //! copied or serialised per request.
@@ -69,6 +70,20 @@ pub async fn handle_scrape(
 }
 
 fn route(req: &Request<Incoming>, endpoint: Endpoint<'_>, shared: &Shared) -> Resp {
+    if endpoint == Endpoint::Check {
+        if req.method() != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "POST /v1/check asks for a check of the store now",
+            );
+        }
+        shared.check_now.notify_one();
+        return json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "checking": true, "see": "/v1/snapshot" }),
+        );
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,

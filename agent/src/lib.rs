@@ -77,6 +77,19 @@ pub async fn run(
     shared
         .metrics
         .set_info(&config.region, &config.channel, &node_name());
+    // SIGHUP: check the store now (as POST /v1/check does).
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: checking the store now");
+                    shared.check_now.notify_one();
+                }
+            });
+        }
+        Err(e) => warn!("cannot listen for SIGHUP ({e}); POST /v1/check forces a check"),
+    }
     let mut syncer = Syncer::new(&config, config_path, store, trust, db, shared.clone());
     match syncer.restore() {
         Ok(Some(v)) => info!(version = v, "serving the last verified snapshot from disk"),

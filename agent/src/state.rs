@@ -122,6 +122,8 @@ pub struct Shared {
     /// A lookup failed reading the snapshot file (an I/O error): the sync
     /// thread checks at its next check whether the file must be reopened.
     pub read_failed: std::sync::atomic::AtomicBool,
+    /// Asks the sync loop for a check now (`POST /v1/check`, SIGHUP).
+    pub check_now: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -131,6 +133,7 @@ impl Shared {
             served: ArcSwapOption::empty(),
             untrusted: ArcSwap::default(),
             read_failed: std::sync::atomic::AtomicBool::new(false),
+            check_now: tokio::sync::Notify::new(),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_check: None,

@@ -51,13 +51,27 @@ pub async fn run(
     };
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = None;
-    let _local = watch_files(&local_files, tx.clone());
+    // The store directory itself is watched from its parent too: a store
+    // that comes back (a volume mounted again) wakes a check at once.
+    let watched: Vec<PathBuf> = local_files
+        .iter()
+        .cloned()
+        .chain(store_dir.iter().cloned())
+        .collect();
+    let _local = watch_files(&watched, tx.clone());
     let mut failures = 0;
     'run: loop {
-        if watcher.is_none()
-            && let Some(dir) = &store_dir
-        {
-            watcher = watch(dir, tx.clone());
+        // A watch lives on the directory it was made on: when the store
+        // directory is gone or replaced (unmounted, mounted again), the
+        // watch is made again on what is there now.
+        if let Some(dir) = &store_dir {
+            let now = dir_id(dir);
+            match &watcher {
+                Some((_, id)) if Some(*id) == now => {}
+                _ => {
+                    watcher = now.and_then(|id| watch(dir, tx.clone()).map(|w| (w, id)));
+                }
+            }
         }
         let (done_tx, done_rx) = oneshot::channel();
         if checks.send(done_tx).is_err() {
@@ -91,6 +105,8 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait.mul_f64(jitter)) => {}
             _ = rx.recv() => {}
+            // An operator's `POST /v1/check` or SIGHUP: now, backoff or not.
+            _ = shared.check_now.notified() => failures = 0,
             _ = shutdown.changed() => break 'run,
         }
     }
@@ -141,6 +157,15 @@ fn spawn_sync_thread(
             let _ = exit_tx.send(());
         })?;
     Ok((tx, exited))
+}
+
+/// The identity (device, inode) of directory `dir`, if it exists.
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Watches a store directory; a change to a channel pointer or a pin asks
