@@ -363,6 +363,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "last_error_reason": status.last_error_reason,
         "config_problem": status.config_problem,
         "metrics_address": status.metrics_address,
+        "signed_by": status.signed_by,
         "state": status.state,
         "applying": status.applying,
     });

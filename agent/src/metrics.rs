@@ -53,6 +53,11 @@ struct InfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignerLabel {
+    key_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -80,6 +85,8 @@ pub struct Gauges<'a> {
     pub config_problem: bool,
     /// The agent's state, one of [`STATES`].
     pub state: &'static str,
+    /// Key ids of the trusted keys that signed the served snapshot.
+    pub signers: &'a [String],
 }
 
 /// The served snapshot, as the gauges show it.
@@ -130,6 +137,7 @@ pub struct Metrics {
     ready: Gauge,
     state: Family<StateLabel, Gauge>,
     info: Family<InfoLabels, Gauge>,
+    signers: Family<SignerLabel, Gauge>,
     /// When a check last applied or confirmed a snapshot.
     last_success: Mutex<Option<Instant>>,
 }
@@ -165,6 +173,7 @@ impl Metrics {
             ready: Gauge::default(),
             state: Family::default(),
             info: Family::default(),
+            signers: Family::default(),
             last_success: Mutex::new(None),
             registry: Registry::default(),
             per_endpoint: Default::default(),
@@ -264,6 +273,11 @@ impl Metrics {
             "node",
             "1, labelled with this agent's region, channel and node (its host name): join other series on it, for alerts per region",
             m.info.clone(),
+        );
+        registry.register(
+            "snapshot_signer",
+            "1 for each trusted publisher key (by key id) whose signature on the served snapshot verifies: a key rotation is done when every node shows the new key",
+            m.signers.clone(),
         );
         Self { registry, ..m }
     }
@@ -367,6 +381,12 @@ impl Metrics {
         self.pinned.set(i64::from(gauges.pinned));
         self.config_problem.set(i64::from(gauges.config_problem));
         self.ready.set(i64::from(served.is_some()));
+        self.signers.clear();
+        for id in gauges.signers {
+            self.signers
+                .get_or_create(&SignerLabel { key_id: id.clone() })
+                .set(1);
+        }
         for name in STATES {
             self.state
                 .get_or_create(&StateLabel { state: name })

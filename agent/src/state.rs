@@ -62,6 +62,10 @@ pub struct Status {
     pub metrics_address: Option<String>,
     /// The document that named the version served, as last verified.
     pub followed: Option<Followed>,
+    /// Key ids of the trusted publisher keys whose signatures on the served
+    /// snapshot verify today (a key rotation is done when every node serves
+    /// a snapshot the new key signed).
+    pub signed_by: Vec<String>,
 }
 
 /// Which document decides the version served.
@@ -143,6 +147,7 @@ impl Shared {
                 config_problem: None,
                 metrics_address: None,
                 followed: None,
+                signed_by: Vec::new(),
             }),
             metrics: Metrics::default(),
             source,
@@ -172,6 +177,7 @@ impl Shared {
             pinned: status.pinned(meta),
             config_problem: status.config_problem.is_some(),
             state: status.state.label(),
+            signers: &status.signed_by,
         };
         self.metrics.render(&gauges, self.started)
     }

@@ -120,6 +120,17 @@ pub enum OperatorError {
         /// A channel pointer it signed.
         pointer: String,
     },
+    /// A refresh would drop a trusted key's signature from the pointer.
+    #[error(
+        "{key} is signed by key(s) {} too, which this refresh does not hold: re-signing without them would drop their signatures, and nodes that trust only them would refuse the channel. Pass those keys as well (--key), or --drop-signers if they are retired and no node trusts only them",
+        dropped.join(", ")
+    )]
+    WouldDropSigners {
+        /// The pointer's key.
+        key: String,
+        /// The key ids that would be dropped.
+        dropped: Vec<String>,
+    },
     /// The store holds bundles newer than the pointer to refresh.
     #[error(
         "{key} names version {version}, but the store holds {newest}: the pointer may be an old one put back; publish (or rollback) instead, or pass --force if an abandoned upload left {newest}"
@@ -422,14 +433,27 @@ pub fn refresh(
     trust: &TrustedKeys,
     expires_in: Duration,
     force: bool,
+    signers: Signers,
 ) -> Result<Pointer, OperatorError> {
     layout::check_name("channel", channel_name)?;
     let key = PointerKind::Channel.store_key(channel_name);
-    let Some((current, etag)) =
-        Pointer::read_channel(store, channel_name, trust).map_err(PublishError::from)?
+    let Some((current, etag, signed_by)) =
+        Pointer::read_channel_signed(store, channel_name, trust).map_err(PublishError::from)?
     else {
         return Err(OperatorError::NoPointer { key });
     };
+    // During a key rotation the pointer carries both keys' signatures: a
+    // refresh holding only one would drop the other, and nodes that trust
+    // only the other would refuse the channel.
+    let holding: Vec<KeyId> = keys.iter().map(|k| KeyId::of(&k.verifying_key())).collect();
+    let dropped: Vec<String> = signed_by
+        .iter()
+        .filter(|id| !holding.contains(id))
+        .map(|id| id.0.clone())
+        .collect();
+    if signers == Signers::KeepAll && !dropped.is_empty() {
+        return Err(OperatorError::WouldDropSigners { key, dropped });
+    }
     // An older pointer put back by someone with write access to the store
     // must not be made fresh again.
     if !force
@@ -455,6 +479,17 @@ pub fn refresh(
     store::check_conditions(store)?;
     write_if(store, &key, &signed, Some(&etag))?;
     Ok(pointer)
+}
+
+/// Whether a refresh may re-sign without a key that signs the pointer now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signers {
+    /// Every trusted key that signs the pointer must sign again (the safe
+    /// default: a rotation's two signatures are kept).
+    #[default]
+    KeepAll,
+    /// Keys not given are dropped (a retired key, on purpose).
+    DropMissing,
 }
 
 /// The version channel `name` serves and that snapshot's tenant count,

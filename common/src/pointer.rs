@@ -223,6 +223,16 @@ impl Pointer {
         channel: &str,
         trust: &TrustedKeys,
     ) -> Result<Option<(Self, String)>, PointerReadError> {
+        Ok(Self::read_channel_signed(store, channel, trust)?.map(|(p, etag, _)| (p, etag)))
+    }
+
+    /// [`Self::read_channel`], with the key id of every signature the
+    /// pointer carries (trusted or not: what a re-signing would drop).
+    pub fn read_channel_signed(
+        store: &dyn ReadStore,
+        channel: &str,
+        trust: &TrustedKeys,
+    ) -> Result<Option<(Self, String, Vec<KeyId>)>, PointerReadError> {
         let key = layout::channel_key(channel);
         let Some(doc) = layout::read(store, &key)? else {
             return Ok(None);
@@ -234,7 +244,7 @@ impl Pointer {
                     reason: e.to_string(),
                 }
             })?;
-        Ok(Some((pointer, doc.etag)))
+        Ok(Some((pointer, doc.etag, Self::signer_ids(&doc.bytes))))
     }
 
     /// Refuses the pointer if `now` is past its expiry.

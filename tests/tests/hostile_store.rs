@@ -165,6 +165,7 @@ fn publish_pin_and_refresh_refuse_a_store_that_ignores_write_conditions() {
         &trust,
         Duration::from_secs(60),
         false,
+        operator::Signers::KeepAll,
     );
     assert!(matches!(
         refreshed,

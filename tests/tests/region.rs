@@ -848,6 +848,21 @@ async fn keys_rotate_without_a_restart(mut w: World) {
     ])
     .await;
     serves(&eu, 2, false).await;
+    // Every node can say it serves what both keys signed: the rotation's
+    // checkpoint.
+    until(&eu, "both signers shown", |s| {
+        s["signed_by"].as_array().is_some_and(|ids| ids.len() == 2)
+    })
+    .await;
+    // A refresh holding one key would drop the other's signature: refused.
+    let dropped = w.run(&["refresh", "--key", &n]).await;
+    assert_eq!(dropped.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&dropped.stderr).contains("--drop-signers"),
+        "{}",
+        String::from_utf8_lossy(&dropped.stderr)
+    );
+    w.ok(&["refresh", "--key", &o, "--key", &n]).await;
     // 3. Retire the old key: what is served was signed by both, so it stays.
     w.write_config("eu", "eu-west-1", "", &only_new);
     // Signed by the old key alone: refused now.

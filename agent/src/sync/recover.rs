@@ -59,6 +59,7 @@ impl Syncer {
     /// as on a new node): today's keys no longer vouch for them.
     pub(super) fn drop_stored(&mut self, why: &str) -> Result<Option<u64>, String> {
         self.shared.served.store(None);
+        self.shared.status().signed_by.clear();
         match self.db.clear() {
             Ok(()) => Err(format!(
                 "{why}; dropped it, fetching the channel's snapshot as a new node would"

@@ -39,6 +39,22 @@ impl Syncer {
                     .collect()
             })
             .unwrap_or_default();
+        // Who vouches for what is served now: a rotation is done when every
+        // node shows the new key here.
+        let signed_by: Vec<String> = reader
+            .and_then(|r| r.current_meta())
+            .and_then(|m| {
+                self.trust
+                    .verify(
+                        strata_common::sign::Role::Publisher,
+                        m.manifest.as_bytes(),
+                        &m.signatures,
+                    )
+                    .ok()
+            })
+            .map(|ids| ids.into_iter().map(|id| id.0).collect())
+            .unwrap_or_default();
+        self.shared.status().signed_by = signed_by;
         if **self.shared.untrusted.load() != untrusted {
             if !untrusted.is_empty() {
                 info!(versions = ?untrusted, "retained snapshots no trusted key vouches for are no longer served by ?snapshot=");

@@ -40,6 +40,11 @@ pub struct Args {
     /// Lifetime of the new signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
+    /// Re-sign even though the pointer carries signatures of keys not
+    /// given with --key (a retired key): without it, such a refresh is
+    /// refused, naming them.
+    #[arg(long)]
+    drop_signers: bool,
     /// A directory of this host's own where the highest version refreshed
     /// per store and channel is kept; a pointer below it is refused.
     #[arg(long, value_name = "DIR")]
@@ -124,6 +129,11 @@ pub fn run(args: Args) -> Result<()> {
         &trust,
         args.expires_in,
         args.force,
+        if args.drop_signers {
+            operator::Signers::DropMissing
+        } else {
+            operator::Signers::KeepAll
+        },
     )?;
     if let Some(path) = &record {
         write_seen(
