@@ -25,7 +25,7 @@
 # OHA_THREADS=N gives the load generator N threads (default: oha's, one per
 # core);
 # ONLY=steady runs only the 100k apply (no load) and the steady-state 1 %
-# applies at 2,000 lookups/s (the A/B of issue 16, item 4);
+# applies at 2,000 lookups/s (BENCHMARKS.md, "Lookups while a snapshot is applied");
 # SCHED_TRACE=1 records `perf sched` during each steady-state apply and
 # prints the agent threads' longest waits off the CPU (state S: asleep, D:
 # in the kernel, R: runnable but not run) and their longest scheduling

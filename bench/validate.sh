@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How long `strata-publisher validate` takes on 100,000 generated tenants
-# (BENCHMARKS.md, issue 17): the cost of the checks on tenant input.
+# (BENCHMARKS.md, "Validating 100,000 tenants"): the cost of the checks on tenant input.
 # Usage: bench/validate.sh [runs]; BIN=DIR takes strata-publisher from DIR
 # instead of building it (to compare two builds on one source tree).
 set -euo pipefail

@@ -133,8 +133,17 @@ pub async fn run(dir: &Path) -> Result<()> {
     println!("  curl --unix-socket {sock} http://strata/v1/tenants/{tenant}/prompt");
     println!("  curl --unix-socket {sock} http://strata/v1/snapshot");
     println!("  curl --unix-socket {sock} http://strata/metrics");
+    // The installed binary when there is one (the .deb), cargo otherwise.
+    let installed = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| p.join("strata-publisher").is_file())
+    });
+    let publisher = if installed {
+        "strata-publisher"
+    } else {
+        "cargo run -q -p strata-publisher --"
+    };
     println!(
-        "Publish a new version and watch it arrive:\n  cargo run -q -p strata-publisher -- publish --source {} --key {} --store file://{}",
+        "Publish a new version and watch it arrive:\n  {publisher} publish --source {} --key {} --store file://{}",
         dir.join("source").display(),
         dir.join("keys/ci.key").display(),
         dir.join("store").display()

@@ -65,7 +65,7 @@ pub struct Config {
     #[serde(default = "default_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
     /// Threads serving the socket. The agent is a sidecar: the call worker
-    /// beside it needs the CPU more. Default 1 (BENCHMARKS.md, issue 16).
+    /// beside it needs the CPU more. Default 1 (BENCHMARKS.md, "Lookups against Redis").
     #[serde(default = "default_worker_threads")]
     pub worker_threads: usize,
     /// The largest decompressed body frame accepted: what an apply holds in
