@@ -389,7 +389,7 @@ fn check_prompt_texts(
                 any = true;
                 r.push(
                     field.clone(),
-                    format!("{why}; bundles reach every call node and must carry no secrets: store the key in a vault and set model.key_ref"),
+                    format!("{why}; bundles reach every call node and must carry no secrets: store the key in a secret store and name it instead, such as key_ref = \"vault:tenants/<tenant>/openai\" under [model]"),
                 );
             }
         }
@@ -409,7 +409,7 @@ fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text
     if let Some(why) = secrets::find_secret(text) {
         r.push(
             field.clone(),
-            format!("{why}; bundles reach every call node and must carry no secrets: store the key in a vault and set model.key_ref"),
+            format!("{why}; bundles reach every call node and must carry no secrets: store the key in a secret store and name it instead, such as key_ref = \"vault:tenants/<tenant>/openai\" under [model]"),
         );
     }
     if let Some(policy) = policy {
