@@ -15,6 +15,7 @@ pub mod channel;
 pub mod compile;
 pub mod copy;
 pub mod diff;
+pub mod gc;
 pub mod generate;
 pub mod layout;
 pub mod localfile;

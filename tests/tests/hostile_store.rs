@@ -335,7 +335,7 @@ fn gc_keeps_a_bundle_a_pin_written_while_it_ran_names() {
         inner: fx.store(),
         pin_once: std::sync::Mutex::new(Some(1)),
     };
-    let report = operator::gc(&store, 1, false).expect("gc");
+    let report = strata_common::gc::gc(&store, 1, false).expect("gc");
     assert!(!report.deleted.contains(&1), "{report:?}");
     assert_eq!(report.deleted, [2, 3]);
     assert!(

@@ -2,7 +2,7 @@
 //! channel pointer or pin references.
 
 use anyhow::Result;
-use strata_common::operator::{self, Kept};
+use strata_common::gc::{self, Kept};
 use strata_common::store::{self, StoreUrl};
 
 /// Arguments of `gc`.
@@ -22,7 +22,7 @@ pub struct Args {
 /// One line per bundle kept (with why) and per bundle deleted.
 pub fn run(args: Args) -> Result<()> {
     let store = store::open_write(&args.store)?;
-    let report = operator::gc(store.as_ref(), args.keep, args.dry_run)?;
+    let report = gc::gc(store.as_ref(), args.keep, args.dry_run)?;
     for (v, why) in &report.kept {
         let why: Vec<String> = why
             .iter()
