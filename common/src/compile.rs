@@ -179,7 +179,10 @@ fn run(
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         s.spawn(move || {
             for batch in source.tenant_files.chunks(BATCH) {
-                if tx.send(compile_batch(layer1, batch, threads)).is_err() {
+                if tx
+                    .send(compile_batch(layer1, &source.root, batch, threads))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -264,9 +267,17 @@ fn claim_numbers(
     }
 }
 
-fn compile_batch(layer1: &Layer1, files: &[PathBuf], threads: usize) -> Vec<TenantResult> {
+fn compile_batch(
+    layer1: &Layer1,
+    root: &Path,
+    files: &[PathBuf],
+    threads: usize,
+) -> Vec<TenantResult> {
     if threads <= 1 || files.len() < 2 {
-        return files.iter().map(|f| compile_tenant(layer1, f)).collect();
+        return files
+            .iter()
+            .map(|f| compile_tenant(layer1, root, f))
+            .collect();
     }
     let per = files.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -276,7 +287,7 @@ fn compile_batch(layer1: &Layer1, files: &[PathBuf], threads: usize) -> Vec<Tena
                 let h = s.spawn(move || {
                     chunk
                         .iter()
-                        .map(|f| compile_tenant(layer1, f))
+                        .map(|f| compile_tenant(layer1, root, f))
                         .collect::<Vec<_>>()
                 });
                 (chunk, h)
@@ -316,7 +327,7 @@ fn internal_error(file: &Path) -> TenantResult {
 }
 
 /// Parses, merges, validates and renders one tenant file.
-fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
+fn compile_tenant(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
     let file_buf = file.to_path_buf();
     let stem = file
         .file_stem()
@@ -332,7 +343,7 @@ fn compile_tenant(layer1: &Layer1, file: &Path) -> TenantResult {
         warnings: Vec::new(),
     };
     let max_file = layer1.policy.tenant_limits.max_file_bytes;
-    let text = match crate::localfile::read_text(file, max_file) {
+    let text = match crate::localfile::read_text_inside(file, max_file, root) {
         Ok(t) => t,
         Err(e) => {
             let mut r = Reporter::new(&file_buf, Some(&stem));

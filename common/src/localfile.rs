@@ -40,7 +40,30 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// error naming the limit, as is a file whose size changed while it was
 /// read (written to meanwhile: read it again once the writer is done).
 pub fn read(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_open(open_regular(path)?, limit)
+}
+
+/// [`read`], and the file opened must lie inside `root` (a canonical
+/// path): checked on the open handle, so a link swapped in between a
+/// check of the path and the read cannot lead outside.
+pub fn read_inside(path: &Path, limit: u64, root: &Path) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
     let f = open_regular(path)?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    if !real.starts_with(root) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "is a link that leaves the source (to {}): only files inside the source directory are read",
+                real.display()
+            ),
+        ));
+    }
+    read_open(f, limit)
+}
+
+/// [`read`] of an opened regular file.
+fn read_open(f: File, limit: u64) -> io::Result<Vec<u8>> {
     let before = f.metadata()?.len();
     if before > limit {
         return Err(too_large(before, limit));
@@ -61,7 +84,16 @@ pub fn read(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 
 /// [`read`], as UTF-8 text.
 pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
-    String::from_utf8(read(path, limit)?)
+    utf8(read(path, limit)?)
+}
+
+/// [`read_inside`], as UTF-8 text.
+pub fn read_text_inside(path: &Path, limit: u64, root: &Path) -> io::Result<String> {
+    utf8(read_inside(path, limit, root)?)
+}
+
+fn utf8(bytes: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
@@ -103,6 +135,23 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/dev/zero", &link).expect("link");
         assert!(read(&link, 100).is_err());
+    }
+
+    #[test]
+    fn a_file_read_inside_a_root_is_checked_where_it_was_opened() {
+        let root = tempfile::tempdir().expect("root");
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        std::fs::write(elsewhere.path().join("x"), "outside").expect("write");
+        std::fs::write(root.path().join("in"), "inside").expect("write");
+        std::os::unix::fs::symlink(elsewhere.path().join("x"), root.path().join("out"))
+            .expect("link");
+        let canonical = std::fs::canonicalize(root.path()).expect("canonical");
+        assert_eq!(
+            read_inside(&root.path().join("in"), 100, &canonical).expect("inside"),
+            b"inside"
+        );
+        let e = read_inside(&root.path().join("out"), 100, &canonical).expect_err("outside");
+        assert!(e.to_string().contains("leaves the source"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::validate::{self, Problem, Reporter};
 pub struct Source {
     /// The directory as given.
     pub dir: PathBuf,
+    /// The directory's canonical path: every file read must lie under it.
+    pub root: PathBuf,
     /// Parsed Layer 1.
     pub layer1: Layer1,
     /// `tenants/*.toml`, sorted.
@@ -53,9 +55,11 @@ impl Source {
     /// Reads `dir/layer1.toml` and lists `dir/tenants/*.toml`.
     pub fn open(dir: &Path) -> Result<Self, SourceError> {
         let layer1_path = dir.join("layer1.toml");
-        if let Ok(root) = fs::canonicalize(dir)
-            && let Some(reason) = leaves(&root, &layer1_path)
-        {
+        let root = fs::canonicalize(dir).map_err(|source| SourceError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if let Some(reason) = leaves(&root, &layer1_path) {
             return Err(SourceError::Invalid {
                 problems: vec![Problem {
                     file: layer1_path,
@@ -94,6 +98,18 @@ impl Source {
             });
         }
         let tenants_dir = dir.join("tenants");
+        // A tenants/ linked elsewhere is refused before it is listed.
+        if let Some(reason) = leaves(&root, &tenants_dir) {
+            return Err(SourceError::Invalid {
+                problems: vec![Problem {
+                    file: tenants_dir,
+                    tenant: None,
+                    field: String::new(),
+                    reason,
+                }],
+                warnings: Vec::new(),
+            });
+        }
         let entries = fs::read_dir(&tenants_dir).map_err(|source| SourceError::Io {
             path: tenants_dir.clone(),
             source,
@@ -123,10 +139,6 @@ impl Source {
         // tenant), never out of it: a tenant file linked to /etc/passwd or
         // /proc/self/environ, or a tenants/ linked elsewhere, is refused
         // before it is read.
-        let root = fs::canonicalize(dir).map_err(|source| SourceError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
         let outside: Vec<Problem> = tenant_files
             .iter()
             .filter_map(|file| leaves(&root, file).map(|reason| (file, reason)))
@@ -167,6 +179,7 @@ impl Source {
         }
         Ok(Self {
             dir: dir.to_owned(),
+            root,
             layer1,
             tenant_files,
             warnings,

@@ -496,6 +496,13 @@ fn control_and_bidi_characters_are_refused_and_never_printed_raw() {
             "hours = \"Mon-Fri\\u0007\"",
             "agent.variables.hours",
         ),
+        // Unicode tag characters: an instruction a model reads and a
+        // reviewer never sees.
+        (
+            "persona = \"Ava\"",
+            "persona = \"Ava\\U000E0069\\U000E0067\\U000E006E\"",
+            "agent.persona",
+        ),
     ] {
         refuses(from, to, field);
     }

@@ -76,7 +76,7 @@ pub(crate) fn check_against_head(
         Ok(c) => {
             // Removals go through: each is named, so a log says which.
             for id in &c.removed {
-                eprintln!(
+                note!(
                     "note: tenant {id} (served by version {}) is removed",
                     head.version
                 );
@@ -102,7 +102,7 @@ pub(crate) fn check_against_head(
                     head.version
                 )));
             }
-            eprintln!(
+            note!(
                 "warning: tenant versions and removals not checked against the channel's snapshot ({e}); publishing anyway"
             );
             Ok(())

@@ -135,7 +135,7 @@ pub fn report(dir: &Path, e: SourceError) -> anyhow::Error {
 /// Prints warnings to stderr.
 pub fn print_warnings(warnings: &[Problem]) {
     for w in warnings {
-        eprintln!("warning: {w}");
+        note!("warning: {w}");
     }
 }
 

@@ -13,21 +13,54 @@
 /// 1), which a panic or an early stop would hide.
 macro_rules! out {
     ($($arg:tt)*) => {
-        crate::write_out(format_args!($($arg)*))
+        crate::write_out(format_args!($($arg)*), false)
+    };
+}
+
+/// A block of lines to standard output (pretty JSON): as [`out!`], but
+/// its line breaks are kept.
+macro_rules! out_block {
+    ($($arg:tt)*) => {
+        crate::write_out(format_args!($($arg)*), true)
+    };
+}
+
+/// A line to standard error (a note or a warning), escaped as [`out!`]
+/// lines are: what the store or a source holds never starts a line of its
+/// own in a CI log.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("{}", strata_common::validate::Escaped(&format!($($arg)*)))
     };
 }
 
 /// Set once standard output's reader has gone.
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// One line of a command's output (see [`out!`]).
-fn write_out(line: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+/// One line of a command's output (see [`out!`]): control characters,
+/// line breaks (unless `block`) and text-direction controls are written as
+/// `\u{…}` escapes, whatever the store or a source put in a name.
+fn write_out(line: std::fmt::Arguments<'_>, block: bool) -> Result<(), StdoutError> {
     use std::io::Write as _;
     use std::sync::atomic::Ordering;
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return Ok(());
     }
-    match writeln!(std::io::stdout().lock(), "{line}") {
+    let text = line.to_string();
+    let written = if block {
+        let lines: Vec<String> = text
+            .split('\n')
+            .map(|l| strata_common::validate::Escaped(l).to_string())
+            .collect();
+        writeln!(std::io::stdout().lock(), "{}", lines.join("\n"))
+    } else {
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            strata_common::validate::Escaped(&text)
+        )
+    };
+    match written {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             STDOUT_CLOSED.store(true, Ordering::Relaxed);
@@ -130,7 +163,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", strata_common::report::chain(e.as_ref()));
+            note!("error: {}", strata_common::report::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

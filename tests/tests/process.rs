@@ -820,3 +820,27 @@ fn refresh_refuses_an_old_pointer_put_back_after_the_bundles_were_deleted() {
         "nothing was written"
     );
 }
+
+/// Names in the store come from whoever can write to it: `list` (and every
+/// other output line) escapes what would start a line of its own in a CI
+/// log or reorder what a reader sees.
+#[test]
+fn output_lines_escape_what_the_store_names_hold() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let channels = fx.store_dir().join("channels");
+    std::fs::copy(
+        channels.join("stable.json"),
+        channels.join("c\n::error::owned\u{202e}.json"),
+    )
+    .expect("plant");
+    let out = publisher(&[
+        "list",
+        "--store",
+        &format!("file://{}", fx.store_dir().display()),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.lines().any(|l| l.starts_with("::")), "{stdout}");
+    assert!(!stdout.contains('\u{202e}'), "{stdout}");
+    assert!(stdout.contains("\\u{a}::error::owned"), "{stdout}");
+}

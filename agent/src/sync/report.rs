@@ -101,7 +101,12 @@ impl Syncer {
                     ));
                 }
                 if status.last_error.as_deref() != Some(message.as_str()) {
-                    warn!(reason = r.reason(), "{message}");
+                    // One log line, whatever the store put in a key.
+                    warn!(
+                        reason = r.reason(),
+                        "{}",
+                        strata_common::validate::Escaped(&message)
+                    );
                     m.count_refusal(r.reason());
                 }
                 status.last_error = Some(message);

@@ -328,12 +328,37 @@ impl WriteStore for FileStore {
         }
         let mut lock_name = path.as_os_str().to_owned();
         lock_name.push(".lock");
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(PathBuf::from(lock_name))
-            .map_err(transient)?;
+        // Never blocking on a FIFO and never following a link put in its
+        // place: the lock must be a regular file of the store's own.
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(PathBuf::from(&lock_name))
+                .map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::ELOOP) => StoreError::Fatal {
+                            key: key.to_owned(),
+                            source: "its lock file is a symbolic link; a file store holds regular files only".into(),
+                        },
+                        // A FIFO without a reader.
+                        Some(libc::ENXIO) => StoreError::Fatal {
+                            key: key.to_owned(),
+                            source: "its lock file is not a regular file (a FIFO?); a file store holds regular files only".into(),
+                        },
+                        _ => transient(e),
+                    }
+                })?
+        };
+        if !lock.metadata().map_err(transient)?.file_type().is_file() {
+            return Err(StoreError::Fatal {
+                key: key.to_owned(),
+                source: "its lock file is not a regular file (a FIFO?); a file store holds regular files only".into(),
+            });
+        }
         lock.lock().map_err(transient)?;
         // Read as every other read is: regular files only, never blocking
         // on a FIFO put in its place.
@@ -562,6 +587,29 @@ mod tests {
         let all = super::super::list(&store, "snapshots/").expect("list");
         assert_eq!(all.len(), PAGE + 5);
         assert!(all.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_lock_file_that_is_a_fifo_or_a_link_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(dir.path()).expect("store");
+        std::fs::create_dir_all(dir.path().join("channels")).expect("mkdir");
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("channels/stable.json.lock"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        assert!(matches!(
+            store.put_if("channels/stable.json", b"p", None),
+            Err(StoreError::Fatal { .. })
+        ));
+        let outside = tempfile::NamedTempFile::new().expect("outside");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("channels/canary.json.lock"))
+            .expect("link");
+        assert!(matches!(
+            store.put_if("channels/canary.json", b"p", None),
+            Err(StoreError::Fatal { .. })
+        ));
     }
 
     #[test]

@@ -25,8 +25,10 @@ impl fmt::Display for Escaped<'_> {
 }
 
 /// Control characters (C0, DEL, C1: line breaks, ESC, BEL), the line and
-/// paragraph separators, and the bidirectional controls (overrides,
-/// embeddings, isolates, marks) that reorder what a reader sees.
+/// paragraph separators, the bidirectional controls (overrides,
+/// embeddings, isolates, marks) that reorder what a reader sees, and the
+/// invisible characters a model reads but a reviewer does not (Unicode
+/// tags, invisible operators, the byte-order mark).
 pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -34,6 +36,12 @@ pub fn is_unsafe_char(c: char) -> bool {
             '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
                 | '\u{202a}'..='\u{202e}'
                 | '\u{2066}'..='\u{2069}'
+                // Tag characters: invisible to a reader, read by models
+                // (a whole hidden instruction fits in them).
+                | '\u{e0000}'..='\u{e007f}'
+                // Invisible operators and the byte-order mark.
+                | '\u{2061}'..='\u{2064}'
+                | '\u{feff}'
         )
 }
 

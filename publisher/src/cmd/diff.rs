@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = store::open_read(&args.store, None)?;
     let d = diff::diff(store.as_ref(), args.a, args.b, check)?;
     if args.json {
-        out!("{}", serde_json::to_string_pretty(&d)?)?;
+        out_block!("{}", serde_json::to_string_pretty(&d)?)?;
         return Ok(());
     }
     out!(

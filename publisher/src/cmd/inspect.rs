@@ -151,7 +151,7 @@ fn show_bundle(name: &str, bytes: &[u8], trust: &Trust) -> Result<()> {
     out!("bundle {name}")?;
     out!("sha256 {}", sha256_hex(bytes))?;
     out!("size {} bytes", bytes.len())?;
-    out!(
+    out_block!(
         "manifest {}",
         serde_json::to_string_pretty(&header.manifest)?
     )?;

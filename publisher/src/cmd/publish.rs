@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("creating the store directory {}", dir.display()))?;
     }
     if fresh {
-        eprintln!("note: {} is a new, empty store (--init)", args.store);
+        note!("note: {} is a new, empty store (--init)", args.store);
     }
     let store = store::open_write(&args.store)?;
     let opts = PublishOptions {

@@ -71,9 +71,10 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     // Agents refuse an expired bundle; the rollback's own is signed anew.
     if let Some(at) = expired {
-        eprintln!(
+        note!(
             "note: version {}'s bundle expired at {at}; its content is published as version {}, signed again with a fresh expiry (agents would refuse the old bundle itself, e.g. in a pin)",
-            args.to, p.version
+            args.to,
+            p.version
         );
     }
     // Old content may serve far fewer tenants than the channel did: said,
@@ -81,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some((version, served)) = before
         && published.tenant_count < served
     {
-        eprintln!(
+        note!(
             "note: version {version} served {served} tenant(s), version {} serves {}: tenants added since version {} are no longer served ({} fewer); `strata-publisher diff` names them",
             p.version,
             published.tenant_count,
