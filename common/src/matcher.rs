@@ -18,6 +18,11 @@ pub struct PatternSet {
     compact: Option<AhoCorasick>,
     /// Automaton pattern id → index into `patterns`.
     compact_of: Vec<usize>,
+    /// One-word patterns again, for the text's letters and digits alone
+    /// (`dis-regard`).
+    word: Option<AhoCorasick>,
+    /// Automaton pattern id → index into `patterns`.
+    word_of: Vec<usize>,
     /// The key word of each phrase (its longest word).
     words: Option<AhoCorasick>,
     /// Key word id → the phrases that have it as their key.
@@ -33,12 +38,18 @@ impl PatternSet {
             .collect();
         let mut compact = Vec::new();
         let mut compact_of = Vec::new();
+        let mut word = Vec::new();
+        let mut word_of = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         let mut phrases_of: Vec<Vec<usize>> = Vec::new();
         for (i, (_, p)) in patterns.iter().enumerate() {
             if !p.compact().is_empty() {
                 compact.push(p.compact().to_owned());
                 compact_of.push(i);
+            }
+            if p.is_word() {
+                word.push(p.compact().to_owned());
+                word_of.push(i);
             }
             if let Some(key) = p.words().iter().max_by_key(|w| w.len()) {
                 match keys.iter().position(|k| k == key) {
@@ -57,6 +68,8 @@ impl PatternSet {
         };
         Self {
             compact: build(&compact),
+            word: build(&word),
+            word_of,
             words: build(&keys),
             patterns,
             compact_of,
@@ -77,6 +90,11 @@ impl PatternSet {
         if let Some(ac) = &self.compact {
             for m in ac.find_overlapping_iter(haystack) {
                 found.push(self.compact_of[m.pattern().as_usize()]);
+            }
+        }
+        if let Some(ac) = &self.word {
+            for m in ac.find_overlapping_iter(text.joined()) {
+                found.push(self.word_of[m.pattern().as_usize()]);
             }
         }
         if let Some(ac) = &self.words {
