@@ -433,8 +433,13 @@ fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) ->
     validate::check_identity(&mut r, &cfg, &stem);
     let rendered = validate::check_policy(&mut r, layer1, &cfg);
     result.tenant_id = tenant.clone();
-    result.phones = cfg.phone_numbers.clone();
-    if let Some(rendered) = &rendered {
+    // Over the ceiling, the tenant is refused; its numbers are not claimed.
+    if cfg.phone_numbers.len() <= layer1.policy.tenant_limits.max_phone_numbers {
+        result.phones = cfg.phone_numbers.clone();
+    }
+    // Over the ceiling, the tenant is refused for it: no warning a variable.
+    let within = cfg.agent.variables.len() <= layer1.policy.tenant_limits.max_variables;
+    if let Some(rendered) = rendered.as_ref().filter(|_| within) {
         for name in &rendered.unused {
             result.warnings.push(Problem {
                 file: file_buf.clone(),
