@@ -41,6 +41,8 @@ impl PatternSet {
         let mut word = Vec::new();
         let mut word_of = Vec::new();
         let mut keys: Vec<String> = Vec::new();
+        let mut key_index: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
         let mut phrases_of: Vec<Vec<usize>> = Vec::new();
         for (i, (_, p)) in patterns.iter().enumerate() {
             if !p.compact().is_empty() {
@@ -52,9 +54,10 @@ impl PatternSet {
                 word_of.push(i);
             }
             if let Some(key) = p.words().iter().max_by_key(|w| w.len()) {
-                match keys.iter().position(|k| k == key) {
-                    Some(k) => phrases_of[k].push(i),
+                match key_index.get(key.as_str()) {
+                    Some(&k) => phrases_of[k].push(i),
                     None => {
+                        key_index.insert(key.clone(), keys.len());
                         keys.push(key.clone());
                         phrases_of.push(vec![i]);
                     }
