@@ -429,3 +429,30 @@ fn etags_that_never_match_are_named_not_blamed_on_other_publishers() {
     assert!(refused.to_string().contains("ETags change between reads"));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A pin file that is a FIFO (or anything but a regular file) stops gc
+/// before it deletes anything: skipped in silence, the bundle it names
+/// would be deleted.
+#[test]
+fn gc_stops_at_a_pin_it_cannot_read() {
+    let fx = Fixture::new();
+    for v in 1..=3 {
+        fx.publish(&format!("v{v}"), 3);
+    }
+    std::fs::create_dir_all(fx.store_dir().join("pins")).expect("pins");
+    let made = std::process::Command::new("mkfifo")
+        .arg(fx.store_dir().join("pins/eu.json"))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let refused = strata_common::gc::gc(&fx.store(), 1, false);
+    assert!(refused.is_err(), "{refused:?}");
+    for v in 1..=3 {
+        assert!(
+            fx.store()
+                .get_range(&strata_common::layout::bundle_key(v), 0..1)
+                .is_ok(),
+            "bundle {v} kept"
+        );
+    }
+}

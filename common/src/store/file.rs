@@ -403,7 +403,13 @@ impl WriteStore for FileStore {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if name.starts_with('.') || name.ends_with(".lock") || !entry.path().is_file() {
+            // Directories are not objects; anything else is listed, so that
+            // a FIFO or a link at a key is met (and refused) by whoever
+            // reads it, never skipped in silence (gc would not see a pin).
+            if name.starts_with('.')
+                || name.ends_with(".lock")
+                || entry.file_type().is_ok_and(|t| t.is_dir())
+            {
                 continue;
             }
             let key = if dir_part.is_empty() {
