@@ -60,22 +60,14 @@ impl Source {
             source,
         })?;
         if let Some(reason) = leaves(&root, &layer1_path) {
-            return Err(SourceError::Invalid {
-                problems: vec![Problem {
-                    file: layer1_path,
-                    tenant: None,
-                    field: String::new(),
-                    reason,
-                }],
-                warnings: Vec::new(),
-            });
+            return Err(refused(layer1_path, reason));
         }
-        let text =
-            localfile::read_text(&layer1_path, localfile::MAX_LAYER1_BYTES).map_err(|source| {
-                SourceError::Io {
-                    path: layer1_path.clone(),
-                    source,
-                }
+        // Checked again on the open file: a link swapped in after the
+        // check above cannot lead outside.
+        let text = localfile::read_text_inside(&layer1_path, localfile::MAX_LAYER1_BYTES, &root)
+            .map_err(|source| SourceError::Io {
+                path: layer1_path.clone(),
+                source,
             })?;
         let mut r = Reporter::new(&layer1_path, None);
         let invalid = |r: Reporter| SourceError::Invalid {
@@ -100,15 +92,7 @@ impl Source {
         let tenants_dir = dir.join("tenants");
         // A tenants/ linked elsewhere is refused before it is listed.
         if let Some(reason) = leaves(&root, &tenants_dir) {
-            return Err(SourceError::Invalid {
-                problems: vec![Problem {
-                    file: tenants_dir,
-                    tenant: None,
-                    field: String::new(),
-                    reason,
-                }],
-                warnings: Vec::new(),
-            });
+            return Err(refused(tenants_dir, reason));
         }
         let entries = fs::read_dir(&tenants_dir).map_err(|source| SourceError::Io {
             path: tenants_dir.clone(),
@@ -184,6 +168,19 @@ impl Source {
             tenant_files,
             warnings,
         })
+    }
+}
+
+/// A source refused for one problem on `file`, which belongs to no tenant.
+fn refused(file: PathBuf, reason: String) -> SourceError {
+    SourceError::Invalid {
+        problems: vec![Problem {
+            file,
+            tenant: None,
+            field: String::new(),
+            reason,
+        }],
+        warnings: Vec::new(),
     }
 }
 

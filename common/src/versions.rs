@@ -60,15 +60,7 @@ pub fn check_against(
     compiled: &Compiled,
     dir: &Path,
 ) -> Result<Comparison, VersionsError> {
-    let limits = Limits::default();
-    let served = fetch_bundle(
-        store,
-        pointer.version,
-        SignatureCheck::Trusted(trust),
-        &limits,
-    )?;
-    let key = crate::model::SnapshotVersion(pointer.version).bundle_key();
-    let old = served.reader(&key, &limits)?;
+    let old = served_reader(store, pointer, trust)?;
     let new = payload_reader(compiled).map_err(|source| VersionsError::Payload {
         what: "the new snapshot",
         source,
@@ -84,15 +76,7 @@ pub fn served_owners(
     pointer: &Pointer,
     trust: &TrustedKeys,
 ) -> Result<std::collections::BTreeMap<String, String>, VersionsError> {
-    let limits = Limits::default();
-    let served = fetch_bundle(
-        store,
-        pointer.version,
-        SignatureCheck::Trusted(trust),
-        &limits,
-    )?;
-    let key = crate::model::SnapshotVersion(pointer.version).bundle_key();
-    let mut reader = served.reader(&key, &limits)?;
+    let mut reader = served_reader(store, pointer, trust)?;
     let err = |source| VersionsError::Payload {
         what: "the channel's snapshot",
         source,
@@ -103,6 +87,24 @@ pub fn served_owners(
         owners.insert(number.to_owned(), tenant.to_owned());
     }
     Ok(owners)
+}
+
+/// A payload reader over the snapshot `pointer` names, its bundle fetched
+/// and verified with `trust` (the agents' default limits).
+fn served_reader(
+    store: &dyn WriteStore,
+    pointer: &Pointer,
+    trust: &TrustedKeys,
+) -> Result<PayloadReader<std::io::BufReader<std::fs::File>>, VersionsError> {
+    let limits = Limits::default();
+    let served = fetch_bundle(
+        store,
+        pointer.version,
+        SignatureCheck::Trusted(trust),
+        &limits,
+    )?;
+    let key = crate::model::SnapshotVersion(pointer.version).bundle_key();
+    Ok(served.reader(&key, &limits)?)
 }
 
 /// A payload reader over the compiled payload, through a bundle signed by

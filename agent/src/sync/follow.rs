@@ -11,6 +11,9 @@ use super::{CheckError, Syncer};
 use crate::db::Marks;
 use crate::state::{Followed, FollowedBy};
 
+/// The most of `pin_file` read: a version number and a line break.
+const MAX_PIN_BYTES: u64 = 64;
+
 /// The document a check follows, as read.
 pub(super) enum Doc {
     /// The node's local pin: a version.
@@ -61,18 +64,13 @@ impl Syncer {
             path: path.display().to_string(),
             reason,
         };
-        let mut text = String::new();
-        // Non-blocking and regular files only: a FIFO must not hang the check.
-        match strata_common::localfile::open_regular(path) {
-            Ok(f) => {
-                use std::io::Read;
-                f.take(64)
-                    .read_to_string(&mut text)
-                    .map_err(|e| refused(e.to_string()))?;
-            }
+        // As every local input is read: regular files only, non-blocking
+        // (a FIFO must not hang the check), a few bytes at most.
+        let text = match strata_common::localfile::read_text(path, MAX_PIN_BYTES) {
+            Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(refused(e.to_string())),
-        }
+        };
         match text.trim().parse::<u64>() {
             Ok(v) if v >= 1 => Ok(Some(v)),
             _ => Err(refused(format!(
