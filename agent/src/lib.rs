@@ -194,8 +194,8 @@ pub async fn run(
                     shared.clone(),
                     http::handle,
                     slot,
-                    idle_timeout,
-                    HEADER_READ_TIMEOUT,
+                    Timeouts { header: HEADER_READ_TIMEOUT, idle: idle_timeout },
+                    std::future::pending(),
                     &graceful,
                 );
             }
@@ -237,26 +237,35 @@ fn node_name() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Serves one accepted connection with `handler` until it ends, or until
-/// it moves no byte for `idle_timeout`, holding `slot` meanwhile.
+/// How long a connection may be silent: before its request head, and
+/// between any two bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) header: std::time::Duration,
+    pub(crate) idle: std::time::Duration,
+}
+
+/// Serves one accepted connection with `handler` until it ends, until it
+/// moves no byte for `timeouts.idle`, or until `evicted` completes (a full
+/// `metrics_listen` making room), holding `slot` meanwhile.
 pub(crate) fn serve<S, H, F>(
     stream: S,
     shared: Arc<Shared>,
     handler: H,
     slot: impl Send + 'static,
-    idle_timeout: std::time::Duration,
-    header_timeout: std::time::Duration,
+    timeouts: Timeouts,
+    evicted: impl Future<Output = ()> + Send + 'static,
     graceful: &GracefulShutdown,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(hyper::Request<hyper::body::Incoming>, Arc<Shared>) -> F + Copy + Send + Sync + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>, Arc<Shared>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<http::Resp, std::convert::Infallible>> + Send + 'static,
 {
     let activity = idle::Activity::new();
     let stream = idle::Watched::new(stream, activity.clone());
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(timeouts.header)
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(
             TokioIo::new(stream),
@@ -269,8 +278,11 @@ pub(crate) fn serve<S, H, F>(
             ended = conn => if let Err(e) = ended {
                 tracing::debug!("connection ended: {e}");
             },
-            () = activity.idle_for(idle_timeout) => {
-                tracing::debug!("closing a connection that moved no byte for {idle_timeout:?}");
+            () = activity.idle_for(timeouts.idle) => {
+                tracing::debug!("closing a connection that moved no byte for {:?}", timeouts.idle);
+            }
+            () = evicted => {
+                tracing::debug!("closing a connection to make room for a new one");
             }
         }
     });

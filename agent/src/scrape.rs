@@ -1,19 +1,24 @@
 //! `metrics_listen`: `/metrics`, `/healthz` and `/readyz` over TCP, for a
 //! Prometheus server (which cannot scrape a unix socket; tenant configs
 //! never leave the socket). Shared fairly: one client address holds at most
-//! [`PER_PEER`] of the [`SCRAPE_CONNECTIONS`] slots, and a client that
-//! sends no request head within [`SCRAPE_HEADER_TIMEOUT`] is closed, so a
-//! local process opening half-open connections cannot starve the scraper.
+//! [`PER_PEER`] of the [`SCRAPE_CONNECTIONS`] slots, a client that sends no
+//! request head within [`SCRAPE_HEADER_TIMEOUT`] is closed, and when every
+//! slot is taken a new connection is let in by closing the one that asked
+//! least recently (or, never having asked, was accepted least recently).
+//! So a local process holding silent connections from many addresses
+//! cannot starve the scraper: its connections are the oldest and are the
+//! ones closed, and a scraper asks as soon as it connects.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::state::Shared;
-use crate::{ACCEPT_BACKOFF, AcceptErrors, http, serve};
+use crate::{ACCEPT_BACKOFF, AcceptErrors, Timeouts, http, serve};
 
 /// Scrapers served at once on `metrics_listen`.
 const SCRAPE_CONNECTIONS: usize = 64;
@@ -22,80 +27,167 @@ const PER_PEER: usize = 4;
 /// How long a scraper may take to send its request head.
 const SCRAPE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Open connections by client address.
-#[derive(Default, Clone)]
-struct Peers(Arc<Mutex<HashMap<IpAddr, usize>>>);
+/// The open connections: who holds them and when each last asked.
+#[derive(Clone)]
+struct Slots(Arc<Mutex<Open>>);
 
-/// One connection counted against its client address until dropped.
-struct PeerSlot {
-    peers: Peers,
-    ip: IpAddr,
+struct Open {
+    /// Counts accepts and request heads: the order of "last asked".
+    tick: u64,
+    next_id: u64,
+    conns: HashMap<u64, Conn>,
+    per_peer: HashMap<IpAddr, usize>,
 }
 
-impl Peers {
-    /// Counts a connection from `ip`, unless it already holds [`PER_PEER`].
-    fn admit(&self, ip: IpAddr) -> Option<PeerSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= PER_PEER {
+/// One open connection as [`Slots`] sees it.
+struct Conn {
+    ip: IpAddr,
+    /// The tick of the last request head, or of the accept before the
+    /// first.
+    asked: Arc<AtomicU64>,
+    evict: Arc<Notify>,
+}
+
+/// One connection's place, given back when dropped.
+struct Slot {
+    slots: Slots,
+    id: u64,
+    /// Touched by the handler on every request head.
+    asked: Arc<AtomicU64>,
+    evict: Arc<Notify>,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Slots(Arc::new(Mutex::new(Open {
+            tick: 0,
+            next_id: 0,
+            conns: HashMap::new(),
+            per_peer: HashMap::new(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a connection from `ip`: none if the address holds
+    /// [`PER_PEER`] already; when all are taken, the connection that asked
+    /// (or was accepted) least recently is told to close.
+    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let mut open = self.lock();
+        if open.per_peer.get(&ip).copied().unwrap_or(0) >= PER_PEER {
             return None;
         }
-        *n += 1;
-        Some(PeerSlot {
-            peers: self.clone(),
-            ip,
+        if open.conns.len() >= SCRAPE_CONNECTIONS {
+            let victim = open
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.asked.load(Ordering::Relaxed))
+                .map(|(id, _)| *id);
+            if let Some(id) = victim {
+                open.remove(id);
+            }
+        }
+        let now = open.tick();
+        let id = open.next_id;
+        open.next_id += 1;
+        let asked = Arc::new(AtomicU64::new(now));
+        let evict = Arc::new(Notify::new());
+        *open.per_peer.entry(ip).or_insert(0) += 1;
+        open.conns.insert(
+            id,
+            Conn {
+                ip,
+                asked: asked.clone(),
+                evict: evict.clone(),
+            },
+        );
+        Some(Slot {
+            slots: self.clone(),
+            id,
+            asked,
+            evict,
         })
     }
 }
 
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut open = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
+impl Open {
+    /// The next tick.
+    fn tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// Forgets connection `id` and tells it to close (no-op if gone).
+    fn remove(&mut self, id: u64) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        conn.evict.notify_one();
+        if let Some(n) = self.per_peer.get_mut(&conn.ip) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                self.per_peer.remove(&conn.ip);
             }
         }
     }
 }
 
-/// Serves `metrics_listen` until `stop`: at most [`SCRAPE_CONNECTIONS`]
-/// at once, [`PER_PEER`] per client address (one more is closed at once).
+impl Slot {
+    /// Records a request head on this connection.
+    fn asked(&self) {
+        let now = self.slots.lock().tick();
+        self.asked.store(now, Ordering::Relaxed);
+    }
+
+    /// Completes when [`Slots::admit`] chose this connection to close.
+    fn evicted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let evict = self.evict.clone();
+        async move { evict.notified().await }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.lock().remove(self.id);
+    }
+}
+
+/// Serves `metrics_listen` until `stop` (see the module doc for who gets
+/// a slot).
 pub(crate) async fn serve_scrapes(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     idle_timeout: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(SCRAPE_CONNECTIONS));
-    let peers = Peers::default();
+    let slots = Slots::new();
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     accept_errors.recovered();
-                    let Some(peer_slot) = peers.admit(peer.ip()) else {
+                    let Some(slot) = slots.admit(peer.ip()) else {
                         tracing::debug!(%peer, "closing a scrape connection: its address holds {PER_PEER} already");
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
+                    let evicted = slot.evicted();
+                    let slot = Arc::new(slot);
+                    let marks = slot.clone();
                     serve(
                         stream,
                         shared.clone(),
-                        http::handle_scrape,
-                        (slot, peer_slot),
-                        idle_timeout,
-                        SCRAPE_HEADER_TIMEOUT,
+                        move |req, shared| {
+                            marks.asked();
+                            http::handle_scrape(req, shared)
+                        },
+                        slot,
+                        Timeouts { header: SCRAPE_HEADER_TIMEOUT, idle: idle_timeout },
+                        evicted,
                         &graceful,
                     );
                 }
@@ -115,14 +207,35 @@ mod tests {
 
     #[test]
     fn one_address_holds_at_most_its_share_and_gets_it_back() {
-        let peers = Peers::default();
+        let slots = Slots::new();
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
-        let held: Vec<_> = (0..PER_PEER).filter_map(|_| peers.admit(a)).collect();
+        let held: Vec<_> = (0..PER_PEER).filter_map(|_| slots.admit(a)).collect();
         assert_eq!(held.len(), PER_PEER);
-        assert!(peers.admit(a).is_none());
-        assert!(peers.admit(b).is_some());
+        assert!(slots.admit(a).is_none());
+        assert!(slots.admit(b).is_some());
         drop(held);
-        assert!(peers.admit(a).is_some());
+        assert!(slots.admit(a).is_some());
+    }
+
+    #[test]
+    fn a_full_house_closes_the_connection_that_asked_least_recently() {
+        let slots = Slots::new();
+        let mut held = Vec::new();
+        for i in 0..SCRAPE_CONNECTIONS {
+            let ip: IpAddr = [127, 0, 1, u8::try_from(i / PER_PEER).expect("small")].into();
+            held.push(slots.admit(ip).expect("room"));
+        }
+        // Every connection but the first asked since; the first is silent.
+        for slot in &held[1..] {
+            slot.asked();
+        }
+        let newcomer = slots.admit([127, 0, 0, 2].into()).expect("room made");
+        assert_eq!(slots.lock().conns.len(), SCRAPE_CONNECTIONS);
+        assert!(!slots.lock().conns.contains_key(&held[0].id));
+        // The next one out is the one that asked least recently.
+        let _second = slots.admit([127, 0, 0, 3].into()).expect("room made");
+        assert!(!slots.lock().conns.contains_key(&held[1].id));
+        assert!(slots.lock().conns.contains_key(&newcomer.id));
     }
 }

@@ -308,6 +308,33 @@ async fn metrics_are_served_over_tcp_only_when_configured_and_nothing_else_is() 
     agent.stop().await;
 }
 
+/// A connection to `addr` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], addr: &str) -> tokio::net::TcpStream {
+    let target: std::net::SocketAddr = addr.parse().expect("address");
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind a loopback address");
+    s.connect(target).await.expect("connect")
+}
+
+/// `GET /metrics` on `metrics_listen` from the loopback address `from`.
+async fn scrape_from(from: [u8; 4], addr: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect_from(from, addr).await;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
 /// 64 half-open connections to `metrics_listen` (an outside attack's) used
 /// to delay a scrape by the 10 s header timeout; one address now holds at
 /// most 4 connections, and a silent one is closed after 2 s: a scraper from
@@ -318,42 +345,13 @@ async fn half_open_connections_from_one_address_cannot_starve_a_scrape() {
     fx.publish("v1", 3);
     let agent = fx.start_agent("scraped", "metrics_listen = \"127.0.0.1:0\"");
     agent.serves(1).await;
-    let addr = agent.get("/v1/snapshot").await.json()["metrics_address"]
-        .as_str()
-        .expect("metrics_address")
-        .to_owned();
+    let addr = metrics_address(&agent).await;
     let held: Vec<std::net::TcpStream> = (0..64)
         .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
         .collect();
     assert_eq!(held.len(), 64);
     let started = Instant::now();
-    let (status, body) = tokio::task::spawn_blocking(move || {
-        let socket = std::net::SocketAddr::from(([127, 0, 0, 2], 0));
-        let target: std::net::SocketAddr = addr.parse().expect("address");
-        let s = tokio::net::TcpSocket::new_v4().expect("socket");
-        s.bind(socket).expect("bind 127.0.0.2");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let stream = rt.block_on(s.connect(target)).expect("connect");
-        let mut stream = stream.into_std().expect("std");
-        stream.set_nonblocking(false).expect("blocking");
-        use std::io::{Read, Write};
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("write");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read");
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
-        (status, text)
-    })
-    .await
-    .expect("thread");
+    let (status, body) = scrape_from([127, 0, 0, 2], &addr).await;
     assert_eq!(status, 200, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -362,6 +360,45 @@ async fn half_open_connections_from_one_address_cannot_starve_a_scrape() {
     );
     drop(held);
     agent.stop().await;
+}
+
+/// Silent connections from many loopback addresses (4 each, 256 in all)
+/// used to fill every slot of `metrics_listen`, so a scrape waited for the
+/// header timeout of one of them; a full house now closes the connection
+/// that asked least recently, and the scrape is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_many_addresses_cannot_starve_a_scrape() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let agent = fx.start_agent("scraped", "metrics_listen = \"127.0.0.1:0\"");
+    agent.serves(1).await;
+    let addr = metrics_address(&agent).await;
+    let mut held = Vec::new();
+    for host in 0..64u8 {
+        for _ in 0..4 {
+            held.push(connect_from([127, 0, 1, host + 1], &addr).await);
+        }
+    }
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let (status, body) = scrape_from([127, 0, 0, 2], &addr).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "scrape {attempt} took {:?}",
+            started.elapsed()
+        );
+    }
+    drop(held);
+    agent.stop().await;
+}
+
+/// Where `agent` serves `metrics_listen`, from its `/v1/snapshot`.
+async fn metrics_address(agent: &strata_tests::Agent) -> String {
+    agent.get("/v1/snapshot").await.json()["metrics_address"]
+        .as_str()
+        .expect("metrics_address")
+        .to_owned()
 }
 
 /// The packaged agent.toml lists every key the agent reads, each with its
