@@ -117,7 +117,9 @@ impl Source {
                 ignored.push(path);
             }
         }
-        tenant_files.sort();
+        // In tenant id order, which is the payload's: by file stem, since
+        // by whole name `ab-c.toml` sorts before `ab.toml` ('-' < '.').
+        tenant_files.sort_by(|a, b| a.file_stem().cmp(&b.file_stem()));
         ignored.sort();
         // A link may point within the source (a shared file, a renamed
         // tenant), never out of it: a tenant file linked to /etc/passwd or

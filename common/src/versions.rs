@@ -49,6 +49,25 @@ pub enum VersionsError {
     },
 }
 
+/// How [`VersionsError::Payload`] names the snapshot the channel serves.
+const SERVED: &str = "the channel's snapshot";
+
+impl VersionsError {
+    /// Whether the served snapshot is gone or damaged (its bundle missing,
+    /// refused, or its payload undecodable), which no retry mends: the
+    /// publish that replaces it is the fix. A store or disk that failed
+    /// this time is not damage.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            VersionsError::Served(e) => e.is_damage(),
+            VersionsError::Payload { what, source } => {
+                *what == SERVED && !matches!(source, BundleError::Io(_))
+            }
+            VersionsError::Channel(_) => false,
+        }
+    }
+}
+
 /// Compares `compiled` (to be published from the source in `dir`) with
 /// the snapshot `pointer` names (verified with `trust`): one problem per
 /// tenant that breaks the discipline, and the tenants it would remove. A
@@ -78,7 +97,7 @@ pub fn served_owners(
 ) -> Result<std::collections::BTreeMap<String, String>, VersionsError> {
     let mut reader = served_reader(store, pointer, trust)?;
     let err = |source| VersionsError::Payload {
-        what: "the channel's snapshot",
+        what: SERVED,
         source,
     };
     while reader.next_frame().map_err(err)?.is_some() {}
@@ -213,7 +232,7 @@ fn compare<A: Read + Seek, B: Read + Seek>(
     let mut old = Tenants {
         reader: old,
         pending: VecDeque::new(),
-        what: "the served snapshot",
+        what: SERVED,
     };
     let mut new = Tenants {
         reader: new,

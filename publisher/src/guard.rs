@@ -87,7 +87,7 @@ pub(crate) fn check_against_head(
         // channel: the publish that replaces it is the fix, so it goes
         // ahead, said loudly. A store or disk that failed this time
         // is no reason to skip the checks: try again.
-        Err(versions::VersionsError::Served(e)) if e.is_damage() => {
+        Err(e) if e.is_damage() => {
             // The count alone, from its header, when that still reads.
             if let Some((_, served)) =
                 strata_common::operator::served_tenants(store, &head.name, trust)

@@ -181,6 +181,74 @@ fn a_damaged_served_bundle_does_not_lock_the_channel() {
     assert_eq!(bundles(&fx), 2);
 }
 
+/// A tenant whose id extends another's (`x` and `x-east`) comes after it
+/// in the snapshot, as agents check: ordered by file name, `x-east.toml`
+/// came first ('-' sorts before '.'), and every agent refused the publish.
+#[test]
+fn a_tenant_whose_id_extends_another_s_is_published_in_id_order() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 2);
+    let first = tenant_files(&src).remove(0);
+    let id = first
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("id")
+        .to_owned();
+    let longer = format!("{id}-east");
+    let renamed = std::fs::read_to_string(&first)
+        .expect("read")
+        .replace(&id, &longer);
+    let copy = src.join("tenants").join(format!("{longer}.toml"));
+    std::fs::write(&copy, renamed).expect("write");
+    set_line(
+        &copy,
+        "phone_numbers = ",
+        "phone_numbers = [\"+19990000001\"]",
+    );
+    let out = publish(&fx, &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let inspect = Command::new(bin("strata-publisher"))
+        .arg("inspect")
+        .arg(fx.store_dir().join("snapshots/00000000000000000001.bundle"))
+        .arg("--pubkey")
+        .arg(strata_common::sign::public_path(&fx.key_path))
+        .output()
+        .expect("inspect");
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    assert!(
+        text(&inspect).contains("records: 3 tenant config(s)"),
+        "{}",
+        text(&inspect)
+    );
+}
+
+/// A served snapshot that verifies but whose payload does not decode (a
+/// buggy publisher's, signed) is damage, as a bundle that fails its hash
+/// is: the next publish goes ahead with a warning instead of asking to try
+/// again for ever.
+#[test]
+fn a_served_payload_that_does_not_decode_does_not_lock_the_channel() {
+    let fx = Fixture::new();
+    let (src, compiled) = fx.compile("v1", 3);
+    let bad = strata_tests::rewrite(&compiled, |c| {
+        let (_, config) = c.configs.iter_mut().next().expect("a tenant");
+        let mut json: serde_json::Value = serde_json::from_slice(config).expect("json");
+        json["config_hash"] = "not a hash".into();
+        *config = serde_json::to_vec(&json).expect("json");
+    });
+    fx.publish_with(&bad, std::slice::from_ref(&fx.key));
+    let out = publish(&fx, &src);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "warning: tenant versions and removals not checked against the channel's snapshot"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bundles(&fx), 2);
+}
+
 /// A file store whose channel is moved by another publisher (`race`) just
 /// before this publisher's first write under `on` (`snapshots/`: its
 /// upload; `channels/`: its pointer): the races two `publish` commands

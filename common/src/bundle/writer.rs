@@ -25,6 +25,8 @@ pub struct PayloadWriter {
     bodies: Vec<u8>,
     bodies_raw: u64,
     record_count: u64,
+    /// The last tenant written: ids must ascend, as agents check.
+    last_tenant: Option<String>,
     routes_started: bool,
     routes: Sha256,
 }
@@ -66,6 +68,7 @@ impl PayloadWriter {
             bodies: Vec::new(),
             bodies_raw: 0,
             record_count: 0,
+            last_tenant: None,
             routes_started: false,
             routes: Sha256::new(),
         })
@@ -91,6 +94,14 @@ impl PayloadWriter {
         if self.index.is_empty() || self.routes_started {
             return Err(out_of_order("tenants come after Layer 1 and before routes"));
         }
+        if let Some(last) = self.last_tenant.as_deref()
+            && tenant <= last
+        {
+            return Err(out_of_order(&format!(
+                "tenant {tenant} comes after {last}; tenants must ascend by id"
+            )));
+        }
+        self.last_tenant = Some(tenant.to_owned());
         record::encode(&mut self.frame, RecordKind::Config, tenant, config)?;
         record::encode(&mut self.frame, RecordKind::Prompt, tenant, prompt)?;
         self.record_count += 2;
