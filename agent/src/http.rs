@@ -364,6 +364,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "config_problem": status.config_problem,
         "metrics_address": status.metrics_address,
         "signed_by": status.signed_by,
+        "trusted_keys": status.trusted_keys,
         "state": status.state,
         "applying": status.applying,
     });

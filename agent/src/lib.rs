@@ -104,7 +104,7 @@ pub async fn run(
                 .await
                 .with_context(|| format!("binding metrics_listen {addr}"))?;
             let bound = listener.local_addr().map_or(addr, |a| a);
-            info!(address = %bound, "serving /metrics, /healthz and /readyz over TCP");
+            info!(address = %bound, "serving /metrics, /healthz, /readyz and /v1/snapshot over TCP");
             shared.status().metrics_address = Some(bound.to_string());
             Some(listener)
         }

@@ -111,6 +111,24 @@ fn check_config(path: &Path) -> Result<()> {
             .metrics_listen
             .map_or_else(|| "none".to_owned(), |a| a.to_string())
     );
+    // A file store is on this machine: say now what the agent would wait
+    // for (a network store is met at the first check).
+    if let strata_common::store::StoreUrl::File(dir) = &config.store {
+        let pointer = dir.join(strata_common::layout::channel_key(&config.channel));
+        if !dir.is_dir() {
+            println!(
+                "  warning: the store directory {} does not exist (an unmounted volume, or a wrong source?); the agent would wait for it",
+                dir.display()
+            );
+        } else if !pointer.exists() {
+            println!(
+                "  warning: {} holds no channel {} yet ({} is missing; a wrong channel, or nothing published yet?); the agent would wait for it",
+                dir.display(),
+                config.channel,
+                pointer.display()
+            );
+        }
+    }
     Ok(())
 }
 

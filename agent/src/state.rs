@@ -66,6 +66,10 @@ pub struct Status {
     /// snapshot verify today (a key rotation is done when every node serves
     /// a snapshot the new key signed).
     pub signed_by: Vec<String>,
+    /// The keys this agent trusts now, as `role:key id` (read again from
+    /// its config at every check): step 1 of a key rotation is done on a
+    /// node when the new key's id is here.
+    pub trusted_keys: Vec<String>,
 }
 
 /// Which document decides the version served.
@@ -148,6 +152,7 @@ impl Shared {
                 metrics_address: None,
                 followed: None,
                 signed_by: Vec::new(),
+                trusted_keys: Vec::new(),
             }),
             metrics: Metrics::default(),
             source,

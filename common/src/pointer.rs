@@ -280,7 +280,7 @@ pub enum PointerReadError {
     },
     /// The channel pointer does not verify with the publisher's keys.
     #[error(
-        "{key} does not verify with the signing keys' public halves or a --trusted-key ({reason}); if the publisher key was rotated, pass the old public key with --trusted-key; if it was written without a key, restore it from a trusted copy"
+        "{key} does not verify with the signing keys' public halves or a --trusted-key ({reason}). Is --key the channel's publisher key (not an operator's or another channel's)? If the publisher key was rotated, pass the old public key with --trusted-key; if the pointer was written without a key, restore it from a trusted copy"
     )]
     Untrusted {
         /// The pointer's key.

@@ -91,7 +91,7 @@ pub enum SignatureError {
     },
     /// Too few distinct trusted keys signed.
     #[error(
-        "{valid} valid signature(s) by trusted {role} keys, {required} required ({untrusted} signature(s) by keys not trusted as {role}); sign with a trusted key, or trust its public key (an agent's trusted_keys, a publisher's --trusted-key)"
+        "{valid} valid signature(s) by trusted {role} keys, {required} required ({untrusted} signature(s) by keys not trusted as {role}); sign with a trusted key, or trust its public key (an agent's trusted_keys, a publisher's --trusted-key); a snapshot that only a retired key signed comes back with `rollback --to N`, which signs its content again"
     )]
     ThresholdNotMet {
         /// The role being checked.

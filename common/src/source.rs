@@ -55,6 +55,18 @@ impl Source {
     /// Reads `dir/layer1.toml` and lists `dir/tenants/*.toml`.
     pub fn open(dir: &Path) -> Result<Self, SourceError> {
         let layer1_path = dir.join("layer1.toml");
+        if !dir.is_dir() {
+            return Err(refused(
+                dir.to_owned(),
+                "no such directory: --source names the config repository's directory, the one holding layer1.toml and tenants/".to_owned(),
+            ));
+        }
+        if !layer1_path.exists() && !dir.join("tenants").exists() {
+            return Err(refused(
+                dir.to_owned(),
+                "holds neither layer1.toml nor tenants/: --source names the config repository's directory, the one holding both".to_owned(),
+            ));
+        }
         let root = fs::canonicalize(dir).map_err(|source| SourceError::Io {
             path: dir.to_owned(),
             source,

@@ -60,7 +60,7 @@ pub(crate) fn check_against_head(
             }
             if c.removed.len() > NAMES_SHOWN {
                 let _ = out!(
-                    "{}: … and {} more (`strata-publisher diff` lists them all)",
+                    "{}: … and {} more",
                     dir.display(),
                     c.removed.len() - NAMES_SHOWN
                 );

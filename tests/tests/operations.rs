@@ -441,3 +441,31 @@ fn the_packaged_config_lists_every_key_and_sets_pin_file() {
         );
     }
 }
+
+/// `check-config` on a config whose file store is missing (a wrong path,
+/// an unmounted volume) or holds no such channel says so: the agent would
+/// start and wait, which a new SRE took for "ok".
+#[test]
+fn check_config_names_a_missing_file_store_and_a_missing_channel() {
+    let fx = Fixture::new();
+    let check = |path: &Path| {
+        let out = Command::new(bin("strata-agent"))
+            .args(["check-config", "--config"])
+            .arg(path)
+            .output()
+            .expect("run check-config");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (_, path) = fx.agent_config("checked", "");
+    let out = check(&path);
+    assert!(out.contains("holds no channel stable yet"), "{out}");
+    fx.publish("v1", 2);
+    let out = check(&path);
+    assert!(!out.contains("warning"), "{out}");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let store = fx.store_dir().display().to_string();
+    std::fs::write(&path, text.replace(&store, &format!("{store}-typo"))).expect("write");
+    let out = check(&path);
+    assert!(out.contains("does not exist (an unmounted volume"), "{out}");
+}

@@ -499,6 +499,51 @@ fn an_unsigned_pointer_or_a_junk_bundle_name_never_decides_the_next_version() {
     assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
 }
 
+/// A publish by keys none of which signed the channel's pointer (an
+/// operator's key passed as --key, with the publisher's public key as
+/// --trusted-key as the old hint said) is refused, the store untouched:
+/// every agent would refuse it. `--new-signer` is the deliberate way.
+#[test]
+fn a_publish_by_keys_that_never_signed_the_channel_is_refused() {
+    let fx = Fixture::new();
+    fx.publish("a", 3);
+    let other = fx.dir.path().join("ops.key");
+    strata_common::sign::generate_key(&other).expect("keygen");
+    let src = fx.dir.path().join("source-a");
+    let pubkey = strata_common::sign::public_path(&fx.key_path);
+    let publish = |extra: &[&str]| {
+        let mut args = vec![
+            "publish".to_owned(),
+            "--source".to_owned(),
+            src.display().to_string(),
+            "--key".to_owned(),
+            other.display().to_string(),
+            "--trusted-key".to_owned(),
+            pubkey.display().to_string(),
+            "--store".to_owned(),
+            format!("file://{}", fx.store_dir().display()),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        publisher(&args)
+    };
+    let before = tree_bytes(&fx.store_dir());
+    let out = publish(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("none of the signing keys") && err.contains("--new-signer"),
+        "{err}"
+    );
+    assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
+    let out = publish(&["--new-signer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn signature_lifetimes_outside_a_minute_to_ten_years_are_usage_errors() {
     let fx = Fixture::new();
@@ -843,4 +888,27 @@ fn output_lines_escape_what_the_store_names_hold() {
     assert!(!stdout.lines().any(|l| l.starts_with("::")), "{stdout}");
     assert!(!stdout.contains('\u{202e}'), "{stdout}");
     assert!(stdout.contains("\\u{a}::error::owned"), "{stdout}");
+}
+
+/// A `--source` that does not exist, or is not a config repository, is
+/// named as such with what it should hold (it was a bare "No such file or
+/// directory").
+#[test]
+fn a_wrong_source_directory_says_what_source_should_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, says) in [
+        (dir.path().join("nosuch"), "no such directory"),
+        (
+            dir.path().to_owned(),
+            "holds neither layer1.toml nor tenants/",
+        ),
+    ] {
+        let out = publisher(&["validate", "--source", &path.display().to_string()]);
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(says) && text.contains("layer1.toml"),
+            "{text}"
+        );
+    }
 }

@@ -837,8 +837,18 @@ async fn keys_rotate_without_a_restart(mut w: World) {
         World::pubkey(&new),
         World::pubkey(&w.ops),
     );
-    // 1. Agents learn the new key.
+    // 1. Agents learn the new key, and say so (the step's checkpoint).
     w.write_config("eu", "eu-west-1", "", &both);
+    let new_id = format!(
+        "publisher:{}",
+        sign::KeyId::of(&sign::load_signing_key(&new).expect("key").verifying_key())
+    );
+    until(&eu, "the new key listed as trusted", |s| {
+        s["trusted_keys"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(new_id.as_str())))
+    })
+    .await;
     // 2. Publish signed by both.
     let (src, _) = w.fx.compile("v2", 4);
     let (o, n) = (old.display().to_string(), new.display().to_string());
@@ -876,6 +886,7 @@ async fn keys_rotate_without_a_restart(mut w: World) {
         &src,
         "--key",
         &n,
+        "--new-signer",
         "--trusted-key",
         &old_pub,
     ])
@@ -894,6 +905,7 @@ async fn keys_rotate_without_a_restart(mut w: World) {
         &src,
         "--key",
         &o,
+        "--new-signer",
         "--trusted-key",
         &new_pub,
     ])
@@ -913,6 +925,7 @@ async fn keys_rotate_without_a_restart(mut w: World) {
         &src,
         "--key",
         &n,
+        "--new-signer",
         "--trusted-key",
         &old_pub,
     ])
@@ -971,6 +984,7 @@ async fn a_retained_snapshot_no_trusted_key_vouches_for_is_not_served(mut w: Wor
         &src,
         "--key",
         &new.display().to_string(),
+        "--new-signer",
         "--trusted-key",
         &old_pub,
     ])

@@ -120,6 +120,7 @@ impl Syncer {
         db: Db,
         shared: Arc<Shared>,
     ) -> Self {
+        shared.status().trusted_keys = reload::trusted_ids(&trust);
         Self {
             store,
             trust,

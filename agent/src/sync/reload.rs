@@ -5,7 +5,7 @@
 
 use tracing::{info, warn};
 
-use strata_common::sign::Role;
+use strata_common::sign::{Role, TrustedKeys};
 
 use super::Syncer;
 use crate::config::Config;
@@ -47,6 +47,20 @@ impl RestartSettings {
             .map(|(name, _)| name.clone())
             .collect()
     }
+}
+
+/// `trust`'s keys as `/v1/snapshot` lists them: `role:key id`.
+pub(super) fn trusted_ids(trust: &TrustedKeys) -> Vec<String> {
+    let (keys, ..) = trust.summary();
+    keys.iter()
+        .map(|(role, id)| {
+            let role = match role {
+                Role::Publisher => "publisher",
+                Role::Operator => "operator",
+            };
+            format!("{role}:{id}")
+        })
+        .collect()
 }
 
 impl Syncer {
@@ -113,6 +127,7 @@ impl Syncer {
             operator_keys = trust.count(Role::Operator),
             "trusted keys changed; checking what is served against them"
         );
+        self.shared.status().trusted_keys = trusted_ids(&trust);
         self.trust = trust;
         self.refused = None;
         let served = self.shared.served.load_full();

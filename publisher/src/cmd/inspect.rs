@@ -231,8 +231,12 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
                         "an agent would apply version {}{by}: {bundle} ({size} bytes, sha256 {sha})",
                         named.version()
                     )?;
+                    let what = match &named {
+                        verify::Named::Pin(_) => "pin",
+                        _ => "pointer",
+                    };
                     out!(
-                        "pointer expires {}; bundle created {}, expires {}; layer1 {}",
+                        "{what} expires {}; bundle created {}, expires {}; layer1 {}",
                         named.pointer().map_or("never", |p| p.expires_at.as_str()),
                         manifest.created_at,
                         manifest.expires_at,
