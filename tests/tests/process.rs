@@ -817,10 +817,11 @@ fn rollback_to_an_expired_bundle_says_so_and_publishes_it_signed_anew() {
 }
 
 /// An old signed pointer put back with the newer bundles deleted (a writer
-/// without keys can do both): `refresh --state-dir` remembers the highest
-/// version it refreshed, outside the store, and refuses to make the old
-/// pointer fresh again; without the record it would, and the next publish
-/// would reuse version 2 with other bytes.
+/// without keys can do both): `refresh` remembers the highest version it
+/// refreshed in the host's state directory (here the default under
+/// `$XDG_STATE_HOME`), outside the store, and refuses to make the old
+/// pointer fresh again; without the record (`--no-state`) it would, and
+/// the next publish would reuse version 2 with other bytes.
 #[test]
 fn refresh_refuses_an_old_pointer_put_back_after_the_bundles_were_deleted() {
     let fx = Fixture::new();
@@ -830,29 +831,27 @@ fn refresh_refuses_an_old_pointer_put_back_after_the_bundles_were_deleted() {
     fx.publish("v2", 3);
     let store = format!("file://{}", fx.store_dir().display());
     let key = fx.key_path.display().to_string();
-    let state = fx.dir.path().join("refresh-state");
-    let state_arg = state.display().to_string();
-    let refresh = || {
-        publisher(&[
-            "refresh",
-            "--store",
-            &store,
-            "--key",
-            &key,
-            "--state-dir",
-            &state_arg,
-        ])
+    let state = fx.dir.path().join("xdg-state");
+    let refresh = |extra: &[&str]| {
+        Command::new(bin("strata-publisher"))
+            .args(["refresh", "--store", &store, "--key", &key])
+            .args(extra)
+            .env("XDG_STATE_HOME", &state)
+            .env_remove("STATE_DIRECTORY")
+            .output()
+            .expect("run publisher")
     };
-    let out = refresh();
+    let out = refresh(&[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(state.join("strata").is_dir(), "the default state directory");
     // The attack: v2's bundle deleted, v1's pointer put back.
     std::fs::remove_file(fx.store_dir().join(strata_common::layout::bundle_key(2))).expect("rm");
     std::fs::write(fx.store_dir().join("channels/stable.json"), &old_pointer).expect("put back");
-    let out = refresh();
+    let out = refresh(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -863,6 +862,13 @@ fn refresh_refuses_an_old_pointer_put_back_after_the_bundles_were_deleted() {
         std::fs::read(fx.store_dir().join("channels/stable.json")).expect("pointer"),
         old_pointer,
         "nothing was written"
+    );
+    // Without a record, as before: re-signed.
+    let out = refresh(&["--no-state"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -68,7 +68,18 @@ impl World {
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        self.s3.as_ref().map(S3Server::env).unwrap_or_default()
+        let mut env = self.s3.as_ref().map(S3Server::env).unwrap_or_default();
+        // `refresh` keeps its record here, not in the user's home.
+        env.push((
+            "STATE_DIRECTORY",
+            self.fx
+                .dir
+                .path()
+                .join("refresh-state")
+                .display()
+                .to_string(),
+        ));
+        env
     }
 
     /// Writes a store object directly, as anyone with write access could.

@@ -1,9 +1,10 @@
 //! `refresh --store URL --key KEY [--channel C] [--state-dir DIR]`: the
 //! channel pointer re-signed with a fresh expiry, no new snapshot.
 //!
-//! With `--state-dir` (the refresh timer's unit passes its own state
-//! directory), the highest version refreshed is remembered outside the
-//! store, where a writer without keys cannot lower it: an old signed
+//! The highest version refreshed is remembered in a state directory of
+//! the host's (`--state-dir`; by default systemd's `$STATE_DIRECTORY`,
+//! else `$XDG_STATE_HOME/strata`, else `~/.local/state/strata`), outside
+//! the store, where a writer without keys cannot lower it: an old signed
 //! pointer put back with the newer bundles deleted is refused instead of
 //! made fresh again (a publish after it would reuse version numbers with
 //! other bytes, and nodes that held them would refuse them).
@@ -47,8 +48,29 @@ pub struct Args {
     drop_signers: bool,
     /// A directory of this host's own where the highest version refreshed
     /// per store and channel is kept; a pointer below it is refused.
+    /// Default: `$STATE_DIRECTORY` (systemd's), else
+    /// `$XDG_STATE_HOME/strata`, else `~/.local/state/strata`.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep no record (a throwaway host): an old pointer put back with the
+    /// newer bundles deleted is then re-signed like any other.
+    #[arg(long, conflicts_with = "state_dir")]
+    no_state: bool,
+}
+
+/// The state directory a refresh uses without `--state-dir`: systemd's
+/// `$STATE_DIRECTORY` (its first entry), else `$XDG_STATE_HOME/strata`,
+/// else `$HOME/.local/state/strata`; none without any of them.
+fn default_state_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+        return Some(PathBuf::from(first));
+    }
+    if let Some(xdg) = var("XDG_STATE_HOME") {
+        return Some(PathBuf::from(xdg).join("strata"));
+    }
+    var("HOME").map(|home| PathBuf::from(home).join(".local/state/strata"))
 }
 
 /// What a refresh host remembers of a channel.
@@ -92,7 +114,18 @@ pub fn run(args: Args) -> Result<()> {
     let keys = args.keys.load()?;
     let trust = TrustedKeys::for_publisher(&keys, &load_public_keys(&args.trusted_keys)?);
     let store = store::open_write(&args.store)?;
-    let record = match &args.state_dir {
+    let state_dir = if args.no_state {
+        None
+    } else {
+        let dir = args.state_dir.clone().or_else(default_state_dir);
+        if dir.is_none() {
+            note!(
+                "warning: no state directory (no --state-dir, $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME): an old pointer put back with newer bundles deleted cannot be told from the real one"
+            );
+        }
+        dir
+    };
+    let record = match &state_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the state directory {}", dir.display()))?;
