@@ -248,19 +248,29 @@ fn claim_numbers(
                 ),
             }
         } else {
-            let whose = if holder == Some(&other) {
-                " in the snapshot the channel serves"
+            let reason = if served.is_none() {
+                // Without the channel's snapshot, who holds the number is
+                // not known: the problem is filed on the later file.
+                format!(
+                    "{n} is also claimed by tenant {other} ({}); each number belongs to exactly one tenant, remove it from one of them (which of the two holds it in the channel is not known here: `validate --store` tells)",
+                    file_of(&other).display()
+                )
             } else {
-                ""
+                let whose = if holder == Some(&other) {
+                    " in the snapshot the channel serves"
+                } else {
+                    ""
+                };
+                format!(
+                    "{n} is already owned by tenant {other} ({}){whose}; each number belongs to exactly one tenant, remove it from one of them",
+                    file_of(&other).display()
+                )
             };
             Problem {
                 file: t.file.clone(),
                 tenant: Some(t.tenant_id.clone()),
                 field: format!("phone_numbers[{i}]"),
-                reason: format!(
-                    "{n} is already owned by tenant {other} ({}){whose}; each number belongs to exactly one tenant, remove it from one of them",
-                    file_of(&other).display()
-                ),
+                reason,
             }
         };
         t.problems.push(problem);

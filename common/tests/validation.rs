@@ -636,6 +636,22 @@ fn a_number_squatter_is_refused_not_the_owner() {
         assert!(p.file.ends_with("aa-squatter.toml"), "{p}");
         assert!(p.reason.contains("+14155550100"), "{p}");
     }
+    // Without the channel's snapshot (`validate` without --store) the
+    // holder is not known, and the problem says so instead of blaming.
+    let problems = match compile::validate(&source, CompileOptions::default()) {
+        Err(SourceError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {:?}", other.map(|_| ())),
+    };
+    assert!(!problems.is_empty());
+    for p in &problems {
+        let line = p.to_string();
+        assert!(
+            line.contains("aa-squatter") && line.contains("acme-hvac"),
+            "{p}"
+        );
+        assert!(p.reason.contains("also claimed"), "{p}");
+        assert!(p.reason.contains("`validate --store` tells"), "{p}");
+    }
 }
 
 /// Without `key_ref_prefix` in Layer 1, a key_ref naming another tenant's

@@ -391,6 +391,17 @@ impl WriteStore for FileStore {
         } else {
             self.path(dir_part)?
         };
+        // A `snapshots/` linked out of the store is refused here as its
+        // objects are when read: one rule for listing, reading and writing.
+        match self.inside(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(StoreError::Fatal {
+                    key: prefix.to_owned(),
+                    source: format!("{}: {OUTSIDE}", dir.display()).into(),
+                });
+            }
+            _ => {}
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.root.exists() => {
@@ -635,6 +646,10 @@ mod tests {
         ));
         assert!(matches!(
             store.delete("channels/stable.json"),
+            Err(StoreError::Fatal { .. })
+        ));
+        assert!(matches!(
+            store.list_page("snapshots/", None),
             Err(StoreError::Fatal { .. })
         ));
         let written: Vec<_> = std::fs::read_dir(elsewhere.path())
