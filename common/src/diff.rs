@@ -23,6 +23,33 @@ pub struct Changed {
     /// Dotted paths of the effective config that differ
     /// (`generation.temperature`), and `prompt` if the system prompt does.
     pub fields: Vec<String>,
+    /// Each of `fields` with its old and new value, shortened to
+    /// [`SHOWN_CHARS`] (a prompt by its length): what a reviewer reads.
+    pub values: Vec<FieldChange>,
+}
+
+/// One changed field's values, as text (JSON for config values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    /// The dotted path, or `prompt`.
+    pub field: String,
+    /// The old value; none if the field is new.
+    pub old: Option<String>,
+    /// The new value; none if the field is gone.
+    pub new: Option<String>,
+}
+
+/// How much of a value a diff shows.
+pub const SHOWN_CHARS: usize = 80;
+
+/// `value` as JSON text, cut at [`SHOWN_CHARS`] characters.
+fn shown(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() <= SHOWN_CHARS {
+        return text;
+    }
+    let cut: String = text.chars().take(SHOWN_CHARS).collect();
+    format!("{cut}… ({} characters)", text.chars().count())
 }
 
 /// The difference between snapshot `from` and snapshot `to`.
@@ -96,16 +123,35 @@ pub fn diff(
         let (Some((ac, ap)), Some((bc, bp))) = (a_bodies.get(tenant), b_bodies.get(tenant)) else {
             continue;
         };
-        let mut fields = Vec::new();
-        changed_paths(ac, bc, String::new(), &mut fields);
-        fields.retain(|f| f != "config_hash");
+        let mut found = Vec::new();
+        changed_paths(ac, bc, String::new(), &mut found);
+        let mut values: Vec<FieldChange> = found
+            .into_iter()
+            .filter(|(f, ..)| f != "config_hash")
+            .map(|(field, old, new)| FieldChange {
+                field,
+                old: old.map(shown),
+                new: new.map(shown),
+            })
+            .collect();
         if ap != bp {
-            fields.push("prompt".to_owned());
+            values.push(FieldChange {
+                field: "prompt".to_owned(),
+                old: Some(format!(
+                    "{} characters",
+                    String::from_utf8_lossy(ap).chars().count()
+                )),
+                new: Some(format!(
+                    "{} characters",
+                    String::from_utf8_lossy(bp).chars().count()
+                )),
+            });
         }
-        if !fields.is_empty() {
+        if !values.is_empty() {
             changed.push(Changed {
                 tenant_id: tenant.clone(),
-                fields,
+                fields: values.iter().map(|v| v.field.clone()).collect(),
+                values,
             });
         }
     }
@@ -160,9 +206,22 @@ fn bodies(
     Ok(out)
 }
 
-/// Appends the dotted paths where `a` and `b` differ: objects are compared
-/// key by key, anything else (arrays, numbers, strings) as a whole.
-fn changed_paths(a: &serde_json::Value, b: &serde_json::Value, at: String, out: &mut Vec<String>) {
+/// A changed field: its dotted path, its old and its new value.
+type Found<'v> = (
+    String,
+    Option<&'v serde_json::Value>,
+    Option<&'v serde_json::Value>,
+);
+
+/// Appends the dotted paths where `a` and `b` differ, with both values:
+/// objects are compared key by key, anything else (arrays, numbers,
+/// strings) as a whole.
+fn changed_paths<'v>(
+    a: &'v serde_json::Value,
+    b: &'v serde_json::Value,
+    at: String,
+    out: &mut Vec<Found<'v>>,
+) {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -175,11 +234,11 @@ fn changed_paths(a: &serde_json::Value, b: &serde_json::Value, at: String, out: 
                 };
                 match (x.get(k), y.get(k)) {
                     (Some(p), Some(q)) => changed_paths(p, q, path, out),
-                    _ => out.push(path),
+                    (p, q) => out.push((path, p, q)),
                 }
             }
         }
-        _ if a != b => out.push(at),
+        _ if a != b => out.push((at, Some(a), Some(b))),
         _ => {}
     }
 }
@@ -195,6 +254,10 @@ mod tests {
         let b = json!({"generation": {"temperature": 0.5, "max_tokens": 10}, "name": "A", "phone_numbers": ["+1", "+2"], "x": 1});
         let mut out = Vec::new();
         changed_paths(&a, &b, String::new(), &mut out);
-        assert_eq!(out, ["generation.temperature", "phone_numbers", "x"]);
+        let paths: Vec<&str> = out.iter().map(|(p, ..)| p.as_str()).collect();
+        assert_eq!(paths, ["generation.temperature", "phone_numbers", "x"]);
+        assert_eq!(out[0].1, Some(&json!(0.4)));
+        assert_eq!(out[0].2, Some(&json!(0.5)));
+        assert_eq!(out[2].1, None);
     }
 }

@@ -687,12 +687,21 @@ async fn rollback_rolls_forward_and_diff_names_what_changed(mut w: World) {
         .into_owned();
     assert!(text.contains("0 added, 0 removed, 1 changed"), "{text}");
     assert!(text.contains(&format!("~ {changed}: version")), "{text}");
+    // With the old and the new value (change_one_tenant sets 9.9.2).
+    assert!(
+        text.contains("    version: \"") && text.contains("→ \"9.9.2\""),
+        "{text}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&w.ok(&["diff", "1", "2", "--json"]).await).expect("json");
     assert_eq!(json["changed"][0]["tenant_id"], changed.as_str(), "{json}");
     assert_eq!(
         json["changed"][0]["fields"],
         serde_json::json!(["version"]),
+        "{json}"
+    );
+    assert_eq!(
+        json["changed"][0]["values"][0]["new"], "\"9.9.2\"",
         "{json}"
     );
 

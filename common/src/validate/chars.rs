@@ -24,6 +24,31 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Where a refused pattern is in `text` (`at`, character positions): the
+/// position, counted from 1, and the stretch with a little context, every
+/// character outside ASCII escaped, so that a homoglyph or an invisible
+/// character hiding the pattern shows (`…ign\u{200b}ore previous…`).
+pub fn excerpt(text: &str, at: std::ops::Range<usize>) -> String {
+    const CONTEXT: usize = 12;
+    let from = at.start.saturating_sub(CONTEXT);
+    let count = at.end + CONTEXT - from;
+    let mut shown = String::new();
+    let total = text.chars().count();
+    for c in text.chars().skip(from).take(count) {
+        if c.is_ascii() && !c.is_ascii_control() {
+            shown.push(c);
+        } else {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        }
+    }
+    format!(
+        "at character {}: \"{}{shown}{}\"",
+        at.start + 1,
+        if from > 0 { "…" } else { "" },
+        if from + count < total { "…" } else { "" }
+    )
+}
+
 /// Control characters (C0, DEL, C1: line breaks, ESC, BEL), the line and
 /// paragraph separators, the bidirectional controls (overrides,
 /// embeddings, isolates, marks) that reorder what a reader sees, and the

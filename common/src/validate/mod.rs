@@ -15,8 +15,8 @@ use crate::secrets;
 
 mod chars;
 mod parse;
-use chars::check_characters;
 pub use chars::{Escaped, is_unsafe_char};
+use chars::{check_characters, excerpt};
 pub(crate) use parse::{parse_toml, typed};
 
 /// One thing wrong with the source.
@@ -362,24 +362,22 @@ fn check_prompt_texts(
     let whole = Text::new(&rendered.text);
     let set = policy.patterns();
     for (pattern, normalized) in set.matching(&whole).into_iter().filter_map(|i| set.get(i)) {
-        let culprits: Vec<&String> = parts
+        let culprits: Vec<(&String, &str)> = parts
             .iter()
             .filter(|(_, t)| Text::new(t).contains(normalized))
-            .map(|(f, _)| f)
+            .map(|(f, t)| (f, *t))
             .collect();
         if culprits.is_empty() {
             r.push(
                 "agent.prompt",
                 format!(
-                    "the rendered prompt (variables substituted) contains the forbidden pattern {pattern:?}; Layer 1 policy refuses it, reword the prompt or the variables"
+                    "the rendered prompt (variables substituted) contains the forbidden pattern {pattern:?}{}; Layer 1 policy refuses it, reword the prompt or the variables",
+                    located(&rendered.text, normalized)
                 ),
             );
         }
-        for field in culprits {
-            r.push(
-                field.clone(),
-                format!("contains the forbidden pattern {pattern:?} (matched however it is spelt); Layer 1 policy refuses it, remove or reword it"),
-            );
+        for (field, text) in culprits {
+            r.push(field.clone(), forbidden(pattern, text, normalized));
         }
     }
     if let Some(why) = secrets::find_secret(&rendered.text) {
@@ -414,13 +412,25 @@ fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text
     }
     if let Some(policy) = policy {
         let normalized = Text::new(text);
-        if let Some((pattern, _)) = policy.patterns().first(&normalized) {
-            r.push(
-                field,
-                format!("contains the forbidden pattern {pattern:?} (matched however it is spelt); Layer 1 policy refuses it, remove or reword it"),
-            );
+        if let Some((pattern, p)) = policy.patterns().first(&normalized) {
+            r.push(field, forbidden(pattern, text, p));
         }
     }
+}
+
+/// The problem of a forbidden `pattern` found in `text`, with where.
+fn forbidden(pattern: &str, text: &str, normalized: &crate::normalize::Pattern) -> String {
+    format!(
+        "contains the forbidden pattern {pattern:?} (matched however it is spelt){}; Layer 1 policy refuses it, remove or reword it",
+        located(text, normalized)
+    )
+}
+
+/// ` at character N: "…excerpt…"`, or nothing if it cannot be narrowed.
+fn located(text: &str, pattern: &crate::normalize::Pattern) -> String {
+    crate::normalize::locate(text, pattern)
+        .map(|at| format!(" {}", excerpt(text, at)))
+        .unwrap_or_default()
 }
 
 /// Walks every string of a parsed file and reports those shaped like a

@@ -70,6 +70,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     for c in &d.changed {
         out!("~ {}: {}", c.tenant_id, c.fields.join(", "))?;
+        for v in &c.values {
+            out!(
+                "    {}: {} → {}",
+                v.field,
+                v.old.as_deref().unwrap_or("(none)"),
+                v.new.as_deref().unwrap_or("(none)")
+            )?;
+        }
     }
     Ok(())
 }
