@@ -49,6 +49,21 @@ pub fn excerpt(text: &str, at: std::ops::Range<usize>) -> String {
     )
 }
 
+/// The problem of a forbidden `pattern` found in `text`, with where.
+pub(super) fn forbidden(pattern: &str, text: &str, normalized: &crate::normalize::Pattern) -> String {
+    format!(
+        "contains the forbidden pattern {pattern:?} (matched however it is spelt){}; Layer 1 policy refuses it, remove or reword it",
+        located(text, normalized)
+    )
+}
+
+/// ` at character N: "…excerpt…"`, or nothing if it cannot be narrowed.
+pub(super) fn located(text: &str, pattern: &crate::normalize::Pattern) -> String {
+    crate::normalize::locate(text, pattern)
+        .map(|at| format!(" {}", excerpt(text, at)))
+        .unwrap_or_default()
+}
+
 /// Control characters (C0, DEL, C1: line breaks, ESC, BEL), the line and
 /// paragraph separators, the bidirectional controls (overrides,
 /// embeddings, isolates, marks) that reorder what a reader sees, and the

@@ -16,7 +16,7 @@ use crate::secrets;
 mod chars;
 mod parse;
 pub use chars::{Escaped, is_unsafe_char};
-use chars::{check_characters, excerpt};
+use chars::{check_characters, forbidden, located};
 pub(crate) use parse::{parse_toml, typed};
 
 /// One thing wrong with the source.
@@ -416,21 +416,6 @@ fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text
             r.push(field, forbidden(pattern, text, p));
         }
     }
-}
-
-/// The problem of a forbidden `pattern` found in `text`, with where.
-fn forbidden(pattern: &str, text: &str, normalized: &crate::normalize::Pattern) -> String {
-    format!(
-        "contains the forbidden pattern {pattern:?} (matched however it is spelt){}; Layer 1 policy refuses it, remove or reword it",
-        located(text, normalized)
-    )
-}
-
-/// ` at character N: "…excerpt…"`, or nothing if it cannot be narrowed.
-fn located(text: &str, pattern: &crate::normalize::Pattern) -> String {
-    crate::normalize::locate(text, pattern)
-        .map(|at| format!(" {}", excerpt(text, at)))
-        .unwrap_or_default()
 }
 
 /// Walks every string of a parsed file and reports those shaped like a
