@@ -52,7 +52,10 @@ fn referenced(store: &dyn WriteStore) -> Result<BTreeMap<u64, Vec<String>>, Oper
                     key: key.clone(),
                     reason: e.to_string(),
                 })?;
-            named.entry(pointer.version).or_default().push(key);
+            // An unpin names no bundle.
+            if pointer.kind != crate::pointer::PointerKind::Unpin {
+                named.entry(pointer.version).or_default().push(key);
+            }
         }
     }
     Ok(named)

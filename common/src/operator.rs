@@ -20,7 +20,7 @@ use crate::compile::Compiled;
 use crate::layout::{self, BadName, Document};
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
-use crate::sign::{KeyId, TrustedKeys};
+use crate::sign::{KeyId, Role, TrustedKeys};
 use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
 
@@ -381,26 +381,76 @@ fn refuse_publisher_keys(store: &dyn WriteStore, keys: &[SigningKey]) -> Result<
     Ok(())
 }
 
-/// Removes `region`'s pin: its agents follow the channel again. Returns the
-/// pin removed, or `None` if the region was not pinned.
-pub fn unpin(store: &dyn WriteStore, region: &str) -> Result<Option<Pointer>, OperatorError> {
+/// What [`unpin`] found at the region's pin key.
+#[derive(Debug)]
+pub enum Unpinned {
+    /// A pin, now replaced by the unpin.
+    Was(Pointer),
+    /// No pin (none, or gone): the unpin is written all the same, so that
+    /// agents that followed a pin which disappeared let go of it now.
+    NoPin,
+    /// An unpin these keys signed already: nothing written.
+    Already,
+}
+
+/// Ends `region`'s pin: writes the region's unpin, signed by `keys`
+/// (operator keys, as for a pin), over whatever is at the pin's key. Its
+/// agents follow the channel again. A pin file that merely disappears is
+/// not an unpin: agents keep a verified pin until it expires.
+pub fn unpin(
+    store: &dyn WriteStore,
+    region: &str,
+    keys: &[SigningKey],
+) -> Result<Unpinned, OperatorError> {
     layout::check_name("region", region)?;
-    let key = PointerKind::Pin.store_key(region);
-    let Some(Document { bytes, .. }) = layout::read(store, &key)? else {
-        return Ok(None);
-    };
-    store.delete(&key)?;
-    let removed = Pointer::parse_unverified(&bytes).ok();
-    // Agents refuse a pin signed no later than one they saw removed (a
-    // replay); signing times are whole seconds, so return only once the
-    // clock is past the removed pin's second, and a pin made next is newer.
-    if let Some(signed) = removed
+    refuse_publisher_keys(store, keys)?;
+    let key = PointerKind::Unpin.store_key(region);
+    let current = layout::read(store, &key)?;
+    let before = current
+        .as_ref()
+        .and_then(|doc| Pointer::parse_unverified(&doc.bytes).ok());
+    // An unpin these keys signed is there already; one by other keys (a
+    // forgery agents refuse) is written over.
+    let mut ours = TrustedKeys::new(1, 1);
+    for k in keys {
+        ours.add(Role::Operator, k.verifying_key());
+    }
+    if let Some(doc) = &current
+        && Pointer::verify(&doc.bytes, PointerKind::Unpin, region, &ours).is_ok()
+    {
+        return Ok(Unpinned::Already);
+    }
+    // Agents refuse a pin or unpin signed before the one they follow
+    // (a replay): signing times are whole seconds, so sign past the pin's.
+    if let Some(t) = before
         .as_ref()
         .and_then(|p| time::parse_exact(&p.created_at).ok())
+        && !wait_past(t)
     {
-        wait_past(signed);
+        return Err(OperatorError::PinInFuture {
+            key: key.clone(),
+            created_at: time::format(t),
+        });
     }
-    Ok(removed)
+    let unpin = Pointer::unpin(region, time::now());
+    let signed = unpin
+        .sign(keys)
+        .map_err(|e| OperatorError::Sign(e.to_string()))?;
+    store::check_conditions(store)?;
+    write_if(
+        store,
+        &key,
+        &signed,
+        current.as_ref().map(|doc| doc.etag.as_str()),
+    )?;
+    // A pin made next must be signed after this unpin.
+    if let Ok(t) = time::parse_exact(&unpin.created_at) {
+        wait_past(t);
+    }
+    Ok(match before {
+        Some(pin) if pin.kind == PointerKind::Pin => Unpinned::Was(pin),
+        _ => Unpinned::NoPin,
+    })
 }
 
 /// Waits until this machine's clock, in whole seconds, is past `t` (a

@@ -25,6 +25,12 @@ pub enum PointerKind {
     /// The version a region must serve, signed by operators.
     #[serde(rename = "strata-pin")]
     Pin,
+    /// A region's unpin: "follow the channel", signed by operators, at the
+    /// pin's key. Naming no bundle (version 0, empty bundle fields) and not
+    /// expiring, it is what ends a pin: a pin file that merely disappears
+    /// (a keyless writer, a mirror's passing 404) is not an unpin.
+    #[serde(rename = "strata-unpin")]
+    Unpin,
 }
 
 impl PointerKind {
@@ -32,7 +38,7 @@ impl PointerKind {
     pub fn role(self) -> Role {
         match self {
             PointerKind::Channel => Role::Publisher,
-            PointerKind::Pin => Role::Operator,
+            PointerKind::Pin | PointerKind::Unpin => Role::Operator,
         }
     }
 
@@ -40,7 +46,7 @@ impl PointerKind {
     pub fn store_key(self, name: &str) -> String {
         match self {
             PointerKind::Channel => layout::channel_key(name),
-            PointerKind::Pin => layout::pin_key(name),
+            PointerKind::Pin | PointerKind::Unpin => layout::pin_key(name),
         }
     }
 }
@@ -142,6 +148,29 @@ impl Pointer {
             .unwrap_or_default()
     }
 
+    /// The unpin of `region` signed at `now`: it names no bundle and does
+    /// not expire (its `expires_at` is its `created_at`, never checked).
+    pub fn unpin(region: &str, now: SystemTime) -> Self {
+        let at = crate::time::format(now);
+        Self {
+            kind: PointerKind::Unpin,
+            name: region.to_owned(),
+            version: 0,
+            bundle: String::new(),
+            bundle_sha256: String::new(),
+            bundle_size: 0,
+            created_at: at.clone(),
+            expires_at: at,
+        }
+    }
+
+    /// The kind a pointer file says it is, unverified (`None` if it does
+    /// not parse): which check to run on it.
+    pub fn peek_kind(bytes: &[u8]) -> Option<PointerKind> {
+        let file: SignedFile = serde_json::from_slice(bytes).ok()?;
+        serde_json::from_value(file.signed.get("type")?.clone()).ok()
+    }
+
     /// Parses a pointer file without checking its signatures: for the
     /// publisher, which only needs the current version to pick the next.
     pub fn parse_unverified(bytes: &[u8]) -> Result<Self, PointerError> {
@@ -175,10 +204,21 @@ impl Pointer {
                 found_name: pointer.name,
             });
         }
+        // An unpin names nothing.
+        if kind == PointerKind::Unpin
+            && (pointer.version != 0
+                || !pointer.bundle.is_empty()
+                || !pointer.bundle_sha256.is_empty()
+                || pointer.bundle_size != 0)
+        {
+            return Err(PointerError::Malformed(
+                "an unpin names no bundle: version 0, bundle and bundle_sha256 empty, bundle_size 0".to_owned(),
+            ));
+        }
         // The bundle is named by its version: nothing else in the store
         // (and nothing outside it) can be pointed at.
         let bundle = layout::bundle_key(pointer.version);
-        if pointer.bundle != bundle || pointer.version == 0 {
+        if kind != PointerKind::Unpin && (pointer.bundle != bundle || pointer.version == 0) {
             return Err(PointerError::Malformed(format!(
                 "bundle {:?} is not {bundle:?}, the key of version {}",
                 pointer.bundle, pointer.version

@@ -362,6 +362,7 @@ on_both_stores!(
     gc_never_deletes_what_a_pointer_or_pin_names,
     keys_rotate_without_a_restart,
     a_retained_snapshot_no_trusted_key_vouches_for_is_not_served,
+    a_pin_ends_only_with_a_signed_unpin,
 );
 
 async fn pins_move_a_region_back_and_forth_and_unpin_returns_it(mut w: World) {
@@ -483,8 +484,9 @@ async fn a_pin_to_a_version_no_longer_retained_is_fetched_again_and_marks_surviv
     assert!(retained.text().contains('1'), "{}", retained.text());
 
     // Restart with the store's channel pointer replaced by an older one
-    // (validly signed, version 2) and the pin gone: the node accepted 3
-    // from the channel, so 2 is refused, from the file's marks alone.
+    // (validly signed, version 2) and the region unpinned: the node
+    // accepted 3 from the channel, so 2 is refused, from the file's marks
+    // alone.
     w.stop_agents();
     let head = Pointer::parse_unverified(&w.read_raw("channels/stable.json")).expect("pointer");
     let v2 = w.read_raw(&SnapshotVersion(2).bundle_key());
@@ -497,10 +499,61 @@ async fn a_pin_to_a_version_no_longer_retained_is_fetched_again_and_marks_surviv
     }
     .sign(&[load(&w.fx.key_path)])
     .expect("sign");
-    w.delete_raw("pins/eu-west-1.json");
+    w.ok(&["unpin", "--key", &ops, "--region", "eu-west-1"])
+        .await;
     w.put_raw("channels/stable.json", &older);
     let eu = w.agent("eu", "eu-west-1", "retain = 1");
     refuses(&eu, 1, "older_version").await;
+}
+
+/// Only a signed unpin ends a pin: a pin file deleted by a writer without
+/// keys (or a mirror's passing 404) leaves the region on its pin, also
+/// across a restart; an unpin signed by a key not trusted as operator is
+/// refused, as is an old unpin put back over a newer pin.
+async fn a_pin_ends_only_with_a_signed_unpin(mut w: World) {
+    for tag in ["v1", "v2"] {
+        w.publish(tag, 4).await;
+    }
+    let eu = w.agent("eu", "eu-west-1", "");
+    serves(&eu, 2, false).await;
+    let ops = w.ops.display().to_string();
+    w.pin_eu(&ops, 1).await;
+    serves(&eu, 1, true).await;
+
+    // Deleted without a key: still pinned, check after check.
+    w.delete_raw("pins/eu-west-1.json");
+    let checked = snapshot(&eu).await["last_check"].clone();
+    until(&eu, "two more checks", |s| s["last_check"] != checked).await;
+    let checked = snapshot(&eu).await["last_check"].clone();
+    until(&eu, "a check after that", |s| s["last_check"] != checked).await;
+    serves(&eu, 1, true).await;
+    w.stop_agents();
+    let eu = w.agent("eu", "eu-west-1", "");
+    serves(&eu, 1, true).await;
+
+    // An unpin signed by the publisher key: refused, still pinned.
+    let forged = Pointer::unpin("eu-west-1", strata_common::time::now())
+        .sign(&[load(&w.fx.key_path)])
+        .expect("sign");
+    w.put_raw("pins/eu-west-1.json", &forged);
+    refuses(&eu, 1, "pointer_signature").await;
+
+    // The operator's unpin: back to the channel.
+    let out = w
+        .ok(&["unpin", "--key", &ops, "--region", "eu-west-1"])
+        .await;
+    assert!(
+        out.contains("had no pin") || out.contains("unpinned region"),
+        "{out}"
+    );
+    serves(&eu, 2, false).await;
+    let unpin = w.read_raw("pins/eu-west-1.json");
+
+    // A newer pin, then the old unpin put back over it: a replay.
+    w.pin_eu(&ops, 1).await;
+    serves(&eu, 1, true).await;
+    w.put_raw("pins/eu-west-1.json", &unpin);
+    refuses(&eu, 1, "pin_replayed").await;
 }
 
 async fn forged_misdirected_and_dangling_pins_are_refused_and_serving_goes_on(mut w: World) {

@@ -12,6 +12,12 @@ const HIGH_WATER: &str = "high_water";
 const PIN_FLOOR: &str = "pin_floor";
 /// `META` key: when the region pin followed now was signed (0: none).
 const PIN_SEEN: &str = "pin_seen";
+/// The region pin followed now, as verified (its file): kept when the
+/// store's copy disappears, until it expires, since only a signed unpin
+/// ends a pin.
+const PIN_DOC: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("pin_doc");
+/// `PIN_DOC`'s one key.
+const PIN_DOC_KEY: &str = "pin";
 
 /// The rollback-protection marks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,16 +60,37 @@ impl Db {
         })
     }
 
-    /// Records the region pin followed (`seen`) and the replay floor.
-    pub fn set_pin_marks(&self, pin_floor: u64, seen: Option<u64>) -> Result<(), DbError> {
+    /// Records the region pin followed (`seen`: its signing time, and its
+    /// file) and the replay floor; `None` when the node follows no pin.
+    pub fn set_pin_marks(&self, pin_floor: u64, seen: Option<(u64, &[u8])>) -> Result<(), DbError> {
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(PIN_FLOOR, pin_floor)?;
-            meta.insert(PIN_SEEN, seen.unwrap_or(0))?;
+            meta.insert(PIN_SEEN, seen.map_or(0, |(at, _)| at))?;
+            let mut doc = txn.open_table(PIN_DOC)?;
+            match seen {
+                Some((_, bytes)) => {
+                    doc.insert(PIN_DOC_KEY, bytes)?;
+                }
+                None => {
+                    doc.remove(PIN_DOC_KEY)?;
+                }
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The region pin followed now, as verified, if recorded.
+    pub fn pin_doc(&self) -> Result<Option<Vec<u8>>, DbError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(PIN_DOC) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(PIN_DOC_KEY)?.map(|g| g.value().to_vec()))
     }
 
     /// Raises the high-water mark to `version` (a channel pointer naming

@@ -81,8 +81,10 @@ impl Syncer {
     }
 
     /// Reads the deciding document: the local pin, else the region's pin,
-    /// else the channel pointer. A region pin that disappeared was unpinned:
-    /// the replay floor moves past it, so the same pin cannot come back.
+    /// else the channel pointer. A region's signed unpin ends its pin: the
+    /// replay floor moves past it, so that pin cannot come back. A pin
+    /// file that merely disappeared (a keyless writer, a mirror's passing
+    /// 404) does not: the last verified pin is kept until it expires.
     pub(super) fn read_doc(&mut self) -> Result<Doc, CheckError> {
         if let Some(v) = self.local_pin()? {
             return Ok(Doc::Local(v));
@@ -104,16 +106,35 @@ impl Syncer {
             self.seen_pin.as_ref(),
         )?;
         self.seen_pin = pin.clone();
-        if let Some(pin) = pin {
-            if whole {
-                self.last_whole_read = Some(std::time::Instant::now());
-            }
-            return Ok(Doc::Pin(pin.bytes));
-        }
         let marks = self.marks()?;
-        if let Some(seen) = marks.pin_seen {
-            self.set_pin_marks(&marks, seen.saturating_add(1), None);
-            info!(region = %self.region, "region unpinned; following the channel again");
+        match pin {
+            Some(pin) if verify::is_unpin(&pin.bytes) => {
+                let unpin = self.check_unpin(&pin.bytes, &marks)?;
+                // The floor moves to the unpin (pins signed before it are
+                // replays); the unpin itself stays acceptable.
+                if marks.pin_seen.is_some() || marks.pin_floor < unpin {
+                    self.set_pin_marks(&marks, unpin, None);
+                    info!(region = %self.region, "region unpinned; following the channel again");
+                }
+            }
+            Some(pin) => {
+                if whole {
+                    self.last_whole_read = Some(std::time::Instant::now());
+                }
+                return Ok(Doc::Pin(pin.bytes));
+            }
+            None => {
+                if marks.pin_seen.is_some()
+                    && let Some(kept) = self.kept_pin()
+                {
+                    return Ok(Doc::Pin(kept));
+                }
+                if let Some(seen) = marks.pin_seen {
+                    // Expired, or never recorded: nothing holds it.
+                    self.set_pin_marks(&marks, seen.saturating_add(1), None);
+                    info!(region = %self.region, "region pin gone and expired; following the channel again");
+                }
+            }
         }
         let seen = verify::read_pointer(
             self.store.as_ref(),
@@ -128,9 +149,47 @@ impl Syncer {
         Ok(Doc::Channel(bytes))
     }
 
+    /// The region's unpin verified (operator keys, not a replay): when it
+    /// was signed, in seconds since the epoch.
+    fn check_unpin(&self, bytes: &[u8], marks: &Marks) -> Result<u64, CheckError> {
+        let policy = verify::Policy {
+            trust: &self.trust,
+            channel: &self.channel,
+            region: &self.region,
+            limits: self.limits,
+            now: strata_common::time::now(),
+            served: None,
+            retained: &[],
+            high_water: marks.high_water,
+            pin_floor: marks.pin_floor,
+        };
+        let key = PointerKind::Unpin.store_key(&self.region);
+        let unpin = verify::check_unpin(bytes, &policy, &key)?;
+        Ok(verify::signed_at(&unpin))
+    }
+
+    /// The pin this node followed, as verified, while it has not expired:
+    /// what a pin file that disappeared from the store leaves in force
+    /// (said once per disappearance).
+    fn kept_pin(&mut self) -> Option<Vec<u8>> {
+        let bytes = self.db.pin_doc().ok()??;
+        let pin = strata_common::pointer::Pointer::parse_unverified(&bytes).ok()?;
+        pin.check_expiry(strata_common::time::now()).ok()?;
+        if !self.pin_gone_said {
+            warn!(
+                region = %self.region,
+                version = pin.version,
+                expires_at = %pin.expires_at,
+                "the region's pin file is gone from the store; keeping the last verified pin until it expires (only a signed unpin, `strata-publisher unpin`, ends a pin)"
+            );
+            self.pin_gone_said = true;
+        }
+        Some(bytes)
+    }
+
     /// Commits new pin marks, never lowering the floor (logging a failure:
     /// they are protection, not what is served).
-    fn set_pin_marks(&mut self, marks: &Marks, floor: u64, seen: Option<u64>) {
+    fn set_pin_marks(&mut self, marks: &Marks, floor: u64, seen: Option<(u64, &[u8])>) {
         if let Err(e) = self.db.set_pin_marks(floor.max(marks.pin_floor), seen) {
             warn!("cannot record the region pin in the snapshot file: {e}");
             self.db_write_failed();
@@ -146,8 +205,15 @@ impl Syncer {
             Ok(marks) => {
                 if let Named::Pin(pin) = named {
                     let at = verify::signed_at(pin);
-                    if marks.pin_seen != Some(at) {
-                        self.set_pin_marks(&marks, at, Some(at));
+                    // The file as verified, kept in case it disappears.
+                    let bytes = self.seen_pin.as_ref().map(|d| d.bytes.clone());
+                    if marks.pin_seen != Some(at)
+                        && let Some(bytes) = bytes
+                    {
+                        self.set_pin_marks(&marks, at, Some((at, &bytes)));
+                    }
+                    if self.seen_pin.is_some() {
+                        self.pin_gone_said = false;
                     }
                 }
                 if let Named::Channel(p) = named

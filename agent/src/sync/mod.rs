@@ -92,6 +92,9 @@ pub struct Syncer {
     seen_pointer: Option<Document>,
     /// The region's pin as last read.
     seen_pin: Option<Document>,
+    /// Whether the warning that the region's pin file is gone (and the
+    /// last verified pin kept) was logged since it disappeared.
+    pin_gone_said: bool,
     /// When the deciding documents were last read whole (no conditional
     /// GET): see [`WHOLE_READ_EVERY`].
     last_whole_read: Option<std::time::Instant>,
@@ -136,6 +139,7 @@ impl Syncer {
             refused: None,
             seen_pointer: None,
             seen_pin: None,
+            pin_gone_said: false,
             last_whole_read: None,
             whole_read_every: WHOLE_READ_EVERY,
             missing_keys: Vec::new(),

@@ -50,7 +50,11 @@ pub fn excerpt(text: &str, at: std::ops::Range<usize>) -> String {
 }
 
 /// The problem of a forbidden `pattern` found in `text`, with where.
-pub(super) fn forbidden(pattern: &str, text: &str, normalized: &crate::normalize::Pattern) -> String {
+pub(super) fn forbidden(
+    pattern: &str,
+    text: &str,
+    normalized: &crate::normalize::Pattern,
+) -> String {
     format!(
         "contains the forbidden pattern {pattern:?} (matched however it is spelt){}; Layer 1 policy refuses it, remove or reword it",
         located(text, normalized)

@@ -318,18 +318,7 @@ pub fn check_document(
     key: &str,
 ) -> Result<Named, Refusal> {
     let signed = |bytes: &[u8], kind: PointerKind, name: &str| {
-        let (pointer, _) = Pointer::verify(bytes, kind, name, policy.trust).map_err(|source| {
-            Refusal::Pointer {
-                key: key.to_owned(),
-                source,
-            }
-        })?;
-        if time::parse_exact(&pointer.created_at).is_ok_and(|t| t > policy.now + MAX_CLOCK_AHEAD) {
-            return Err(Refusal::SignedInFuture {
-                key: key.to_owned(),
-                created_at: pointer.created_at.clone(),
-            });
-        }
+        let pointer = verify_signed(bytes, kind, name, policy, key)?;
         match pointer.check_expiry(policy.now) {
             Ok(()) => Ok(pointer),
             Err(PointerError::Expired { expires_at }) => Err(Refusal::PointerExpired {
@@ -358,6 +347,49 @@ pub fn check_document(
         }
         VersionDoc::Local(version) => Named::Local(version),
     })
+}
+
+/// A pointer file verified as `kind` for `name` against the trust for its
+/// role, and its signing time against this node's clock.
+fn verify_signed(
+    bytes: &[u8],
+    kind: PointerKind,
+    name: &str,
+    policy: &Policy<'_>,
+    key: &str,
+) -> Result<Pointer, Refusal> {
+    let (pointer, _) =
+        Pointer::verify(bytes, kind, name, policy.trust).map_err(|source| Refusal::Pointer {
+            key: key.to_owned(),
+            source,
+        })?;
+    if time::parse_exact(&pointer.created_at).is_ok_and(|t| t > policy.now + MAX_CLOCK_AHEAD) {
+        return Err(Refusal::SignedInFuture {
+            key: key.to_owned(),
+            created_at: pointer.created_at.clone(),
+        });
+    }
+    Ok(pointer)
+}
+
+/// Whether the region pin file `bytes` is an unpin (unverified: which
+/// check to run on it).
+pub fn is_unpin(bytes: &[u8]) -> bool {
+    Pointer::peek_kind(bytes) == Some(PointerKind::Unpin)
+}
+
+/// Steps 2 and 3 for a region's unpin: verified by operator keys, and
+/// signed no earlier than the pin floor (an old unpin put back over a
+/// newer pin is a replay). It does not expire: it names nothing.
+pub fn check_unpin(bytes: &[u8], policy: &Policy<'_>, key: &str) -> Result<Pointer, Refusal> {
+    let unpin = verify_signed(bytes, PointerKind::Unpin, policy.region, policy, key)?;
+    if signed_at(&unpin) < policy.pin_floor {
+        return Err(Refusal::PinReplayed {
+            key: key.to_owned(),
+            created_at: unpin.created_at,
+        });
+    }
+    Ok(unpin)
 }
 
 /// What step 4 decided: the check ends here, or the bundle is fetched.
@@ -489,7 +521,14 @@ pub fn check(
     if !policy.region.is_empty()
         && let Some(pin) = read_document(store, PointerKind::Pin, policy.region, None)?
     {
-        return verify(store, VersionDoc::Pin(&pin.bytes), policy, spool_dir);
+        if !is_unpin(&pin.bytes) {
+            return verify(store, VersionDoc::Pin(&pin.bytes), policy, spool_dir);
+        }
+        check_unpin(
+            &pin.bytes,
+            policy,
+            &PointerKind::Pin.store_key(policy.region),
+        )?;
     }
     let pointer = read_pointer(store, policy.channel, None)?;
     verify(

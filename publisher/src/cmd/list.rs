@@ -33,6 +33,10 @@ pub fn run(args: Args) -> Result<()> {
                 continue;
             };
             match Pointer::read_unverified(store.as_ref(), kind, name) {
+                Ok(Some((p, _))) if p.kind == PointerKind::Unpin => out!(
+                    "unpin    {name:<12} → the channel (signed {})",
+                    p.created_at
+                )?,
                 Ok(Some((p, _))) => out!(
                     "{:<8} {name:<12} → version {} (expires {}){}",
                     if kind == PointerKind::Channel {
@@ -58,7 +62,7 @@ fn expiry_note(kind: PointerKind, expires_at: &str) -> String {
     let now = time::now();
     let what = match kind {
         PointerKind::Channel => "`strata-publisher refresh` it",
-        PointerKind::Pin => "pin again, or unpin",
+        PointerKind::Pin | PointerKind::Unpin => "pin again, or unpin",
     };
     match time::parse_exact(expires_at) {
         Err(_) => "  UNREADABLE expiry: agents refuse it".to_owned(),

@@ -75,18 +75,29 @@ pub struct UnpinArgs {
     region: String,
 }
 
-/// Removes the region's pin.
+/// Writes the region's unpin.
 pub fn unpin(args: UnpinArgs) -> Result<()> {
-    args.keys.load()?;
+    let keys = args.keys.load()?;
     let store = store::open_write(&args.store)?;
-    match operator::unpin(store.as_ref(), &args.region)? {
-        Some(pin) => out!(
+    match operator::unpin(store.as_ref(), &args.region, &keys)? {
+        operator::Unpinned::Was(pin) => out!(
             "unpinned region {} of {} (was version {}); its agents follow the channel again",
             args.region,
             store.url(),
             pin.version
         )?,
-        None => out!("region {} of {} was not pinned", args.region, store.url())?,
+        operator::Unpinned::NoPin => out!(
+            "region {} of {} had no pin; unpin written all the same (agents that held a pin which disappeared let go of it)",
+            args.region,
+            store.url()
+        )?,
+        operator::Unpinned::Already => {
+            out!(
+                "region {} of {} was unpinned already",
+                args.region,
+                store.url()
+            )?;
+        }
     }
     Ok(())
 }
