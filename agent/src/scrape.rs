@@ -1,13 +1,16 @@
 //! `metrics_listen`: `/metrics`, `/healthz` and `/readyz` over TCP, for a
 //! Prometheus server (which cannot scrape a unix socket; tenant configs
 //! never leave the socket). Shared fairly: one client address holds at most
-//! [`PER_PEER`] of the [`SCRAPE_CONNECTIONS`] slots, a client that sends no
-//! request head within [`SCRAPE_HEADER_TIMEOUT`] is closed, and when every
-//! slot is taken a new connection is let in by closing the one that asked
-//! least recently (or, never having asked, was accepted least recently).
-//! So a local process holding silent connections from many addresses
-//! cannot starve the scraper: its connections are the oldest and are the
-//! ones closed, and a scraper asks as soon as it connects.
+//! [`PER_PEER`] of the [`SCRAPE_CONNECTIONS`] slots, and a client that
+//! sends no request head within [`SCRAPE_HEADER_TIMEOUT`] is closed. When
+//! an address holds its share, or every slot is taken, a new connection is
+//! let in by closing the connection (of that address, or of any) that
+//! asked least recently (or, never having asked, was accepted least
+//! recently), among those accepted at least [`GRACE`] ago, else the
+//! oldest that never asked; if there is none, the new one is closed. So a
+//! local process holding connections, silent or idle, from the scraper's
+//! own address or from many, cannot keep it out: its connections are the
+//! older ones, and a scraper asks as soon as it connects.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,12 +29,17 @@ const SCRAPE_CONNECTIONS: usize = 64;
 const PER_PEER: usize = 4;
 /// How long a scraper may take to send its request head.
 const SCRAPE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a new connection that asked is safe from being closed to make
+/// room (one that never asked is not, once all are this young).
+const GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The open connections: who holds them and when each last asked.
 #[derive(Clone)]
 struct Slots(Arc<Mutex<Open>>);
 
 struct Open {
+    /// How long a new connection is safe ([`GRACE`]; tests set zero).
+    grace: std::time::Duration,
     /// Counts accepts and request heads: the order of "last asked".
     tick: u64,
     next_id: u64,
@@ -45,6 +53,9 @@ struct Conn {
     /// The tick of the last request head, or of the accept before the
     /// first.
     asked: Arc<AtomicU64>,
+    /// The tick of its accept: `asked` still equal means it never asked.
+    accepted_tick: u64,
+    accepted: std::time::Instant,
     evict: Arc<Notify>,
 }
 
@@ -58,8 +69,9 @@ struct Slot {
 }
 
 impl Slots {
-    fn new() -> Self {
+    fn new(grace: std::time::Duration) -> Self {
         Slots(Arc::new(Mutex::new(Open {
+            grace,
             tick: 0,
             next_id: 0,
             conns: HashMap::new(),
@@ -71,23 +83,20 @@ impl Slots {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A place for a connection from `ip`: none if the address holds
-    /// [`PER_PEER`] already; when all are taken, the connection that asked
-    /// (or was accepted) least recently is told to close.
+    /// A place for a connection from `ip`. When the address holds
+    /// [`PER_PEER`] already, or all places are taken, the connection (of
+    /// that address, or of any) that asked (or was accepted) least
+    /// recently, and not within the grace, is told to close; none if
+    /// there is no such connection.
     fn admit(&self, ip: IpAddr) -> Option<Slot> {
         let mut open = self.lock();
         if open.per_peer.get(&ip).copied().unwrap_or(0) >= PER_PEER {
-            return None;
+            let victim = open.least_recent(|c| c.ip == ip)?;
+            open.remove(victim);
         }
         if open.conns.len() >= SCRAPE_CONNECTIONS {
-            let victim = open
-                .conns
-                .iter()
-                .min_by_key(|(_, c)| c.asked.load(Ordering::Relaxed))
-                .map(|(id, _)| *id);
-            if let Some(id) = victim {
-                open.remove(id);
-            }
+            let victim = open.least_recent(|_| true)?;
+            open.remove(victim);
         }
         let now = open.tick();
         let id = open.next_id;
@@ -100,6 +109,8 @@ impl Slots {
             Conn {
                 ip,
                 asked: asked.clone(),
+                accepted_tick: now,
+                accepted: std::time::Instant::now(),
                 evict: evict.clone(),
             },
         );
@@ -117,6 +128,24 @@ impl Open {
     fn tick(&mut self) -> u64 {
         self.tick += 1;
         self.tick
+    }
+
+    /// Of the connections `which` selects, the one to close for a new
+    /// one: past the grace, the one that asked (or was accepted) least
+    /// recently; else the oldest that never asked.
+    fn least_recent(&self, which: impl Fn(&Conn) -> bool) -> Option<u64> {
+        let asked = |c: &Conn| c.asked.load(Ordering::Relaxed);
+        self.conns
+            .iter()
+            .filter(|(_, c)| which(c) && c.accepted.elapsed() >= self.grace)
+            .min_by_key(|(_, c)| asked(c))
+            .or_else(|| {
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| which(c) && asked(c) == c.accepted_tick)
+                    .min_by_key(|(_, c)| c.accepted_tick)
+            })
+            .map(|(id, _)| *id)
     }
 
     /// Forgets connection `id` and tells it to close (no-op if gone).
@@ -162,7 +191,7 @@ pub(crate) async fn serve_scrapes(
     idle_timeout: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Slots::new();
+    let slots = Slots::new(GRACE);
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
     loop {
@@ -171,7 +200,7 @@ pub(crate) async fn serve_scrapes(
                 Ok((stream, peer)) => {
                     accept_errors.recovered();
                     let Some(slot) = slots.admit(peer.ip()) else {
-                        tracing::debug!(%peer, "closing a scrape connection: its address holds {PER_PEER} already");
+                        tracing::debug!(%peer, "closing a scrape connection: no place is free, and every connection is new");
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -207,11 +236,16 @@ mod tests {
 
     #[test]
     fn one_address_holds_at_most_its_share_and_gets_it_back() {
-        let slots = Slots::new();
+        // Within the grace, every one asked: a fifth from one address is
+        // closed.
+        let slots = Slots::new(std::time::Duration::from_secs(3600));
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
         let held: Vec<_> = (0..PER_PEER).filter_map(|_| slots.admit(a)).collect();
         assert_eq!(held.len(), PER_PEER);
+        for slot in &held {
+            slot.asked();
+        }
         assert!(slots.admit(a).is_none());
         assert!(slots.admit(b).is_some());
         drop(held);
@@ -219,8 +253,34 @@ mod tests {
     }
 
     #[test]
+    fn a_new_connection_closes_its_address_s_oldest_silent_one_at_once() {
+        let slots = Slots::new(std::time::Duration::from_secs(3600));
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let held: Vec<_> = (0..PER_PEER).filter_map(|_| slots.admit(a)).collect();
+        held[0].asked();
+        let newcomer = slots.admit(a).expect("room made");
+        assert!(slots.lock().conns.contains_key(&held[0].id), "it asked");
+        assert!(!slots.lock().conns.contains_key(&held[1].id));
+        assert!(slots.lock().conns.contains_key(&newcomer.id));
+    }
+
+    #[test]
+    fn past_the_grace_a_new_connection_closes_its_address_s_oldest() {
+        let slots = Slots::new(std::time::Duration::ZERO);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let held: Vec<_> = (0..PER_PEER).filter_map(|_| slots.admit(a)).collect();
+        for slot in &held[1..] {
+            slot.asked();
+        }
+        let newcomer = slots.admit(a).expect("room made");
+        assert!(!slots.lock().conns.contains_key(&held[0].id));
+        assert_eq!(slots.lock().per_peer.get(&a), Some(&PER_PEER));
+        assert!(slots.lock().conns.contains_key(&newcomer.id));
+    }
+
+    #[test]
     fn a_full_house_closes_the_connection_that_asked_least_recently() {
-        let slots = Slots::new();
+        let slots = Slots::new(std::time::Duration::ZERO);
         let mut held = Vec::new();
         for i in 0..SCRAPE_CONNECTIONS {
             let ip: IpAddr = [127, 0, 1, u8::try_from(i / PER_PEER).expect("small")].into();

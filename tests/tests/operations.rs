@@ -393,6 +393,49 @@ async fn silent_connections_from_many_addresses_cannot_starve_a_scrape() {
     agent.stop().await;
 }
 
+/// Four silent connections from the scraper's own address (127.0.0.1,
+/// where a local Prometheus scrapes from), opened again whenever closed,
+/// used to take that address's whole share: every scrape failed. A new
+/// connection now closes its address's oldest silent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_the_scraper_s_own_address_cannot_keep_it_out() {
+    let fx = Fixture::new();
+    fx.publish("v1", 3);
+    let agent = fx.start_agent("scraped", "metrics_listen = \"127.0.0.1:0\"");
+    agent.serves(1).await;
+    let addr = metrics_address(&agent).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut held = connect_from([127, 0, 0, 1], &addr).await;
+                    let mut buf = [0u8; 16];
+                    // Until the agent closes it (or a deadline): then again.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf)).await;
+                }
+            })
+        })
+        .collect();
+    for attempt in 0..5 {
+        let started = Instant::now();
+        let (status, body) = scrape_from([127, 0, 0, 1], &addr).await;
+        assert_eq!(status, 200, "scrape {attempt}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "scrape {attempt} took {:?}",
+            started.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in holders {
+        h.abort();
+    }
+    agent.stop().await;
+}
+
 /// Where `agent` serves `metrics_listen`, from its `/v1/snapshot`.
 async fn metrics_address(agent: &strata_tests::Agent) -> String {
     agent.get("/v1/snapshot").await.json()["metrics_address"]
