@@ -863,6 +863,41 @@ fn refresh_refuses_an_old_pointer_put_back_after_the_bundles_were_deleted() {
         old_pointer,
         "nothing was written"
     );
+    // Another spelling of the same store is the same store.
+    for spelling in [
+        format!("file://{}/", fx.store_dir().display()),
+        format!("file://{}/./", fx.store_dir().display()),
+    ] {
+        let out = Command::new(bin("strata-publisher"))
+            .args(["refresh", "--store", &spelling, "--key", &key])
+            .env("XDG_STATE_HOME", &state)
+            .env_remove("STATE_DIRECTORY")
+            .output()
+            .expect("run publisher");
+        assert_eq!(out.status.code(), Some(1), "{spelling}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refreshed version 2"),
+            "{spelling}: {out:?}"
+        );
+    }
+    // No state directory at all: refused, not re-signed with a warning.
+    let out = Command::new(bin("strata-publisher"))
+        .args(["refresh", "--store", &store, "--key", &key])
+        .env_remove("HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("STATE_DIRECTORY")
+        .output()
+        .expect("run publisher");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no state directory"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(fx.store_dir().join("channels/stable.json")).expect("pointer"),
+        old_pointer,
+        "nothing was written"
+    );
     // Without a record, as before: re-signed.
     let out = refresh(&["--no-state"]);
     assert!(

@@ -82,6 +82,39 @@ struct Seen {
     bundle_sha256: String,
 }
 
+/// The store as the record names it: a file store by its resolved
+/// directory, so that `file:///a/store/`, `file:///a//store` and a link to
+/// it are one store, not one record each.
+fn store_identity(url: &StoreUrl) -> String {
+    match url {
+        StoreUrl::File(dir) => {
+            let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            format!("file://{}", real.display())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The state directory to use, or why there is none: it must be
+/// absolute (a relative one would follow the working directory).
+fn state_dir(args: &Args) -> Result<Option<PathBuf>> {
+    if args.no_state {
+        return Ok(None);
+    }
+    let Some(dir) = args.state_dir.clone().or_else(default_state_dir) else {
+        bail!(
+            "no state directory: pass --state-dir DIR (or set $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME). Without one an old pointer put back with the newer bundles deleted cannot be told from the real one; --no-state refreshes without a record (a throwaway host)"
+        );
+    };
+    if !dir.is_absolute() {
+        bail!(
+            "the state directory {} is not an absolute path (from --state-dir, $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME); give an absolute one",
+            dir.display()
+        );
+    }
+    Ok(Some(dir))
+}
+
 /// Where the record of `channel` at `store` lives in `dir`.
 fn record_path(dir: &Path, store: &str, channel: &str) -> PathBuf {
     let id = strata_common::canonical::sha256_hex(format!("{store}\n{channel}").as_bytes());
@@ -114,22 +147,23 @@ pub fn run(args: Args) -> Result<()> {
     let keys = args.keys.load()?;
     let trust = TrustedKeys::for_publisher(&keys, &load_public_keys(&args.trusted_keys)?);
     let store = store::open_write(&args.store)?;
-    let state_dir = if args.no_state {
-        None
-    } else {
-        let dir = args.state_dir.clone().or_else(default_state_dir);
-        if dir.is_none() {
-            note!(
-                "warning: no state directory (no --state-dir, $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME): an old pointer put back with newer bundles deleted cannot be told from the real one"
-            );
-        }
-        dir
-    };
-    let record = match &state_dir {
+    let identity = store_identity(&args.store);
+    let record = match state_dir(&args)? {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
+            std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating the state directory {}", dir.display()))?;
-            Some(record_path(dir, &store.url().to_string(), &args.channel))
+            // Writable before anything is signed: a record that cannot be
+            // kept must not follow a refresh that went ahead.
+            let probe = dir.join(format!(".probe-{}", std::process::id()));
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .with_context(|| {
+                    format!(
+                        "the state directory {} is not writable; nothing was refreshed",
+                        dir.display()
+                    )
+                })?;
+            Some(record_path(&dir, &identity, &args.channel))
         }
         None => None,
     };
@@ -172,7 +206,7 @@ pub fn run(args: Args) -> Result<()> {
         write_seen(
             path,
             &Seen {
-                store: store.url().to_string(),
+                store: identity.clone(),
                 channel: args.channel.clone(),
                 version: p.version,
                 bundle_sha256: p.bundle_sha256.clone(),
