@@ -168,6 +168,41 @@ impl FileStore {
         Ok(target)
     }
 
+    /// Refuses a store whose `snapshots/`, `channels/` or `pins/` is a
+    /// symbolic link out of it, or to nothing: what agents refuse to read
+    /// is never written by a publisher command either (one rule on both
+    /// sides), and a dangling link is not an empty directory.
+    pub fn check_layout(&self) -> Result<(), StoreError> {
+        for dir in [
+            crate::layout::SNAPSHOTS,
+            crate::layout::CHANNELS,
+            crate::layout::PINS,
+        ] {
+            let name = dir.trim_end_matches('/');
+            let path = self.root.join(name);
+            let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            if !is_link {
+                continue;
+            }
+            let fatal = |why: String| StoreError::Fatal {
+                key: dir.to_owned(),
+                source: format!("{}: {why}", path.display()).into(),
+            };
+            match self.inside(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    return Err(fatal(OUTSIDE.to_owned()));
+                }
+                Err(e) => {
+                    return Err(fatal(format!(
+                        "is a symbolic link that leads nowhere ({e}); restore what it points to, or make it a directory"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses a directory that resolves outside the store (`snapshots/` a
     /// link elsewhere): what agents refuse to read is never written
     /// through either.
@@ -199,7 +234,7 @@ impl FileStore {
 }
 
 /// What a write through a link out of the store is refused with.
-const OUTSIDE: &str = "lies under a symbolic link out of the store; a file store writes only inside its own directory (agents refuse to read through such a link too)";
+const OUTSIDE: &str = "lies under a symbolic link out of the store; a file store is read and written only inside its own directory (agents refuse to read through such a link too)";
 
 /// A write refused because its directory leaves the store: fatal, not a
 /// transient I/O error a retry mends.
@@ -391,17 +426,10 @@ impl WriteStore for FileStore {
         } else {
             self.path(dir_part)?
         };
-        // A `snapshots/` linked out of the store is refused here as its
-        // objects are when read: one rule for listing, reading and writing.
-        match self.inside(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                return Err(StoreError::Fatal {
-                    key: prefix.to_owned(),
-                    source: format!("{}: {OUTSIDE}", dir.display()).into(),
-                });
-            }
-            _ => {}
-        }
+        // A `snapshots/` linked out of the store (or to nothing) is
+        // refused here as its objects are when read: one rule for listing,
+        // reading and writing.
+        self.check_layout()?;
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.root.exists() => {
@@ -650,6 +678,19 @@ mod tests {
         ));
         assert!(matches!(
             store.list_page("snapshots/", None),
+            Err(StoreError::Fatal { .. })
+        ));
+        assert!(matches!(
+            store.check_layout(),
+            Err(StoreError::Fatal { .. })
+        ));
+        // A link to nothing is not an empty directory.
+        let dangling = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("/nonexistent-strata", dangling.path().join("snapshots"))
+            .expect("link");
+        let store2 = FileStore::new(dangling.path()).expect("store");
+        assert!(matches!(
+            store2.list_page("snapshots/", None),
             Err(StoreError::Fatal { .. })
         ));
         let written: Vec<_> = std::fs::read_dir(elsewhere.path())

@@ -287,7 +287,11 @@ pub fn open_read_within(
 /// Opens a store for writing: what a publisher moves.
 pub fn open_write(url: &StoreUrl) -> Result<Box<dyn WriteStore>, StoreError> {
     match url {
-        StoreUrl::File(path) => Ok(Box::new(FileStore::new(path)?)),
+        StoreUrl::File(path) => {
+            let store = FileStore::new(path)?;
+            store.check_layout()?;
+            Ok(Box::new(store))
+        }
         StoreUrl::Https(_) => Err(StoreError::Unsupported {
             url: url.clone(),
             reason: "an https:// mirror is read-only; publish to the s3:// or file:// store it mirrors",

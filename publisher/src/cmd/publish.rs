@@ -51,41 +51,6 @@ pub struct Args {
     new_signer: bool,
 }
 
-/// Refuses signing keys none of which signed the channel's current pointer
-/// (`head`, signed by `signers`): agents trust the keys that signed what
-/// they serve, so a publish by other keys alone is a wrong `--key` (an
-/// operator's, another fleet's) or a rotation that skipped its "sign with
-/// both" step, and every agent would refuse it.
-fn check_signers(
-    keys: &[strata_common::sign::SigningKey],
-    head: &Pointer,
-    signers: &[strata_common::sign::KeyId],
-) -> Result<()> {
-    let ours: Vec<_> = keys
-        .iter()
-        .map(|k| strata_common::sign::KeyId::of(&k.verifying_key()))
-        .collect();
-    if ours.iter().any(|id| signers.contains(id)) {
-        return Ok(());
-    }
-    let list = |ids: &[strata_common::sign::KeyId]| {
-        ids.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    bail!(
-        "none of the signing keys ({}) signed channel {}'s current pointer (version {}, signed by {}); nothing was published. \
-         Agents would refuse a snapshot signed only by keys they may not trust yet. Check that --key is this channel's publisher key (not an operator's); \
-         to rotate the publisher key, sign with the old and the new key together first (OPERATIONS: \"Rotating keys without restarts\"). \
-         If every agent already trusts these keys, pass --new-signer",
-        list(&ours),
-        head.name,
-        head.version,
-        list(signers)
-    )
-}
-
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
 pub fn run(args: Args) -> Result<()> {
     strata_common::layout::check_name("channel", &args.channel)?;
@@ -102,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some((_, head, signers)) = &current
         && !args.new_signer
     {
-        check_signers(&keys, head, signers)?;
+        crate::input::check_signers(&keys, head, signers)?;
     }
     let served_owners = current
         .and_then(|(s, head, _)| versions::served_owners(s.as_ref(), &head, &trust).ok())

@@ -33,6 +33,10 @@ pub struct Args {
     /// Lifetime of the channel pointer's signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
+    /// Roll back although none of the signing keys signed the channel's
+    /// current pointer (see `publish --new-signer`).
+    #[arg(long)]
+    new_signer: bool,
 }
 
 /// Verifies version N's bundle and publishes its payload as the next version.
@@ -46,6 +50,15 @@ pub fn run(args: Args) -> Result<()> {
     };
     let store = store::open_write(&args.store)?;
     let trust = strata_common::sign::TrustedKeys::for_publisher(&keys, &opts.trusted);
+    if !args.new_signer
+        && let Some((head, _, signers)) = strata_common::pointer::Pointer::read_channel_signed(
+            store.as_ref(),
+            &opts.channel,
+            &trust,
+        )?
+    {
+        crate::input::check_signers(&keys, &head, &signers)?;
+    }
     let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
     // Read for the note only: the rollback verifies the bundle itself.
     let expired = strata_common::bundle::peek_manifest(
