@@ -536,6 +536,24 @@ fn a_publish_by_keys_that_never_signed_the_channel_is_refused() {
         "{err}"
     );
     assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
+    // Nor may a rollback.
+    let out = publisher(&[
+        "rollback",
+        "--to",
+        "1",
+        "--key",
+        &other.display().to_string(),
+        "--trusted-key",
+        &pubkey.display().to_string(),
+        "--store",
+        &format!("file://{}", fx.store_dir().display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("none of the signing keys"),
+        "{out:?}"
+    );
+    assert_eq!(tree_bytes(&fx.store_dir()), before, "nothing written");
     let out = publish(&["--new-signer"]);
     assert!(
         out.status.success(),
