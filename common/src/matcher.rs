@@ -92,17 +92,26 @@ impl PatternSet {
         let haystack = text.compact();
         if let Some(ac) = &self.compact {
             for m in ac.find_overlapping_iter(haystack) {
-                found.push(self.compact_of[m.pattern().as_usize()]);
+                let i = self.compact_of[m.pattern().as_usize()];
+                // A word across white space only as whole tokens.
+                if !self.patterns[i].1.is_word() || text.word_at(m.start(), m.end()) {
+                    found.push(i);
+                }
             }
         }
         if let Some(ac) = &self.word {
-            for m in ac.find_overlapping_iter(text.joined()) {
+            for m in ac.find_overlapping_iter(text.tokens()) {
                 found.push(self.word_of[m.pattern().as_usize()]);
             }
         }
         if let Some(ac) = &self.words {
             let mut tried = std::collections::BTreeSet::new();
-            for m in ac.find_overlapping_iter(haystack) {
+            // A phrase's key word, in the text without white space or in
+            // its tokens (`in-structions`).
+            let keys = ac
+                .find_overlapping_iter(haystack)
+                .chain(ac.find_overlapping_iter(text.tokens()));
+            for m in keys {
                 for &i in &self.phrases_of[m.pattern().as_usize()] {
                     if tried.insert(i) && text.contains(&self.patterns[i].1) {
                         found.push(i);
