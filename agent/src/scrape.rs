@@ -3,8 +3,9 @@
 //! never leave the socket). Shared fairly: one client address holds at most
 //! [`PER_PEER`] of the [`SCRAPE_CONNECTIONS`] slots, and a client that
 //! sends no request head within [`SCRAPE_HEADER_TIMEOUT`] is closed. When
-//! an address holds its share, or every slot is taken, a new connection is
-//! let in by closing another of that address's (or of anyone's): first the
+//! an address holds its share, or every slot is taken, a new connection
+//! must send bytes within [`FRESH`] (else it is closed), and is then let in
+//! by closing another of that address's (or of anyone's): first the
 //! oldest that never sent a request head (unless it brought bytes when
 //! accepted and is younger than [`FRESH`]: a scraper whose request is being
 //! read), then, among those older than [`GRACE`], the one that asked least
