@@ -26,6 +26,7 @@ pub mod operator;
 pub mod pointer;
 pub mod render;
 pub mod report;
+pub mod rollforward;
 pub mod secrets;
 pub mod sign;
 pub mod source;

@@ -128,16 +128,42 @@ pub enum PointerError {
     },
 }
 
+/// `doc` signed by `keys` as a store document (`{"signatures", "signed"}`,
+/// canonical JSON): a pointer, a pin, a rollback marker.
+pub(crate) fn sign_document<T: Serialize>(
+    doc: &T,
+    keys: &[SigningKey],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let signed = serde_json::to_value(doc)?;
+    let message = serde_json::to_vec(&signed)?;
+    let file = SignedFile {
+        signatures: sign::sign(keys, &message),
+        signed,
+    };
+    canonical::to_vec(&file)
+}
+
+/// The `signed` object of a store document, once a threshold of `role`'s
+/// keys in `trust` verify over its canonical bytes (and the file is exactly
+/// its canonical JSON).
+pub(crate) fn verify_document(
+    bytes: &[u8],
+    role: Role,
+    trust: &TrustedKeys,
+) -> Result<(serde_json::Value, Vec<KeyId>), PointerError> {
+    let file: SignedFile =
+        serde_json::from_slice(bytes).map_err(|e| PointerError::Malformed(e.to_string()))?;
+    canonical::require_canonical(bytes, &file).map_err(PointerError::NotCanonical)?;
+    let message =
+        canonical::to_vec(&file.signed).map_err(|e| PointerError::Malformed(e.to_string()))?;
+    let signed_by = trust.verify(role, &message, &file.signatures)?;
+    Ok((file.signed, signed_by))
+}
+
 impl Pointer {
     /// Serialises and signs the pointer; the result is the file to upload.
     pub fn sign(&self, keys: &[SigningKey]) -> Result<Vec<u8>, serde_json::Error> {
-        let signed = serde_json::to_value(self)?;
-        let message = serde_json::to_vec(&signed)?;
-        let file = SignedFile {
-            signatures: sign::sign(keys, &message),
-            signed,
-        };
-        canonical::to_vec(&file)
+        sign_document(self, keys)
     }
 
     /// The key ids listed in a pointer file's signatures, unverified: for
@@ -188,14 +214,9 @@ impl Pointer {
         name: &str,
         trust: &TrustedKeys,
     ) -> Result<(Self, Vec<KeyId>), PointerError> {
-        let file: SignedFile =
-            serde_json::from_slice(bytes).map_err(|e| PointerError::Malformed(e.to_string()))?;
-        canonical::require_canonical(bytes, &file).map_err(PointerError::NotCanonical)?;
-        let message =
-            canonical::to_vec(&file.signed).map_err(|e| PointerError::Malformed(e.to_string()))?;
-        let signed_by = trust.verify(kind.role(), &message, &file.signatures)?;
-        let pointer: Pointer = serde_json::from_value(file.signed)
-            .map_err(|e| PointerError::Malformed(e.to_string()))?;
+        let (signed, signed_by) = verify_document(bytes, kind.role(), trust)?;
+        let pointer: Pointer =
+            serde_json::from_value(signed).map_err(|e| PointerError::Malformed(e.to_string()))?;
         if pointer.kind != kind || pointer.name != name {
             return Err(PointerError::WrongTarget {
                 expected: kind,

@@ -110,7 +110,7 @@ pub fn served_owners(
 
 /// A payload reader over the snapshot `pointer` names, its bundle fetched
 /// and verified with `trust` (the agents' default limits).
-fn served_reader(
+pub(crate) fn served_reader(
     store: &dyn WriteStore,
     pointer: &Pointer,
     trust: &TrustedKeys,
@@ -128,7 +128,9 @@ fn served_reader(
 
 /// A payload reader over the compiled payload, through a bundle signed by
 /// a throwaway key (only the payload's structure is read).
-fn payload_reader(compiled: &Compiled) -> Result<PayloadReader<Cursor<Vec<u8>>>, BundleError> {
+pub(crate) fn payload_reader(
+    compiled: &Compiled,
+) -> Result<PayloadReader<Cursor<Vec<u8>>>, BundleError> {
     let manifest = channel::manifest(
         compiled,
         1,

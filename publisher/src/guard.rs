@@ -25,6 +25,88 @@ pub(crate) fn check_against_head(
     trust: &TrustedKeys,
     compiled: &Compiled,
     dir: &Path,
+    allow: Allow,
+) -> Result<(), PublishError> {
+    check_versions(store, head, trust, compiled, dir, allow.removals)?;
+    check_rollforward(store, head, trust, compiled, dir, allow.rollforward)
+}
+
+/// What a publish is allowed that the guards refuse by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Allow {
+    /// Removing more than 10 % of the channel's tenants.
+    pub(crate) removals: bool,
+    /// Giving tenants back what a rollback took back.
+    pub(crate) rollforward: bool,
+}
+
+/// After a rollback (the channel's head is one), refuses a publish that
+/// gives tenants back the content the rollback took back, unless allowed.
+fn check_rollforward(
+    store: &dyn WriteStore,
+    head: &Pointer,
+    trust: &TrustedKeys,
+    compiled: &Compiled,
+    dir: &Path,
+    allow: bool,
+) -> Result<(), PublishError> {
+    use strata_common::rollforward::{self, Rollforward};
+    match rollforward::check(store, head, trust, compiled) {
+        Ok(Rollforward::NotRolledBack) => Ok(()),
+        Ok(Rollforward::FromGone(m)) => {
+            note!(
+                "warning: channel {} was rolled back from version {} (as version {}), whose bundle is gone: which tenants this publish brings back is not checked",
+                m.channel,
+                m.from,
+                m.version
+            );
+            Ok(())
+        }
+        Ok(Rollforward::BringsBack(_, back)) if back.is_empty() => Ok(()),
+        Ok(Rollforward::BringsBack(m, back)) if allow => {
+            note!(
+                "note: {} tenant(s) get back what version {} had, which the rollback to {} took back (--allow-rollforward)",
+                back.len(),
+                m.from,
+                m.to
+            );
+            Ok(())
+        }
+        Ok(Rollforward::BringsBack(m, back)) => {
+            let _ = out!(
+                "{}: this publish gives {} tenant(s) back the content version {} had, which `rollback --to {}` (version {}) took back; they are:",
+                dir.display(),
+                back.len(),
+                m.from,
+                m.to,
+                m.version
+            );
+            for id in back.iter().take(NAMES_SHOWN) {
+                let _ = out!("{}: tenant {id}: as in version {}", dir.display(), m.from);
+            }
+            if back.len() > NAMES_SHOWN {
+                let _ = out!("{}: … and {} more", dir.display(), back.len() - NAMES_SHOWN);
+            }
+            Err(PublishError::Refused(format!(
+                "{}: {} tenant(s) would be rolled forward again; nothing was published. Fix or revert them in the source, or publish with --allow-rollforward if the fix is in",
+                dir.display(),
+                back.len()
+            )))
+        }
+        Err(e) => {
+            note!("warning: not checked whether this publish undoes the channel's rollback ({e})");
+            Ok(())
+        }
+    }
+}
+
+/// Each tenant's version discipline, and no mass removal unless allowed.
+fn check_versions(
+    store: &dyn WriteStore,
+    head: &Pointer,
+    trust: &TrustedKeys,
+    compiled: &Compiled,
+    dir: &Path,
     allow_removals: bool,
 ) -> Result<(), PublishError> {
     match versions::check_against(store, head, trust, compiled, dir) {

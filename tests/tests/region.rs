@@ -766,6 +766,47 @@ async fn rollback_rolls_forward_and_diff_names_what_changed(mut w: World) {
     let same: serde_json::Value = serde_json::from_str(&same).expect("json");
     assert_eq!(same["changed"], serde_json::json!([]), "{same}");
     assert_eq!(same["added"], serde_json::json!([]), "{same}");
+
+    // The source still holds what was rolled back: the next routine
+    // publish would undo the rollback, so it is refused, naming the tenant
+    // (validate --store says so first).
+    let src_arg = src.display().to_string();
+    let pubkey = World::pubkey(&w.fx.key_path);
+    for command in [
+        vec!["validate", "--source", &src_arg, "--trusted-key", &pubkey],
+        vec!["publish", "--source", &src_arg, "--key", &key],
+    ] {
+        let out = w.run(&command).await;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains(&format!("tenant {changed}: as in version 2")),
+            "{text}"
+        );
+        assert!(text.contains("--allow-rollforward"), "{text}");
+    }
+    serves(&eu, 3, false).await;
+    // Meant: allowed, and the next publish is routine again.
+    let out = w
+        .ok(&[
+            "publish",
+            "--source",
+            &src_arg,
+            "--key",
+            &key,
+            "--allow-rollforward",
+        ])
+        .await;
+    assert!(out.contains("published version 4"), "{out}");
+    serves(&eu, 4, false).await;
+    change_one_tenant(&src, 3);
+    w.ok(&["publish", "--source", &src_arg, "--key", &key])
+        .await;
+    serves(&eu, 5, false).await;
     // Versions start at 1.
     let out = w.run(&["rollback", "--key", &key, "--to", "0"]).await;
     assert_eq!(out.status.code(), Some(2));

@@ -173,11 +173,9 @@ impl FileStore {
     /// is never written by a publisher command either (one rule on both
     /// sides), and a dangling link is not an empty directory.
     pub fn check_layout(&self) -> Result<(), StoreError> {
-        for dir in [
-            crate::layout::SNAPSHOTS,
-            crate::layout::CHANNELS,
-            crate::layout::PINS,
-        ] {
+        // The layout's directories (the layout module, which builds on this
+        // module, names them too).
+        for dir in ["snapshots/", "channels/", "pins/"] {
             let name = dir.trim_end_matches('/');
             let path = self.root.join(name);
             let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());

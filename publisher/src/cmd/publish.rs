@@ -37,6 +37,11 @@ pub struct Args {
     /// wrong or empty --source far more often than a decision.
     #[arg(long)]
     allow_removals: bool,
+    /// Publish even if it gives tenants back the content the channel's
+    /// rollback took back: after `rollback`, the next publish from a source
+    /// that still holds the bad content is refused without it, naming them.
+    #[arg(long)]
+    allow_rollforward: bool,
     /// Make the store if there is none yet (a first publish). Without it a
     /// store with no snapshot and no channel is refused: a wrong URL or an
     /// unmounted volume must not become a new store no agent follows. On a
@@ -116,17 +121,13 @@ pub fn run(args: Args) -> Result<()> {
     // means a higher version; nothing goes back (rollback does that). Asked
     // again if another publisher moves the channel first.
     let dir = args.input.dir();
-    let allow_removals = args.allow_removals;
+    let allow = crate::guard::Allow {
+        removals: args.allow_removals,
+        rollforward: args.allow_rollforward,
+    };
     let mut gate = |head: Option<&Pointer>| -> Result<(), PublishError> {
         let Some(head) = head else { return Ok(()) };
-        crate::guard::check_against_head(
-            store.as_ref(),
-            head,
-            &trust,
-            &compiled,
-            dir,
-            allow_removals,
-        )
+        crate::guard::check_against_head(store.as_ref(), head, &trust, &compiled, dir, allow)
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, &keys, &opts, &mut gate)?;
     let p = &published.pointer;

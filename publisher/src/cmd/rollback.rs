@@ -60,6 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         crate::input::check_signers(&keys, &head, &signers)?;
     }
     let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
+    let from = before.map(|(version, _)| version);
     // Read for the note only: the rollback verifies the bundle itself.
     let expired = strata_common::bundle::peek_manifest(
         store.as_ref(),
@@ -71,6 +72,11 @@ pub fn run(args: Args) -> Result<()> {
     });
     let published = operator::rollback(store.as_ref(), args.to, &keys, &opts)?;
     let p = &published.pointer;
+    // What the next publish checks: not to bring back what this took back.
+    if let Some(from) = from {
+        strata_common::rollforward::Marker::new(&opts.channel, p.version, args.to, from)
+            .write(store.as_ref(), &keys)?;
+    }
     out!(
         "rolled {} channel {} back to the content of version {} as version {} ({}, sha256 {}), {} tenant(s); pointer expires {}",
         store.url(),

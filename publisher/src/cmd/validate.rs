@@ -34,6 +34,10 @@ pub struct Args {
     /// Accept removing more than 10 % of the channel's tenants (with --store).
     #[arg(long)]
     allow_removals: bool,
+    /// Accept giving tenants back what the channel's rollback took back
+    /// (with --store).
+    #[arg(long)]
+    allow_rollforward: bool,
 }
 
 /// One line per problem; an error (exit 1) if there is any.
@@ -80,7 +84,10 @@ pub fn run(args: Args) -> Result<()> {
                 &trust,
                 &compiled,
                 &args.source,
-                args.allow_removals,
+                crate::guard::Allow {
+                    removals: args.allow_removals,
+                    rollforward: args.allow_rollforward,
+                },
             )?;
             out!(
                 "{}: {} tenant(s) valid, and publishable over {} channel {} (version {})",

@@ -1,0 +1,189 @@
+//! What keeps a rollback from being undone by the next routine publish.
+//!
+//! `rollback --to N` publishes version N's content as the channel's next
+//! version M, and leaves a signed marker at `rollbacks/<channel>.json`
+//! saying so (M, N, and V, the version it rolled back from). While the
+//! channel's head is M, a publish that would give a tenant back the content
+//! it had in V (which the rollback took back) is refused unless allowed:
+//! the source a rollback answers is usually still the bad one. Agents never
+//! read the marker; a publish on top of M makes it stale. The same marker
+//! is where a per-tenant rollback will hold its tenants.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{Limits, PayloadReader, SignatureCheck};
+use crate::compile::Compiled;
+use crate::layout::{self, Document};
+use crate::operator::{OperatorError, fetch_bundle};
+use crate::pointer::{Pointer, PointerError, sign_document, verify_document};
+use crate::sign::{Role, SigningKey, TrustedKeys};
+use crate::store::{ReadStore, StoreError, WriteStore};
+use crate::versions::{self, VersionsError};
+
+/// The marker's `type`.
+const MARKER_TYPE: &str = "strata-rollback";
+
+/// Where channel `channel`'s rollback marker lives.
+pub fn marker_key(channel: &str) -> String {
+    format!("rollbacks/{channel}.json")
+}
+
+/// A rollback, as its marker records it (signed by publisher keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Marker {
+    /// Always `strata-rollback`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The channel rolled back.
+    pub channel: String,
+    /// The version the rollback published.
+    pub version: u64,
+    /// The version whose content it published again.
+    pub to: u64,
+    /// The version the channel served before it.
+    pub from: u64,
+    /// When it was signed (RFC 3339 UTC).
+    pub created_at: String,
+}
+
+impl Marker {
+    /// The marker of a rollback of `channel` from `from` to `to`'s content,
+    /// published as `version`.
+    pub fn new(channel: &str, version: u64, to: u64, from: u64) -> Self {
+        Self {
+            kind: MARKER_TYPE.to_owned(),
+            channel: channel.to_owned(),
+            version,
+            to,
+            from,
+            created_at: crate::time::format(crate::time::now()),
+        }
+    }
+
+    /// Signs and writes the marker over whatever is at its key.
+    pub fn write(&self, store: &dyn WriteStore, keys: &[SigningKey]) -> Result<(), OperatorError> {
+        let key = marker_key(&self.channel);
+        let bytes = sign_document(self, keys).map_err(|e| OperatorError::Sign(e.to_string()))?;
+        let current = layout::read(store, &key)?;
+        store.put_if(&key, &bytes, current.as_ref().map(|d| d.etag.as_str()))?;
+        Ok(())
+    }
+
+    /// The marker of `channel`, verified with `trust` (publisher keys);
+    /// `Ok(None)` if there is none.
+    pub fn read(
+        store: &dyn ReadStore,
+        channel: &str,
+        trust: &TrustedKeys,
+    ) -> Result<Option<Self>, MarkerError> {
+        let key = marker_key(channel);
+        let Some(Document { bytes, .. }) = layout::read(store, &key)? else {
+            return Ok(None);
+        };
+        let bad = |reason: String| MarkerError::Refused {
+            key: key.clone(),
+            reason,
+        };
+        let (signed, _) = verify_document(&bytes, Role::Publisher, trust)
+            .map_err(|e: PointerError| bad(e.to_string()))?;
+        let marker: Marker = serde_json::from_value(signed).map_err(|e| bad(e.to_string()))?;
+        if marker.kind != MARKER_TYPE || marker.channel != channel {
+            return Err(bad(format!(
+                "is a {} for channel {}, not a rollback of {channel}",
+                marker.kind, marker.channel
+            )));
+        }
+        Ok(Some(marker))
+    }
+}
+
+/// Why a rollback marker could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkerError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// It is not a marker the publisher keys signed.
+    #[error("{key}: {reason}")]
+    Refused {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a publish over a rolled-back channel would undo.
+#[derive(Debug)]
+pub enum Rollforward {
+    /// The channel's head is not a rollback (or no longer: a publish went
+    /// on top of it).
+    NotRolledBack,
+    /// The head is a rollback, but the version it rolled back from is gone
+    /// (gc): which tenants come back cannot be told.
+    FromGone(Marker),
+    /// The head is a rollback; these tenants would get back the content
+    /// they had in the version rolled back from (empty: none).
+    BringsBack(Marker, Vec<String>),
+}
+
+/// Compares `compiled` with the channel `head` and, if `head` is a
+/// rollback, with the version it rolled back from (both verified with
+/// `trust`).
+pub fn check(
+    store: &dyn WriteStore,
+    head: &Pointer,
+    trust: &TrustedKeys,
+    compiled: &Compiled,
+) -> Result<Rollforward, VersionsError> {
+    let marker = match Marker::read(store, &head.name, trust) {
+        Ok(Some(m)) if m.version == head.version => m,
+        _ => return Ok(Rollforward::NotRolledBack),
+    };
+    let limits = Limits::default();
+    let from = match fetch_bundle(store, marker.from, SignatureCheck::Trusted(trust), &limits) {
+        Ok(b) => b,
+        Err(e) if e.is_damage() => return Ok(Rollforward::FromGone(marker)),
+        Err(e) => return Err(e.into()),
+    };
+    let key = layout::bundle_key(marker.from);
+    let from = hashes(from.reader(&key, &limits)?, "the version rolled back from")?;
+    let served = hashes(
+        versions::served_reader(store, head, trust)?,
+        "the channel's snapshot",
+    )?;
+    let new = hashes(
+        versions::payload_reader(compiled).map_err(|source| VersionsError::Payload {
+            what: "the new snapshot",
+            source,
+        })?,
+        "the new snapshot",
+    )?;
+    let back = new
+        .iter()
+        .filter(|(t, h)| from.get(*t) == Some(h) && served.get(*t) != Some(h))
+        .map(|(t, _)| t.clone())
+        .collect();
+    Ok(Rollforward::BringsBack(marker, back))
+}
+
+/// Each tenant's config hash in a payload's index (no body decoded).
+fn hashes<R: Read + Seek>(
+    mut reader: PayloadReader<R>,
+    what: &'static str,
+) -> Result<BTreeMap<String, [u8; 64]>, VersionsError> {
+    let mut out = BTreeMap::new();
+    while let Some(frame) = reader
+        .next_frame()
+        .map_err(|source| VersionsError::Payload { what, source })?
+    {
+        for t in frame.tenants {
+            out.insert(t.tenant, t.config_hash);
+        }
+    }
+    Ok(out)
+}
