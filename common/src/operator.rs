@@ -266,6 +266,24 @@ pub fn fetch_bundle(
 }
 
 /// Writes `bytes` at `key` if it still has the ETag it was read with.
+/// Signs `pointer` with `keys` and writes it at `key` over `current` (by
+/// compare-and-swap, on a store checked to honour conditions); returns the
+/// file written.
+fn sign_over(
+    store: &dyn WriteStore,
+    key: &str,
+    pointer: &Pointer,
+    keys: &[SigningKey],
+    current: Option<&Document>,
+) -> Result<Vec<u8>, OperatorError> {
+    let signed = pointer
+        .sign(keys)
+        .map_err(|e| OperatorError::Sign(e.to_string()))?;
+    store::check_conditions(store)?;
+    write_if(store, key, &signed, current.map(|doc| doc.etag.as_str()))?;
+    Ok(signed)
+}
+
 fn write_if(
     store: &dyn WriteStore,
     key: &str,
@@ -324,16 +342,7 @@ pub fn pin(
         created_at: time::format(now),
         expires_at: time::format(now + expires_in),
     };
-    let signed = pointer
-        .sign(keys)
-        .map_err(|e| OperatorError::Sign(e.to_string()))?;
-    store::check_conditions(store)?;
-    write_if(
-        store,
-        &key,
-        &signed,
-        current.as_ref().map(|doc| doc.etag.as_str()),
-    )?;
+    let signed = sign_over(store, &key, &pointer, keys, current.as_ref())?;
     // A gc that read the pins before this one was written may have
     // deleted the bundle meanwhile: a pin to nothing would send the
     // region's nodes to `bundle_missing`, so it is taken back.
@@ -433,16 +442,7 @@ pub fn unpin(
         });
     }
     let unpin = Pointer::unpin(region, time::now());
-    let signed = unpin
-        .sign(keys)
-        .map_err(|e| OperatorError::Sign(e.to_string()))?;
-    store::check_conditions(store)?;
-    write_if(
-        store,
-        &key,
-        &signed,
-        current.as_ref().map(|doc| doc.etag.as_str()),
-    )?;
+    sign_over(store, &key, &unpin, keys, current.as_ref())?;
     // A pin made next must be signed after this unpin.
     if let Ok(t) = time::parse_exact(&unpin.created_at) {
         wait_past(t);
