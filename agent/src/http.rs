@@ -337,6 +337,7 @@ fn snapshot(shared: &Shared) -> Resp {
                 "expires_at": f.expires_at,
                 "created_at": f.created_at,
                 "local": f.by == FollowedBy::LocalPin,
+                "in_store": f.in_store,
             })
         });
     let body = json!({

@@ -96,6 +96,9 @@ pub struct Followed {
     /// When it expires (none for a local pin): after this the node keeps
     /// serving, and its state is `stale`.
     pub expires_at: Option<String>,
+    /// False for a region pin kept after its file disappeared from the
+    /// store (only a signed unpin ends a pin): `list` shows no pin then.
+    pub in_store: bool,
 }
 
 impl Status {

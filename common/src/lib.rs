@@ -12,6 +12,7 @@ pub mod agent_config;
 pub mod bundle;
 pub mod canonical;
 pub mod channel;
+pub mod chunk;
 pub mod compile;
 pub mod copy;
 pub mod diff;

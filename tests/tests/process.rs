@@ -971,3 +971,35 @@ fn a_wrong_source_directory_says_what_source_should_name() {
         );
     }
 }
+
+/// A publisher running under a strict umask (the refresh unit's is 0077)
+/// still writes store objects agents running as another user can read:
+/// with 0600 pointers every node went stale after the first refresh.
+#[test]
+fn store_objects_are_readable_whatever_the_writer_s_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("a", 2);
+    let store = fx.dir.path().join("strict-store");
+    let script = format!(
+        "umask 077 && {bin} publish --init --source {src} --key {key} --store file://{store} && {bin} refresh --no-state --key {key} --store file://{store}",
+        bin = bin("strata-publisher").display(),
+        src = src.display(),
+        key = fx.key_path.display(),
+        store = store.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    assert!(out.status.success(), "{out:?}");
+    for (path, want) in [
+        (store.join("snapshots"), 0o755),
+        (store.join("channels"), 0o755),
+        (store.join("channels/stable.json"), 0o644),
+        (store.join("snapshots/00000000000000000001.bundle"), 0o644),
+    ] {
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{}: {mode:o}", path.display());
+    }
+}

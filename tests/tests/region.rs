@@ -527,6 +527,7 @@ async fn a_pin_ends_only_with_a_signed_unpin(mut w: World) {
     let checked = snapshot(&eu).await["last_check"].clone();
     until(&eu, "a check after that", |s| s["last_check"] != checked).await;
     serves(&eu, 1, true).await;
+    assert_eq!(snapshot(&eu).await["pin"]["in_store"], false);
     w.stop_agents();
     let eu = w.agent("eu", "eu-west-1", "");
     serves(&eu, 1, true).await;

@@ -237,6 +237,7 @@ impl Syncer {
             version: named.version(),
             created_at: named.pointer().map(|p| p.created_at.clone()),
             expires_at: named.pointer().map(|p| p.expires_at.clone()),
+            in_store: !matches!(named, Named::Pin(_)) || self.seen_pin.is_some(),
         };
         self.shared.status().followed = Some(followed);
     }

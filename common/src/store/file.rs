@@ -10,6 +10,7 @@ use crate::localfile::open_regular;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{Fetched, ListPage, Object, ReadStore, StoreError, StoreUrl, WriteStore};
@@ -216,7 +217,7 @@ impl FileStore {
 
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
         let dir = target.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir)?;
+        make_dir(dir)?;
         self.inside(dir)?;
         remove_stale_temps(dir);
         let name = target
@@ -225,10 +226,31 @@ impl FileStore {
             .unwrap_or("object");
         let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), unique()));
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // Store objects are public to the fleet (no secret is ever in one):
+        // 0644 whatever the umask, or agents running as another user could
+        // not read a pointer a refresh wrote.
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         Ok(tmp)
     }
+}
+
+/// Makes `dir` (and its parents) if missing, each made one 0755 whatever
+/// the umask (the refresh unit's is 0077): agents running as another user
+/// must be able to read the store.
+pub fn make_dir(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_owned());
+        at = d.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for d in missing {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// What a write through a link out of the store is refused with.
@@ -356,7 +378,7 @@ impl WriteStore for FileStore {
         let path = self.path(key)?;
         let transient = |source| StoreError::io(key, source);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(transient)?;
+            make_dir(dir).map_err(transient)?;
             self.inside(dir).map_err(|e| outside(key, e))?;
         }
         let mut lock_name = path.as_os_str().to_owned();

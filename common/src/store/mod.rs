@@ -31,7 +31,7 @@ use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
-pub use file::FileStore;
+pub use file::{FileStore, make_dir};
 #[cfg(feature = "https")]
 pub use https::HttpsStore;
 pub use probe::{ConditionsError, check_conditions};

@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
     if let StoreUrl::File(dir) = &args.store
         && missing_dir
     {
-        std::fs::create_dir_all(dir)
+        strata_common::store::make_dir(dir)
             .with_context(|| format!("creating the store directory {}", dir.display()))?;
     }
     if fresh {
