@@ -1003,3 +1003,30 @@ fn store_objects_are_readable_whatever_the_writer_s_umask() {
         assert_eq!(mode, want, "{}: {mode:o}", path.display());
     }
 }
+
+/// `validate --store` before the first publish (CI set up first, as the
+/// README orders it) passes on a valid source and says there is nothing to
+/// check against yet, without making the store.
+#[test]
+fn validate_against_a_store_not_made_yet_passes_and_says_so() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("a", 2);
+    let store = fx.dir.path().join("not-yet");
+    let out = publisher(&[
+        "validate",
+        "--source",
+        &src.display().to_string(),
+        "--store",
+        &format!("file://{}", store.display()),
+        "--trusted-key",
+        &strata_common::sign::public_path(&fx.key_path)
+            .display()
+            .to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("does not exist yet"),
+        "{out:?}"
+    );
+    assert!(!store.exists());
+}

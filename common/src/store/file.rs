@@ -85,6 +85,25 @@ impl FileStore {
     /// Opens `key` for reading, refusing a file over `max_bytes` before
     /// reading any of it (callers still bound the read: the file may grow).
     fn open_bounded(&self, key: &str, max_bytes: u64) -> Result<File, StoreError> {
+        // A writer's rename between the check and the open (a publish or a
+        // refresh replacing the pointer) is the common case of a file
+        // changing under the reader: read again, a few times.
+        for _ in 0..4 {
+            if let Some(f) = self.open_once(key, max_bytes)? {
+                return Ok(f);
+            }
+        }
+        Err(StoreError::io(
+            key,
+            io::Error::other(
+                "kept changing while it was opened (replaced again and again, or a link swapped in)",
+            ),
+        ))
+    }
+
+    /// [`Self::open_bounded`] once: `None` if the file opened is not the
+    /// one checked (replaced in between).
+    fn open_once(&self, key: &str, max_bytes: u64) -> Result<Option<File>, StoreError> {
         let path = self.path(key)?;
         let transient = |source| StoreError::io(key, source);
         let target = self.check_regular(key, &path)?;
@@ -107,10 +126,7 @@ impl FileStore {
         {
             use std::os::unix::fs::MetadataExt;
             if (meta.dev(), meta.ino()) != (checked.dev(), checked.ino()) {
-                return Err(StoreError::Fatal {
-                    key: key.to_owned(),
-                    source: "changed while it was opened (a link swapped in?); a file store holds regular files only".into(),
-                });
+                return Ok(None);
             }
         }
         let size = meta.len();
@@ -121,7 +137,7 @@ impl FileStore {
                 limit: max_bytes,
             });
         }
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// Refuses anything at `path` but a regular file inside the store: a

@@ -62,7 +62,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let trust = TrustedKeys::for_publisher(&[], &load_public_keys(&args.trusted_keys)?);
     let store = store::open_write(url)?;
-    let head = Pointer::read_channel(store.as_ref(), &args.channel, &trust)?.map(|(p, _)| p);
+    // A store not made yet (before the first `publish --init`) has no
+    // channel to check against; said below.
+    let missing_dir = matches!(url, store::StoreUrl::File(dir) if !dir.exists());
+    let head = if missing_dir {
+        None
+    } else {
+        Pointer::read_channel(store.as_ref(), &args.channel, &trust)?.map(|(p, _)| p)
+    };
     let served_owners = head
         .as_ref()
         .and_then(|p| versions::served_owners(store.as_ref(), p, &trust).ok())
@@ -98,6 +105,12 @@ pub fn run(args: Args) -> Result<()> {
                 head.version
             )?;
         }
+        None if missing_dir => out!(
+            "{}: {} tenant(s) valid; {} does not exist yet, so there is no channel to check against (a first `publish --init` makes it; if a store was expected there, check the URL)",
+            args.source.display(),
+            compiled.tenant_count,
+            store.url()
+        )?,
         None => out!(
             "{}: {} tenant(s) valid; {} has no channel {} yet (its first publish needs --init if the store is new)",
             args.source.display(),
