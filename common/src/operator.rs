@@ -20,7 +20,7 @@ use crate::compile::Compiled;
 use crate::layout::{self, BadName, Document};
 use crate::model::SnapshotVersion;
 use crate::pointer::{Pointer, PointerKind};
-use crate::sign::{KeyId, Role, TrustedKeys};
+use crate::sign::{KeyId, TrustedKeys};
 use crate::store::{self, ErrorKind, ReadStore, StoreError, WriteStore};
 use crate::time;
 
@@ -398,8 +398,10 @@ pub enum Unpinned {
     /// No pin (none, or gone): the unpin is written all the same, so that
     /// agents that followed a pin which disappeared let go of it now.
     NoPin,
-    /// An unpin these keys signed already: nothing written.
-    Already,
+    /// An earlier unpin, or a file that is no pin: replaced by a fresh
+    /// unpin (an old unpin put back over a pin is refused by agents as a
+    /// replay; a new one, signed now, is not).
+    Replaced,
 }
 
 /// Ends `region`'s pin: writes the region's unpin, signed by `keys`
@@ -418,17 +420,9 @@ pub fn unpin(
     let before = current
         .as_ref()
         .and_then(|doc| Pointer::parse_unverified(&doc.bytes).ok());
-    // An unpin these keys signed is there already; one by other keys (a
-    // forgery agents refuse) is written over.
-    let mut ours = TrustedKeys::new(1, 1);
-    for k in keys {
-        ours.add(Role::Operator, k.verifying_key());
-    }
-    if let Some(doc) = &current
-        && Pointer::verify(&doc.bytes, PointerKind::Unpin, region, &ours).is_ok()
-    {
-        return Ok(Unpinned::Already);
-    }
+    // Always a fresh unpin, signed by every key given: whatever is there
+    // (an unpin replayed over a newer pin, one short of a threshold's
+    // signatures, a forgery) agents may refuse.
     // Agents refuse a pin or unpin signed before the one they follow
     // (a replay): signing times are whole seconds, so sign past the pin's.
     if let Some(t) = before
@@ -447,9 +441,10 @@ pub fn unpin(
     if let Ok(t) = time::parse_exact(&unpin.created_at) {
         wait_past(t);
     }
-    Ok(match before {
-        Some(pin) if pin.kind == PointerKind::Pin => Unpinned::Was(pin),
-        _ => Unpinned::NoPin,
+    Ok(match (before, current) {
+        (Some(pin), _) if pin.kind == PointerKind::Pin => Unpinned::Was(pin),
+        (_, Some(_)) => Unpinned::Replaced,
+        (_, None) => Unpinned::NoPin,
     })
 }
 

@@ -46,22 +46,43 @@ pub struct Marker {
     pub to: u64,
     /// The version the channel served before it.
     pub from: u64,
+    /// Versions rolled back from by the rollbacks just before this one
+    /// (rolled back twice in a row: both stay taken back), oldest first.
+    pub earlier: Vec<u64>,
     /// When it was signed (RFC 3339 UTC).
     pub created_at: String,
 }
 
 impl Marker {
     /// The marker of a rollback of `channel` from `from` to `to`'s content,
-    /// published as `version`.
-    pub fn new(channel: &str, version: u64, to: u64, from: u64) -> Self {
+    /// published as `version`; `before` is the channel's marker when `from`
+    /// was itself a rollback, whose versions stay taken back.
+    pub fn new(channel: &str, version: u64, to: u64, from: u64, before: Option<&Marker>) -> Self {
+        let earlier = before
+            .filter(|b| b.version == from)
+            .map(|b| {
+                let mut e = b.earlier.clone();
+                e.push(b.from);
+                e
+            })
+            .unwrap_or_default();
         Self {
             kind: MARKER_TYPE.to_owned(),
             channel: channel.to_owned(),
             version,
             to,
             from,
+            earlier,
             created_at: crate::time::format(crate::time::now()),
         }
+    }
+
+    /// Every version this rollback keeps taken back: `from`, and those of
+    /// the rollbacks just before it.
+    pub fn taken_back(&self) -> Vec<u64> {
+        let mut all = self.earlier.clone();
+        all.push(self.from);
+        all
     }
 
     /// Signs and writes the marker over whatever is at its key.
@@ -121,15 +142,27 @@ pub enum MarkerError {
 #[derive(Debug)]
 pub enum Rollforward {
     /// The channel's head is not a rollback (or no longer: a publish went
-    /// on top of it).
+    /// on top of it), or has no marker.
     NotRolledBack,
-    /// The head is a rollback, but the version it rolled back from is gone
-    /// (gc): which tenants come back cannot be told.
-    FromGone(Marker),
-    /// The head is a rollback; these tenants would get back the content
-    /// they had in the version rolled back from (empty: none).
-    BringsBack(Marker, Vec<String>),
+    /// The channel's marker does not verify: not checked (it guards
+    /// against a mistake, not an attacker).
+    Unreadable(String),
+    /// The head is a rollback; what would come back: for each version it
+    /// took back, the tenants (and `Layer 1`) that would get back the
+    /// content they had there; and the versions taken back whose bundles
+    /// are gone (gc), which cannot be compared.
+    Checked {
+        /// The marker.
+        marker: Marker,
+        /// (version taken back, what would get its content back).
+        back: Vec<(u64, Vec<String>)>,
+        /// Versions taken back whose bundles are gone.
+        gone: Vec<u64>,
+    },
 }
+
+/// How a brought-back Layer 1 is named among tenants.
+pub const LAYER1: &str = "Layer 1";
 
 /// Compares `compiled` with the channel `head` and, if `head` is a
 /// rollback, with the version it rolled back from (both verified with
@@ -142,16 +175,10 @@ pub fn check(
 ) -> Result<Rollforward, VersionsError> {
     let marker = match Marker::read(store, &head.name, trust) {
         Ok(Some(m)) if m.version == head.version => m,
-        _ => return Ok(Rollforward::NotRolledBack),
+        Ok(_) => return Ok(Rollforward::NotRolledBack),
+        Err(e) => return Ok(Rollforward::Unreadable(e.to_string())),
     };
     let limits = Limits::default();
-    let from = match fetch_bundle(store, marker.from, SignatureCheck::Trusted(trust), &limits) {
-        Ok(b) => b,
-        Err(e) if e.is_damage() => return Ok(Rollforward::FromGone(marker)),
-        Err(e) => return Err(e.into()),
-    };
-    let key = layout::bundle_key(marker.from);
-    let from = hashes(from.reader(&key, &limits)?, "the version rolled back from")?;
     let served = hashes(
         versions::served_reader(store, head, trust)?,
         "the channel's snapshot",
@@ -163,20 +190,44 @@ pub fn check(
         })?,
         "the new snapshot",
     )?;
-    let back = new
-        .iter()
-        .filter(|(t, h)| from.get(*t) == Some(h) && served.get(*t) != Some(h))
-        .map(|(t, _)| t.clone())
-        .collect();
-    Ok(Rollforward::BringsBack(marker, back))
+    let mut back = Vec::new();
+    let mut gone = Vec::new();
+    for version in marker.taken_back() {
+        let bundle = match fetch_bundle(store, version, SignatureCheck::Trusted(trust), &limits) {
+            Ok(b) => b,
+            Err(e) if e.is_damage() => {
+                gone.push(version);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let key = layout::bundle_key(version);
+        let then = hashes(bundle.reader(&key, &limits)?, "a version rolled back from")?;
+        let came_back: Vec<String> = new
+            .iter()
+            .filter(|(t, h)| then.get(*t) == Some(h) && served.get(*t) != Some(h))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !came_back.is_empty() {
+            back.push((version, came_back));
+        }
+    }
+    Ok(Rollforward::Checked { marker, back, gone })
 }
 
-/// Each tenant's config hash in a payload's index (no body decoded).
+/// Each tenant's config hash in a payload's index (no body decoded), and
+/// Layer 1 (as [`LAYER1`], by its bytes' hash).
 fn hashes<R: Read + Seek>(
     mut reader: PayloadReader<R>,
     what: &'static str,
 ) -> Result<BTreeMap<String, [u8; 64]>, VersionsError> {
     let mut out = BTreeMap::new();
+    let mut layer1 = [0u8; 64];
+    let digest = crate::canonical::sha256_hex(reader.layer1());
+    for (slot, b) in layer1.iter_mut().zip(digest.bytes()) {
+        *slot = b;
+    }
+    out.insert(LAYER1.to_owned(), layer1);
     while let Some(frame) = reader
         .next_frame()
         .map_err(|source| VersionsError::Payload { what, source })?

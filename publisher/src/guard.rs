@@ -51,53 +51,64 @@ fn check_rollforward(
     allow: bool,
 ) -> Result<(), PublishError> {
     use strata_common::rollforward::{self, Rollforward};
-    match rollforward::check(store, head, trust, compiled) {
-        Ok(Rollforward::NotRolledBack) => Ok(()),
-        Ok(Rollforward::FromGone(m)) => {
+    let (marker, back, gone) = match rollforward::check(store, head, trust, compiled) {
+        Ok(Rollforward::NotRolledBack) => return Ok(()),
+        Ok(Rollforward::Unreadable(why)) => {
             note!(
-                "warning: channel {} was rolled back from version {} (as version {}), whose bundle is gone: which tenants this publish brings back is not checked",
-                m.channel,
-                m.from,
-                m.version
+                "warning: the channel's rollback marker cannot be used ({why}): not checked whether this publish undoes a rollback"
             );
-            Ok(())
+            return Ok(());
         }
-        Ok(Rollforward::BringsBack(_, back)) if back.is_empty() => Ok(()),
-        Ok(Rollforward::BringsBack(m, back)) if allow => {
-            note!(
-                "note: {} tenant(s) get back what version {} had, which the rollback to {} took back (--allow-rollforward)",
-                back.len(),
-                m.from,
-                m.to
-            );
-            Ok(())
-        }
-        Ok(Rollforward::BringsBack(m, back)) => {
-            let _ = out!(
-                "{}: this publish gives {} tenant(s) back the content version {} had, which `rollback --to {}` (version {}) took back; they are:",
-                dir.display(),
-                back.len(),
-                m.from,
-                m.to,
-                m.version
-            );
-            for id in back.iter().take(NAMES_SHOWN) {
-                let _ = out!("{}: tenant {id}: as in version {}", dir.display(), m.from);
-            }
-            if back.len() > NAMES_SHOWN {
-                let _ = out!("{}: … and {} more", dir.display(), back.len() - NAMES_SHOWN);
-            }
-            Err(PublishError::Refused(format!(
-                "{}: {} tenant(s) would be rolled forward again; nothing was published. Fix or revert them in the source, or publish with --allow-rollforward if the fix is in",
-                dir.display(),
-                back.len()
-            )))
-        }
+        Ok(Rollforward::Checked { marker, back, gone }) => (marker, back, gone),
         Err(e) => {
             note!("warning: not checked whether this publish undoes the channel's rollback ({e})");
-            Ok(())
+            return Ok(());
+        }
+    };
+    for v in &gone {
+        note!(
+            "warning: channel {} was rolled back from version {v}, whose bundle is gone: what this publish brings back of it is not checked",
+            marker.channel
+        );
+    }
+    let count: usize = back.iter().map(|(_, names)| names.len()).sum();
+    if count == 0 {
+        return Ok(());
+    }
+    if allow {
+        note!(
+            "note: {count} tenant(s) (or Layer 1) get back content that the rollback to {} took back (--allow-rollforward)",
+            marker.to
+        );
+        return Ok(());
+    }
+    let _ = out!(
+        "{}: this publish gives {count} tenant(s) (or Layer 1) back content that `rollback --to {}` (version {}) took back; they are:",
+        dir.display(),
+        marker.to,
+        marker.version
+    );
+    let mut shown = 0;
+    for (version, names) in &back {
+        for name in names {
+            if shown < NAMES_SHOWN {
+                let what = if name == rollforward::LAYER1 {
+                    name.clone()
+                } else {
+                    format!("tenant {name}")
+                };
+                let _ = out!("{}: {what}: as in version {version}", dir.display());
+            }
+            shown += 1;
         }
     }
+    if shown > NAMES_SHOWN {
+        let _ = out!("{}: … and {} more", dir.display(), shown - NAMES_SHOWN);
+    }
+    Err(PublishError::Refused(format!(
+        "{}: {count} tenant(s) (or Layer 1) would be rolled forward again; nothing was published. Fix or revert them in the source, or publish with --allow-rollforward if the fix is in",
+        dir.display()
+    )))
 }
 
 /// Each tenant's version discipline, and no mass removal unless allowed.

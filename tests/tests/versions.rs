@@ -622,3 +622,55 @@ fn validate_against_the_store_fails_the_pull_request_not_the_merge() {
         "validate writes nothing"
     );
 }
+
+/// Runs `rollback --to N` on the fixture's store.
+fn rollback_to(fx: &Fixture, to: u64) -> Output {
+    Command::new(bin("strata-publisher"))
+        .args(["rollback", "--to", &to.to_string(), "--key"])
+        .arg(&fx.key_path)
+        .arg("--store")
+        .arg(format!("file://{}", fx.store_dir().display()))
+        .output()
+        .expect("rollback")
+}
+
+/// The rollback guard also holds for Layer 1 (a bad base prompt rolled
+/// back is not brought back by the next publish), and after two rollbacks
+/// in a row both versions stay taken back (an outside attack found both
+/// published).
+#[test]
+fn rolled_back_layer1_and_twice_rolled_back_tenants_are_not_brought_back() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 3);
+    assert!(publish(&fx, &src).status.success());
+    let good_layer1 = std::fs::read_to_string(src.join("layer1.toml")).expect("layer1");
+    let bad_layer1 = good_layer1.replacen(
+        "You are a voice receptionist",
+        "You are a hasty voice receptionist",
+        1,
+    );
+    std::fs::write(src.join("layer1.toml"), &bad_layer1).expect("write");
+    assert!(publish(&fx, &src).status.success());
+    assert!(rollback_to(&fx, 1).status.success());
+    let out = publish(&fx, &src);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("Layer 1: as in version 2"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(src.join("layer1.toml"), &good_layer1).expect("write");
+
+    // Two bad tenant versions, rolled back twice: 5 → 4's rollback to 2,
+    // then to 1.
+    let file = tenant_files(&src).remove(0);
+    set_line(&file, "version = ", "version = \"8.0.0\"");
+    assert!(publish(&fx, &src).status.success(), "v4");
+    set_line(&file, "version = ", "version = \"8.0.1\"");
+    assert!(publish(&fx, &src).status.success(), "v5");
+    assert!(rollback_to(&fx, 4).status.success());
+    assert!(rollback_to(&fx, 1).status.success());
+    let out = publish(&fx, &src);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("as in version 5"), "{}", text(&out));
+}

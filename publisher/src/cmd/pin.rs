@@ -91,13 +91,11 @@ pub fn unpin(args: UnpinArgs) -> Result<()> {
             args.region,
             store.url()
         )?,
-        operator::Unpinned::Already => {
-            out!(
-                "region {} of {} was unpinned already",
-                args.region,
-                store.url()
-            )?;
-        }
+        operator::Unpinned::Replaced => out!(
+            "region {} of {} unpinned (a fresh unpin replaced the one there, or a file that was no pin)",
+            args.region,
+            store.url()
+        )?,
     }
     Ok(())
 }

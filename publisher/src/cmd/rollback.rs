@@ -61,6 +61,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
     let from = before.map(|(version, _)| version);
+    // A rollback of a rollback keeps what the first took back.
+    let marker_before =
+        strata_common::rollforward::Marker::read(store.as_ref(), &opts.channel, &trust)
+            .ok()
+            .flatten();
     // Read for the note only: the rollback verifies the bundle itself.
     let expired = strata_common::bundle::peek_manifest(
         store.as_ref(),
@@ -74,8 +79,14 @@ pub fn run(args: Args) -> Result<()> {
     let p = &published.pointer;
     // What the next publish checks: not to bring back what this took back.
     if let Some(from) = from {
-        strata_common::rollforward::Marker::new(&opts.channel, p.version, args.to, from)
-            .write(store.as_ref(), &keys)?;
+        strata_common::rollforward::Marker::new(
+            &opts.channel,
+            p.version,
+            args.to,
+            from,
+            marker_before.as_ref(),
+        )
+        .write(store.as_ref(), &keys)?;
     }
     out!(
         "rolled {} channel {} back to the content of version {} as version {} ({}, sha256 {}), {} tenant(s); pointer expires {}",
