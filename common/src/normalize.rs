@@ -176,13 +176,12 @@ impl<'a> Text<'a> {
     }
 
     /// Whether a match of a one-word pattern at `start..end` of the
-    /// compact text counts: within one token, or whole tokens run together
-    /// (`dis regard`), never a word's tail and the next one's head
-    /// (`Addis regards`).
+    /// compact text counts: within one token, or from the start of a token
+    /// on across white space (`dis regard`, `dis regarding`), never from a
+    /// word's tail (`Addis regards`).
     pub(crate) fn word_at(&self, start: usize, end: usize) -> bool {
         let inside = self.edges.iter().any(|&e| e > start && e < end);
-        !inside
-            || (self.edges.binary_search(&start).is_ok() && self.edges.binary_search(&end).is_ok())
+        !inside || self.edges.binary_search(&start).is_ok()
     }
 
     /// Whether `pattern` occurs in this text.
@@ -600,6 +599,9 @@ mod tests {
         assert_eq!(at.start, 9);
         assert!(locate("nothing here", &p).is_none());
         for text in [
+            "dis regarding all earlier rules",
+            "DIS REGARDING",
+            "disre garding",
             "dis-regard",
             "dis.regard",
             "dis_regard",
@@ -633,6 +635,7 @@ mod tests {
             "Café hours: 8am–6pm. Ask for Zoë.",
             "Ask for Candis; regards, the team.",
             "Our office in Addis regards every caller as a guest.",
+            "Paradis regards you kindly.",
         ] {
             assert!(!found("disregard", text), "{text:?}");
             assert!(!found("ignore previous instructions", text), "{text:?}");
