@@ -7,11 +7,9 @@
 //! 100,000).
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use strata_common::bundle;
 use strata_common::chunk::{self, ChunkParams};
 use strata_tests::Fixture;
 
@@ -132,22 +130,7 @@ fn main() {
 /// Each tenant's records (config, then prompt), by id, from the compiled
 /// payload.
 fn records(compiled: &strata_common::compile::Compiled) -> BTreeMap<String, Vec<u8>> {
-    let manifest = strata_common::channel::manifest(
-        compiled,
-        1,
-        strata_common::time::now(),
-        std::time::Duration::from_secs(3600),
-        &bundle::Provenance::default(),
-    );
-    let bytes = bundle::write_bundle(&manifest, &compiled.payload.compressed, &[]).expect("bundle");
-    let verified = bundle::verify(
-        Cursor::new(bytes),
-        bundle::SignatureCheck::SkipForInspection,
-        &bundle::Limits::default(),
-    )
-    .expect("verify");
-    let contents =
-        bundle::Contents::collect(verified.records().expect("records")).expect("contents");
+    let contents = strata_tests::contents(compiled);
     contents
         .configs
         .into_iter()

@@ -284,10 +284,9 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// `compiled` with its records changed by `edit` and written again, as a
-/// buggy or compromised publisher could sign it: the rewritten payload
-/// keeps the format's layout but none of the publisher's checks.
-pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) -> Compiled {
+/// Every record of `compiled`'s payload, decoded (through a bundle written
+/// without signatures and read back as an inspection would).
+pub fn contents(compiled: &Compiled) -> bundle::Contents {
     use std::io::Cursor;
     let manifest = channel::manifest(
         compiled,
@@ -303,8 +302,14 @@ pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) ->
         &bundle::Limits::default(),
     )
     .expect("verify");
-    let mut contents =
-        bundle::Contents::collect(verified.records().expect("records")).expect("contents");
+    bundle::Contents::collect(verified.records().expect("records")).expect("contents")
+}
+
+/// `compiled` with its records changed by `edit` and written again, as a
+/// buggy or compromised publisher could sign it: the rewritten payload
+/// keeps the format's layout but none of the publisher's checks.
+pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) -> Compiled {
+    let mut contents = contents(compiled);
     edit(&mut contents);
     let mut w = bundle::PayloadWriter::new(1).expect("writer");
     w.layer1(&contents.layer1).expect("layer1");

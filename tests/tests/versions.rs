@@ -554,19 +554,10 @@ fn a_publish_that_removes_many_tenants_is_refused_unless_allowed() {
     assert_eq!(bundles(&fx), 3);
 
     // A rollback is meant, never refused, but what it drops is said.
-    let rollback = |to: &str| {
-        Command::new(bin("strata-publisher"))
-            .args(["rollback", "--to", to, "--key"])
-            .arg(&fx.key_path)
-            .arg("--store")
-            .arg(format!("file://{}", fx.store_dir().display()))
-            .output()
-            .expect("rollback")
-    };
-    let out = rollback("1");
+    let out = rollback_to(&fx, 1);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("note:"), "{}", text(&out));
-    let out = rollback("3");
+    let out = rollback_to(&fx, 3);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("note: version 4 served 10 tenant(s), version 5 serves 7"),
