@@ -123,6 +123,7 @@ pub struct Metrics {
     fetches: Family<OutcomeLabel, Counter>,
     refusals: Family<ReasonLabel, Counter>,
     frames: Family<ResultLabel, Counter>,
+    object_bytes: Counter,
     checks: Counter,
     applies: Counter,
     apply_seconds: Histogram,
@@ -158,6 +159,7 @@ impl Metrics {
             fetches: Family::default(),
             refusals: Family::default(),
             frames: Family::default(),
+            object_bytes: Counter::default(),
             checks: Counter::default(),
             applies: Counter::default(),
             // 10 ms to ~160 s: a 1 % publish to a cold 100k-tenant apply.
@@ -203,6 +205,11 @@ impl Metrics {
             "frames",
             "Bundle body frames an apply decompressed, or skipped because it already held their tenants",
             m.frames.clone(),
+        );
+        registry.register(
+            "fetched_object_bytes",
+            "Bytes of format 3 objects (chunks, pages, route pages, Layer 1, dictionary) fetched from the store: what a publish cost this node",
+            m.object_bytes.clone(),
         );
         registry.register("checks", "Store checks run", m.checks.clone());
         registry.register(
@@ -339,8 +346,11 @@ impl Metrics {
         }
     }
 
-    /// Records an apply: its duration and the frames it decoded and skipped.
-    pub fn count_apply(&self, took: Duration, frames_decoded: u64, frames_skipped: u64) {
+    /// Records an apply: its duration, the frames (chunks) it decoded and
+    /// skipped, and the object bytes it fetched.
+    pub fn count_apply(&self, took: Duration, frames: (u64, u64), object_bytes: u64) {
+        let (frames_decoded, frames_skipped) = frames;
+        self.object_bytes.inc_by(object_bytes);
         self.applies.inc();
         self.apply_seconds.observe(took.as_secs_f64());
         self.last_apply_seconds.set(took.as_secs_f64());

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
-use crate::bundle::{self, BundleError, FORMAT_VERSION, MANIFEST_TYPE, Manifest, Provenance};
+use crate::bundle::{self, BundleError, MANIFEST_TYPE, Manifest, Provenance};
 use crate::canonical::sha256_hex;
 use crate::compile::Compiled;
 use crate::layout;
@@ -95,7 +95,7 @@ pub fn manifest(
 ) -> Manifest {
     Manifest {
         kind: MANIFEST_TYPE.to_owned(),
-        format: FORMAT_VERSION,
+        format: compiled.payload.format,
         version,
         created_at: time::format(now),
         expires_at: time::format(now + expires_in),
@@ -128,6 +128,9 @@ pub struct PublishOptions {
     /// Public keys, beside the signing keys' own, whose signature on the
     /// current pointer is trusted (the previous key, during a rotation).
     pub trusted: Vec<VerifyingKey>,
+    /// Format 3: objects the store holds already (those of the channel's
+    /// snapshot), not uploaded again.
+    pub present: std::collections::HashSet<[u8; 32]>,
 }
 
 impl PublishOptions {
@@ -141,6 +144,7 @@ impl PublishOptions {
             provenance: Provenance::default(),
             abandoned_after: ABANDONED_AFTER,
             trusted: Vec::new(),
+            present: Default::default(),
         }
     }
 }
@@ -257,6 +261,9 @@ pub fn publish_gated(
                 if !probed {
                     store::check_conditions(store)?;
                     probed = true;
+                    // Format 3: the objects first, so that the root (and
+                    // then the pointer) never names one not yet there.
+                    crate::bundle::tree::upload(store, &compiled.objects, &opts.present)?;
                 }
                 match store.put_new(&bundle_key, &bytes) {
                     Ok(()) => (now, bytes),

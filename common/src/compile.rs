@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::bundle::tree::TreeWriter;
 use crate::bundle::{Payload, PayloadWriter};
 use crate::model::{EffectiveConfig, Layer1, Overlay};
 use crate::render;
@@ -34,6 +35,12 @@ pub struct CompileOptions {
     /// the one that holds it there keeps it and the other is refused.
     /// Without it, the tenant read first keeps it.
     pub served_owners: Option<std::sync::Arc<BTreeMap<String, String>>>,
+    /// The snapshot format to write: 2 (one bundle file) or 3 (a root
+    /// over content-addressed objects, [`crate::bundle::tree`]).
+    pub format: u32,
+    /// Format 3: the dictionary the channel's snapshot uses (kept, so the
+    /// chunks of unchanged tenants keep their names); `None` trains one.
+    pub dictionary: Option<Vec<u8>>,
 }
 
 impl Default for CompileOptions {
@@ -45,6 +52,8 @@ impl Default for CompileOptions {
             level: 1,
             agent_limits: crate::bundle::Limits::default(),
             served_owners: None,
+            format: crate::bundle::FORMAT_VERSION,
+            dictionary: None,
         }
     }
 }
@@ -52,8 +61,10 @@ impl Default for CompileOptions {
 /// A compiled source: the payload and what it holds.
 #[derive(Debug, Clone)]
 pub struct Compiled {
-    /// The compressed records.
+    /// The compressed records (format 2), or the root (format 3).
     pub payload: Payload,
+    /// Format 3: every object the root reaches (empty for format 2).
+    pub objects: crate::bundle::tree::write::Objects,
     /// Layer 1's version.
     pub layer1_version: String,
     /// Tenants compiled.
@@ -71,6 +82,8 @@ struct TenantResult {
     output: Option<(String, Vec<u8>, String)>,
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// SHA-256 (hex) of the tenant's source file.
+    source_sha256: String,
 }
 
 /// Validates the whole source without writing anything: every problem, then
@@ -81,15 +94,36 @@ pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, S
 
 /// Compiles the source into a payload, or reports every problem.
 pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, SourceError> {
-    let writer = PayloadWriter::new(opts.level).map_err(payload_err)?;
+    let writer = if opts.format == crate::bundle::FORMAT_TREE {
+        let level = opts.level.max(3);
+        Writer::Tree(TreeWriter::new(level, opts.dictionary.clone()).map_err(payload_err)?)
+    } else {
+        Writer::Bundle(PayloadWriter::new(opts.level).map_err(payload_err)?)
+    };
     let (writer, warnings) = run(source, opts.clone(), Some(writer))?;
     let Some((tenant_count, writer)) = writer else {
         return Err(payload_err(std::io::Error::other("payload writer missing")));
     };
-    let payload = writer.finish().map_err(payload_err)?;
-    check_agent_limits(source, &payload, &opts.agent_limits)?;
+    // What agents add up against their limits: the payload (format 2),
+    // or the chunks (format 3).
+    let (payload, objects, totals) = match writer {
+        Writer::Bundle(w) => {
+            let p = w.finish().map_err(payload_err)?;
+            let totals = (p.compressed.len() as u64, p.raw_size);
+            (p, Default::default(), totals)
+        }
+        Writer::Tree(w) => {
+            let built = w.finish().map_err(payload_err)?;
+            let totals = built.chunks.iter().fold((0u64, 0u64), |(c, r), k| {
+                (c + k.obj.size, r + k.obj.raw_size)
+            });
+            (built.root, built.objects, totals)
+        }
+    };
+    check_agent_limits(source, &payload, totals, &opts.agent_limits)?;
     Ok(Compiled {
         payload,
+        objects,
         layer1_version: source.layer1.version.clone(),
         tenant_count,
         warnings,
@@ -102,17 +136,18 @@ pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, Source
 fn check_agent_limits(
     source: &Source,
     payload: &crate::bundle::Payload,
+    (compressed, raw): (u64, u64),
     limits: &crate::bundle::Limits,
 ) -> Result<(), SourceError> {
     let over = [
         (
-            payload.compressed.len() as u64,
+            compressed,
             limits.max_bundle_bytes,
             "bytes compressed",
             "max_bundle_bytes",
         ),
         (
-            payload.raw_size,
+            raw,
             limits.max_decompressed_bytes,
             "bytes of records",
             "max_bundle_bytes",
@@ -154,12 +189,49 @@ fn payload_err(source: std::io::Error) -> SourceError {
     }
 }
 
-type RunOutput = (Option<(u64, PayloadWriter)>, Vec<Problem>);
+/// The writer of the format being compiled (one per compile: their sizes
+/// do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Writer {
+    Bundle(PayloadWriter),
+    Tree(TreeWriter),
+}
+
+impl Writer {
+    fn layer1(&mut self, json: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Bundle(w) => w.layer1(json),
+            Writer::Tree(w) => w.layer1(json),
+        }
+    }
+
+    fn tenant(
+        &mut self,
+        t: &TenantResult,
+        hash: &str,
+        config: &[u8],
+        prompt: &[u8],
+    ) -> std::io::Result<()> {
+        match self {
+            Writer::Bundle(w) => w.tenant(&t.tenant_id, hash, config, prompt),
+            Writer::Tree(w) => w.tenant(&t.tenant_id, hash, config, prompt, &t.source_sha256),
+        }
+    }
+
+    fn route(&mut self, number: &str, tenant: &str) -> std::io::Result<()> {
+        match self {
+            Writer::Bundle(w) => w.route(number, tenant),
+            Writer::Tree(w) => w.route(number, tenant),
+        }
+    }
+}
+
+type RunOutput = (Option<(u64, Writer)>, Vec<Problem>);
 
 fn run(
     source: &Source,
     opts: CompileOptions,
-    mut writer: Option<PayloadWriter>,
+    mut writer: Option<Writer>,
 ) -> Result<RunOutput, SourceError> {
     let layer1 = &source.layer1;
     if let Some(w) = writer.as_mut() {
@@ -200,7 +272,7 @@ fn run(
                     (writer.as_mut(), t.output.as_ref())
                     && problems.is_empty()
                 {
-                    w.tenant(&t.tenant_id, hash, config, prompt.as_bytes())
+                    w.tenant(&t, hash, config, prompt.as_bytes())
                         .map_err(payload_err)?;
                 }
                 count += 1;
@@ -326,6 +398,7 @@ fn internal_error(file: &Path) -> TenantResult {
         tenant_id: stem.clone(),
         phones: Vec::new(),
         output: None,
+        source_sha256: String::new(),
         problems: vec![Problem {
             file: file.to_path_buf(),
             tenant: Some(stem),
@@ -351,6 +424,7 @@ fn compile_tenant(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
         output: None,
         problems: Vec::new(),
         warnings: Vec::new(),
+        source_sha256: String::new(),
     };
     let max_file = layer1.policy.tenant_limits.max_file_bytes;
     let text = match crate::localfile::read_text_inside(file, max_file, root) {
@@ -393,6 +467,7 @@ pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem>
         output: None,
         problems: Vec::new(),
         warnings: Vec::new(),
+        source_sha256: String::new(),
     };
     compile_tenant_text(layer1, result, text).problems
 }
@@ -400,6 +475,7 @@ pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem>
 /// Parses, merges, validates and renders one tenant file's text into
 /// `result` (which names the file).
 fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> TenantResult {
+    result.source_sha256 = crate::canonical::sha256_hex(text.as_bytes());
     let file_buf = result.file.clone();
     let stem = result.tenant_id.clone();
     let max_file = layer1.policy.tenant_limits.max_file_bytes;

@@ -5,12 +5,10 @@
 //! tenants are compared without decoding the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::BufReader;
 
 use serde::Serialize;
 
-use crate::bundle::{Limits, PayloadReader, SignatureCheck};
+use crate::bundle::{Frames, Limits, SignatureCheck};
 use crate::model::SnapshotVersion;
 use crate::operator::{OperatorError, fetch_bundle};
 use crate::store::ReadStore;
@@ -88,10 +86,10 @@ pub fn diff(
     let (a_key, a) = a?;
     let (b_key, b) = b?;
     let index = |key: &str, bundle: &crate::operator::StoredBundle| {
-        let mut reader = bundle.reader(key, &limits)?;
+        let mut reader = bundle.reader(store, key, &limits)?;
         let layer1 = reader.layer1().to_vec();
         let mut hashes = BTreeMap::new();
-        while let Some(frame) = reader.next_frame().map_err(|source| bad(key, source))? {
+        while let Some(frame) = reader.next_listed().map_err(|source| bad(key, source))? {
             for t in frame.tenants {
                 hashes.insert(t.tenant, t.config_hash);
             }
@@ -116,8 +114,8 @@ pub fn diff(
         .filter(|(t, h)| b_hashes.get(*t).is_some_and(|o| o != *h || layer1_changed))
         .map(|(t, _)| t.clone())
         .collect();
-    let a_bodies = bodies(a.reader(&a_key, &limits)?, &a_key, &candidates)?;
-    let b_bodies = bodies(b.reader(&b_key, &limits)?, &b_key, &candidates)?;
+    let a_bodies = bodies(a.reader(store, &a_key, &limits)?, &a_key, &candidates)?;
+    let b_bodies = bodies(b.reader(store, &b_key, &limits)?, &b_key, &candidates)?;
     let mut changed = Vec::new();
     for tenant in &candidates {
         let (Some((ac, ap)), Some((bc, bp))) = (a_bodies.get(tenant), b_bodies.get(tenant)) else {
@@ -179,16 +177,16 @@ fn bad(key: &str, source: crate::bundle::BundleError) -> OperatorError {
 /// The configs (parsed) and prompts of `wanted` tenants, decompressing
 /// only the frames that hold one.
 fn bodies(
-    mut reader: PayloadReader<BufReader<File>>,
+    mut reader: Box<dyn Frames + '_>,
     key: &str,
     wanted: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, (serde_json::Value, Vec<u8>)>, OperatorError> {
     let mut out = BTreeMap::new();
-    while let Some(frame) = reader.next_frame().map_err(|e| bad(key, e))? {
+    while let Some(frame) = reader.next_listed().map_err(|e| bad(key, e))? {
         if !frame.tenants.iter().any(|t| wanted.contains(&t.tenant)) {
             continue;
         }
-        let decoded = reader.read_frame(&frame).map_err(|e| bad(key, e))?;
+        let decoded = reader.bodies(&frame).map_err(|e| bad(key, e))?;
         for (i, t) in frame.tenants.iter().enumerate() {
             if !wanted.contains(&t.tenant) {
                 continue;

@@ -190,12 +190,14 @@ impl StoredBundle {
         Ok(payload)
     }
 
-    /// A payload reader over the private copy.
-    pub fn reader(
+    /// The snapshot's tenants and routes, read from the private copy (and,
+    /// for a format 3 root, the objects it names in `store`).
+    pub fn reader<'s>(
         &self,
+        store: &'s dyn ReadStore,
         key: &str,
         limits: &Limits,
-    ) -> Result<bundle::PayloadReader<BufReader<File>>, OperatorError> {
+    ) -> Result<Box<dyn bundle::Frames + 's>, OperatorError> {
         let refused = |source| OperatorError::Bundle {
             key: key.to_owned(),
             source,
@@ -212,12 +214,17 @@ impl StoredBundle {
                 key: key.to_owned(),
                 source,
             })?;
-        bundle::verify(
+        let verified = bundle::verify(
             BufReader::new(file),
             SignatureCheck::SkipForInspection,
             limits,
         )
-        .and_then(|v| v.payload())
+        .map_err(refused)?;
+        crate::bundle::tree::frames_of(
+            verified,
+            crate::bundle::tree::read::ObjectSource::Store(store),
+            limits,
+        )
         .map_err(refused)
     }
 }
@@ -570,6 +577,7 @@ pub fn rollback(
     let m = &stored.header.manifest;
     let compiled = Compiled {
         payload: Payload {
+            format: m.format,
             compressed,
             sha256: m.payload_sha256.clone(),
             index_size: m.index_size,
@@ -577,6 +585,7 @@ pub fn rollback(
             raw_size: m.payload_raw_size,
             record_count: m.record_count,
         },
+        objects: Default::default(),
         layer1_version: m.layer1_version.clone(),
         tenant_count: m.tenant_count,
         warnings: Vec::new(),

@@ -10,11 +10,10 @@
 //! is where a per-tenant rollback will hold its tenants.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{Limits, PayloadReader, SignatureCheck};
+use crate::bundle::{Frames, Limits, SignatureCheck};
 use crate::compile::Compiled;
 use crate::layout::{self, Document};
 use crate::operator::{OperatorError, fetch_bundle};
@@ -202,7 +201,10 @@ pub fn check(
             Err(e) => return Err(e.into()),
         };
         let key = layout::bundle_key(version);
-        let then = hashes(bundle.reader(&key, &limits)?, "a version rolled back from")?;
+        let then = hashes(
+            bundle.reader(store, &key, &limits)?,
+            "a version rolled back from",
+        )?;
         let came_back: Vec<String> = new
             .iter()
             .filter(|(t, h)| then.get(*t) == Some(h) && served.get(*t) != Some(h))
@@ -217,8 +219,8 @@ pub fn check(
 
 /// Each tenant's config hash in a payload's index (no body decoded), and
 /// Layer 1 (as [`LAYER1`], by its bytes' hash).
-fn hashes<R: Read + Seek>(
-    mut reader: PayloadReader<R>,
+fn hashes(
+    mut reader: Box<dyn Frames + '_>,
     what: &'static str,
 ) -> Result<BTreeMap<String, [u8; 64]>, VersionsError> {
     let mut out = BTreeMap::new();
@@ -229,7 +231,7 @@ fn hashes<R: Read + Seek>(
     }
     out.insert(LAYER1.to_owned(), layer1);
     while let Some(frame) = reader
-        .next_frame()
+        .next_listed()
         .map_err(|source| VersionsError::Payload { what, source })?
     {
         for t in frame.tenants {

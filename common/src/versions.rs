@@ -15,13 +15,14 @@
 //! field, and a field that holds Layer 1's default on both sides (the
 //! default changed, the tenant did not) is not a change of the tenant's.
 
+use std::collections::HashSet;
 use std::collections::VecDeque;
-use std::io::{Cursor, Read, Seek};
+use std::io::Cursor;
 use std::path::Path;
 
 use serde_json::Value;
 
-use crate::bundle::{self, BundleError, Limits, PayloadReader, SignatureCheck};
+use crate::bundle::{self, BundleError, Frames, Limits, SignatureCheck};
 use crate::channel::{self, PublishError};
 use crate::compile::Compiled;
 use crate::operator::{OperatorError, fetch_bundle};
@@ -100,7 +101,7 @@ pub fn served_owners(
         what: SERVED,
         source,
     };
-    while reader.next_frame().map_err(err)?.is_some() {}
+    while reader.next_listed().map_err(err)?.is_some() {}
     let mut owners = std::collections::BTreeMap::new();
     while let Some((number, tenant)) = reader.next_route().map_err(err)? {
         owners.insert(number.to_owned(), tenant.to_owned());
@@ -110,11 +111,11 @@ pub fn served_owners(
 
 /// A payload reader over the snapshot `pointer` names, its bundle fetched
 /// and verified with `trust` (the agents' default limits).
-pub(crate) fn served_reader(
-    store: &dyn WriteStore,
+pub(crate) fn served_reader<'s>(
+    store: &'s dyn WriteStore,
     pointer: &Pointer,
     trust: &TrustedKeys,
-) -> Result<PayloadReader<std::io::BufReader<std::fs::File>>, VersionsError> {
+) -> Result<Box<dyn Frames + 's>, VersionsError> {
     let limits = Limits::default();
     let served = fetch_bundle(
         store,
@@ -123,14 +124,12 @@ pub(crate) fn served_reader(
         &limits,
     )?;
     let key = crate::model::SnapshotVersion(pointer.version).bundle_key();
-    Ok(served.reader(&key, &limits)?)
+    Ok(served.reader(store, &key, &limits)?)
 }
 
 /// A payload reader over the compiled payload, through a bundle signed by
 /// a throwaway key (only the payload's structure is read).
-pub(crate) fn payload_reader(
-    compiled: &Compiled,
-) -> Result<PayloadReader<Cursor<Vec<u8>>>, BundleError> {
+pub(crate) fn payload_reader(compiled: &Compiled) -> Result<Box<dyn Frames + '_>, BundleError> {
     let manifest = channel::manifest(
         compiled,
         1,
@@ -144,12 +143,78 @@ pub(crate) fn payload_reader(
         &compiled.payload.compressed,
         std::slice::from_ref(&throwaway),
     )?;
-    bundle::verify(
+    let limits = Limits::default();
+    let verified = bundle::verify(
         Cursor::new(bytes),
         SignatureCheck::SkipForInspection,
-        &Limits::default(),
-    )?
-    .payload()
+        &limits,
+    )?;
+    crate::bundle::tree::frames_of(
+        verified,
+        crate::bundle::tree::read::ObjectSource::Built(&compiled.objects),
+        &limits,
+    )
+}
+
+/// What the store holds of a channel's format 3 snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Present {
+    /// The dictionary its chunks were compressed with.
+    pub dictionary: Option<Vec<u8>>,
+    /// Every object it reaches: those a publish need not upload.
+    pub objects: HashSet<[u8; 32]>,
+}
+
+/// What the store holds of snapshot `version` (verified with `trust`), if
+/// it is a format 3 snapshot; `None` for a format 2 bundle.
+pub fn served_objects(
+    store: &dyn WriteStore,
+    version: u64,
+    trust: &TrustedKeys,
+) -> Result<Option<Present>, OperatorError> {
+    let limits = Limits::default();
+    let key = crate::model::SnapshotVersion(version).bundle_key();
+    let stored = fetch_bundle(store, version, SignatureCheck::Trusted(trust), &limits)?;
+    if stored.header.manifest.format != crate::bundle::FORMAT_TREE {
+        return Ok(None);
+    }
+    let refused = |source| OperatorError::Bundle {
+        key: key.clone(),
+        source,
+    };
+    let mut file = stored
+        .file
+        .try_clone()
+        .map_err(|source| OperatorError::Spool {
+            key: key.clone(),
+            source,
+        })?;
+    std::io::Seek::rewind(&mut file).map_err(|source| OperatorError::Spool {
+        key: key.clone(),
+        source,
+    })?;
+    let verified = crate::bundle::verify(
+        std::io::BufReader::new(file),
+        SignatureCheck::SkipForInspection,
+        &limits,
+    )
+    .map_err(refused)?;
+    let manifest = verified.manifest().clone();
+    let raw = verified.root().map_err(refused)?;
+    let frames = crate::bundle::tree::TreeFrames::open(
+        crate::bundle::tree::read::ObjectSource::Store(store),
+        &manifest,
+        &raw,
+        &crate::bundle::tree::Held::nothing(),
+        &limits,
+    )
+    .map_err(|e| refused(e.into()))?;
+    let mut objects: HashSet<[u8; 32]> = frames.root().objects().map(|o| o.sha256).collect();
+    objects.extend(frames.chunks().iter().map(|c| c.obj.sha256));
+    Ok(Some(Present {
+        dictionary: frames.dictionary().map(<[u8]>::to_vec),
+        objects,
+    }))
 }
 
 /// One tenant as a payload holds it.
@@ -160,21 +225,21 @@ struct Tenant {
 }
 
 /// The tenants of a payload in order, one decoded frame at a time.
-struct Tenants<R: Read + Seek> {
-    reader: PayloadReader<R>,
+struct Tenants<'a> {
+    reader: Box<dyn Frames + 'a>,
     pending: VecDeque<Tenant>,
     what: &'static str,
 }
 
-impl<R: Read + Seek> Tenants<R> {
+impl Tenants<'_> {
     fn next(&mut self) -> Result<Option<Tenant>, VersionsError> {
         let what = self.what;
         let err = |source| VersionsError::Payload { what, source };
         while self.pending.is_empty() {
-            let Some(frame) = self.reader.next_frame().map_err(err)? else {
+            let Some(frame) = self.reader.next_listed().map_err(err)? else {
                 return Ok(None);
             };
-            let bodies = self.reader.read_frame(&frame).map_err(err)?;
+            let bodies = self.reader.bodies(&frame).map_err(err)?;
             for (i, t) in frame.tenants.iter().enumerate() {
                 self.pending.push_back(Tenant {
                     id: t.tenant.clone(),
@@ -217,9 +282,9 @@ pub fn is_mass_removal(removed: u64, served: u64) -> bool {
 /// The share of a channel's tenants one publish may remove unasked.
 pub const MASS_REMOVAL_PERCENT: u64 = 10;
 
-fn compare<A: Read + Seek, B: Read + Seek>(
-    old: PayloadReader<A>,
-    new: PayloadReader<B>,
+fn compare(
+    old: Box<dyn Frames + '_>,
+    new: Box<dyn Frames + '_>,
     served: u64,
     dir: &Path,
 ) -> Result<Comparison, VersionsError> {

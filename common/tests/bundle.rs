@@ -236,6 +236,7 @@ fn a_zstd_bomb_with_a_lying_manifest_is_stopped_at_the_limit() {
     let compressed = zstd_with_checksum(&zeros);
     drop(zeros);
     let payload = bundle::Payload {
+        format: bundle::FORMAT_VERSION,
         sha256: strata_common::canonical::sha256_hex(&compressed),
         index_size: compressed.len() as u64,
         compressed,
@@ -324,6 +325,7 @@ fn a_body_frame_that_decompresses_past_its_declared_size_is_stopped_there() {
     let index_size = compressed.len() as u64;
     compressed.extend_from_slice(&bomb);
     let payload = bundle::Payload {
+        format: bundle::FORMAT_VERSION,
         sha256: strata_common::canonical::sha256_hex(&compressed),
         compressed,
         index_size,

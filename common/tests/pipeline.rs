@@ -121,11 +121,11 @@ fn read_file(root: &Path, key: &str) -> Vec<u8> {
     std::fs::read(root.join(key)).expect("read bundle")
 }
 
-fn new_version(checked: Checked) -> u64 {
+fn new_version(store: &dyn strata_common::store::ReadStore, checked: Checked) -> u64 {
     match checked {
         Checked::New(v) => {
             let version = v.named.version();
-            let counts = v.check_payload().expect("payload verifies");
+            let counts = v.check_payload(store).expect("payload verifies");
             assert_eq!(counts.tenants, 5);
             version
         }
@@ -140,10 +140,10 @@ fn a_new_node_fetches_the_channel_head_and_every_record_verifies() {
     let checked = fx
         .verify(VersionDoc::Channel(&fx.channel()), &fx.policy())
         .expect("verifies");
-    assert_eq!(new_version(checked), 2);
+    assert_eq!(new_version(fx.store.as_ref(), checked), 2);
     // What `inspect --store` runs: the region's pin wins over the channel.
     let checked = verify::check(fx.store.as_ref(), &fx.policy(), fx.spool.path()).expect("check");
-    assert_eq!(new_version(checked), 1);
+    assert_eq!(new_version(fx.store.as_ref(), checked), 1);
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn a_pin_may_go_below_the_high_water_mark() {
         ..fx.policy()
     };
     let checked = fx.verify(VersionDoc::Pin(&fx.pin()), &policy).expect("pin");
-    assert_eq!(new_version(checked), 1);
+    assert_eq!(new_version(fx.store.as_ref(), checked), 1);
 }
 
 #[test]
@@ -354,7 +354,7 @@ fn a_local_pin_is_served_only_from_a_signed_bundle_that_exists() {
     let checked = fx
         .verify(VersionDoc::Local(1), &fx.policy())
         .expect("local pin");
-    assert_eq!(new_version(checked), 1);
+    assert_eq!(new_version(fx.store.as_ref(), checked), 1);
     let refused = fx
         .verify(VersionDoc::Local(9), &fx.policy())
         .err()

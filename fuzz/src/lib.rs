@@ -27,6 +27,8 @@ fn limits() -> Limits {
         max_records: 100_000,
         max_value_bytes: 1 << 20,
         max_frame_bytes: 4 << 20,
+        max_objects: 10_000,
+        max_dictionary_bytes: 256 << 10,
     }
 }
 

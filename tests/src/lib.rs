@@ -332,6 +332,7 @@ pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) ->
     }
     Compiled {
         payload: w.finish().expect("payload"),
+        objects: Default::default(),
         layer1_version: compiled.layer1_version.clone(),
         tenant_count: contents.configs.len() as u64,
         warnings: Vec::new(),

@@ -1,10 +1,9 @@
 //! The one write transaction that stores a snapshot.
 
-use std::io::{Read, Seek};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{ReadableTable, Table, TableError};
-use strata_common::bundle::PayloadReader;
+use strata_common::bundle::{BundleError, Frames, Group};
 use strata_common::canonical::sha256_hex;
 
 use super::rows::{
@@ -23,15 +22,16 @@ impl Db {
     /// Layer 1) are unchanged since the newest stored snapshot share its
     /// bodies, and a body frame whose tenants are all unchanged is not even
     /// decompressed. Any bad record rolls everything back.
-    pub fn ingest<R: Read + Seek>(
+    pub fn ingest(
         &self,
         meta: &SnapshotMeta,
-        payload: &mut PayloadReader<R>,
+        payload: &mut dyn Frames,
         retain: usize,
     ) -> Result<Ingested, DbError> {
         let v = meta.version;
         let mut txn = self.db.begin_write()?;
         let mut done = Ingested::default();
+        let kept_versions: Vec<u64>;
         // A version older than the newest stored (a pin's rollback to one
         // no longer retained) replaces every stored snapshot: rows cover
         // version ranges, which only grow.
@@ -46,6 +46,7 @@ impl Db {
             txn.delete_table(ROUTE_SETS)?;
             txn.delete_table(LAYER1)?;
             txn.delete_table(SNAPSHOTS)?;
+            super::tree::clear(&txn)?;
         }
         {
             let mut tenants = txn.open_table(TENANTS)?;
@@ -102,7 +103,35 @@ impl Db {
             value.extend_from_slice(payload.layer1());
             layer1.insert(v, value.as_slice())?;
 
-            while let Some(frame) = payload.next_frame()? {
+            while let Some(group) = payload.next_group()? {
+                let frame = match group {
+                    Group::Listed(frame) => frame,
+                    // A chunk the newest stored snapshot has: its tenants
+                    // are exactly the stored rows in its range, kept.
+                    Group::Held { first, end, count } => {
+                        while let Some(gone) = head.take_if(|(t, ..)| *t < first) {
+                            close(&mut tenants, &mut closed, gone)?;
+                            head = open.next()?;
+                        }
+                        let mut kept = 0u64;
+                        while head
+                            .as_ref()
+                            .is_some_and(|(t, ..)| end.as_ref().is_none_or(|e| t < e))
+                        {
+                            kept += 1;
+                            head = open.next()?;
+                        }
+                        if kept != count {
+                            return Err(DbError::Damaged(format!(
+                                "the stored rows from {first} are {kept} tenant(s), the chunk the snapshot shares with them holds {count}"
+                            )));
+                        }
+                        done.tenants += kept;
+                        done.bodies_shared += 2 * kept;
+                        done.frames_skipped += 1;
+                        continue;
+                    }
+                };
                 let mut rows = Vec::with_capacity(frame.tenants.len());
                 let mut changed = false;
                 for entry in &frame.tenants {
@@ -131,7 +160,7 @@ impl Db {
                 }
                 let bodies = if changed {
                     done.frames_decoded += 1;
-                    Some(payload.read_frame(&frame)?)
+                    Some(payload.bodies(&frame)?)
                 } else {
                     done.frames_skipped += 1;
                     None
@@ -195,11 +224,21 @@ impl Db {
                 Some(set) if set.digest.as_slice() == digest.as_bytes() => set,
                 _ => RouteSet::new(v, &digest)?,
             };
-            while let Some((number, tenant)) = payload.next_route()? {
-                if set.version == v {
+            if set.version == v {
+                let check = !payload.routes_checked();
+                while let Some((number, tenant)) = payload.next_route()? {
+                    if check && !is_open(&tenants, tenant)? {
+                        return Err(BundleError::RouteToUnknownTenant {
+                            number: number.to_owned(),
+                            tenant: tenant.to_owned(),
+                        }
+                        .into());
+                    }
                     let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })?;
                     routes.insert((v, number), body.as_slice())?;
                 }
+            } else {
+                payload.keep_routes()?;
             }
             route_sets.insert(v, set.encode().as_slice())?;
             if done.tenants != meta.tenant_count {
@@ -235,7 +274,14 @@ impl Db {
                 layer1.remove(old)?;
                 snapshots.remove(old)?;
             }
+            kept_versions = kept.to_vec();
         }
+        if let Some(applied) = payload.take_tree() {
+            done.objects_fetched = applied.stats.objects;
+            done.bytes_fetched = applied.stats.bytes;
+            super::tree::record(&txn, v, &applied)?;
+        }
+        super::tree::prune(&txn, &kept_versions)?;
         // Durable before it is served, unless the bodies outgrew redb's write
         // buffer (a cold apply): redb has then spilled pages to the file and
         // the fsync would wait seconds for the disk, so the snapshot is served
@@ -286,6 +332,10 @@ pub struct Ingested {
     pub bytes_written: u64,
     /// Whether the commit was durable; if not, [`Db::persist`] makes it so.
     pub durable: bool,
+    /// Format 3: objects fetched from the store.
+    pub objects_fetched: u64,
+    /// Format 3: their bytes.
+    pub bytes_fetched: u64,
 }
 
 impl Ingested {
@@ -316,4 +366,13 @@ impl Ingested {
             }
         }
     }
+}
+
+/// Whether `tenant` has an open row: it is in the snapshot being written.
+fn is_open(tenants: &Table<(&str, u64), &[u8]>, tenant: &str) -> Result<bool, DbError> {
+    let Some(last) = tenants.range((tenant, 0)..=(tenant, u64::MAX))?.next_back() else {
+        return Ok(false);
+    };
+    let (_, row) = last?;
+    Ok(TenantRow::decode(row.value())?.last == OPEN)
 }

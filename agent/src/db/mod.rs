@@ -33,6 +33,7 @@ mod read;
 mod rows;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::path::Path;
 use std::sync::Arc;

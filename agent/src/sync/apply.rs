@@ -5,13 +5,17 @@
 
 use std::time::Instant;
 
+use strata_common::bundle::Frames;
+use strata_common::bundle::tree::read::ObjectSource;
+use strata_common::bundle::tree::{Held, TreeFrames};
+use strata_common::canonical::sha256_hex;
 use strata_common::time;
-use strata_common::verify::{self, Checked, Named, Policy, Refusal, Stored, Verified};
+use strata_common::verify::{self, Body, Checked, Named, Policy, Refusal, Stored, Verified};
 use tracing::{info, warn};
 
 use super::follow::Doc;
 use super::{CheckError, Outcome, Syncer};
-use crate::db::{DbError, Reader, SnapshotMeta};
+use crate::db::{DbError, Ingested, Reader, SnapshotMeta};
 
 impl Syncer {
     /// Runs the verification pipeline ([`verify::verify`]) on `doc` against
@@ -68,6 +72,44 @@ impl Syncer {
             .unwrap_or_default()
     }
 
+    /// Writes the verified payload into the database: a format 2 payload
+    /// from the spool copy; a format 3 root's objects from this node's
+    /// cache or the store, fetching no chunk the newest stored snapshot
+    /// shares with it.
+    fn apply_body(
+        &self,
+        meta: &SnapshotMeta,
+        verified: &mut Verified,
+    ) -> Result<Ingested, DbError> {
+        let root = match &mut verified.payload {
+            Body::Bundle(payload) => return self.db.ingest(meta, payload.as_mut(), self.retain),
+            Body::Tree(root) => std::mem::take(root),
+        };
+        let held = self.db.held_chunks(meta.version)?;
+        let db = &self.db;
+        let cached = |h: &[u8; 32]| db.cached_object(h);
+        let holding = Held {
+            cached: &cached,
+            chunks: &held,
+        };
+        let mut frames = TreeFrames::open(
+            ObjectSource::Store(self.store.as_ref()),
+            &verified.manifest,
+            &root,
+            &holding,
+            &self.limits,
+        )
+        .map_err(|e| DbError::Bundle(e.into()))?;
+        // The stored rows' prompt ETags are Layer 1's: under another one
+        // every chunk is read again.
+        if !held.is_empty()
+            && self.db.newest_layer1_sha256()?.as_deref() != Some(&sha256_hex(frames.layer1()))
+        {
+            frames.forget_held();
+        }
+        self.db.ingest(meta, &mut frames, self.retain)
+    }
+
     /// Serves the stored version `named` names: one small commit (which
     /// raises the high-water mark for a channel pointer), no fetch.
     fn switch(&mut self, named: &Named, started: Instant) -> Result<Outcome, CheckError> {
@@ -89,7 +131,9 @@ impl Syncer {
             pinned = named.is_pin(),
             "switched to a stored snapshot"
         );
-        self.shared.metrics.count_apply(started.elapsed(), 0, 0);
+        self.shared
+            .metrics
+            .count_apply(started.elapsed(), (0, 0), 0);
         Ok(Outcome::Applied(version))
     }
 
@@ -117,7 +161,7 @@ impl Syncer {
         };
         let bundle = verified.bundle.clone();
         self.shared.status().applying = Some(meta.version);
-        let ingested = self.db.ingest(&meta, &mut verified.payload, self.retain);
+        let ingested = self.apply_body(&meta, &mut verified);
         self.shared.status().applying = None;
         let ingested = ingested.map_err(|e| match e {
             DbError::Bundle(source) => CheckError::Refused(Refusal::Bundle {
@@ -144,8 +188,8 @@ impl Syncer {
         let version = meta.version;
         self.shared.metrics.count_apply(
             started.elapsed(),
-            ingested.frames_decoded,
-            ingested.frames_skipped,
+            (ingested.frames_decoded, ingested.frames_skipped),
+            ingested.bytes_fetched,
         );
         info!(
             version,
@@ -156,6 +200,8 @@ impl Syncer {
             rows_written = ingested.rows_written,
             frames_decoded = ingested.frames_decoded,
             frames_skipped = ingested.frames_skipped,
+            objects_fetched = ingested.objects_fetched,
+            bytes_fetched = ingested.bytes_fetched,
             durable = ingested.durable,
             verify_seconds = verified_at.as_secs_f64(),
             seconds = started.elapsed().as_secs_f64(),

@@ -3,6 +3,8 @@
 //! snapshot file). The agent's retry policy lives here: whether to back
 //! off, and whether the same documents would be refused again.
 
+use strata_common::bundle::BundleError;
+use strata_common::bundle::tree::TreeError;
 use strata_common::verify::{Refusal, Severity};
 
 use crate::db::DbError;
@@ -94,6 +96,10 @@ impl CheckError {
     /// pointer's (a mirror caught mid-copy, an upload still under way) may
     /// be right at the next try, and is fetched again, backing off; a pin
     /// file or a clock can be mended without the documents changing.
+    ///
+    /// Format 3 objects likewise: an object whose bytes are not the ones
+    /// its signed parent names may be repaired in the store (or finish
+    /// copying to a mirror) without the documents changing.
     pub fn is_final(&self) -> bool {
         self.severity() == Severity::Refused
             && !matches!(
@@ -102,6 +108,12 @@ impl CheckError {
                     Refusal::BundleHash { .. }
                         | Refusal::BundleMissing { .. }
                         | Refusal::SignedInFuture { .. }
+                        | Refusal::Bundle {
+                            source: BundleError::Object(
+                                TreeError::HashMismatch { .. } | TreeError::SizeMismatch { .. }
+                            ),
+                            ..
+                        }
                 ) | CheckError::LocalPin { .. }
             )
     }

@@ -102,6 +102,34 @@ pub struct Contents {
 }
 
 impl Contents {
+    /// Reads every tenant and route of a snapshot of either format (every
+    /// record checked as it is taken).
+    pub fn from_frames(frames: &mut dyn super::Frames) -> Result<Self, BundleError> {
+        let mut c = Self {
+            layer1: frames.layer1().to_vec(),
+            ..Self::default()
+        };
+        while let Some(frame) = frames.next_listed()? {
+            let bodies = frames.bodies(&frame)?;
+            for (i, t) in frame.tenants.iter().enumerate() {
+                c.configs
+                    .insert(t.tenant.clone(), bodies.config(i)?.to_vec());
+                let prompt = String::from_utf8(bodies.prompt(i)?.to_vec()).map_err(|_| {
+                    BundleError::BadRecord {
+                        frame: frame.number,
+                        offset: 0,
+                        reason: format!("the prompt of {} is not UTF-8", t.tenant),
+                    }
+                })?;
+                c.prompts.insert(t.tenant.clone(), prompt);
+            }
+        }
+        while let Some((number, tenant)) = frames.next_route()? {
+            c.routes.insert(number.to_owned(), tenant.to_owned());
+        }
+        Ok(c)
+    }
+
     /// Collects every record.
     pub fn collect<I: Iterator<Item = Result<Record, BundleError>>>(
         records: I,
@@ -130,7 +158,12 @@ impl Contents {
                     c.routes.insert(r.key, tenant);
                 }
                 // Index structure, never yielded by `records()`.
-                RecordKind::Frame | RecordKind::Tenant => {}
+                RecordKind::Frame
+                | RecordKind::Tenant
+                | RecordKind::Object
+                | RecordKind::Page
+                | RecordKind::RoutePage
+                | RecordKind::Chunk => {}
             }
         }
         Ok(c)

@@ -11,6 +11,9 @@ use crate::sign::SignatureError;
 /// callers and tests can tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// An object of a format 3 snapshot was refused.
+    #[error("{0}")]
+    Object(#[from] crate::bundle::tree::TreeError),
     /// The file does not start with [`super::MAGIC`].
     #[error("not a Strata bundle (bad magic bytes)")]
     BadMagic,
@@ -194,6 +197,7 @@ impl BundleError {
     /// of refusal an operator acts on differently.
     pub fn reason(&self) -> &'static str {
         match self {
+            BundleError::Object(e) => e.reason(),
             BundleError::Signature(_) => "bundle_signature",
             BundleError::TooLarge { .. }
             | BundleError::DecompressedTooLarge { .. }

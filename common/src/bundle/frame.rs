@@ -27,30 +27,30 @@ pub struct Frame {
     pub number: u64,
     /// Its tenants, in order.
     pub tenants: Vec<IndexEntry>,
-    pub(super) offset: u64,
-    pub(super) size: u64,
-    pub(super) raw_size: u64,
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+    pub(crate) raw_size: u64,
 }
 
 /// A decoded body frame: each tenant's config and prompt, borrowed from the
 /// reader's buffer until the next frame is read.
 #[derive(Debug)]
 pub struct FrameBodies<'a> {
-    pub(super) raw: &'a [u8],
-    pub(super) number: u64,
-    pub(super) tenants: &'a [IndexEntry],
-    pub(super) spans: Vec<BodySpan>,
-    pub(super) layer1: &'a [u8],
+    pub(crate) raw: &'a [u8],
+    pub(crate) number: u64,
+    pub(crate) tenants: &'a [IndexEntry],
+    pub(crate) spans: Vec<BodySpan>,
+    pub(crate) layer1: &'a [u8],
     /// Layer 1's base prompt and the separator, parsed on the first prompt taken.
-    pub(super) prompt_prefix: &'a OnceCell<Result<Vec<u8>, String>>,
+    pub(crate) prompt_prefix: &'a OnceCell<Result<Vec<u8>, String>>,
 }
 
 /// Where one tenant's records sit in a decoded frame.
-#[derive(Debug)]
-pub(super) struct BodySpan {
-    pub(super) at: u64,
-    pub(super) config: Range<usize>,
-    pub(super) prompt: Range<usize>,
+#[derive(Debug, Clone)]
+pub struct BodySpan {
+    pub(crate) at: u64,
+    pub(crate) config: Range<usize>,
+    pub(crate) prompt: Range<usize>,
 }
 
 impl FrameBodies<'_> {
@@ -117,7 +117,7 @@ impl FrameBodies<'_> {
 
 /// What every combined prompt starts with: Layer 1's `base_prompt`, then
 /// the separator.
-pub(super) fn prompt_prefix(layer1: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn prompt_prefix(layer1: &[u8]) -> Result<Vec<u8>, String> {
     #[derive(serde::Deserialize)]
     struct Base<'a> {
         #[serde(borrow)]

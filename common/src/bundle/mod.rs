@@ -25,16 +25,19 @@
 mod contents;
 mod error;
 mod frame;
+mod frames;
 mod payload;
 mod reader;
 pub mod record;
+pub mod tree;
 mod writer;
 
 use serde::{Deserialize, Serialize};
 
 pub use contents::{Contents, Records};
 pub use error::BundleError;
-pub use frame::{Frame, FrameBodies, IndexEntry};
+pub use frame::{BodySpan, Frame, FrameBodies, IndexEntry};
+pub use frames::{Frames, Group};
 pub use payload::PayloadReader;
 pub use reader::{Header, SignatureCheck, VerifiedBundle, read_header, verify};
 pub use record::{Record, RecordKind};
@@ -46,6 +49,8 @@ pub const MAGIC: &[u8; 8] = b"STRATAB1";
 pub const MANIFEST_TYPE: &str = "strata-bundle";
 /// The manifest's `format`.
 pub const FORMAT_VERSION: u32 = 2;
+/// The manifest's `format` of a format 3 root ([`crate::bundle::tree`]).
+pub const FORMAT_TREE: u32 = 3;
 /// The largest manifest or signature block a reader accepts.
 pub const MAX_HEADER_PART: u32 = 64 * 1024;
 /// The largest zstd window a reader allocates (2^27 = 128 MiB).
@@ -119,6 +124,12 @@ pub struct Limits {
     /// so this bounds its memory whatever a signed manifest declares
     /// (publishers cut frames at [`FRAME_TARGET_BYTES`] plus one tenant).
     pub max_frame_bytes: u64,
+    /// Format 3: the most objects (chunks, pages, route pages) one
+    /// snapshot may name. A root or page naming more is refused before
+    /// anything is fetched.
+    pub max_objects: u64,
+    /// Format 3: the largest compression dictionary.
+    pub max_dictionary_bytes: u64,
 }
 
 impl Default for Limits {
@@ -129,6 +140,8 @@ impl Default for Limits {
             max_records: 10_000_000,
             max_value_bytes: 16 << 20,
             max_frame_bytes: 64 << 20,
+            max_objects: 1 << 20,
+            max_dictionary_bytes: 1 << 20,
         }
     }
 }

@@ -10,7 +10,10 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
-use super::{BundleError, FORMAT_VERSION, Limits, MAGIC, MANIFEST_TYPE, MAX_HEADER_PART, Manifest};
+use super::{
+    BundleError, FORMAT_TREE, FORMAT_VERSION, Limits, MAGIC, MANIFEST_TYPE, MAX_HEADER_PART,
+    Manifest,
+};
 use crate::canonical;
 use crate::sign::{KeyId, Role, SignatureEntry, TrustedKeys};
 
@@ -38,9 +41,11 @@ pub fn read_header<R: Read>(r: &mut R) -> Result<Header, BundleError> {
     let signature_bytes = read_part(r, "signatures")?;
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| BundleError::BadManifest(e.to_string()))?;
-    if manifest.kind != MANIFEST_TYPE || manifest.format != FORMAT_VERSION {
+    if manifest.kind != MANIFEST_TYPE
+        || (manifest.format != FORMAT_VERSION && manifest.format != FORMAT_TREE)
+    {
         return Err(BundleError::BadManifest(format!(
-            "type {:?} format {}, expected {MANIFEST_TYPE:?} format {FORMAT_VERSION}",
+            "type {:?} format {}, expected {MANIFEST_TYPE:?} format {FORMAT_VERSION} or {FORMAT_TREE}",
             manifest.kind, manifest.format
         )));
     }
@@ -186,5 +191,60 @@ impl<R: Read + Seek> VerifiedBundle<R> {
     /// The verified manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.header.manifest
+    }
+
+    /// The decompressed root frame of a format 3 bundle: its payload is
+    /// exactly one zstd frame (with its checksum) of `payload_raw_size`
+    /// bytes, at most `max_frame_bytes`.
+    pub fn root(mut self) -> Result<Vec<u8>, BundleError> {
+        let m = &self.header.manifest;
+        if m.format != FORMAT_TREE || m.index_size != m.payload_size {
+            return Err(BundleError::BadManifest(format!(
+                "format {} with an index of {} of {} payload bytes is not a format {FORMAT_TREE} root",
+                m.format, m.index_size, m.payload_size
+            )));
+        }
+        if m.payload_raw_size > self.limits.max_frame_bytes {
+            return Err(BundleError::DecompressedTooLarge {
+                limit: self.limits.max_frame_bytes,
+            });
+        }
+        let mut compressed = Vec::with_capacity(m.payload_size as usize);
+        (&mut self.reader)
+            .take(m.payload_size)
+            .read_to_end(&mut compressed)?;
+        super::frame::check_frame_header(0, &compressed)?;
+        if zstd::zstd_safe::find_frame_compressed_size(&compressed) != Ok(compressed.len()) {
+            return Err(super::error::bad(
+                0,
+                0,
+                "the root is not exactly one zstd frame".into(),
+            ));
+        }
+        let mut raw = Vec::with_capacity(m.payload_raw_size as usize);
+        let mut d = zstd::bulk::Decompressor::new().map_err(BundleError::Decompress)?;
+        d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+            super::MAX_WINDOW_LOG,
+        ))
+        .map_err(BundleError::Decompress)?;
+        d.decompress_to_buffer(compressed.as_slice(), &mut raw)
+            .map_err(|e| {
+                super::error::bad(
+                    0,
+                    0,
+                    format!(
+                        "the root does not decompress to its {} bytes: {e}",
+                        m.payload_raw_size
+                    ),
+                )
+            })?;
+        if raw.len() as u64 != m.payload_raw_size {
+            return Err(BundleError::CountMismatch {
+                what: "decompressed bytes",
+                expected: m.payload_raw_size,
+                actual: raw.len() as u64,
+            });
+        }
+        Ok(raw)
     }
 }

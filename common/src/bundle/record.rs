@@ -26,12 +26,24 @@ pub enum RecordKind {
     /// In the index: a body frame's compressed and decompressed sizes. The
     /// tenant records after it name the tenants that frame holds.
     Frame = 5,
-    /// In the index: a tenant id and its config hash.
+    /// In the index (format 2) or a chunk (format 3): a tenant id and its
+    /// config hash.
     Tenant = 6,
+    /// Format 3, in the root: a named object (`layer1`, `dictionary`) and
+    /// its [`crate::bundle::tree::ObjectRef`].
+    Object = 7,
+    /// Format 3, in the root: a page of chunk references, keyed by its
+    /// first tenant id.
+    Page = 8,
+    /// Format 3, in the root: a page of routes, keyed by its first number.
+    RoutePage = 9,
+    /// Format 3, in a page: a chunk of tenants, keyed by its first tenant
+    /// id ([`crate::bundle::tree::ChunkRef`]).
+    Chunk = 10,
 }
 
 impl RecordKind {
-    fn from_byte(b: u8) -> Option<Self> {
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
         Some(match b {
             1 => Self::Layer1,
             2 => Self::Config,
@@ -39,6 +51,10 @@ impl RecordKind {
             4 => Self::Route,
             5 => Self::Frame,
             6 => Self::Tenant,
+            7 => Self::Object,
+            8 => Self::Page,
+            9 => Self::RoutePage,
+            10 => Self::Chunk,
             _ => return None,
         })
     }

@@ -34,7 +34,11 @@ pub struct PayloadWriter {
 /// A finished, compressed payload.
 #[derive(Debug, Clone)]
 pub struct Payload {
-    /// The index frame followed by the body frames.
+    /// The manifest's `format`: 2 (this writer), or 3 (a format 3 root,
+    /// [`crate::bundle::tree::TreeWriter`]).
+    pub format: u32,
+    /// The index frame followed by the body frames (format 2), or the
+    /// root frame (format 3).
     pub compressed: Vec<u8>,
     /// Hex SHA-256 of `compressed`.
     pub sha256: String,
@@ -48,11 +52,25 @@ pub struct Payload {
     pub record_count: u64,
 }
 
-fn out_of_order(what: &str) -> io::Error {
+pub(crate) fn out_of_order(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!("payload records out of order: {what}"),
     )
+}
+
+/// Takes `key` as the new `last` if it comes after it: tenants (and
+/// routes) must strictly ascend, as readers check.
+pub(crate) fn ascend(last: &mut Option<String>, key: &str, what: &str) -> io::Result<()> {
+    if let Some(l) = last.as_deref()
+        && key <= l
+    {
+        return Err(out_of_order(&format!(
+            "{what} {key} comes after {l}; they must ascend"
+        )));
+    }
+    *last = Some(key.to_owned());
+    Ok(())
 }
 
 impl PayloadWriter {
@@ -94,14 +112,7 @@ impl PayloadWriter {
         if self.index.is_empty() || self.routes_started {
             return Err(out_of_order("tenants come after Layer 1 and before routes"));
         }
-        if let Some(last) = self.last_tenant.as_deref()
-            && tenant <= last
-        {
-            return Err(out_of_order(&format!(
-                "tenant {tenant} comes after {last}; tenants must ascend by id"
-            )));
-        }
-        self.last_tenant = Some(tenant.to_owned());
+        ascend(&mut self.last_tenant, tenant, "tenant")?;
         record::encode(&mut self.frame, RecordKind::Config, tenant, config)?;
         record::encode(&mut self.frame, RecordKind::Prompt, tenant, prompt)?;
         self.record_count += 2;
@@ -161,6 +172,7 @@ impl PayloadWriter {
         let index_size = compressed.len() as u64;
         compressed.extend_from_slice(&self.bodies);
         Ok(Payload {
+            format: super::FORMAT_VERSION,
             sha256: canonical::sha256_hex(&compressed),
             compressed,
             index_size,

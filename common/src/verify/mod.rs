@@ -195,30 +195,54 @@ pub struct Verified {
     pub signatures: Vec<SignatureEntry>,
     /// Trusted publisher keys that signed the manifest.
     pub signed_by: Vec<KeyId>,
-    /// The payload, read from the private spool copy.
-    pub payload: PayloadReader<BufReader<File>>,
+    /// The payload: what is served once applied.
+    pub payload: Body,
+}
+
+/// A verified snapshot's payload, by format.
+pub enum Body {
+    /// Format 2: the whole payload, read from the private spool copy.
+    Bundle(Box<PayloadReader<BufReader<File>>>),
+    /// Format 3: the root's decompressed payload; the objects it names are
+    /// read from the store (or the node's cache) as it is applied
+    /// ([`crate::bundle::tree::TreeFrames`]).
+    Tree(Vec<u8>),
 }
 
 impl Verified {
     /// Decodes the whole payload, checking every record against every rule
     /// (what a node that holds nothing yet would check), and counts it.
-    pub fn check_payload(mut self) -> Result<PayloadCounts, Refusal> {
+    /// A format 3 root's objects are read from `store`.
+    pub fn check_payload(self, store: &dyn ReadStore) -> Result<PayloadCounts, Refusal> {
         let bundle = self.bundle.clone();
         let refused = |source| Refusal::Bundle {
             bundle: bundle.clone(),
             source,
         };
+        let mut frames: Box<dyn crate::bundle::Frames + '_> = match self.payload {
+            Body::Bundle(p) => p,
+            Body::Tree(root) => Box::new(
+                crate::bundle::tree::TreeFrames::open(
+                    crate::bundle::tree::read::ObjectSource::Store(store),
+                    &self.manifest,
+                    &root,
+                    &crate::bundle::tree::Held::nothing(),
+                    &Limits::default(),
+                )
+                .map_err(|e| refused(e.into()))?,
+            ),
+        };
         let mut counts = PayloadCounts::default();
-        while let Some(frame) = self.payload.next_frame().map_err(refused)? {
+        while let Some(frame) = frames.next_listed().map_err(refused)? {
             counts.frames += 1;
-            let bodies = self.payload.read_frame(&frame).map_err(refused)?;
+            let bodies = frames.bodies(&frame).map_err(refused)?;
             for i in 0..frame.tenants.len() {
                 bodies.config(i).map_err(refused)?;
                 bodies.prompt(i).map_err(refused)?;
                 counts.tenants += 1;
             }
         }
-        while self.payload.next_route().map_err(refused)?.is_some() {
+        while frames.next_route().map_err(refused)?.is_some() {
             counts.routes += 1;
         }
         Ok(counts)
@@ -292,7 +316,12 @@ pub fn verify(
     let signatures = verified.header.signatures.clone();
     let signed_by = verified.signed_by.clone();
     // 9. starts here: the index is opened, the rest is read on demand.
-    let payload = verified.payload().map_err(|source| Refusal::Bundle {
+    let payload = if manifest.format == bundle::FORMAT_TREE {
+        verified.root().map(Body::Tree)
+    } else {
+        verified.payload().map(|p| Body::Bundle(Box::new(p)))
+    }
+    .map_err(|source| Refusal::Bundle {
         bundle: bundle_key.clone(),
         source,
     })?;

@@ -204,6 +204,16 @@ impl Refusal {
     /// signed inputs decide is refused: a full disk or a failed read of the
     /// spool copy is retried, never held against the pointer.
     pub fn severity(&self) -> Severity {
+        if let Refusal::Bundle {
+            source: BundleError::Object(e),
+            ..
+        } = self
+            && e.is_transient()
+        {
+            // A missing object (a store that lost it, a mirror still
+            // copying) or a failed read: retried with backoff.
+            return Severity::Unavailable;
+        }
         match self {
             Refusal::StoreEmpty { .. }
             | Refusal::StoreUnreachable { .. }

@@ -220,7 +220,7 @@ fn as_an_agent(url: &StoreUrl, channel: &str, trust: &Trust) -> Result<()> {
             );
             let manifest = verified.manifest.clone();
             let signers = verified.signed_by.len();
-            match verified.check_payload() {
+            match verified.check_payload(store.as_ref()) {
                 Ok(counts) => {
                     let by = match &named {
                         verify::Named::Pin(p) => format!(" (region {}'s pin)", p.name),

@@ -54,6 +54,12 @@ pub struct Args {
     /// rotation that skipped signing with both keys).
     #[arg(long)]
     new_signer: bool,
+    /// Snapshot format: 3 writes a signed root over content-addressed
+    /// objects, so a publish uploads, and a node fetches, only what
+    /// changed (agents from this release read it); 2 writes one bundle
+    /// file.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=3))]
+    format: u32,
 }
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
@@ -74,11 +80,29 @@ pub fn run(args: Args) -> Result<()> {
     {
         crate::input::check_signers(&keys, head, signers)?;
     }
+    // Format 3 keeps the channel's dictionary (so unchanged tenants keep
+    // their chunks) and uploads only the objects its snapshot lacks.
+    let present = match (&current, args.format) {
+        (Some((s, head, _)), 3) => match versions::served_objects(s.as_ref(), head.version, &trust)
+        {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                note!(
+                    "warning: the channel's snapshot {} could not be read ({e}); every object is uploaded and a new dictionary trained",
+                    head.version
+                );
+                versions::Present::default()
+            }
+        },
+        _ => versions::Present::default(),
+    };
     let served_owners = current
         .and_then(|(s, head, _)| versions::served_owners(s.as_ref(), &head, &trust).ok())
         .map(std::sync::Arc::new);
     let compiled = args.input.compile(CompileOptions {
         served_owners,
+        format: args.format,
+        dictionary: present.dictionary,
         ..CompileOptions::default()
     })?;
     // Only a first publish makes a store, and only when asked: a mistyped
@@ -115,6 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         pointer_expires_in: args.expires_in,
         trusted,
         provenance: provenance_from_env(),
+        present: present.objects,
         ..PublishOptions::for_channel(args.channel)
     };
     // Each tenant against the snapshot the channel serves: content changed

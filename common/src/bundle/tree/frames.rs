@@ -1,0 +1,419 @@
+//! A verified format 3 root as a node applies it: the objects it names are
+//! taken from the node's cache or fetched (in parallel, each checked
+//! against its hash), and the chunks the node holds are not fetched at all
+//! but handed to it as [`Group::Held`] ranges.
+
+use std::cell::OnceCell;
+use std::collections::{HashSet, VecDeque};
+
+use super::read::{self, ObjectSource, Root, Unpacker};
+use super::{ChunkRef, ObjectRef, TreeError};
+use crate::bundle::record::{self, RecordKind};
+use crate::bundle::{BodySpan, BundleError, Frame, FrameBodies, Frames, Group, Limits, Manifest};
+
+/// What a node holds already.
+pub struct Held<'a> {
+    /// A small object (page, route page, Layer 1, dictionary) the node
+    /// stored, by hash; checked again against its reference when used.
+    pub cached: &'a dyn Fn(&[u8; 32]) -> Option<Vec<u8>>,
+    /// The chunks of the snapshot the node stores newest: their tenants
+    /// are its stored rows, so they are not fetched.
+    pub chunks: &'a HashSet<[u8; 32]>,
+}
+
+fn no_object(_: &[u8; 32]) -> Option<Vec<u8>> {
+    None
+}
+
+static NO_CHUNKS: std::sync::LazyLock<HashSet<[u8; 32]>> = std::sync::LazyLock::new(HashSet::new);
+
+impl Held<'static> {
+    /// Nothing held: every object is fetched (a new node, a verifier).
+    pub fn nothing() -> Self {
+        Held {
+            cached: &no_object,
+            chunks: &NO_CHUNKS,
+        }
+    }
+}
+
+/// How many chunks are fetched at once.
+pub const FETCH_BATCH: usize = 32;
+/// How many fetches run in parallel.
+pub const FETCH_THREADS: usize = 8;
+
+/// What a [`TreeFrames`] fetched, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Objects read from the store.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Chunks the node held and did not fetch.
+    pub chunks_held: u64,
+}
+
+/// A format 3 snapshot as [`Frames`].
+pub struct TreeFrames<'a> {
+    store: ObjectSource<'a>,
+    limits: Limits,
+    root: Root,
+    layer1: Vec<u8>,
+    prompt_prefix: OnceCell<Result<Vec<u8>, String>>,
+    unpacker: Unpacker,
+    dictionary: Option<Vec<u8>>,
+    chunks: Vec<ChunkRef>,
+    held: &'a HashSet<[u8; 32]>,
+    next: usize,
+    /// Fetched chunks, in order, waiting to be decoded.
+    queue: VecDeque<(usize, Vec<u8>)>,
+    /// Where the next batch to fetch starts.
+    fetch_from: usize,
+    raw: Vec<u8>,
+    spans: Vec<BodySpan>,
+    routes_sha256: String,
+    /// The routes of the route page being read, and the next one's index.
+    routes: Vec<(String, String)>,
+    route_at: usize,
+    route_page: usize,
+    routes_digest: sha2::Sha256,
+    small: Vec<(ObjectRef, Vec<u8>)>,
+    fetched: Fetched,
+    cached: &'a dyn Fn(&[u8; 32]) -> Option<Vec<u8>>,
+    frames: u64,
+}
+
+impl<'a> TreeFrames<'a> {
+    /// Reads a verified root (`root_raw`, decompressed): Layer 1, the
+    /// dictionary and every page, from `held.cached` or `store`, and checks
+    /// the snapshot's totals against `limits` before any chunk is fetched.
+    pub fn open(
+        store: ObjectSource<'a>,
+        manifest: &Manifest,
+        root_raw: &[u8],
+        held: &Held<'a>,
+        limits: &Limits,
+    ) -> Result<Self, TreeError> {
+        let root = read::decode_root(root_raw, manifest, limits)?;
+        let mut small = Vec::new();
+        let mut fetched = Fetched::default();
+        let mut get = |obj: &ObjectRef| -> Result<Vec<u8>, TreeError> {
+            if let Some(bytes) = (held.cached)(&obj.sha256)
+                && read::check_object(obj, &bytes).is_ok()
+            {
+                return Ok(bytes);
+            }
+            let bytes = store.object(obj)?;
+            fetched.objects += 1;
+            fetched.bytes += obj.size;
+            small.push((*obj, bytes.clone()));
+            Ok(bytes)
+        };
+        let dict = root
+            .dictionary
+            .map(|d| get(&d).map(|b| (d, b)))
+            .transpose()?;
+        let mut unpacker = Unpacker::new(dict.as_ref().map(|(d, b)| (d, b.as_slice())), limits)?;
+        let mut raw = Vec::new();
+        let layer1_bytes = get(&root.layer1)?;
+        unpacker.unpack(&root.layer1, &layer1_bytes, false, &mut raw)?;
+        let layer1 = {
+            let mut pos = 0;
+            let object = root.layer1.key();
+            let rec = record::decode(&raw, &mut pos, limits).map_err(|r| TreeError::BadRecord {
+                object: object.clone(),
+                offset: 0,
+                reason: r,
+            })?;
+            if rec.kind != RecordKind::Layer1 || pos != raw.len() {
+                return Err(TreeError::BadRecord {
+                    object,
+                    offset: 0,
+                    reason: "not exactly one Layer 1 record".into(),
+                });
+            }
+            rec.value.to_vec()
+        };
+        let mut chunks: Vec<ChunkRef> = Vec::new();
+        let (mut size, mut raw_size) = (0u64, 0u64);
+        for (i, page) in root.pages.iter().enumerate() {
+            let bytes = get(&page.obj)?;
+            unpacker.unpack(&page.obj, &bytes, false, &mut raw)?;
+            let end = root.pages.get(i + 1).map(|p| p.first.as_str());
+            let listed = read::decode_page(&raw, page, end, limits)?;
+            if (chunks.len() + listed.len()) as u64 > limits.max_objects {
+                return Err(TreeError::TooManyObjects {
+                    count: (chunks.len() + listed.len()) as u64,
+                    limit: limits.max_objects,
+                });
+            }
+            for c in &listed {
+                size = size.saturating_add(c.obj.size);
+                raw_size = raw_size.saturating_add(c.obj.raw_size);
+            }
+            chunks.extend(listed);
+        }
+        for (what, total, limit) in [
+            ("objects", size, limits.max_bundle_bytes),
+            (
+                "decompressed records",
+                raw_size,
+                limits.max_decompressed_bytes,
+            ),
+        ] {
+            if total > limit {
+                return Err(TreeError::TooLarge {
+                    what,
+                    size: total,
+                    limit,
+                });
+            }
+        }
+        Ok(Self {
+            store,
+            limits: *limits,
+            routes_sha256: manifest.routes_sha256.clone(),
+            root,
+            layer1,
+            prompt_prefix: OnceCell::new(),
+            unpacker,
+            dictionary: dict.map(|(_, b)| b),
+            chunks,
+            held: held.chunks,
+            next: 0,
+            queue: VecDeque::new(),
+            fetch_from: 0,
+            raw,
+            spans: Vec::new(),
+            routes: Vec::new(),
+            route_at: 0,
+            route_page: 0,
+            routes_digest: sha2::Digest::new(),
+            small,
+            fetched,
+            cached: held.cached,
+            frames: 0,
+        })
+    }
+
+    /// The root's references.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// The dictionary's bytes, if the snapshot has one.
+    pub fn dictionary(&self) -> Option<&[u8]> {
+        self.dictionary.as_deref()
+    }
+
+    /// Every chunk, in order.
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    /// Fetches every chunk after all: the node's rows are not those of the
+    /// chunks it holds (Layer 1 changed, so their prompts' ETags do).
+    pub fn forget_held(&mut self) {
+        self.held = &NO_CHUNKS;
+    }
+
+    /// What was fetched so far.
+    pub fn fetched(&self) -> Fetched {
+        self.fetched
+    }
+
+    /// Fetches the next [`FETCH_BATCH`] chunks the node does not hold, on
+    /// [`FETCH_THREADS`] threads, into the queue in chunk order.
+    fn fetch_batch(&mut self) -> Result<(), TreeError> {
+        let wanted: Vec<usize> = (self.fetch_from..self.chunks.len())
+            .filter(|&i| !self.held.contains(&self.chunks[i].obj.sha256))
+            .take(FETCH_BATCH)
+            .collect();
+        self.fetch_from = wanted.last().map_or(self.chunks.len(), |&i| i + 1);
+        let store = self.store;
+        let chunks = &self.chunks;
+        let results: Vec<Result<Vec<u8>, TreeError>> = std::thread::scope(|s| {
+            let per = wanted.len().div_ceil(FETCH_THREADS).max(1);
+            let handles: Vec<_> = wanted
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|&i| store.object(&chunks[i].obj))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(TreeError::NotOneFrame {
+                            key: "-".into(),
+                            reason: "a fetch thread panicked",
+                        })]
+                    })
+                })
+                .collect()
+        });
+        for (i, r) in wanted.into_iter().zip(results) {
+            let bytes = r?;
+            self.fetched.objects += 1;
+            self.fetched.bytes += bytes.len() as u64;
+            self.queue.push_back((i, bytes));
+        }
+        Ok(())
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Group>, TreeError> {
+        let i = self.next;
+        let Some(chunk) = self.chunks.get(i).cloned() else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let end = self.chunks.get(i + 1).map(|c| c.first.clone());
+        if self.held.contains(&chunk.obj.sha256) {
+            self.fetched.chunks_held += 1;
+            return Ok(Some(Group::Held {
+                first: chunk.first.clone(),
+                end,
+                count: chunk.obj.count,
+            }));
+        }
+        if self.queue.is_empty() {
+            self.fetch_batch()?;
+        }
+        let bytes = match self.queue.pop_front() {
+            Some((at, bytes)) if at == i => bytes,
+            _ => {
+                return Err(TreeError::Order {
+                    object: chunk.obj.key(),
+                    reason: "fetched out of order".into(),
+                });
+            }
+        };
+        self.unpacker
+            .unpack(&chunk.obj, &bytes, true, &mut self.raw)?;
+        let (tenants, spans) = read::decode_chunk(&self.raw, &chunk, end.as_deref(), &self.limits)?;
+        self.spans = spans;
+        self.frames += 1;
+        Ok(Some(Group::Listed(Frame {
+            number: self.frames,
+            tenants,
+            offset: 0,
+            size: chunk.obj.size,
+            raw_size: chunk.obj.raw_size,
+        })))
+    }
+
+    /// Reads the next route page (cached or fetched) in place of the
+    /// last; `false` after the last, once the routes' digest is checked.
+    fn read_route_page(&mut self) -> Result<bool, TreeError> {
+        let i = self.route_page;
+        let Some(page) = self.root.route_pages.get(i).cloned() else {
+            let digest = hex::encode(sha2::Digest::finalize_reset(&mut self.routes_digest));
+            if digest != self.routes_sha256 {
+                return Err(TreeError::BadRecord {
+                    object: "route pages".into(),
+                    offset: 0,
+                    reason: format!(
+                        "the route records hash to {digest}, the manifest's routes_sha256 is {}",
+                        self.routes_sha256
+                    ),
+                });
+            }
+            return Ok(false);
+        };
+        self.route_page += 1;
+        let bytes = match (self.cached)(&page.obj.sha256) {
+            Some(b) if read::check_object(&page.obj, &b).is_ok() => b,
+            _ => {
+                let b = self.store.object(&page.obj)?;
+                self.fetched.objects += 1;
+                self.fetched.bytes += page.obj.size;
+                self.small.push((page.obj, b.clone()));
+                b
+            }
+        };
+        self.unpacker
+            .unpack(&page.obj, &bytes, false, &mut self.raw)?;
+        sha2::Digest::update(&mut self.routes_digest, &self.raw);
+        let end = self.root.route_pages.get(i + 1).map(|p| p.first.as_str());
+        let routes = &mut self.routes;
+        routes.clear();
+        self.route_at = 0;
+        read::decode_routes(&self.raw, &page, end, &self.limits, |n, t| {
+            routes.push((n.to_owned(), t.to_owned()));
+            Ok(())
+        })?;
+        Ok(true)
+    }
+}
+
+impl Frames for TreeFrames<'_> {
+    fn layer1(&self) -> &[u8] {
+        &self.layer1
+    }
+
+    fn next_group(&mut self) -> Result<Option<Group>, BundleError> {
+        Ok(self.next_chunk()?)
+    }
+
+    fn bodies<'b>(&'b mut self, frame: &'b Frame) -> Result<FrameBodies<'b>, BundleError> {
+        Ok(FrameBodies {
+            raw: &self.raw,
+            number: frame.number,
+            tenants: &frame.tenants,
+            spans: std::mem::take(&mut self.spans),
+            layer1: &self.layer1,
+            prompt_prefix: &self.prompt_prefix,
+        })
+    }
+
+    fn routes_sha256(&self) -> &str {
+        &self.routes_sha256
+    }
+
+    fn next_route(&mut self) -> Result<Option<(&str, &str)>, BundleError> {
+        while self.route_at == self.routes.len() {
+            if !self.read_route_page()? {
+                return Ok(None);
+            }
+        }
+        let Some((n, t)) = self.routes.get(self.route_at) else {
+            return Ok(None);
+        };
+        self.route_at += 1;
+        Ok(Some((n.as_str(), t.as_str())))
+    }
+
+    fn keep_routes(&mut self) -> Result<(), BundleError> {
+        Ok(())
+    }
+
+    fn routes_checked(&self) -> bool {
+        false
+    }
+
+    fn take_tree(&mut self) -> Option<Applied> {
+        Some(Applied {
+            chunks: self.chunks.iter().map(|c| c.obj.sha256).collect(),
+            objects: self.root.objects().map(|o| o.sha256).collect(),
+            fetched: std::mem::take(&mut self.small),
+            stats: self.fetched,
+        })
+    }
+}
+
+/// What a node keeps beside a format 3 snapshot it applied.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Its chunks' hashes, in order: the next snapshot need not fetch them.
+    pub chunks: Vec<[u8; 32]>,
+    /// The objects its root names (Layer 1, dictionary, pages, route pages).
+    pub objects: Vec<[u8; 32]>,
+    /// Those of them fetched from the store this time, with their bytes.
+    pub fetched: Vec<(ObjectRef, Vec<u8>)>,
+    /// What was fetched.
+    pub stats: Fetched,
+}

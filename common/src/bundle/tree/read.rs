@@ -1,0 +1,593 @@
+//! Checking and decoding the objects of a format 3 snapshot, each against
+//! what its parent names: its size and hash, then exactly one zstd frame
+//! with its checksum that decompresses to exactly its declared size, then
+//! its records in order and in number (docs/FORMAT.md, "Format 3").
+
+use sha2::{Digest, Sha256};
+
+use super::{ChunkRef, Keyed, ObjectRef, TreeError};
+use crate::bundle::record::{self, RecordKind};
+use crate::bundle::{BodySpan, IndexEntry, Limits, Manifest};
+use crate::store::ReadStore;
+
+/// What a signed root names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// The Layer 1 object.
+    pub layer1: ObjectRef,
+    /// The zstd dictionary the chunks are compressed with, if any.
+    pub dictionary: Option<ObjectRef>,
+    /// The pages of chunk references, in tenant order.
+    pub pages: Vec<Keyed>,
+    /// The pages of routes, in number order.
+    pub route_pages: Vec<Keyed>,
+}
+
+impl Root {
+    /// The root payload's records (decompressed): what [`decode_root`]
+    /// reads back.
+    pub fn encode(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        record::encode(
+            &mut out,
+            RecordKind::Object,
+            "layer1",
+            &self.layer1.encode(),
+        )?;
+        if let Some(d) = &self.dictionary {
+            record::encode(&mut out, RecordKind::Object, "dictionary", &d.encode())?;
+        }
+        for p in &self.pages {
+            record::encode(&mut out, RecordKind::Page, &p.first, &p.obj.encode())?;
+        }
+        for p in &self.route_pages {
+            record::encode(&mut out, RecordKind::RoutePage, &p.first, &p.obj.encode())?;
+        }
+        Ok(out)
+    }
+
+    /// Every object the root names directly.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> {
+        std::iter::once(&self.layer1)
+            .chain(self.dictionary.iter())
+            .chain(self.pages.iter().map(|p| &p.obj))
+            .chain(self.route_pages.iter().map(|p| &p.obj))
+    }
+}
+
+fn bad(object: &str, offset: usize, reason: impl Into<String>) -> TreeError {
+    TreeError::BadRecord {
+        object: object.to_owned(),
+        offset: offset as u64,
+        reason: reason.into(),
+    }
+}
+
+fn order(object: &str, reason: String) -> TreeError {
+    TreeError::Order {
+        object: object.to_owned(),
+        reason,
+    }
+}
+
+fn count(object: &str, what: &'static str, expected: u64, actual: u64) -> Result<(), TreeError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(TreeError::Count {
+            object: object.to_owned(),
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Decodes the root payload (decompressed) of a verified format 3 bundle
+/// and checks it against the manifest and `limits`: Layer 1, then an
+/// optional dictionary, then pages and route pages, each in strictly
+/// ascending key order, counting the manifest's tenants and records.
+pub fn decode_root(raw: &[u8], manifest: &Manifest, limits: &Limits) -> Result<Root, TreeError> {
+    const ROOT: &str = "root";
+    let mut pos = 0;
+    let next = |pos: &mut usize| -> Result<Option<(RecordKind, String, ObjectRef)>, TreeError> {
+        if *pos == raw.len() {
+            return Ok(None);
+        }
+        let at = *pos;
+        let rec = record::decode(raw, pos, limits).map_err(|r| bad(ROOT, at, r))?;
+        let obj = ObjectRef::decode(rec.value).ok_or_else(|| {
+            bad(
+                ROOT,
+                at,
+                format!("{:?} value is not a 56-byte reference", rec.kind),
+            )
+        })?;
+        Ok(Some((rec.kind, rec.key.to_owned(), obj)))
+    };
+    let layer1 = match next(&mut pos)? {
+        Some((RecordKind::Object, key, obj)) if key == "layer1" => obj,
+        _ => return Err(bad(ROOT, 0, "the root does not start with Layer 1")),
+    };
+    count(ROOT, "Layer 1 records", 1, layer1.count)?;
+    let mut dictionary = None;
+    let mut pages: Vec<Keyed> = Vec::new();
+    let mut route_pages: Vec<Keyed> = Vec::new();
+    let mut at = pos;
+    while let Some((kind, key, obj)) = next(&mut pos)? {
+        if (pages.len() + route_pages.len()) as u64 >= limits.max_objects {
+            return Err(TreeError::TooManyObjects {
+                count: (pages.len() + route_pages.len()) as u64 + 1,
+                limit: limits.max_objects,
+            });
+        }
+        let list = match kind {
+            RecordKind::Object
+                if key == "dictionary" && dictionary.is_none() && pages.is_empty() =>
+            {
+                if obj.size > limits.max_dictionary_bytes {
+                    return Err(TreeError::DictionaryTooLarge {
+                        key: obj.key(),
+                        size: obj.size,
+                        limit: limits.max_dictionary_bytes,
+                    });
+                }
+                if obj.raw_size != obj.size || obj.count != 0 {
+                    return Err(bad(
+                        ROOT,
+                        at,
+                        "the dictionary's sizes or count are not its own",
+                    ));
+                }
+                dictionary = Some(obj);
+                at = pos;
+                continue;
+            }
+            RecordKind::Page if route_pages.is_empty() => &mut pages,
+            RecordKind::RoutePage => &mut route_pages,
+            other => {
+                return Err(bad(
+                    ROOT,
+                    at,
+                    format!("a {other:?} record ({key}) where it does not belong"),
+                ));
+            }
+        };
+        if let Some(last) = list.last()
+            && key.as_str() <= last.first.as_str()
+        {
+            return Err(order(
+                ROOT,
+                format!(
+                    "{kind:?} {key} after {}: listed twice or out of order",
+                    last.first
+                ),
+            ));
+        }
+        list.push(Keyed { first: key, obj });
+        at = pos;
+    }
+    let tenants = pages
+        .iter()
+        .try_fold(0u64, |n, p| n.checked_add(p.obj.count));
+    count(
+        ROOT,
+        "tenants",
+        manifest.tenant_count,
+        tenants.unwrap_or(u64::MAX),
+    )?;
+    let routes = route_pages
+        .iter()
+        .try_fold(0u64, |n, p| n.checked_add(p.obj.count));
+    let records = routes.and_then(|r| {
+        manifest
+            .tenant_count
+            .checked_mul(3)?
+            .checked_add(r)?
+            .checked_add(1)
+    });
+    count(
+        ROOT,
+        "records",
+        manifest.record_count,
+        records.unwrap_or(u64::MAX),
+    )?;
+    Ok(Root {
+        layer1,
+        dictionary,
+        pages,
+        route_pages,
+    })
+}
+
+/// Checks that `bytes` are the object `obj` names: its size, then its hash.
+pub fn check_object(obj: &ObjectRef, bytes: &[u8]) -> Result<(), TreeError> {
+    if bytes.len() as u64 != obj.size {
+        return Err(TreeError::SizeMismatch {
+            key: obj.key(),
+            expected: obj.size,
+            actual: bytes.len() as u64,
+        });
+    }
+    let actual: [u8; 32] = Sha256::digest(bytes).into();
+    if actual != obj.sha256 {
+        return Err(TreeError::HashMismatch {
+            key: obj.key(),
+            actual: hex::encode(actual),
+        });
+    }
+    Ok(())
+}
+
+/// Where a reader finds objects: a store, or the objects a publisher just
+/// built (to compare them with the served snapshot before uploading).
+#[derive(Clone, Copy)]
+pub enum ObjectSource<'a> {
+    /// A store.
+    Store(&'a dyn ReadStore),
+    /// Objects built in memory.
+    Built(&'a super::write::Objects),
+}
+
+impl ObjectSource<'_> {
+    /// The bytes of the object `obj` names, checked against it.
+    pub fn object(&self, obj: &ObjectRef) -> Result<Vec<u8>, TreeError> {
+        match self {
+            ObjectSource::Store(store) => fetch(*store, obj),
+            ObjectSource::Built(objects) => {
+                let bytes = objects.get(&obj.sha256).ok_or_else(|| TreeError::Fetch {
+                    key: obj.key(),
+                    source: crate::store::StoreError::NotFound { key: obj.key() },
+                })?;
+                check_object(obj, bytes)?;
+                Ok(bytes.clone())
+            }
+        }
+    }
+}
+
+/// Reads the object `obj` names from `store` (never more than its size)
+/// and checks it.
+pub fn fetch<S: ReadStore + ?Sized>(store: &S, obj: &ObjectRef) -> Result<Vec<u8>, TreeError> {
+    let key = obj.key();
+    let bytes = store
+        .get(&key, obj.size)
+        .map_err(|source| TreeError::Fetch { key, source })?
+        .bytes;
+    check_object(obj, &bytes)?;
+    Ok(bytes)
+}
+
+/// Decompresses objects, with the snapshot's dictionary for chunks.
+pub struct Unpacker {
+    plain: zstd::bulk::Decompressor<'static>,
+    with_dict: Option<zstd::bulk::Decompressor<'static>>,
+    max_raw: u64,
+}
+
+/// The first 4 bytes of a zstd dictionary.
+const DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
+
+impl Unpacker {
+    /// An unpacker for objects up to `limits.max_frame_bytes` decompressed,
+    /// with `dictionary` (checked against its reference) for chunks.
+    pub fn new(
+        dictionary: Option<(&ObjectRef, &[u8])>,
+        limits: &Limits,
+    ) -> Result<Self, TreeError> {
+        let decompressor = |dict: Option<&[u8]>| {
+            let mut d = match dict {
+                Some(d) => zstd::bulk::Decompressor::with_dictionary(d),
+                None => zstd::bulk::Decompressor::new(),
+            }?;
+            d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                crate::bundle::MAX_WINDOW_LOG,
+            ))?;
+            Ok::<_, std::io::Error>(d)
+        };
+        let with_dict = match dictionary {
+            Some((obj, bytes)) => {
+                check_object(obj, bytes)?;
+                let bad_dict = |reason: String| TreeError::BadDictionary {
+                    key: obj.key(),
+                    reason,
+                };
+                if bytes.get(..4) != Some(&DICT_MAGIC[..]) {
+                    return Err(bad_dict(
+                        "it does not start with the dictionary magic".into(),
+                    ));
+                }
+                Some(decompressor(Some(bytes)).map_err(|e| bad_dict(e.to_string()))?)
+            }
+            None => None,
+        };
+        let plain = decompressor(None).map_err(|e| TreeError::Decompress {
+            key: "-".into(),
+            declared: 0,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            plain,
+            with_dict,
+            max_raw: limits.max_frame_bytes,
+        })
+    }
+
+    /// Decompresses the checked object `obj` into `out` (replacing it):
+    /// exactly one zstd frame with its content checksum, never more than
+    /// its declared size, and exactly that. A chunk (`chunk`) uses the
+    /// dictionary if the snapshot has one.
+    pub fn unpack(
+        &mut self,
+        obj: &ObjectRef,
+        bytes: &[u8],
+        chunk: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TreeError> {
+        if obj.raw_size > self.max_raw {
+            return Err(TreeError::ObjectTooLarge {
+                key: obj.key(),
+                raw_size: obj.raw_size,
+                limit: self.max_raw,
+            });
+        }
+        const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+        let not_one = |reason| TreeError::NotOneFrame {
+            key: obj.key(),
+            reason,
+        };
+        match bytes {
+            [m0, m1, m2, m3, descriptor, ..] if [*m0, *m1, *m2, *m3] == ZSTD_MAGIC => {
+                if descriptor & 0x04 == 0 {
+                    return Err(not_one("was written without its zstd content checksum"));
+                }
+            }
+            _ => return Err(not_one("does not start with a zstd frame header")),
+        }
+        if zstd::zstd_safe::find_frame_compressed_size(bytes) != Ok(bytes.len()) {
+            return Err(not_one("is not exactly one zstd frame"));
+        }
+        let d = match (&mut self.with_dict, chunk) {
+            (Some(d), true) => d,
+            _ => &mut self.plain,
+        };
+        let past = |reason: String| TreeError::Decompress {
+            key: obj.key(),
+            declared: obj.raw_size,
+            reason,
+        };
+        // The buffer's capacity bounds the output: a frame that would
+        // write past it fails, never allocating more than declared.
+        out.clear();
+        out.reserve_exact(obj.raw_size as usize);
+        d.decompress_to_buffer(bytes, out)
+            .map_err(|e| past(e.to_string()))?;
+        if out.len() as u64 != obj.raw_size {
+            return Err(past(format!("it decompresses to {} bytes", out.len())));
+        }
+        Ok(())
+    }
+}
+
+/// A page's records (decompressed): what [`decode_page`] reads back.
+pub fn encode_page(chunks: &[ChunkRef]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(chunks.len() * (ChunkRef::LEN + 32));
+    for c in chunks {
+        record::encode(&mut out, RecordKind::Chunk, &c.first, &c.encode_value())?;
+    }
+    Ok(out)
+}
+
+/// Decodes a page (decompressed): chunk records in strictly ascending
+/// order of first tenant id, the first being the page's, all before `end`
+/// (the next page's first id), holding the page's tenant count.
+pub fn decode_page(
+    raw: &[u8],
+    page: &Keyed,
+    end: Option<&str>,
+    limits: &Limits,
+) -> Result<Vec<ChunkRef>, TreeError> {
+    let object = page.obj.key();
+    let mut pos = 0;
+    let mut chunks: Vec<ChunkRef> = Vec::new();
+    let mut tenants = 0u64;
+    while pos < raw.len() {
+        let at = pos;
+        let rec = record::decode(raw, &mut pos, limits).map_err(|r| bad(&object, at, r))?;
+        if rec.kind != RecordKind::Chunk || rec.value.len() != ChunkRef::LEN {
+            return Err(bad(
+                &object,
+                at,
+                format!("a {:?} record where a chunk belongs", rec.kind),
+            ));
+        }
+        let first = rec.key;
+        match chunks.last() {
+            None if first != page.first => {
+                return Err(order(
+                    &object,
+                    format!("the page starts at {first}, its parent says {}", page.first),
+                ));
+            }
+            Some(last) if first <= last.first.as_str() => {
+                return Err(order(
+                    &object,
+                    format!(
+                        "chunk {first} after {}: listed twice or out of order",
+                        last.first
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if end.is_some_and(|e| first >= e) {
+            return Err(order(
+                &object,
+                format!("chunk {first} belongs to a later page"),
+            ));
+        }
+        if chunks.len() as u64 >= limits.max_objects {
+            return Err(TreeError::TooManyObjects {
+                count: chunks.len() as u64 + 1,
+                limit: limits.max_objects,
+            });
+        }
+        let obj = ObjectRef::decode(&rec.value[..ObjectRef::LEN])
+            .ok_or_else(|| bad(&object, at, "bad chunk reference"))?;
+        if obj.count == 0 {
+            return Err(bad(&object, at, format!("chunk {first} holds no tenant")));
+        }
+        tenants = tenants.saturating_add(obj.count);
+        let mut sources = [0u8; 32];
+        sources.copy_from_slice(&rec.value[ObjectRef::LEN..]);
+        chunks.push(ChunkRef {
+            first: first.to_owned(),
+            obj,
+            sources,
+        });
+    }
+    count(&object, "tenants", page.obj.count, tenants)?;
+    Ok(chunks)
+}
+
+/// Decodes a chunk (decompressed): for each tenant, in strictly ascending
+/// id order from the chunk's first id and before `end`, its tenant record
+/// (config hash), config and prompt. Returns the tenants and where their
+/// records are; each config and prompt is checked as it is taken
+/// ([`crate::bundle::FrameBodies`]).
+pub fn decode_chunk(
+    raw: &[u8],
+    chunk: &ChunkRef,
+    end: Option<&str>,
+    limits: &Limits,
+) -> Result<(Vec<IndexEntry>, Vec<BodySpan>), TreeError> {
+    let object = chunk.obj.key();
+    let mut pos = 0;
+    let mut tenants: Vec<IndexEntry> = Vec::with_capacity(chunk.obj.count.min(4096) as usize);
+    let mut spans = Vec::with_capacity(tenants.capacity());
+    while pos < raw.len() {
+        let at = pos;
+        let rec = record::decode(raw, &mut pos, limits).map_err(|r| bad(&object, at, r))?;
+        if rec.kind != RecordKind::Tenant {
+            return Err(bad(
+                &object,
+                at,
+                format!("a {:?} record where a tenant record belongs", rec.kind),
+            ));
+        }
+        let id = rec.key;
+        match tenants.last() {
+            None if id != chunk.first => {
+                return Err(order(
+                    &object,
+                    format!("the chunk starts at {id}, its page says {}", chunk.first),
+                ));
+            }
+            Some(last) if id <= last.tenant.as_str() => {
+                return Err(order(
+                    &object,
+                    format!(
+                        "tenant {id} after {}: listed twice or out of order",
+                        last.tenant
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if end.is_some_and(|e| id >= e) {
+            return Err(order(
+                &object,
+                format!("tenant {id} belongs to a later chunk"),
+            ));
+        }
+        let config_hash = record::hex_digest(rec.value).map_err(|r| bad(&object, at, r))?;
+        let mut body = |kind: RecordKind| {
+            let at = pos;
+            let r = record::decode(raw, &mut pos, limits).map_err(|e| bad(&object, at, e))?;
+            if r.kind != kind || r.key != id {
+                return Err(bad(
+                    &object,
+                    at,
+                    format!(
+                        "expected the {kind:?} of {id}, found the {:?} of {}",
+                        r.kind, r.key
+                    ),
+                ));
+            }
+            Ok(r.value_at)
+        };
+        let config = body(RecordKind::Config)?;
+        let prompt = body(RecordKind::Prompt)?;
+        spans.push(BodySpan {
+            at: at as u64,
+            config,
+            prompt,
+        });
+        tenants.push(IndexEntry {
+            tenant: id.to_owned(),
+            config_hash,
+        });
+    }
+    count(&object, "tenants", chunk.obj.count, tenants.len() as u64)?;
+    Ok((tenants, spans))
+}
+
+/// Decodes a route page (decompressed): routes in strictly ascending
+/// number order from the page's first, before `end`, as many as the
+/// parent says; each is handed to `route`.
+pub fn decode_routes(
+    raw: &[u8],
+    page: &Keyed,
+    end: Option<&str>,
+    limits: &Limits,
+    mut route: impl FnMut(&str, &str) -> Result<(), TreeError>,
+) -> Result<(), TreeError> {
+    let object = page.obj.key();
+    let mut pos = 0;
+    let mut last: Option<&str> = None;
+    let mut n = 0u64;
+    while pos < raw.len() {
+        let at = pos;
+        let rec = record::decode(raw, &mut pos, limits).map_err(|r| bad(&object, at, r))?;
+        if rec.kind != RecordKind::Route {
+            return Err(bad(
+                &object,
+                at,
+                format!("a {:?} record where a route belongs", rec.kind),
+            ));
+        }
+        let number = rec.key;
+        match last {
+            None if number != page.first => {
+                return Err(order(
+                    &object,
+                    format!("the page starts at {number}, the root says {}", page.first),
+                ));
+            }
+            Some(l) if number <= l => {
+                return Err(order(
+                    &object,
+                    format!("route {number} after {l}: listed twice or out of order"),
+                ));
+            }
+            _ => {}
+        }
+        if end.is_some_and(|e| number >= e) {
+            return Err(order(
+                &object,
+                format!("route {number} belongs to a later page"),
+            ));
+        }
+        let tenant = std::str::from_utf8(rec.value).map_err(|_| {
+            bad(
+                &object,
+                at,
+                format!("the tenant of route {number} is not UTF-8"),
+            )
+        })?;
+        route(number, tenant)?;
+        last = Some(number);
+        n += 1;
+    }
+    count(&object, "routes", page.obj.count, n)
+}

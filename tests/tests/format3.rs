@@ -1,0 +1,198 @@
+//! Format 3 end to end, through the real publisher and an agent: a publish
+//! uploads, and a node fetches, what changed; a node that skips versions
+//! or holds nothing gets the whole snapshot; a damaged or missing object is
+//! refused with the served snapshot untouched, and retried.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use strata_tests::{Agent, Fixture, bin, change_one_tenant};
+
+fn publish(fx: &Fixture, src: &Path) {
+    let out = Command::new(bin("strata-publisher"))
+        .args(["publish", "--init", "--format", "3", "--source"])
+        .arg(src)
+        .arg("--key")
+        .arg(&fx.key_path)
+        .arg("--store")
+        .arg(format!("file://{}", fx.store_dir().display()))
+        .output()
+        .expect("run publisher");
+    assert!(
+        out.status.success(),
+        "publish: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn source(fx: &Fixture, tenants: usize) -> PathBuf {
+    let dir = fx.dir.path().join("source");
+    strata_common::generate::generate(&dir, tenants).expect("generate");
+    dir
+}
+
+/// Every object file of the store, by path.
+fn objects(fx: &Fixture) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let root = fx.store_dir().join("objects");
+    for prefix in std::fs::read_dir(&root).expect("objects").flatten() {
+        for f in std::fs::read_dir(prefix.path()).expect("prefix").flatten() {
+            out.push((f.path(), f.metadata().expect("meta").len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The agent's count of object bytes it fetched.
+async fn fetched_bytes(agent: &Agent) -> u64 {
+    let metrics = agent.get("/metrics").await;
+    String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_fetched_object_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("strata_fetched_object_bytes_total")
+}
+
+async fn tenant_version(agent: &Agent, id: &str) -> String {
+    let a = agent.get(&format!("/v1/tenants/{id}")).await;
+    a.json()["version"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The source's tenant ids, sorted.
+fn tenant_ids(src: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(src.join("tenants"))
+        .expect("tenants")
+        .flatten()
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_tenant_publish_costs_a_node_one_chunk_and_one_page() {
+    let fx = Fixture::new();
+    let src = source(&fx, 3000);
+    publish(&fx, &src);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let cold = fetched_bytes(&agent).await;
+    let total: u64 = objects(&fx).iter().map(|(_, n)| n).sum();
+    assert_eq!(cold, total, "a new node fetches every object once");
+
+    let before = objects(&fx);
+    change_one_tenant(&src, 0);
+    publish(&fx, &src);
+    let after = objects(&fx);
+    let new: Vec<_> = after.iter().filter(|o| !before.contains(o)).collect();
+    assert_eq!(
+        new.len(),
+        2,
+        "the publish uploaded one chunk and one page: {new:?}"
+    );
+    agent.serves(2).await;
+    let id = tenant_ids(&src).remove(0);
+    assert_eq!(tenant_version(&agent, &id).await, "9.9.0");
+    let warm = fetched_bytes(&agent).await - cold;
+    let new_bytes: u64 = new.iter().map(|(_, n)| n).sum();
+    assert_eq!(warm, new_bytes, "the node fetched exactly the new objects");
+    assert!(warm * 100 < total, "{warm} of {total} bytes");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_skips_versions_applies_the_newest_and_a_new_node_gets_it_whole() {
+    let fx = Fixture::new();
+    let src = source(&fx, 1500);
+    publish(&fx, &src);
+    let a = fx.start_agent("a", "");
+    a.serves(1).await;
+    a.stop().await;
+    for i in 1..=4 {
+        change_one_tenant(&src, i * 300);
+        publish(&fx, &src);
+    }
+    // Back after four publishes: 1 → 5 in one apply.
+    let a = fx.start_agent("a", "");
+    a.serves(5).await;
+    let fresh = fx.start_agent("b", "");
+    fresh.serves(5).await;
+    for agent in [&a, &fresh] {
+        let s = agent.get("/v1/snapshot").await.json();
+        assert_eq!(s["tenant_count"], 1500, "{s}");
+    }
+    // Both serve the same bytes.
+    let mut ids: Vec<_> = std::fs::read_dir(src.join("tenants"))
+        .expect("tenants")
+        .flatten()
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    ids.sort();
+    for id in ids.iter().step_by(150) {
+        let x = a.get(&format!("/v1/tenants/{id}")).await;
+        let y = fresh.get(&format!("/v1/tenants/{id}")).await;
+        assert_eq!(x.body, y.body, "{id}");
+    }
+    a.stop().await;
+    fresh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_or_missing_chunk_is_refused_and_the_served_snapshot_stays_until_it_is_repaired()
+{
+    let fx = Fixture::new();
+    let src = source(&fx, 1000);
+    publish(&fx, &src);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    // Stopped while the next version is published and damaged, so that
+    // it meets the damage (it restarts serving version 1 from its file).
+    agent.stop().await;
+    let before = objects(&fx);
+    change_one_tenant(&src, 0);
+    publish(&fx, &src);
+    let new: Vec<_> = objects(&fx)
+        .into_iter()
+        .filter(|o| !before.contains(o))
+        .collect();
+    // The bigger new object is the chunk; damage it.
+    let (chunk, _) = new
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .expect("a new chunk")
+        .clone();
+    let good = std::fs::read(&chunk).expect("read chunk");
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    std::fs::write(&chunk, &bad).expect("damage");
+    let agent = fx.start_agent("a", "");
+    agent
+        .wait_until("the damaged chunk is refused", "/v1/snapshot", |a| {
+            a.json()["last_error_reason"] == "object_hash_mismatch"
+        })
+        .await;
+    assert_eq!(agent.get("/v1/snapshot").await.json()["version"], 1);
+    // Missing: a transient failure, retried.
+    std::fs::remove_file(&chunk).expect("remove");
+    agent
+        .wait_until("the missing chunk is reported", "/v1/snapshot", |a| {
+            a.json()["last_error_reason"] == "object_unavailable"
+        })
+        .await;
+    assert_eq!(agent.get("/v1/snapshot").await.json()["version"], 1);
+    std::fs::write(&chunk, &good).expect("repair");
+    agent.serves(2).await;
+    agent.stop().await;
+}
