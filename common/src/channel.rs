@@ -218,6 +218,9 @@ pub fn publish_gated(
     let mut gated: Option<Option<u64>> = None;
     // The bundle this publisher uploaded and no pointer names yet.
     let mut uploaded: Option<(u64, Vec<u8>)> = None;
+    // Format 3 objects found in the store already that the channel's
+    // snapshot does not reach: a gc may be deleting them.
+    let mut revived: Vec<[u8; 32]> = Vec::new();
     loop {
         give_up()?;
         let current = Pointer::read_channel(store, &opts.channel, &trust)?;
@@ -263,7 +266,8 @@ pub fn publish_gated(
                     probed = true;
                     // Format 3: the objects first, so that the root (and
                     // then the pointer) never names one not yet there.
-                    crate::bundle::tree::upload(store, &compiled.objects, &opts.present)?;
+                    revived = crate::bundle::tree::upload(store, &compiled.objects, &opts.present)?
+                        .revived;
                 }
                 match store.put_new(&bundle_key, &bytes) {
                     Ok(()) => (now, bytes),
@@ -337,6 +341,7 @@ pub fn publish_gated(
                             });
                         }
                     }
+                    crate::bundle::tree::restore(store, &compiled.objects, &revived)?;
                     return Ok(Published {
                         pointer,
                         tenant_count: compiled.tenant_count,
@@ -350,6 +355,7 @@ pub fn publish_gated(
                     // which `gate` is asked about.
                     match layout::read(store, &pointer_key) {
                         Ok(Some(obj)) if obj.bytes == signed => {
+                            crate::bundle::tree::restore(store, &compiled.objects, &revived)?;
                             return Ok(Published {
                                 pointer,
                                 tenant_count: compiled.tenant_count,

@@ -32,6 +32,8 @@ pub struct GcReport {
     pub kept: BTreeMap<u64, Vec<Kept>>,
     /// Versions deleted (dry run: that would be).
     pub deleted: Vec<u64>,
+    /// Format 3 objects: what the sweep found and deleted.
+    pub objects: crate::sweep::Swept,
 }
 
 /// Every version a channel pointer or pin names, with the documents that
@@ -69,7 +71,15 @@ fn referenced(store: &dyn WriteStore) -> Result<BTreeMap<u64, Vec<String>>, Oper
 /// The pointers and pins are read again right before each deletion, so a
 /// pin (or rollback) written while gc ran keeps its bundle; `pin` checks
 /// its bundle after writing, for the moment in between.
-pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport, OperatorError> {
+///
+/// Then the objects no remaining snapshot reaches, unreferenced for
+/// `grace`, are deleted ([`crate::sweep`]).
+pub fn gc(
+    store: &dyn WriteStore,
+    keep: usize,
+    dry_run: bool,
+    grace: std::time::Duration,
+) -> Result<GcReport, OperatorError> {
     let versions = channel::list_versions(store)?;
     let mut report = GcReport::default();
     let named = referenced(store)?;
@@ -106,5 +116,12 @@ pub fn gc(store: &dyn WriteStore, keep: usize, dry_run: bool) -> Result<GcReport
         }
         report.deleted.push(v);
     }
+    // A dry run counts the objects as if its bundles were deleted.
+    let gone = if dry_run {
+        report.deleted.as_slice()
+    } else {
+        &[]
+    };
+    report.objects = crate::sweep::sweep(store, grace, dry_run, gone)?;
     Ok(report)
 }

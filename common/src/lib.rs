@@ -32,6 +32,7 @@ pub mod secrets;
 pub mod sign;
 pub mod source;
 pub mod store;
+pub mod sweep;
 pub mod time;
 pub mod validate;
 pub mod verify;

@@ -196,3 +196,72 @@ async fn a_damaged_or_missing_chunk_is_refused_and_the_served_snapshot_stays_unt
     agent.serves(2).await;
     agent.stop().await;
 }
+
+fn gc(fx: &Fixture, args: &[&str]) -> String {
+    let out = Command::new(bin("strata-publisher"))
+        .args(["gc", "--store"])
+        .arg(format!("file://{}", fx.store_dir().display()))
+        .args(args)
+        .output()
+        .expect("run gc");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "gc: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_a_publish_in_flight_and_deletes_only_what_no_snapshot_reaches() {
+    use strata_common::bundle::tree;
+    use strata_common::channel::{self, PublishOptions};
+    use strata_common::compile::{self, CompileOptions};
+    use strata_common::sign::TrustedKeys;
+    use strata_common::source::Source;
+
+    let fx = Fixture::new();
+    let src = source(&fx, 1000);
+    publish(&fx, &src);
+    let v1 = objects(&fx);
+    // A publish in flight: its objects are uploaded, its root not yet.
+    change_one_tenant(&src, 0);
+    let trust = TrustedKeys::for_publisher(std::slice::from_ref(&fx.key), &[]);
+    let present = strata_common::versions::served_objects(&fx.store(), 1, &trust)
+        .expect("served objects")
+        .expect("format 3");
+    let compiled = compile::compile(
+        &Source::open(&src).expect("source"),
+        CompileOptions {
+            format: 3,
+            dictionary: present.dictionary.clone(),
+            ..CompileOptions::default()
+        },
+    )
+    .expect("compile");
+    let up = tree::upload(&fx.store(), &compiled.objects, &present.objects).expect("upload");
+    assert_eq!(up.objects, 2);
+    let out = gc(&fx, &["--keep", "1"]);
+    assert!(out.contains("0 unreferenced deleted"), "{out}");
+    assert!(
+        out.contains("2 unreferenced kept for the grace period"),
+        "{out}"
+    );
+    // The publish completes: nothing it uploaded is gone.
+    let opts = PublishOptions {
+        present: present.objects,
+        ..PublishOptions::for_channel("stable")
+    };
+    channel::publish(&fx.store(), &compiled, std::slice::from_ref(&fx.key), &opts)
+        .expect("publish");
+    // Version 1's bundle goes, and then the two objects only it reached.
+    let out = gc(&fx, &["--keep", "1", "--grace", "0s"]);
+    assert!(out.contains("2 unreferenced deleted"), "{out}");
+    let now = objects(&fx);
+    assert_eq!(v1.iter().filter(|o| !now.contains(o)).count(), 2);
+    let agent = fx.start_agent("fresh", "");
+    agent.serves(2).await;
+    assert_eq!(agent.get("/v1/snapshot").await.json()["tenant_count"], 1000);
+    agent.stop().await;
+}

@@ -335,7 +335,8 @@ fn gc_keeps_a_bundle_a_pin_written_while_it_ran_names() {
         inner: fx.store(),
         pin_once: std::sync::Mutex::new(Some(1)),
     };
-    let report = strata_common::gc::gc(&store, 1, false).expect("gc");
+    let report =
+        strata_common::gc::gc(&store, 1, false, strata_common::sweep::DEFAULT_GRACE).expect("gc");
     assert!(!report.deleted.contains(&1), "{report:?}");
     assert_eq!(report.deleted, [2, 3]);
     assert!(
@@ -445,7 +446,7 @@ fn gc_stops_at_a_pin_it_cannot_read() {
         .status()
         .expect("mkfifo");
     assert!(made.success());
-    let refused = strata_common::gc::gc(&fx.store(), 1, false);
+    let refused = strata_common::gc::gc(&fx.store(), 1, false, strata_common::sweep::DEFAULT_GRACE);
     assert!(refused.is_err(), "{refused:?}");
     for v in 1..=3 {
         assert!(

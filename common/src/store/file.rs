@@ -192,7 +192,7 @@ impl FileStore {
     pub fn check_layout(&self) -> Result<(), StoreError> {
         // The layout's directories (the layout module, which builds on this
         // module, names them too).
-        for dir in ["snapshots/", "channels/", "pins/"] {
+        for dir in ["snapshots/", "channels/", "pins/", "objects/"] {
             let name = dir.trim_end_matches('/');
             let path = self.root.join(name);
             let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
@@ -474,6 +474,7 @@ impl WriteStore for FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ListPage::default()),
             Err(source) => return Err(StoreError::io(prefix, source)),
         };
+        let mut sizes = std::collections::HashMap::new();
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
@@ -493,13 +494,17 @@ impl WriteStore for FileStore {
                 format!("{dir_part}/{name}")
             };
             if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                if let Ok(meta) = entry.metadata() {
+                    sizes.insert(key.clone(), meta.len());
+                }
                 keys.push(key);
             }
         }
         keys.sort();
         let next = (keys.len() > PAGE).then(|| keys[PAGE - 1].clone());
         keys.truncate(PAGE);
-        Ok(ListPage { keys, next })
+        sizes.retain(|k, _| keys.binary_search(k).is_ok());
+        Ok(ListPage { keys, next, sizes })
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {

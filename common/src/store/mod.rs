@@ -64,6 +64,8 @@ pub struct ListPage {
     pub keys: Vec<String>,
     /// Where the next page starts (pass it as `after`), or `None` after the last.
     pub next: Option<String>,
+    /// The size in bytes of each key the store gave one for (gc's report).
+    pub sizes: std::collections::HashMap<String, u64>,
 }
 
 /// A boxed error from a store's backend (an I/O error, an SDK error),

@@ -504,12 +504,17 @@ impl WriteStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| classify(prefix, "ListObjectsV2", e))?;
+            let mut sizes = std::collections::HashMap::new();
             let mut keys: Vec<String> = resp
                 .contents()
                 .iter()
-                .filter_map(|o| o.key())
-                .filter_map(|k| self.store_key(k))
-                .map(str::to_owned)
+                .filter_map(|o| {
+                    let key = self.store_key(o.key()?)?.to_owned();
+                    if let Some(size) = o.size().and_then(|s| u64::try_from(s).ok()) {
+                        sizes.insert(key.clone(), size);
+                    }
+                    Some(key)
+                })
                 .collect();
             keys.sort();
             let next = if resp.is_truncated().unwrap_or(false) {
@@ -517,7 +522,7 @@ impl WriteStore for S3Store {
             } else {
                 None
             };
-            Ok(ListPage { keys, next })
+            Ok(ListPage { keys, next, sizes })
         })
     }
 

@@ -33,7 +33,7 @@ use crate::chunk::ChunkParams;
 pub use error::TreeError;
 pub use frames::{Applied, Fetched, Held, TreeFrames};
 pub use read::Root;
-pub use store::{Uploaded, upload};
+pub use store::{Uploaded, restore, upload};
 pub use write::{Built, ObjectSink, Objects, TreeWriter};
 
 /// The prefix of every object key.

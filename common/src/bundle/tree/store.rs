@@ -7,7 +7,7 @@ use super::write::Objects;
 use crate::store::{StoreError, WriteStore};
 
 /// What [`upload`] wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Uploaded {
     /// Objects written.
     pub objects: u64,
@@ -15,6 +15,10 @@ pub struct Uploaded {
     pub bytes: u64,
     /// Objects the store held already.
     pub kept: u64,
+    /// Of those, the ones `present` did not name: no snapshot the
+    /// publisher knows reaches them, so a gc may be deleting them; see
+    /// [`restore`].
+    pub revived: Vec<[u8; 32]>,
 }
 
 /// How many uploads run at once.
@@ -46,7 +50,10 @@ pub fn upload(
                                 done.objects += 1;
                                 done.bytes += bytes.len() as u64;
                             }
-                            Err(StoreError::AlreadyExists { .. }) => done.kept += 1,
+                            Err(StoreError::AlreadyExists { .. }) => {
+                                done.kept += 1;
+                                done.revived.push(**hash);
+                            }
                             Err(e) => return Err(e),
                         }
                     }
@@ -75,6 +82,33 @@ pub fn upload(
         total.objects += r.objects;
         total.bytes += r.bytes;
         total.kept += r.kept;
+        total.revived.extend(r.revived);
     }
     Ok(total)
+}
+
+/// After the pointer moved: writes again any `revived` object a gc deleted
+/// between its mark and the new root (its sweep marks roots written before
+/// it deletes, so this is the narrow rest). Agents that met the gap retry.
+pub fn restore(
+    store: &dyn WriteStore,
+    objects: &Objects,
+    revived: &[[u8; 32]],
+) -> Result<(), StoreError> {
+    for hash in revived {
+        let key = super::object_key(hash);
+        match store.get_range(&key, 0..1) {
+            Err(StoreError::NotFound { .. }) => {
+                if let Some(bytes) = objects.get(hash) {
+                    match store.put_new(&key, bytes) {
+                        Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
