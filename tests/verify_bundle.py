@@ -3,7 +3,11 @@
 docs/FORMAT.md alone. Uses only `cryptography` and `zstandard`.
 
     verify_bundle.py --pubkey KEY.pub --bundle FILE [--pointer FILE] [--channel stable]
-                     [--threshold 1]
+                     [--threshold 1] [--store DIR]
+
+A format 3 bundle is a signed root over objects: they are read, one by one,
+from the file store DIR (default: the directory above the bundle's
+`snapshots/`), each checked against the hash its parent names.
 
 Exit 0 and a summary when everything verifies; exit 1 with the reason otherwise.
 """
@@ -12,6 +16,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import struct
 import sys
 from datetime import datetime, timezone
@@ -24,7 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 MAGIC = b"STRATAB1"
 MAX_PART = 65536
 MAX_WINDOW_LOG = 27
-KINDS = {1: "layer1", 2: "config", 3: "prompt", 4: "route", 5: "frame", 6: "tenant"}
+KINDS = {
+    1: "layer1", 2: "config", 3: "prompt", 4: "route", 5: "frame", 6: "tenant",
+    7: "object", 8: "page", 9: "route_page", 10: "chunk",
+}
+DICT_MAGIC = b"\x37\xa4\x30\xec"
 SEPARATOR = "\n\n---\n\n"
 
 
@@ -154,7 +163,7 @@ def read_exact(f, n, what):
     return b
 
 
-def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
+def verify_bundle(data, keys, threshold, max_bytes=1 << 30, store=None):
     f = io.BytesIO(data)
     if read_exact(f, 8, "magic") != MAGIC:
         raise Refused("bundle: bad magic")
@@ -167,8 +176,8 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
         raise Refused("bundle: signature block too large")
     sigs = json.loads(read_exact(f, s, "signatures"))
     manifest = json.loads(manifest_bytes)
-    if manifest.get("type") != "strata-bundle" or manifest.get("format") != 2:
-        raise Refused("bundle: not a format-2 strata bundle")
+    if manifest.get("type") != "strata-bundle" or manifest.get("format") not in (2, 3):
+        raise Refused("bundle: not a format 2 or 3 strata bundle")
     if canonical(manifest) != manifest_bytes:
         raise Refused("bundle: manifest is not canonical JSON")
     parse_time(manifest["created_at"])
@@ -184,6 +193,8 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
     if sha256(payload) != manifest["payload_sha256"]:
         raise Refused("bundle: payload hash mismatch")
 
+    if manifest["format"] == 3:
+        return manifest, verify_tree(manifest, payload, store, max_bytes)
     # Only now decompress, frame by frame, never beyond the signed sizes.
     limit = manifest["payload_raw_size"]
     index_size = manifest["index_size"]
@@ -241,10 +252,15 @@ def verify_bundle(data, keys, threshold, max_bytes=1 << 30):
     return manifest, records
 
 
-def decompress(frame, size, what):
+def decompress(frame, size, what, dictionary=None):
     if frame[:4] != b"\x28\xb5\x2f\xfd" or len(frame) < 5 or not frame[4] & 0x04:
         raise Refused(f"bundle: {what} is not a zstd frame with its content checksum")
-    dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
+    if dictionary is None:
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << MAX_WINDOW_LOG)
+    else:
+        dctx = zstandard.ZstdDecompressor(
+            dict_data=zstandard.ZstdCompressionDict(dictionary), max_window_size=1 << MAX_WINDOW_LOG
+        )
     raw = dctx.stream_reader(io.BytesIO(frame)).read(size + 1)
     if len(raw) > size:
         raise Refused(f"bundle: {what} decompresses beyond its signed size")
@@ -271,6 +287,132 @@ def decode_records(raw, what, starts=None):
         starts.append(i)
         i = j + 4 + v
     starts.append(len(raw))
+    return records
+
+
+def ref(value, what):
+    """An object reference: SHA-256, size, decompressed size, count."""
+    if len(value) != 56:
+        raise Refused(f"bundle: {what} is not a 56-byte object reference")
+    size, raw_size, count = struct.unpack("<QQQ", value[32:56])
+    return value[:32].hex(), size, raw_size, count
+
+
+def read_object(store, r, what):
+    """The object `r` names, from the file store `store`: size and hash checked."""
+    sha, size, _, _ = r
+    path = f"{store}/objects/{sha[:2]}/{sha}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read(size + 1)
+    except OSError as e:
+        raise Refused(f"bundle: {what} {sha} cannot be read: {e}")
+    if len(data) != size or sha256(data) != sha:
+        raise Refused(f"bundle: {what} {sha} does not have the size and SHA-256 its parent names")
+    return data
+
+
+def unpack(store, r, what, dictionary=None, max_raw=64 << 20):
+    sha, _, raw_size, _ = r
+    if raw_size > max_raw:
+        raise Refused(f"bundle: {what} {sha} declares {raw_size} bytes, over the limit")
+    raw = decompress(read_object(store, r, what), raw_size, f"{what} {sha}", dictionary)
+    if len(raw) != raw_size:
+        raise Refused(f"bundle: {what} {sha} is {len(raw)} bytes, its parent says {raw_size}")
+    return raw
+
+
+def keyed(records, kind, what, first=None, end=None):
+    """The keys of `records`, all of `kind`, strictly ascending (by bytes), the
+    first equal to `first`, all before `end`."""
+    keys = [k.encode() for _, k, _ in records]
+    if any(r[0] != kind for r in records):
+        raise Refused(f"bundle: {what} holds a record other than a {kind}")
+    if any(a >= b for a, b in zip(keys, keys[1:])):
+        raise Refused(f"bundle: {what} lists a {kind} twice or out of order")
+    if first is not None and (not keys or keys[0] != first.encode()):
+        raise Refused(f"bundle: {what} does not start where its parent says")
+    if end is not None and keys and keys[-1] >= end.encode():
+        raise Refused(f"bundle: {what} holds a {kind} of the next one")
+
+
+def verify_tree(manifest, payload, store, max_bytes):
+    """Format 3: the root frame, then every object it reaches; returns the
+    snapshot's records in format 2's logical order."""
+    if store is None:
+        raise Refused("bundle: a format 3 root needs its store (--store DIR)")
+    if manifest["index_size"] != manifest["payload_size"]:
+        raise Refused("bundle: a format 3 root is one frame: index_size must be payload_size")
+    root = decompress(payload, manifest["payload_raw_size"], "root")
+    if len(root) != manifest["payload_raw_size"]:
+        raise Refused("bundle: the root does not decompress to payload_raw_size")
+    recs = decode_records(root, "root")
+    if not recs or recs[0][:2] != ("object", "layer1"):
+        raise Refused("bundle: the root does not start with Layer 1")
+    layer1_ref = ref(recs[0][2], "layer1")
+    i, dictionary = 1, None
+    if i < len(recs) and recs[i][:2] == ("object", "dictionary"):
+        d = ref(recs[i][2], "dictionary")
+        if d[1] != d[2] or d[3] != 0 or d[1] > 1 << 20:
+            raise Refused("bundle: the dictionary's reference is not its own, or it is too large")
+        dictionary = read_object(store, d, "dictionary")
+        if not dictionary.startswith(DICT_MAGIC):
+            raise Refused("bundle: the dictionary is not a zstd dictionary")
+        i += 1
+    pages = [r for r in recs[i:] if r[0] == "page"]
+    route_pages = recs[i + len(pages):]
+    keyed(pages, "page", "the root")
+    keyed(route_pages, "route_page", "the root")
+    layer1 = decode_records(unpack(store, layer1_ref, "Layer 1"), "Layer 1")
+    if [r[:2] for r in layer1] != [("layer1", "layer1")] or layer1_ref[3] != 1:
+        raise Refused("bundle: the Layer 1 object is not exactly one Layer 1 record")
+    records = [layer1[0]]
+    total = 0
+    for n, (_, first, value) in enumerate(pages):
+        page_ref = ref(value, "page")
+        end = pages[n + 1][1] if n + 1 < len(pages) else None
+        chunks = decode_records(unpack(store, page_ref, "page"), "page")
+        keyed(chunks, "chunk", f"page {page_ref[0]}", first, end)
+        if sum(ref(v[:56], "chunk")[3] for _, _, v in chunks) != page_ref[3]:
+            raise Refused(f"bundle: page {page_ref[0]} holds another tenant count than the root says")
+        for m, (_, chunk_first, value) in enumerate(chunks):
+            if len(value) != 88:
+                raise Refused("bundle: a chunk record's value is not 88 bytes")
+            c = ref(value[:56], "chunk")
+            total += c[1]
+            if total > max_bytes:
+                raise Refused("bundle: the objects are over the size limit")
+            chunk_end = chunks[m + 1][1] if m + 1 < len(chunks) else end
+            body = decode_records(unpack(store, c, "chunk", dictionary), f"chunk {c[0]}")
+            if len(body) != 3 * c[3] or c[3] == 0:
+                raise Refused(f"bundle: chunk {c[0]} holds another tenant count than its page says")
+            tenants = body[0::3]
+            keyed(tenants, "tenant", f"chunk {c[0]}", chunk_first, chunk_end)
+            for (_, tenant, hash_), (k2, t2, config), (k3, t3, prompt) in zip(body[0::3], body[1::3], body[2::3]):
+                if (k2, t2, k3, t3) != ("config", tenant, "prompt", tenant):
+                    raise Refused(f"bundle: chunk {c[0]} does not hold {tenant}'s config and prompt after its tenant record")
+                if json.loads(config).get("config_hash") != hash_.decode():
+                    raise Refused(f"bundle: the tenant record of {tenant} names another config_hash")
+                records += [("config", tenant, config), ("prompt", tenant, prompt)]
+    routes_raw = b""
+    for n, (_, first, value) in enumerate(route_pages):
+        r = ref(value, "route page")
+        end = route_pages[n + 1][1] if n + 1 < len(route_pages) else None
+        raw = unpack(store, r, "route page")
+        routes = decode_records(raw, "route page")
+        keyed(routes, "route", f"route page {r[0]}", first, end)
+        if len(routes) != r[3]:
+            raise Refused(f"bundle: route page {r[0]} holds another route count than the root says")
+        routes_raw += raw
+        records += routes
+    if sha256(routes_raw) != manifest["routes_sha256"]:
+        raise Refused("bundle: the route records do not hash to the manifest's routes_sha256")
+    count = sum(1 for r in records if r[0] == "config")
+    routes = sum(1 for r in records if r[0] == "route")
+    if count != manifest["tenant_count"] or sum(ref(v, "page")[3] for _, _, v in pages) != count:
+        raise Refused("bundle: tenant count differs from the manifest")
+    if 1 + 3 * count + routes != manifest["record_count"]:
+        raise Refused("bundle: record count differs from the manifest")
     return records
 
 
@@ -306,6 +448,7 @@ def main():
     ap.add_argument("--pointer")
     ap.add_argument("--channel", default="stable")
     ap.add_argument("--threshold", type=int, default=1)
+    ap.add_argument("--store")
     args = ap.parse_args()
     try:
         keys = load_keys(args.pubkey)
@@ -315,7 +458,12 @@ def main():
             pointer = verify_pointer(open(args.pointer, "rb").read(), keys, args.threshold, args.channel)
             if len(data) != pointer["bundle_size"] or sha256(data) != pointer["bundle_sha256"]:
                 raise Refused("bundle: size or SHA-256 differs from the signed pointer")
-        manifest, records = verify_bundle(data, keys, args.threshold)
+        store = args.store
+        if store is None:
+            parent = os.path.dirname(os.path.abspath(args.bundle))
+            if os.path.basename(parent) == "snapshots":
+                store = os.path.dirname(parent)
+        manifest, records = verify_bundle(data, keys, args.threshold, store=store)
         if pointer and manifest["version"] != pointer["version"]:
             raise Refused("bundle: manifest version differs from the pointer")
         tenants, routes = check_contents(manifest, records)

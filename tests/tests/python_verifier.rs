@@ -104,3 +104,73 @@ fn python_verifier_accepts_published_bundles_and_refuses_damaged_ones() {
     let (ok, text) = verify(&[flag_k, &weak_pub, flag_b, &bundle, flag_p, &forged_path]);
     assert!(!ok && text.contains("does not verify"), "{text}");
 }
+
+#[test]
+fn python_verifier_walks_a_format_3_store_object_by_object() {
+    use strata_common::channel::{self, PublishOptions};
+    use strata_common::compile::{self, CompileOptions};
+    use strata_common::source::Source;
+
+    let fx = Fixture::new();
+    let src = fx.dir.path().join("source");
+    strata_common::generate::generate(&src, 300).expect("generate");
+    let compiled = compile::compile(
+        &Source::open(&src).expect("source"),
+        CompileOptions {
+            format: 3,
+            ..CompileOptions::default()
+        },
+    )
+    .expect("compile");
+    let published = channel::publish(
+        &fx.store(),
+        &compiled,
+        std::slice::from_ref(&fx.key),
+        &PublishOptions::for_channel("stable"),
+    )
+    .expect("publish");
+    let store = fx.store_dir();
+    let bundle = store.join(&published.pointer.bundle);
+    let pointer = store.join("channels/stable.json");
+    let pubkey = sign::public_path(&fx.key_path);
+    let (k, b, p) = (
+        Path::new("--pubkey"),
+        Path::new("--bundle"),
+        Path::new("--pointer"),
+    );
+    let (ok, text) = verify(&[k, &pubkey, b, &bundle, p, &pointer]);
+    assert!(ok, "{text}");
+    assert!(text.contains("OK: version 1, 300 tenants"), "{text}");
+
+    // Every object is checked against the hash its parent names: one
+    // flipped byte in any of them, or one missing, is refused.
+    let mut objects: Vec<_> = walk(&store.join("objects"));
+    objects.sort();
+    for (i, object) in objects.iter().enumerate().step_by(7) {
+        let good = std::fs::read(object).expect("object");
+        let mut bad = good.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x10;
+        std::fs::write(object, &bad).expect("damage");
+        let (ok, text) = verify(&[k, &pubkey, b, &bundle]);
+        assert!(!ok && text.contains("REFUSED"), "object {i}: {text}");
+        std::fs::remove_file(object).expect("remove");
+        let (ok, text) = verify(&[k, &pubkey, b, &bundle]);
+        assert!(!ok && text.contains("cannot be read"), "object {i}: {text}");
+        std::fs::write(object, &good).expect("restore");
+    }
+    let (ok, text) = verify(&[k, &pubkey, b, &bundle]);
+    assert!(ok, "{text}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
