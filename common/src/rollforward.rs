@@ -183,7 +183,7 @@ pub fn check(
         "the channel's snapshot",
     )?;
     let new = hashes(
-        versions::payload_reader(compiled).map_err(|source| VersionsError::Payload {
+        versions::payload_reader(compiled, store).map_err(|source| VersionsError::Payload {
             what: "the new snapshot",
             source,
         })?,

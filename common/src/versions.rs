@@ -81,7 +81,7 @@ pub fn check_against(
     dir: &Path,
 ) -> Result<Comparison, VersionsError> {
     let old = served_reader(store, pointer, trust)?;
-    let new = payload_reader(compiled).map_err(|source| VersionsError::Payload {
+    let new = payload_reader(compiled, store).map_err(|source| VersionsError::Payload {
         what: "the new snapshot",
         source,
     })?;
@@ -129,7 +129,11 @@ pub(crate) fn served_reader<'s>(
 
 /// A payload reader over the compiled payload, through a bundle signed by
 /// a throwaway key (only the payload's structure is read).
-pub(crate) fn payload_reader(compiled: &Compiled) -> Result<Box<dyn Frames + '_>, BundleError> {
+/// Chunks the publish kept from the channel's snapshot are read from `store`.
+pub(crate) fn payload_reader<'a>(
+    compiled: &'a Compiled,
+    store: &'a dyn crate::store::ReadStore,
+) -> Result<Box<dyn Frames + 'a>, BundleError> {
     let manifest = channel::manifest(
         compiled,
         1,
@@ -151,7 +155,7 @@ pub(crate) fn payload_reader(compiled: &Compiled) -> Result<Box<dyn Frames + '_>
     )?;
     crate::bundle::tree::frames_of(
         verified,
-        crate::bundle::tree::read::ObjectSource::Built(&compiled.objects),
+        crate::bundle::tree::read::ObjectSource::Built(&compiled.objects, Some(store)),
         &limits,
     )
 }
@@ -163,6 +167,8 @@ pub struct Present {
     pub dictionary: Option<Vec<u8>>,
     /// Every object it reaches: those a publish need not upload.
     pub objects: HashSet<[u8; 32]>,
+    /// Its Layer 1 and chunks: what a publish keeps of it.
+    pub reuse: crate::compile::Reuse,
 }
 
 /// What the store holds of snapshot `version` (verified with `trust`), if
@@ -214,6 +220,10 @@ pub fn served_objects(
     Ok(Some(Present {
         dictionary: frames.dictionary().map(<[u8]>::to_vec),
         objects,
+        reuse: crate::compile::Reuse {
+            layer1: crate::bundle::Frames::layer1(&frames).to_vec(),
+            chunks: frames.chunks().to_vec(),
+        },
     }))
 }
 

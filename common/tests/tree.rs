@@ -56,7 +56,13 @@ fn open<'a>(
     held: &Held<'a>,
     limits: &Limits,
 ) -> Result<TreeFrames<'a>, TreeError> {
-    TreeFrames::open(ObjectSource::Built(objects), manifest, raw, held, limits)
+    TreeFrames::open(
+        ObjectSource::Built(objects, None),
+        manifest,
+        raw,
+        held,
+        limits,
+    )
 }
 
 fn contents(
@@ -334,4 +340,73 @@ fn an_object_without_its_zstd_checksum_is_refused() {
         &Limits::default(),
     );
     assert!(matches!(e, TreeError::NotOneFrame { .. }), "{e}");
+}
+
+#[test]
+fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
+    let dir = source(3000);
+    let a = compile(dir.path(), 3, None);
+    let (m, r) = root_of(&a);
+    let frames = open(&a.objects, &m, &r, &Held::nothing(), &Limits::default()).expect("open");
+    let dict = frames.dictionary().map(<[u8]>::to_vec);
+    let reuse = compile::Reuse {
+        layer1: bundle::Frames::layer1(&frames).to_vec(),
+        chunks: frames.chunks().to_vec(),
+    };
+    let owners = contents(&a.objects, &m, &r).expect("contents").routes;
+    // One tenant edited, one removed, one added (a copy of another under a
+    // new id, its numbers changed so that they stay unique).
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("tenants"))
+        .expect("tenants")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let edited = std::fs::read_to_string(&files[10]).expect("read");
+    std::fs::write(
+        &files[10],
+        edited.replacen("version = \"", "version = \"9", 1),
+    )
+    .expect("edit");
+    std::fs::remove_file(&files[2000]).expect("remove");
+    let original = std::fs::read_to_string(&files[500]).expect("read");
+    let id = files[500]
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("stem");
+    let copy = original
+        .replace("\"+1", "\"+4")
+        .replace(id, "zz-new-tenant");
+    std::fs::write(files[500].with_file_name("zz-new-tenant.toml"), copy).expect("add");
+
+    let full = compile(dir.path(), 3, dict.clone());
+    let source = Source::open(dir.path()).expect("source");
+    let inc = compile::compile(
+        &source,
+        CompileOptions {
+            format: 3,
+            dictionary: dict,
+            served_owners: Some(std::sync::Arc::new(owners)),
+            reuse: Some(std::sync::Arc::new(reuse)),
+            ..CompileOptions::default()
+        },
+    )
+    .expect("incremental compile");
+    assert_eq!(
+        inc.payload.compressed, full.payload.compressed,
+        "the same root"
+    );
+    assert_eq!(inc.tenant_count, 3000);
+    for key in inc.objects.keys() {
+        assert!(full.objects.contains_key(key));
+    }
+    // It compressed the chunks that changed (and the small objects above
+    // them), not the unchanged chunks.
+    let chunks = frames.chunks().len();
+    assert!(
+        inc.objects.len() * 5 < full.objects.len(),
+        "{} objects made of {} ({chunks} chunks)",
+        inc.objects.len(),
+        full.objects.len()
+    );
 }

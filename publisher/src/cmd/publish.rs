@@ -103,6 +103,7 @@ pub fn run(args: Args) -> Result<()> {
         served_owners,
         format: args.format,
         dictionary: present.dictionary,
+        reuse: Some(std::sync::Arc::new(present.reuse)),
         ..CompileOptions::default()
     })?;
     // Only a first publish makes a store, and only when asked: a mistyped

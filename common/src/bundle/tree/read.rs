@@ -225,8 +225,9 @@ pub fn check_object(obj: &ObjectRef, bytes: &[u8]) -> Result<(), TreeError> {
 pub enum ObjectSource<'a> {
     /// A store.
     Store(&'a dyn ReadStore),
-    /// Objects built in memory.
-    Built(&'a super::write::Objects),
+    /// Objects built in memory, then (for the chunks a publish kept of the
+    /// channel's snapshot) a store.
+    Built(&'a super::write::Objects, Option<&'a dyn ReadStore>),
 }
 
 impl ObjectSource<'_> {
@@ -234,14 +235,17 @@ impl ObjectSource<'_> {
     pub fn object(&self, obj: &ObjectRef) -> Result<Vec<u8>, TreeError> {
         match self {
             ObjectSource::Store(store) => fetch(*store, obj),
-            ObjectSource::Built(objects) => {
-                let bytes = objects.get(&obj.sha256).ok_or_else(|| TreeError::Fetch {
+            ObjectSource::Built(objects, store) => match (objects.get(&obj.sha256), store) {
+                (Some(bytes), _) => {
+                    check_object(obj, bytes)?;
+                    Ok(bytes.clone())
+                }
+                (None, Some(store)) => fetch(*store, obj),
+                (None, None) => Err(TreeError::Fetch {
                     key: obj.key(),
                     source: crate::store::StoreError::NotFound { key: obj.key() },
-                })?;
-                check_object(obj, bytes)?;
-                Ok(bytes.clone())
-            }
+                }),
+            },
         }
     }
 }

@@ -187,6 +187,32 @@ impl TreeWriter {
         Ok(())
     }
 
+    /// Whether a chunk is open (holds tenants not yet cut into a chunk).
+    pub fn chunk_open(&self) -> bool {
+        self.chunk_first.is_some()
+    }
+
+    /// Takes chunk `c` of the channel's snapshot as it is, its tenants
+    /// (the last of them `last`) unchanged since: no record is rendered or
+    /// compressed again. Only between chunks, with the dictionary it was
+    /// compressed with, and only for a chunk that ended at a boundary of
+    /// its own (so that the cuts after it are the ones a full build makes).
+    pub fn reuse_chunk(&mut self, c: &ChunkRef, last: &str) -> io::Result<()> {
+        if self.layer1.is_none() || self.route_first.is_some() || self.chunk_open() || self.training
+        {
+            return Err(out_of_order(
+                "a chunk is reused between chunks, after Layer 1, under the dictionary it was made with",
+            ));
+        }
+        ascend(&mut self.last_tenant, &c.first, "tenant")?;
+        ascend(&mut self.last_tenant, last, "tenant")
+            .or_else(|e| if last == c.first { Ok(()) } else { Err(e) })?;
+        self.last_tenant = Some(last.to_owned());
+        self.tenants += c.obj.count;
+        self.chunks.push(c.clone());
+        Ok(())
+    }
+
     /// Writes a phone route; after the last tenant.
     pub fn route(&mut self, number: &str, tenant: &str) -> io::Result<()> {
         if self.layer1.is_none() {

@@ -16,6 +16,13 @@ use crate::render;
 use crate::source::{Source, SourceError};
 use crate::validate::{self, PhoneIndex, Problem, Reporter};
 
+mod reuse;
+mod writer;
+
+pub use reuse::Reuse;
+use reuse::Step;
+use writer::Writer;
+
 /// Tenants per batch: enough to keep every thread busy, few enough that a
 /// batch's rendered prompts stay a few tens of MiB.
 const BATCH: usize = 2048;
@@ -41,6 +48,10 @@ pub struct CompileOptions {
     /// Format 3: the dictionary the channel's snapshot uses (kept, so the
     /// chunks of unchanged tenants keep their names); `None` trains one.
     pub dictionary: Option<Vec<u8>>,
+    /// Format 3: the channel's snapshot, whose chunks of unchanged tenants
+    /// are kept without compiling them again (needs `served_owners` and
+    /// `dictionary`).
+    pub reuse: Option<std::sync::Arc<Reuse>>,
 }
 
 impl Default for CompileOptions {
@@ -54,6 +65,7 @@ impl Default for CompileOptions {
             served_owners: None,
             format: crate::bundle::FORMAT_VERSION,
             dictionary: None,
+            reuse: None,
         }
     }
 }
@@ -84,6 +96,21 @@ struct TenantResult {
     warnings: Vec<Problem>,
     /// SHA-256 (hex) of the tenant's source file.
     source_sha256: String,
+}
+
+impl TenantResult {
+    /// The result for `file` (its stem the tenant id), nothing found yet.
+    fn named(file: &Path) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            tenant_id: reuse::stem(file).to_owned(),
+            phones: Vec::new(),
+            output: None,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            source_sha256: String::new(),
+        }
+    }
 }
 
 /// Validates the whole source without writing anything: every problem, then
@@ -189,43 +216,6 @@ fn payload_err(source: std::io::Error) -> SourceError {
     }
 }
 
-/// The writer of the format being compiled (one per compile: their sizes
-/// do not matter).
-#[allow(clippy::large_enum_variant)]
-enum Writer {
-    Bundle(PayloadWriter),
-    Tree(TreeWriter),
-}
-
-impl Writer {
-    fn layer1(&mut self, json: &[u8]) -> std::io::Result<()> {
-        match self {
-            Writer::Bundle(w) => w.layer1(json),
-            Writer::Tree(w) => w.layer1(json),
-        }
-    }
-
-    fn tenant(
-        &mut self,
-        t: &TenantResult,
-        hash: &str,
-        config: &[u8],
-        prompt: &[u8],
-    ) -> std::io::Result<()> {
-        match self {
-            Writer::Bundle(w) => w.tenant(&t.tenant_id, hash, config, prompt),
-            Writer::Tree(w) => w.tenant(&t.tenant_id, hash, config, prompt, &t.source_sha256),
-        }
-    }
-
-    fn route(&mut self, number: &str, tenant: &str) -> std::io::Result<()> {
-        match self {
-            Writer::Bundle(w) => w.route(number, tenant),
-            Writer::Tree(w) => w.route(number, tenant),
-        }
-    }
-}
-
 type RunOutput = (Option<(u64, Writer)>, Vec<Problem>);
 
 fn run(
@@ -234,9 +224,10 @@ fn run(
     mut writer: Option<Writer>,
 ) -> Result<RunOutput, SourceError> {
     let layer1 = &source.layer1;
+    let layer1_json =
+        serde_json::to_vec(layer1).map_err(|e| payload_err(std::io::Error::other(e)))?;
     if let Some(w) = writer.as_mut() {
-        let json = serde_json::to_vec(layer1).map_err(|e| payload_err(std::io::Error::other(e)))?;
-        w.layer1(&json).map_err(payload_err)?;
+        w.layer1(&layer1_json).map_err(payload_err)?;
     }
     let mut problems = Vec::new();
     let mut warnings = source.warnings.clone();
@@ -245,12 +236,51 @@ fn run(
     let mut count = 0u64;
     let threads = opts.threads.max(1);
     let served = opts.served_owners.as_deref();
+    let files = &source.tenant_files;
+    // Format 3 over the channel's snapshot: chunks whose sources did not
+    // change are kept as they are (their tenants' numbers from the routes
+    // it serves), under the same Layer 1 and dictionary.
+    let reuse = match (&opts.reuse, served, &writer) {
+        (Some(r), Some(_), Some(Writer::Tree(_)))
+            if r.layer1 == layer1_json && opts.dictionary.is_some() =>
+        {
+            Some(r.as_ref())
+        }
+        _ => None,
+    };
+    let plan = match reuse {
+        Some(r) => {
+            let max_file = layer1.policy.tenant_limits.max_file_bytes;
+            let shas = reuse::source_hashes(files, &source.root, max_file, threads);
+            reuse::plan(files, &shas, &r.chunks)
+        }
+        None => vec![Step::Compile(0..files.len())],
+    };
+    let numbers_of: BTreeMap<&str, Vec<String>> = match (reuse, served) {
+        (Some(_), Some(served)) => {
+            let mut m: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for (number, tenant) in served {
+                m.entry(tenant.as_str()).or_default().push(number.clone());
+            }
+            m
+        }
+        _ => BTreeMap::new(),
+    };
+    let to_compile: Vec<PathBuf> = plan
+        .iter()
+        .filter_map(|s| match s {
+            Step::Compile(r) => Some(files[r.clone()].iter().cloned()),
+            Step::Reuse { .. } => None,
+        })
+        .flatten()
+        .collect();
     // Compile batch N+1 on worker threads while this thread checks and
     // writes batch N.
     std::thread::scope(|s| -> Result<(), SourceError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let to_compile = &to_compile;
         s.spawn(move || {
-            for batch in source.tenant_files.chunks(BATCH) {
+            for batch in to_compile.chunks(BATCH) {
                 if tx
                     .send(compile_batch(layer1, &source.root, batch, threads))
                     .is_err()
@@ -259,23 +289,70 @@ fn run(
                 }
             }
         });
-        for results in rx {
-            for mut t in results {
-                warnings.append(&mut t.warnings);
-                claim_numbers(&mut phones, &tenant_files, served, &mut t);
-                tenant_files.insert(t.tenant_id.clone(), t.file.clone());
-                if !t.problems.is_empty() {
-                    problems.append(&mut t.problems);
-                    continue;
+        let mut compiled = std::collections::VecDeque::new();
+        // Checks and writes one tenant; whether there is no problem so far.
+        let mut take = |mut t: TenantResult,
+                        writer: &mut Option<Writer>|
+         -> Result<bool, SourceError> {
+            warnings.append(&mut t.warnings);
+            claim_numbers(&mut phones, &tenant_files, served, &mut t);
+            tenant_files.insert(t.tenant_id.clone(), t.file.clone());
+            if !t.problems.is_empty() {
+                problems.append(&mut t.problems);
+                return Ok(false);
+            }
+            if let (Some(w), Some((hash, config, prompt))) = (writer.as_mut(), t.output.as_ref())
+                && problems.is_empty()
+            {
+                w.tenant(&t, hash, config, prompt.as_bytes())
+                    .map_err(payload_err)?;
+            }
+            count += 1;
+            Ok(problems.is_empty())
+        };
+        for step in &plan {
+            match step {
+                Step::Compile(r) => {
+                    for _ in r.clone() {
+                        if compiled.is_empty() {
+                            compiled.extend(rx.recv().unwrap_or_default());
+                        }
+                        let t = compiled.pop_front().ok_or_else(|| {
+                            payload_err(std::io::Error::other("a compile batch went missing"))
+                        })?;
+                        take(t, &mut writer)?;
+                    }
                 }
-                if let (Some(w), Some((hash, config, prompt))) =
-                    (writer.as_mut(), t.output.as_ref())
-                    && problems.is_empty()
-                {
-                    w.tenant(&t, hash, config, prompt.as_bytes())
-                        .map_err(payload_err)?;
+                Step::Reuse { chunk, files: r } => {
+                    let fits = writer.as_ref().is_some_and(Writer::between_chunks);
+                    let (Some(reuse), true) = (reuse, fits) else {
+                        // The cut before it moved: its tenants are compiled.
+                        for f in &files[r.clone()] {
+                            take(compile_tenant(layer1, &source.root, f), &mut writer)?;
+                        }
+                        continue;
+                    };
+                    let mut clean = true;
+                    for f in &files[r.clone()] {
+                        let id = reuse::stem(f);
+                        let t = TenantResult {
+                            phones: numbers_of.get(id).cloned().unwrap_or_default(),
+                            ..TenantResult::named(f)
+                        };
+                        clean = take(t, &mut writer)?;
+                    }
+                    let last = r
+                        .end
+                        .checked_sub(1)
+                        .map(|i| reuse::stem(&files[i]))
+                        .unwrap_or("");
+                    if let Some(w) = writer.as_mut()
+                        && clean
+                    {
+                        w.reuse_chunk(&reuse.chunks[*chunk], last)
+                            .map_err(payload_err)?;
+                    }
                 }
-                count += 1;
             }
         }
         Ok(())
@@ -388,44 +465,21 @@ fn compile_batch(
 }
 
 fn internal_error(file: &Path) -> TenantResult {
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("")
-        .to_owned();
-    TenantResult {
+    let mut t = TenantResult::named(file);
+    t.problems.push(Problem {
         file: file.to_path_buf(),
-        tenant_id: stem.clone(),
-        phones: Vec::new(),
-        output: None,
-        source_sha256: String::new(),
-        problems: vec![Problem {
-            file: file.to_path_buf(),
-            tenant: Some(stem),
-            field: String::new(),
-            reason: "internal error while compiling this file (a bug in strata; please report it with the file)".into(),
-        }],
-        warnings: Vec::new(),
-    }
+        tenant: Some(t.tenant_id.clone()),
+        field: String::new(),
+        reason: "internal error while compiling this file (a bug in strata; please report it with the file)".into(),
+    });
+    t
 }
 
 /// Parses, merges, validates and renders one tenant file.
 fn compile_tenant(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
     let file_buf = file.to_path_buf();
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("")
-        .to_owned();
-    let mut result = TenantResult {
-        file: file_buf.clone(),
-        tenant_id: stem.clone(),
-        phones: Vec::new(),
-        output: None,
-        problems: Vec::new(),
-        warnings: Vec::new(),
-        source_sha256: String::new(),
-    };
+    let mut result = TenantResult::named(file);
+    let stem = result.tenant_id.clone();
     let max_file = layer1.policy.tenant_limits.max_file_bytes;
     let text = match crate::localfile::read_text_inside(file, max_file, root) {
         Ok(t) => t,
@@ -455,20 +509,7 @@ fn compile_tenant(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
 /// problems, empty for a valid tenant. For the fuzzer and tools that check
 /// one file without a source directory.
 pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem> {
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("")
-        .to_owned();
-    let result = TenantResult {
-        file: file.to_path_buf(),
-        tenant_id: stem,
-        phones: Vec::new(),
-        output: None,
-        problems: Vec::new(),
-        warnings: Vec::new(),
-        source_sha256: String::new(),
-    };
+    let result = TenantResult::named(file);
     compile_tenant_text(layer1, result, text).problems
 }
 
