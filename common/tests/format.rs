@@ -140,3 +140,63 @@ fn keys_from_openssl_load_and_ours_load_in_openssl() {
         .expect("openssl");
     assert!(out.status.success(), "openssl reads our public key");
 }
+
+#[test]
+fn worked_example_3_verifies_object_by_object() {
+    use strata_common::bundle::tree::read::ObjectSource;
+    use strata_common::bundle::tree::{Held, TreeFrames};
+    use strata_common::store::FileStore;
+
+    let dir = example_dir().join("../worked-example-3/store");
+    let mut trust = TrustedKeys::new(1, 1);
+    trust.add(
+        Role::Publisher,
+        SigningKey::from_bytes(&[1; 32]).verifying_key(),
+    );
+    let pointer_bytes = std::fs::read(dir.join("channels/stable.json")).expect("pointer");
+    let (pointer, _) =
+        Pointer::verify(&pointer_bytes, PointerKind::Channel, "stable", &trust).expect("pointer");
+    let root = std::fs::read(dir.join(&pointer.bundle)).expect("root");
+    assert_eq!(pointer.bundle_size, 894);
+    assert_eq!(
+        pointer.bundle_sha256,
+        strata_common::canonical::sha256_hex(&root)
+    );
+    let verified = bundle::verify(
+        std::io::Cursor::new(root),
+        SignatureCheck::Trusted(&trust),
+        &Limits::default(),
+    )
+    .expect("root verifies");
+    let m = verified.manifest().clone();
+    assert_eq!(
+        (
+            m.format,
+            m.index_size,
+            m.payload_size,
+            m.payload_raw_size,
+            m.record_count
+        ),
+        (3, 199, 199, 229, 7)
+    );
+    let raw = verified.root().expect("root frame");
+    let store = FileStore::new(dir).expect("store");
+    let mut frames = TreeFrames::open(
+        ObjectSource::Store(&store),
+        &m,
+        &raw,
+        &Held::nothing(),
+        &Limits::default(),
+    )
+    .expect("objects verify");
+    assert!(frames.dictionary().is_none());
+    assert_eq!(frames.root().pages.len(), 1);
+    assert_eq!(
+        hex::encode(frames.chunks()[0].obj.sha256),
+        "23707bd3f6c67cc0bafe2d2415072ff519883504e104e98656b787f60af4d485"
+    );
+    let contents = bundle::Contents::from_frames(&mut frames).expect("records verify");
+    assert_eq!(contents.configs.len(), 1);
+    assert_eq!(contents.routes.len(), 3);
+    assert!(contents.prompts["acme-hvac-000000"].starts_with("You are a voice receptionist"));
+}

@@ -161,6 +161,21 @@ fn python_verifier_walks_a_format_3_store_object_by_object() {
     }
     let (ok, text) = verify(&[k, &pubkey, b, &bundle]);
     assert!(ok, "{text}");
+
+    // docs/FORMAT.md's format 3 worked example.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/worked-example-3");
+    let (ok, text) = verify(&[
+        k,
+        &example.join("publisher.pub"),
+        b,
+        &example.join("store/snapshots/00000000000000000001.bundle"),
+        p,
+        &example.join("store/channels/stable.json"),
+    ]);
+    assert!(
+        ok && text.contains("OK: version 1, 1 tenants, 3 routes"),
+        "{text}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
