@@ -112,6 +112,9 @@ impl Source {
         })?;
         let mut tenant_files = Vec::new();
         let mut ignored = Vec::new();
+        // Entries that are not plain files of tenants/ (links, or of a type
+        // the directory listing does not give): only these can lead out.
+        let mut maybe_links = std::collections::HashSet::new();
         for entry in entries {
             let entry = entry.map_err(|source| SourceError::Io {
                 path: tenants_dir.clone(),
@@ -124,6 +127,9 @@ impl Source {
                 continue;
             }
             if path.extension().is_some_and(|e| e == "toml") {
+                if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                    maybe_links.insert(path.clone());
+                }
                 tenant_files.push(path);
             } else {
                 ignored.push(path);
@@ -139,6 +145,7 @@ impl Source {
         // before it is read.
         let outside: Vec<Problem> = tenant_files
             .iter()
+            .filter(|file| maybe_links.contains(*file))
             .filter_map(|file| leaves(&root, file).map(|reason| (file, reason)))
             .map(|(file, reason)| Problem {
                 file: file.clone(),

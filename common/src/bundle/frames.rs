@@ -64,6 +64,13 @@ pub trait Frames {
     /// the snapshot (format 2's index lists them all); if not, the node
     /// checks each against the tenants it stored.
     fn routes_checked(&self) -> bool;
+    /// Format 3: the hashes of the snapshot's chunks (`None` for format 2).
+    fn chunk_hashes(&self) -> Option<std::collections::HashSet<[u8; 32]>> {
+        None
+    }
+    /// Format 3: hands the chunks `shared` (which a comparison knows hold
+    /// the same tenants on both sides) out as [`Group::Held`], unread.
+    fn skip_chunks(&mut self, _shared: &std::collections::HashSet<[u8; 32]>) {}
     /// Format 3, once every group and route was read: what the node keeps
     /// beside the snapshot ([`crate::bundle::tree::Applied`]). `None` for format 2.
     fn take_tree(&mut self) -> Option<crate::bundle::tree::Applied> {

@@ -63,7 +63,7 @@ pub struct TreeFrames<'a> {
     unpacker: Unpacker,
     dictionary: Option<Vec<u8>>,
     chunks: Vec<ChunkRef>,
-    held: &'a HashSet<[u8; 32]>,
+    held: HashSet<[u8; 32]>,
     next: usize,
     /// Fetched chunks, in order, waiting to be decoded.
     queue: VecDeque<(usize, Vec<u8>)>,
@@ -179,7 +179,7 @@ impl<'a> TreeFrames<'a> {
             unpacker,
             dictionary: dict.map(|(_, b)| b),
             chunks,
-            held: held.chunks,
+            held: held.chunks.clone(),
             next: 0,
             queue: VecDeque::new(),
             fetch_from: 0,
@@ -214,7 +214,7 @@ impl<'a> TreeFrames<'a> {
     /// Fetches every chunk after all: the node's rows are not those of the
     /// chunks it holds (Layer 1 changed, so their prompts' ETags do).
     pub fn forget_held(&mut self) {
-        self.held = &NO_CHUNKS;
+        self.held.clear();
     }
 
     /// What was fetched so far.
@@ -393,6 +393,14 @@ impl Frames for TreeFrames<'_> {
 
     fn routes_checked(&self) -> bool {
         false
+    }
+
+    fn chunk_hashes(&self) -> Option<HashSet<[u8; 32]>> {
+        Some(self.chunks.iter().map(|c| c.obj.sha256).collect())
+    }
+
+    fn skip_chunks(&mut self, shared: &HashSet<[u8; 32]>) {
+        self.held = shared.clone();
     }
 
     fn take_tree(&mut self) -> Option<Applied> {
