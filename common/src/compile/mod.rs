@@ -21,7 +21,7 @@ mod writer;
 
 pub use reuse::Reuse;
 use reuse::Step;
-use writer::Writer;
+use writer::{Writer, check_agent_limits};
 
 /// Tenants per batch: enough to keep every thread busy, few enough that a
 /// batch's rendered prompts stay a few tens of MiB.
@@ -155,57 +155,6 @@ pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, Source
         tenant_count,
         warnings,
     })
-}
-
-/// Refuses a payload that agents with their default limits would refuse:
-/// published, it would stall the channel for every tenant. Names the limit
-/// and the agent setting that raises it.
-fn check_agent_limits(
-    source: &Source,
-    payload: &crate::bundle::Payload,
-    (compressed, raw): (u64, u64),
-    limits: &crate::bundle::Limits,
-) -> Result<(), SourceError> {
-    let over = [
-        (
-            compressed,
-            limits.max_bundle_bytes,
-            "bytes compressed",
-            "max_bundle_bytes",
-        ),
-        (
-            raw,
-            limits.max_decompressed_bytes,
-            "bytes of records",
-            "max_bundle_bytes",
-        ),
-        (
-            payload.record_count,
-            limits.max_records,
-            "records",
-            "(a fixed limit)",
-        ),
-    ];
-    let problems: Vec<Problem> = over
-        .iter()
-        .filter(|(found, limit, ..)| found > limit)
-        .map(|(found, limit, what, setting)| Problem {
-            file: source.dir.clone(),
-            tenant: None,
-            field: String::new(),
-            reason: format!(
-                "the snapshot would hold {found} {what}; agents refuse more than {limit} by default ({setting}): nothing was signed; raise the agents' limit on every node first, or publish fewer tenants per channel"
-            ),
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(SourceError::Invalid {
-            problems,
-            warnings: Vec::new(),
-        })
-    }
 }
 
 /// Writing the in-memory payload failed (out of memory, or a record over 4 GiB).

@@ -4,6 +4,8 @@
 use super::TenantResult;
 use crate::bundle::PayloadWriter;
 use crate::bundle::tree::{ChunkRef, TreeWriter};
+use crate::source::{Source, SourceError};
+use crate::validate::Problem;
 
 /// The writer of the format being compiled (one per compile: their sizes
 /// do not matter).
@@ -53,5 +55,56 @@ impl Writer {
             Writer::Tree(w) => w.reuse_chunk(c, last),
             Writer::Bundle(_) => Err(std::io::Error::other("format 2 has no chunks to reuse")),
         }
+    }
+}
+
+/// Refuses a payload that agents with their default limits would refuse:
+/// published, it would stall the channel for every tenant. Names the limit
+/// and the agent setting that raises it.
+pub(super) fn check_agent_limits(
+    source: &Source,
+    payload: &crate::bundle::Payload,
+    (compressed, raw): (u64, u64),
+    limits: &crate::bundle::Limits,
+) -> Result<(), SourceError> {
+    let over = [
+        (
+            compressed,
+            limits.max_bundle_bytes,
+            "bytes compressed",
+            "max_bundle_bytes",
+        ),
+        (
+            raw,
+            limits.max_decompressed_bytes,
+            "bytes of records",
+            "max_bundle_bytes",
+        ),
+        (
+            payload.record_count,
+            limits.max_records,
+            "records",
+            "(a fixed limit)",
+        ),
+    ];
+    let problems: Vec<Problem> = over
+        .iter()
+        .filter(|(found, limit, ..)| found > limit)
+        .map(|(found, limit, what, setting)| Problem {
+            file: source.dir.clone(),
+            tenant: None,
+            field: String::new(),
+            reason: format!(
+                "the snapshot would hold {found} {what}; agents refuse more than {limit} by default ({setting}): nothing was signed; raise the agents' limit on every node first, or publish fewer tenants per channel"
+            ),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SourceError::Invalid {
+            problems,
+            warnings: Vec::new(),
+        })
     }
 }
