@@ -115,13 +115,30 @@ pub fn run(args: Args) -> Result<()> {
         (Some(file), None, None) => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            show_bundle(&file.display().to_string(), &bytes, &trust)
+            // A format 3 root's objects are in the file store it sits in.
+            let store = file
+                .canonicalize()
+                .ok()
+                .and_then(|f| {
+                    f.parent()
+                        .filter(|d| d.ends_with("snapshots"))?
+                        .parent()
+                        .map(|d| d.to_path_buf())
+                })
+                .and_then(|d| store::FileStore::new(d).ok());
+            let objects = store.as_ref().map(|s| s as &dyn store::ReadStore);
+            show_bundle(&file.display().to_string(), &bytes, objects, &trust)
         }
         (None, Some(url), Some(v)) => {
             let store = store::open_read(url, trust.ca_file.as_deref())?;
             let key = SnapshotVersion(v).bundle_key();
             let obj = store.get(&key, trust.limits.max_bundle_bytes)?;
-            show_bundle(&format!("{url}/{key}"), &obj.bytes, &trust)
+            show_bundle(
+                &format!("{url}/{key}"),
+                &obj.bytes,
+                Some(store.as_ref()),
+                &trust,
+            )
         }
         (None, Some(url), None) => {
             let channel = args
@@ -136,7 +153,13 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// One bundle: verified (signatures if keys were given), decoded whole.
-fn show_bundle(name: &str, bytes: &[u8], trust: &Trust) -> Result<()> {
+/// A format 3 root's objects are read from `objects`.
+fn show_bundle(
+    name: &str,
+    bytes: &[u8],
+    objects: Option<&dyn store::ReadStore>,
+    trust: &Trust,
+) -> Result<()> {
     let check = if trust.checked {
         SignatureCheck::Trusted(&trust.keys)
     } else {
@@ -146,8 +169,20 @@ fn show_bundle(name: &str, bytes: &[u8], trust: &Trust) -> Result<()> {
         .with_context(|| format!("{name} refused"))?;
     let header = verified.header.clone();
     let signed_by = verified.signed_by.clone();
-    let contents =
-        Contents::collect(verified.records()?).with_context(|| format!("{name} refused"))?;
+    let contents = if header.manifest.format == bundle::FORMAT_TREE {
+        let Some(objects) = objects else {
+            bail!(
+                "{name} is a format 3 root: the objects it names are in its store; inspect it with --store URL --version {}",
+                header.manifest.version
+            );
+        };
+        let source = bundle::tree::read::ObjectSource::Store(objects);
+        let mut frames = bundle::tree::frames_of(verified, source, &trust.limits)
+            .with_context(|| format!("{name} refused"))?;
+        Contents::from_frames(frames.as_mut()).with_context(|| format!("{name} refused"))?
+    } else {
+        Contents::collect(verified.records()?).with_context(|| format!("{name} refused"))?
+    };
     out!("bundle {name}")?;
     out!("sha256 {}", sha256_hex(bytes))?;
     out!("size {} bytes", bytes.len())?;
