@@ -156,6 +156,8 @@ pub struct Published {
     pub pointer: Pointer,
     /// Tenants in the snapshot published.
     pub tenant_count: u64,
+    /// Format 3: the objects uploaded, and those the store held already.
+    pub uploaded: crate::bundle::tree::Uploaded,
 }
 
 /// Versions of every bundle in the store, ascending.
@@ -220,7 +222,7 @@ pub fn publish_gated(
     let mut uploaded: Option<(u64, Vec<u8>)> = None;
     // Format 3 objects found in the store already that the channel's
     // snapshot does not reach: a gc may be deleting them.
-    let mut revived: Vec<[u8; 32]> = Vec::new();
+    let mut uploaded_objects = crate::bundle::tree::Uploaded::default();
     loop {
         give_up()?;
         let current = Pointer::read_channel(store, &opts.channel, &trust)?;
@@ -266,8 +268,8 @@ pub fn publish_gated(
                     probed = true;
                     // Format 3: the objects first, so that the root (and
                     // then the pointer) never names one not yet there.
-                    revived = crate::bundle::tree::upload(store, &compiled.objects, &opts.present)?
-                        .revived;
+                    uploaded_objects =
+                        crate::bundle::tree::upload(store, &compiled.objects, &opts.present)?;
                 }
                 match store.put_new(&bundle_key, &bytes) {
                     Ok(()) => (now, bytes),
@@ -341,10 +343,15 @@ pub fn publish_gated(
                             });
                         }
                     }
-                    crate::bundle::tree::restore(store, &compiled.objects, &revived)?;
+                    crate::bundle::tree::restore(
+                        store,
+                        &compiled.objects,
+                        &uploaded_objects.revived,
+                    )?;
                     return Ok(Published {
                         pointer,
                         tenant_count: compiled.tenant_count,
+                        uploaded: uploaded_objects,
                     });
                 }
                 Err(StoreError::PreconditionFailed { .. }) => {
@@ -355,10 +362,15 @@ pub fn publish_gated(
                     // which `gate` is asked about.
                     match layout::read(store, &pointer_key) {
                         Ok(Some(obj)) if obj.bytes == signed => {
-                            crate::bundle::tree::restore(store, &compiled.objects, &revived)?;
+                            crate::bundle::tree::restore(
+                                store,
+                                &compiled.objects,
+                                &uploaded_objects.revived,
+                            )?;
                             return Ok(Published {
                                 pointer,
                                 tenant_count: compiled.tenant_count,
+                                uploaded: uploaded_objects,
                             });
                         }
                         Ok(Some(obj)) => match Pointer::parse_unverified(&obj.bytes) {

@@ -168,5 +168,13 @@ pub fn run(args: Args) -> Result<()> {
         compiled.tenant_count,
         p.expires_at
     )?;
+    let u = &published.uploaded;
+    if compiled.payload.format == strata_common::bundle::FORMAT_TREE {
+        out!(
+            "format 3: uploaded {} new object(s), {} bytes; every other object it names was in the store already",
+            u.objects,
+            u.bytes,
+        )?;
+    }
     Ok(())
 }
