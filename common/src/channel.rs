@@ -131,6 +131,9 @@ pub struct PublishOptions {
     /// Format 3: objects the store holds already (those of the channel's
     /// snapshot), not uploaded again.
     pub present: std::collections::HashSet<[u8; 32]>,
+    /// Format 3: read back every object the store holds already, and write
+    /// again one that is damaged (`publish --full`).
+    pub repair: bool,
 }
 
 impl PublishOptions {
@@ -145,6 +148,7 @@ impl PublishOptions {
             abandoned_after: ABANDONED_AFTER,
             trusted: Vec::new(),
             present: Default::default(),
+            repair: false,
         }
     }
 }
@@ -268,8 +272,12 @@ pub fn publish_gated(
                     probed = true;
                     // Format 3: the objects first, so that the root (and
                     // then the pointer) never names one not yet there.
-                    uploaded_objects =
-                        crate::bundle::tree::upload(store, &compiled.objects, &opts.present)?;
+                    uploaded_objects = crate::bundle::tree::upload(
+                        store,
+                        &compiled.objects,
+                        &opts.present,
+                        opts.repair,
+                    )?;
                 }
                 match store.put_new(&bundle_key, &bytes) {
                     Ok(()) => (now, bytes),

@@ -9,8 +9,14 @@ use std::process::Command;
 use strata_tests::{Agent, Fixture, bin, change_one_tenant};
 
 fn publish(fx: &Fixture, src: &Path) {
+    publish_with(fx, src, &[]);
+}
+
+fn publish_with(fx: &Fixture, src: &Path, extra: &[&str]) -> String {
     let out = Command::new(bin("strata-publisher"))
-        .args(["publish", "--init", "--format", "3", "--source"])
+        .args(["publish", "--init", "--format", "3"])
+        .args(extra)
+        .arg("--source")
         .arg(src)
         .arg("--key")
         .arg(&fx.key_path)
@@ -18,12 +24,13 @@ fn publish(fx: &Fixture, src: &Path) {
         .arg(format!("file://{}", fx.store_dir().display()))
         .output()
         .expect("run publisher");
-    assert!(
-        out.status.success(),
-        "publish: {}{}",
+    let text = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(out.status.success(), "publish: {text}");
+    text
 }
 
 fn source(fx: &Fixture, tenants: usize) -> PathBuf {
@@ -192,8 +199,14 @@ async fn a_damaged_or_missing_chunk_is_refused_and_the_served_snapshot_stays_unt
         })
         .await;
     assert_eq!(agent.get("/v1/snapshot").await.json()["version"], 1);
-    std::fs::write(&chunk, &good).expect("repair");
-    agent.serves(2).await;
+    std::fs::write(&chunk, &bad).expect("damage again");
+    // The repair: a full publish of the same source reads every object
+    // back and writes the damaged one again (a plain publish keeps it:
+    // its name says it is there).
+    let out = publish_with(&fx, &src, &["--full"]);
+    assert!(out.contains("1 damaged"), "{out}");
+    assert_eq!(std::fs::read(&chunk).expect("chunk"), good);
+    agent.serves(3).await;
     agent.stop().await;
 }
 
@@ -240,7 +253,7 @@ async fn gc_keeps_a_publish_in_flight_and_deletes_only_what_no_snapshot_reaches(
         },
     )
     .expect("compile");
-    let up = tree::upload(&fx.store(), &compiled.objects, &present.objects).expect("upload");
+    let up = tree::upload(&fx.store(), &compiled.objects, &present.objects, false).expect("upload");
     assert_eq!(up.objects, 2);
     let out = gc(&fx, &["--keep", "1"]);
     assert!(out.contains("0 unreferenced deleted"), "{out}");

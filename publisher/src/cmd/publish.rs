@@ -60,6 +60,12 @@ pub struct Args {
     /// file.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=3))]
     format: u32,
+    /// Format 3: compile every tenant (keep no chunk of the channel's
+    /// snapshot unread), read back every object the store holds, and write
+    /// again any that is damaged or missing: the repair for agents that
+    /// report `object_hash_mismatch` or `object_unavailable`.
+    #[arg(long)]
+    full: bool,
 }
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
@@ -103,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         served_owners,
         format: args.format,
         dictionary: present.dictionary,
-        reuse: Some(std::sync::Arc::new(present.reuse)),
+        reuse: (!args.full).then(|| std::sync::Arc::new(present.reuse)),
         ..CompileOptions::default()
     })?;
     // Only a first publish makes a store, and only when asked: a mistyped
@@ -140,7 +146,12 @@ pub fn run(args: Args) -> Result<()> {
         pointer_expires_in: args.expires_in,
         trusted,
         provenance: provenance_from_env(),
-        present: present.objects,
+        present: if args.full {
+            Default::default()
+        } else {
+            present.objects
+        },
+        repair: args.full,
         ..PublishOptions::for_channel(args.channel)
     };
     // Each tenant against the snapshot the channel serves: content changed
@@ -175,6 +186,12 @@ pub fn run(args: Args) -> Result<()> {
             u.objects,
             u.bytes,
         )?;
+        if args.full {
+            out!(
+                "--full: every object read back; {} damaged one(s) written again",
+                u.repaired
+            )?;
+        }
     }
     Ok(())
 }

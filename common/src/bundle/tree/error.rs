@@ -31,7 +31,9 @@ pub enum TreeError {
         actual: u64,
     },
     /// The object's bytes do not hash to its name.
-    #[error("object {key} has SHA-256 {actual}: it was altered")]
+    #[error(
+        "object {key} has SHA-256 {actual}: it was altered; `strata-publisher publish --format 3 --full` writes it again"
+    )]
     HashMismatch {
         /// The object's key.
         key: String,

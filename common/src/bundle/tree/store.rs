@@ -15,6 +15,8 @@ pub struct Uploaded {
     pub bytes: u64,
     /// Objects the store held already.
     pub kept: u64,
+    /// Objects found damaged in the store and written again (`repair`).
+    pub repaired: u64,
     /// Of those, the ones `present` did not name: no snapshot the
     /// publisher knows reaches them, so a gc may be deleting them; see
     /// [`restore`].
@@ -26,11 +28,14 @@ const UPLOAD_THREADS: usize = 8;
 
 /// Writes every object of `objects` that `present` does not name, with a
 /// create-only put on [`UPLOAD_THREADS`] threads. An object that exists
-/// already is kept: its name is its hash, so it holds the same bytes.
+/// already is kept: its name is its hash, so it holds the same bytes. With
+/// `repair`, each is read back first and one whose bytes are not its name's
+/// (damaged in the store) is deleted and written again.
 pub fn upload(
     store: &dyn WriteStore,
     objects: &Objects,
     present: &HashSet<[u8; 32]>,
+    repair: bool,
 ) -> Result<Uploaded, StoreError> {
     let todo: Vec<(&[u8; 32], &Vec<u8>)> = objects
         .iter()
@@ -49,6 +54,23 @@ pub fn upload(
                             Ok(()) => {
                                 done.objects += 1;
                                 done.bytes += bytes.len() as u64;
+                            }
+                            Err(StoreError::AlreadyExists { .. }) if repair => {
+                                let key = super::object_key(hash);
+                                let intact = match store.get(&key, bytes.len() as u64) {
+                                    Ok(o) => o.bytes == **bytes,
+                                    Err(StoreError::TooLarge { .. }) => false,
+                                    Err(e) => return Err(e),
+                                };
+                                if intact {
+                                    done.kept += 1;
+                                } else {
+                                    store.delete(&key)?;
+                                    store.put_new(&key, bytes)?;
+                                    done.repaired += 1;
+                                    done.objects += 1;
+                                    done.bytes += bytes.len() as u64;
+                                }
                             }
                             Err(StoreError::AlreadyExists { .. }) => {
                                 done.kept += 1;
@@ -82,6 +104,7 @@ pub fn upload(
         total.objects += r.objects;
         total.bytes += r.bytes;
         total.kept += r.kept;
+        total.repaired += r.repaired;
         total.revived.extend(r.revived);
     }
     Ok(total)
