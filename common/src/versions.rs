@@ -101,7 +101,11 @@ pub fn served_owners(
         what: SERVED,
         source,
     };
-    while reader.next_listed().map_err(err)?.is_some() {}
+    // Only the routes are wanted: format 3's chunks are passed over unread.
+    if let Some(all) = reader.chunk_hashes() {
+        reader.skip_chunks(&all);
+    }
+    while reader.next_group().map_err(err)?.is_some() {}
     let mut owners = std::collections::BTreeMap::new();
     while let Some((number, tenant)) = reader.next_route().map_err(err)? {
         owners.insert(number.to_owned(), tenant.to_owned());
