@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import struct
 import sys
 from datetime import datetime, timezone
@@ -298,15 +299,29 @@ def ref(value, what):
     return value[:32].hex(), size, raw_size, count
 
 
-def read_object(store, r, what):
-    """The object `r` names, from the file store `store`: size and hash checked."""
+def read_object(store, r, what, max_size=1 << 30):
+    """The object `r` names, from the file store `store`: a regular file
+    (opened without waiting on a FIFO), its size and hash checked."""
     sha, size, _, _ = r
+    if size > max_size:
+        raise Refused(f"bundle: {what} {sha} is {size} bytes, over the limit")
     path = f"{store}/objects/{sha[:2]}/{sha}"
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise Refused(f"bundle: {what} {sha} cannot be read: {e}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(f"bundle: {what} {sha} cannot be read: not a regular file")
+        if st.st_size != size:
+            raise Refused(f"bundle: {what} {sha} is {st.st_size} bytes, its parent names {size}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(size + 1)
     except OSError as e:
         raise Refused(f"bundle: {what} {sha} cannot be read: {e}")
+    finally:
+        os.close(fd)
     if len(data) != size or sha256(data) != sha:
         raise Refused(f"bundle: {what} {sha} does not have the size and SHA-256 its parent names")
     return data
@@ -372,6 +387,8 @@ def verify_tree(manifest, payload, store, max_bytes):
         page_ref = ref(value, "page")
         end = pages[n + 1][1] if n + 1 < len(pages) else None
         chunks = decode_records(unpack(store, page_ref, "page"), "page")
+        if not chunks:
+            raise Refused(f"bundle: page {page_ref[0]} names no chunk")
         keyed(chunks, "chunk", f"page {page_ref[0]}", first, end)
         if sum(ref(v[:56], "chunk")[3] for _, _, v in chunks) != page_ref[3]:
             raise Refused(f"bundle: page {page_ref[0]} holds another tenant count than the root says")
@@ -400,6 +417,8 @@ def verify_tree(manifest, payload, store, max_bytes):
         end = route_pages[n + 1][1] if n + 1 < len(route_pages) else None
         raw = unpack(store, r, "route page")
         routes = decode_records(raw, "route page")
+        if not routes:
+            raise Refused(f"bundle: route page {r[0]} holds no route")
         keyed(routes, "route", f"route page {r[0]}", first, end)
         if len(routes) != r[3]:
             raise Refused(f"bundle: route page {r[0]} holds another route count than the root says")

@@ -373,7 +373,7 @@ pub fn publish_gated(
                             crate::bundle::tree::restore(
                                 store,
                                 &compiled.objects,
-                                &uploaded_objects.revived,
+                                &uploaded_objects.to_check(),
                             )?;
                             return Ok(Published {
                                 pointer,

@@ -136,18 +136,15 @@ fn one_changed_tenant_makes_one_new_chunk_and_one_new_page_and_a_node_fetches_on
     assert_eq!(new.len(), 2, "one chunk and one page are new");
     let (m1, r1) = root_of(&before);
     let (m2, r2) = root_of(&after);
-    let chunks_before: HashSet<[u8; 32]> = open(
+    let v1 = open(
         &before.objects,
         &m1,
         &r1,
         &Held::nothing(),
         &Limits::default(),
     )
-    .expect("open")
-    .chunks()
-    .iter()
-    .map(|c| c.obj.sha256)
-    .collect();
+    .expect("open");
+    let chunks_before: HashSet<[u8; 32]> = v1.chunks().iter().map(|c| v1.held_id(c)).collect();
     // A node holding version 1 (its pages cached) fetches one chunk and one page.
     let cache = |h: &[u8; 32]| before.objects.get(h).cloned();
     let held = Held {
@@ -409,4 +406,100 @@ fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
         inc.objects.len(),
         full.objects.len()
     );
+}
+
+#[test]
+fn a_chunk_is_held_only_under_the_reference_key_and_dictionary_it_was_verified_with() {
+    let (objects, manifest, root) = fixture();
+    let raw = root.encode().expect("root");
+    let v1 = open(
+        &objects,
+        &manifest,
+        &raw,
+        &Held::nothing(),
+        &Limits::default(),
+    )
+    .expect("open");
+    let held: HashSet<[u8; 32]> = v1.chunks().iter().map(|c| v1.held_id(c)).collect();
+    let cache = |h: &[u8; 32]| objects.get(h).cloned();
+    let holding = Held {
+        cached: &cache,
+        chunks: &held,
+    };
+    // The same root: every chunk held, none read.
+    let mut same = open(&objects, &manifest, &raw, &holding, &Limits::default()).expect("open");
+    while let Some(g) = bundle::Frames::next_group(&mut same).expect("group") {
+        assert!(matches!(g, bundle::Group::Held { .. }));
+    }
+    // A root whose page names a held chunk's bytes with another raw size
+    // (or another key, or under another dictionary): read, and refused.
+    let (mut chunks, _) = first_chunk(&objects, &root);
+    chunks[0].obj.raw_size += 100;
+    let count: u64 = chunks.iter().map(|c| c.obj.count).sum();
+    let mut objects2 = objects.clone();
+    let lying = with_first_page(&mut objects2, &root, &chunks, count);
+    let mut frames =
+        open(&objects2, &manifest, &lying, &holding, &Limits::default()).expect("open");
+    let refused = loop {
+        match bundle::Frames::next_group(&mut frames) {
+            Err(e) => break e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the lying reference was held, not read"),
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            bundle::BundleError::Object(TreeError::Decompress { .. })
+        ),
+        "{refused}"
+    );
+}
+
+#[test]
+fn an_empty_page_or_route_page_is_refused() {
+    let (mut objects, manifest, root) = fixture();
+    let empty = zstd(&[], true);
+    let obj = ObjectRef::to(&empty, 0, 0);
+    objects.insert(obj.sha256, empty);
+    let mut with_page = root.clone();
+    with_page.pages.push(strata_common::bundle::tree::Keyed {
+        first: "zzzz".into(),
+        obj,
+    });
+    let e = refusal(
+        &objects,
+        &manifest,
+        &with_page.encode().expect("root"),
+        &Limits::default(),
+    );
+    assert!(matches!(e, TreeError::BadRecord { .. }), "{e}");
+    let mut with_routes = root.clone();
+    with_routes
+        .route_pages
+        .push(strata_common::bundle::tree::Keyed {
+            first: "+99999999999".into(),
+            obj,
+        });
+    let raw = with_routes.encode().expect("root");
+    let mut frames = open(
+        &objects,
+        &manifest,
+        &raw,
+        &Held::nothing(),
+        &Limits::default(),
+    )
+    .expect("open");
+    while bundle::Frames::next_listed(&mut frames)
+        .expect("chunks")
+        .is_some()
+    {}
+    let e = loop {
+        match bundle::Frames::next_route(&mut frames) {
+            Err(e) => break e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("an empty route page was accepted"),
+        }
+    };
+    assert!(e.to_string().contains("holds no route"), "{e}");
 }

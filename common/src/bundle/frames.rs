@@ -64,7 +64,8 @@ pub trait Frames {
     /// the snapshot (format 2's index lists them all); if not, the node
     /// checks each against the tenants it stored.
     fn routes_checked(&self) -> bool;
-    /// Format 3: the hashes of the snapshot's chunks (`None` for format 2).
+    /// Format 3: the identities of the snapshot's chunks (hash, sizes, key,
+    /// Layer 1 and dictionary: `TreeFrames::held_id`; `None` for format 2).
     fn chunk_hashes(&self) -> Option<std::collections::HashSet<[u8; 32]>> {
         None
     }

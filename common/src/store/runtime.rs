@@ -3,13 +3,18 @@
 
 use std::future::Future;
 
-/// A current-thread tokio runtime that may be dropped anywhere (it shuts
-/// down in the background) and blocked on from a plain thread.
+/// A small tokio runtime (two worker threads, which drive the connections)
+/// that may be dropped anywhere (it shuts down in the background) and
+/// blocked on from plain threads, several at once: format 3 fetches and
+/// uploads objects on several threads, and a current-thread runtime would
+/// serve them one at a time.
 pub(crate) struct Runtime(Option<tokio::runtime::Runtime>);
 
 impl Runtime {
     pub(crate) fn new() -> std::io::Result<Self> {
-        tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("strata-store-io")
             .enable_all()
             .build()
             .map(|rt| Self(Some(rt)))

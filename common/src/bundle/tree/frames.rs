@@ -16,8 +16,9 @@ pub struct Held<'a> {
     /// A small object (page, route page, Layer 1, dictionary) the node
     /// stored, by hash; checked again against its reference when used.
     pub cached: &'a dyn Fn(&[u8; 32]) -> Option<Vec<u8>>,
-    /// The chunks of the snapshot the node stores newest: their tenants
-    /// are its stored rows, so they are not fetched.
+    /// The chunks of the snapshot the node stores newest, by
+    /// [`TreeFrames::held_id`]: their tenants are its stored rows, so they
+    /// are not fetched.
     pub chunks: &'a HashSet<[u8; 32]>,
 }
 
@@ -38,9 +39,9 @@ impl Held<'static> {
 }
 
 /// How many chunks are fetched at once.
-pub const FETCH_BATCH: usize = 32;
+pub const FETCH_BATCH: usize = 128;
 /// How many fetches run in parallel.
-pub const FETCH_THREADS: usize = 8;
+pub const FETCH_THREADS: usize = 16;
 
 /// What a [`TreeFrames`] fetched, for logs and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,8 +212,23 @@ impl<'a> TreeFrames<'a> {
         &self.chunks
     }
 
+    /// What identifies chunk `c` as one a reader holds: its reference
+    /// (hash, sizes, count) and first tenant id as this snapshot names it,
+    /// and the Layer 1 and dictionary it is read with. A chunk is skipped
+    /// only when all of these are what the reader verified before: the same
+    /// bytes under another size, key or dictionary are read and checked.
+    pub fn held_id(&self, c: &ChunkRef) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.root.layer1.sha256);
+        h.update(self.root.dictionary.map_or([0; 32], |d| d.sha256));
+        h.update(c.obj.encode());
+        h.update(c.first.as_bytes());
+        h.finalize().into()
+    }
+
     /// Fetches every chunk after all: the node's rows are not those of the
-    /// chunks it holds (Layer 1 changed, so their prompts' ETags do).
+    /// chunks it holds.
     pub fn forget_held(&mut self) {
         self.held.clear();
     }
@@ -226,7 +242,7 @@ impl<'a> TreeFrames<'a> {
     /// [`FETCH_THREADS`] threads, into the queue in chunk order.
     fn fetch_batch(&mut self) -> Result<(), TreeError> {
         let wanted: Vec<usize> = (self.fetch_from..self.chunks.len())
-            .filter(|&i| !self.held.contains(&self.chunks[i].obj.sha256))
+            .filter(|&i| !self.held.contains(&self.held_id(&self.chunks[i])))
             .take(FETCH_BATCH)
             .collect();
         self.fetch_from = wanted.last().map_or(self.chunks.len(), |&i| i + 1);
@@ -272,7 +288,7 @@ impl<'a> TreeFrames<'a> {
         };
         self.next += 1;
         let end = self.chunks.get(i + 1).map(|c| c.first.clone());
-        if self.held.contains(&chunk.obj.sha256) {
+        if self.held.contains(&self.held_id(&chunk)) {
             self.fetched.chunks_held += 1;
             return Ok(Some(Group::Held {
                 first: chunk.first.clone(),
@@ -396,7 +412,7 @@ impl Frames for TreeFrames<'_> {
     }
 
     fn chunk_hashes(&self) -> Option<HashSet<[u8; 32]>> {
-        Some(self.chunks.iter().map(|c| c.obj.sha256).collect())
+        Some(self.chunks.iter().map(|c| self.held_id(c)).collect())
     }
 
     fn skip_chunks(&mut self, shared: &HashSet<[u8; 32]>) {
@@ -405,7 +421,7 @@ impl Frames for TreeFrames<'_> {
 
     fn take_tree(&mut self) -> Option<Applied> {
         Some(Applied {
-            chunks: self.chunks.iter().map(|c| c.obj.sha256).collect(),
+            chunks: self.chunks.iter().map(|c| self.held_id(c)).collect(),
             objects: self.root.objects().map(|o| o.sha256).collect(),
             fetched: std::mem::take(&mut self.small),
             stats: self.fetched,
@@ -416,7 +432,8 @@ impl Frames for TreeFrames<'_> {
 /// What a node keeps beside a format 3 snapshot it applied.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
-    /// Its chunks' hashes, in order: the next snapshot need not fetch them.
+    /// Its chunks' [`TreeFrames::held_id`]s, in order: the next snapshot
+    /// need not fetch them.
     pub chunks: Vec<[u8; 32]>,
     /// The objects its root names (Layer 1, dictionary, pages, route pages).
     pub objects: Vec<[u8; 32]>,

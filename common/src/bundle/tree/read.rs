@@ -254,10 +254,18 @@ impl ObjectSource<'_> {
 /// and checks it.
 pub fn fetch<S: ReadStore + ?Sized>(store: &S, obj: &ObjectRef) -> Result<Vec<u8>, TreeError> {
     let key = obj.key();
-    let bytes = store
-        .get(&key, obj.size)
-        .map_err(|source| TreeError::Fetch { key, source })?
-        .bytes;
+    let bytes = match store.get(&key, obj.size) {
+        Ok(o) => o.bytes,
+        // Longer than its parent names: altered, not unavailable.
+        Err(crate::store::StoreError::TooLarge { size, .. }) => {
+            return Err(TreeError::SizeMismatch {
+                key,
+                expected: obj.size,
+                actual: size,
+            });
+        }
+        Err(source) => return Err(TreeError::Fetch { key, source }),
+    };
     check_object(obj, &bytes)?;
     Ok(bytes)
 }
@@ -450,6 +458,9 @@ pub fn decode_page(
             sources,
         });
     }
+    if chunks.is_empty() {
+        return Err(bad(&object, 0, "a page names no chunk"));
+    }
     count(&object, "tenants", page.obj.count, tenants)?;
     Ok(chunks)
 }
@@ -532,6 +543,9 @@ pub fn decode_chunk(
             config_hash,
         });
     }
+    if tenants.is_empty() {
+        return Err(bad(&object, 0, "a chunk holds no tenant"));
+    }
     count(&object, "tenants", chunk.obj.count, tenants.len() as u64)?;
     Ok((tenants, spans))
 }
@@ -592,6 +606,9 @@ pub fn decode_routes(
         route(number, tenant)?;
         last = Some(number);
         n += 1;
+    }
+    if n == 0 {
+        return Err(bad(&object, 0, "a route page holds no route"));
     }
     count(&object, "routes", page.obj.count, n)
 }

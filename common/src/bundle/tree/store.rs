@@ -21,6 +21,17 @@ pub struct Uploaded {
     /// publisher knows reaches them, so a gc may be deleting them; see
     /// [`restore`].
     pub revived: Vec<[u8; 32]>,
+    /// The objects written (uploaded or repaired): also checked by
+    /// [`restore`], in case a gc with a grace shorter than this publish
+    /// deleted them before the root named them.
+    pub written: Vec<[u8; 32]>,
+}
+
+impl Uploaded {
+    /// What [`restore`] checks after the pointer moved.
+    pub fn to_check(&self) -> Vec<[u8; 32]> {
+        self.written.iter().chain(&self.revived).copied().collect()
+    }
 }
 
 /// How many uploads run at once.
@@ -54,6 +65,7 @@ pub fn upload(
                             Ok(()) => {
                                 done.objects += 1;
                                 done.bytes += bytes.len() as u64;
+                                done.written.push(**hash);
                             }
                             Err(StoreError::AlreadyExists { .. }) if repair => {
                                 let key = super::object_key(hash);
@@ -68,6 +80,7 @@ pub fn upload(
                                     store.delete(&key)?;
                                     store.put_new(&key, bytes)?;
                                     done.repaired += 1;
+                                    done.written.push(**hash);
                                     done.objects += 1;
                                     done.bytes += bytes.len() as u64;
                                 }
@@ -106,32 +119,54 @@ pub fn upload(
         total.kept += r.kept;
         total.repaired += r.repaired;
         total.revived.extend(r.revived);
+        total.written.extend(r.written);
     }
     Ok(total)
 }
 
-/// After the pointer moved: writes again any `revived` object a gc deleted
-/// between its mark and the new root (its sweep marks roots written before
-/// it deletes, so this is the narrow rest). Agents that met the gap retry.
+/// After the pointer moved: writes again any of `hashes` (the objects a
+/// publish wrote or found, [`Uploaded::written`] and [`Uploaded::revived`])
+/// that a gc deleted before the new root named them: its sweep marks roots
+/// written before it deletes, and its grace period keeps new objects, so
+/// this is the narrow rest (a grace shorter than the publish). Checked on
+/// [`UPLOAD_THREADS`] threads; agents that met the gap retry.
 pub fn restore(
     store: &dyn WriteStore,
     objects: &Objects,
-    revived: &[[u8; 32]],
+    hashes: &[[u8; 32]],
 ) -> Result<(), StoreError> {
-    for hash in revived {
-        let key = super::object_key(hash);
-        match store.get_range(&key, 0..1) {
-            Err(StoreError::NotFound { .. }) => {
-                if let Some(bytes) = objects.get(hash) {
-                    match store.put_new(&key, bytes) {
-                        Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
-                        Err(e) => return Err(e),
+    let per = hashes.len().div_ceil(UPLOAD_THREADS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = hashes
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || -> Result<(), StoreError> {
+                    for hash in part {
+                        let key = super::object_key(hash);
+                        match store.get_range(&key, 0..1) {
+                            Err(StoreError::NotFound { .. }) => {
+                                if let Some(bytes) = objects.get(hash) {
+                                    match store.put_new(&key, bytes) {
+                                        Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
+                                        Err(e) => return Err(e),
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(StoreError::Fatal {
+                    key: super::OBJECTS.to_owned(),
+                    source: "a restore thread panicked".into(),
+                })
+            })
+        })
+    })
 }
