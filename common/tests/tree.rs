@@ -412,14 +412,7 @@ fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
 fn a_chunk_is_held_only_under_the_reference_key_and_dictionary_it_was_verified_with() {
     let (objects, manifest, root) = fixture();
     let raw = root.encode().expect("root");
-    let v1 = open(
-        &objects,
-        &manifest,
-        &raw,
-        &Held::nothing(),
-        &Limits::default(),
-    )
-    .expect("open");
+    let v1 = open_all(&objects, &manifest, &raw).expect("open");
     let held: HashSet<[u8; 32]> = v1.chunks().iter().map(|c| v1.held_id(c)).collect();
     let cache = |h: &[u8; 32]| objects.get(h).cloned();
     let holding = Held {
@@ -482,14 +475,7 @@ fn an_empty_page_or_route_page_is_refused() {
             obj,
         });
     let raw = with_routes.encode().expect("root");
-    let mut frames = open(
-        &objects,
-        &manifest,
-        &raw,
-        &Held::nothing(),
-        &Limits::default(),
-    )
-    .expect("open");
+    let mut frames = open_all(&objects, &manifest, &raw).expect("open");
     while bundle::Frames::next_listed(&mut frames)
         .expect("chunks")
         .is_some()

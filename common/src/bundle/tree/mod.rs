@@ -24,6 +24,7 @@ mod error;
 pub mod frames;
 pub mod read;
 pub mod store;
+mod unpack;
 pub mod write;
 
 use sha2::{Digest, Sha256};
