@@ -65,6 +65,15 @@ fn open<'a>(
     )
 }
 
+/// [`open`] for a reader that holds nothing, with the default limits.
+fn open_all<'a>(
+    objects: &'a Objects,
+    manifest: &Manifest,
+    raw: &[u8],
+) -> Result<TreeFrames<'a>, TreeError> {
+    open(objects, manifest, raw, &Held::nothing(), &Limits::default())
+}
+
 fn contents(
     objects: &Objects,
     manifest: &Manifest,
