@@ -50,27 +50,6 @@ impl Db {
         }
     }
 
-    /// The SHA-256 (hex) of the newest stored snapshot's Layer 1.
-    pub fn newest_layer1_sha256(&self) -> Result<Option<String>, DbError> {
-        let txn = self.db.begin_read()?;
-        let (snapshots, layer1) = match (txn.open_table(SNAPSHOTS), txn.open_table(super::LAYER1)) {
-            (Ok(s), Ok(l)) => (s, l),
-            (Err(TableError::TableDoesNotExist(_)), _)
-            | (_, Err(TableError::TableDoesNotExist(_))) => {
-                return Ok(None);
-            }
-            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
-        };
-        let Some(newest) = snapshots.last()?.map(|(k, _)| k.value()) else {
-            return Ok(None);
-        };
-        Ok(layer1.get(newest)?.and_then(|g| {
-            g.value()
-                .get(..super::ETAG_LEN)
-                .map(|h| String::from_utf8_lossy(h).into_owned())
-        }))
-    }
-
     /// A small object this node keeps, by hash.
     pub fn cached_object(&self, hash: &[u8; 32]) -> Option<Vec<u8>> {
         let txn = self.db.begin_read().ok()?;

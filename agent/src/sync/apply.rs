@@ -5,10 +5,8 @@
 
 use std::time::Instant;
 
-use strata_common::bundle::Frames;
 use strata_common::bundle::tree::read::ObjectSource;
 use strata_common::bundle::tree::{Held, TreeFrames};
-use strata_common::canonical::sha256_hex;
 use strata_common::time;
 use strata_common::verify::{self, Body, Checked, Named, Policy, Refusal, Stored, Verified};
 use tracing::{info, warn};
@@ -100,13 +98,6 @@ impl Syncer {
             &self.limits,
         )
         .map_err(|e| DbError::Bundle(e.into()))?;
-        // The stored rows' prompt ETags are Layer 1's: under another one
-        // every chunk is read again.
-        if !held.is_empty()
-            && self.db.newest_layer1_sha256()?.as_deref() != Some(&sha256_hex(frames.layer1()))
-        {
-            frames.forget_held();
-        }
         self.db.ingest(meta, &mut frames, self.retain)
     }
 

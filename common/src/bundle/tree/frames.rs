@@ -227,12 +227,6 @@ impl<'a> TreeFrames<'a> {
         h.finalize().into()
     }
 
-    /// Fetches every chunk after all: the node's rows are not those of the
-    /// chunks it holds.
-    pub fn forget_held(&mut self) {
-        self.held.clear();
-    }
-
     /// What was fetched so far.
     pub fn fetched(&self) -> Fetched {
         self.fetched

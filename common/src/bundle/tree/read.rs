@@ -73,6 +73,35 @@ fn order(object: &str, reason: String) -> TreeError {
     }
 }
 
+/// Checks that `key`, the next item (`what`) of `object`, is its parent's
+/// `first` if it is the first, comes strictly after the item before it
+/// (none twice, none out of order), and before `end`, where the next
+/// object (the next page, chunk or route page) starts.
+fn in_order(
+    object: &str,
+    what: &str,
+    key: &str,
+    last: Option<&str>,
+    first: &str,
+    end: Option<&str>,
+) -> Result<(), TreeError> {
+    match last {
+        None if key != first => Err(order(
+            object,
+            format!("it starts at {what} {key}, its parent says {first}"),
+        )),
+        Some(l) if key <= l => Err(order(
+            object,
+            format!("{what} {key} after {l}: listed twice or out of order"),
+        )),
+        _ if end.is_some_and(|e| key >= e) => Err(order(
+            object,
+            format!("{what} {key} belongs to the next one"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn count(object: &str, what: &'static str, expected: u64, actual: u64) -> Result<(), TreeError> {
     if expected == actual {
         Ok(())
@@ -306,30 +335,8 @@ pub fn decode_page(
             ));
         }
         let first = rec.key;
-        match chunks.last() {
-            None if first != page.first => {
-                return Err(order(
-                    &object,
-                    format!("the page starts at {first}, its parent says {}", page.first),
-                ));
-            }
-            Some(last) if first <= last.first.as_str() => {
-                return Err(order(
-                    &object,
-                    format!(
-                        "chunk {first} after {}: listed twice or out of order",
-                        last.first
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        if end.is_some_and(|e| first >= e) {
-            return Err(order(
-                &object,
-                format!("chunk {first} belongs to a later page"),
-            ));
-        }
+        let last = chunks.last().map(|c| c.first.as_str());
+        in_order(&object, "chunk", first, last, &page.first, end)?;
         if chunks.len() as u64 >= limits.max_objects {
             return Err(TreeError::TooManyObjects {
                 count: chunks.len() as u64 + 1,
@@ -383,30 +390,8 @@ pub fn decode_chunk(
             ));
         }
         let id = rec.key;
-        match tenants.last() {
-            None if id != chunk.first => {
-                return Err(order(
-                    &object,
-                    format!("the chunk starts at {id}, its page says {}", chunk.first),
-                ));
-            }
-            Some(last) if id <= last.tenant.as_str() => {
-                return Err(order(
-                    &object,
-                    format!(
-                        "tenant {id} after {}: listed twice or out of order",
-                        last.tenant
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        if end.is_some_and(|e| id >= e) {
-            return Err(order(
-                &object,
-                format!("tenant {id} belongs to a later chunk"),
-            ));
-        }
+        let last = tenants.last().map(|t| t.tenant.as_str());
+        in_order(&object, "tenant", id, last, &chunk.first, end)?;
         let config_hash = record::hex_digest(rec.value).map_err(|r| bad(&object, at, r))?;
         let mut body = |kind: RecordKind| {
             let at = pos;
@@ -467,27 +452,7 @@ pub fn decode_routes(
             ));
         }
         let number = rec.key;
-        match last {
-            None if number != page.first => {
-                return Err(order(
-                    &object,
-                    format!("the page starts at {number}, the root says {}", page.first),
-                ));
-            }
-            Some(l) if number <= l => {
-                return Err(order(
-                    &object,
-                    format!("route {number} after {l}: listed twice or out of order"),
-                ));
-            }
-            _ => {}
-        }
-        if end.is_some_and(|e| number >= e) {
-            return Err(order(
-                &object,
-                format!("route {number} belongs to a later page"),
-            ));
-        }
+        in_order(&object, "route", number, last, &page.first, end)?;
         let tenant = std::str::from_utf8(rec.value).map_err(|_| {
             bad(
                 &object,
