@@ -145,8 +145,10 @@ def verify_pointer(data, keys, threshold, channel):
     signed = doc["signed"]
     check_signatures(canonical(signed), doc["signatures"], keys, threshold, "pointer")
     expected = {"type", "name", "version", "bundle", "bundle_sha256", "bundle_size", "created_at", "expires_at"}
-    if set(signed) != expected:
+    if set(signed) - {"tenants"} != expected:
         raise Refused(f"pointer: fields {sorted(signed)} differ from the format")
+    if "tenants" in signed and (type(signed["tenants"]) is not int or signed["tenants"] < 0):
+        raise Refused("pointer: tenants is not a count")
     if signed["type"] != "strata-channel" or signed["name"] != channel:
         raise Refused(f"pointer: is a {signed['type']} for {signed['name']}, expected strata-channel for {channel}")
     parse_time(signed["created_at"])
@@ -485,6 +487,8 @@ def main():
         manifest, records = verify_bundle(data, keys, args.threshold, store=store)
         if pointer and manifest["version"] != pointer["version"]:
             raise Refused("bundle: manifest version differs from the pointer")
+        if pointer and pointer.get("tenants", manifest["tenant_count"]) != manifest["tenant_count"]:
+            raise Refused("bundle: manifest tenant count differs from the pointer")
         tenants, routes = check_contents(manifest, records)
     except (Refused, ValueError, KeyError, json.JSONDecodeError, zstandard.ZstdError, struct.error) as e:
         print(f"REFUSED: {e}", file=sys.stderr)

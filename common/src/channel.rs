@@ -323,6 +323,7 @@ pub fn publish_gated(
             bundle_size: bytes.len() as u64,
             created_at: time::format(now),
             expires_at: time::format(now + opts.pointer_expires_in),
+            tenants: Some(compiled.tenant_count),
         };
         let signed = pointer
             .sign(keys)

@@ -348,6 +348,7 @@ pub fn pin(
         bundle_size: stored.size,
         created_at: time::format(now),
         expires_at: time::format(now + expires_in),
+        tenants: Some(stored.header.manifest.tenant_count),
     };
     let signed = sign_over(store, &key, &pointer, keys, current.as_ref())?;
     // A gc that read the pins before this one was written may have
@@ -544,16 +545,20 @@ pub enum Signers {
 }
 
 /// The version channel `name` serves and that snapshot's tenant count,
-/// from its verified pointer and its bundle's manifest alone (for a
-/// message: `None` if either cannot be read).
+/// from its verified pointer (which signs the count) or, for a pointer of
+/// an earlier release, its bundle's manifest (`None` if neither can be
+/// read): what still guards removals when the bundle is damaged.
 pub fn served_tenants(
     store: &dyn ReadStore,
     name: &str,
     trust: &TrustedKeys,
 ) -> Option<(u64, u64)> {
     let (pointer, _) = Pointer::read_channel(store, name, trust).ok()??;
-    let manifest = bundle::peek_manifest(store, &pointer.bundle)?;
-    Some((pointer.version, manifest.tenant_count))
+    let count = match pointer.tenants {
+        Some(count) => count,
+        None => bundle::peek_manifest(store, &pointer.bundle)?.tenant_count,
+    };
+    Some((pointer.version, count))
 }
 
 /// Publishes version `to`'s content as the channel's next version: history

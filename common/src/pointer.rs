@@ -72,6 +72,13 @@ pub struct Pointer {
     pub created_at: String,
     /// After this the pointer is refused (RFC 3339 UTC).
     pub expires_at: String,
+    /// How many tenants the named snapshot holds (its manifest's
+    /// `tenant_count`, which agents check it against). Kept here, signed
+    /// and beside the bundle rather than in it, so that a publish over a
+    /// served bundle that is damaged still has the mass-removal guard's
+    /// count. Absent in pointers of earlier releases and in unpins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<u64>,
 }
 
 /// The pointer file as stored.
@@ -187,6 +194,7 @@ impl Pointer {
             bundle_size: 0,
             created_at: at.clone(),
             expires_at: at,
+            tenants: None,
         }
     }
 

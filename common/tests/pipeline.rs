@@ -374,3 +374,37 @@ fn a_local_pin_is_served_only_from_a_signed_bundle_that_exists() {
         .expect("unsigned");
     assert_eq!(refused.reason(), "bundle_signature");
 }
+
+/// The channel pointer signs the snapshot's tenant count (what guards a
+/// publish over a damaged bundle); one that disagrees with the manifest
+/// is refused at step 9, and both the pointer and a pin carry it.
+#[test]
+fn a_pointer_whose_tenant_count_is_not_the_manifest_s_is_refused() {
+    let fx = Fixture::new();
+    for doc in [fx.channel(), fx.pin()] {
+        let pointer = strata_common::pointer::Pointer::parse_unverified(&doc).expect("parse");
+        assert_eq!(pointer.tenants, Some(5), "{pointer:?}");
+    }
+    let mut pointer =
+        strata_common::pointer::Pointer::parse_unverified(&fx.channel()).expect("parse");
+    pointer.tenants = Some(4);
+    let forged = pointer
+        .sign(std::slice::from_ref(&fx.publisher))
+        .expect("sign");
+    let refused = fx
+        .verify(VersionDoc::Channel(&forged), &fx.policy())
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            refused,
+            Refusal::ManifestTenants {
+                manifest: 5,
+                pointer: 4,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert_eq!(refused.reason(), "tenant_count_mismatch");
+}

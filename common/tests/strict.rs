@@ -298,6 +298,7 @@ fn pointer() -> Pointer {
         bundle_size: 100,
         created_at: time::format(time::now()),
         expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
+        tenants: Some(2),
     }
 }
 

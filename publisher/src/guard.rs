@@ -18,7 +18,8 @@ const NAMES_SHOWN: usize = 20;
 /// Checks `compiled` (from the source in `dir`) against the snapshot `head`
 /// names: problems and a refused mass removal are printed (summary first)
 /// and returned as a refusal; a served bundle that is gone or damaged is
-/// published over (only its header's tenant count still guards removals).
+/// published over only when allowed (its signed tenant count still guards
+/// removals).
 pub(crate) fn check_against_head(
     store: &dyn WriteStore,
     head: &Pointer,
@@ -27,7 +28,7 @@ pub(crate) fn check_against_head(
     dir: &Path,
     allow: Allow,
 ) -> Result<(), PublishError> {
-    check_versions(store, head, trust, compiled, dir, allow.removals)?;
+    check_versions(store, head, trust, compiled, dir, allow)?;
     check_rollforward(store, head, trust, compiled, dir, allow.rollforward)
 }
 
@@ -38,6 +39,8 @@ pub(crate) struct Allow {
     pub(crate) removals: bool,
     /// Giving tenants back what a rollback took back.
     pub(crate) rollforward: bool,
+    /// Publishing over a served snapshot too damaged to compare with.
+    pub(crate) damaged: bool,
 }
 
 /// After a rollback (the channel's head is one), refuses a publish that
@@ -118,7 +121,7 @@ fn check_versions(
     trust: &TrustedKeys,
     compiled: &Compiled,
     dir: &Path,
-    allow_removals: bool,
+    allow: Allow,
 ) -> Result<(), PublishError> {
     match versions::check_against(store, head, trust, compiled, dir) {
         Ok(c) if !c.problems.is_empty() => {
@@ -133,7 +136,7 @@ fn check_versions(
                 head.version
             )))
         }
-        Ok(c) if c.is_mass_removal() && !allow_removals => {
+        Ok(c) if c.is_mass_removal() && !allow.removals => {
             // The summary first, then the names (a log cut short keeps the
             // part that matters).
             let _ = out!(
@@ -176,16 +179,19 @@ fn check_versions(
             }
             Ok(())
         }
-        // A served bundle that is gone or damaged must not lock the
-        // channel: the publish that replaces it is the fix, so it goes
-        // ahead, said loudly. A store or disk that failed this time
-        // is no reason to skip the checks: try again.
+        // A served bundle that is gone or damaged cannot be compared
+        // tenant by tenant. The removal guard still holds (the signed
+        // pointer carries the count); the version guard cannot run, and
+        // that is no longer passed over with a warning: the operator says
+        // so (--allow-damaged), having checked the source. A store or disk
+        // that failed this time is no reason to skip anything: try again.
         Err(e) if e.is_damage() => {
-            // The count alone, from its header, when that still reads.
-            if let Some((_, served)) =
-                strata_common::operator::served_tenants(store, &head.name, trust)
+            let served = strata_common::operator::served_tenants(store, &head.name, trust)
+                .filter(|(version, _)| *version == head.version)
+                .map(|(_, count)| count);
+            if let Some(served) = served
                 && versions::is_mass_removal(served.saturating_sub(compiled.tenant_count), served)
-                && !allow_removals
+                && !allow.removals
             {
                 return Err(PublishError::Refused(format!(
                     "{}: this source has {} tenant(s), the channel's snapshot (version {}) {served}; its bundle cannot be compared tenant by tenant ({e}), and nothing was published. \
@@ -195,8 +201,21 @@ fn check_versions(
                     head.version
                 )));
             }
+            if !allow.damaged {
+                return Err(PublishError::Refused(format!(
+                    "{}: the channel's snapshot (version {}) is damaged ({e}), so this source's tenant versions cannot be checked against it; nothing was published. \
+                     Agents keep serving what they hold. If this source is what the channel should serve (check its versions), publish again with --allow-damaged: it replaces the damaged snapshot{}",
+                    dir.display(),
+                    head.version,
+                    if served.is_some() {
+                        " (the removal guard still holds: the signed pointer gives the tenant count)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             note!(
-                "warning: tenant versions and removals not checked against the channel's snapshot ({e}); publishing anyway"
+                "warning: tenant versions not checked against the channel's snapshot, which is damaged ({e}); publishing over it (--allow-damaged)"
             );
             Ok(())
         }

@@ -340,6 +340,7 @@ fn signed_bundle_and_pointer(
         bundle_size: bytes.len() as u64,
         created_at: time::format(time::now()),
         expires_at: time::format(time::now() + std::time::Duration::from_secs(3600)),
+        tenants: Some(compiled.tenant_count),
     };
     let signed = pointer.sign(std::slice::from_ref(&fx.key)).expect("sign");
     (bytes, signed)

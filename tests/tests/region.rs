@@ -277,6 +277,7 @@ impl World {
             bundle_size: size,
             created_at: time::format(now),
             expires_at: time::format(now + std::time::Duration::from_secs(3600)),
+            tenants: None,
         })
         .sign(keys)
         .expect("sign pin")

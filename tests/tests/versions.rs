@@ -14,6 +14,10 @@ use strata_common::versions;
 use strata_tests::{Fixture, bin};
 
 fn publish(fx: &Fixture, src: &Path) -> Output {
+    publish_with(fx, src, &[])
+}
+
+fn publish_with(fx: &Fixture, src: &Path, args: &[&str]) -> Output {
     Command::new(bin("strata-publisher"))
         .args(["publish", "--init", "--source"])
         .arg(src)
@@ -21,6 +25,7 @@ fn publish(fx: &Fixture, src: &Path) -> Output {
         .arg(&fx.key_path)
         .arg("--store")
         .arg(format!("file://{}", fx.store_dir().display()))
+        .args(args)
         .output()
         .expect("run publisher")
 }
@@ -147,37 +152,83 @@ fn a_tenant_s_version_goes_up_with_its_content_and_never_down() {
     assert_eq!(bundles(&fx), 4);
 }
 
+/// Issue 24 item 9: a served bundle damaged past its header (here: all
+/// but its first 40 bytes gone) no longer switches the guards off. The
+/// signed pointer's tenant count still refuses an empty source; a source
+/// whose versions cannot be checked is refused until the operator says
+/// `--allow-damaged`; the publish over it restores every guard.
 #[test]
-fn a_damaged_served_bundle_does_not_lock_the_channel() {
+fn a_damaged_served_bundle_keeps_the_guards() {
     let fx = Fixture::new();
-    let (src, _) = fx.compile("v1", 3);
+    let (src, _) = fx.compile("v1", 20);
     assert!(publish(&fx, &src).status.success());
     let bundle = fx.store_dir().join("snapshots/00000000000000000001.bundle");
-    let mut bytes = std::fs::read(&bundle).expect("bundle");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(&bundle, bytes).expect("damage");
-    // Still no empty source over it: its header gives the count.
-    let empty = fx.dir.path().join("empty");
-    std::fs::create_dir_all(empty.join("tenants")).expect("mkdir");
-    std::fs::copy(src.join("layer1.toml"), empty.join("layer1.toml")).expect("layer1");
-    let out = publish(&fx, &empty);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("this source has 0 tenant(s), the channel's snapshot (version 1) 3"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(bundles(&fx), 1);
+    let bytes = std::fs::read(&bundle).expect("bundle");
+    std::fs::write(&bundle, &bytes[..40]).expect("damage");
+
+    // One of 20 tenants left: refused by the pointer's count.
+    let one = fx.dir.path().join("one");
+    std::fs::create_dir_all(one.join("tenants")).expect("mkdir");
+    std::fs::copy(src.join("layer1.toml"), one.join("layer1.toml")).expect("layer1");
+    let first = tenant_files(&src).remove(0);
+    std::fs::copy(
+        &first,
+        one.join("tenants").join(first.file_name().expect("name")),
+    )
+    .expect("tenant");
+    for allow in [&[][..], &["--allow-damaged"][..]] {
+        let out = publish_with(&fx, &one, allow);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out)
+                .contains("this source has 1 tenant(s), the channel's snapshot (version 1) 20"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(bundles(&fx), 1);
+    }
+
+    // The whole source: its versions cannot be checked, so refused...
     let out = publish(&fx, &src);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("the channel's snapshot (version 1) is damaged")
+            && t.contains("--allow-damaged"),
+        "{t}"
+    );
+    assert_eq!(
+        bundles(&fx),
+        1,
+        "a refused publish leaves the store untouched"
+    );
+    // ...as validate against the store is.
+    let out = Command::new(bin("strata-publisher"))
+        .args(["validate", "--source"])
+        .arg(&src)
+        .arg("--store")
+        .arg(format!("file://{}", fx.store_dir().display()))
+        .arg("--trusted-key")
+        .arg(strata_common::sign::public_path(&fx.key_path))
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // ...until the operator allows it, which replaces the damaged snapshot.
+    let out = publish_with(&fx, &src, &["--allow-damaged"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains(
-            "warning: tenant versions and removals not checked against the channel's snapshot"
-        ),
+        text(&out).contains("warning: tenant versions not checked against the channel's snapshot"),
         "{}",
         text(&out)
     );
+    assert_eq!(bundles(&fx), 2);
+
+    // Over an intact head every guard is back: a lowered version is refused.
+    set_line(&first, "version = ", "version = \"0.0.1\"");
+    let out = publish_with(&fx, &src, &["--allow-damaged"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is lower than"), "{}", text(&out));
     assert_eq!(bundles(&fx), 2);
 }
 
@@ -224,7 +275,7 @@ fn a_tenant_whose_id_extends_another_s_is_published_in_id_order() {
 
 /// A served snapshot that verifies but whose payload does not decode (a
 /// buggy publisher's, signed) is damage, as a bundle that fails its hash
-/// is: the next publish goes ahead with a warning instead of asking to try
+/// is: refused with the way out (--allow-damaged) instead of asking to try
 /// again for ever.
 #[test]
 fn a_served_payload_that_does_not_decode_does_not_lock_the_channel() {
@@ -238,11 +289,12 @@ fn a_served_payload_that_does_not_decode_does_not_lock_the_channel() {
     });
     fx.publish_with(&bad, std::slice::from_ref(&fx.key));
     let out = publish(&fx, &src);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(bundles(&fx), 1);
+    let out = publish_with(&fx, &src, &["--allow-damaged"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains(
-            "warning: tenant versions and removals not checked against the channel's snapshot"
-        ),
+        text(&out).contains("warning: tenant versions not checked against the channel's snapshot"),
         "{}",
         text(&out)
     );

@@ -311,7 +311,7 @@ pub fn verify(
         fetch(store, &named, policy.limits.max_bundle_bytes, spool_dir)?;
     let verified = check_header(spool, policy, &bundle_key)?;
     let manifest = verified.manifest().clone();
-    check_manifest(&manifest, named.version(), policy, &bundle_key)?;
+    check_manifest(&manifest, &named, policy, &bundle_key)?;
     let manifest_bytes = verified.header.manifest_bytes.clone();
     let signatures = verified.header.signatures.clone();
     let signed_by = verified.signed_by.clone();
@@ -504,19 +504,29 @@ pub fn check_header(
     })
 }
 
-/// Step 8: the manifest names the version the document named, and its own
-/// signature has not expired.
+/// Step 8: the manifest names the version (and holds the tenant count)
+/// the document named, and its own signature has not expired.
 pub fn check_manifest(
     manifest: &Manifest,
-    version: u64,
+    named: &Named,
     policy: &Policy<'_>,
     bundle_key: &str,
 ) -> Result<(), Refusal> {
+    let version = named.version();
     if manifest.version != version {
         return Err(Refusal::ManifestVersion {
             bundle: bundle_key.to_owned(),
             manifest: manifest.version,
             pointer: version,
+        });
+    }
+    if let Some(tenants) = named.pointer().and_then(|p| p.tenants)
+        && tenants != manifest.tenant_count
+    {
+        return Err(Refusal::ManifestTenants {
+            bundle: bundle_key.to_owned(),
+            manifest: manifest.tenant_count,
+            pointer: tenants,
         });
     }
     // The header's check made the timestamp exact; compare it.

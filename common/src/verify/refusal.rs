@@ -160,6 +160,20 @@ pub enum Refusal {
         /// The pointer's version.
         pointer: u64,
     },
+    /// The manifest's tenant count is not the one the pointer signs (a
+    /// publisher that signed two different counts: refused, as any
+    /// disagreement between two signed documents is).
+    #[error(
+        "{bundle}: the manifest holds {manifest} tenant(s) but the pointer says {pointer}; publish again"
+    )]
+    ManifestTenants {
+        /// The bundle's key.
+        bundle: String,
+        /// The manifest's `tenant_count`.
+        manifest: u64,
+        /// The pointer's `tenants`.
+        pointer: u64,
+    },
     /// The bundle's own signature has expired.
     #[error("{bundle}: bundle signature expired at {expires_at}")]
     BundleExpired {
@@ -191,6 +205,7 @@ impl Refusal {
             Refusal::SignedInFuture { .. } => "signed_in_future",
             Refusal::BundleMissing { .. } => "bundle_missing",
             Refusal::VersionConflict { .. } | Refusal::ManifestVersion { .. } => "version_conflict",
+            Refusal::ManifestTenants { .. } => "tenant_count_mismatch",
             Refusal::BundleTooLarge { .. } => "bundle_too_large",
             Refusal::BundleHash { .. } => "bundle_hash",
             Refusal::Spool { .. } => "spool",
@@ -232,6 +247,7 @@ impl Refusal {
             | Refusal::BundleTooLarge { .. }
             | Refusal::BundleHash { .. }
             | Refusal::ManifestVersion { .. }
+            | Refusal::ManifestTenants { .. }
             | Refusal::BundleExpired { .. }
             | Refusal::Bundle { .. } => Severity::Refused,
         }

@@ -42,6 +42,12 @@ pub struct Args {
     /// that still holds the bad content is refused without it, naming them.
     #[arg(long)]
     allow_rollforward: bool,
+    /// Publish over the channel's snapshot although it is damaged (its
+    /// bundle or an object missing or failing its hash), so this source's
+    /// tenant versions cannot be checked against it: without it such a
+    /// publish is refused. The removal guard still holds.
+    #[arg(long)]
+    allow_damaged: bool,
     /// Make the store if there is none yet (a first publish). Without it a
     /// store with no snapshot and no channel is refused: a wrong URL or an
     /// unmounted volume must not become a new store no agent follows. On a
@@ -161,6 +167,7 @@ pub fn run(args: Args) -> Result<()> {
     let allow = crate::guard::Allow {
         removals: args.allow_removals,
         rollforward: args.allow_rollforward,
+        damaged: args.allow_damaged,
     };
     let mut gate = |head: Option<&Pointer>| -> Result<(), PublishError> {
         let Some(head) = head else { return Ok(()) };

@@ -38,6 +38,10 @@ pub struct Args {
     /// (with --store).
     #[arg(long)]
     allow_rollforward: bool,
+    /// Accept a channel snapshot too damaged to check tenant versions
+    /// against (with --store).
+    #[arg(long)]
+    allow_damaged: bool,
 }
 
 /// One line per problem; an error (exit 1) if there is any.
@@ -94,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
                 crate::guard::Allow {
                     removals: args.allow_removals,
                     rollforward: args.allow_rollforward,
+                    damaged: args.allow_damaged,
                 },
             )?;
             out!(
