@@ -22,6 +22,7 @@ import struct
 import sys
 from datetime import datetime, timezone
 
+import rfc8785
 import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -93,7 +94,11 @@ def strict_ok(raw_key, sig):
 
 
 def canonical(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # RFC 8785 (JCS): any JCS library gives the same bytes.
+    try:
+        return rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError as e:
+        raise Refused(f"not representable in RFC 8785 JSON: {e}")
 
 
 def sha256(b):

@@ -558,13 +558,14 @@ impl EffectiveConfig {
         }
     }
 
-    /// Computes `config_hash` and returns the canonical JSON that is served.
+    /// Computes `config_hash` and returns the canonical JSON (RFC 8785)
+    /// that is served.
     pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
         let mut value = serde_json::to_value(&*self)?;
         if let serde_json::Value::Object(map) = &mut value {
             map.remove("config_hash");
         }
-        let hash = crate::canonical::sha256_hex(&serde_json::to_vec(&value)?);
+        let hash = crate::canonical::sha256_hex(&crate::canonical::to_vec(&value)?);
         if let serde_json::Value::Object(map) = &mut value {
             map.insert(
                 "config_hash".into(),
@@ -572,7 +573,7 @@ impl EffectiveConfig {
             );
         }
         self.config_hash = hash;
-        serde_json::to_vec(&value)
+        crate::canonical::to_vec(&value)
     }
 }
 

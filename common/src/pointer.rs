@@ -142,7 +142,7 @@ pub(crate) fn sign_document<T: Serialize>(
     keys: &[SigningKey],
 ) -> Result<Vec<u8>, serde_json::Error> {
     let signed = serde_json::to_value(doc)?;
-    let message = serde_json::to_vec(&signed)?;
+    let message = canonical::to_vec(&signed)?;
     let file = SignedFile {
         signatures: sign::sign(keys, &message),
         signed,

@@ -696,3 +696,32 @@ fn a_hidden_pattern_is_shown_where_it_is() {
     assert!(p.reason.contains("at character "), "{p}");
     assert!(p.reason.contains("\\u{456}gnore previous"), "{p}");
 }
+
+/// RFC 8785 writes numbers as doubles: an integer past 2^53 in Layer 1
+/// would reach every JSON reader as another number, so it is refused at
+/// validation, naming the field; in a tenant file the fields are 32-bit
+/// and such a number is refused as out of range.
+#[test]
+fn an_integer_past_2_to_the_53_is_refused_by_field() {
+    let big = format!("{LAYER1_TOML}\n[policy.tenant_limits]\nmax_file_bytes = 9007199254740993\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_source_with(dir.path(), &big, &[("acme-hvac", ACME.to_owned())]);
+    let problems = match Source::open(dir.path()) {
+        Err(SourceError::Invalid { problems, .. }) => problems,
+        other => panic!("Layer 1 accepted: {:?}", other.err()),
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "policy.tenant_limits.max_file_bytes"
+                && p.reason.contains("above 2^53")),
+        "{problems:#?}"
+    );
+    let problems = problems_of(&ACME.replacen("top_k = ", "top_k = 9007199254740993 #", 1));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.tenant.as_deref() == Some("acme-hvac")),
+        "{problems:#?}"
+    );
+}

@@ -551,6 +551,16 @@ pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
             "is empty; Layer 1 must carry the universal instructions",
         );
     }
+    // JSON readers (RFC 8785 among them) hold numbers as doubles: an
+    // integer past 2^53 would reach them as another number.
+    if let Ok(value) = serde_json::to_value(layer1)
+        && let Some((field, n)) = crate::canonical::inexact_integer(&value)
+    {
+        r.push(
+            field,
+            format!("{n} is above 2^53, which JSON readers round; use a smaller value"),
+        );
+    }
     let probe = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &Default::default());
     let mut inner = Reporter::new(r.file, None);
     check_policy(&mut inner, layer1, &probe);
