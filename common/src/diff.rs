@@ -77,7 +77,7 @@ pub fn diff(
     to: u64,
     check: SignatureCheck<'_>,
 ) -> Result<Diff, OperatorError> {
-    let limits = Limits::default();
+    let limits = Limits::agents();
     let sides = [from, to].map(|v| {
         let key = SnapshotVersion(v).bundle_key();
         fetch_bundle(store, v, check, &limits).map(|b| (key, b))

@@ -324,7 +324,7 @@ pub fn pin(
     layout::check_name("region", region)?;
     refuse_publisher_keys(store, keys)?;
     let check = publishers.map_or(SignatureCheck::SkipForInspection, SignatureCheck::Trusted);
-    let stored = fetch_bundle(store, version, check, &Limits::default())?;
+    let stored = fetch_bundle(store, version, check, &Limits::agents())?;
     let key = PointerKind::Pin.store_key(region);
     let current = layout::read(store, &key)?;
     if let Some(before) = current
@@ -575,7 +575,7 @@ pub fn rollback(
         store,
         to,
         SignatureCheck::Trusted(&trust),
-        &Limits::default(),
+        &Limits::agents(),
     )?;
     let key = SnapshotVersion(to).bundle_key();
     let compressed = stored.payload(&key)?;

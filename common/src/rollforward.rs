@@ -177,7 +177,7 @@ pub fn check(
         Ok(_) => return Ok(Rollforward::NotRolledBack),
         Err(e) => return Ok(Rollforward::Unreadable(e.to_string())),
     };
-    let limits = Limits::default();
+    let limits = Limits::agents();
     let mut served_reader = versions::served_reader(store, head, trust)?;
     let mut new_reader =
         versions::payload_reader(compiled, store).map_err(|source| VersionsError::Payload {

@@ -48,7 +48,7 @@ fn mark(
     seen: &mut HashSet<String>,
     marked: &mut HashSet<[u8; 32]>,
 ) -> Result<(), OperatorError> {
-    let limits = Limits::default();
+    let limits = Limits::agents();
     for key in store::list(store, layout::SNAPSHOTS)? {
         let Some(version) = layout::bundle_version(&key) else {
             continue;

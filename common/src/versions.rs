@@ -120,7 +120,7 @@ pub(crate) fn served_reader<'s>(
     pointer: &Pointer,
     trust: &TrustedKeys,
 ) -> Result<Box<dyn Frames + 's>, VersionsError> {
-    let limits = Limits::default();
+    let limits = Limits::agents();
     let served = fetch_bundle(
         store,
         pointer.version,
@@ -151,7 +151,7 @@ pub(crate) fn payload_reader<'a>(
         &compiled.payload.compressed,
         std::slice::from_ref(&throwaway),
     )?;
-    let limits = Limits::default();
+    let limits = Limits::agents();
     let verified = bundle::verify(
         Cursor::new(bytes),
         SignatureCheck::SkipForInspection,
@@ -182,7 +182,7 @@ pub fn served_objects(
     version: u64,
     trust: &TrustedKeys,
 ) -> Result<Option<Present>, OperatorError> {
-    let limits = Limits::default();
+    let limits = Limits::agents();
     let key = crate::model::SnapshotVersion(version).bundle_key();
     let stored = fetch_bundle(store, version, SignatureCheck::Trusted(trust), &limits)?;
     if stored.header.manifest.format != crate::bundle::FORMAT_TREE {

@@ -103,6 +103,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The `max_bundle_bytes` the channel's agents run with (agent.toml),
+    /// when raised above the default 1 GiB: a snapshot over what agents
+    /// accept is refused before it is signed, and the store's snapshots
+    /// are read within it. A channel of a million tenants (about 8 GB of
+    /// records) needs it raised on every node first, then said here.
+    #[arg(long, global = true, value_name = "BYTES")]
+    agent_max_bundle_bytes: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -145,7 +152,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(max) = cli.agent_max_bundle_bytes {
+        strata_common::bundle::Limits::raise_for_agents(max);
+    }
+    let result = match cli.command {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Build(args) => cmd::build::run(args),

@@ -717,3 +717,22 @@ fn rolled_back_layer1_and_twice_rolled_back_tenants_are_not_brought_back() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("as in version 5"), "{}", text(&out));
 }
+
+/// `--agent-max-bundle-bytes` says what the channel's agents accept: a
+/// snapshot over it is refused before signing (and one within a raised
+/// limit is published: the 1M-tenant channel's way past the 1 GiB default).
+#[test]
+fn the_agents_raised_or_lowered_limit_is_what_a_publish_checks_against() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 20);
+    let out = publish_with(&fx, &src, &["--agent-max-bundle-bytes", "4096"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("agents refuse more than 4096 (max_bundle_bytes)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bundles(&fx), 0, "nothing was written");
+    let out = publish_with(&fx, &src, &["--agent-max-bundle-bytes", "17179869184"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -132,6 +132,35 @@ pub struct Limits {
     pub max_dictionary_bytes: u64,
 }
 
+/// `max_bundle_bytes` of the agents a publisher command works for, when
+/// raised above the default (0: not raised). Set once, from the command
+/// line, before anything is read.
+static AGENTS_MAX_BUNDLE_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Limits {
+    /// The limits the channel's agents apply: the defaults, with
+    /// `max_bundle_bytes` (and the decompressed total with it, as
+    /// agent.toml sets both) as [`Limits::raise_for_agents`] was told. What
+    /// a publisher command checks a new snapshot against and reads the
+    /// store's snapshots with.
+    pub fn agents() -> Self {
+        let raised = AGENTS_MAX_BUNDLE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+        let mut limits = Self::default();
+        if raised > 0 {
+            limits.max_bundle_bytes = raised;
+            limits.max_decompressed_bytes = raised;
+        }
+        limits
+    }
+
+    /// Says that the channel's agents run with `max_bundle_bytes` (the
+    /// publisher's `--agent-max-bundle-bytes`), for every later
+    /// [`Limits::agents`] in this process.
+    pub fn raise_for_agents(max_bundle_bytes: u64) {
+        AGENTS_MAX_BUNDLE_BYTES.store(max_bundle_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

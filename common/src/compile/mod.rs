@@ -61,7 +61,7 @@ impl Default for CompileOptions {
                 .map(|n| n.get())
                 .unwrap_or(1),
             level: 1,
-            agent_limits: crate::bundle::Limits::default(),
+            agent_limits: crate::bundle::Limits::agents(),
             served_owners: None,
             format: crate::bundle::FORMAT_VERSION,
             dictionary: None,

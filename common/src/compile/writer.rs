@@ -95,7 +95,7 @@ pub(super) fn check_agent_limits(
             tenant: None,
             field: String::new(),
             reason: format!(
-                "the snapshot would hold {found} {what}; agents refuse more than {limit} by default ({setting}): nothing was signed; raise the agents' limit on every node first, or publish fewer tenants per channel"
+                "the snapshot would hold {found} {what}; agents refuse more than {limit} ({setting}): nothing was signed; raise the agents' limit on every node first and say so with --agent-max-bundle-bytes, or publish fewer tenants per channel"
             ),
         })
         .collect();

@@ -227,7 +227,7 @@ impl Verified {
                     &self.manifest,
                     &root,
                     &crate::bundle::tree::Held::nothing(),
-                    &Limits::default(),
+                    &Limits::agents(),
                 )
                 .map_err(|e| refused(e.into()))?,
             ),

@@ -99,7 +99,7 @@ fn trust(args: &Args) -> Result<Trust> {
     }
     Ok(Trust {
         keys,
-        limits: Limits::default(),
+        limits: Limits::agents(),
         channel: None,
         region: None,
         local_pin: None,

@@ -283,10 +283,13 @@ impl TreeWriter {
     }
 
     fn put_chunk(&mut self, raw: RawChunk) -> io::Result<()> {
-        let compressed = match self.with_dict.as_mut() {
+        let mut compressed = match self.with_dict.as_mut() {
             Some(c) => c.compress(&raw.raw)?,
             None => self.plain.compress(&raw.raw)?,
         };
+        // zstd allocates its bound (the raw size); a chunk compresses to a
+        // tenth of it, and a build holds every chunk until it uploads them.
+        compressed.shrink_to_fit();
         let obj = ObjectRef::to(&compressed, raw.raw.len() as u64, raw.count);
         self.objects.put(&obj, compressed)?;
         self.chunks.push(ChunkRef {
@@ -310,7 +313,8 @@ impl TreeWriter {
 
     /// Compresses `raw` without the dictionary into an object.
     fn put_plain(&mut self, raw: &[u8], count: u64) -> io::Result<ObjectRef> {
-        let compressed = self.plain.compress(raw)?;
+        let mut compressed = self.plain.compress(raw)?;
+        compressed.shrink_to_fit();
         let obj = ObjectRef::to(&compressed, raw.len() as u64, count);
         self.objects.put(&obj, compressed)?;
         Ok(obj)
