@@ -57,7 +57,7 @@ change_one_percent() {
 # steps: `stage` copies the bundle in (the agent wakes only for pointer
 # changes, so this goes unnoticed) and stages the pointer beside the store;
 # `move_pointer` renames it into channels/, the moment the agent sees.
-publish() { $P publish --init --source "$1" --key "$W/ci.key" --store "file://$W/staging" >/dev/null; }
+publish() { $P publish --init --format 2 --source "$1" --key "$W/ci.key" --store "file://$W/staging" >/dev/null; }
 stage() {
   local b
   b=$(ls "$W/staging/snapshots" | tail -1)

@@ -22,7 +22,7 @@ trap 'kill $AGENT 2>/dev/null || true; rm -rf "$W"' EXIT
 
 $P keygen --out "$W/ci.key" >/dev/null
 $P generate --tenants 100000 --out "$W/src" >/dev/null
-$P publish --init --source "$W/src" --key "$W/ci.key" --store "file://$W/store" >/dev/null
+$P publish --init --format 2 --source "$W/src" --key "$W/ci.key" --store "file://$W/store" >/dev/null
 
 # start NAME: a new agent with an empty data dir; logs to $W/NAME.log.
 start() {
@@ -62,7 +62,7 @@ for k in $(seq 1 "$STEADY"); do
   ls "$W/src/tenants" | awk -v k="$k" 'NR % 100 == k' | while read -r f; do
     sed -i "s/^version = .*/version = \"9.9.$k\"/" "$W/src/tenants/$f"
   done
-  $P publish --init --source "$W/src" --key "$W/ci.key" --store "file://$W/store" >/dev/null
+  $P publish --init --format 2 --source "$W/src" --key "$W/ci.key" --store "file://$W/store" >/dev/null
   V=$((V + 1))
   echo "  run $k: $(applied "$W/steady.log" $V) s"
 done

@@ -24,7 +24,7 @@ bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
 echo "machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $N tenants"
 $P keygen --out "$W/ci.key" >/dev/null
 $P generate --tenants "$N" --out "$W/src" >/dev/null
-echo "format 2 publish: $(t $P publish --init --source "$W/src" --key "$W/ci.key" --store "file://$W/f2") s, $(bytes "$W/f2/snapshots") bytes"
+echo "format 2 publish: $(t $P publish --init --format 2 --source "$W/src" --key "$W/ci.key" --store "file://$W/f2") s, $(bytes "$W/f2/snapshots") bytes"
 echo "format 3 publish: $(t $P publish --init --format 3 --source "$W/src" --key "$W/ci.key" --store "file://$W/f3") s, $(bytes "$W/f3/objects") bytes in $(find "$W/f3/objects" -type f | wc -l) objects, root $(bytes "$W/f3/snapshots") bytes"
 
 cat > "$W/a.toml" <<CONF

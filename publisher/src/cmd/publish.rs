@@ -60,11 +60,11 @@ pub struct Args {
     /// rotation that skipped signing with both keys).
     #[arg(long)]
     new_signer: bool,
-    /// Snapshot format: 3 writes a signed root over content-addressed
-    /// objects, so a publish uploads, and a node fetches, only what
-    /// changed (agents from this release read it); 2 writes one bundle
-    /// file.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=3))]
+    /// Snapshot format: 3 (the default) writes a signed root over
+    /// content-addressed objects, so a publish uploads, and a node
+    /// fetches, only what changed; 2 writes one bundle file, for a store
+    /// whose agents are older than this release (they read only 2).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=3))]
     format: u32,
     /// Format 3: compile every tenant (keep no chunk of the channel's
     /// snapshot unread), read back every object the store holds, and write
