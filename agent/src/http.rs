@@ -368,6 +368,7 @@ fn snapshot(shared: &Shared) -> Resp {
         "trusted_keys": status.trusted_keys,
         "state": status.state,
         "applying": status.applying,
+        "notify": status.notify,
     });
     json_response(StatusCode::OK, &body)
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod priority;
+pub mod push;
 mod scrape;
 pub mod shutdown;
 pub mod state;
@@ -74,9 +75,11 @@ pub async fn run(
         );
     }
     let shared = Shared::new(store.url().to_string(), config.region.clone());
-    shared
-        .metrics
-        .set_info(&config.region, &config.channel, &node_name());
+    shared.metrics.set_info(
+        &config.region,
+        &config.channel,
+        &config.node_id.clone().unwrap_or_else(node_name),
+    );
     // SIGHUP: check the store now (as POST /v1/check does).
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hup) => {
@@ -140,6 +143,19 @@ pub async fn run(
         config.check_timeout,
         sync_stop_rx,
     ));
+    let push_task = config.notify_config().map(|notify| {
+        tokio::spawn(push::run(
+            push::Listener {
+                config: notify,
+                channel: config.channel.clone(),
+                region: config.region.clone(),
+                node_id: config.node_id.clone().unwrap_or_else(node_name),
+                spread: config.notify_spread,
+            },
+            shared.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let notify_task = tokio::spawn(systemd::run(
         shared.clone(),
         config.socket.clone(),
@@ -224,6 +240,9 @@ pub async fn run(
     let _ = sync_stop_tx.send(true);
     let _ = sync_task.await;
     let _ = notify_task.await;
+    if let Some(task) = push_task {
+        let _ = task.await;
+    }
     info!("agent stopped");
     Ok(())
 }

@@ -87,6 +87,8 @@ pub struct Gauges<'a> {
     pub state: &'static str,
     /// Key ids of the trusted keys that signed the served snapshot.
     pub signers: &'a [String],
+    /// Push over NATS: `connected`, `disconnected`, or `None` (off).
+    pub notify: Option<&'static str>,
 }
 
 /// The served snapshot, as the gauges show it.
@@ -139,6 +141,8 @@ pub struct Metrics {
     state: Family<StateLabel, Gauge>,
     info: Family<InfoLabels, Gauge>,
     signers: Family<SignerLabel, Gauge>,
+    notify_connected: Gauge,
+    pushes: Family<OutcomeLabel, Counter>,
     /// When a check last applied or confirmed a snapshot.
     last_success: Mutex<Option<Instant>>,
 }
@@ -176,6 +180,8 @@ impl Metrics {
             state: Family::default(),
             info: Family::default(),
             signers: Family::default(),
+            notify_connected: Gauge::default(),
+            pushes: Family::default(),
             last_success: Mutex::new(None),
             registry: Registry::default(),
             per_endpoint: Default::default(),
@@ -232,6 +238,21 @@ impl Metrics {
             "snapshot_version",
             "Snapshot version served (0 before the first)",
             m.snapshot_version.clone(),
+        );
+        registry.register(
+            "served_version",
+            "Snapshot version served (0 before the first): strata_snapshot_version under the name the fleet view uses",
+            m.snapshot_version.clone(),
+        );
+        registry.register(
+            "notify_connected",
+            "1 while the agent is connected to NATS for push (notify), else 0: polling carries on either way",
+            m.notify_connected.clone(),
+        );
+        registry.register(
+            "pushes",
+            "Documents received over NATS, by outcome: accepted (verified, newer: a check follows) or ignored (forged, replayed, not newer, malformed)",
+            m.pushes.clone(),
         );
         registry.register_with_unit(
             "snapshot_age",
@@ -362,6 +383,11 @@ impl Metrics {
             .inc_by(frames_skipped);
     }
 
+    /// Counts one document received over NATS: `accepted` or `ignored`.
+    pub fn count_push(&self, outcome: &'static str) {
+        self.pushes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
     /// Renders the text format with `gauges`; `started` is when the agent
     /// started.
     pub fn render(&self, gauges: &Gauges<'_>, started: Instant) -> String {
@@ -389,6 +415,8 @@ impl Metrics {
             .elapsed();
         self.since_success.set(since.as_secs_f64());
         self.pinned.set(i64::from(gauges.pinned));
+        self.notify_connected
+            .set(i64::from(gauges.notify == Some("connected")));
         self.config_problem.set(i64::from(gauges.config_problem));
         self.ready.set(i64::from(served.is_some()));
         self.signers.clear();

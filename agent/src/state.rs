@@ -70,6 +70,9 @@ pub struct Status {
     /// its config at every check): step 1 of a key rotation is done on a
     /// node when the new key's id is here.
     pub trusted_keys: Vec<String>,
+    /// Push over NATS: `connected`, `disconnected` (polling carries on,
+    /// the client reconnects with backoff), or `None` without `notify`.
+    pub notify: Option<&'static str>,
 }
 
 /// Which document decides the version served.
@@ -133,8 +136,12 @@ pub struct Shared {
     /// A lookup failed reading the snapshot file (an I/O error): the sync
     /// thread checks at its next check whether the file must be reopened.
     pub read_failed: std::sync::atomic::AtomicBool,
-    /// Asks the sync loop for a check now (`POST /v1/check`, SIGHUP).
+    /// Asks the sync loop for a check now (`POST /v1/check`, SIGHUP, a
+    /// verified push).
     pub check_now: tokio::sync::Notify,
+    /// The keys trusted now, as the sync side last read them: what a
+    /// pushed document is verified with before it wakes a check.
+    pub trust: ArcSwapOption<strata_common::sign::TrustedKeys>,
 }
 
 impl Shared {
@@ -145,6 +152,7 @@ impl Shared {
             untrusted: ArcSwap::default(),
             read_failed: std::sync::atomic::AtomicBool::new(false),
             check_now: tokio::sync::Notify::new(),
+            trust: ArcSwapOption::empty(),
             status: Mutex::new(Status {
                 state: State::Starting,
                 last_check: None,
@@ -156,6 +164,7 @@ impl Shared {
                 followed: None,
                 signed_by: Vec::new(),
                 trusted_keys: Vec::new(),
+                notify: None,
             }),
             metrics: Metrics::default(),
             source,
@@ -186,6 +195,7 @@ impl Shared {
             config_problem: status.config_problem.is_some(),
             state: status.state.label(),
             signers: &status.signed_by,
+            notify: status.notify,
         };
         self.metrics.render(&gauges, self.started)
     }

@@ -25,9 +25,36 @@ pub struct Config {
     /// This node's region, for pins. Default `default`.
     #[serde(default = "default_region")]
     pub region: String,
-    /// Poll period, jittered ±20%. Default `5s`.
+    /// Poll period, jittered ±20%. Default `5s`, or `60s` with `notify`
+    /// (push tells of a change; the poll is the safety net).
     #[serde(default = "default_poll", with = "duration")]
     pub poll_interval: Duration,
+    /// NATS server URL(s) (`nats://host:4222`, `tls://…`) to hear of a
+    /// publish at once and to answer the fleet's status requests on.
+    /// Default: none (polling only).
+    #[serde(default)]
+    pub notify: Option<String>,
+    /// The store id the publisher pushes under (`--store-id`): required
+    /// with `notify`.
+    #[serde(default)]
+    pub store_id: Option<String>,
+    /// A NATS credentials file (`.creds`). Default: none.
+    #[serde(default, serialize_with = "as_compared::opt_path")]
+    pub notify_credentials: Option<PathBuf>,
+    /// PEM CA certificates that sign the NATS server's certificate (TLS
+    /// required then). Default: the platform's, for a `tls://` URL.
+    #[serde(default, serialize_with = "as_compared::opt_path")]
+    pub notify_ca: Option<PathBuf>,
+    /// After a push, the check starts at a random moment within this
+    /// window, so that 100,000 nodes do not fetch the same objects in the
+    /// same second. Default `5s` (see OPERATIONS.md, "Running 100,000
+    /// nodes").
+    #[serde(default = "default_notify_spread", with = "duration")]
+    pub notify_spread: Duration,
+    /// How this node names itself in status replies. Default: the host
+    /// name.
+    #[serde(default)]
+    pub node_id: Option<String>,
     /// How long one check of the store (with its apply) may run before the
     /// agent reports itself `degraded`: a store or disk that hangs
     /// (a stalled mirror, a hung mount) shows in `/v1/snapshot` and the
@@ -139,6 +166,9 @@ fn default_region() -> String {
     "default".into()
 }
 fn default_poll() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_notify_spread() -> Duration {
     Duration::from_secs(5)
 }
 fn default_check_timeout() -> Duration {
@@ -259,6 +289,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How to reach NATS, when `notify` is set.
+    pub fn notify_config(&self) -> Option<crate::notify::NotifyConfig> {
+        Some(crate::notify::NotifyConfig {
+            url: self.notify.clone()?,
+            store_id: self.store_id.clone()?,
+            credentials: self.notify_credentials.clone(),
+            ca: self.notify_ca.clone(),
+        })
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         // Regular files only, non-blocking, bounded: a FIFO or /dev/zero at
@@ -274,10 +314,16 @@ impl Config {
 
     /// Parses and checks config text; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             reason: e.to_string().trim().replace('\n', " "),
         })?;
+        // With push, the poll is a safety net: a minute unless set.
+        let poll_set =
+            toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("poll_interval"));
+        if config.notify.is_some() && !poll_set {
+            config.poll_interval = Duration::from_secs(60);
+        }
         config.check(path)?;
         Ok(config)
     }
@@ -326,6 +372,26 @@ impl Config {
         }
         if self.poll_interval < Duration::from_millis(100) {
             return Err(invalid("poll_interval", "must be at least 100ms".into()));
+        }
+        if let Some(url) = &self.notify {
+            let Some(id) = &self.store_id else {
+                return Err(invalid(
+                    "store_id",
+                    "is required with notify: the store id the publisher pushes under (its --store-id)".into(),
+                ));
+            };
+            crate::notify::check_store_id(id).map_err(|e| invalid("store_id", e.to_string()))?;
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err(invalid(
+                    "notify",
+                    format!("{url:?} is not a nats:// or tls:// URL"),
+                ));
+            }
+        } else if self.notify_credentials.is_some() || self.notify_ca.is_some() {
+            return Err(invalid(
+                "notify",
+                "notify_credentials and notify_ca need notify (a NATS URL)".into(),
+            ));
         }
         if self.ca_file.is_some() && !matches!(self.store, StoreUrl::Https(_)) {
             return Err(invalid(

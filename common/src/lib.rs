@@ -23,6 +23,7 @@ pub mod localfile;
 pub mod matcher;
 pub mod model;
 pub mod normalize;
+pub mod notify;
 pub mod operator;
 pub mod pointer;
 pub mod render;

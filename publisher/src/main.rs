@@ -89,6 +89,7 @@ impl std::error::Error for StdoutError {
 mod cmd;
 mod guard;
 mod input;
+mod push;
 
 use std::process::ExitCode;
 
@@ -139,6 +140,9 @@ enum Command {
     Refresh(cmd::refresh::Args),
     /// Delete old bundles, never one a channel pointer or pin references.
     Gc(cmd::gc::Args),
+    /// Ask every agent (over NATS) what it serves: versions by region and
+    /// state, and the nodes behind.
+    Status(cmd::status::Args),
     /// Write a realistic synthetic source tree.
     Generate(cmd::generate::Args),
 }
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => cmd::rollback::run(args),
         Command::Refresh(args) => cmd::refresh::run(args),
         Command::Gc(args) => cmd::gc::run(args),
+        Command::Status(args) => cmd::status::run(args),
         Command::Generate(args) => cmd::generate::run(args),
     };
     match result {

@@ -4,6 +4,7 @@
 
 pub mod mirror;
 pub mod mount;
+pub mod nats;
 pub mod s3;
 
 use std::fs::File;
@@ -192,6 +193,23 @@ impl Agent {
         let r = tokio::time::timeout(DEADLINE, &mut self.task).await;
         assert!(matches!(r, Ok(Ok(Ok(())))), "agent stopped cleanly: {r:?}");
     }
+}
+
+/// `GET /v1/snapshot` of the agent at `socket` as JSON (`null` while it
+/// does not answer): for tests of agent processes.
+pub async fn snapshot_at(socket: &Path) -> serde_json::Value {
+    match client::get(socket, "/v1/snapshot").await {
+        Ok(a) => a.json(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Waits until the agent at `socket` serves `version`.
+pub async fn serving(socket: &Path, version: u64) {
+    wait_for(&format!("agent serving version {version}"), || async {
+        snapshot_at(socket).await["version"] == version
+    })
+    .await;
 }
 
 /// An agent (or any child) process, killed and reaped on drop.

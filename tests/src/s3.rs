@@ -478,3 +478,54 @@ impl S3 for Conditional {
         self.inner.abort_multipart_upload(req).await
     }
 }
+
+/// Runs the publisher with `env` (a server's, or a changed copy) and
+/// `args`, off the async threads.
+pub async fn run_publisher(
+    env: Vec<(&'static str, String)>,
+    args: Vec<String>,
+) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::bin("strata-publisher"))
+            .envs(env)
+            .args(args)
+            .output()
+            .expect("run publisher")
+    })
+    .await
+    .expect("publisher thread")
+}
+
+/// An agent process following `url` with `env`: its config `<name>.toml`
+/// in the fixture's directory holds `lines`, then the source, data
+/// directory, socket and the fixture's trusted key. Returns the process
+/// and its socket.
+pub fn agent_process(
+    fx: &crate::Fixture,
+    name: &str,
+    url: &str,
+    env: Vec<(&'static str, String)>,
+    lines: &str,
+) -> (crate::Proc, std::path::PathBuf) {
+    let socket = fx.dir.path().join(format!("{name}.sock"));
+    let config = fx.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "source = \"{url}\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\n{lines}\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{key}\"\n",
+            data = fx.dir.path().join(format!("{name}-data")).display(),
+            sock = socket.display(),
+            key = strata_common::sign::public_path(&fx.key_path).display(),
+        ),
+    )
+    .expect("config");
+    let child = std::process::Command::new(crate::bin("strata-agent"))
+        .envs(env)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    (crate::Proc(child), socket)
+}

@@ -124,15 +124,7 @@ impl World {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.push("--store".into());
         args.push(self.url());
-        tokio::task::spawn_blocking(move || {
-            Command::new(bin("strata-publisher"))
-                .envs(env)
-                .args(args)
-                .output()
-                .expect("run publisher")
-        })
-        .await
-        .expect("publisher thread")
+        strata_tests::s3::run_publisher(env, args).await
     }
 
     /// Runs the publisher and requires success; returns stdout.
@@ -289,10 +281,7 @@ fn load(path: &Path) -> SigningKey {
 }
 
 async fn snapshot(socket: &Path) -> serde_json::Value {
-    match client::get(socket, "/v1/snapshot").await {
-        Ok(a) => a.json(),
-        Err(_) => serde_json::Value::Null,
-    }
+    strata_tests::snapshot_at(socket).await
 }
 
 /// Waits until `/v1/snapshot` satisfies `pred`, showing the last answer

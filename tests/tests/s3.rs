@@ -5,13 +5,13 @@
 //! polls, an outage, limits, a cut body, throttling, wrong credentials.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use strata_agent::client;
 use strata_common::sign;
 use strata_tests::s3::{BUCKET, S3Server};
-use strata_tests::{Fixture, bin, wait_for};
+use strata_tests::{Fixture, Proc, bin, wait_for};
 
 const PREFIX: &str = "prod";
 
@@ -19,26 +19,9 @@ fn url() -> String {
     format!("s3://{BUCKET}/{PREFIX}")
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the publisher with the server's environment, off the async threads.
 async fn publisher(env: Vec<(&'static str, String)>, args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(bin("strata-publisher"))
-            .envs(env)
-            .args(args)
-            .output()
-            .expect("run publisher")
-    })
-    .await
-    .expect("publisher thread")
+    strata_tests::s3::run_publisher(env, args).await
 }
 
 /// Publishes `tenants` generated tenants (source `tag`) to the bucket.
@@ -68,35 +51,17 @@ fn agent(
     env: Vec<(&'static str, String)>,
     extra: &str,
 ) -> (Proc, PathBuf) {
-    let socket = fx.dir.path().join(format!("{name}.sock"));
-    let config = fx.dir.path().join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "source = \"{url}\"\npoll_interval = \"200ms\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\n{extra}\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{key}\"\n",
-            url = url(),
-            data = fx.dir.path().join(format!("{name}-data")).display(),
-            sock = socket.display(),
-            key = sign::public_path(&fx.key_path).display(),
-        ),
+    strata_tests::s3::agent_process(
+        fx,
+        name,
+        &url(),
+        env,
+        &format!("poll_interval = \"200ms\"\n{extra}"),
     )
-    .expect("config");
-    let child = Command::new(bin("strata-agent"))
-        .envs(env)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    (Proc(child), socket)
 }
 
 async fn snapshot(socket: &Path) -> serde_json::Value {
-    match client::get(socket, "/v1/snapshot").await {
-        Ok(a) => a.json(),
-        Err(_) => serde_json::Value::Null,
-    }
+    strata_tests::snapshot_at(socket).await
 }
 
 async fn serves(socket: &Path, version: u64) {

@@ -124,6 +124,7 @@ impl Syncer {
         shared: Arc<Shared>,
     ) -> Self {
         shared.status().trusted_keys = reload::trusted_ids(&trust);
+        shared.trust.store(Some(Arc::new(trust.clone())));
         Self {
             store,
             trust,

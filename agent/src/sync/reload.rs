@@ -128,6 +128,9 @@ impl Syncer {
             "trusted keys changed; checking what is served against them"
         );
         self.shared.status().trusted_keys = trusted_ids(&trust);
+        self.shared
+            .trust
+            .store(Some(std::sync::Arc::new(trust.clone())));
         self.trust = trust;
         self.refused = None;
         let served = self.shared.served.load_full();

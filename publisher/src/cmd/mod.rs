@@ -11,4 +11,5 @@ pub mod pin;
 pub mod publish;
 pub mod refresh;
 pub mod rollback;
+pub mod status;
 pub mod validate;

@@ -33,6 +33,16 @@ pub struct Args {
     /// Lifetime of the pin's signature.
     #[arg(long, default_value = "14d", value_parser = parse_duration)]
     expires_in: Duration,
+    /// Tell the agents at once over NATS (with --store-id).
+    #[command(flatten)]
+    notify: crate::push::NotifyArgs,
+    /// Wait until this share of the region's answering agents serves the
+    /// pinned version, or exit 1 after `--wait-timeout` naming the others.
+    #[arg(long, value_name = "PERCENT", value_parser = crate::push::parse_share)]
+    wait: Option<f64>,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "5m", value_parser = crate::push::parse_short_duration)]
+    wait_timeout: Duration,
 }
 
 /// Checks the bundle is in the store and whole, then writes the signed pin.
@@ -58,6 +68,19 @@ pub fn run(args: Args) -> Result<()> {
         pin.bundle_sha256,
         pin.expires_at
     )?;
+    args.notify.send(
+        store.as_ref(),
+        strata_common::pointer::PointerKind::Pin,
+        &pin.name,
+    );
+    if let Some(share) = args.wait {
+        let target = crate::push::Target {
+            channel: None,
+            region: Some(pin.name.clone()),
+            version: pin.version,
+        };
+        crate::push::wait(&args.notify, &target, share, args.wait_timeout)?;
+    }
     Ok(())
 }
 
@@ -73,6 +96,9 @@ pub struct UnpinArgs {
     /// The region to return to the channel's head.
     #[arg(long)]
     region: String,
+    /// Tell the agents at once over NATS (with --store-id).
+    #[command(flatten)]
+    notify: crate::push::NotifyArgs,
 }
 
 /// Writes the region's unpin.
@@ -97,5 +123,10 @@ pub fn unpin(args: UnpinArgs) -> Result<()> {
             store.url()
         )?,
     }
+    args.notify.send(
+        store.as_ref(),
+        strata_common::pointer::PointerKind::Unpin,
+        &args.region,
+    );
     Ok(())
 }

@@ -72,6 +72,21 @@ pub struct Args {
     /// report `object_hash_mismatch` or `object_unavailable`.
     #[arg(long)]
     full: bool,
+    /// Tell the agents at once over NATS (with --store-id).
+    #[command(flatten)]
+    notify: crate::push::NotifyArgs,
+    /// Wait until this share of the answering agents of the channel
+    /// (`--wait-region`: of that region) serves the new version (`99%`,
+    /// `100%`), or exit 1 after `--wait-timeout` naming those that do not.
+    /// Needs --notify.
+    #[arg(long, value_name = "PERCENT", value_parser = crate::push::parse_share)]
+    wait: Option<f64>,
+    /// The region `--wait` counts (default: every region).
+    #[arg(long, value_name = "REGION")]
+    wait_region: Option<String>,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "5m", value_parser = crate::push::parse_short_duration)]
+    wait_timeout: Duration,
 }
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
@@ -199,6 +214,19 @@ pub fn run(args: Args) -> Result<()> {
                 u.repaired
             )?;
         }
+    }
+    args.notify.send(
+        store.as_ref(),
+        strata_common::pointer::PointerKind::Channel,
+        &p.name,
+    );
+    if let Some(share) = args.wait {
+        let target = crate::push::Target {
+            channel: Some(p.name.clone()),
+            region: args.wait_region.clone(),
+            version: p.version,
+        };
+        crate::push::wait(&args.notify, &target, share, args.wait_timeout)?;
     }
     Ok(())
 }

@@ -56,6 +56,9 @@ pub struct Args {
     /// newer bundles deleted is then re-signed like any other.
     #[arg(long, conflicts_with = "state_dir")]
     no_state: bool,
+    /// Tell the agents at once over NATS (with --store-id).
+    #[command(flatten)]
+    notify: crate::push::NotifyArgs,
 }
 
 /// The state directory a refresh uses without `--state-dir`: systemd's
@@ -220,5 +223,10 @@ pub fn run(args: Args) -> Result<()> {
         p.version,
         p.expires_at
     )?;
+    args.notify.send(
+        store.as_ref(),
+        strata_common::pointer::PointerKind::Channel,
+        &p.name,
+    );
     Ok(())
 }

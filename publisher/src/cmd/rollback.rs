@@ -37,6 +37,9 @@ pub struct Args {
     /// current pointer (see `publish --new-signer`).
     #[arg(long)]
     new_signer: bool,
+    /// Tell the agents at once over NATS (with --store-id).
+    #[command(flatten)]
+    notify: crate::push::NotifyArgs,
 }
 
 /// Verifies version N's bundle and publishes its payload as the next version.
@@ -120,5 +123,10 @@ pub fn run(args: Args) -> Result<()> {
             served - published.tenant_count
         );
     }
+    args.notify.send(
+        store.as_ref(),
+        strata_common::pointer::PointerKind::Channel,
+        &p.name,
+    );
     Ok(())
 }
