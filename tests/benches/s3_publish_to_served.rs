@@ -7,6 +7,12 @@
 //!
 //! Run: `cargo bench -p strata-tests --bench s3_publish_to_served`
 //! (`RUNS=N` publishes, default 10; `AGENTS=N`, default 20).
+//!
+//! With `NOTIFY=1` a real nats-server runs too: agents listen on it
+//! (`notify`, no `poll_interval`: the one-minute safety poll, and
+//! `notify_spread` = `SPREAD`, default `100ms`), each publish tells them
+//! (`--notify`), and the bench also times a status request until every
+//! agent has answered.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +45,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(env_usize("AGENTS", 20), env_usize("RUNS", 10)));
+    let notify = std::env::var("NOTIFY").is_ok_and(|v| v == "1");
+    rt.block_on(run(env_usize("AGENTS", 20), env_usize("RUNS", 10), notify));
 }
 
 /// The wall-clock time of the first log line of `log` at or after `from`
@@ -52,13 +59,29 @@ fn logged_at(log: &Path, needle: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(stamp).ok()
 }
 
-async fn run(agents: usize, runs: usize) {
+async fn run(agents: usize, runs: usize, notify: bool) {
     let server = S3Server::start().await;
+    let nats = notify.then(|| {
+        strata_tests::nats::NatsServer::start(Path::new(env!("CARGO_TARGET_TMPDIR")))
+    });
+    let nats_url = nats.as_ref().map(|n| n.url());
+    let spread = std::env::var("SPREAD").unwrap_or_else(|_| "100ms".to_owned());
+    let agent_lines = match &nats_url {
+        Some(u) => format!(
+            "notify = \"{u}\"\nstore_id = \"bench\"\nnotify_spread = \"{spread}\"\n"
+        ),
+        None => "poll_interval = \"1s\"\n".to_owned(),
+    };
+    let notify_args: Vec<String> = match &nats_url {
+        Some(u) => vec!["--notify".into(), u.clone(), "--store-id".into(), "bench".into()],
+        None => Vec::new(),
+    };
     let fx = Fixture::new();
     let url = format!("s3://{BUCKET}/bench");
     let (source, _) = fx.compile("bench", 1000);
     let publish = |env: Vec<(&'static str, String)>, source: PathBuf| {
         let (key, url) = (fx.key_path.clone(), url.clone());
+        let notify_args = notify_args.clone();
         tokio::task::spawn_blocking(move || {
             let out = Command::new(bin("strata-publisher"))
                 .envs(env)
@@ -69,6 +92,7 @@ async fn run(agents: usize, runs: usize) {
                 .arg("--key")
                 .arg(key)
                 .args(["--store", &url])
+                .args(notify_args)
                 .output()
                 .expect("publisher");
             assert!(
@@ -90,7 +114,7 @@ async fn run(agents: usize, runs: usize) {
         std::fs::write(
             &config,
             format!(
-                "source = \"{url}\"\npoll_interval = \"1s\"\ndata_dir = \"{data}\"\nsocket = \"{sock}\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{key}\"\n",
+                "source = \"{url}\"\n{agent_lines}data_dir = \"{data}\"\nsocket = \"{sock}\"\nnode_id = \"{name}\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"{key}\"\n",
                 data = fx.dir.path().join(format!("{name}-data")).display(),
                 sock = fx.dir.path().join(format!("{name}.sock")).display(),
                 key = sign::public_path(&fx.key_path).display(),
@@ -152,8 +176,13 @@ async fn run(agents: usize, runs: usize) {
     }
     latencies.sort_by(f64::total_cmp);
     let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize] * 1e3;
+    let how = if notify {
+        format!("told over NATS (notify_spread {spread}, safety poll 60 s)")
+    } else {
+        "polling every 1 s".to_owned()
+    };
     println!(
-        "publish -> served on S3, {agents} agents polling every 1 s, 1,000 tenants, one changed per publish, {runs} publishes ({} samples): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "publish -> served on S3, {agents} agents {how}, 1,000 tenants, one changed per publish, {runs} publishes ({} samples): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         latencies.len(),
         pct(0.5),
         pct(0.9),
@@ -161,10 +190,14 @@ async fn run(agents: usize, runs: usize) {
         pct(1.0)
     );
 
+    if let Some(u) = &nats_url {
+        status_round_trip(u, agents).await;
+    }
+
     // Idle: nothing published; every poll should be one conditional GET.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.control.reset();
-    let idle = Duration::from_secs(10);
+    let idle = Duration::from_secs(env_usize("IDLE_SECS", 10) as u64);
     tokio::time::sleep(idle).await;
     let seen = server.control.seen.lock().expect("seen").clone();
     let polls = seen.len().max(1) as u64;
@@ -181,4 +214,31 @@ async fn run(agents: usize, runs: usize) {
         (bytes_in + bytes_out) / polls
     );
     drop(procs);
+}
+
+/// Times a status request on `url` until all `agents` have answered.
+async fn status_round_trip(url: &str, agents: usize) {
+    use futures_util::StreamExt as _;
+    let client = async_nats::connect(url).await.expect("nats");
+    let subject = strata_common::notify::status_subject("bench").expect("subject");
+    for round in 0..3 {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+        let started = std::time::Instant::now();
+        client
+            .publish_with_reply(subject.clone(), inbox, Vec::new().into())
+            .await
+            .expect("request");
+        let mut got = 0;
+        while got < agents {
+            match tokio::time::timeout(Duration::from_secs(5), replies.next()).await {
+                Ok(Some(_)) => got += 1,
+                _ => break,
+            }
+        }
+        println!(
+            "status round {round}: {got} of {agents} agents answered in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
 }
