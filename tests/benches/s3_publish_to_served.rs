@@ -61,19 +61,23 @@ fn logged_at(log: &Path, needle: &str) -> Option<SystemTime> {
 
 async fn run(agents: usize, runs: usize, notify: bool) {
     let server = S3Server::start().await;
-    let nats = notify.then(|| {
-        strata_tests::nats::NatsServer::start(Path::new(env!("CARGO_TARGET_TMPDIR")))
-    });
+    let nats = notify
+        .then(|| strata_tests::nats::NatsServer::start(Path::new(env!("CARGO_TARGET_TMPDIR"))));
     let nats_url = nats.as_ref().map(|n| n.url());
     let spread = std::env::var("SPREAD").unwrap_or_else(|_| "100ms".to_owned());
     let agent_lines = match &nats_url {
-        Some(u) => format!(
-            "notify = \"{u}\"\nstore_id = \"bench\"\nnotify_spread = \"{spread}\"\n"
-        ),
+        Some(u) => {
+            format!("notify = \"{u}\"\nstore_id = \"bench\"\nnotify_spread = \"{spread}\"\n")
+        }
         None => "poll_interval = \"1s\"\n".to_owned(),
     };
     let notify_args: Vec<String> = match &nats_url {
-        Some(u) => vec!["--notify".into(), u.clone(), "--store-id".into(), "bench".into()],
+        Some(u) => vec![
+            "--notify".into(),
+            u.clone(),
+            "--store-id".into(),
+            "bench".into(),
+        ],
         None => Vec::new(),
     };
     let fx = Fixture::new();

@@ -19,6 +19,11 @@ use tokio::task::JoinHandle;
 pub struct TestCa {
     /// The CA certificate, PEM: what `ca_file` points at.
     pub ca_pem: String,
+    /// The server certificate and its key, PEM (for a server that reads
+    /// files: nats-server).
+    pub cert_pem: String,
+    /// The server key, PEM.
+    pub key_pem: String,
     cert_der: Vec<u8>,
     key_der: Vec<u8>,
 }
@@ -38,6 +43,8 @@ impl TestCa {
             .expect("cert");
         Self {
             ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             cert_der: cert.der().to_vec(),
             key_der: key.serialize_der(),
         }

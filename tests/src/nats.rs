@@ -14,6 +14,7 @@ pub struct NatsServer {
     /// Its client port on 127.0.0.1.
     pub port: u16,
     binary: PathBuf,
+    args: Vec<String>,
     proc: Option<Proc>,
 }
 
@@ -21,11 +22,34 @@ impl NatsServer {
     /// Starts one on a free port; `root` is the test's
     /// `CARGO_TARGET_TMPDIR` (where the virtual environment lives).
     pub fn start(root: &Path) -> Self {
+        Self::start_with(root, Vec::new())
+    }
+
+    /// Starts one serving TLS only, with `ca`'s server certificate (its
+    /// files written into `dir`).
+    pub fn start_tls(root: &Path, dir: &Path, ca: &crate::mirror::TestCa) -> Self {
+        let (cert, key) = (dir.join("nats-cert.pem"), dir.join("nats-key.pem"));
+        std::fs::write(&cert, &ca.cert_pem).expect("cert");
+        std::fs::write(&key, &ca.key_pem).expect("key");
+        Self::start_with(
+            root,
+            vec![
+                "--tls".into(),
+                "--tlscert".into(),
+                cert.display().to_string(),
+                "--tlskey".into(),
+                key.display().to_string(),
+            ],
+        )
+    }
+
+    fn start_with(root: &Path, args: Vec<String>) -> Self {
         let binary = binary(root);
-        let (proc, port) = spawn(&binary, None);
+        let (proc, port) = spawn(&binary, &args, None);
         Self {
             port,
             binary,
+            args,
             proc: Some(proc),
         }
     }
@@ -35,6 +59,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// `tls://127.0.0.1:<port>`.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
     /// Stops the server (an outage).
     pub fn stop(&mut self) {
         self.proc = None;
@@ -42,7 +71,7 @@ impl NatsServer {
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
-        let (proc, _) = spawn(&self.binary, Some(self.port));
+        let (proc, _) = spawn(&self.binary, &self.args, Some(self.port));
         self.proc = Some(proc);
     }
 }
@@ -67,10 +96,11 @@ fn binary(root: &Path) -> PathBuf {
 
 /// Starts nats-server on `port` (a free one if `None`) and waits until it
 /// listens: its log says on which port.
-fn spawn(binary: &Path, port: Option<u16>) -> (Proc, u16) {
+fn spawn(binary: &Path, args: &[String], port: Option<u16>) -> (Proc, u16) {
     let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
     let mut child = Command::new(binary)
         .args(["-a", "127.0.0.1", "-p", &port_arg])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

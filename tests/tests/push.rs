@@ -297,3 +297,49 @@ async fn status_sees_every_node_and_wait_gates_on_the_fleet() {
         text(&out)
     );
 }
+
+/// TLS: an agent with `notify = "tls://…"` and `notify_ca` (the test's own
+/// CA) connects and hears a push; one without the CA cannot connect and
+/// says so in `/v1/snapshot`, serving by polling all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_nats_server_is_reached_with_the_configured_ca() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    let ca = strata_tests::mirror::TestCa::new();
+    let nats = NatsServer::start_tls(tmp(), fx.dir.path(), &ca);
+    let ca_file = fx.dir.path().join("nats-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).expect("ca");
+    let out = publish(&server, &fx, "v1", None, &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (_a, trusted) = agent(
+        &fx,
+        &server,
+        &nats.tls_url(),
+        "trusting",
+        &format!("notify_ca = \"{}\"", ca_file.display()),
+    );
+    let (_b, untrusting) = agent(
+        &fx,
+        &server,
+        &nats.tls_url(),
+        "untrusting",
+        "poll_interval = \"1s\"",
+    );
+    serves(&trusted, 1).await;
+    connected(&trusted).await;
+    serves(&untrusting, 1).await;
+    assert_eq!(snapshot(&untrusting).await["notify"], "disconnected");
+
+    // The publisher reaches it with the same CA (STRATA_NOTIFY_CA).
+    let out = publish(
+        &server,
+        &fx,
+        "v2",
+        Some(&nats.tls_url()),
+        &["--notify-ca", &ca_file.display().to_string()],
+    )
+    .await;
+    assert!(text(&out).contains("told the agents"), "{}", text(&out));
+    serves(&trusted, 2).await;
+    assert_eq!(pushes(&trusted, "accepted").await, 1);
+}
