@@ -240,8 +240,15 @@ pub async fn run(
     let _ = sync_stop_tx.send(true);
     let _ = sync_task.await;
     let _ = notify_task.await;
-    if let Some(task) = push_task {
-        let _ = task.await;
+    if let Some(mut task) = push_task {
+        // It ends at the stop signal; one stuck on a dead connection is
+        // not waited for long.
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
     info!("agent stopped");
     Ok(())

@@ -13,7 +13,6 @@
 //! (every `poll_interval`) carries on meanwhile, and `/v1/snapshot` and
 //! `strata_notify_connected` say so.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use futures_util::StreamExt as _;
 use strata_common::notify::{self, NodeStatus, NotifyConfig};
 use strata_common::pointer::{Pointer, PointerKind};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::state::{FollowedBy, Shared};
 
@@ -42,17 +41,17 @@ pub struct Listener {
 /// The longest wait between two attempts to connect.
 const MAX_RECONNECT: Duration = Duration::from_secs(30);
 
-/// Documents remembered as handled (their hashes), so a replay of one
-/// wakes nothing.
-const SEEN: usize = 64;
-
 /// Runs until shutdown: connects (retrying with backoff), listens, answers.
 pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let set_state = |s: &'static str| shared.status().notify = Some(s);
     set_state("disconnected");
     let mut wait = Duration::from_millis(500);
     let client = loop {
-        match notify::connect(&listener.config, &listener.node_id).await {
+        let attempt = tokio::select! {
+            r = notify::connect(&listener.config, &listener.node_id) => r,
+            _ = shutdown.changed() => return,
+        };
+        match attempt {
             Ok(c) => break c,
             Err(e) => {
                 warn!("push: {e}; polling carries on, trying again in {wait:?}");
@@ -88,27 +87,33 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
             return;
         }
     };
-    info!(url = %listener.config.url, "push: listening");
-    let mut seen: VecDeque<String> = VecDeque::new();
+    info!(url = %notify::redacted(&listener.config.url), "push: listening");
+    let mut heard = Heard::default();
     let mut state_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             Some(msg) = channel_docs.next() => {
                 let kind = PointerKind::Channel;
-                handle(&shared, &listener, &mut seen, kind, &listener.channel, &msg.payload);
+                handle(&shared, &listener, &mut heard, kind, &listener.channel, &msg.payload);
             }
             Some(msg) = pin_docs.next() => {
                 let kind = match Pointer::peek_kind(&msg.payload) {
                     Some(PointerKind::Unpin) => PointerKind::Unpin,
                     _ => PointerKind::Pin,
                 };
-                handle(&shared, &listener, &mut seen, kind, &listener.region, &msg.payload);
+                handle(&shared, &listener, &mut heard, kind, &listener.region, &msg.payload);
             }
             Some(msg) = requests.next() => {
-                if let Some(reply) = msg.reply {
+                // Only to a reply inbox: a request naming another subject
+                // (a channel's, say) would have every node publish there.
+                if let Some(reply) = msg.reply.filter(|r| r.starts_with("_INBOX.")) {
                     let body = serde_json::to_vec(&status(&shared, &listener)).unwrap_or_default();
-                    if let Err(e) = client.publish(reply, body.into()).await {
-                        warn!("push: answering a status request: {e}");
+                    // Queued for the connection; a server gone for long
+                    // must not hold the loop (or shutdown) on a full queue.
+                    match tokio::time::timeout(Duration::from_secs(1), client.publish(reply, body.into())).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!("push: answering a status request: {e}"),
+                        Err(_) => warn!("push: answering a status request: the connection's queue is full"),
                     }
                 }
             }
@@ -121,52 +126,96 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
     }
 }
 
+/// The largest pushed document looked at: a pointer or pin is a few
+/// hundred bytes; anything larger is dropped before it is hashed or
+/// parsed.
+const MAX_DOC_BYTES: usize = 16 << 10;
+
+/// What pushes this agent has heard, so that only news wakes a check: the
+/// highest channel version and the latest pin (or unpin) signing time
+/// verified so far, and whether a wake is already pending. Replaying any
+/// older genuine document, however many, wakes nothing.
+#[derive(Default)]
+struct Heard {
+    channel_version: u64,
+    pin_created_at: String,
+    waking: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Verifies one pushed document; a genuine one that is new wakes a check
-/// at a random moment within the spread.
+/// at a random moment within the spread (one pending wake at most).
 fn handle(
     shared: &Arc<Shared>,
     listener: &Listener,
-    seen: &mut VecDeque<String>,
+    heard: &mut Heard,
     kind: PointerKind,
     name: &str,
     bytes: &[u8],
 ) {
-    let Some(trust) = shared.trust.load_full() else {
-        return;
-    };
-    let served = shared
-        .served
-        .load()
-        .as_ref()
-        .and_then(|r| r.current_meta())
-        .map(|m| m.version);
-    let digest = strata_common::canonical::sha256_hex(bytes);
-    let verdict = match Pointer::verify(bytes, kind, name, &trust) {
-        Err(e) => Err(e.to_string()),
-        Ok(_) if seen.contains(&digest) => Err("already handled".to_owned()),
-        // A channel pointer no newer than what is served says nothing new
-        // (and a pin decides over it anyway); pins and unpins always are.
-        Ok((p, _)) if kind == PointerKind::Channel && served.is_some_and(|v| p.version <= v) => {
-            Err(format!("version {} is not newer", p.version))
-        }
-        Ok(_) => Ok(()),
-    };
+    let verdict = judge(shared, heard, kind, name, bytes);
     if let Err(why) = verdict {
         shared.metrics.count_push("ignored");
-        info!(?kind, "push: ignored a document ({why})");
+        debug!(?kind, "push: ignored a document ({why})");
         return;
     }
-    if seen.len() == SEEN {
-        seen.pop_front();
-    }
-    seen.push_back(digest);
     shared.metrics.count_push("accepted");
+    if heard.waking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
     let delay = listener.spread.mul_f64(rand::random::<f64>());
-    let shared = shared.clone();
+    let (shared, waking) = (shared.clone(), heard.waking.clone());
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
+        waking.store(false, std::sync::atomic::Ordering::Release);
         shared.check_now.notify_one();
     });
+}
+
+/// Whether a pushed document is genuine and news; raises the marks if so.
+fn judge(
+    shared: &Shared,
+    heard: &mut Heard,
+    kind: PointerKind,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), String> {
+    if bytes.len() > MAX_DOC_BYTES {
+        return Err(format!("{} bytes, over {MAX_DOC_BYTES}", bytes.len()));
+    }
+    let trust = shared
+        .trust
+        .load_full()
+        .ok_or("no trusted keys loaded yet")?;
+    let (p, _) = Pointer::verify(bytes, kind, name, &trust).map_err(|e| e.to_string())?;
+    // An unpin does not expire (its expires_at is its created_at).
+    if kind != PointerKind::Unpin
+        && strata_common::time::parse_exact(&p.expires_at)
+            .is_ok_and(|t| t < strata_common::time::now())
+    {
+        return Err(format!("expired at {}", p.expires_at));
+    }
+    if kind == PointerKind::Channel {
+        let served = shared
+            .served
+            .load()
+            .as_ref()
+            .and_then(|r| r.current_meta())
+            .map_or(0, |m| m.version);
+        if p.version <= heard.channel_version.max(served) {
+            return Err(format!("version {} is not newer", p.version));
+        }
+        heard.channel_version = p.version;
+    } else {
+        // Exact RFC 3339 UTC timestamps (verified) order as strings.
+        if p.created_at <= heard.pin_created_at {
+            return Err(format!(
+                "signed at {}, not after the last pin heard",
+                p.created_at
+            ));
+        }
+        heard.pin_created_at = p.created_at;
+    }
+    Ok(())
 }
 
 /// This node, as a status reply says it.

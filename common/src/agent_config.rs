@@ -387,10 +387,16 @@ impl Config {
                     format!("{url:?} is not a nats:// or tls:// URL"),
                 ));
             }
-        } else if self.notify_credentials.is_some() || self.notify_ca.is_some() {
+            if let Err(e) = crate::notify::channel_subject(id, &self.channel) {
+                return Err(invalid("channel", e.to_string()));
+            }
+        } else if self.notify_credentials.is_some()
+            || self.notify_ca.is_some()
+            || self.store_id.is_some()
+        {
             return Err(invalid(
                 "notify",
-                "notify_credentials and notify_ca need notify (a NATS URL)".into(),
+                "store_id, notify_credentials and notify_ca need notify (a NATS URL)".into(),
             ));
         }
         if self.ca_file.is_some() && !matches!(self.store, StoreUrl::Https(_)) {
@@ -627,5 +633,34 @@ mod tests {
             p,
         )
         .expect("a region name");
+    }
+
+    #[test]
+    fn push_settings_are_checked_together() {
+        let p = Path::new("agent.toml");
+        let base =
+            "source = \"file:///s\"\n[[trusted_keys]]\nrole = \"publisher\"\npath = \"/k.pub\"\n";
+        let parse = |extra: &str| Config::parse(&format!("{extra}\n{base}"), p);
+        let c = parse("notify = \"nats://n:4222\"\nstore_id = \"prod\"").expect("push");
+        assert_eq!(c.poll_interval, Duration::from_secs(60), "the safety poll");
+        let c = parse("notify = \"nats://n:4222\"\nstore_id = \"prod\"\npoll_interval = \"7s\"")
+            .expect("push");
+        assert_eq!(c.poll_interval, Duration::from_secs(7));
+        for (extra, key) in [
+            ("notify = \"nats://n:4222\"", "store_id"),
+            ("notify = \"http://n\"\nstore_id = \"prod\"", "notify"),
+            ("notify = \"nats://n\"\nstore_id = \"Prod!\"", "store_id"),
+            ("store_id = \"prod\"", "notify"),
+            ("notify_ca = \"/ca.pem\"", "notify"),
+            (
+                "notify = \"nats://n\"\nstore_id = \"prod\"\nchannel = \"status\"",
+                "channel",
+            ),
+        ] {
+            match parse(extra) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
     }
 }

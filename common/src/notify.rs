@@ -63,6 +63,20 @@ pub struct NotifyConfig {
     pub ca: Option<PathBuf>,
 }
 
+/// `url` without a user name or password (`nats://user:pass@host`), as
+/// errors and logs may show it.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://…@{}", &one[..scheme], &one[at + 1..])
+            }
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Checks a store id: 1 to 64 of `a-z 0-9 - _`, so it is one subject
 /// token on every server.
 pub fn check_store_id(id: &str) -> Result<(), NotifyError> {
@@ -107,6 +121,10 @@ pub fn status_subject(store_id: &str) -> Result<String, NotifyError> {
     Ok(format!("strata.{store_id}.status"))
 }
 
+/// The most status replies one request gathers.
+#[cfg(feature = "notify")]
+const MAX_NODES: usize = 1_000_000;
+
 /// What one agent says about itself when asked (the fleet view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -132,11 +150,14 @@ pub struct NodeStatus {
 /// Connects to `cfg`'s servers (once; the client reconnects by itself).
 pub async fn connect(cfg: &NotifyConfig, name: &str) -> Result<async_nats::Client, NotifyError> {
     let err = |reason: String| NotifyError::Connect {
-        url: cfg.url.clone(),
+        url: redacted(&cfg.url),
         reason,
     };
+    // A few hundred messages of backlog per subscription, not 65,536: a
+    // flood is dropped by the client, not held in memory.
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
+        .subscription_capacity(256)
         .connection_timeout(Duration::from_secs(5));
     if let Some(creds) = &cfg.credentials {
         opts = opts
@@ -162,7 +183,7 @@ pub fn send_blocking(
     timeout: Duration,
 ) -> Result<(), NotifyError> {
     let send = |reason: String| NotifyError::Send {
-        url: cfg.url.clone(),
+        url: redacted(&cfg.url),
         reason,
     };
     runtime(cfg)?.block_on(async {
@@ -184,9 +205,20 @@ pub fn send_blocking(
 /// that arrive within `wait`.
 pub fn gather_blocking(cfg: &NotifyConfig, wait: Duration) -> Result<Vec<NodeStatus>, NotifyError> {
     let subject = status_subject(&cfg.store_id)?;
+    let url = redacted(&cfg.url);
+    // Connecting and asking get a few seconds beyond the gathering: a
+    // server that is down must not hold `status` or `--wait` for ever.
+    let bound = wait + Duration::from_secs(10);
     runtime(cfg)?.block_on(async {
-        let client = connect(cfg, "strata-publisher").await?;
-        gather(&client, &cfg.url, &subject, wait).await
+        tokio::time::timeout(bound, async {
+            let client = connect(cfg, "strata-publisher").await?;
+            gather(&client, &url, &subject, wait).await
+        })
+        .await
+        .map_err(|_| NotifyError::Send {
+            url: url.clone(),
+            reason: format!("no answer within {bound:?}"),
+        })?
     })
 }
 
@@ -215,10 +247,17 @@ pub async fn gather(
     client.flush().await.map_err(|e| send(e.to_string()))?;
     let mut nodes = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut seen = std::collections::HashSet::new();
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        // A reply that is not a status is someone else's: skipped.
-        if let Ok(node) = serde_json::from_slice::<NodeStatus>(&msg.payload) {
+        // A reply that is not a status is someone else's: skipped; a node
+        // answering twice counts once.
+        if let Ok(node) = serde_json::from_slice::<NodeStatus>(&msg.payload)
+            && seen.insert(node.node_id.clone())
+        {
             nodes.push(node);
+        }
+        if nodes.len() >= MAX_NODES {
+            break;
         }
     }
     nodes.sort_by(|a, b| (&a.region, &a.node_id).cmp(&(&b.region, &b.node_id)));
@@ -231,7 +270,7 @@ fn runtime(cfg: &NotifyConfig) -> Result<tokio::runtime::Runtime, NotifyError> {
         .enable_all()
         .build()
         .map_err(|e| NotifyError::Connect {
-            url: cfg.url.clone(),
+            url: redacted(&cfg.url),
             reason: format!("cannot start a runtime: {e}"),
         })
 }
@@ -260,5 +299,9 @@ mod tests {
         assert!(check_store_id("a.b").is_err());
         assert!(check_store_id("").is_err());
         assert!(check_store_id("Prod").is_err());
+        assert_eq!(
+            redacted("nats://user:secret@a:4222,tls://b:4222"),
+            "nats://…@a:4222,tls://b:4222"
+        );
     }
 }

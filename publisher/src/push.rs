@@ -42,6 +42,12 @@ impl NotifyArgs {
         let Some(url) = &self.notify else {
             return Ok(None);
         };
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            anyhow::bail!(
+                "--notify {} is not a nats:// or tls:// URL",
+                notify::redacted(url)
+            );
+        }
         let store_id = self.store_id.clone().context(
             "--notify needs --store-id (or STRATA_STORE_ID): the id the agents listen under, their agent.toml store_id",
         )?;
@@ -52,6 +58,14 @@ impl NotifyArgs {
             credentials: self.notify_credentials.clone(),
             ca: self.notify_ca.clone(),
         }))
+    }
+
+    /// The NATS configuration `--wait` needs: checked before anything is
+    /// written, so that a command that cannot wait refuses up front
+    /// instead of failing after its change is made.
+    pub fn wait_config(&self) -> Result<NotifyConfig> {
+        self.config()?
+            .context("--wait asks the agents over NATS: give --notify and --store-id (or STRATA_NOTIFY and STRATA_STORE_ID)")
     }
 
     /// Sends the document `kind`/`name` as `store` holds it now. A failure
@@ -109,8 +123,10 @@ pub struct Target {
     pub channel: Option<String>,
     /// Only nodes of this region; `None`: every region.
     pub region: Option<String>,
-    /// The version (or a newer one) they must serve.
+    /// The version they must serve.
     pub version: u64,
+    /// Exactly that version (a pin), not it or a newer one (a publish).
+    pub exact: bool,
 }
 
 impl Target {
@@ -144,25 +160,25 @@ pub fn laggard(node: &NodeStatus) -> String {
 /// serve its version (or newer), or `timeout` passes: then an error names
 /// the nodes that do not (at most 20) and why.
 pub fn wait(args: &NotifyArgs, target: &Target, share: f64, timeout: Duration) -> Result<()> {
-    let cfg = args
-        .config()?
-        .context("--wait asks the agents over NATS: give --notify and --store-id")?;
+    let cfg = args.wait_config()?;
     let started = std::time::Instant::now();
     loop {
         let nodes: Vec<NodeStatus> = gather(&cfg, Duration::from_secs(1))?
             .into_iter()
             .filter(|n| target.counts(n))
             .collect();
-        let (done, behind): (Vec<_>, Vec<_>) = nodes
-            .iter()
-            .partition(|n| n.version.is_some_and(|v| v >= target.version));
+        let (done, behind): (Vec<_>, Vec<_>) = nodes.iter().partition(|n| {
+            n.version
+                .is_some_and(|v| v == target.version || (!target.exact && v > target.version))
+        });
         let reached = !nodes.is_empty() && done.len() as f64 >= share * nodes.len() as f64;
         if reached {
             out!(
-                "{} of {} answering node(s) serve version {} or newer",
+                "{} of {} answering node(s) serve version {}{}",
                 done.len(),
                 nodes.len(),
-                target.version
+                target.version,
+                if target.exact { "" } else { " or newer" }
             )?;
             return Ok(());
         }

@@ -138,6 +138,8 @@ async fn a_publish_reaches_an_agent_polling_once_a_minute_at_once() {
     let (_agent, socket) = agent(&fx, &server, &nats.url(), "a", "");
     serves(&socket, 1).await;
     connected(&socket).await;
+    let v1_pointer =
+        std::fs::read(server.object_path("push/channels/stable.json")).expect("pointer");
 
     let started = Instant::now();
     let out = publish(&server, &fx, "v2", Some(&nats.url()), &[]).await;
@@ -151,8 +153,9 @@ async fn a_publish_reaches_an_agent_polling_once_a_minute_at_once() {
     );
     assert_eq!(pushes(&socket, "accepted").await, 1);
 
-    // A forged pointer (another key) and a replay of the served one:
-    // counted, dropped, and not one more request to the store.
+    // A forged pointer (another key), a replay of the served one and of
+    // an older genuine one: counted, dropped, and not one more request to
+    // the store.
     let before = server.control.requests_to("channels/").len();
     let stranger = fx.dir.path().join("stranger.key");
     sign::generate_key(&stranger).expect("keygen");
@@ -168,7 +171,7 @@ async fn a_publish_reaches_an_agent_polling_once_a_minute_at_once() {
         .expect("sign");
     let subject = notify::channel_subject(STORE_ID, "stable").expect("subject");
     let cfg = config(&nats.url());
-    for bytes in [forged, pointer_bytes] {
+    for bytes in [forged, pointer_bytes, v1_pointer] {
         let (cfg, subject) = (cfg.clone(), subject.clone());
         tokio::task::spawn_blocking(move || {
             notify::send_blocking(&cfg, &subject, bytes, Duration::from_secs(5)).expect("send")
@@ -176,8 +179,8 @@ async fn a_publish_reaches_an_agent_polling_once_a_minute_at_once() {
         .await
         .expect("send thread");
     }
-    wait_for("both messages ignored", || async {
-        pushes(&socket, "ignored").await == 2
+    wait_for("the three messages ignored", || async {
+        pushes(&socket, "ignored").await == 3
     })
     .await;
     assert_eq!(snapshot(&socket).await["version"], 2);
@@ -266,7 +269,7 @@ async fn status_sees_every_node_and_wait_gates_on_the_fleet() {
         &fx,
         "v2",
         Some(&nats.url()),
-        &["--wait", "100%", "--wait-timeout", "3s"],
+        &["--wait", "100%", "--wait-timeout", "10s"],
     )
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -342,4 +345,9 @@ async fn a_tls_only_nats_server_is_reached_with_the_configured_ca() {
     assert!(text(&out).contains("told the agents"), "{}", text(&out));
     serves(&trusted, 2).await;
     assert_eq!(pushes(&trusted, "accepted").await, 1);
+    // The agent without the CA never connected: it took version 2 by
+    // polling, and heard nothing.
+    serves(&untrusting, 2).await;
+    assert_eq!(pushes(&untrusting, "accepted").await, 0);
+    assert_eq!(snapshot(&untrusting).await["notify"], "disconnected");
 }

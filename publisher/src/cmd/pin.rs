@@ -47,6 +47,9 @@ pub struct Args {
 
 /// Checks the bundle is in the store and whole, then writes the signed pin.
 pub fn run(args: Args) -> Result<()> {
+    if args.wait.is_some() {
+        args.notify.wait_config()?;
+    }
     let keys = args.keys.load()?;
     let trusted = load_public_keys(&args.trusted_keys)?;
     let publishers = (!trusted.is_empty()).then(|| TrustedKeys::for_publisher(&[], &trusted));
@@ -78,6 +81,7 @@ pub fn run(args: Args) -> Result<()> {
             channel: None,
             region: Some(pin.name.clone()),
             version: pin.version,
+            exact: true,
         };
         crate::push::wait(&args.notify, &target, share, args.wait_timeout)?;
     }

@@ -91,6 +91,9 @@ pub struct Args {
 
 /// Validates and compiles the source, uploads the bundle, moves the pointer.
 pub fn run(args: Args) -> Result<()> {
+    if args.wait.is_some() {
+        args.notify.wait_config()?;
+    }
     strata_common::layout::check_name("channel", &args.channel)?;
     let keys = args.input.keys()?;
     let trusted = load_public_keys(&args.trusted_keys)?;
@@ -225,6 +228,7 @@ pub fn run(args: Args) -> Result<()> {
             channel: Some(p.name.clone()),
             region: args.wait_region.clone(),
             version: p.version,
+            exact: false,
         };
         crate::push::wait(&args.notify, &target, share, args.wait_timeout)?;
     }
