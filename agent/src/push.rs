@@ -164,10 +164,33 @@ fn handle(
     }
     let delay = listener.spread.mul_f64(rand::random::<f64>());
     let (shared, waking) = (shared.clone(), heard.waking.clone());
+    let pushed = (kind == PointerKind::Channel).then_some(heard.channel_version);
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         waking.store(false, std::sync::atomic::Ordering::Release);
         shared.check_now.notify_one();
+        // A CDN or a mirror may still answer the old pointer for a few
+        // seconds: until the pushed version is served, look again at 1,
+        // 2, 4, 8 and 16 s (then the safety poll carries on).
+        let Some(version) = pushed else { return };
+        for wait in [1, 2, 4, 8, 16] {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let served = shared
+                .served
+                .load()
+                .as_ref()
+                .and_then(|r| r.current_meta())
+                .map_or(0, |m| m.version);
+            let pinned = shared
+                .status()
+                .followed
+                .as_ref()
+                .is_some_and(|f| f.by != FollowedBy::Channel);
+            if served >= version || pinned {
+                return;
+            }
+            shared.check_now.notify_one();
+        }
     });
 }
 
