@@ -175,12 +175,7 @@ fn handle(
         let Some(version) = pushed else { return };
         for wait in [1, 2, 4, 8, 16] {
             tokio::time::sleep(Duration::from_secs(wait)).await;
-            let served = shared
-                .served
-                .load()
-                .as_ref()
-                .and_then(|r| r.current_meta())
-                .map_or(0, |m| m.version);
+            let served = served_version(&shared);
             let pinned = shared
                 .status()
                 .followed
@@ -218,12 +213,7 @@ fn judge(
         return Err(format!("expired at {}", p.expires_at));
     }
     if kind == PointerKind::Channel {
-        let served = shared
-            .served
-            .load()
-            .as_ref()
-            .and_then(|r| r.current_meta())
-            .map_or(0, |m| m.version);
+        let served = served_version(shared);
         if p.version <= heard.channel_version.max(served) {
             return Err(format!("version {} is not newer", p.version));
         }
@@ -239,6 +229,16 @@ fn judge(
         heard.pin_created_at = p.created_at;
     }
     Ok(())
+}
+
+/// The version served now (0 before the first).
+fn served_version(shared: &Shared) -> u64 {
+    shared
+        .served
+        .load()
+        .as_ref()
+        .and_then(|r| r.current_meta())
+        .map_or(0, |m| m.version)
 }
 
 /// This node, as a status reply says it.
