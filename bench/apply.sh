@@ -10,13 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COLD=${1:-3}
 STEADY=${2:-5}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p strata-publisher -p strata-agent
-  BIN=$PWD/target/release
-fi
-P=$BIN/strata-publisher
-A=$BIN/strata-agent
-W=$(mktemp -d)
+. bench/binaries.sh
 AGENT=
 trap 'kill $AGENT 2>/dev/null || true; rm -rf "$W"' EXIT
 

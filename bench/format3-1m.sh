@@ -8,13 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p strata-publisher -p strata-agent
-  BIN=$PWD/target/release
-fi
-P=$BIN/strata-publisher
-A=$BIN/strata-agent
-W=$(mktemp -d)
+. bench/binaries.sh
 trap 'pkill -f "$W/a.toml" 2>/dev/null || true; rm -rf "$W"' EXIT
 # Agents of a channel this size run with max_bundle_bytes raised (about 8 GB
 # of records); the publisher is told the same.

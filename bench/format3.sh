@@ -9,13 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p strata-publisher -p strata-agent
-  BIN=$PWD/target/release
-fi
-P=$BIN/strata-publisher
-A=$BIN/strata-agent
-W=$(mktemp -d)
+. bench/binaries.sh
 AGENT=
 trap 'kill $AGENT 2>/dev/null || true; rm -rf "$W"' EXIT
 t() { local s; s=$(date +%s.%N); "$@" >/dev/null; echo "$(date +%s.%N) - $s" | bc; }

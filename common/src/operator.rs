@@ -544,21 +544,22 @@ pub enum Signers {
     DropMissing,
 }
 
-/// The version channel `name` serves and that snapshot's tenant count,
-/// from its verified pointer (which signs the count) or, for a pointer of
-/// an earlier release, its bundle's manifest (`None` if neither can be
-/// read): what still guards removals when the bundle is damaged.
+/// The version channel `name` serves and its [`tenant_count`] (`None` if
+/// neither can be read).
 pub fn served_tenants(
     store: &dyn ReadStore,
     name: &str,
     trust: &TrustedKeys,
 ) -> Option<(u64, u64)> {
     let (pointer, _) = Pointer::read_channel(store, name, trust).ok()??;
-    let count = match pointer.tenants {
-        Some(count) => count,
-        None => bundle::peek_manifest(store, &pointer.bundle)?.tenant_count,
-    };
-    Some((pointer.version, count))
+    Some((pointer.version, tenant_count(store, &pointer)?))
+}
+
+/// The tenant count a verified `pointer` signs, or (earlier releases) its
+/// bundle's manifest's: what guards removals over a damaged bundle.
+pub fn tenant_count(store: &dyn ReadStore, pointer: &Pointer) -> Option<u64> {
+    let manifest = || bundle::peek_manifest(store, &pointer.bundle).map(|m| m.tenant_count);
+    pointer.tenants.or_else(manifest)
 }
 
 /// Publishes version `to`'s content as the channel's next version: history

@@ -186,9 +186,8 @@ fn check_versions(
         // so (--allow-damaged), having checked the source. A store or disk
         // that failed this time is no reason to skip anything: try again.
         Err(e) if e.is_damage() => {
-            let served = strata_common::operator::served_tenants(store, &head.name, trust)
-                .filter(|(version, _)| *version == head.version)
-                .map(|(_, count)| count);
+            // `head` is verified (the publish read it with its trust).
+            let served = strata_common::operator::tenant_count(store, head);
             if let Some(served) = served
                 && versions::is_mass_removal(served.saturating_sub(compiled.tenant_count), served)
                 && !allow.removals

@@ -78,6 +78,23 @@ impl NotifyArgs {
         }
     }
 
+    /// Sends the document as [`NotifyArgs::send`] does, then, with
+    /// `wait` (`--wait`'s share), waits for the nodes `target` counts.
+    pub fn announce(
+        &self,
+        store: &dyn ReadStore,
+        kind: PointerKind,
+        name: &str,
+        wait: Option<(f64, Duration)>,
+        target: Target,
+    ) -> Result<()> {
+        self.send(store, kind, name);
+        match wait {
+            Some((share, timeout)) => self::wait(self, &target, share, timeout),
+            None => Ok(()),
+        }
+    }
+
     fn try_send(&self, store: &dyn ReadStore, kind: PointerKind, name: &str) -> Result<()> {
         let Some(cfg) = self.config()? else {
             return Ok(());

@@ -479,6 +479,21 @@ impl S3 for Conditional {
     }
 }
 
+/// `publish --init` of `src` signed by the fixture's key to `url`: the
+/// arguments, for [`run_publisher`].
+pub fn publish_args(fx: &crate::Fixture, src: &std::path::Path, url: &str) -> Vec<String> {
+    vec![
+        "publish".into(),
+        "--init".into(),
+        "--source".into(),
+        src.display().to_string(),
+        "--key".into(),
+        fx.key_path.display().to_string(),
+        "--store".into(),
+        url.to_owned(),
+    ]
+}
+
 /// Runs the publisher with `env` (a server's, or a changed copy) and
 /// `args`, off the async threads.
 pub async fn run_publisher(

@@ -45,16 +45,7 @@ async fn publish(
     extra: &[&str],
 ) -> Output {
     let (src, _) = fx.compile(tag, 10);
-    let mut args: Vec<String> = vec![
-        "publish".into(),
-        "--init".into(),
-        "--source".into(),
-        src.display().to_string(),
-        "--key".into(),
-        fx.key_path.display().to_string(),
-        "--store".into(),
-        url(),
-    ];
+    let mut args = strata_tests::s3::publish_args(fx, &src, &url());
     if let Some(u) = nats_url {
         args.extend([
             "--notify".into(),

@@ -29,16 +29,7 @@ async fn publish(server: &S3Server, fx: &Fixture, tag: &str, tenants: usize) -> 
     let (src, _) = fx.compile(tag, tenants);
     publisher(
         server.env(),
-        vec![
-            "publish".into(),
-            "--init".into(),
-            "--source".into(),
-            src.display().to_string(),
-            "--key".into(),
-            fx.key_path.display().to_string(),
-            "--store".into(),
-            url(),
-        ],
+        strata_tests::s3::publish_args(fx, &src, &url()),
     )
     .await
 }

@@ -71,21 +71,19 @@ pub fn run(args: Args) -> Result<()> {
         pin.bundle_sha256,
         pin.expires_at
     )?;
-    args.notify.send(
+    // A pin counts the nodes serving exactly its version.
+    args.notify.announce(
         store.as_ref(),
         strata_common::pointer::PointerKind::Pin,
         &pin.name,
-    );
-    if let Some(share) = args.wait {
-        let target = crate::push::Target {
+        args.wait.map(|share| (share, args.wait_timeout)),
+        crate::push::Target {
             channel: None,
             region: Some(pin.name.clone()),
             version: pin.version,
             exact: true,
-        };
-        crate::push::wait(&args.notify, &target, share, args.wait_timeout)?;
-    }
-    Ok(())
+        },
+    )
 }
 
 /// Arguments of `unpin`.

@@ -218,19 +218,16 @@ pub fn run(args: Args) -> Result<()> {
             )?;
         }
     }
-    args.notify.send(
+    args.notify.announce(
         store.as_ref(),
         strata_common::pointer::PointerKind::Channel,
         &p.name,
-    );
-    if let Some(share) = args.wait {
-        let target = crate::push::Target {
+        args.wait.map(|share| (share, args.wait_timeout)),
+        crate::push::Target {
             channel: Some(p.name.clone()),
             region: args.wait_region.clone(),
             version: p.version,
             exact: false,
-        };
-        crate::push::wait(&args.notify, &target, share, args.wait_timeout)?;
-    }
-    Ok(())
+        },
+    )
 }
