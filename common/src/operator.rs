@@ -544,8 +544,7 @@ pub enum Signers {
     DropMissing,
 }
 
-/// The version channel `name` serves and its [`tenant_count`] (`None` if
-/// neither can be read).
+/// The version channel `name` serves and its [`tenant_count`], if read.
 pub fn served_tenants(
     store: &dyn ReadStore,
     name: &str,
