@@ -15,6 +15,8 @@ pub mod channel;
 pub mod chunk;
 pub mod compile;
 pub mod copy;
+#[cfg(feature = "postgres")]
+pub mod database;
 pub mod diff;
 pub mod gc;
 pub mod generate;

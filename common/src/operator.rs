@@ -571,12 +571,8 @@ pub fn rollback(
     opts: &PublishOptions,
 ) -> Result<Published, OperatorError> {
     let trust = TrustedKeys::for_publisher(keys, &opts.trusted);
-    let mut stored = fetch_bundle(
-        store,
-        to,
-        SignatureCheck::Trusted(&trust),
-        &Limits::agents(),
-    )?;
+    let check = SignatureCheck::Trusted(&trust);
+    let mut stored = fetch_bundle(store, to, check, &Limits::agents())?;
     let key = SnapshotVersion(to).bundle_key();
     let compressed = stored.payload(&key)?;
     let m = &stored.header.manifest;
@@ -593,6 +589,7 @@ pub fn rollback(
         objects: Default::default(),
         layer1_version: m.layer1_version.clone(),
         tenant_count: m.tenant_count,
+        held_back: Vec::new(),
         warnings: Vec::new(),
     };
     Ok(channel::publish(store, &compiled, keys, opts)?)

@@ -73,19 +73,24 @@ impl VersionsError {
 /// the snapshot `pointer` names (verified with `trust`): one problem per
 /// tenant that breaks the discipline, and the tenants it would remove. A
 /// publish asks again when another publisher moved the channel first.
+/// With `lower_ok` (a database source, where each version is one row and
+/// moving `is_active` back to an older row is the platform's rollback), a
+/// lowered version is not a problem; the same version with other content
+/// still is.
 pub fn check_against(
     store: &dyn WriteStore,
     pointer: &Pointer,
     trust: &TrustedKeys,
     compiled: &Compiled,
     dir: &Path,
+    lower_ok: bool,
 ) -> Result<Comparison, VersionsError> {
     let old = served_reader(store, pointer, trust)?;
     let new = payload_reader(compiled, store).map_err(|source| VersionsError::Payload {
         what: "the new snapshot",
         source,
     })?;
-    compare(old, new, pointer.version, dir)
+    compare(old, new, (pointer.version, lower_ok), dir)
 }
 
 /// Who owns each phone number (number → tenant) in the snapshot `pointer`
@@ -164,6 +169,57 @@ pub(crate) fn payload_reader<'a>(
     )
 }
 
+/// The records of `tenants` in the snapshot `pointer` names (verified
+/// with `trust`), if its Layer 1 is `layer1` (a record made under another
+/// Layer 1 would not match the snapshot it joins): what a quarantined
+/// tenant keeps serving. Format 3 reads only the chunks holding them.
+pub fn served_records(
+    store: &dyn WriteStore,
+    pointer: &Pointer,
+    trust: &TrustedKeys,
+    layer1: &[u8],
+    tenants: &std::collections::BTreeSet<String>,
+) -> Result<std::collections::BTreeMap<String, crate::compile::KeptRecord>, VersionsError> {
+    let mut reader = served_reader(store, pointer, trust)?;
+    let mut found = std::collections::BTreeMap::new();
+    if reader.layer1() != layer1 {
+        return Ok(found);
+    }
+    let err = |source| VersionsError::Payload {
+        what: SERVED,
+        source,
+    };
+    reader.only_tenants(tenants);
+    while let Some(group) = reader.next_group().map_err(err)? {
+        let bundle::Group::Listed(frame) = group else {
+            continue;
+        };
+        let bodies = reader.bodies(&frame).map_err(err)?;
+        for (i, t) in frame.tenants.iter().enumerate() {
+            if !tenants.contains(&t.tenant) {
+                continue;
+            }
+            let config = bodies.config(i).map_err(err)?.to_vec();
+            let prompt = String::from_utf8_lossy(bodies.prompt(i).map_err(err)?).into_owned();
+            let phones = serde_json::from_slice::<Value>(&config)
+                .ok()
+                .and_then(|c| serde_json::from_value(c.get("phone_numbers")?.clone()).ok())
+                .unwrap_or_default();
+            let config_hash = String::from_utf8_lossy(&t.config_hash).into_owned();
+            found.insert(
+                t.tenant.clone(),
+                crate::compile::KeptRecord {
+                    config_hash,
+                    config,
+                    prompt,
+                    phones,
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
 /// What the store holds of a channel's format 3 snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Present {
@@ -173,6 +229,9 @@ pub struct Present {
     pub objects: HashSet<[u8; 32]>,
     /// Its Layer 1 and chunks: what a publish keeps of it.
     pub reuse: crate::compile::Reuse,
+    /// Its payload's SHA-256 (hex): a build with the same one changes
+    /// nothing (the root is a function of its content).
+    pub payload_sha256: String,
 }
 
 /// What the store holds of snapshot `version` (verified with `trust`), if
@@ -228,6 +287,7 @@ pub fn served_objects(
             layer1: crate::bundle::Frames::layer1(&frames).to_vec(),
             chunks: frames.chunks().to_vec(),
         },
+        payload_sha256: manifest.payload_sha256.clone(),
     }))
 }
 
@@ -306,7 +366,7 @@ pub const MASS_REMOVAL_PERCENT: u64 = 10;
 fn compare(
     mut old: Box<dyn Frames + '_>,
     mut new: Box<dyn Frames + '_>,
-    served: u64,
+    served: (u64, bool),
     dir: &Path,
 ) -> Result<Comparison, VersionsError> {
     let same_layer1 = old.layer1() == new.layer1();
@@ -380,7 +440,7 @@ fn check_tenant(
     new: &Tenant,
     same_layer1: bool,
     (old_defaults, new_defaults): (&Value, &Value),
-    served: u64,
+    (served, lower_ok): (u64, bool),
     dir: &Path,
 ) -> Option<Problem> {
     let parse = |c: &[u8]| serde_json::from_slice::<Value>(c).ok();
@@ -401,7 +461,9 @@ fn check_tenant(
         String::from_utf8_lossy(&old.hash[..12]),
         String::from_utf8_lossy(&new.hash[..12])
     );
-    let reason = if new_v < old_v {
+    let reason = if new_v < old_v && lower_ok {
+        return None;
+    } else if new_v < old_v {
         format!(
             "{new_v} is lower than {old_v}, the version snapshot {served} serves ({hashes}); versions only go up: raise it above {old_v} (old content returns with `strata-publisher rollback`)"
         )

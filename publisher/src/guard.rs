@@ -41,6 +41,9 @@ pub(crate) struct Allow {
     pub(crate) rollforward: bool,
     /// Publishing over a served snapshot too damaged to compare with.
     pub(crate) damaged: bool,
+    /// Lowered tenant versions (a database source: the platform moved
+    /// `is_active` back to an older row, its rollback).
+    pub(crate) lower_versions: bool,
 }
 
 /// After a rollback (the channel's head is one), refuses a publish that
@@ -123,7 +126,7 @@ fn check_versions(
     dir: &Path,
     allow: Allow,
 ) -> Result<(), PublishError> {
-    match versions::check_against(store, head, trust, compiled, dir) {
+    match versions::check_against(store, head, trust, compiled, dir, allow.lower_versions) {
         Ok(c) if !c.problems.is_empty() => {
             for p in &c.problems {
                 // The refusal is the error either way.

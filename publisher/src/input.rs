@@ -43,44 +43,6 @@ pub fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<sign::VerifyingKey>> {
         .collect()
 }
 
-/// What `build` and `publish` both take: a source to compile and the keys
-/// to sign it with.
-#[derive(clap::Args)]
-pub struct SignedSource {
-    /// Source directory (layer1.toml, tenants/*.toml).
-    #[arg(long)]
-    source: PathBuf,
-    #[command(flatten)]
-    keys: SigningKeys,
-}
-
-impl SignedSource {
-    /// The source directory.
-    pub fn dir(&self) -> &Path {
-        &self.source
-    }
-
-    /// The keys (files checked for their mode) and the compiled source,
-    /// keys first so a bad key fails before minutes of compiling.
-    pub fn load(&self) -> Result<(Vec<sign::SigningKey>, compile::Compiled)> {
-        let keys = self.keys.load()?;
-        Ok((
-            keys,
-            compile_source(&self.source, CompileOptions::default())?,
-        ))
-    }
-
-    /// The signing keys alone (checked for their mode).
-    pub fn keys(&self) -> Result<Vec<sign::SigningKey>> {
-        self.keys.load()
-    }
-
-    /// The compiled source, with `opts`.
-    pub fn compile(&self, opts: CompileOptions) -> Result<compile::Compiled> {
-        compile_source(&self.source, opts)
-    }
-}
-
 /// Parses `--expires-in`: a signature's lifetime, from one minute (a
 /// pointer that expires at once would be refused by every agent) to ten
 /// years (a timestamp past year 9999 cannot be written).
@@ -97,16 +59,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Opens a source directory, printing every problem if it is invalid.
-pub fn open_source(dir: &Path) -> Result<Source> {
-    Source::open(dir).map_err(|e| report(dir, e))
-}
-
-/// Validates and compiles a source directory, printing every problem (and
-/// warning) of an invalid one.
-fn compile_source(dir: &Path, opts: CompileOptions) -> Result<compile::Compiled> {
-    let src = open_source(dir)?;
-    let compiled = compile::compile(&src, opts).map_err(|e| report(dir, e))?;
+/// Validates and compiles a source, printing every problem (and warning)
+/// of an invalid one.
+pub fn compile_source(src: &Source, opts: CompileOptions) -> Result<compile::Compiled> {
+    let compiled = compile::compile(src, opts).map_err(|e| report(&src.dir, e))?;
     print_warnings(&compiled.warnings);
     Ok(compiled)
 }

@@ -89,7 +89,9 @@ impl std::error::Error for StdoutError {
 mod cmd;
 mod guard;
 mod input;
+mod metrics;
 mod push;
+mod source_arg;
 
 use std::process::ExitCode;
 
@@ -123,6 +125,11 @@ enum Command {
     Build(cmd::build::Args),
     /// Build and publish the source as the channel's next version.
     Publish(cmd::publish::Args),
+    /// Follow a PostgreSQL source: publish each settled batch of changes.
+    Follow(cmd::follow::Args),
+    /// Load a directory source into a PostgreSQL database (a new row per
+    /// changed tenant, made active).
+    Import(cmd::import::Args),
     /// List bundles, channels and pins in a store.
     List(cmd::list::Args),
     /// Verify a bundle file, a bundle in a store, or a store's channel as an
@@ -165,6 +172,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Build(args) => cmd::build::run(args),
         Command::Publish(args) => cmd::publish::run(args),
+        Command::Follow(args) => cmd::follow::run(args),
+        Command::Import(args) => cmd::import::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Diff(args) => cmd::diff::run(args),

@@ -5,6 +5,7 @@
 pub mod mirror;
 pub mod mount;
 pub mod nats;
+pub mod postgres;
 pub mod s3;
 
 use std::fs::File;
@@ -354,6 +355,7 @@ pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) ->
         layer1_version: compiled.layer1_version.clone(),
         tenant_count: contents.configs.len() as u64,
         warnings: Vec::new(),
+        held_back: Vec::new(),
     }
 }
 

@@ -425,7 +425,7 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
             &mut |head| {
                 let Some(head) = head else { return Ok(()) };
                 heads.push(head.version);
-                let problems = versions::check_against(store, head, &trust, compiled, dir)
+                let problems = versions::check_against(store, head, &trust, compiled, dir, false)
                     .map(|c| c.problems)
                     .expect("versions checked");
                 match problems.first() {

@@ -72,6 +72,9 @@ pub trait Frames {
     /// Format 3: hands the chunks `shared` (which a comparison knows hold
     /// the same tenants on both sides) out as [`Group::Held`], unread.
     fn skip_chunks(&mut self, _shared: &std::collections::HashSet<[u8; 32]>) {}
+    /// Format 3: hands out as [`Group::Held`], unread, every chunk that
+    /// holds none of `tenants` (a reader wanting a few tenants' records).
+    fn only_tenants(&mut self, _tenants: &std::collections::BTreeSet<String>) {}
     /// Format 3, once every group and route was read: what the node keeps
     /// beside the snapshot ([`crate::bundle::tree::Applied`]). `None` for format 2.
     fn take_tree(&mut self) -> Option<crate::bundle::tree::Applied> {

@@ -7,21 +7,51 @@
 //! tenant order, which keeps the output deterministic.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::bundle::tree::TreeWriter;
 use crate::bundle::{Payload, PayloadWriter};
-use crate::model::{EffectiveConfig, Layer1, Overlay};
-use crate::render;
 use crate::source::{Source, SourceError};
-use crate::validate::{self, PhoneIndex, Problem, Reporter};
+use crate::validate::{PhoneIndex, Problem};
 
 mod reuse;
+mod tenant;
 mod writer;
 
 pub use reuse::Reuse;
 use reuse::Step;
+pub use tenant::tenant_problems;
+use tenant::{TenantResult, compile_batch};
 use writer::{Writer, check_agent_limits};
+
+/// A tenant's record as the channel's snapshot holds it: what a
+/// quarantined tenant keeps serving.
+#[derive(Debug, Clone)]
+pub struct KeptRecord {
+    /// Its `config_hash`.
+    pub config_hash: String,
+    /// Its effective config (canonical JSON).
+    pub config: Vec<u8>,
+    /// Its combined prompt.
+    pub prompt: String,
+    /// The numbers it owns.
+    pub phones: Vec<String>,
+}
+
+/// Where a quarantining compile finds a held-back tenant's last published
+/// record (`None`: the tenant was never published, it stays out).
+#[derive(Clone)]
+pub struct LastPublished(pub Arc<LookUp>);
+
+/// The look-up [`LastPublished`] holds.
+pub type LookUp = dyn Fn(&str) -> Option<KeptRecord> + Send + Sync;
+
+impl std::fmt::Debug for LastPublished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastPublished")
+    }
+}
 
 /// Tenants per batch: enough to keep every thread busy, few enough that a
 /// batch's rendered prompts stay a few tens of MiB.
@@ -52,6 +82,14 @@ pub struct CompileOptions {
     /// are kept without compiling them again (needs `served_owners` and
     /// `dictionary`).
     pub reuse: Option<std::sync::Arc<Reuse>>,
+    /// Quarantine: a tenant with problems does not refuse the build; it
+    /// keeps the record this gives (its last published one), or stays out,
+    /// and its problems are listed in [`Compiled::held_back`].
+    pub quarantine: Option<LastPublished>,
+    /// Tenants held back whatever their source holds, with why (with
+    /// `quarantine`: those whose new version the channel's snapshot
+    /// refuses, found by a first compile).
+    pub hold: Arc<BTreeMap<String, Vec<Problem>>>,
 }
 
 impl Default for CompileOptions {
@@ -66,6 +104,8 @@ impl Default for CompileOptions {
             format: crate::bundle::FORMAT_VERSION,
             dictionary: None,
             reuse: None,
+            quarantine: None,
+            hold: Arc::default(),
         }
     }
 }
@@ -83,40 +123,15 @@ pub struct Compiled {
     pub tenant_count: u64,
     /// Non-fatal findings (unused variables).
     pub warnings: Vec<Problem>,
-}
-
-/// One tenant's result.
-struct TenantResult {
-    file: PathBuf,
-    tenant_id: String,
-    phones: Vec<String>,
-    /// Config hash, config JSON and combined prompt.
-    output: Option<(String, Vec<u8>, String)>,
-    problems: Vec<Problem>,
-    warnings: Vec<Problem>,
-    /// SHA-256 (hex) of the tenant's source file.
-    source_sha256: String,
-}
-
-impl TenantResult {
-    /// The result for `file` (its stem the tenant id), nothing found yet.
-    fn named(file: &Path) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            tenant_id: reuse::stem(file).to_owned(),
-            phones: Vec::new(),
-            output: None,
-            problems: Vec::new(),
-            warnings: Vec::new(),
-            source_sha256: String::new(),
-        }
-    }
+    /// Quarantine: the problems of the tenants held back (on their last
+    /// published record, or out of the snapshot if they have none).
+    pub held_back: Vec<Problem>,
 }
 
 /// Validates the whole source without writing anything: every problem, then
 /// every warning.
 pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, SourceError> {
-    run(source, opts, None).map(|(_, w)| w)
+    run(source, opts, None).map(|(_, w, _)| w)
 }
 
 /// Compiles the source into a payload, or reports every problem.
@@ -127,7 +142,7 @@ pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, Source
     } else {
         Writer::Bundle(PayloadWriter::new(opts.level).map_err(payload_err)?)
     };
-    let (writer, warnings) = run(source, opts.clone(), Some(writer))?;
+    let (writer, warnings, held_back) = run(source, opts.clone(), Some(writer))?;
     let Some((tenant_count, writer)) = writer else {
         return Err(payload_err(std::io::Error::other("payload writer missing")));
     };
@@ -154,6 +169,7 @@ pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, Source
         layer1_version: source.layer1.version.clone(),
         tenant_count,
         warnings,
+        held_back,
     })
 }
 
@@ -165,7 +181,7 @@ fn payload_err(source: std::io::Error) -> SourceError {
     }
 }
 
-type RunOutput = (Option<(u64, Writer)>, Vec<Problem>);
+type RunOutput = (Option<(u64, Writer)>, Vec<Problem>, Vec<Problem>);
 
 fn run(
     source: &Source,
@@ -179,13 +195,14 @@ fn run(
         w.layer1(&layer1_json).map_err(payload_err)?;
     }
     let mut problems = Vec::new();
+    let mut held_back = Vec::new();
     let mut warnings = source.warnings.clone();
     let mut phones = PhoneIndex::default();
-    let mut tenant_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut origins: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;
     let threads = opts.threads.max(1);
     let served = opts.served_owners.as_deref();
-    let files = &source.tenant_files;
+    let tenants = &source.tenants;
     // Format 3 over the channel's snapshot: chunks whose sources did not
     // change are kept as they are (their tenants' numbers from the routes
     // it serves), under the same Layer 1 and dictionary.
@@ -200,10 +217,16 @@ fn run(
     let plan = match reuse {
         Some(r) => {
             let max_file = layer1.policy.tenant_limits.max_file_bytes;
-            let shas = reuse::source_hashes(files, &source.root, max_file, threads);
-            reuse::plan(files, &shas, &r.chunks)
+            let mut shas = reuse::source_hashes(tenants, max_file, threads);
+            // A tenant held back is compiled (its chunk is not kept).
+            for (i, sha) in shas.iter_mut().enumerate() {
+                if opts.hold.contains_key(tenants.id(i)) {
+                    *sha = None;
+                }
+            }
+            reuse::plan(tenants, &shas, &r.chunks)
         }
-        None => vec![Step::Compile(0..files.len())],
+        None => vec![Step::Compile(0..tenants.len())],
     };
     let numbers_of: BTreeMap<&str, Vec<String>> = match (reuse, served) {
         (Some(_), Some(served)) => {
@@ -215,14 +238,15 @@ fn run(
         }
         _ => BTreeMap::new(),
     };
-    let to_compile: Vec<PathBuf> = plan
+    let to_compile: Vec<usize> = plan
         .iter()
         .filter_map(|s| match s {
-            Step::Compile(r) => Some(files[r.clone()].iter().cloned()),
+            Step::Compile(r) => Some(r.clone()),
             Step::Reuse { .. } => None,
         })
         .flatten()
         .collect();
+    let quarantine = opts.quarantine.as_ref();
     // Compile batch N+1 on worker threads while this thread checks and
     // writes batch N.
     std::thread::scope(|s| -> Result<(), SourceError> {
@@ -230,10 +254,9 @@ fn run(
         let to_compile = &to_compile;
         s.spawn(move || {
             for batch in to_compile.chunks(BATCH) {
-                if tx
-                    .send(compile_batch(layer1, &source.root, batch, threads))
-                    .is_err()
-                {
+                let compiled = compile_batch(layer1, tenants, batch, threads);
+                let failed = compiled.is_err();
+                if tx.send(compiled).is_err() || failed {
                     break;
                 }
             }
@@ -244,11 +267,34 @@ fn run(
                         writer: &mut Option<Writer>|
          -> Result<bool, SourceError> {
             warnings.append(&mut t.warnings);
-            claim_numbers(&mut phones, &tenant_files, served, &mut t);
-            tenant_files.insert(t.tenant_id.clone(), t.file.clone());
+            if let Some(why) = opts.hold.get(&t.tenant_id) {
+                t.problems.extend(why.iter().cloned());
+            }
+            claim_numbers(&mut phones, &origins, served, &mut t);
+            origins.insert(t.tenant_id.clone(), t.file.clone());
             if !t.problems.is_empty() {
-                problems.append(&mut t.problems);
-                return Ok(false);
+                let Some(last_published) = quarantine else {
+                    problems.append(&mut t.problems);
+                    return Ok(false);
+                };
+                held_back.append(&mut t.problems);
+                phones.release(&t.tenant_id, &t.phones);
+                let Some(kept) = (last_published.0)(&t.tenant_id) else {
+                    return Ok(problems.is_empty());
+                };
+                // Its numbers are its last record's; a held-back tenant is
+                // compiled again next time (no source hash matches).
+                t = TenantResult {
+                    phones: kept.phones,
+                    output: Some((kept.config_hash, kept.config, kept.prompt)),
+                    source_sha256: "held back".into(),
+                    ..TenantResult::named(t.file, &t.tenant_id)
+                };
+                claim_numbers(&mut phones, &origins, served, &mut t);
+                if !t.problems.is_empty() {
+                    held_back.append(&mut t.problems);
+                    return Ok(problems.is_empty());
+                }
             }
             if let (Some(w), Some((hash, config, prompt))) = (writer.as_mut(), t.output.as_ref())
                 && problems.is_empty()
@@ -264,7 +310,10 @@ fn run(
                 Step::Compile(r) => {
                     for _ in r.clone() {
                         if compiled.is_empty() {
-                            compiled.extend(rx.recv().unwrap_or_default());
+                            match rx.recv() {
+                                Ok(batch) => compiled.extend(batch?),
+                                Err(_) => break,
+                            }
                         }
                         let t = compiled.pop_front().ok_or_else(|| {
                             payload_err(std::io::Error::other("a compile batch went missing"))
@@ -272,29 +321,26 @@ fn run(
                         take(t, &mut writer)?;
                     }
                 }
-                Step::Reuse { chunk, files: r } => {
+                Step::Reuse { chunk, tenants: r } => {
                     let fits = writer.as_ref().is_some_and(Writer::between_chunks);
                     let (Some(reuse), true) = (reuse, fits) else {
                         // The cut before it moved: its tenants are compiled.
-                        for f in &files[r.clone()] {
-                            take(compile_tenant(layer1, &source.root, f), &mut writer)?;
+                        let all: Vec<usize> = r.clone().collect();
+                        for t in compile_batch(layer1, tenants, &all, 1)? {
+                            take(t, &mut writer)?;
                         }
                         continue;
                     };
                     let mut clean = true;
-                    for f in &files[r.clone()] {
-                        let id = reuse::stem(f);
+                    for i in r.clone() {
+                        let id = tenants.id(i);
                         let t = TenantResult {
                             phones: numbers_of.get(id).cloned().unwrap_or_default(),
-                            ..TenantResult::named(f)
+                            ..TenantResult::named(tenants.origin(i), id)
                         };
                         clean = take(t, &mut writer)?;
                     }
-                    let last = r
-                        .end
-                        .checked_sub(1)
-                        .map(|i| reuse::stem(&files[i]))
-                        .unwrap_or("");
+                    let last = r.end.checked_sub(1).map_or("", |i| tenants.id(i));
                     if let Some(w) = writer.as_mut()
                         && clean
                     {
@@ -314,7 +360,7 @@ fn run(
             w.route(&number, &tenant).map_err(payload_err)?;
         }
     }
-    Ok((writer.map(|w| (count, w)), warnings))
+    Ok((writer.map(|w| (count, w)), warnings, held_back))
 }
 
 /// Claims the tenant's numbers. A number another tenant claimed already
@@ -373,180 +419,4 @@ fn claim_numbers(
         };
         t.problems.push(problem);
     }
-}
-
-fn compile_batch(
-    layer1: &Layer1,
-    root: &Path,
-    files: &[PathBuf],
-    threads: usize,
-) -> Vec<TenantResult> {
-    if threads <= 1 || files.len() < 2 {
-        return files
-            .iter()
-            .map(|f| compile_tenant(layer1, root, f))
-            .collect();
-    }
-    let per = files.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(per)
-            .map(|chunk| {
-                let h = s.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|f| compile_tenant(layer1, root, f))
-                        .collect::<Vec<_>>()
-                });
-                (chunk, h)
-            })
-            .collect();
-        // A worker that panicked must not silently drop its tenants from the
-        // snapshot: each becomes a problem, and the build is refused.
-        handles
-            .into_iter()
-            .flat_map(|(chunk, h)| {
-                h.join()
-                    .unwrap_or_else(|_| chunk.iter().map(|f| internal_error(f)).collect())
-            })
-            .collect()
-    })
-}
-
-fn internal_error(file: &Path) -> TenantResult {
-    let mut t = TenantResult::named(file);
-    t.problems.push(Problem {
-        file: file.to_path_buf(),
-        tenant: Some(t.tenant_id.clone()),
-        field: String::new(),
-        reason: "internal error while compiling this file (a bug in strata; please report it with the file)".into(),
-    });
-    t
-}
-
-/// Parses, merges, validates and renders one tenant file.
-fn compile_tenant(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
-    let file_buf = file.to_path_buf();
-    let mut result = TenantResult::named(file);
-    let stem = result.tenant_id.clone();
-    let max_file = layer1.policy.tenant_limits.max_file_bytes;
-    let text = match crate::localfile::read_text_inside(file, max_file, root) {
-        Ok(t) => t,
-        Err(e) => {
-            let mut r = Reporter::new(&file_buf, Some(&stem));
-            let too_large = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<crate::localfile::TooLarge>());
-            match too_large {
-                Some(t) => r.push(
-                    "",
-                    format!(
-                        "the file is {} bytes or more; Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)",
-                        t.size
-                    ),
-                ),
-                None => r.push("", format!("cannot read the file: {e}")),
-            }
-            result.problems = r.problems;
-            return result;
-        }
-    };
-    compile_tenant_text(layer1, result, &text)
-}
-
-/// What `validate` finds in one tenant file's `text` (named `file`): its
-/// problems, empty for a valid tenant. For the fuzzer and tools that check
-/// one file without a source directory.
-pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem> {
-    let result = TenantResult::named(file);
-    compile_tenant_text(layer1, result, text).problems
-}
-
-/// Parses, merges, validates and renders one tenant file's text into
-/// `result` (which names the file).
-fn compile_tenant_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> TenantResult {
-    result.source_sha256 = crate::canonical::sha256_hex(text.as_bytes());
-    let file_buf = result.file.clone();
-    let stem = result.tenant_id.clone();
-    let max_file = layer1.policy.tenant_limits.max_file_bytes;
-    if text.len() as u64 > max_file {
-        let mut r = Reporter::new(&file_buf, Some(&stem));
-        r.push(
-            "",
-            format!(
-                "the file is {} bytes; Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)",
-                text.len()
-            ),
-        );
-        result.problems = r.problems;
-        return result;
-    }
-    let parsed = {
-        let mut r = Reporter::new(&file_buf, Some(&stem));
-        validate::parse_toml(&mut r, text).ok_or(r.problems)
-    };
-    let doc = match parsed {
-        Ok(doc) => doc,
-        Err(problems) => {
-            result.problems = problems;
-            return result;
-        }
-    };
-    let tenant = doc
-        .get("tenant_id")
-        .and_then(|v| v.as_str())
-        .unwrap_or(&stem)
-        .to_owned();
-    let mut r = Reporter::new(&file_buf, Some(&tenant));
-    validate::check_strings(&mut r, &doc, Some(&layer1.policy));
-    // A type error names its field: `generation.temperature: expected a
-    // number, found the string "0.5"`.
-    let Some(overlay) = validate::typed::<Overlay>(&mut r, doc) else {
-        result.problems = r.problems;
-        return result;
-    };
-    let mut cfg = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &overlay);
-    validate::check_identity(&mut r, &cfg, &stem);
-    let rendered = validate::check_policy(&mut r, layer1, &cfg);
-    result.tenant_id = tenant.clone();
-    // Over the ceiling, the tenant is refused; its numbers are not claimed.
-    if cfg.phone_numbers.len() <= layer1.policy.tenant_limits.max_phone_numbers {
-        result.phones = cfg.phone_numbers.clone();
-    }
-    // Over the ceiling, the tenant is refused for it: no warning a variable.
-    let within = cfg.agent.variables.len() <= layer1.policy.tenant_limits.max_variables;
-    if let Some(rendered) = rendered.as_ref().filter(|_| within) {
-        for name in &rendered.unused {
-            result.warnings.push(Problem {
-                file: file_buf.clone(),
-                tenant: Some(tenant.clone()),
-                field: format!("agent.variables.{name}"),
-                reason: "is defined but not used in agent.prompt".into(),
-            });
-        }
-    }
-    if r.problems.is_empty()
-        && let Some(rendered) = rendered
-    {
-        match cfg.seal() {
-            Ok(json) => {
-                let prompt = render::system_prompt(&layer1.base_prompt, &rendered.text);
-                let max = u64::from(crate::bundle::Limits::default().max_value_bytes);
-                let largest = json.len().max(prompt.len()) as u64;
-                if largest > max {
-                    r.push(
-                        "",
-                        format!(
-                            "the effective config or prompt is {largest} bytes; agents refuse a record over {max} bytes: shorten the tenant's texts"
-                        ),
-                    );
-                } else {
-                    result.output = Some((cfg.config_hash.clone(), json, prompt));
-                }
-            }
-            Err(e) => r.push("", format!("cannot serialise the effective config: {e}")),
-        }
-    }
-    result.problems = r.problems;
-    result
 }

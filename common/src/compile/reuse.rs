@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::tree::{CHUNK_PARAMS, ChunkRef};
 use crate::chunk;
+use crate::source::Tenants;
 
 /// What a publish may reuse of the channel's snapshot.
 #[derive(Debug, Clone, Default)]
@@ -28,26 +29,36 @@ pub struct Reuse {
 /// One step of an incremental compile, in tenant order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Step {
-    /// Compile these source files.
+    /// Compile these tenants (indices into the source's).
     Compile(Range<usize>),
-    /// These files are exactly chunk `chunk`'s tenants: take it as it is
-    /// (if the writer is between chunks there; else compile them).
+    /// These tenants are exactly chunk `chunk`'s: take it as it is (if the
+    /// writer is between chunks there; else compile them).
     Reuse {
         /// The chunk's index.
         chunk: usize,
-        /// Its tenants' files.
-        files: Range<usize>,
+        /// Its tenants.
+        tenants: Range<usize>,
     },
 }
 
-/// The tenant id a source file holds (its stem).
-pub(super) fn stem(file: &Path) -> &str {
-    file.file_stem().and_then(|s| s.to_str()).unwrap_or("")
+/// SHA-256 (hex) of each tenant's source as compiling it reads it: a
+/// file's bytes (`None` if it cannot be read: compiling it then says
+/// why, on `threads` threads), a row's hash as the database listed it.
+pub(super) fn source_hashes(
+    tenants: &Tenants,
+    max_file: u64,
+    threads: usize,
+) -> Vec<Option<String>> {
+    match tenants {
+        Tenants::Files { root, files } => file_hashes(files, root, max_file, threads),
+        Tenants::Rows { rows, .. } => rows
+            .iter()
+            .map(|r| r.others.is_empty().then(|| r.sha256.clone()))
+            .collect(),
+    }
 }
 
-/// SHA-256 (hex) of each file as compiling it would read it (`None` if it
-/// cannot be read: compiling it then says why), on `threads` threads.
-pub(super) fn source_hashes(
+fn file_hashes(
     files: &[PathBuf],
     root: &Path,
     max_file: u64,
@@ -90,10 +101,10 @@ fn digest<'a>(ids: impl Iterator<Item = &'a str>, shas: &[Option<String>]) -> Op
     Some(h.finalize().into())
 }
 
-/// The steps that compile `files` (sorted by tenant id, with their
+/// The steps that compile `tenants` (sorted by id, with their source
 /// `shas`) reusing what `chunks` allow.
-pub(super) fn plan(files: &[PathBuf], shas: &[Option<String>], chunks: &[ChunkRef]) -> Vec<Step> {
-    let ids: Vec<&str> = files.iter().map(|f| stem(f)).collect();
+pub(super) fn plan(tenants: &Tenants, shas: &[Option<String>], chunks: &[ChunkRef]) -> Vec<Step> {
+    let ids: Vec<&str> = (0..tenants.len()).map(|i| tenants.id(i)).collect();
     let at = |id: &str| ids.partition_point(|x| *x < id);
     let mut steps = Vec::new();
     let compile = |steps: &mut Vec<Step>, r: Range<usize>| {
@@ -124,7 +135,10 @@ pub(super) fn plan(files: &[PathBuf], shas: &[Option<String>], chunks: &[ChunkRe
                     CHUNK_PARAMS.mask_bits,
                 ));
         if same && own_end {
-            steps.push(Step::Reuse { chunk: i, files: r });
+            steps.push(Step::Reuse {
+                chunk: i,
+                tenants: r,
+            });
         } else {
             compile(&mut steps, r);
         }

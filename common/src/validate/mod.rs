@@ -4,7 +4,6 @@
 //! whole source, one [`Problem`] each, naming the file, the tenant, the field,
 //! what is wrong and what would be valid.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -15,9 +14,11 @@ use crate::secrets;
 
 mod chars;
 mod parse;
+mod phones;
 pub use chars::{Escaped, is_unsafe_char};
 use chars::{check_characters, forbidden, located};
 pub(crate) use parse::{parse_toml, typed};
+pub use phones::PhoneIndex;
 
 /// One thing wrong with the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,33 +567,6 @@ pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
     check_policy(&mut inner, layer1, &probe);
     for p in inner.problems {
         r.push(format!("defaults.{}", p.field), p.reason);
-    }
-}
-
-/// Phone numbers seen so far across the whole source, to enforce that each
-/// number belongs to exactly one tenant.
-#[derive(Debug, Default)]
-pub struct PhoneIndex {
-    owners: BTreeMap<String, String>,
-}
-
-impl PhoneIndex {
-    /// Records that `tenant` claims `number`; returns the other owner if the
-    /// number was already claimed.
-    pub fn claim(&mut self, number: &str, tenant: &str) -> Option<String> {
-        match self.owners.get(number) {
-            Some(owner) if owner != tenant => Some(owner.clone()),
-            Some(_) => None,
-            None => {
-                self.owners.insert(number.to_owned(), tenant.to_owned());
-                None
-            }
-        }
-    }
-
-    /// Every number and its tenant, sorted by number.
-    pub fn into_routes(self) -> BTreeMap<String, String> {
-        self.owners
     }
 }
 

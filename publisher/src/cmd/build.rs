@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use strata_common::{bundle, channel, time};
 
-use crate::input::{SignedSource, parse_duration, provenance_from_env};
+use crate::input::{parse_duration, provenance_from_env};
+use crate::source_arg::SignedSource;
 
 /// Arguments of `build`.
 #[derive(clap::Args)]

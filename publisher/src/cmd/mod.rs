@@ -2,8 +2,10 @@
 
 pub mod build;
 pub mod diff;
+pub mod follow;
 pub mod gc;
 pub mod generate;
+pub mod import;
 pub mod inspect;
 pub mod keygen;
 pub mod list;

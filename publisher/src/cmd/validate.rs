@@ -12,14 +12,13 @@ use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
 use strata_common::versions;
 
-use crate::input::{load_public_keys, open_source, print_warnings, report};
+use crate::input::{load_public_keys, print_warnings, report};
 
 /// Arguments of `validate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Source directory (layer1.toml, tenants/*.toml).
-    #[arg(long)]
-    source: PathBuf,
+    #[command(flatten)]
+    source: crate::source_arg::SourceArgs,
     /// Also check the source against what this store's channel serves:
     /// each tenant's version discipline, removals, and who owns each number.
     #[arg(long)]
@@ -46,15 +45,16 @@ pub struct Args {
 
 /// One line per problem; an error (exit 1) if there is any.
 pub fn run(args: Args) -> Result<()> {
-    let src = open_source(&args.source)?;
+    let opened = args.source.open(None)?;
+    let src = &opened.source;
     let Some(url) = &args.store else {
-        let warnings = compile::validate(&src, CompileOptions::default())
-            .map_err(|e| report(&args.source, e))?;
+        let warnings =
+            compile::validate(src, CompileOptions::default()).map_err(|e| report(&src.dir, e))?;
         print_warnings(&warnings);
         out!(
             "{}: {} tenant(s) valid",
-            args.source.display(),
-            src.tenant_files.len()
+            src.dir.display(),
+            src.tenants.len()
         )?;
         return Ok(());
     };
@@ -79,13 +79,13 @@ pub fn run(args: Args) -> Result<()> {
         .and_then(|p| versions::served_owners(store.as_ref(), p, &trust).ok())
         .map(std::sync::Arc::new);
     let compiled = compile::compile(
-        &src,
+        src,
         CompileOptions {
             served_owners,
             ..CompileOptions::default()
         },
     )
-    .map_err(|e| report(&args.source, e))?;
+    .map_err(|e| report(&src.dir, e))?;
     print_warnings(&compiled.warnings);
     match &head {
         Some(head) => {
@@ -94,16 +94,17 @@ pub fn run(args: Args) -> Result<()> {
                 head,
                 &trust,
                 &compiled,
-                &args.source,
+                &src.dir,
                 crate::guard::Allow {
                     removals: args.allow_removals,
                     rollforward: args.allow_rollforward,
                     damaged: args.allow_damaged,
+                    lower_versions: args.source.is_database(),
                 },
             )?;
             out!(
                 "{}: {} tenant(s) valid, and publishable over {} channel {} (version {})",
-                args.source.display(),
+                src.dir.display(),
                 compiled.tenant_count,
                 store.url(),
                 head.name,
@@ -112,13 +113,13 @@ pub fn run(args: Args) -> Result<()> {
         }
         None if missing_dir => out!(
             "{}: {} tenant(s) valid; {} does not exist yet, so there is no channel to check against (a first `publish --init` makes it; if a store was expected there, check the URL)",
-            args.source.display(),
+            src.dir.display(),
             compiled.tenant_count,
             store.url()
         )?,
         None => out!(
             "{}: {} tenant(s) valid; {} has no channel {} yet (its first publish needs --init if the store is new)",
-            args.source.display(),
+            src.dir.display(),
             compiled.tenant_count,
             store.url(),
             args.channel

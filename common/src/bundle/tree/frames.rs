@@ -413,6 +413,21 @@ impl Frames for TreeFrames<'_> {
         self.held = shared.clone();
     }
 
+    fn only_tenants(&mut self, tenants: &std::collections::BTreeSet<String>) {
+        let mut skipped = HashSet::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            let end = self.chunks.get(i + 1).map(|n| n.first.as_str());
+            let mut inside = tenants.range(c.first.clone()..);
+            let holds = inside
+                .next()
+                .is_some_and(|t| end.is_none_or(|e| t.as_str() < e));
+            if !holds {
+                skipped.insert(self.held_id(c));
+            }
+        }
+        self.held = skipped;
+    }
+
     fn take_tree(&mut self) -> Option<Applied> {
         Some(Applied {
             chunks: self.chunks.iter().map(|c| self.held_id(c)).collect(),

@@ -8,48 +8,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::{Source, SourceError, Tenants};
 use crate::localfile;
 use crate::model::Layer1;
 use crate::validate::{self, Problem, Reporter};
-
-/// A source directory with its Layer 1 parsed and checked, and the tenant
-/// files listed in name order (so builds are deterministic).
-#[derive(Debug, Clone)]
-pub struct Source {
-    /// The directory as given.
-    pub dir: PathBuf,
-    /// The directory's canonical path: every file read must lie under it.
-    pub root: PathBuf,
-    /// Parsed Layer 1.
-    pub layer1: Layer1,
-    /// `tenants/*.toml`, sorted.
-    pub tenant_files: Vec<PathBuf>,
-    /// What was found but not read (a file in `tenants/` not named
-    /// `*.toml`, no tenant file at all): a tenant file misnamed would
-    /// otherwise drop out of the snapshot without a word.
-    pub warnings: Vec<Problem>,
-}
-
-/// Why a source could not be read at all, or is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// A file or directory could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The source has problems; every one is listed.
-    #[error("{} problem(s) in the source", problems.len())]
-    Invalid {
-        /// Every problem found.
-        problems: Vec<Problem>,
-        /// Warnings found along the way.
-        warnings: Vec<Problem>,
-    },
-}
 
 impl Source {
     /// Reads `dir/layer1.toml` and lists `dir/tenants/*.toml`.
@@ -71,36 +33,7 @@ impl Source {
             path: dir.to_owned(),
             source,
         })?;
-        if let Some(reason) = leaves(&root, &layer1_path) {
-            return Err(refused(layer1_path, reason));
-        }
-        // Checked again on the open file: a link swapped in after the
-        // check above cannot lead outside.
-        let text = localfile::read_text_inside(&layer1_path, localfile::MAX_LAYER1_BYTES, &root)
-            .map_err(|source| SourceError::Io {
-                path: layer1_path.clone(),
-                source,
-            })?;
-        let mut r = Reporter::new(&layer1_path, None);
-        let invalid = |r: Reporter| SourceError::Invalid {
-            problems: r.problems,
-            warnings: Vec::new(),
-        };
-        let Some(doc) = validate::parse_toml(&mut r, &text) else {
-            return Err(invalid(r));
-        };
-        let Some(layer1) = validate::typed::<Layer1>(&mut r, doc.clone()) else {
-            return Err(invalid(r));
-        };
-        // Layer 1 reaches every tenant's prompt: no secret in it either.
-        validate::check_strings(&mut r, &doc, None);
-        validate::check_layer1(&mut r, &layer1);
-        if !r.problems.is_empty() {
-            return Err(SourceError::Invalid {
-                problems: r.problems,
-                warnings: Vec::new(),
-            });
-        }
+        let layer1 = read_layer1(&layer1_path, &root)?;
         let tenants_dir = dir.join("tenants");
         // A tenants/ linked elsewhere is refused before it is listed.
         if let Some(reason) = leaves(&root, &tenants_dir) {
@@ -184,12 +117,50 @@ impl Source {
         }
         Ok(Self {
             dir: dir.to_owned(),
-            root,
             layer1,
-            tenant_files,
+            tenants: Tenants::Files {
+                root,
+                files: tenant_files,
+            },
             warnings,
         })
     }
+}
+
+/// Reads and checks Layer 1 from `path`, which must lie under `root` (a
+/// canonical directory; for a database source, the file's own directory).
+pub fn read_layer1(path: &Path, root: &Path) -> Result<Layer1, SourceError> {
+    if let Some(reason) = leaves(root, path) {
+        return Err(refused(path.to_owned(), reason));
+    }
+    // Checked again on the open file: a link swapped in after the
+    // check above cannot lead outside.
+    let text =
+        localfile::read_text_inside(path, localfile::MAX_LAYER1_BYTES, root).map_err(|source| {
+            SourceError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    let path = path.to_owned();
+    let mut r = Reporter::new(&path, None);
+    let invalid = |r: Reporter| SourceError::Invalid {
+        problems: r.problems,
+        warnings: Vec::new(),
+    };
+    let Some(doc) = validate::parse_toml(&mut r, &text) else {
+        return Err(invalid(r));
+    };
+    let Some(layer1) = validate::typed::<Layer1>(&mut r, doc.clone()) else {
+        return Err(invalid(r));
+    };
+    // Layer 1 reaches every tenant's prompt: no secret in it either.
+    validate::check_strings(&mut r, &doc, None);
+    validate::check_layer1(&mut r, &layer1);
+    if !r.problems.is_empty() {
+        return Err(invalid(r));
+    }
+    Ok(layer1)
 }
 
 /// A source refused for one problem on `file`, which belongs to no tenant.

@@ -1,0 +1,260 @@
+//! One tenant, compiled: its overlay read (a file's text, or a database
+//! row's document), merged over Layer 1's defaults, validated and
+//! rendered. Batches run on worker threads.
+
+use std::path::{Path, PathBuf};
+
+use super::SourceError;
+use crate::model::{EffectiveConfig, Layer1, Overlay};
+use crate::render;
+use crate::source::{Row, RowContent, Tenants};
+use crate::validate::{self, Problem, Reporter};
+
+/// One tenant's result.
+pub(super) struct TenantResult {
+    /// What its problems are filed under (its file, or its row).
+    pub(super) file: PathBuf,
+    pub(super) tenant_id: String,
+    pub(super) phones: Vec<String>,
+    /// Config hash, config JSON and combined prompt.
+    pub(super) output: Option<(String, Vec<u8>, String)>,
+    pub(super) problems: Vec<Problem>,
+    pub(super) warnings: Vec<Problem>,
+    /// SHA-256 (hex) of the tenant's source (file bytes, or the row's hash).
+    pub(super) source_sha256: String,
+}
+
+impl TenantResult {
+    /// The result for tenant `id` filed under `file`, nothing found yet.
+    pub(super) fn named(file: PathBuf, id: &str) -> Self {
+        Self {
+            file,
+            tenant_id: id.to_owned(),
+            phones: Vec::new(),
+            output: None,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            source_sha256: String::new(),
+        }
+    }
+
+    /// The result holding one problem on the whole tenant.
+    fn refused(mut self, reason: String) -> Self {
+        let mut r = Reporter::new(&self.file, Some(&self.tenant_id));
+        r.push("", reason);
+        self.problems = r.problems;
+        self
+    }
+}
+
+/// Compiles tenants `batch` (indices into `tenants`) on `threads` threads.
+/// A database source's rows are fetched first, in one query; a database
+/// that cannot be read fails the batch (no tenant is judged on it).
+pub(super) fn compile_batch(
+    layer1: &Layer1,
+    tenants: &Tenants,
+    batch: &[usize],
+    threads: usize,
+) -> Result<Vec<TenantResult>, SourceError> {
+    match tenants {
+        Tenants::Files { root, files } => {
+            let files: Vec<&PathBuf> = batch.iter().filter_map(|&i| files.get(i)).collect();
+            Ok(parallel(&files, threads, |f| compile_file(layer1, root, f)))
+        }
+        Tenants::Rows { rows, reader } => {
+            let rows: Vec<Row> = batch.iter().filter_map(|&i| rows.get(i).cloned()).collect();
+            let contents = reader.fetch(&rows)?;
+            let pairs: Vec<(&Row, &RowContent)> = rows.iter().zip(&contents).collect();
+            Ok(parallel(&pairs, threads, |(row, content)| {
+                compile_row(layer1, row, content)
+            }))
+        }
+    }
+}
+
+/// `f` over `items` on `threads` threads, in order. A worker that panicked
+/// must not silently drop its tenants from the snapshot: each becomes a
+/// problem, and the build is refused.
+fn parallel<T: Sync>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> TenantResult + Sync,
+) -> Vec<TenantResult> {
+    if threads <= 1 || items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|part| {
+                (
+                    part.len(),
+                    s.spawn(move || part.iter().map(f).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join().unwrap_or_else(|_| {
+                    (0..n)
+                        .map(|_| {
+                            TenantResult::named(PathBuf::from("<compile worker>"), "").refused(
+                                "internal error while compiling this tenant (a bug in strata; please report it with the source)".into(),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
+/// Parses, merges, validates and renders one tenant file.
+pub(super) fn compile_file(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
+    let result = TenantResult::named(file.to_path_buf(), crate::source::file_stem(file));
+    let max_file = layer1.policy.tenant_limits.max_file_bytes;
+    let text = match crate::localfile::read_text_inside(file, max_file, root) {
+        Ok(t) => t,
+        Err(e) => {
+            let too_large = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::localfile::TooLarge>());
+            return result.refused(match too_large {
+                Some(t) => format!(
+                    "the file is {} bytes or more; Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)",
+                    t.size
+                ),
+                None => format!("cannot read the file: {e}"),
+            });
+        }
+    };
+    compile_text(layer1, result, &text)
+}
+
+/// Merges, validates and renders one database row.
+pub(super) fn compile_row(layer1: &Layer1, row: &Row, content: &RowContent) -> TenantResult {
+    let mut result = TenantResult::named(crate::source::row_origin(row), &row.tenant);
+    result.source_sha256 = row.sha256.clone();
+    if !row.others.is_empty() {
+        return result.refused(format!(
+            "tenant {} has {} active rows ({} and {}); Strata serves one config per tenant (per-tenant canaries are not served yet): set is_active = false on all but one",
+            row.tenant,
+            row.others.len() + 1,
+            row.id,
+            row.others.join(", ")
+        ));
+    }
+    let max_file = layer1.policy.tenant_limits.max_file_bytes;
+    match content {
+        RowContent::Doc { bytes, .. } if *bytes > max_file => result.refused(format!(
+            "the row holds {bytes} bytes (prompt and config); Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)"
+        )),
+        RowContent::Doc { doc, .. } => compile_doc(layer1, result, doc.clone()),
+        RowContent::Invalid(problems) => {
+            let mut r = Reporter::new(&result.file, Some(&row.tenant));
+            for (field, reason) in problems {
+                r.push(field.as_str(), reason.as_str());
+            }
+            result.problems = r.problems;
+            result
+        }
+    }
+}
+
+/// What `validate` finds in one tenant file's `text` (named `file`): its
+/// problems, empty for a valid tenant. For the fuzzer and tools that check
+/// one file without a source directory.
+pub fn tenant_problems(layer1: &Layer1, file: &Path, text: &str) -> Vec<Problem> {
+    let result = TenantResult::named(file.to_path_buf(), crate::source::file_stem(file));
+    compile_text(layer1, result, text).problems
+}
+
+/// Parses one tenant file's text into `result` (which names the file),
+/// then compiles it.
+fn compile_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> TenantResult {
+    result.source_sha256 = crate::canonical::sha256_hex(text.as_bytes());
+    let max_file = layer1.policy.tenant_limits.max_file_bytes;
+    if text.len() as u64 > max_file {
+        let n = text.len();
+        return result.refused(format!(
+            "the file is {n} bytes; Layer 1 allows at most {max_file} a tenant (policy.tenant_limits.max_file_bytes)"
+        ));
+    }
+    let parsed = {
+        let mut r = Reporter::new(&result.file, Some(&result.tenant_id));
+        validate::parse_toml(&mut r, text).ok_or(r.problems)
+    };
+    match parsed {
+        Ok(doc) => compile_doc(layer1, result, doc),
+        Err(problems) => {
+            result.problems = problems;
+            result
+        }
+    }
+}
+
+/// Merges, validates and renders one overlay document into `result`.
+fn compile_doc(layer1: &Layer1, mut result: TenantResult, doc: toml::Value) -> TenantResult {
+    let file_buf = result.file.clone();
+    let stem = result.tenant_id.clone();
+    let tenant = doc
+        .get("tenant_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&stem)
+        .to_owned();
+    let mut r = Reporter::new(&file_buf, Some(&tenant));
+    validate::check_strings(&mut r, &doc, Some(&layer1.policy));
+    // A type error names its field: `generation.temperature: expected a
+    // number, found the string "0.5"`.
+    let Some(overlay) = validate::typed::<Overlay>(&mut r, doc) else {
+        result.problems = r.problems;
+        return result;
+    };
+    let mut cfg = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &overlay);
+    validate::check_identity(&mut r, &cfg, &stem);
+    let rendered = validate::check_policy(&mut r, layer1, &cfg);
+    result.tenant_id = tenant.clone();
+    // Over the ceiling, the tenant is refused; its numbers are not claimed.
+    if cfg.phone_numbers.len() <= layer1.policy.tenant_limits.max_phone_numbers {
+        result.phones = cfg.phone_numbers.clone();
+    }
+    // Over the ceiling, the tenant is refused for it: no warning a variable.
+    let within = cfg.agent.variables.len() <= layer1.policy.tenant_limits.max_variables;
+    if let Some(rendered) = rendered.as_ref().filter(|_| within) {
+        for name in &rendered.unused {
+            result.warnings.push(Problem {
+                file: file_buf.clone(),
+                tenant: Some(tenant.clone()),
+                field: format!("agent.variables.{name}"),
+                reason: "is defined but not used in agent.prompt".into(),
+            });
+        }
+    }
+    if r.problems.is_empty()
+        && let Some(rendered) = rendered
+    {
+        match cfg.seal() {
+            Ok(json) => {
+                let prompt = render::system_prompt(&layer1.base_prompt, &rendered.text);
+                let max = u64::from(crate::bundle::Limits::default().max_value_bytes);
+                let largest = json.len().max(prompt.len()) as u64;
+                if largest > max {
+                    r.push(
+                        "",
+                        format!(
+                            "the effective config or prompt is {largest} bytes; agents refuse a record over {max} bytes: shorten the tenant's texts"
+                        ),
+                    );
+                } else {
+                    result.output = Some((cfg.config_hash.clone(), json, prompt));
+                }
+            }
+            Err(e) => r.push("", format!("cannot serialise the effective config: {e}")),
+        }
+    }
+    result.problems = r.problems;
+    result
+}

@@ -1,0 +1,272 @@
+//! Every active row, read in one consistent snapshot.
+//!
+//! [`open_snapshot`] starts a read-only repeatable-read transaction and
+//! lists the active rows through a cursor (tenant, row id, version, and a
+//! hash the server computes of everything the overlay is made of): 1M
+//! rows never sit in memory at once. The compile then fetches the rows it
+//! needs a batch at a time (an incremental publish: only those whose hash
+//! is not in the channel's snapshot), in the same transaction, so every
+//! row read belongs to one moment of the database.
+//!
+//! A row becomes the document a tenant file holds: `config` (JSONB) has
+//! every field of the file except three, which are columns: `tenant_id`
+//! is the tenant's `slug` (or its UUID, if it has no slug), `version` is
+//! the row's, `agent.prompt` is `layer2_system_prompt`; `name` falls back
+//! to `tenants.name`.
+
+use std::sync::{Arc, Mutex};
+
+use super::{Database, DatabaseError};
+use crate::model::Layer1;
+use crate::source::{Row, RowContent, RowReader, Source, SourceError};
+
+/// Rows listed per cursor fetch.
+const FETCH: usize = 10_000;
+
+/// What identifies a row's content: a change to any of it is a new hash
+/// (and a salt, to be changed with the way a row becomes a document).
+const HASHED: &str = "encode(sha256(convert_to(jsonb_build_array('strata-row-1', \
+    COALESCE(t.slug, c.tenant_id::text), c.version, c.layer2_system_prompt, c.config, t.name)::text, 'UTF8')), 'hex')";
+
+/// An open snapshot of the database: its rows are read in the transaction
+/// [`open_snapshot`] began, which ends when this is dropped.
+pub struct Snapshot {
+    db: Arc<Database>,
+    /// Whether the transaction is still open.
+    open: Mutex<bool>,
+}
+
+impl Snapshot {
+    /// Ends the transaction (it only read).
+    pub fn close(&self) -> Result<(), DatabaseError> {
+        let Ok(mut open) = self.open.lock() else {
+            return Ok(());
+        };
+        if !*open {
+            return Ok(());
+        }
+        *open = false;
+        self.db.execute_batch("ending the snapshot", "COMMIT")
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::debug!(error = %e, "ending the database snapshot");
+        }
+    }
+}
+
+/// Lists every active row of `db` in a new snapshot, and makes the source
+/// a compile reads (Layer 1 as given). Two active rows of one tenant are
+/// listed as one, which the compile refuses naming both.
+pub fn open_snapshot(
+    db: &Arc<Database>,
+    layer1: Layer1,
+) -> Result<(Source, Arc<Snapshot>), SourceError> {
+    let fail = |e: DatabaseError| SourceError::Database {
+        source_name: db.name().to_owned(),
+        reason: e.to_string(),
+    };
+    db.execute_batch(
+        "starting a snapshot",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .map_err(fail)?;
+    let snapshot = Arc::new(Snapshot {
+        db: db.clone(),
+        open: Mutex::new(true),
+    });
+    let rows = list(db).map_err(fail)?;
+    let reader = Arc::new(Reader {
+        snapshot: snapshot.clone(),
+    });
+    let source = Source::from_rows(db.name(), layer1, rows, reader);
+    Ok((source, snapshot))
+}
+
+/// The active rows, in tenant id order (bytewise, as tenant files sort).
+fn list(db: &Database) -> Result<Vec<Row>, DatabaseError> {
+    let declare = format!(
+        "DECLARE strata_rows NO SCROLL CURSOR FOR \
+         SELECT COALESCE(t.slug, c.tenant_id::text) COLLATE \"C\", c.id::text, c.version, {HASHED} \
+         FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
+         WHERE c.is_active ORDER BY 1, 2"
+    );
+    db.execute_batch("listing the active rows of tenant_configurations", &declare)?;
+    let fetch = format!("FETCH {FETCH} FROM strata_rows");
+    let mut rows: Vec<Row> = Vec::new();
+    loop {
+        let batch = db.run(
+            "listing the active rows of tenant_configurations",
+            async |c| c.query(fetch.as_str(), &[]).await,
+        )?;
+        let n = batch.len();
+        for r in batch {
+            let (tenant, id, version, sha256): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            match rows.last_mut() {
+                Some(last) if last.tenant == tenant => last.others.push(id),
+                _ => rows.push(Row {
+                    tenant,
+                    id,
+                    version,
+                    sha256,
+                    others: Vec::new(),
+                }),
+            }
+        }
+        if n < FETCH {
+            break;
+        }
+    }
+    db.execute_batch("listing the active rows", "CLOSE strata_rows")?;
+    Ok(rows)
+}
+
+/// Fetches rows' contents in the snapshot.
+struct Reader {
+    snapshot: Arc<Snapshot>,
+}
+
+impl RowReader for Reader {
+    fn fetch(&self, rows: &[Row]) -> Result<Vec<RowContent>, SourceError> {
+        let db = &self.snapshot.db;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let found = db
+            .run("reading tenant_configurations rows", async |c| {
+                c.query(
+                    "SELECT c.id::text, c.layer2_system_prompt, c.config::text, t.name \
+                     FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
+                     WHERE c.id = ANY($1::text[]::uuid[])",
+                    &[&ids],
+                )
+                .await
+            })
+            .map_err(|e| SourceError::Database {
+                source_name: db.name().to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut by_id: std::collections::HashMap<String, (String, String, String)> = found
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
+        Ok(rows
+            .iter()
+            .map(|row| match by_id.remove(&row.id) {
+                Some((prompt, config, name)) => document(row, &prompt, &config, &name),
+                None => RowContent::Invalid(vec![(
+                    String::new(),
+                    "the row vanished within one snapshot (a bug; please report it)".into(),
+                )]),
+            })
+            .collect())
+    }
+}
+
+/// The columns a row's `config` may not repeat, and where they are.
+const COLUMNS: [(&str, &str); 2] = [
+    ("tenant_id", "the tenant's slug (tenants.slug)"),
+    ("version", "the row's version column"),
+];
+
+/// A row as the document a tenant file holds.
+pub fn document(row: &Row, prompt: &str, config: &str, name: &str) -> RowContent {
+    let bytes = (prompt.len() + config.len()) as u64;
+    let mut problems = Vec::new();
+    let json: serde_json::Value = match serde_json::from_str(config) {
+        Ok(v) => v,
+        Err(e) => {
+            return RowContent::Invalid(vec![("config".into(), format!("not JSON: {e}"))]);
+        }
+    };
+    let serde_json::Value::Object(fields) = json else {
+        return RowContent::Invalid(vec![(
+            "config".into(),
+            "is not a JSON object; it holds the tenant file's fields, {} for none".into(),
+        )]);
+    };
+    let mut table = toml::Table::new();
+    for (key, value) in fields {
+        if let Some((_, column)) = COLUMNS.iter().find(|(c, _)| *c == key) {
+            problems.push((
+                format!("config.{key}"),
+                format!("is {column}, not part of config: remove it from config"),
+            ));
+            continue;
+        }
+        match to_toml(&value, &key) {
+            Ok(v) => {
+                table.insert(key, v);
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+    table.insert("tenant_id".into(), toml::Value::String(row.tenant.clone()));
+    table.insert("version".into(), toml::Value::String(row.version.clone()));
+    if !table.contains_key("name") {
+        table.insert("name".into(), toml::Value::String(name.to_owned()));
+    }
+    let agent = table
+        .entry("agent")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match agent {
+        toml::Value::Table(agent) if agent.contains_key("prompt") => problems.push((
+            "config.agent.prompt".into(),
+            "is the layer2_system_prompt column, not part of config: remove it from config".into(),
+        )),
+        toml::Value::Table(agent) => {
+            agent.insert("prompt".into(), toml::Value::String(prompt.to_owned()));
+        }
+        // The overlay's type check names the field.
+        _ => {}
+    }
+    if problems.is_empty() {
+        RowContent::Doc {
+            doc: toml::Value::Table(table),
+            bytes,
+        }
+    } else {
+        RowContent::Invalid(problems)
+    }
+}
+
+/// A JSON value as the TOML value a file would hold; `null` (which TOML
+/// has not) and integers past 64 bits are problems on `path`.
+fn to_toml(v: &serde_json::Value, path: &str) -> Result<toml::Value, (String, String)> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => {
+            return Err((
+                format!("config.{path}"),
+                "is null; leave the field out for Layer 1's default".into(),
+            ));
+        }
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => toml::Value::Integer(i),
+            (None, Some(f)) if n.is_f64() => toml::Value::Float(f),
+            _ => {
+                return Err((
+                    format!("config.{path}"),
+                    format!("{n} is out of range for a whole number"),
+                ));
+            }
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(items) => toml::Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| to_toml(item, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(fields) => toml::Value::Table(
+            fields
+                .iter()
+                .map(|(k, item)| Ok((k.clone(), to_toml(item, &format!("{path}.{k}"))?)))
+                .collect::<Result<_, (String, String)>>()?,
+        ),
+    })
+}

@@ -1,0 +1,209 @@
+//! What a snapshot is compiled from: Layer 1 and the tenants' overlays.
+//!
+//! Two kinds of source hold the overlays:
+//!
+//! - a config-as-code directory ([`Source::open`]): `layer1.toml` and
+//!   `tenants/<tenant_id>.toml`, one file per tenant;
+//! - the platform's database ([`Tenants::Rows`], filled by
+//!   database module, `postgres` feature): one active row per tenant, Layer 1 still a
+//!   reviewed file.
+//!
+//! Either way the compile sees the tenants in id order, each with a name
+//! its problems are filed under (the file, or the table and row id) and a
+//! hash of its source (what an incremental publish compares).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::model::Layer1;
+use crate::validate::Problem;
+
+mod dir;
+
+pub use dir::read_layer1;
+
+/// A source with its Layer 1 parsed and checked, and its tenants listed in
+/// id order (so builds are deterministic).
+#[derive(Clone)]
+pub struct Source {
+    /// What messages name the source by: the directory as given, or the
+    /// database URL without its password.
+    pub dir: PathBuf,
+    /// Parsed Layer 1.
+    pub layer1: Layer1,
+    /// The tenants, in id order.
+    pub tenants: Tenants,
+    /// What was found but not read (a file in `tenants/` not named
+    /// `*.toml`, no tenant at all): a tenant misnamed would otherwise drop
+    /// out of the snapshot without a word.
+    pub warnings: Vec<Problem>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("dir", &self.dir)
+            .field("tenants", &self.tenants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a source's tenants are, in id order.
+#[derive(Clone)]
+pub enum Tenants {
+    /// Tenant files (`tenants/*.toml`), read from under `root` (the
+    /// directory's canonical path: every file read must lie under it).
+    Files {
+        /// The source directory's canonical path.
+        root: PathBuf,
+        /// The files, sorted by stem.
+        files: Vec<PathBuf>,
+    },
+    /// Database rows, one per tenant, fetched a batch at a time.
+    Rows {
+        /// The rows, sorted by tenant id.
+        rows: Vec<Row>,
+        /// Where their contents are fetched from.
+        reader: Arc<dyn RowReader>,
+    },
+}
+
+/// One tenant's row of a database source, as listed (its content is
+/// fetched when it is compiled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The tenant id (its slug).
+    pub tenant: String,
+    /// The row's id, as the database prints it.
+    pub id: String,
+    /// The row's `version` column.
+    pub version: String,
+    /// SHA-256 (hex) of what the row holds for Strata: equal hashes, equal
+    /// overlays.
+    pub sha256: String,
+    /// Other active rows of the same tenant: a tenant may have only one
+    /// (until per-tenant canaries are served), so such a tenant is refused.
+    pub others: Vec<String>,
+}
+
+/// One tenant's overlay as a database row gives it.
+#[derive(Debug, Clone)]
+pub enum RowContent {
+    /// The overlay as a TOML document, with the size it was read from.
+    Doc {
+        /// The document: the row's fields, as a tenant file holds them.
+        doc: toml::Value,
+        /// The bytes the row holds (prompt and config): what
+        /// `policy.tenant_limits.max_file_bytes` bounds.
+        bytes: u64,
+    },
+    /// The row is not an overlay: the problems, field by field.
+    Invalid(Vec<(String, String)>),
+}
+
+/// Fetches the contents of listed rows: the database source's side of a
+/// compile. The database module (`postgres` feature) implements it.
+pub trait RowReader: Send + Sync {
+    /// The content of each of `rows`, in their order; an error if the
+    /// database could not be read (no row is then compiled).
+    fn fetch(&self, rows: &[Row]) -> Result<Vec<RowContent>, SourceError>;
+}
+
+impl Tenants {
+    /// How many tenants.
+    pub fn len(&self) -> usize {
+        match self {
+            Tenants::Files { files, .. } => files.len(),
+            Tenants::Rows { rows, .. } => rows.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th tenant's id: a file's stem, a row's tenant.
+    pub fn id(&self, i: usize) -> &str {
+        match self {
+            Tenants::Files { files, .. } => files.get(i).map_or("", |f| file_stem(f)),
+            Tenants::Rows { rows, .. } => rows.get(i).map_or("", |r| r.tenant.as_str()),
+        }
+    }
+
+    /// What the `i`th tenant's problems are filed under: its file, or
+    /// its table and row id.
+    pub fn origin(&self, i: usize) -> PathBuf {
+        match self {
+            Tenants::Files { files, .. } => files.get(i).cloned().unwrap_or_default(),
+            Tenants::Rows { rows, .. } => rows.get(i).map_or_else(PathBuf::new, row_origin),
+        }
+    }
+}
+
+/// How a problem names a row: `tenant_configurations row <id>`.
+pub fn row_origin(row: &Row) -> PathBuf {
+    PathBuf::from(format!("tenant_configurations row {}", row.id))
+}
+
+/// The tenant id a tenant file holds (its stem).
+pub fn file_stem(file: &Path) -> &str {
+    file.file_stem().and_then(|s| s.to_str()).unwrap_or("")
+}
+
+/// Why a source could not be read at all, or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The database could not be read (connection, query); no tenant was
+    /// judged.
+    #[error("{source_name}: {reason}")]
+    Database {
+        /// The source, named as in messages (URL without password).
+        source_name: String,
+        /// What failed, and what to check.
+        reason: String,
+    },
+    /// The source has problems; every one is listed.
+    #[error("{} problem(s) in the source", problems.len())]
+    Invalid {
+        /// Every problem found.
+        problems: Vec<Problem>,
+        /// Warnings found along the way.
+        warnings: Vec<Problem>,
+    },
+}
+
+impl Source {
+    /// A database source: Layer 1 (read by [`read_layer1`]) and listed
+    /// rows, named `name` in messages.
+    pub fn from_rows(
+        name: &str,
+        layer1: Layer1,
+        rows: Vec<Row>,
+        reader: Arc<dyn RowReader>,
+    ) -> Self {
+        let mut warnings = Vec::new();
+        if rows.is_empty() {
+            warnings.push(Problem {
+                file: PathBuf::from(name),
+                tenant: None,
+                field: String::new(),
+                reason: "no active row in tenant_configurations: a snapshot published from it serves no tenant".into(),
+            });
+        }
+        Self {
+            dir: PathBuf::from(name),
+            layer1,
+            tenants: Tenants::Rows { rows, reader },
+            warnings,
+        }
+    }
+}
