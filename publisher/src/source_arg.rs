@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use strata_common::compile::{CompileOptions, Compiled};
-use strata_common::database::{self, Database, rows::Snapshot};
+use strata_common::database::rows::{RowHashes, Snapshot};
+use strata_common::database::{self, Database};
 use strata_common::sign::SigningKey;
 use strata_common::source::{self, Source};
 
@@ -72,8 +73,9 @@ impl SourceArgs {
     }
 
     /// Opens the source: lists a directory, or reads a database's active
-    /// rows in a new snapshot of `db` (connected here if `None`).
-    pub fn open(&self, db: Option<&Arc<Database>>) -> Result<Opened> {
+    /// rows in a new snapshot of `db` (connected here if `None`), hashing
+    /// those `hashes` does not know.
+    pub fn open(&self, db: Option<&Arc<Database>>, hashes: &mut RowHashes) -> Result<Opened> {
         if !self.is_database() {
             if self.layer1.is_some() {
                 bail!(
@@ -90,7 +92,7 @@ impl SourceArgs {
             Some(db) => db.clone(),
             None => self.connect()?,
         };
-        let (source, snapshot) = database::rows::open_snapshot(&db, layer1)
+        let (source, snapshot) = database::rows::open_snapshot(&db, layer1, hashes)
             .map_err(|e| crate::input::report(&self.shown(), e))?;
         Ok(Opened {
             source,
@@ -114,7 +116,7 @@ impl SignedSource {
     /// keys first so a bad key fails before minutes of compiling.
     pub fn load(&self) -> Result<(Vec<SigningKey>, Compiled)> {
         let keys = self.keys.load()?;
-        let opened = self.source.open(None)?;
+        let opened = self.source.open(None, &mut RowHashes::default())?;
         Ok((
             keys,
             crate::input::compile_source(&opened.source, CompileOptions::default())?,

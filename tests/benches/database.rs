@@ -46,14 +46,20 @@ fn main() {
     let key = fx.key_path.display().to_string();
     let url = pg.url();
     let s = src.display().to_string();
-    timed(&format!("import {tenants}"), &["import", "--source", &s, "--to", &url]);
+    timed(
+        &format!("import {tenants}"),
+        &["import", "--source", &s, "--to", &url],
+    );
     timed(
         &format!("validate {tenants} rows"),
         &["validate", "--source", &url, "--layer1", &l1],
     );
     timed(
         &format!("publish {tenants} rows (format 3, first)"),
-        &["publish", "--source", &url, "--layer1", &l1, "--key", &key, "--store", &store, "--init"],
+        &[
+            "publish", "--source", &url, "--layer1", &l1, "--key", &key, "--store", &store,
+            "--init",
+        ],
     );
     rt.block_on(follow(&fx, &pg, &l1, &store, tenants));
     if std::env::var_os("ROWS_1M").is_some() {
@@ -70,7 +76,11 @@ fn timed(what: &str, args: &[&str]) {
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what}: {err}{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{what}: {err}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     println!("{what}: {}", err.lines().last().unwrap_or_default());
 }
 
@@ -92,7 +102,15 @@ async fn follow(fx: &Fixture, pg: &Postgres, l1: &str, store: &str, tenants: usi
     let file = std::fs::File::create(&log).expect("log");
     let _follow = Proc(
         Command::new(bin("strata-publisher"))
-            .args(["follow", "--source", &pg.url(), "--layer1", l1, "--store", store])
+            .args([
+                "follow",
+                "--source",
+                &pg.url(),
+                "--layer1",
+                l1,
+                "--store",
+                store,
+            ])
             .args(["--key", &fx.key_path.display().to_string()])
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
@@ -157,6 +175,14 @@ async fn follow(fx: &Fixture, pg: &Postgres, l1: &str, store: &str, tenants: usi
         published(&log) - before,
         ms(start.elapsed() - burst)
     );
+    if std::env::var_os("STRATA_LOG").is_some() {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = said.lines().rev().take(40).collect();
+        println!(
+            "follow's log, last lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     agent.stop().await;
 }
 
@@ -168,7 +194,10 @@ async fn version_of(agent: &Agent, tenant: &str) -> String {
 async fn wait_version(agent: &Agent, tenant: &str, version: &str) {
     let start = Instant::now();
     while version_of(agent, tenant).await != version {
-        assert!(start.elapsed() < Duration::from_secs(120), "{tenant} never reached {version}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{tenant} never reached {version}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

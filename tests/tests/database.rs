@@ -108,7 +108,8 @@ fn import_is_the_seeds_way_and_rows_compile_to_what_the_files_hold() {
     let db = Database::connect(&pg.url(), None).expect("connect");
     let l1 = source::read_layer1(&src.join("layer1.toml"), &src.canonicalize().expect("dir"))
         .expect("layer1");
-    let (rows_source, snapshot) = rows::open_snapshot(&db, l1).expect("rows");
+    let (rows_source, snapshot) =
+        rows::open_snapshot(&db, l1, &mut Default::default()).expect("rows");
     assert_eq!(rows_source.tenants.len(), 300);
     let from_rows = compile::compile(&rows_source, opts()).expect("rows compile");
     snapshot.close().expect("close");

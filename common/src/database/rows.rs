@@ -59,11 +59,13 @@ impl Drop for Snapshot {
 }
 
 /// Lists every active row of `db` in a new snapshot, and makes the source
-/// a compile reads (Layer 1 as given). Two active rows of one tenant are
-/// listed as one, which the compile refuses naming both.
+/// a compile reads (Layer 1 as given), hashing the rows `hashes` does not
+/// know. Two active rows of one tenant are listed as one, which the
+/// compile refuses naming both.
 pub fn open_snapshot(
     db: &Arc<Database>,
     layer1: Layer1,
+    hashes: &mut RowHashes,
 ) -> Result<(Source, Arc<Snapshot>), SourceError> {
     let fail = |e: DatabaseError| SourceError::Database {
         source_name: db.name().to_owned(),
@@ -78,7 +80,7 @@ pub fn open_snapshot(
         db: db.clone(),
         open: Mutex::new(true),
     });
-    let rows = list(db).map_err(fail)?;
+    let rows = list(db, hashes).map_err(fail)?;
     let reader = Arc::new(Reader {
         snapshot: snapshot.clone(),
     });
@@ -86,42 +88,94 @@ pub fn open_snapshot(
     Ok((source, snapshot))
 }
 
-/// The active rows, in tenant id order (bytewise, as tenant files sort).
-fn list(db: &Database) -> Result<Vec<Row>, DatabaseError> {
-    let declare = format!(
+/// Row hashes a follower keeps from one snapshot to the next, by row id
+/// and the transaction that last wrote the row and its tenant (`xmin`): a
+/// row not written since is not hashed again, so listing 100k rows reads
+/// ids, not 300 MB of prompts. Any write gives a row a new `xmin`.
+#[derive(Debug, Default)]
+pub struct RowHashes {
+    by_row: std::collections::HashMap<String, ((i64, i64), String)>,
+}
+
+impl RowHashes {
+    /// Forgets every hash (the next snapshot hashes every row again).
+    pub fn clear(&mut self) {
+        self.by_row.clear();
+    }
+}
+
+/// Rows hashed per query when their hashes are not known.
+const HASH_BATCH: usize = 5_000;
+
+/// The active rows, in tenant id order (bytewise, as tenant files sort),
+/// hashed where `hashes` does not know them.
+fn list(db: &Database, hashes: &mut RowHashes) -> Result<Vec<Row>, DatabaseError> {
+    let what = "listing the active rows of tenant_configurations";
+    db.execute_batch(
+        what,
         "DECLARE strata_rows NO SCROLL CURSOR FOR \
-         SELECT COALESCE(t.slug, c.tenant_id::text) COLLATE \"C\", c.id::text, c.version, {HASHED} \
+         SELECT COALESCE(t.slug, c.tenant_id::text) COLLATE \"C\", c.id::text, c.version, \
+                c.xmin::text::bigint, t.xmin::text::bigint \
          FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
-         WHERE c.is_active ORDER BY 1, 2"
-    );
-    db.execute_batch("listing the active rows of tenant_configurations", &declare)?;
+         WHERE c.is_active ORDER BY 1, 2",
+    )?;
     let fetch = format!("FETCH {FETCH} FROM strata_rows");
     let mut rows: Vec<Row> = Vec::new();
+    let mut written = Vec::new();
+    let mut unknown = Vec::new();
     loop {
-        let batch = db.run(
-            "listing the active rows of tenant_configurations",
-            async |c| c.query(fetch.as_str(), &[]).await,
-        )?;
+        let batch = db.run(what, async |c| c.query(fetch.as_str(), &[]).await)?;
         let n = batch.len();
         for r in batch {
-            let (tenant, id, version, sha256): (String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (tenant, id, version): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let xmins: (i64, i64) = (r.get(3), r.get(4));
+            let known = hashes.by_row.get(&id).filter(|(x, _)| *x == xmins);
+            let sha256 = known.map(|(_, sha)| sha.clone()).unwrap_or_default();
             match rows.last_mut() {
                 Some(last) if last.tenant == tenant => last.others.push(id),
-                _ => rows.push(Row {
-                    tenant,
-                    id,
-                    version,
-                    sha256,
-                    others: Vec::new(),
-                }),
+                _ => {
+                    if sha256.is_empty() {
+                        unknown.push(rows.len());
+                    }
+                    written.push(xmins);
+                    rows.push(Row {
+                        tenant,
+                        id,
+                        version,
+                        sha256,
+                        others: Vec::new(),
+                    });
+                }
             }
         }
         if n < FETCH {
             break;
         }
     }
-    db.execute_batch("listing the active rows", "CLOSE strata_rows")?;
+    db.execute_batch(what, "CLOSE strata_rows")?;
+    let hash = format!(
+        "SELECT c.id::text, {HASHED} FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
+         WHERE c.id = ANY($1::text[]::uuid[])"
+    );
+    for part in unknown.chunks(HASH_BATCH) {
+        let ids: Vec<String> = part.iter().map(|&i| rows[i].id.clone()).collect();
+        let found = db.run("hashing rows", async |c| {
+            c.query(hash.as_str(), &[&ids]).await
+        })?;
+        let found: std::collections::HashMap<String, String> =
+            found.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        for &i in part {
+            if let Some(sha) = found.get(&rows[i].id) {
+                rows[i].sha256 = sha.clone();
+            }
+        }
+    }
+    hashes.by_row = rows
+        .iter()
+        .zip(written)
+        .filter(|(r, _)| !r.sha256.is_empty())
+        .map(|(r, x)| (r.id.clone(), (x, r.sha256.clone())))
+        .collect();
     Ok(rows)
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use strata_common::compile::Compiled;
+use strata_common::database::rows::RowHashes;
 use strata_common::database::{Database, Event, follow as db_follow};
 use strata_common::source::{Source, Tenants};
 
@@ -115,10 +116,14 @@ fn session(args: &Args, keys: &[strata_common::sign::SigningKey], m: &FollowMetr
         args.to.channel,
         db.name()
     );
+    // Row hashes from batch to batch: a batch hashes only rows written
+    // since the last (a new connection, and each resync, hash them all).
+    let mut hashes = RowHashes::default();
     loop {
-        batch(args, keys, &db, m)?;
+        batch(args, keys, &db, m, &mut hashes)?;
         // The next change, then until it settles.
         if !wait(&db, args.resync)? {
+            hashes.clear();
             continue;
         }
         let deadline = Instant::now() + args.max_delay;
@@ -148,9 +153,10 @@ fn batch(
     keys: &[strata_common::sign::SigningKey],
     db: &Arc<Database>,
     m: &FollowMetrics,
+    hashes: &mut RowHashes,
 ) -> Result<()> {
     let started = Instant::now();
-    let opened = args.source.open(Some(db));
+    let opened = args.source.open(Some(db), hashes);
     let opened = match opened {
         Ok(o) => o,
         Err(e) if db.is_closed() => return Err(e),
@@ -164,6 +170,11 @@ fn batch(
             return Ok(());
         }
     };
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        rows = opened.source.tenants.len(),
+        "follow: rows listed"
+    );
     let result = publish(&args.to, keys, &opened.source, true, true);
     if let Some((_, snapshot)) = &opened.db {
         snapshot.close()?;

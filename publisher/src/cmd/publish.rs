@@ -111,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         args.to.notify.wait_config()?;
     }
     let keys = args.input.keys()?;
-    let opened = args.input.source.open(None)?;
+    let opened = args.input.source.open(None, &mut Default::default())?;
     let done = publish(&args.to, &keys, &opened.source, args.quarantine, false)?;
     let compiled = &done.compiled;
     for p in &compiled.held_back {
@@ -196,6 +196,9 @@ pub fn publish(
     skip_unchanged: bool,
 ) -> Result<Done> {
     strata_common::layout::check_name("channel", &to.channel)?;
+    let clock = std::time::Instant::now();
+    let phase =
+        |what: &str| tracing::info!(ms = clock.elapsed().as_millis() as u64, "publish: {what}");
     let trusted = load_public_keys(&to.trusted_keys)?;
     let trust = TrustedKeys::for_publisher(keys, &trusted);
     // Of two tenants claiming one number, the one the channel's snapshot
@@ -226,6 +229,7 @@ pub fn publish(
         },
         _ => versions::Present::default(),
     };
+    phase("read the channel's snapshot");
     let served_owners = current
         .as_ref()
         .and_then(|(s, head, _)| versions::served_owners(s.as_ref(), head, &trust).ok())
@@ -243,7 +247,9 @@ pub fn publish(
             .then(|| last_published.unwrap_or_else(|| LastPublished(Arc::new(|_: &str| None)))),
         ..CompileOptions::default()
     };
+    phase("read its routes");
     let mut compiled = crate::input::compile_source(source, opts.clone())?;
+    phase("compiled");
     // Quarantine: a tenant whose new version the channel's snapshot
     // refuses is held back too (compiled again, held).
     if let (true, Some((s, head, _))) = (quarantine, &current) {
@@ -267,6 +273,7 @@ pub fn publish(
             )?;
         }
     }
+    phase("checked versions");
     if skip_unchanged
         && !present.payload_sha256.is_empty()
         && present.payload_sha256 == compiled.payload.sha256
@@ -339,6 +346,7 @@ pub fn publish(
         )
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, keys, &opts, &mut gate)?;
+    phase("published");
     Ok(Done {
         compiled,
         published: Some(published),

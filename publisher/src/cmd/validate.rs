@@ -45,7 +45,7 @@ pub struct Args {
 
 /// One line per problem; an error (exit 1) if there is any.
 pub fn run(args: Args) -> Result<()> {
-    let opened = args.source.open(None)?;
+    let opened = args.source.open(None, &mut Default::default())?;
     let src = &opened.source;
     let Some(url) = &args.store else {
         let warnings =
