@@ -98,6 +98,19 @@ CREATE TRIGGER strata_notify
     AFTER INSERT OR UPDATE OR DELETE ON tenants
     FOR EACH ROW EXECUTE FUNCTION strata_notify_tenant();
 
+-- TRUNCATE fires no row trigger: one notification for the statement.
+CREATE OR REPLACE FUNCTION strata_notify_truncate() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('strata_tenant_configurations', 'truncate');
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS strata_notify_truncate ON tenant_configurations;
+CREATE TRIGGER strata_notify_truncate
+    AFTER TRUNCATE ON tenant_configurations
+    FOR EACH STATEMENT EXECUTE FUNCTION strata_notify_truncate();
+
 -- What the follower's role needs, for a role named strata_publisher:
 --   GRANT SELECT ON tenants, tenant_configurations TO strata_publisher;
 --   GRANT SELECT, INSERT, UPDATE, DELETE ON strata_publish_problems TO strata_publisher;

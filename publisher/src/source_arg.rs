@@ -47,7 +47,7 @@ impl SourceArgs {
 
     /// What messages name the source by (a URL without its password).
     pub fn shown(&self) -> PathBuf {
-        PathBuf::from(strata_common::notify::redacted(&self.source))
+        PathBuf::from(database::shown(&self.source))
     }
 
     /// Connects to the database source.

@@ -12,7 +12,10 @@ use std::time::Instant;
 use strata_common::compile::{self, CompileOptions};
 use strata_common::database::{Database, rows};
 use strata_common::generate;
+use strata_common::pointer::Pointer;
+use strata_common::sign::TrustedKeys;
 use strata_common::source::{self, Source};
+use strata_common::versions;
 use strata_tests::postgres::Postgres;
 use strata_tests::{DEADLINE, Fixture, Proc, bin};
 
@@ -232,6 +235,44 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
         problems,
         format!("{}|generation.temperature\n{}|", t[0], t[1]),
         "the held-back tenants' problems are where the dashboard reads them"
+    );
+
+    // A tenant that takes a later tenant's number is held back; the
+    // number stays with the tenant the channel gives it to.
+    let t = first_tenants(&pg, 5);
+    let (earlier, later) = (&t[3], &t[4]);
+    let number = pg.sql(&format!(
+        "SELECT c.config->'phone_numbers'->>0 FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
+         WHERE t.slug = '{later}' AND c.is_active"
+    ));
+    let numbers = pg.sql(&format!(
+        "SELECT (c.config->'phone_numbers') || '[\"{number}\"]'::jsonb FROM tenant_configurations c \
+         JOIN tenants t ON t.id = c.tenant_id WHERE t.slug = '{earlier}' AND c.is_active"
+    ));
+    new_version(
+        &pg,
+        earlier,
+        "9.0.0",
+        "",
+        &format!(r#"{{"phone_numbers": {numbers}}}"#),
+    );
+    let out = publish(&["--quarantine"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("published version 3"), "{}", text(&out));
+    let held = pg.sql(&format!(
+        "SELECT field FROM strata_publish_problems WHERE tenant = '{earlier}'"
+    ));
+    assert!(held.starts_with("phone_numbers"), "{held}");
+    let trust = TrustedKeys::for_publisher(std::slice::from_ref(&fx.key), &[]);
+    let store = fx.store();
+    let (head, _) = Pointer::read_channel(&store, "stable", &trust)
+        .expect("channel")
+        .expect("a head");
+    let owners = versions::served_owners(&store, &head, &trust).expect("routes");
+    assert_eq!(
+        owners.get(&number),
+        Some(later),
+        "the number stays with {later}"
     );
 }
 

@@ -131,18 +131,39 @@ pub struct Compiled {
 /// Validates the whole source without writing anything: every problem, then
 /// every warning.
 pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, SourceError> {
-    run(source, opts, None).map(|(_, w, _)| w)
+    run(source, opts, None).map(|out| out.warnings)
 }
 
 /// Compiles the source into a payload, or reports every problem.
-pub fn compile(source: &Source, opts: CompileOptions) -> Result<Compiled, SourceError> {
-    let writer = if opts.format == crate::bundle::FORMAT_TREE {
-        let level = opts.level.max(3);
-        Writer::Tree(TreeWriter::new(level, opts.dictionary.clone()).map_err(payload_err)?)
-    } else {
-        Writer::Bundle(PayloadWriter::new(opts.level).map_err(payload_err)?)
+pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, SourceError> {
+    // Quarantine may find, part way, a tenant already written that must be
+    // held back (a number the channel gives to a later tenant; a tenant of
+    // a chunk kept whole): the compile runs again holding it. Each round
+    // holds more tenants, and a held tenant is settled, so this ends.
+    let mut rounds = 0;
+    let (writer, warnings, held_back) = loop {
+        let writer = if opts.format == crate::bundle::FORMAT_TREE {
+            let level = opts.level.max(3);
+            Writer::Tree(TreeWriter::new(level, opts.dictionary.clone()).map_err(payload_err)?)
+        } else {
+            Writer::Bundle(PayloadWriter::new(opts.level).map_err(payload_err)?)
+        };
+        let out = run(source, opts.clone(), Some(writer))?;
+        if out.retry.is_empty() {
+            break (out.writer, out.warnings, out.held_back);
+        }
+        rounds += 1;
+        if rounds > 8 {
+            return Err(payload_err(std::io::Error::other(
+                "quarantine did not settle after 8 rounds (a bug; please report it)",
+            )));
+        }
+        let mut hold = (*opts.hold).clone();
+        for (tenant, problems) in out.retry {
+            hold.entry(tenant).or_default().extend(problems);
+        }
+        opts.hold = Arc::new(hold);
     };
-    let (writer, warnings, held_back) = run(source, opts.clone(), Some(writer))?;
     let Some((tenant_count, writer)) = writer else {
         return Err(payload_err(std::io::Error::other("payload writer missing")));
     };
@@ -181,7 +202,27 @@ fn payload_err(source: std::io::Error) -> SourceError {
     }
 }
 
-type RunOutput = (Option<(u64, Writer)>, Vec<Problem>, Vec<Problem>);
+/// What one compile pass made.
+struct RunOutput {
+    /// The tenant count and the writer holding the payload.
+    writer: Option<(u64, Writer)>,
+    warnings: Vec<Problem>,
+    /// Quarantine: the problems of the tenants held back.
+    held_back: Vec<Problem>,
+    /// Quarantine: tenants found to need holding back after they were
+    /// written; the pass is run again holding them.
+    retry: BTreeMap<String, Vec<Problem>>,
+}
+
+/// How [`run`] took one tenant.
+enum Took {
+    /// Written (or counted, in a kept chunk) as compiled.
+    Clean,
+    /// Held back (quarantine), for these problems.
+    Held(Vec<Problem>),
+    /// It has problems: the compile is refused.
+    Refused,
+}
 
 fn run(
     source: &Source,
@@ -196,6 +237,10 @@ fn run(
     }
     let mut problems = Vec::new();
     let mut held_back = Vec::new();
+    let mut retry: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+    // Tenants held back inside a chunk kept whole: its chunk is compiled
+    // in the next pass.
+    let mut held_in_kept: Vec<(String, Vec<Problem>)> = Vec::new();
     let mut warnings = source.warnings.clone();
     let mut phones = PhoneIndex::default();
     let mut origins: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -262,38 +307,54 @@ fn run(
             }
         });
         let mut compiled = std::collections::VecDeque::new();
-        // Checks and writes one tenant; whether there is no problem so far.
+        // Checks and writes one tenant.
         let mut take = |mut t: TenantResult,
                         writer: &mut Option<Writer>|
-         -> Result<bool, SourceError> {
+         -> Result<Took, SourceError> {
             warnings.append(&mut t.warnings);
             if let Some(why) = opts.hold.get(&t.tenant_id) {
                 t.problems.extend(why.iter().cloned());
             }
             claim_numbers(&mut phones, &origins, served, &mut t);
             origins.insert(t.tenant_id.clone(), t.file.clone());
+            let mut took = Took::Clean;
             if !t.problems.is_empty() {
                 let Some(last_published) = quarantine else {
                     problems.append(&mut t.problems);
-                    return Ok(false);
+                    return Ok(Took::Refused);
                 };
-                held_back.append(&mut t.problems);
-                phones.release(&t.tenant_id, &t.phones);
-                let Some(kept) = (last_published.0)(&t.tenant_id) else {
-                    return Ok(problems.is_empty());
-                };
-                // Its numbers are its last record's; a held-back tenant is
-                // compiled again next time (no source hash matches).
-                t = TenantResult {
-                    phones: kept.phones,
-                    output: Some((kept.config_hash, kept.config, kept.prompt)),
-                    source_sha256: "held back".into(),
-                    ..TenantResult::named(t.file, &t.tenant_id)
-                };
-                claim_numbers(&mut phones, &origins, served, &mut t);
-                if !t.problems.is_empty() {
-                    held_back.append(&mut t.problems);
-                    return Ok(problems.is_empty());
+                // A problem filed on a tenant written already (its number
+                // belongs to this one in the channel's snapshot): that one
+                // is held back, in the next pass.
+                let (theirs, ours): (Vec<Problem>, Vec<Problem>) = t
+                    .problems
+                    .drain(..)
+                    .partition(|p| p.tenant.as_deref().is_some_and(|o| o != t.tenant_id));
+                for p in theirs {
+                    retry
+                        .entry(p.tenant.clone().unwrap_or_default())
+                        .or_default()
+                        .push(p);
+                }
+                if !ours.is_empty() {
+                    held_back.extend(ours.iter().cloned());
+                    phones.release(&t.tenant_id, &t.phones);
+                    let Some(kept) = (last_published.0)(&t.tenant_id) else {
+                        return Ok(Took::Held(ours));
+                    };
+                    // Its numbers are its last record's; a held-back tenant is
+                    // compiled again next time (no source hash matches).
+                    t = TenantResult {
+                        phones: kept.phones,
+                        output: Some((kept.config_hash, kept.config, kept.prompt)),
+                        source_sha256: "held back".into(),
+                        ..TenantResult::named(t.file, &t.tenant_id)
+                    };
+                    claim_numbers(&mut phones, &origins, served, &mut t);
+                    if !t.problems.is_empty() {
+                        held_back.append(&mut t.problems);
+                    }
+                    took = Took::Held(ours);
                 }
             }
             if let (Some(w), Some((hash, config, prompt))) = (writer.as_mut(), t.output.as_ref())
@@ -303,7 +364,7 @@ fn run(
                     .map_err(payload_err)?;
             }
             count += 1;
-            Ok(problems.is_empty())
+            Ok(took)
         };
         for step in &plan {
             match step {
@@ -338,7 +399,15 @@ fn run(
                             phones: numbers_of.get(id).cloned().unwrap_or_default(),
                             ..TenantResult::named(tenants.origin(i), id)
                         };
-                        clean = take(t, &mut writer)?;
+                        match take(t, &mut writer)? {
+                            Took::Clean => {}
+                            // Its chunk must be compiled, holding it: again.
+                            Took::Held(why) => {
+                                held_in_kept.push((id.to_owned(), why));
+                                clean = false;
+                            }
+                            Took::Refused => clean = false,
+                        }
                     }
                     let last = r.end.checked_sub(1).map_or("", |i| tenants.id(i));
                     if let Some(w) = writer.as_mut()
@@ -355,12 +424,20 @@ fn run(
     if !problems.is_empty() {
         return Err(SourceError::Invalid { problems, warnings });
     }
+    for (tenant, why) in held_in_kept {
+        retry.entry(tenant).or_default().extend(why);
+    }
     if let Some(w) = writer.as_mut() {
         for (number, tenant) in phones.into_routes() {
             w.route(&number, &tenant).map_err(payload_err)?;
         }
     }
-    Ok((writer.map(|w| (count, w)), warnings, held_back))
+    Ok(RunOutput {
+        writer: writer.map(|w| (count, w)),
+        warnings,
+        held_back,
+        retry,
+    })
 }
 
 /// Claims the tenant's numbers. A number another tenant claimed already

@@ -53,7 +53,7 @@ pub(super) fn source_hashes(
         Tenants::Files { root, files } => file_hashes(files, root, max_file, threads),
         Tenants::Rows { rows, .. } => rows
             .iter()
-            .map(|r| r.others.is_empty().then(|| r.sha256.clone()))
+            .map(|r| (r.others.is_empty() && !r.sha256.is_empty()).then(|| r.sha256.clone()))
             .collect(),
     }
 }

@@ -35,6 +35,20 @@ pub fn try_lead(db: &Database, key: &str) -> Result<bool, DatabaseError> {
     Ok(row.get(0))
 }
 
+/// Whether this connection still holds an advisory lock (the followers'
+/// lock [`try_lead`] took): checked before a follower moves the pointer.
+pub fn holds_lock(db: &Database) -> Result<bool, DatabaseError> {
+    let row = db.run("checking the followers' advisory lock", async |c| {
+        c.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+             AND pid = pg_backend_pid() AND granted)",
+            &[],
+        )
+        .await
+    })?;
+    Ok(row.get(0))
+}
+
 /// One problem of a held-back tenant, as `strata_publish_problems` holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldBack {

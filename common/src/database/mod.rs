@@ -114,7 +114,7 @@ impl Database {
     /// password from the URL or `PGPASSWORD`). TLS verifies the server
     /// with `ca` (a PEM file) or the system's roots.
     pub fn connect(url: &str, ca: Option<&Path>) -> Result<Arc<Self>, DatabaseError> {
-        let name = crate::notify::redacted(url);
+        let name = shown(url);
         let mut config: tokio_postgres::Config =
             url.parse()
                 .map_err(|e: tokio_postgres::Error| DatabaseError::Url {
@@ -127,6 +127,13 @@ impl Database {
             && let Ok(password) = std::env::var("PGPASSWORD")
         {
             config.password(password);
+        }
+        // TLS unless asked otherwise: `prefer` (the driver's default) lets
+        // anyone on the path answer "no TLS" and feed the publisher rows it
+        // signs. Plain only where asked (`sslmode=disable|prefer`), or to
+        // this host.
+        if !url.contains("sslmode=") && !local_only(&config) {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
         if config.get_application_name().is_none() {
             config.application_name("strata-publisher");
@@ -229,6 +236,29 @@ impl Database {
             }
         }
     }
+}
+
+/// How messages name a database URL: without user, password and query
+/// (which may hold `password=`).
+pub fn shown(url: &str) -> String {
+    crate::notify::redacted(url.split('?').next().unwrap_or(url))
+}
+
+/// Whether every host `config` names is this machine (loopback or a unix
+/// socket), where plain connections are the norm.
+fn local_only(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    !config.get_hosts().is_empty()
+        && config.get_hosts().iter().all(|h| match h {
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            Host::Unix(_) => true,
+        })
 }
 
 /// A tokio-postgres error in one line, with the server's message, detail

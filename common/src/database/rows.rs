@@ -14,6 +14,7 @@
 //! the row's, `agent.prompt` is `layer2_system_prompt`; `name` falls back
 //! to `tenants.name`.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{Database, DatabaseError};
@@ -22,6 +23,10 @@ use crate::source::{Row, RowContent, RowReader, Source, SourceError};
 
 /// Rows listed per cursor fetch.
 const FETCH: usize = 10_000;
+
+/// At most this many bytes of rows (prompt and config) per fetch: 2,048
+/// rows of the largest allowed size must not sit in memory at once.
+const FETCH_BYTES: u64 = 16 << 20;
 
 /// What identifies a row's content: a change to any of it is a new hash
 /// (and a salt, to be changed with the way a row becomes a document).
@@ -80,9 +85,11 @@ pub fn open_snapshot(
         db: db.clone(),
         open: Mutex::new(true),
     });
-    let rows = list(db, hashes).map_err(fail)?;
+    let max_bytes = layer1.policy.tenant_limits.max_file_bytes;
+    let rows = list(db, hashes, max_bytes).map_err(fail)?;
     let reader = Arc::new(Reader {
         snapshot: snapshot.clone(),
+        max_bytes,
     });
     let source = Source::from_rows(db.name(), layer1, rows, reader);
     Ok((source, snapshot))
@@ -108,14 +115,17 @@ impl RowHashes {
 const HASH_BATCH: usize = 5_000;
 
 /// The active rows, in tenant id order (bytewise, as tenant files sort),
-/// hashed where `hashes` does not know them.
-fn list(db: &Database, hashes: &mut RowHashes) -> Result<Vec<Row>, DatabaseError> {
+/// hashed where `hashes` does not know them. A row over `max_bytes` (its
+/// prompt and stored config) is neither hashed nor fetched: the compile
+/// refuses it by its size.
+fn list(db: &Database, hashes: &mut RowHashes, max_bytes: u64) -> Result<Vec<Row>, DatabaseError> {
     let what = "listing the active rows of tenant_configurations";
     db.execute_batch(
         what,
         "DECLARE strata_rows NO SCROLL CURSOR FOR \
-         SELECT COALESCE(t.slug, c.tenant_id::text) COLLATE \"C\", c.id::text, c.version, \
-                c.xmin::text::bigint, t.xmin::text::bigint \
+         SELECT COALESCE(t.slug, c.tenant_id::text) COLLATE \"C\", c.id::text, COALESCE(c.version, ''), \
+                c.xmin::text::bigint, t.xmin::text::bigint, \
+                (COALESCE(octet_length(c.layer2_system_prompt), 0) + COALESCE(pg_column_size(c.config), 0))::bigint \
          FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
          WHERE c.is_active ORDER BY 1, 2",
     )?;
@@ -127,14 +137,21 @@ fn list(db: &Database, hashes: &mut RowHashes) -> Result<Vec<Row>, DatabaseError
         let batch = db.run(what, async |c| c.query(fetch.as_str(), &[]).await)?;
         let n = batch.len();
         for r in batch {
-            let (tenant, id, version): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-            let xmins: (i64, i64) = (r.get(3), r.get(4));
+            let cols = || -> Result<_, tokio_postgres::Error> {
+                let text: (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                let numbers: (i64, i64, i64) = (r.try_get(3)?, r.try_get(4)?, r.try_get(5)?);
+                Ok((text, numbers))
+            };
+            let ((tenant, id, version), (x1, x2, bytes)) =
+                cols().map_err(|e| db.query_error(what, &e))?;
+            let xmins = (x1, x2);
+            let bytes = u64::try_from(bytes).unwrap_or(0);
             let known = hashes.by_row.get(&id).filter(|(x, _)| *x == xmins);
             let sha256 = known.map(|(_, sha)| sha.clone()).unwrap_or_default();
             match rows.last_mut() {
                 Some(last) if last.tenant == tenant => last.others.push(id),
                 _ => {
-                    if sha256.is_empty() {
+                    if sha256.is_empty() && bytes <= max_bytes {
                         unknown.push(rows.len());
                     }
                     written.push(xmins);
@@ -143,6 +160,7 @@ fn list(db: &Database, hashes: &mut RowHashes) -> Result<Vec<Row>, DatabaseError
                         id,
                         version,
                         sha256,
+                        bytes,
                         others: Vec::new(),
                     });
                 }
@@ -162,8 +180,11 @@ fn list(db: &Database, hashes: &mut RowHashes) -> Result<Vec<Row>, DatabaseError
         let found = db.run("hashing rows", async |c| {
             c.query(hash.as_str(), &[&ids]).await
         })?;
-        let found: std::collections::HashMap<String, String> =
-            found.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        let found: HashMap<String, String> = found
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| db.query_error("hashing rows", &e))?;
         for &i in part {
             if let Some(sha) = found.get(&rows[i].id) {
                 rows[i].sha256 = sha.clone();
@@ -182,34 +203,41 @@ fn list(db: &Database, hashes: &mut RowHashes) -> Result<Vec<Row>, DatabaseError
 /// Fetches rows' contents in the snapshot.
 struct Reader {
     snapshot: Arc<Snapshot>,
+    /// Layer 1's `max_file_bytes`: a row listed over it is not fetched.
+    max_bytes: u64,
 }
 
 impl RowReader for Reader {
     fn fetch(&self, rows: &[Row]) -> Result<Vec<RowContent>, SourceError> {
         let db = &self.snapshot.db;
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let found = db
-            .run("reading tenant_configurations rows", async |c| {
-                c.query(
-                    "SELECT c.id::text, c.layer2_system_prompt, c.config::text, t.name \
-                     FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
-                     WHERE c.id = ANY($1::text[]::uuid[])",
-                    &[&ids],
-                )
-                .await
-            })
-            .map_err(|e| SourceError::Database {
-                source_name: db.name().to_owned(),
-                reason: e.to_string(),
-            })?;
-        let mut by_id: std::collections::HashMap<String, (String, String, String)> = found
-            .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-            .collect();
+        let fail = |e: DatabaseError| SourceError::Database {
+            source_name: db.name().to_owned(),
+            reason: e.to_string(),
+        };
+        let wanted: Vec<&Row> = rows.iter().filter(|r| r.bytes <= self.max_bytes).collect();
+        let mut by_id: HashMap<String, (String, String, String)> = HashMap::new();
+        let mut part: Vec<String> = Vec::new();
+        let mut part_bytes = 0u64;
+        for (i, row) in wanted.iter().enumerate() {
+            part.push(row.id.clone());
+            part_bytes += row.bytes;
+            if part_bytes >= FETCH_BYTES || i + 1 == wanted.len() {
+                by_id.extend(fetch_rows(db, &part).map_err(fail)?);
+                part.clear();
+                part_bytes = 0;
+            }
+        }
         Ok(rows
             .iter()
             .map(|row| match by_id.remove(&row.id) {
                 Some((prompt, config, name)) => document(row, &prompt, &config, &name),
+                None if row.bytes > self.max_bytes => RowContent::Invalid(vec![(
+                    String::new(),
+                    format!(
+                        "the row holds about {} bytes (prompt and config); Layer 1 allows at most {} a tenant (policy.tenant_limits.max_file_bytes)",
+                        row.bytes, self.max_bytes
+                    ),
+                )]),
                 None => RowContent::Invalid(vec![(
                     String::new(),
                     "the row vanished within one snapshot (a bug; please report it)".into(),
@@ -217,6 +245,29 @@ impl RowReader for Reader {
             })
             .collect())
     }
+}
+
+/// Rows `ids`: each one's prompt, config (as text) and tenant name, a NULL
+/// read as empty.
+fn fetch_rows(
+    db: &Database,
+    ids: &[String],
+) -> Result<HashMap<String, (String, String, String)>, DatabaseError> {
+    let found = db.run("reading tenant_configurations rows", async |c| {
+        c.query(
+            "SELECT c.id::text, COALESCE(c.layer2_system_prompt, ''), COALESCE(c.config::text, '{}'), \
+                    COALESCE(t.name, '') \
+             FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE c.id = ANY($1::text[]::uuid[])",
+            &[&ids],
+        )
+        .await
+    })?;
+    found
+        .into_iter()
+        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| db.query_error("reading tenant_configurations rows", &e))
 }
 
 /// The columns a row's `config` may not repeat, and where they are.
@@ -270,6 +321,9 @@ pub fn document(row: &Row, prompt: &str, config: &str, name: &str) -> RowContent
             "config.agent.prompt".into(),
             "is the layer2_system_prompt column, not part of config: remove it from config".into(),
         )),
+        // An empty column is no prompt of the tenant's own, as a file
+        // without `agent.prompt`: Layer 1's default applies.
+        toml::Value::Table(_) if prompt.is_empty() => {}
         toml::Value::Table(agent) => {
             agent.insert("prompt".into(), toml::Value::String(prompt.to_owned()));
         }

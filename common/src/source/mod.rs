@@ -79,8 +79,11 @@ pub struct Row {
     /// The row's `version` column.
     pub version: String,
     /// SHA-256 (hex) of what the row holds for Strata: equal hashes, equal
-    /// overlays.
+    /// overlays (empty for a row too large to hash).
     pub sha256: String,
+    /// About how many bytes it holds (prompt and stored config): a row
+    /// over Layer 1's `max_file_bytes` is not fetched.
+    pub bytes: u64,
     /// Other active rows of the same tenant: a tenant may have only one
     /// (until per-tenant canaries are served), so such a tenant is refused.
     pub others: Vec<String>,

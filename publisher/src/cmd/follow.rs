@@ -21,7 +21,7 @@ use strata_common::database::rows::RowHashes;
 use strata_common::database::{Database, Event, follow as db_follow};
 use strata_common::source::{Source, Tenants};
 
-use crate::cmd::publish::{Destination, publish};
+use crate::cmd::publish::{Destination, Leading, publish};
 use crate::input::SigningKeys;
 use crate::metrics::{FollowMetrics, Outcome};
 use crate::push::parse_short_duration;
@@ -99,7 +99,6 @@ pub fn run(args: Args) -> Result<()> {
 /// batch per settled burst of changes. Returns when the connection is lost.
 fn session(args: &Args, keys: &[strata_common::sign::SigningKey], m: &FollowMetrics) -> Result<()> {
     let db = args.source.connect()?;
-    db_follow::listen(&db)?;
     m.connected.set(1);
     let key = format!("{} {}", args.to.store, args.to.channel);
     let mut said = false;
@@ -110,6 +109,8 @@ fn session(args: &Args, keys: &[strata_common::sign::SigningKey], m: &FollowMetr
         }
         wait(&db, args.standby_retry)?;
     }
+    // Listening from here: a standby is not woken by every change.
+    db_follow::listen(&db)?;
     m.leader.set(1);
     note!(
         "follow: leading; publishing {} from {}",
@@ -175,10 +176,12 @@ fn batch(
         rows = opened.source.tenants.len(),
         "follow: rows listed"
     );
-    let result = publish(&args.to, keys, &opened.source, true, true);
-    if let Some((_, snapshot)) = &opened.db {
-        snapshot.close()?;
-    }
+    let Some((_, snapshot)) = &opened.db else {
+        bail!("follow reads a database source");
+    };
+    let leading = Leading { db, snapshot };
+    let result = publish(&args.to, keys, &opened.source, true, Some(&leading));
+    snapshot.close()?;
     let done = match result {
         Ok(done) => done,
         Err(e) if db.is_closed() => return Err(e),

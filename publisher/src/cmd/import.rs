@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<()> {
     if !database::is_database_url(&args.to) {
         bail!(
             "--to {} is not a postgres:// URL",
-            strata_common::notify::redacted(&args.to)
+            database::shown(&args.to)
         );
     }
     let source = Source::open(&args.source).map_err(|e| crate::input::report(&args.source, e))?;

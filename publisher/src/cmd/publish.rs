@@ -112,7 +112,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let keys = args.input.keys()?;
     let opened = args.input.source.open(None, &mut Default::default())?;
-    let done = publish(&args.to, &keys, &opened.source, args.quarantine, false)?;
+    let done = publish(&args.to, &keys, &opened.source, args.quarantine, None)?;
     let compiled = &done.compiled;
     for p in &compiled.held_back {
         note!("held back: {p}");
@@ -183,18 +183,29 @@ pub struct Done {
     pub published: Option<Published>,
 }
 
+/// A follower's publish: the snapshot its rows were read in (ended once
+/// compiled, before the upload) and the connection holding its lock.
+pub struct Leading<'a> {
+    /// The connection holding the followers' advisory lock.
+    pub db: &'a strata_common::database::Database,
+    /// The transaction the rows were read in.
+    pub snapshot: &'a strata_common::database::rows::Snapshot,
+}
+
 /// Compiles `source` and publishes it to `to` (signed with `keys`): the
 /// guards, the upload and the pointer's move. With `quarantine`, invalid
-/// tenants keep their config of the channel's snapshot; with
-/// `skip_unchanged`, a build whose content the channel serves already
-/// (format 3) is not published again.
+/// tenants keep their config of the channel's snapshot. With `leading` (a
+/// follower), a build whose content the channel serves already (format 3)
+/// is not published, and the pointer moves only while the follower still
+/// holds its lock and the channel is still where the compile found it.
 pub fn publish(
     to: &Destination,
     keys: &[SigningKey],
     source: &Source,
     quarantine: bool,
-    skip_unchanged: bool,
+    leading: Option<&Leading>,
 ) -> Result<Done> {
+    let skip_unchanged = leading.is_some();
     strata_common::layout::check_name("channel", &to.channel)?;
     let clock = std::time::Instant::now();
     let phase =
@@ -274,6 +285,10 @@ pub fn publish(
         }
     }
     phase("checked versions");
+    if let Some(l) = leading {
+        l.snapshot.close()?;
+    }
+    let compiled_over = current.as_ref().map(|(_, head, _)| head.version);
     if skip_unchanged
         && !present.payload_sha256.is_empty()
         && present.payload_sha256 == compiled.payload.sha256
@@ -335,6 +350,9 @@ pub fn publish(
         lower_versions: matches!(source.tenants, strata_common::source::Tenants::Rows { .. }),
     };
     let mut gate = |head: Option<&Pointer>| -> Result<(), PublishError> {
+        if let Some(l) = leading {
+            still_leading(l, head, compiled_over)?;
+        }
         let Some(head) = head else { return Ok(()) };
         crate::guard::check_against_head(
             store.as_ref(),
@@ -351,6 +369,31 @@ pub fn publish(
         compiled,
         published: Some(published),
     })
+}
+
+/// Refuses a follower's publish when it no longer holds the lock (its
+/// session ended: another follower may publish newer rows) or the channel
+/// moved since its compile (another publisher): the next batch compiles
+/// again, over what is there then.
+fn still_leading(
+    l: &Leading,
+    head: Option<&Pointer>,
+    compiled_over: Option<u64>,
+) -> Result<(), PublishError> {
+    if head.map(|h| h.version) != compiled_over {
+        return Err(PublishError::Refused(
+            "the channel moved while this batch compiled (another publisher); the next batch compiles again".into(),
+        ));
+    }
+    match strata_common::database::follow::holds_lock(l.db) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(PublishError::Refused(
+            "this follower no longer holds the followers' lock; nothing was published".into(),
+        )),
+        Err(e) => Err(PublishError::Refused(format!(
+            "cannot confirm this follower still holds the followers' lock ({e}); nothing was published"
+        ))),
+    }
 }
 
 /// Where a quarantining compile finds a tenant's record in the channel's
