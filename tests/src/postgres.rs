@@ -23,6 +23,8 @@ pub struct Postgres {
     dir: TempDir,
     user: Option<(u32, u32)>,
     child: Option<std::process::Child>,
+    /// Extra server settings (`-c name=value`).
+    settings: Vec<String>,
 }
 
 /// The directory holding `initdb` and `postgres`, if installed.
@@ -59,6 +61,15 @@ impl Postgres {
     /// Starts one, or `None` (with a note) where PostgreSQL is not
     /// installed and `CI` is not set.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts one serving TLS as well, with `ca`'s server certificate.
+    pub fn start_tls(ca: &crate::mirror::TestCa) -> Option<Self> {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(tls: Option<&crate::mirror::TestCa>) -> Option<Self> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -103,12 +114,36 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut settings = Vec::new();
+        if let Some(ca) = tls {
+            // The server reads its key only if no one else may.
+            for (name, pem) in [("server.crt", &ca.cert_pem), ("server.key", &ca.key_pem)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write");
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("mode");
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            settings.push("ssl=on".to_owned());
+            // TCP clients must use TLS: a plain connection is refused.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .expect("pg_hba.conf");
+        }
         let mut pg = Self {
             port: 0,
             bin,
             dir,
             user,
             child: None,
+            settings,
         };
         pg.run_server(None);
         pg.psql("postgres", "CREATE DATABASE strata");
@@ -133,6 +168,7 @@ impl Postgres {
             ])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(log)
             .as_user(self.user)

@@ -276,6 +276,61 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
     );
 }
 
+#[test]
+fn tls_to_the_database_is_verified() {
+    let ca = strata_tests::mirror::TestCa::new();
+    let Some(pg) = Postgres::start_tls(&ca) else {
+        return;
+    };
+    pg.load_schema();
+    let fx = Fixture::new();
+    let src = fx.dir.path().join("source");
+    generate::generate(&src, 5).expect("generate");
+    let ca_file = fx.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).expect("ca");
+    let url = format!(
+        "postgres://postgres@localhost:{}/strata?sslmode=require",
+        pg.port
+    );
+    let l1 = layer1(&src);
+    let ca_path = ca_file.display().to_string();
+    // Trusted through --database-ca: TLS, verified.
+    let src_s = src.display().to_string();
+    let out = publisher(&[
+        "import",
+        "--source",
+        &src_s,
+        "--to",
+        &url,
+        "--database-ca",
+        &ca_path,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = publisher(&[
+        "validate",
+        "--source",
+        &url,
+        "--layer1",
+        &l1,
+        "--database-ca",
+        &ca_path,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The server refuses plain connections: the one above was TLS.
+    let plain = url.replace("sslmode=require", "sslmode=disable");
+    let out = publisher(&["validate", "--source", &plain, "--layer1", &l1]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // The system's roots do not know the test CA: refused, and said so.
+    let out = publisher(&["validate", "--source", &url, "--layer1", &l1]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+    assert!(
+        text(&out).to_lowercase().contains("certificate"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A `follow` process; its log in `<dir>/<name>.log`.
 struct Follower {
     _proc: Proc,
