@@ -100,6 +100,14 @@ pub struct Syncer {
     last_whole_read: Option<std::time::Instant>,
     /// How often they are ([`WHOLE_READ_EVERY`]; shorter in tests).
     whole_read_every: std::time::Duration,
+    /// Whether the poll timer (not a push, a store event or an operator)
+    /// woke this check: with push connected it reads one document.
+    pub(crate) timer_poll: bool,
+    /// A light poll's turn: the pin next (`true`) or the pointer.
+    light_turn: bool,
+    /// Whether the region's pin was read since the last whole read (a
+    /// `seen_pin` of `None` is then "no pin", not "not read").
+    pin_read: bool,
     /// Trusted key files the config names that were missing at the last
     /// reload, to log a change once.
     missing_keys: Vec<PathBuf>,
@@ -143,6 +151,9 @@ impl Syncer {
             pin_gone_said: false,
             last_whole_read: None,
             whole_read_every: WHOLE_READ_EVERY,
+            timer_poll: false,
+            light_turn: false,
+            pin_read: false,
             missing_keys: Vec::new(),
             config_said: None,
             started_with: reload::RestartSettings::of(config),

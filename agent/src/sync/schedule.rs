@@ -60,6 +60,9 @@ pub async fn run(
         .collect();
     let _local = watch_files(&watched, tx.clone());
     let mut failures = 0;
+    // Whether the poll timer woke the next check (not a push, a store
+    // event or an operator).
+    let mut timer = false;
     'run: loop {
         // A watch lives on the directory it was made on: when the store
         // directory is gone or replaced (unmounted, mounted again), the
@@ -74,7 +77,7 @@ pub async fn run(
             }
         }
         let (done_tx, done_rx) = oneshot::channel();
-        if checks.send(done_tx).is_err() {
+        if checks.send((timer, done_tx)).is_err() {
             warn!("sync check panicked; the sync loop stops, the last snapshot stays served");
             return;
         }
@@ -102,10 +105,12 @@ pub async fn run(
             poll
         };
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        timer = false;
         tokio::select! {
-            _ = tokio::time::sleep(wait.mul_f64(jitter)) => {}
+            _ = tokio::time::sleep(wait.mul_f64(jitter)) => timer = true,
             _ = rx.recv() => {}
-            // An operator's `POST /v1/check` or SIGHUP: now, backoff or not.
+            // An operator's `POST /v1/check` or SIGHUP (and a push): now,
+            // backoff or not.
             _ = shared.check_now.notified() => failures = 0,
             _ = shutdown.changed() => break 'run,
         }
@@ -116,6 +121,10 @@ pub async fn run(
     drop(checks);
     let _ = tokio::time::timeout(THREAD_EXIT_WAIT, exited).await;
 }
+
+/// One check asked of the sync thread: whether the poll timer woke it, and
+/// where to answer whether the loop should back off.
+type CheckRequest = (bool, oneshot::Sender<bool>);
 
 /// How long a stopping agent waits for the check under way to end.
 const THREAD_EXIT_WAIT: Duration = Duration::from_secs(5);
@@ -139,16 +148,17 @@ const THREAD_EXIT_WAIT: Duration = Duration::from_secs(5);
 fn spawn_sync_thread(
     mut syncer: Syncer,
 ) -> std::io::Result<(
-    std::sync::mpsc::Sender<oneshot::Sender<bool>>,
+    std::sync::mpsc::Sender<CheckRequest>,
     oneshot::Receiver<()>,
 )> {
-    let (tx, rx) = std::sync::mpsc::channel::<oneshot::Sender<bool>>();
+    let (tx, rx) = std::sync::mpsc::channel::<CheckRequest>();
     let (exit_tx, exited) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("strata-sync".into())
         .spawn(move || {
             lowest_priority("the sync thread");
-            for done in rx {
+            for (timer, done) in rx {
+                syncer.timer_poll = timer;
                 let outcome = syncer.check();
                 let back_off = matches!(&outcome, Outcome::Refused(r) if r.backs_off());
                 let _ = done.send(back_off);
