@@ -147,10 +147,7 @@ const THREAD_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// store or the local disk failed ([`super::CheckError::backs_off`]).
 fn spawn_sync_thread(
     mut syncer: Syncer,
-) -> std::io::Result<(
-    std::sync::mpsc::Sender<CheckRequest>,
-    oneshot::Receiver<()>,
-)> {
+) -> std::io::Result<(std::sync::mpsc::Sender<CheckRequest>, oneshot::Receiver<()>)> {
     let (tx, rx) = std::sync::mpsc::channel::<CheckRequest>();
     let (exit_tx, exited) = oneshot::channel::<()>();
     std::thread::Builder::new()

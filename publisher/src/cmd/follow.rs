@@ -217,9 +217,8 @@ fn batch(
         published.uploaded.objects,
         started.elapsed().as_millis()
     );
-    let store = strata_common::store::open_write(&args.to.store)?;
     args.to.notify.announce(
-        store.as_ref(),
+        done.store.as_ref(),
         strata_common::pointer::PointerKind::Channel,
         &p.name,
         None,

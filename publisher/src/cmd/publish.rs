@@ -159,9 +159,8 @@ pub fn run(args: Args) -> Result<()> {
             )?;
         }
     }
-    let store = store::open_write(&args.to.store)?;
     args.to.notify.announce(
-        store.as_ref(),
+        done.store.as_ref(),
         strata_common::pointer::PointerKind::Channel,
         &p.name,
         args.wait.map(|share| (share, args.wait_timeout)),
@@ -181,6 +180,9 @@ pub struct Done {
     /// The new version; `None` if `skip_unchanged` found the channel
     /// serving exactly this content already.
     pub published: Option<Published>,
+    /// The store it went to (for the push that follows: no second
+    /// client to make).
+    pub store: Box<dyn WriteStore>,
 }
 
 /// A follower's publish: the snapshot its rows were read in (ended once
@@ -293,9 +295,11 @@ pub fn publish(
         && !present.payload_sha256.is_empty()
         && present.payload_sha256 == compiled.payload.sha256
     {
+        let store = store::open_write(&to.store)?;
         return Ok(Done {
             compiled,
             published: None,
+            store,
         });
     }
     // Only a first publish makes a store, and only when asked: a mistyped
@@ -368,6 +372,7 @@ pub fn publish(
     Ok(Done {
         compiled,
         published: Some(published),
+        store,
     })
 }
 
