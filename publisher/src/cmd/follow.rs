@@ -53,7 +53,7 @@ pub struct Args {
     standby_retry: Duration,
     /// Serve Prometheus metrics on this TCP address (`127.0.0.1:9187`);
     /// no listener without it.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "STRATA_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
