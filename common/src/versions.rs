@@ -474,8 +474,14 @@ fn check_tenant(
     } else {
         return None;
     };
+    // A file source names the tenant's file; a database source itself.
+    let file = if lower_ok {
+        dir.to_path_buf()
+    } else {
+        dir.join("tenants").join(format!("{}.toml", new.id))
+    };
     Some(Problem {
-        file: dir.join("tenants").join(format!("{}.toml", new.id)),
+        file,
         tenant: Some(new.id.clone()),
         field: "version".to_owned(),
         reason,

@@ -138,6 +138,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<FollowMetrics>) -> Result<SocketAddr
             rt.block_on(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
+                        // Out of descriptors: wait, rather than spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     };
                     let metrics = metrics.clone();
@@ -147,9 +149,14 @@ pub fn serve(addr: SocketAddr, metrics: Arc<FollowMetrics>) -> Result<SocketAddr
                             async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics)) }
                         });
                         let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await;
+                        // A client that never finishes its request is
+                        // dropped; a scrape is one short request.
+                        let serve = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(std::time::Duration::from_secs(5))
+                            .serve_connection(io, service);
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_secs(30), serve).await;
                     });
                 }
             });

@@ -84,19 +84,6 @@ fn timed(what: &str, args: &[&str]) {
     println!("{what}: {}", err.lines().last().unwrap_or_default());
 }
 
-/// The seed's update of `tenant` to `version`, in one transaction.
-fn change(pg: &Postgres, tenant: &str, version: &str) {
-    pg.sql(&format!(
-        "BEGIN; \
-         INSERT INTO tenant_configurations (tenant_id, version, version_hash, layer2_system_prompt, config, is_active, parent_version_id) \
-           SELECT tenant_id, '{version}', md5(random()::text), layer2_system_prompt || ' Offer a callback when the queue is long.', config, false, id \
-           FROM tenant_configurations WHERE is_active AND tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}'); \
-         UPDATE tenant_configurations SET is_active = (version = '{version}') \
-           WHERE tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}'); \
-         COMMIT;"
-    ));
-}
-
 async fn follow(fx: &Fixture, pg: &Postgres, l1: &str, store: &str, tenants: usize) {
     let log = fx.dir.path().join("follow.log");
     let file = std::fs::File::create(&log).expect("log");
@@ -131,7 +118,12 @@ async fn follow(fx: &Fixture, pg: &Postgres, l1: &str, store: &str, tenants: usi
     let mut served = Vec::new();
     for i in 0..20 {
         let tenant = &slugs[i * (tenants / 20)];
-        change(pg, tenant, "9.0.0");
+        pg.new_version(
+            tenant,
+            "9.0.0",
+            " Offer a callback when the queue is long.",
+            "{}",
+        );
         let t0 = Instant::now();
         wait_version(&agent, tenant, "9.0.0").await;
         served.push(t0.elapsed());

@@ -228,6 +228,21 @@ impl Postgres {
         self.psql("strata", sql)
     }
 
+    /// The seed's update: a new row for `tenant` (by slug) at `version`,
+    /// its prompt with `extra` appended and its config merged with
+    /// `config` (JSON), and `is_active` moved to it, in one transaction.
+    pub fn new_version(&self, tenant: &str, version: &str, extra: &str, config: &str) {
+        self.sql(&format!(
+            "BEGIN; \
+             INSERT INTO tenant_configurations (tenant_id, version, version_hash, layer2_system_prompt, config, is_active, parent_version_id) \
+               SELECT tenant_id, '{version}', md5(random()::text), layer2_system_prompt || '{extra}', config || '{config}'::jsonb, false, id \
+               FROM tenant_configurations WHERE is_active AND tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}'); \
+             UPDATE tenant_configurations SET is_active = (version = '{version}') \
+               WHERE tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}'); \
+             COMMIT;"
+        ));
+    }
+
     /// Loads `schema/postgres.sql` into the `strata` database.
     pub fn load_schema(&self) {
         let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/postgres.sql");

@@ -68,21 +68,6 @@ fn first_tenants(pg: &Postgres, n: usize) -> Vec<String> {
     .collect()
 }
 
-/// The seed's update: a new row for `tenant` at `version` (its prompt
-/// with `extra` appended, its config merged with `config`), and
-/// `is_active` moved to it, in one transaction.
-fn new_version(pg: &Postgres, tenant: &str, version: &str, extra: &str, config: &str) {
-    pg.sql(&format!(
-        "BEGIN; \
-         INSERT INTO tenant_configurations (tenant_id, version, version_hash, layer2_system_prompt, config, is_active, parent_version_id) \
-           SELECT tenant_id, '{version}', md5(random()::text), layer2_system_prompt || '{extra}', config || '{config}'::jsonb, false, id \
-           FROM tenant_configurations WHERE is_active AND tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}'); \
-         UPDATE tenant_configurations SET is_active = (version = '{version}') \
-           WHERE tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}'); \
-         COMMIT;"
-    ));
-}
-
 #[test]
 fn import_is_the_seeds_way_and_rows_compile_to_what_the_files_hold() {
     let fx = Fixture::new();
@@ -166,8 +151,7 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
     assert!(first.status.success(), "{}", text(&first));
 
     // A wrong type, and the seed's canary: two active rows for one tenant.
-    new_version(
-        &pg,
+    pg.new_version(
         &t[0],
         "9.0.0",
         "",
@@ -187,8 +171,7 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
         "SELECT c.id FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id WHERE t.slug = '{}' AND c.is_active ORDER BY c.id",
         t[1]
     ));
-    new_version(
-        &pg,
+    pg.new_version(
         &t[2],
         "9.0.0",
         " Offer a callback when the queue is long.",
@@ -249,8 +232,7 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
         "SELECT (c.config->'phone_numbers') || '[\"{number}\"]'::jsonb FROM tenant_configurations c \
          JOIN tenants t ON t.id = c.tenant_id WHERE t.slug = '{earlier}' AND c.is_active"
     ));
-    new_version(
-        &pg,
+    pg.new_version(
         earlier,
         "9.0.0",
         "",
@@ -429,8 +411,7 @@ async fn follow_publishes_flips_rollbacks_and_holds_back_bad_rows() {
     let was = tenant_version(&agent, &t[0]).await;
 
     // The seed's update: a new row, is_active moved to it.
-    new_version(
-        &pg,
+    pg.new_version(
         &t[0],
         "9.0.0",
         " Offer a callback when the queue is long.",
@@ -447,15 +428,13 @@ async fn follow_publishes_flips_rollbacks_and_holds_back_bad_rows() {
     // A bad row for t[1] and a good one for t[2] in one burst: t[2] goes
     // out, t[1] stays on its config and its problem is reported.
     let t1_was = tenant_version(&agent, &t[1]).await;
-    new_version(
-        &pg,
+    pg.new_version(
         &t[1],
         "9.0.0",
         "",
         r#"{"generation": {"temperature": "hot"}}"#,
     );
-    new_version(
-        &pg,
+    pg.new_version(
         &t[2],
         "9.0.0",
         " Offer a callback when the queue is long.",
@@ -470,8 +449,7 @@ async fn follow_publishes_flips_rollbacks_and_holds_back_bad_rows() {
     let problem = pg.sql("SELECT tenant, version, field FROM strata_publish_problems");
     assert_eq!(problem, format!("{}|9.0.0|generation.temperature", t[1]));
     // Its next valid row clears it.
-    new_version(
-        &pg,
+    pg.new_version(
         &t[1],
         "9.1.0",
         "",
@@ -485,8 +463,7 @@ async fn follow_publishes_flips_rollbacks_and_holds_back_bad_rows() {
 
     // A lost connection: the change made meanwhile goes out after it.
     assert_eq!(pg.drop_publisher_connections(), "1");
-    new_version(
-        &pg,
+    pg.new_version(
         &t[3],
         "9.0.0",
         " Offer a callback when the queue is long.",
@@ -531,8 +508,7 @@ async fn two_followers_never_both_publish() {
     b.wait_for("standing by");
     let agent = fx.start_agent("agent", "");
     agent.serves(1).await;
-    new_version(
-        &pg,
+    pg.new_version(
         &t[0],
         "9.0.0",
         " Offer a callback when the queue is long.",
@@ -547,8 +523,7 @@ async fn two_followers_never_both_publish() {
     // The leader goes; the other takes over and publishes the next change.
     drop(a);
     b.wait_for("leading");
-    new_version(
-        &pg,
+    pg.new_version(
         &t[1],
         "9.0.0",
         " Offer a callback when the queue is long.",

@@ -67,15 +67,6 @@ pub enum DatabaseError {
     },
 }
 
-impl DatabaseError {
-    /// Whether the connection itself is gone (reconnect and resynchronise),
-    /// rather than a statement refused.
-    pub fn is_lost(&self) -> bool {
-        matches!(self, DatabaseError::Connect { .. })
-            || matches!(self, DatabaseError::Query { reason, .. } if reason.contains("connection closed") || reason.contains("error communicating"))
-    }
-}
-
 /// Whether `s` names a PostgreSQL database rather than a directory.
 pub fn is_database_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
