@@ -79,7 +79,9 @@ fn overlay(i: usize) -> impl Strategy<Value = Overlay> {
                     branding: BrandingOverlay::default(),
                     limits: LimitsOverlay {
                         max_concurrent_calls: calls,
+                        ..LimitsOverlay::default()
                     },
+                    plan: None,
                 }
             },
         )
@@ -112,7 +114,7 @@ proptest! {
         let contents = Contents::collect(verified.records().expect("records")).expect("decodes");
         prop_assert_eq!(contents.configs.len(), overlays.len());
         for o in &overlays {
-            let mut expected = EffectiveConfig::merge(&source.layer1.defaults, &source.layer1.version, o);
+            let mut expected = EffectiveConfig::merge(&source.layer1.defaults, &source.layer1.policy.plans, &source.layer1.version, o);
             let json = expected.seal().expect("seal");
             prop_assert_eq!(&contents.configs[&o.tenant_id], &json);
             let decoded: EffectiveConfig = serde_json::from_slice(&json).expect("parse");

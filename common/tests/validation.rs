@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 
+use strata_common::bundle;
 use strata_common::compile::{self, CompileOptions};
 use strata_common::generate::LAYER1_TOML;
 use strata_common::source::{Source, SourceError};
@@ -142,6 +143,136 @@ fn models_must_be_approved_with_their_ceiling() {
         r#"fallbacks = ["llama-9""]"#.replace("\"\"", "\"").as_str(),
         "model.fallbacks[0]",
     );
+}
+
+#[test]
+fn a_fallback_equal_to_the_primary_or_repeated_is_refused() {
+    refuses(
+        r#"fallbacks = ["gpt-4o-mini"]"#,
+        r#"fallbacks = ["gpt-4o"]"#,
+        "model.fallbacks[0]",
+    );
+    refuses(
+        r#"fallbacks = ["gpt-4o-mini"]"#,
+        r#"fallbacks = ["gpt-4o-mini", "gpt-4o-mini"]"#,
+        "model.fallbacks[1]",
+    );
+}
+
+/// Layer 1 with two plans and `defaults.plan = "starter"`.
+fn layer1_with_plans() -> String {
+    let plans = "\n[policy.plans.starter]\nmax_concurrent_calls = 10\nmax_queries_per_day = 500\nmodels = [\"gpt-4o-mini\"]\n\n[policy.plans.pro]\nmax_concurrent_calls = 100\nmax_queries_per_day = 50000\nmax_documents = 2000\n";
+    let with = LAYER1_TOML.replacen("\n[policy.models]", &format!("{plans}\n[policy.models]"), 1);
+    let with = with.replacen(
+        "[defaults.limits]",
+        "[defaults]\nplan = \"starter\"\n\n[defaults.limits]",
+        1,
+    );
+    assert_ne!(with, LAYER1_TOML, "the generator's Layer 1 changed shape");
+    with
+}
+
+#[test]
+fn plan_ceilings_are_enforced_naming_tenant_field_and_plan() {
+    let layer1 = layer1_with_plans();
+    let pro = ACME.replacen(
+        "version = \"1.4.0\"",
+        "version = \"1.4.0\"\nplan = \"pro\"",
+        1,
+    );
+    assert_eq!(
+        problems_with(&layer1, &[("acme-hvac", pro.clone())]),
+        vec![]
+    );
+    // Starter (the default plan): 20 calls and gpt-4o are over its ceilings.
+    let problems = problems_with(&layer1, &[("acme-hvac", ACME.to_owned())]);
+    for (field, says) in [
+        ("limits.max_concurrent_calls", "plan starter"),
+        ("model.primary", "not in plan starter"),
+    ] {
+        assert!(
+            problems.iter().any(|p| p.field == field
+                && p.reason.contains(says)
+                && p.tenant.as_deref() == Some("acme-hvac")),
+            "{field}: {problems:#?}"
+        );
+    }
+    let over = pro.replacen(
+        "max_concurrent_calls = 20",
+        "max_concurrent_calls = 20\nmax_documents = 2001",
+        1,
+    );
+    let problems = problems_with(&layer1, &[("acme-hvac", over)]);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "limits.max_documents" && p.reason.contains("at most 2000")),
+        "{problems:#?}"
+    );
+    let unknown = pro.replacen("plan = \"pro\"", "plan = \"gold\"", 1);
+    let problems = problems_with(&layer1, &[("acme-hvac", unknown)]);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "plan" && p.reason.contains("pro, starter")),
+        "{problems:#?}"
+    );
+    // Without plans in Layer 1 a plan is refused, and so is a plan model
+    // that is not approved.
+    let problems = problems_of(&pro);
+    assert!(problems.iter().any(|p| p.field == "plan"), "{problems:#?}");
+    let bad = layer1.replacen("models = [\"gpt-4o-mini\"]", "models = [\"gpt-9\"]", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_source_with(dir.path(), &bad, &[("acme-hvac", pro)]);
+    match Source::open(dir.path()) {
+        Err(SourceError::Invalid { problems, .. }) => assert!(
+            problems
+                .iter()
+                .any(|p| p.field == "policy.plans.starter.models"),
+            "{problems:#?}"
+        ),
+        other => panic!(
+            "Layer 1 with an unapproved plan model opened: {:?}",
+            other.err()
+        ),
+    }
+}
+
+#[test]
+fn the_effective_config_carries_the_plan_and_its_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = ACME
+        .replacen("max_concurrent_calls = 20", "", 1)
+        .replacen("primary = \"gpt-4o\"", "primary = \"gpt-4o-mini\"", 1)
+        .replacen("fallbacks = [\"gpt-4o-mini\"]", "fallbacks = []", 1);
+    write_source_with(dir.path(), &layer1_with_plans(), &[("acme-hvac", small)]);
+    let source = Source::open(dir.path()).expect("open source");
+    let compiled = compile::compile(&source, CompileOptions::default()).expect("compiles");
+    let key = strata_common::sign::SigningKey::from_bytes(&[9; 32]);
+    let manifest = strata_common::channel::manifest(
+        &compiled,
+        1,
+        strata_common::time::now(),
+        strata_common::channel::DEFAULT_BUNDLE_EXPIRY,
+        &Default::default(),
+    );
+    let bytes =
+        bundle::write_bundle(&manifest, &compiled.payload.compressed, &[key]).expect("write");
+    let verified = bundle::verify(
+        std::io::Cursor::new(&bytes),
+        bundle::SignatureCheck::SkipForInspection,
+        &bundle::Limits::default(),
+    )
+    .expect("verifies");
+    let contents =
+        bundle::Contents::collect(verified.records().expect("records")).expect("decodes");
+    let v: serde_json::Value =
+        serde_json::from_slice(&contents.configs["acme-hvac"]).expect("json");
+    assert_eq!(v["plan"], "starter");
+    // Left out: the default (5) under starter's 10, and starter's 500 a day.
+    assert_eq!(v["limits"]["max_concurrent_calls"], 5);
+    assert_eq!(v["limits"]["max_queries_per_day"], 500);
+    assert!(v["limits"].get("max_documents").is_none(), "{v}");
 }
 
 #[test]

@@ -213,7 +213,12 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, doc: toml::Value) -> T
         result.problems = r.problems;
         return result;
     };
-    let mut cfg = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &overlay);
+    let mut cfg = EffectiveConfig::merge(
+        &layer1.defaults,
+        &layer1.policy.plans,
+        &layer1.version,
+        &overlay,
+    );
     validate::check_identity(&mut r, &cfg, &stem);
     let rendered = validate::check_policy(&mut r, layer1, &cfg);
     result.tenant_id = tenant.clone();

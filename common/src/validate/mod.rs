@@ -15,10 +15,13 @@ use crate::secrets;
 mod chars;
 mod parse;
 mod phones;
+mod plan;
+mod shapes;
 pub use chars::{Escaped, is_unsafe_char};
 use chars::{check_characters, forbidden, located};
 pub(crate) use parse::{parse_toml, typed};
 pub use phones::PhoneIndex;
+use shapes::{has_markup, is_domain, is_hex_colour, is_https_url};
 
 /// One thing wrong with the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +157,19 @@ pub(crate) fn check_policy(
     let approved = || p.models.keys().cloned().collect::<Vec<_>>().join(", ");
     let mut used_models = vec![("model.primary".to_owned(), &cfg.model.primary)];
     for (i, m) in cfg.model.fallbacks.iter().enumerate() {
+        // A fallback is what answers when the primary fails: the same
+        // model again, or one listed twice, is no fallback.
+        if *m == cfg.model.primary {
+            r.push(
+                format!("model.fallbacks[{i}]"),
+                format!("{m:?} is model.primary; a fallback must be another model: remove it"),
+            );
+        } else if cfg.model.fallbacks[..i].contains(m) {
+            r.push(
+                format!("model.fallbacks[{i}]"),
+                format!("{m:?} is listed twice; remove the repeat"),
+            );
+        }
         used_models.push((format!("model.fallbacks[{i}]"), m));
     }
     for (field, model) in &used_models {
@@ -176,6 +192,7 @@ pub(crate) fn check_policy(
         }
     }
     check_key_ref(r, p, &cfg.tenant_id, &cfg.model.key_ref);
+    plan::check_tenant(r, p, cfg);
     // Variable names ship in the config too, and only these can be used
     // in a template: nothing else hides there.
     for name in cfg.agent.variables.keys() {
@@ -485,48 +502,6 @@ fn bound_u(r: &mut Reporter<'_>, field: &str, v: u32, [lo, hi]: [u32; 2]) {
     }
 }
 
-fn is_hex_colour(s: &str) -> bool {
-    s.len() == 7 && s.starts_with('#') && s[1..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn is_domain(s: &str) -> bool {
-    let labels: Vec<&str> = s.split('.').collect();
-    // A name, not an address: the last label is not all digits.
-    let top_is_name = labels
-        .last()
-        .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()));
-    s.len() <= 253
-        && top_is_name
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-fn is_https_url(s: &str) -> bool {
-    // Quotes, angle brackets, back-ticks, spaces and controls can break out
-    // of an HTML attribute or a log line: none belong in a URL as written.
-    let clean = !s.chars().any(|c| {
-        c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '`' | '\\')
-    });
-    clean
-        && url::Url::parse(s).is_ok_and(|u| {
-            u.scheme() == "https"
-                && u.username().is_empty()
-                && u.password().is_none()
-                && matches!(u.host(), Some(url::Host::Domain(d)) if is_domain(d))
-        })
-}
-
-/// A display name is shown in dashboards and logs: text, not markup.
-fn has_markup(s: &str) -> bool {
-    s.contains(['<', '>']) || html_escape::decode_html_entities(s) != s
-}
-
 /// Checks Layer 1 itself: at least one model, sane bounds, and defaults that
 /// pass its own policy (a tenant that sets nothing must be valid).
 pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
@@ -543,6 +518,7 @@ pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
             );
         }
     }
+    plan::check_layer1(r, layer1);
     if layer1.policy.models.is_empty() {
         r.push("policy.models", "no model is approved; list at least one");
     }
@@ -562,35 +538,15 @@ pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
             format!("{n} is above 2^53, which JSON readers round; use a smaller value"),
         );
     }
-    let probe = EffectiveConfig::merge(&layer1.defaults, &layer1.version, &Default::default());
+    let probe = EffectiveConfig::merge(
+        &layer1.defaults,
+        &layer1.policy.plans,
+        &layer1.version,
+        &Default::default(),
+    );
     let mut inner = Reporter::new(r.file, None);
     check_policy(&mut inner, layer1, &probe);
     for p in inner.problems {
         r.push(format!("defaults.{}", p.field), p.reason);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shapes() {
-        assert!(is_hex_colour("#0055ff"));
-        assert!(!is_hex_colour("0055ff"));
-        assert!(!is_hex_colour("#05f"));
-        assert!(is_domain("help.acme.example"));
-        assert!(!is_domain("localhost"));
-        assert!(!is_domain("bad_domain.example"));
-        assert!(!is_domain("127.0.0.1"));
-        assert!(is_https_url("https://acme.example/logo.png"));
-        assert!(!is_https_url("http://acme.example/logo.png"));
-        assert!(!is_https_url("javascript:alert(1)"));
-        assert!(!is_https_url("https://acme.example/x\"onerror=\"alert(1)"));
-        assert!(!is_https_url("https://user:pw@acme.example/logo.png"));
-        assert!(!is_https_url("https://127.0.0.1/logo.png"));
-        assert!(has_markup("<script>alert(1)</script>"));
-        assert!(has_markup("Acme &lt;b&gt;"));
-        assert!(!has_markup("Acme & Sons"));
     }
 }

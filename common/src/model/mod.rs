@@ -10,6 +10,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod overlay;
+pub use overlay::*;
+
 /// A tenant identifier: `[a-z0-9][a-z0-9-]{1,62}`.
 ///
 /// Construction rejects anything else, so code holding a `TenantId` never has
@@ -164,6 +167,30 @@ pub struct Policy {
     /// one tenant's input must not make a snapshot every agent refuses.
     #[serde(default, skip_serializing_if = "TenantLimits::is_default")]
     pub tenant_limits: TenantLimits,
+    /// Named plans (`[policy.plans.starter]`): ceilings a tenant naming the
+    /// plan may not exceed. Left out of the served Layer 1 when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, Plan>,
+}
+
+/// A plan's ceilings: what a tenant on this plan may set at most, and the
+/// value a limit it leaves out takes when the default is higher (or none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The most `limits.max_concurrent_calls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_calls: Option<u32>,
+    /// The most `limits.max_queries_per_day`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queries_per_day: Option<u64>,
+    /// The most `limits.max_documents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<u64>,
+    /// The models (primary and fallbacks) a tenant on this plan may use;
+    /// every approved model when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
 }
 
 fn default_max_prompt_chars() -> usize {
@@ -259,6 +286,10 @@ pub struct Defaults {
     pub branding: Branding,
     /// Per-tenant limits.
     pub limits: Limits,
+    /// The plan of a tenant that names none; required when Layer 1
+    /// defines plans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// The agent section: who speaks and what it is told.
@@ -368,116 +399,23 @@ impl Default for Branding {
 pub struct Limits {
     /// Calls the tenant may have in progress at once.
     pub max_concurrent_calls: u32,
+    /// Knowledge-base queries a day the call worker allows; unlimited (and
+    /// left out of the config) when neither Layer 1 nor a plan sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queries_per_day: Option<u64>,
+    /// Documents the tenant's knowledge base may hold; as above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_concurrent_calls: 5,
+            max_queries_per_day: None,
+            max_documents: None,
         }
     }
-}
-
-/// A Layer 2 overlay exactly as `tenants/<tenant_id>.toml` holds it: any
-/// field left out takes the Layer 1 default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Overlay {
-    /// Must equal the file name.
-    pub tenant_id: String,
-    /// Display name.
-    pub name: String,
-    /// Semantic version of this overlay.
-    pub version: String,
-    /// E.164 numbers this tenant owns.
-    #[serde(default)]
-    pub phone_numbers: Vec<String>,
-    /// Agent overrides.
-    #[serde(default)]
-    pub agent: AgentOverlay,
-    /// Model overrides.
-    #[serde(default)]
-    pub model: ModelOverlay,
-    /// Generation overrides.
-    #[serde(default)]
-    pub generation: GenerationOverlay,
-    /// Retrieval overrides.
-    #[serde(default)]
-    pub retrieval: RetrievalOverlay,
-    /// Branding overrides.
-    #[serde(default)]
-    pub branding: BrandingOverlay,
-    /// Limit overrides.
-    #[serde(default)]
-    pub limits: LimitsOverlay,
-}
-
-/// Overlay of [`AgentConfig`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentOverlay {
-    /// See [`AgentConfig::persona`].
-    pub persona: Option<String>,
-    /// See [`AgentConfig::prompt`].
-    pub prompt: Option<String>,
-    /// See [`AgentConfig::variables`].
-    pub variables: Option<BTreeMap<String, String>>,
-}
-
-/// Overlay of [`ModelConfig`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelOverlay {
-    /// See [`ModelConfig::primary`].
-    pub primary: Option<String>,
-    /// See [`ModelConfig::fallbacks`].
-    pub fallbacks: Option<Vec<String>>,
-    /// See [`ModelConfig::key_ref`].
-    pub key_ref: Option<String>,
-}
-
-/// Overlay of [`Generation`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerationOverlay {
-    /// See [`Generation::temperature`].
-    pub temperature: Option<f64>,
-    /// See [`Generation::max_tokens`].
-    pub max_tokens: Option<u32>,
-}
-
-/// Overlay of [`Retrieval`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrievalOverlay {
-    /// See [`Retrieval::top_k`].
-    pub top_k: Option<u32>,
-    /// See [`Retrieval::alpha`].
-    pub alpha: Option<f64>,
-    /// See [`Retrieval::rerank`].
-    pub rerank: Option<bool>,
-    /// See [`Retrieval::rerank_top_n`].
-    pub rerank_top_n: Option<u32>,
-}
-
-/// Overlay of [`Branding`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrandingOverlay {
-    /// See [`Branding::primary_color`].
-    pub primary_color: Option<String>,
-    /// See [`Branding::logo_url`].
-    pub logo_url: Option<String>,
-    /// See [`Branding::domain`].
-    pub domain: Option<String>,
-}
-
-/// Overlay of [`Limits`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsOverlay {
-    /// See [`Limits::max_concurrent_calls`].
-    pub max_concurrent_calls: Option<u32>,
 }
 
 /// What the agent serves for a tenant: Layer 1 defaults merged with the
@@ -505,6 +443,10 @@ pub struct EffectiveConfig {
     pub branding: Branding,
     /// Limits.
     pub limits: Limits,
+    /// The tenant's plan (its own or `defaults.plan`), when Layer 1
+    /// defines plans; its ceilings are already applied to `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// The Layer 1 version this config was merged with.
     pub layer1_version: String,
     /// Hex SHA-256 of the canonical JSON of this config without this field.
@@ -514,9 +456,31 @@ pub struct EffectiveConfig {
 impl EffectiveConfig {
     /// Merges `overlay` over `defaults`; the result is not yet validated and
     /// its `config_hash` is empty until [`EffectiveConfig::seal`].
-    pub fn merge(defaults: &Defaults, layer1_version: &str, overlay: &Overlay) -> Self {
+    /// A limit the overlay leaves out takes the default, lowered to the
+    /// plan's ceiling (`plans`: Layer 1's).
+    pub fn merge(
+        defaults: &Defaults,
+        plans: &BTreeMap<String, Plan>,
+        layer1_version: &str,
+        overlay: &Overlay,
+    ) -> Self {
         let d = defaults;
         let o = overlay;
+        let plan_name = o.plan.clone().or_else(|| d.plan.clone());
+        let plan = plan_name.as_ref().and_then(|p| plans.get(p));
+        let ceiling = |c: Option<u64>, v: Option<u64>| match (c, v) {
+            (Some(c), Some(v)) => Some(v.min(c)),
+            (c, v) => v.or(c),
+        };
+        let cap = |own: Option<u64>, default: Option<u64>, c: Option<u64>| {
+            own.or_else(|| ceiling(c, default))
+        };
+        let calls = o.limits.max_concurrent_calls.unwrap_or_else(|| {
+            let c = plan.and_then(|p| p.max_concurrent_calls);
+            c.map_or(d.limits.max_concurrent_calls, |c| {
+                c.min(d.limits.max_concurrent_calls)
+            })
+        });
         Self {
             tenant_id: o.tenant_id.clone(),
             name: o.name.clone(),
@@ -548,11 +512,19 @@ impl EffectiveConfig {
                 domain: pick(&o.branding.domain, &d.branding.domain),
             },
             limits: Limits {
-                max_concurrent_calls: pick(
-                    &o.limits.max_concurrent_calls,
-                    &d.limits.max_concurrent_calls,
+                max_concurrent_calls: calls,
+                max_queries_per_day: cap(
+                    o.limits.max_queries_per_day,
+                    d.limits.max_queries_per_day,
+                    plan.and_then(|p| p.max_queries_per_day),
+                ),
+                max_documents: cap(
+                    o.limits.max_documents,
+                    d.limits.max_documents,
+                    plan.and_then(|p| p.max_documents),
                 ),
             },
+            plan: plan_name,
             layer1_version: layer1_version.to_owned(),
             config_hash: String::new(),
         }
