@@ -76,6 +76,12 @@ pub struct Config {
     /// Snapshots kept for `?snapshot=N`. Default 5.
     #[serde(default = "default_retain")]
     pub retain: usize,
+    /// Every snapshot this node served within this window is kept too,
+    /// whatever `retain` says, so that a call locked to its snapshot
+    /// (`?snapshot=N`) keeps it for the call's length. Default `2h`; `0s`
+    /// keeps only `retain`.
+    #[serde(default = "default_retain_for", with = "duration")]
+    pub retain_for: Duration,
     /// redb's page cache in bytes: lookups are served from it, and a larger
     /// one speeds up applying large snapshots. Default 64 MiB.
     #[serde(default = "default_cache_bytes")]
@@ -191,6 +197,9 @@ fn default_cache_bytes() -> usize {
 }
 fn default_max_connections() -> usize {
     4096
+}
+fn default_retain_for() -> Duration {
+    Duration::from_secs(2 * 3600)
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)

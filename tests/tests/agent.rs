@@ -141,7 +141,7 @@ async fn serves_every_endpoint_from_a_published_snapshot() {
 async fn a_new_version_is_served_while_the_old_one_stays_addressable() {
     let fx = Fixture::new();
     fx.publish("v1", 20);
-    let agent = fx.start_agent("a", "retain = 2");
+    let agent = fx.start_agent("a", "retain = 2\nretain_for = \"0s\"");
     agent.serves(1).await;
     let id = generate::tenant_id(1);
     let v1 = agent.get(&format!("/v1/tenants/{id}/prompt")).await.text();
@@ -178,7 +178,7 @@ async fn a_new_version_is_served_while_the_old_one_stays_addressable() {
             .await
             .status,
         410,
-        "retain = 2"
+        "retain = 2, retain_for = 0s"
     );
     assert_eq!(
         agent

@@ -6,6 +6,7 @@ use redb::{ReadableTable, Table, TableError};
 use strata_common::bundle::{BundleError, Frames, Group};
 use strata_common::canonical::sha256_hex;
 
+use super::keep::{self, Keep, SERVED_UNTIL};
 use super::rows::{
     OPEN, OpenRows, RouteBody, RouteSet, TenantRow, prompt_etag, prune_routes, prune_tenants,
 };
@@ -16,8 +17,8 @@ use super::{
 
 impl Db {
     /// Writes a whole snapshot in one transaction, makes it current and prunes
-    /// all but the newest `retain` versions (an older version than the
-    /// newest stored replaces them all). A snapshot from the channel (not
+    /// what `keep` lets go (an older version than the newest stored is
+    /// written between them: `older`). A snapshot from the channel (not
     /// `meta.pinned`) raises the high-water mark in the same commit. Tenants whose config hash (and
     /// Layer 1) are unchanged since the newest stored snapshot share its
     /// bodies, and a body frame whose tenants are all unchanged is not even
@@ -26,37 +27,28 @@ impl Db {
         &self,
         meta: &SnapshotMeta,
         payload: &mut dyn Frames,
-        retain: usize,
+        keep: Keep,
     ) -> Result<Ingested, DbError> {
         let v = meta.version;
-        let mut txn = self.db.begin_write()?;
+        let txn = self.db.begin_write()?;
+        let newest = txn.open_table(SNAPSHOTS)?.last()?.map(|(k, _)| k.value());
+        if newest.is_some_and(|n| n > v) {
+            return self.ingest_older(txn, meta, payload, keep);
+        }
         let mut done = Ingested::default();
         let kept_versions: Vec<u64>;
-        // A version older than the newest stored (a pin's rollback to one
-        // no longer retained) replaces every stored snapshot: rows cover
-        // version ranges, which only grow.
-        let newest = txn.open_table(SNAPSHOTS)?.last()?.map(|(k, _)| k.value());
-        let replace = newest.is_some_and(|n| n > v);
-        if replace {
-            txn.delete_table(TENANTS)?;
-            for table in [CONFIG_BODIES, PROMPT_BODIES, ROUTES] {
-                txn.delete_table(table)?;
-            }
-            txn.delete_table(CLOSED)?;
-            txn.delete_table(ROUTE_SETS)?;
-            txn.delete_table(LAYER1)?;
-            txn.delete_table(SNAPSHOTS)?;
-            super::tree::clear(&txn)?;
-        }
         {
-            let mut tenants = txn.open_table(TENANTS)?;
-            let mut closed = txn.open_table(CLOSED)?;
-            let mut config_bodies = txn.open_table(CONFIG_BODIES)?;
-            let mut prompt_bodies = txn.open_table(PROMPT_BODIES)?;
-            let mut routes = txn.open_table(ROUTES)?;
-            let mut route_sets = txn.open_table(ROUTE_SETS)?;
-            let mut layer1 = txn.open_table(LAYER1)?;
-            let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            let Tables {
+                mut tenants,
+                mut closed,
+                mut config_bodies,
+                mut prompt_bodies,
+                mut routes,
+                mut route_sets,
+                mut layer1,
+                mut snapshots,
+                mut served_until,
+            } = Tables::open(&txn)?;
             let mut m = txn.open_table(META)?;
             if snapshots.get(v)?.is_some() {
                 return Err(DbError::AlreadyStored { version: v });
@@ -71,7 +63,6 @@ impl Db {
             // lists are closed as the walk passes them.
             let committed = self.db.begin_read()?;
             let base_rows = match committed.open_table(TENANTS) {
-                Ok(_) if replace => None,
                 Ok(t) => Some(t),
                 Err(TableError::TableDoesNotExist(_)) => None,
                 Err(e) => return Err(e.into()),
@@ -249,39 +240,49 @@ impl Db {
             }
             let meta_json = serde_json::to_vec(meta)?;
             snapshots.insert(v, meta_json.as_slice())?;
+            let now = keep::now_secs();
+            let was = m.get("current")?.map(|g| g.value());
+            keep::note_switch(&mut served_until, was, v, now)?;
             m.insert("current", v)?;
             if !meta.pinned {
                 super::marks::raise_high_water(&mut m, v)?;
             }
-
-            let mut versions: Vec<u64> = snapshots
-                .iter()?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?;
-            versions.sort_unstable();
-            let (old, kept) = versions.split_at(versions.len().saturating_sub(retain));
-            if let Some(&oldest) = kept.first() {
-                prune_tenants(
-                    oldest,
-                    &mut tenants,
-                    &mut closed,
-                    &mut config_bodies,
-                    &mut prompt_bodies,
-                )?;
-            }
-            for old in old.iter().copied().filter(|o| *o != v) {
-                prune_routes(old, kept, &mut route_sets, &mut routes)?;
-                layer1.remove(old)?;
-                snapshots.remove(old)?;
-            }
-            kept_versions = kept.to_vec();
+            kept_versions = prune_versions(
+                keep,
+                v,
+                now,
+                &mut Tables {
+                    tenants,
+                    closed,
+                    config_bodies,
+                    prompt_bodies,
+                    routes,
+                    route_sets,
+                    layer1,
+                    snapshots,
+                    served_until,
+                },
+            )?;
         }
+        self.finish(txn, payload, v, &kept_versions, done)
+    }
+
+    /// Records a format 3 snapshot's chunks and objects, drops those no
+    /// kept version names, and commits.
+    pub(super) fn finish(
+        &self,
+        mut txn: redb::WriteTransaction,
+        payload: &mut dyn Frames,
+        v: u64,
+        kept_versions: &[u64],
+        mut done: Ingested,
+    ) -> Result<Ingested, DbError> {
         if let Some(applied) = payload.take_tree() {
             done.objects_fetched = applied.stats.objects;
             done.bytes_fetched = applied.stats.bytes;
             super::tree::record(&txn, v, &applied)?;
         }
-        super::tree::prune(&txn, &kept_versions)?;
+        super::tree::prune(&txn, kept_versions)?;
         // Durable before it is served, unless the bodies outgrew redb's write
         // buffer (a cold apply): redb has then spilled pages to the file and
         // the fsync would wait seconds for the disk, so the snapshot is served
@@ -295,6 +296,70 @@ impl Db {
         txn.commit()?;
         Ok(done)
     }
+}
+
+/// Every table a snapshot is written into, open in one write transaction.
+pub(super) struct Tables<'t> {
+    pub(super) tenants: Table<'t, (&'static str, u64), &'static [u8]>,
+    pub(super) closed: Table<'t, (u64, &'static str), u64>,
+    pub(super) config_bodies: Table<'t, (u64, &'static str), &'static [u8]>,
+    pub(super) prompt_bodies: Table<'t, (u64, &'static str), &'static [u8]>,
+    pub(super) routes: Table<'t, (u64, &'static str), &'static [u8]>,
+    pub(super) route_sets: Table<'t, u64, &'static [u8]>,
+    pub(super) layer1: Table<'t, u64, &'static [u8]>,
+    pub(super) snapshots: Table<'t, u64, &'static [u8]>,
+    pub(super) served_until: Table<'t, u64, u64>,
+}
+
+impl<'t> Tables<'t> {
+    /// Opens (or creates) every table in `txn`.
+    pub(super) fn open(txn: &'t redb::WriteTransaction) -> Result<Self, DbError> {
+        Ok(Self {
+            tenants: txn.open_table(TENANTS)?,
+            closed: txn.open_table(CLOSED)?,
+            config_bodies: txn.open_table(CONFIG_BODIES)?,
+            prompt_bodies: txn.open_table(PROMPT_BODIES)?,
+            routes: txn.open_table(ROUTES)?,
+            route_sets: txn.open_table(ROUTE_SETS)?,
+            layer1: txn.open_table(LAYER1)?,
+            snapshots: txn.open_table(SNAPSHOTS)?,
+            served_until: txn.open_table(SERVED_UNTIL)?,
+        })
+    }
+}
+
+/// Drops the stored versions `keep` lets go (`current`, just written, is
+/// kept), with the rows, bodies and routes only they used; returns the
+/// versions kept.
+pub(super) fn prune_versions(
+    keep: Keep,
+    current: u64,
+    now: u64,
+    t: &mut Tables<'_>,
+) -> Result<Vec<u64>, DbError> {
+    let mut versions: Vec<u64> = t
+        .snapshots
+        .iter()?
+        .map(|e| e.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    versions.sort_unstable();
+    let kept = keep.kept(&versions, current, &t.served_until, now)?;
+    if let Some(&oldest) = kept.first() {
+        prune_tenants(
+            oldest,
+            &mut t.tenants,
+            &mut t.closed,
+            &mut t.config_bodies,
+            &mut t.prompt_bodies,
+        )?;
+    }
+    for old in versions.iter().copied().filter(|o| !kept.contains(o)) {
+        prune_routes(old, &kept, &mut t.route_sets, &mut t.routes)?;
+        t.layer1.remove(old)?;
+        t.snapshots.remove(old)?;
+        t.served_until.remove(old)?;
+    }
+    Ok(kept)
 }
 
 /// Sets the early-writeback switch for as long as it lives.

@@ -114,6 +114,9 @@ impl Db {
                 )));
             }
             let mut meta = txn.open_table(META)?;
+            let was = meta.get("current")?.map(|g| g.value());
+            let mut served_until = txn.open_table(super::keep::SERVED_UNTIL)?;
+            super::keep::note_switch(&mut served_until, was, version, super::keep::now_secs())?;
             meta.insert("current", version)?;
             if from_channel {
                 raise_high_water(&mut meta, version)?;

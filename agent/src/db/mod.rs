@@ -1,7 +1,7 @@
 //! The local snapshot store: one redb file, `data_dir/strata.redb`.
 //!
-//! Every index table is keyed by snapshot version first, so the last
-//! `retain` snapshots coexist and `?snapshot=N` reads an older one. A
+//! Every index table is keyed by snapshot version first, so the retained
+//! snapshots (`keep`) coexist and `?snapshot=N` reads an older one. A
 //! snapshot is written in one write transaction, together with its metadata,
 //! the "current" marker and the pruning of older versions: after a crash the
 //! file holds the previous snapshot or the new one, never a mix.
@@ -13,22 +13,25 @@
 //! introduced them. A publish that changes ten tenants of 100,000 writes ten
 //! rows and ten bodies and closes ten rows, whatever the tenant count.
 //! Closed rows and their bodies are deleted once no retained version is in
-//! their range. Ranges are in version numbers, so snapshots are ingested in
-//! increasing version order; a version older than the newest stored (a
-//! pin's rollback to a version no longer retained) replaces every stored
-//! snapshot in its one transaction, and a retained one is switched to
-//! (`marks`).
+//! their range. Ranges are in version numbers, so a snapshot newer than
+//! every stored one is written by walking the open rows (`ingest`), and an
+//! older one (a pin back to a version the node does not hold) is written
+//! between them by splitting the rows that cover it (`older`); a retained
+//! one is switched to (`marks`).
 //!
 //! Bodies are stored exactly as they are served, so a lookup hands redb's
 //! page to the HTTP response without copying or re-serialising.
 //!
 //! The module follows the file's seams: this file holds the schema, the
 //! metadata and opening (with migration); `rows` the encoding of tenant
-//! rows and route sets; `ingest` the one write transaction; `read` the
+//! rows and route sets; `ingest` the one write transaction; `keep` which
+//! versions stay; `read` the
 //! read view the HTTP handlers serve from.
 
 mod ingest;
+mod keep;
 mod marks;
+mod older;
 mod read;
 mod rows;
 #[cfg(test)]
@@ -45,6 +48,7 @@ use strata_common::bundle::BundleError;
 use strata_common::sign::SignatureEntry;
 
 pub use ingest::Ingested;
+pub use keep::{Keep, MAX_TIMED};
 pub use marks::Marks;
 pub use read::{Entry, Reader};
 

@@ -91,16 +91,19 @@ pub(super) fn prune_tenants(
         else {
             continue;
         };
-        let next = tenants
-            .range((tenant.as_str(), first + 1)..=(tenant.as_str(), OPEN))?
-            .next()
-            .transpose()?
-            .map(|(_, g)| TenantRow::decode(g.value()))
-            .transpose()?;
-        if next.is_none_or(|n| n.config_version != row.config_version) {
+        // A later row may share the bodies: the next one (unchanged
+        // content), or the far side of a row split around an older
+        // snapshot written between (`older`).
+        let (mut config_shared, mut prompt_shared) = (false, false);
+        for later in tenants.range((tenant.as_str(), first + 1)..=(tenant.as_str(), OPEN))? {
+            let later = TenantRow::decode(later?.1.value())?;
+            config_shared |= later.config_version == row.config_version;
+            prompt_shared |= later.prompt_version == row.prompt_version;
+        }
+        if !config_shared {
             config_bodies.remove((row.config_version, tenant.as_str()))?;
         }
-        if next.is_none_or(|n| n.prompt_version != row.prompt_version) {
+        if !prompt_shared {
             prompt_bodies.remove((row.prompt_version, tenant.as_str()))?;
         }
     }

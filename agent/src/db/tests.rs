@@ -115,7 +115,8 @@ fn records(version: u64) -> PayloadReader<Cursor<Vec<u8>>> {
 fn the_body_points_into_the_redb_page_not_a_copy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-    db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
+    db.ingest(&meta(1, 1), &mut records(1), Keep::newest(5))
+        .expect("ingest");
     let reader = db.reader().expect("reader").expect("has snapshot");
     let guard = reader
         .prompt_bodies
@@ -139,14 +140,15 @@ fn the_body_points_into_the_redb_page_not_a_copy() {
 fn a_changed_config_whose_hash_is_not_the_index_s_is_refused_and_nothing_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-    db.ingest(&meta(1, 1), &mut records(1), 5).expect("ingest");
+    db.ingest(&meta(1, 1), &mut records(1), Keep::newest(5))
+        .expect("ingest");
     let mut w = PayloadWriter::new(1).expect("writer");
     w.layer1(LAYER1_JSON.as_bytes()).expect("layer1");
     let config = format!("{{\"config_hash\":\"{}\"}}", "a".repeat(64));
     w.tenant("t1", &"b".repeat(64), config.as_bytes(), b"prompt")
         .expect("tenant");
     let err = db
-        .ingest(&meta(2, 1), &mut verified(2, 1, w), 5)
+        .ingest(&meta(2, 1), &mut verified(2, 1, w), Keep::newest(5))
         .expect_err("a config that does not match its index entry");
     let err = err.to_string();
     assert!(
@@ -163,7 +165,7 @@ fn a_snapshot_is_committed_durably_unless_its_bodies_outgrow_the_write_buffer() 
     let dir = tempfile::tempdir().expect("tempdir");
     let roomy = Db::open(&dir.path().join("roomy.redb"), 1 << 20).expect("open");
     let small = roomy
-        .ingest(&meta(1, 1), &mut records(1), 5)
+        .ingest(&meta(1, 1), &mut records(1), Keep::newest(5))
         .expect("ingest");
     assert!(small.durable, "{small:?}");
     assert!(small.bytes_written > 0);
@@ -173,7 +175,7 @@ fn a_snapshot_is_committed_durably_unless_its_bodies_outgrow_the_write_buffer() 
     let path = dir.path().join("tight.redb");
     let tight = Db::open(&path, 2 * small.bytes_written as usize - 2).expect("open");
     let large = tight
-        .ingest(&meta(1, 1), &mut records(1), 5)
+        .ingest(&meta(1, 1), &mut records(1), Keep::newest(5))
         .expect("ingest");
     assert!(!large.durable, "{large:?}");
     tight.persist().expect("persist");
@@ -220,7 +222,9 @@ fn a_snapshot_larger_than_the_write_buffer_is_written_to_the_file_once() {
     let written_with = |cache: usize| {
         let db = Db::open(&dir.path().join(format!("{cache}.redb")), cache).expect("open");
         let before = thread_bytes_written();
-        let done = db.ingest(&meta(1, 400), &mut payload(), 2).expect("ingest");
+        let done = db
+            .ingest(&meta(1, 400), &mut payload(), Keep::newest(2))
+            .expect("ingest");
         if !done.durable {
             db.persist().expect("persist");
         }
@@ -252,8 +256,10 @@ fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
 fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
-    let same_as_v1 = |v: u64| db.ingest(&meta(v, 1), &mut payload(1, 1, None), 2);
-    let first = db.ingest(&meta(1, 1), &mut records(1), 2).expect("v1");
+    let same_as_v1 = |v: u64| db.ingest(&meta(v, 1), &mut payload(1, 1, None), Keep::newest(2));
+    let first = db
+        .ingest(&meta(1, 1), &mut records(1), Keep::newest(2))
+        .expect("v1");
     assert_eq!((first.bodies_written, first.bodies_shared), (2, 0));
     let second = same_as_v1(2).expect("v2");
     assert_eq!(
@@ -270,7 +276,8 @@ fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
     drop(r);
 
     // v3 changes the tenant; v1 is pruned but v2 still uses its bodies.
-    db.ingest(&meta(3, 1), &mut records(3), 2).expect("v3");
+    db.ingest(&meta(3, 1), &mut records(3), Keep::newest(2))
+        .expect("v3");
     assert_eq!(count(&db, CONFIG_BODIES), 2);
     let r = db.reader().expect("reader").expect("snapshot");
     assert_eq!(
@@ -279,12 +286,14 @@ fn unchanged_bodies_are_shared_and_freed_with_the_last_version_using_them() {
     );
     drop(r);
     // v4 prunes v2, the last version using v1's bodies: they go too.
-    db.ingest(&meta(4, 1), &mut records(4), 2).expect("v4");
+    db.ingest(&meta(4, 1), &mut records(4), Keep::newest(2))
+        .expect("v4");
     assert_eq!(count(&db, CONFIG_BODIES), 2, "v3's and v4's configs");
     assert_eq!(count(&db, PROMPT_BODIES), 2);
     assert_eq!(count(&db, TENANTS), 2);
     assert!(
-        db.ingest(&meta(4, 1), &mut records(4), 2).is_err(),
+        db.ingest(&meta(4, 1), &mut records(4), Keep::newest(2))
+            .is_err(),
         "v4 again"
     );
 }
@@ -294,10 +303,18 @@ fn a_tenant_that_leaves_is_gone_from_the_next_version_and_freed_with_the_last_th
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
     let both = [("t1", 1), ("t2", 1)];
-    db.ingest(&meta(1, 2), &mut payload_of(1, &both, 2, None), 2)
-        .expect("v1");
+    db.ingest(
+        &meta(1, 2),
+        &mut payload_of(1, &both, 2, None),
+        Keep::newest(2),
+    )
+    .expect("v1");
     let v2 = db
-        .ingest(&meta(2, 1), &mut payload_of(2, &[("t1", 1)], 1, None), 2)
+        .ingest(
+            &meta(2, 1),
+            &mut payload_of(2, &[("t1", 1)], 1, None),
+            Keep::newest(2),
+        )
         .expect("v2");
     assert_eq!(v2.rows_written, 0, "t1 is unchanged, t2 only closes");
     let r = db.reader().expect("reader").expect("snapshot");
@@ -309,7 +326,7 @@ fn a_tenant_that_leaves_is_gone_from_the_next_version_and_freed_with_the_last_th
     db.ingest(
         &meta(3, 2),
         &mut payload_of(3, &[("t1", 1), ("t2", 3)], 2, None),
-        2,
+        Keep::newest(2),
     )
     .expect("v3");
     let r = db.reader().expect("reader").expect("snapshot");
@@ -352,7 +369,8 @@ fn a_file_with_another_layout_is_emptied_at_open() {
         db.reader().expect("reader").is_none(),
         "nothing served from the old layout"
     );
-    db.ingest(&meta(8, 1), &mut records(8), 2).expect("ingest");
+    db.ingest(&meta(8, 1), &mut records(8), Keep::newest(2))
+        .expect("ingest");
     assert_eq!(db.reader().expect("reader").expect("snapshot").current, 8);
 }
 
@@ -361,7 +379,8 @@ fn retains_the_newest_versions_and_rolls_back_bad_ingests() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
     for v in 1..=4 {
-        db.ingest(&meta(v, 1), &mut records(v), 2).expect("ingest");
+        db.ingest(&meta(v, 1), &mut records(v), Keep::newest(2))
+            .expect("ingest");
     }
     let r = db.reader().expect("reader").expect("snapshot");
     assert_eq!(r.current, 4);
@@ -385,8 +404,12 @@ fn retains_the_newest_versions_and_rolls_back_bad_ingests() {
         1,
         "versions with the same routes share one stored set"
     );
-    db.ingest(&meta(5, 1), &mut payload(5, 1, Some("+15550000002")), 2)
-        .expect("v5");
+    db.ingest(
+        &meta(5, 1),
+        &mut payload(5, 1, Some("+15550000002")),
+        Keep::newest(2),
+    )
+    .expect("v5");
     let r = db.reader().expect("reader").expect("snapshot");
     assert!(r.route(5, "+15550000001").expect("get").is_none());
     assert!(r.route(5, "+15550000002").expect("get").is_some());
@@ -396,14 +419,22 @@ fn retains_the_newest_versions_and_rolls_back_bad_ingests() {
     );
     drop(r);
     assert_eq!(count(&db, ROUTES), 2);
-    db.ingest(&meta(6, 1), &mut payload(6, 1, Some("+15550000002")), 2)
-        .expect("v6");
+    db.ingest(
+        &meta(6, 1),
+        &mut payload(6, 1, Some("+15550000002")),
+        Keep::newest(2),
+    )
+    .expect("v6");
     assert_eq!(count(&db, ROUTES), 1, "v4's set went with v4");
 
     // The manifest claims two tenants; the payload holds one.
     assert!(
-        db.ingest(&meta(7, 1), &mut payload(7, 2, Some("+15550000001")), 2)
-            .is_err()
+        db.ingest(
+            &meta(7, 1),
+            &mut payload(7, 2, Some("+15550000001")),
+            Keep::newest(2)
+        )
+        .is_err()
     );
     let r = db.reader().expect("reader").expect("snapshot");
     assert_eq!(
@@ -425,4 +456,124 @@ fn a_second_agent_cannot_open_a_data_file_in_use() {
     assert!(e.to_string().contains("in use by another process"), "{e}");
     drop(first);
     Db::open(&path, 1 << 20).expect("open once the first is closed");
+}
+
+/// The prompt `db` serves for `tenant` in `version`, if any.
+fn served_prompt(db: &Db, version: u64, tenant: &str) -> Option<String> {
+    let r = db.reader().expect("reader").expect("snapshot");
+    let entry = r.prompt(version, tenant).expect("get")?;
+    Some(String::from_utf8_lossy(&entry.body()[..]).into_owned())
+}
+
+#[test]
+fn snapshots_served_within_retain_for_stay_beyond_retain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    let keep = Keep {
+        count: 2,
+        served_within: std::time::Duration::from_secs(3600),
+    };
+    for v in 1..=6 {
+        db.ingest(
+            &meta(v, 2),
+            &mut payload_of(v, &[("t1", v), ("t2", 1)], 2, None),
+            keep,
+        )
+        .expect("ingest");
+    }
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(
+        r.metas.keys().copied().collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    drop(r);
+    assert_eq!(
+        served_prompt(&db, 1, "t1"),
+        Some(prompt("prompt v1")),
+        "a call locked to v1"
+    );
+    assert_eq!(served_prompt(&db, 4, "t2"), Some(prompt("prompt v1")));
+    // Without the window, the next snapshot prunes to `retain`.
+    db.ingest(
+        &meta(7, 2),
+        &mut payload_of(7, &[("t1", 7), ("t2", 1)], 2, None),
+        Keep::newest(2),
+    )
+    .expect("v7");
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(r.metas.keys().copied().collect::<Vec<_>>(), vec![6, 7]);
+}
+
+#[test]
+fn an_older_snapshot_is_written_between_the_stored_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    let keep = Keep::newest(2);
+    db.ingest(
+        &meta(3, 3),
+        &mut payload_of(3, &[("t1", 3), ("t2", 3), ("t3", 3)], 3, None),
+        keep,
+    )
+    .expect("v3");
+    db.ingest(
+        &meta(6, 3),
+        &mut payload_of(6, &[("t1", 6), ("t2", 3), ("t3", 3)], 3, None),
+        keep,
+    )
+    .expect("v6");
+    // A pin back to 4, never stored here: t2 changed in it, t3 absent.
+    let mut pinned = meta(4, 2);
+    pinned.pinned = true;
+    db.ingest(
+        &pinned,
+        &mut payload_of(4, &[("t1", 4), ("t2", 4)], 2, Some("+15550000004")),
+        keep,
+    )
+    .expect("v4");
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(r.current, 4);
+    assert_eq!(
+        r.metas.keys().copied().collect::<Vec<_>>(),
+        vec![4, 6],
+        "6 stays"
+    );
+    assert!(r.route(4, "+15550000004").expect("get").is_some());
+    drop(r);
+    for (v, tenant, want) in [
+        (4, "t1", Some(4)),
+        (4, "t2", Some(4)),
+        (4, "t3", None),
+        (6, "t1", Some(6)),
+        (6, "t2", Some(3)),
+        (6, "t3", Some(3)),
+    ] {
+        assert_eq!(
+            served_prompt(&db, v, tenant),
+            want.map(|c| prompt(&format!("prompt v{c}"))),
+            "{tenant} in {v}"
+        );
+    }
+    // The channel moves on: 4 goes, 6's bodies (split around 4) stay.
+    db.ingest(
+        &meta(7, 3),
+        &mut payload_of(7, &[("t1", 6), ("t2", 3), ("t3", 3)], 3, None),
+        keep,
+    )
+    .expect("v7");
+    let r = db.reader().expect("reader").expect("snapshot");
+    assert_eq!(r.metas.keys().copied().collect::<Vec<_>>(), vec![6, 7]);
+    drop(r);
+    for v in [6, 7] {
+        assert_eq!(
+            served_prompt(&db, v, "t2"),
+            Some(prompt("prompt v3")),
+            "t2 in {v}"
+        );
+        assert_eq!(
+            served_prompt(&db, v, "t3"),
+            Some(prompt("prompt v3")),
+            "t3 in {v}"
+        );
+    }
+    assert_eq!(served_prompt(&db, 7, "t1"), Some(prompt("prompt v6")));
 }

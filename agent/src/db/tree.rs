@@ -109,11 +109,3 @@ pub(super) fn prune(txn: &WriteTransaction, kept: &[u64]) -> Result<(), DbError>
     }
     Ok(())
 }
-
-/// Deletes every format 3 table (a snapshot replacing all stored ones).
-pub(super) fn clear(txn: &WriteTransaction) -> Result<(), DbError> {
-    txn.delete_table(CHUNK_SETS)?;
-    txn.delete_table(ROOT_OBJECTS)?;
-    txn.delete_table(OBJECTS)?;
-    Ok(())
-}

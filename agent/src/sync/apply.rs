@@ -80,7 +80,7 @@ impl Syncer {
         verified: &mut Verified,
     ) -> Result<Ingested, DbError> {
         let root = match &mut verified.payload {
-            Body::Bundle(payload) => return self.db.ingest(meta, payload.as_mut(), self.retain),
+            Body::Bundle(payload) => return self.db.ingest(meta, payload.as_mut(), self.keep),
             Body::Tree(root) => std::mem::take(root),
         };
         let held = self.db.held_chunks(meta.version)?;
@@ -98,7 +98,7 @@ impl Syncer {
             &self.limits,
         )
         .map_err(|e| DbError::Bundle(e.into()))?;
-        self.db.ingest(meta, &mut frames, self.retain)
+        self.db.ingest(meta, &mut frames, self.keep)
     }
 
     /// Serves the stored version `named` names: one small commit (which

@@ -76,7 +76,7 @@ pub struct Syncer {
     /// This node's region: the only pin it reads.
     region: String,
     /// Snapshots kept for `?snapshot=N`.
-    retain: usize,
+    keep: crate::db::Keep,
     /// Size limits of what is fetched and decoded.
     limits: Limits,
     /// The agent's config file, read again at every check for key rotation.
@@ -140,7 +140,10 @@ impl Syncer {
             shared,
             channel: config.channel.clone(),
             region: config.region.clone(),
-            retain: config.retain,
+            keep: crate::db::Keep {
+                count: config.retain,
+                served_within: config.retain_for,
+            },
             spool_dir: config.data_dir.clone(),
             limits: config.limits(),
             config_path: config_path.to_path_buf(),
