@@ -108,6 +108,15 @@ pub fn manifest(
         payload_raw_size: compiled.payload.raw_size,
         payload_sha256: compiled.payload.sha256.clone(),
         provenance: provenance.clone(),
+        // A hold made by this publish (a rollback) is since this version.
+        held: compiled
+            .holds
+            .iter()
+            .map(|(t, h)| {
+                let since = if h.since == 0 { version } else { h.since };
+                (t.clone(), crate::bundle::Hold { since, ..h.clone() })
+            })
+            .collect(),
     }
 }
 

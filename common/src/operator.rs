@@ -591,6 +591,7 @@ pub fn rollback(
         tenant_count: m.tenant_count,
         held_back: Vec::new(),
         warnings: Vec::new(),
+        holds: Default::default(),
     };
     Ok(channel::publish(store, &compiled, keys, opts)?)
 }

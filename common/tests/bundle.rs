@@ -273,6 +273,7 @@ fn bundle_around(payload: &bundle::Payload, tenants: u64, k: &SigningKey) -> Vec
         payload_raw_size: payload.raw_size,
         payload_sha256: payload.sha256.clone(),
         provenance: Provenance::default(),
+        held: Default::default(),
     };
     bundle::write_bundle(&manifest, &payload.compressed, std::slice::from_ref(k)).expect("write")
 }

@@ -135,6 +135,7 @@ fn payload(parts: &Parts) -> (Manifest, Vec<u8>) {
         payload_raw_size: (index.len() + body.len()) as u64,
         payload_sha256: sha256_hex(&payload),
         provenance: Provenance::default(),
+        held: Default::default(),
     };
     (manifest, payload)
 }

@@ -36,6 +36,33 @@ impl SigningKeys {
 }
 
 /// Public keys given with `--trusted-key`.
+/// What a read-only command (`diff`, `history`) checks of each bundle:
+/// signatures by the `--trusted-key`s given, or only integrity without.
+pub struct ReadTrust {
+    keys: sign::TrustedKeys,
+    checked: bool,
+}
+
+impl ReadTrust {
+    /// Loads the `--trusted-key` files.
+    pub fn load(paths: &[PathBuf]) -> Result<Self> {
+        let trusted = load_public_keys(paths)?;
+        Ok(Self {
+            keys: sign::TrustedKeys::for_publisher(&[], &trusted),
+            checked: !trusted.is_empty(),
+        })
+    }
+
+    /// The check to verify bundles with.
+    pub fn check(&self) -> strata_common::bundle::SignatureCheck<'_> {
+        if self.checked {
+            strata_common::bundle::SignatureCheck::Trusted(&self.keys)
+        } else {
+            strata_common::bundle::SignatureCheck::SkipForInspection
+        }
+    }
+}
+
 pub fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<sign::VerifyingKey>> {
     paths
         .iter()

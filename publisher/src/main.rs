@@ -137,11 +137,14 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Tenants added, removed and changed between two snapshots.
     Diff(cmd::diff::Args),
+    /// One tenant's versions across the store's snapshots.
+    History(cmd::history::Args),
     /// Pin a region to a snapshot version (signed by operator keys).
     Pin(cmd::pin::Args),
     /// Remove a region's pin: its agents follow the channel again.
     Unpin(cmd::pin::UnpinArgs),
-    /// Publish version N's content again as the channel's next version.
+    /// Publish version N's content again as the channel's next version
+    /// (with --tenant: only that tenant's record, held there).
     Rollback(cmd::rollback::Args),
     /// Re-sign the channel pointer with a fresh expiry, no new snapshot.
     Refresh(cmd::refresh::Args),
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
         Command::List(args) => cmd::list::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Diff(args) => cmd::diff::run(args),
+        Command::History(args) => cmd::history::run(args),
         Command::Pin(args) => cmd::pin::run(args),
         Command::Unpin(args) => cmd::pin::unpin(args),
         Command::Rollback(args) => cmd::rollback::run(args),

@@ -356,6 +356,7 @@ pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) ->
         tenant_count: contents.configs.len() as u64,
         warnings: Vec::new(),
         held_back: Vec::new(),
+        holds: Default::default(),
     }
 }
 

@@ -68,3 +68,166 @@ async fn a_session_keeps_its_snapshot_through_20_publishes_and_a_pin_back() {
     );
     b.stop().await;
 }
+
+/// The publisher on `fx`'s store: `args`, then `--store`.
+fn publisher(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(strata_tests::bin("strata-publisher"))
+        .args(args)
+        .arg("--store")
+        .arg(format!("file://{}", fx.store_dir().display()))
+        .output()
+        .expect("run publisher")
+}
+
+/// stdout and stderr of `out`, after asserting it succeeded.
+fn ok(out: std::process::Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Gives tenant `id` of `src` the version `version`.
+fn set_version(src: &std::path::Path, id: &str, version: &str) {
+    let file = src.join("tenants").join(format!("{id}.toml"));
+    let text = std::fs::read_to_string(&file).expect("read tenant");
+    let edited: String = text
+        .lines()
+        .map(|l| match l.starts_with("version = ") {
+            true => format!("version = \"{version}\"\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&file, edited).expect("write tenant");
+}
+
+/// `history --tenant id --json`: (snapshot, version, held) per snapshot.
+fn history(fx: &Fixture, id: &str) -> Vec<(u64, Option<String>, bool)> {
+    let out = ok(publisher(fx, &["history", "--tenant", id, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("history JSON");
+    v.as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["snapshot"].as_u64().unwrap_or_default(),
+                e["version"].as_str().map(str::to_owned),
+                !e["held"].is_null(),
+            )
+        })
+        .collect()
+}
+
+async fn a_tenant_rollback_is_held_until_its_source_rises_above(format: &str) {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 80);
+    let src_arg = src.display().to_string();
+    let key = fx.key_path.display().to_string();
+    let publish = |fx: &Fixture| {
+        ok(publisher(
+            fx,
+            &[
+                "publish", "--init", "--format", format, "--source", &src_arg, "--key", &key,
+            ],
+        ))
+    };
+    let (x, y) = (generate::tenant_id(7), generate::tenant_id(40));
+    publish(&fx);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let v1 = agent.get(&format!("/v1/tenants/{x}")).await.json();
+    set_version(&src, &x, "7.0.0"); // the bad edit
+    publish(&fx);
+    set_version(&src, &y, "7.0.0"); // someone else's good one
+    publish(&fx);
+
+    let refused = publisher(
+        &fx,
+        &[
+            "rollback",
+            "--tenant",
+            "no-such-tenant",
+            "--to",
+            "1",
+            "--key",
+            &key,
+        ],
+    );
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("no-such-tenant is not in snapshot 1"), "{why}");
+
+    let said = ok(publisher(
+        &fx,
+        &["rollback", "--tenant", &x, "--to", "1", "--key", &key],
+    ));
+    assert!(said.contains("held at"), "{said}");
+    if format == "3" {
+        // The page naming x's chunk (and that chunk, unless snapshot 1's
+        // is still in the store: same records, same bytes); every other
+        // chunk is kept.
+        assert!(
+            said.contains("uploaded 1 new object(s)") || said.contains("uploaded 2 new object(s)"),
+            "{said}"
+        );
+    }
+    agent.serves(4).await;
+    let now = agent.get(&format!("/v1/tenants/{x}")).await.json();
+    assert_eq!(now, v1, "x serves its record of snapshot 1");
+    assert_eq!(
+        agent.get(&format!("/v1/tenants/{y}")).await.json()["version"],
+        "7.0.0"
+    );
+    let diff = ok(publisher(&fx, &["diff", "3", "4", "--json"]));
+    let diff: serde_json::Value = serde_json::from_str(&diff).expect("diff JSON");
+    assert_eq!(diff["changed"].as_array().map(Vec::len), Some(1), "{diff}");
+    assert_eq!(diff["changed"][0]["tenant_id"], x.as_str());
+
+    // The next routine publish keeps the rollback and says so.
+    let said = publish(&fx);
+    assert!(
+        said.contains(&format!("tenant {x}")) && said.contains("held at"),
+        "{said}"
+    );
+    agent.serves(5).await;
+    assert_eq!(agent.get(&format!("/v1/tenants/{x}")).await.json(), v1);
+    // A version above the bad one releases it.
+    set_version(&src, &x, "7.0.1");
+    let said = publish(&fx);
+    assert!(said.contains("no longer holds"), "{said}");
+    agent.serves(6).await;
+    assert_eq!(
+        agent.get(&format!("/v1/tenants/{x}")).await.json()["version"],
+        "7.0.1"
+    );
+    agent.stop().await;
+
+    let old = v1["version"].as_str().map(str::to_owned);
+    let seven = Some("7.0.0".to_owned());
+    assert_eq!(
+        history(&fx, &x),
+        vec![
+            (1, old.clone(), false),
+            (2, seven.clone(), false),
+            (3, seven, false),
+            (4, old.clone(), true),
+            (5, old, true),
+            (6, Some("7.0.1".to_owned()), false),
+        ]
+    );
+    let listed = ok(publisher(&fx, &["list"]));
+    assert!(listed.contains(&format!("held: {x} at")), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_rollback_is_held_until_its_source_rises_above_format_3() {
+    a_tenant_rollback_is_held_until_its_source_rises_above("3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_rollback_is_held_until_its_source_rises_above_format_2() {
+    a_tenant_rollback_is_held_until_its_source_rises_above("2").await;
+}

@@ -95,6 +95,7 @@ fn verified(version: u64, claimed: u64, w: PayloadWriter) -> PayloadReader<Curso
         payload_raw_size: p.raw_size,
         payload_sha256: p.sha256.clone(),
         provenance: Provenance::default(),
+        held: Default::default(),
     };
     let bytes = bundle::write_bundle(&manifest, &p.compressed, &[]).expect("bundle");
     bundle::verify(

@@ -32,6 +32,8 @@ pub mod record;
 pub mod tree;
 mod writer;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use contents::{Contents, Records};
@@ -92,6 +94,30 @@ pub struct Manifest {
     pub payload_sha256: String,
     /// Where the bundle came from.
     pub provenance: Provenance,
+    /// Tenants a rollback took back (`rollback --tenant`), by id: each
+    /// serves the record it was rolled back to until its source rises
+    /// above the version rolled back from. Left out when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, Hold>,
+}
+
+/// The most tenants one snapshot holds back by rollback (the manifest
+/// holds them, and is at most [`MAX_HEADER_PART`] bytes).
+pub const MAX_HOLDS: usize = 256;
+
+/// A tenant held back by a rollback ([`Manifest::held`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// The tenant's version served: its record of snapshot `snapshot`.
+    pub version: String,
+    /// The version it was rolled back from: a publish takes the tenant's
+    /// source again only once its version is above this.
+    pub above: String,
+    /// The snapshot whose record of the tenant is served.
+    pub snapshot: u64,
+    /// The snapshot the rollback published.
+    pub since: u64,
 }
 
 /// Where a bundle came from; the publisher fills it from the CI environment.
@@ -173,6 +199,41 @@ impl Default for Limits {
             max_dictionary_bytes: 1 << 20,
         }
     }
+}
+
+/// The manifest of the bundle at `key` in `store`, read alone (its header,
+/// never its payload) and its publisher signatures verified with `trust`:
+/// what a publisher may act on (the tenants a rollback holds back) without
+/// fetching a whole format 2 bundle.
+pub fn signed_manifest(
+    store: &dyn crate::store::ReadStore,
+    key: &str,
+    trust: &crate::sign::TrustedKeys,
+) -> Result<Manifest, BundleError> {
+    let io = |e: crate::store::StoreError| BundleError::Io(std::io::Error::other(e.to_string()));
+    let part_len = |b: &[u8]| -> Result<u64, BundleError> {
+        let len = b
+            .get(b.len().saturating_sub(4)..)
+            .and_then(|l| <[u8; 4]>::try_from(l).ok())
+            .map(u32::from_le_bytes)
+            .ok_or(BundleError::Truncated("header"))?;
+        if len > MAX_HEADER_PART {
+            return Err(BundleError::Truncated("header"));
+        }
+        Ok(u64::from(len))
+    };
+    let mut header = store.get_range(key, 0..12).map_err(io)?;
+    let m = part_len(&header)?;
+    header.extend(store.get_range(key, 12..16 + m).map_err(io)?);
+    let s = part_len(&header)?;
+    header.extend(store.get_range(key, 16 + m..16 + m + s).map_err(io)?);
+    let header = read_header(&mut std::io::Cursor::new(header))?;
+    trust.verify(
+        crate::sign::Role::Publisher,
+        &header.manifest_bytes,
+        &header.signatures,
+    )?;
+    Ok(header.manifest)
 }
 
 /// The manifest of the bundle at `key` in `store`, read alone (its first

@@ -11,16 +11,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bundle::tree::TreeWriter;
-use crate::bundle::{Payload, PayloadWriter};
+use crate::bundle::{Hold, Payload, PayloadWriter};
 use crate::source::{Source, SourceError};
 use crate::validate::{PhoneIndex, Problem};
 
 mod reuse;
+mod rolled_back;
 mod tenant;
 mod writer;
 
 pub use reuse::Reuse;
 use reuse::Step;
+use rolled_back::hold_rolled_back;
 pub use tenant::tenant_problems;
 use tenant::{TenantResult, compile_batch};
 use writer::{Writer, check_agent_limits};
@@ -90,6 +92,10 @@ pub struct CompileOptions {
     /// `quarantine`: those whose new version the channel's snapshot
     /// refuses, found by a first compile).
     pub hold: Arc<BTreeMap<String, Vec<Problem>>>,
+    /// Tenants a rollback holds back (the channel's manifest's `held`),
+    /// and where their served record is: each keeps it, whatever its
+    /// source holds, until its source's version is above the hold's.
+    pub rollback_holds: Option<(Arc<BTreeMap<String, Hold>>, LastPublished)>,
 }
 
 impl Default for CompileOptions {
@@ -106,6 +112,7 @@ impl Default for CompileOptions {
             reuse: None,
             quarantine: None,
             hold: Arc::default(),
+            rollback_holds: None,
         }
     }
 }
@@ -126,6 +133,8 @@ pub struct Compiled {
     /// Quarantine: the problems of the tenants held back (on their last
     /// published record, or out of the snapshot if they have none).
     pub held_back: Vec<Problem>,
+    /// Tenants a rollback holds back, as the manifest records them.
+    pub holds: BTreeMap<String, crate::bundle::Hold>,
 }
 
 /// Validates the whole source without writing anything: every problem, then
@@ -141,7 +150,7 @@ pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, So
     // a chunk kept whole): the compile runs again holding it. Each round
     // holds more tenants, and a held tenant is settled, so this ends.
     let mut rounds = 0;
-    let (writer, warnings, held_back) = loop {
+    let (writer, warnings, held_back, holds) = loop {
         let writer = if opts.format == crate::bundle::FORMAT_TREE {
             let level = opts.level.max(3);
             Writer::Tree(TreeWriter::new(level, opts.dictionary.clone()).map_err(payload_err)?)
@@ -150,7 +159,7 @@ pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, So
         };
         let out = run(source, opts.clone(), Some(writer))?;
         if out.retry.is_empty() {
-            break (out.writer, out.warnings, out.held_back);
+            break (out.writer, out.warnings, out.held_back, out.holds);
         }
         rounds += 1;
         if rounds > 8 {
@@ -191,6 +200,7 @@ pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, So
         tenant_count,
         warnings,
         held_back,
+        holds,
     })
 }
 
@@ -212,6 +222,8 @@ struct RunOutput {
     /// Quarantine: tenants found to need holding back after they were
     /// written; the pass is run again holding them.
     retry: BTreeMap<String, Vec<Problem>>,
+    /// Tenants a rollback still holds back.
+    holds: BTreeMap<String, Hold>,
 }
 
 /// How [`run`] took one tenant.
@@ -242,6 +254,7 @@ fn run(
     // in the next pass.
     let mut held_in_kept: Vec<(String, Vec<Problem>)> = Vec::new();
     let mut warnings = source.warnings.clone();
+    let mut holds = BTreeMap::new();
     let mut phones = PhoneIndex::default();
     let mut origins: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;
@@ -265,7 +278,12 @@ fn run(
             let mut shas = reuse::source_hashes(tenants, max_file, threads);
             // A tenant held back is compiled (its chunk is not kept).
             for (i, sha) in shas.iter_mut().enumerate() {
-                if opts.hold.contains_key(tenants.id(i)) {
+                let id = tenants.id(i);
+                let rolled_back = opts
+                    .rollback_holds
+                    .as_ref()
+                    .is_some_and(|(h, _)| h.contains_key(id));
+                if opts.hold.contains_key(id) || rolled_back {
                     *sha = None;
                 }
             }
@@ -312,6 +330,15 @@ fn run(
                         writer: &mut Option<Writer>|
          -> Result<Took, SourceError> {
             warnings.append(&mut t.warnings);
+            if let Some((held, kept_from)) = &opts.rollback_holds
+                && let Some(h) = held.get(&t.tenant_id)
+            {
+                let still;
+                (t, still) = hold_rolled_back(t, h, kept_from, &mut warnings);
+                if still {
+                    holds.insert(t.tenant_id.clone(), h.clone());
+                }
+            }
             if let Some(why) = opts.hold.get(&t.tenant_id) {
                 t.problems.extend(why.iter().cloned());
             }
@@ -437,6 +464,7 @@ fn run(
         warnings,
         held_back,
         retry,
+        holds,
     })
 }
 

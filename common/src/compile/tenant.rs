@@ -22,6 +22,8 @@ pub(super) struct TenantResult {
     pub(super) warnings: Vec<Problem>,
     /// SHA-256 (hex) of the tenant's source (file bytes, or the row's hash).
     pub(super) source_sha256: String,
+    /// The `version` its source names, once it parsed.
+    pub(super) version: Option<String>,
 }
 
 impl TenantResult {
@@ -34,6 +36,7 @@ impl TenantResult {
             output: None,
             problems: Vec::new(),
             warnings: Vec::new(),
+            version: None,
             source_sha256: String::new(),
         }
     }
@@ -213,6 +216,7 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, doc: toml::Value) -> T
         result.problems = r.problems;
         return result;
     };
+    result.version = Some(overlay.version.clone());
     let mut cfg = EffectiveConfig::merge(
         &layer1.defaults,
         &layer1.policy.plans,

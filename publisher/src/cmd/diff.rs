@@ -4,12 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use strata_common::bundle::SignatureCheck;
 use strata_common::diff;
-use strata_common::sign::TrustedKeys;
 use strata_common::store::{self, StoreUrl};
 
-use crate::input::load_public_keys;
+use crate::input::ReadTrust;
 
 /// Arguments of `diff`.
 #[derive(clap::Args)]
@@ -34,13 +32,8 @@ pub struct Args {
 
 /// Prints the difference.
 pub fn run(args: Args) -> Result<()> {
-    let trusted = load_public_keys(&args.trusted_keys)?;
-    let trust = TrustedKeys::for_publisher(&[], &trusted);
-    let check = if trusted.is_empty() {
-        SignatureCheck::SkipForInspection
-    } else {
-        SignatureCheck::Trusted(&trust)
-    };
+    let trust = ReadTrust::load(&args.trusted_keys)?;
+    let check = trust.check();
     let store = store::open_read(&args.store, None)?;
     let d = diff::diff(store.as_ref(), args.a, args.b, check)?;
     if args.json {

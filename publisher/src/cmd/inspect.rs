@@ -190,6 +190,15 @@ fn show_bundle(
         "manifest {}",
         serde_json::to_string_pretty(&header.manifest)?
     )?;
+    for (tenant, h) in &header.manifest.held {
+        out!(
+            "held: tenant {tenant} serves {} (snapshot {}'s record, rolled back in {}) until its source is above {}",
+            h.version,
+            h.snapshot,
+            h.since,
+            h.above
+        )?;
+    }
     for s in &header.signatures {
         out!("signature by key {}", s.key_id)?;
     }

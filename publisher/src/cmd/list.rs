@@ -19,7 +19,12 @@ pub fn run(args: Args) -> Result<()> {
     let store = store::open_write(&args.store)?;
     out!("store {}", store.url())?;
     for v in channel::list_versions(store.as_ref())? {
-        out!("snapshot {v:>8}  {}", v.bundle_key())?;
+        // The manifest unverified, for the line only: which tenants a
+        // rollback holds back there.
+        let held = strata_common::bundle::peek_manifest(store.as_ref(), &v.bundle_key())
+            .map(|m| held_note(&m.held))
+            .unwrap_or_default();
+        out!("snapshot {v:>8}  {}{held}", v.bundle_key())?;
     }
     for (kind, prefix) in [
         (PointerKind::Channel, "channels/"),
@@ -54,6 +59,19 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `  held: a at 1.2.0 (until above 1.3.0), …` for a snapshot holding
+/// tenants back by rollback; empty otherwise.
+pub fn held_note(held: &std::collections::BTreeMap<String, strata_common::bundle::Hold>) -> String {
+    if held.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = held
+        .iter()
+        .map(|(t, h)| format!("{t} at {} (until above {})", h.version, h.above))
+        .collect();
+    format!("  held: {}", each.join(", "))
 }
 
 /// What an operator must know of a document's expiry: agents refuse an

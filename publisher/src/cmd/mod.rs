@@ -5,6 +5,7 @@ pub mod diff;
 pub mod follow;
 pub mod gc;
 pub mod generate;
+pub mod history;
 pub mod import;
 pub mod inspect;
 pub mod keygen;

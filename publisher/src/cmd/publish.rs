@@ -247,6 +247,35 @@ pub fn publish(
         .as_ref()
         .and_then(|(s, head, _)| versions::served_owners(s.as_ref(), head, &trust).ok())
         .map(Arc::new);
+    // Tenants a rollback holds back keep the record it put back until
+    // their source rises above the version rolled back from.
+    let holds = match &current {
+        Some((s, head, _)) => {
+            match strata_common::bundle::signed_manifest(s.as_ref(), &head.bundle, &trust) {
+                Ok(m) => m.held,
+                Err(e) if to.allow_damaged => {
+                    note!(
+                        "warning: the tenants a rollback holds back in snapshot {} could not be read ({e}); --allow-damaged: none are held",
+                        head.version
+                    );
+                    Default::default()
+                }
+                Err(e) => bail!(
+                    "{}: cannot read which tenants a rollback holds back in snapshot {} ({e}); nothing was published. Try again, or pass --allow-damaged to publish over a damaged snapshot",
+                    to.store,
+                    head.version
+                ),
+            }
+        }
+        None => Default::default(),
+    };
+    let rollback_holds = match (&current, holds.is_empty()) {
+        (Some((_, head, _)), false) => Some((
+            Arc::new(holds),
+            last_published(&to.store, head, &trust, source)?,
+        )),
+        _ => None,
+    };
     let last_published = match (&current, quarantine) {
         (Some((_, head, _)), true) => Some(last_published(&to.store, head, &trust, source)?),
         _ => None,
@@ -258,6 +287,7 @@ pub fn publish(
         reuse: (!to.full).then(|| Arc::new(present.reuse.clone())),
         quarantine: quarantine
             .then(|| last_published.unwrap_or_else(|| LastPublished(Arc::new(|_: &str| None)))),
+        rollback_holds,
         ..CompileOptions::default()
     };
     phase("read its routes");

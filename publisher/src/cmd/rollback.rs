@@ -1,6 +1,8 @@
 //! `rollback --store URL --key KEY --to N`: version N's content published
 //! again as the channel's next version (a roll forward: history stays
-//! linear and agents need no pin).
+//! linear and agents need no pin). With `--tenant X`, only X's record is
+//! taken from N, and X is held there until its source rises above the
+//! version rolled back from.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +39,11 @@ pub struct Args {
     /// current pointer (see `publish --new-signer`).
     #[arg(long)]
     new_signer: bool,
+    /// Roll back only this tenant: the channel's snapshot is published
+    /// again with its record from version N, and it is held there until
+    /// its source's version rises above the one rolled back from.
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
     /// Tell the agents at once over NATS (with --store-id).
     #[command(flatten)]
     notify: crate::push::NotifyArgs,
@@ -61,6 +68,49 @@ pub fn run(args: Args) -> Result<()> {
         )?
     {
         crate::input::check_signers(&keys, &head, &signers)?;
+    }
+    if let Some(tenant) = &args.tenant {
+        strata_common::model::TenantId::check(tenant)
+            .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+        let done = strata_common::tenant_rollback::rollback_tenant(
+            store.as_ref(),
+            tenant,
+            args.to,
+            &keys,
+            &opts,
+        )?;
+        let p = &done.published.pointer;
+        out!(
+            "rolled tenant {tenant} of {} channel {} back to {} (its record in version {}) as version {} ({}, sha256 {}); every other tenant is unchanged; pointer expires {}",
+            store.url(),
+            p.name,
+            done.to_version,
+            args.to,
+            p.version,
+            p.bundle,
+            p.bundle_sha256,
+            p.expires_at
+        )?;
+        let u = &done.published.uploaded;
+        if u.objects + u.kept > 0 {
+            note!(
+                "format 3: uploaded {} new object(s), {} bytes; every other object it names was in the store already",
+                u.objects,
+                u.bytes
+            );
+        }
+        note!(
+            "note: tenant {tenant} is held at {} (was {}): publishes keep this record until its source's version is above {}",
+            done.hold.version,
+            done.from.as_deref().unwrap_or("not served"),
+            done.hold.above
+        );
+        args.notify.send(
+            store.as_ref(),
+            strata_common::pointer::PointerKind::Channel,
+            &p.name,
+        );
+        return Ok(());
     }
     let before = operator::served_tenants(store.as_ref(), &opts.channel, &trust);
     let from = before.map(|(version, _)| version);

@@ -187,6 +187,13 @@ impl TreeWriter {
         Ok(())
     }
 
+    /// Ends the open chunk after the last tenant written, whatever the
+    /// cut rules say: a rollback of one tenant rewrites its chunk and keeps
+    /// every other as it is.
+    pub fn cut(&mut self) -> io::Result<()> {
+        self.close_chunk()
+    }
+
     /// Whether a chunk is open (holds tenants not yet cut into a chunk).
     pub fn chunk_open(&self) -> bool {
         self.chunk_first.is_some()
