@@ -228,3 +228,32 @@ fn check_versions(
         ))),
     }
 }
+
+/// Refuses a publish compiled against other rollback holds than `head`
+/// has (another publisher rolled a tenant back meanwhile: this build would
+/// undo it), or when `head`'s holds cannot be read (unless `damaged`).
+pub fn same_holds(
+    store: &dyn strata_common::store::ReadStore,
+    head: &Pointer,
+    trust: &TrustedKeys,
+    compiled_with: &std::collections::BTreeMap<String, strata_common::bundle::Hold>,
+    damaged: bool,
+) -> Result<(), PublishError> {
+    let now = match strata_common::bundle::signed_manifest(store, &head.bundle, trust) {
+        Ok(m) => m.held,
+        Err(_) if damaged => return Ok(()),
+        Err(e) => {
+            return Err(PublishError::Refused(format!(
+                "cannot read which tenants a rollback holds back in snapshot {} ({e}); nothing was published. Try again, or pass --allow-damaged to publish over a damaged snapshot",
+                head.version
+            )));
+        }
+    };
+    if &now != compiled_with {
+        return Err(PublishError::Refused(format!(
+            "snapshot {} holds other tenants back by rollback than this build was compiled against (a rollback ran meanwhile); nothing was published: publish again",
+            head.version
+        )));
+    }
+    Ok(())
+}

@@ -174,14 +174,16 @@ impl Syncer {
                 source,
                 permanent: false,
             })?;
-        self.serve(reader);
-        self.follow(&verified.named);
-        let version = meta.version;
+        // Counted before it is served: whoever sees the new version sees
+        // what its apply fetched.
         self.shared.metrics.count_apply(
             started.elapsed(),
             (ingested.frames_decoded, ingested.frames_skipped),
             ingested.bytes_fetched,
         );
+        self.serve(reader);
+        self.follow(&verified.named);
+        let version = meta.version;
         info!(
             version,
             pinned = meta.pinned,

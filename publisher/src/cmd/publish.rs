@@ -248,27 +248,27 @@ pub fn publish(
         .and_then(|(s, head, _)| versions::served_owners(s.as_ref(), head, &trust).ok())
         .map(Arc::new);
     // Tenants a rollback holds back keep the record it put back until
-    // their source rises above the version rolled back from.
+    // their source rises above the version rolled back from. Unreadable
+    // here, the gate below refuses (after the guards name a damaged
+    // snapshot), unless --allow-damaged.
     let holds = match &current {
         Some((s, head, _)) => {
             match strata_common::bundle::signed_manifest(s.as_ref(), &head.bundle, &trust) {
                 Ok(m) => m.held,
-                Err(e) if to.allow_damaged => {
-                    note!(
-                        "warning: the tenants a rollback holds back in snapshot {} could not be read ({e}); --allow-damaged: none are held",
-                        head.version
-                    );
+                Err(e) => {
+                    if to.allow_damaged {
+                        note!(
+                            "warning: the tenants a rollback holds back in snapshot {} could not be read ({e}); --allow-damaged: none are held",
+                            head.version
+                        );
+                    }
                     Default::default()
                 }
-                Err(e) => bail!(
-                    "{}: cannot read which tenants a rollback holds back in snapshot {} ({e}); nothing was published. Try again, or pass --allow-damaged to publish over a damaged snapshot",
-                    to.store,
-                    head.version
-                ),
             }
         }
         None => Default::default(),
     };
+    let compiled_holds = holds.clone();
     let rollback_holds = match (&current, holds.is_empty()) {
         (Some((_, head, _)), false) => Some((
             Arc::new(holds),
@@ -395,7 +395,8 @@ pub fn publish(
             &compiled,
             &source.dir,
             allow,
-        )
+        )?;
+        crate::guard::same_holds(store.as_ref(), head, &trust, &compiled_holds, allow.damaged)
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, keys, &opts, &mut gate)?;
     phase("published");
