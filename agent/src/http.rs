@@ -28,6 +28,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use strata_common::model::{PhoneNumber, TenantId};
 
+use crate::arm::Arm;
+
 use crate::db::{Entry, Reader};
 use crate::endpoint::Endpoint;
 use crate::state::{FollowedBy, Shared};
@@ -123,8 +125,23 @@ fn route(req: &Request<Incoming>, endpoint: Endpoint<'_>, shared: &Shared) -> Re
         Ok(v) => v,
         Err(e) => return e.response(),
     };
-    match lookup(reader, version, endpoint, req.uri().path()) {
-        Ok((entry, content_type)) => entry_response(req, entry, content_type, version),
+    let session = crate::arm::session_of(req.uri().query());
+    match lookup(
+        reader,
+        version,
+        endpoint,
+        req.uri().path(),
+        session.as_deref(),
+    ) {
+        Ok((entry, content_type, arm)) => {
+            let mut resp = entry_response(req, entry, content_type, version);
+            if let Some(arm) = arm {
+                resp.headers_mut()
+                    .insert(ARM_HEADER, HeaderValue::from_static(arm.label()));
+                shared.metrics.count_arm(arm.label());
+            }
+            resp
+        }
         Err(e) => {
             if e.code == "storage" {
                 // The sync thread reopens the file if redb latched an I/O error.
@@ -137,22 +154,43 @@ fn route(req: &Request<Incoming>, endpoint: Endpoint<'_>, shared: &Shared) -> Re
     }
 }
 
-/// Finds the stored value a lookup endpoint names, with its content type.
+/// Finds the stored value a lookup endpoint names, with its content type
+/// and, for a tenant, the arm that answers `session` ([`crate::arm`]).
 fn lookup(
     reader: &Reader,
     version: u64,
     endpoint: Endpoint<'_>,
     path: &str,
-) -> Result<(Entry, &'static str), ApiError> {
+    session: Option<&[u8]>,
+) -> Result<(Entry, &'static str, Option<Arm>), ApiError> {
     let tenant_missing = ("unknown_tenant", "no such tenant");
+    let mut arm = None;
     let (found, content_type, missing) = match endpoint {
         Endpoint::Layer1 => (
             reader.layer1(version),
             JSON,
             ("not_found", "Layer 1 is missing"),
         ),
-        Endpoint::Prompt(id) => (reader.prompt(version, tenant(id)?), TEXT, tenant_missing),
-        Endpoint::Tenant(id) => (reader.config(version, tenant(id)?), JSON, tenant_missing),
+        Endpoint::Prompt(id) => {
+            let id = tenant(id)?;
+            let (key, a) = arm_key(reader, version, id, session)?;
+            arm = Some(a);
+            (
+                reader.prompt(version, key.as_deref().unwrap_or(id)),
+                TEXT,
+                tenant_missing,
+            )
+        }
+        Endpoint::Tenant(id) => {
+            let id = tenant(id)?;
+            let (key, a) = arm_key(reader, version, id, session)?;
+            arm = Some(a);
+            (
+                reader.config(version, key.as_deref().unwrap_or(id)),
+                JSON,
+                tenant_missing,
+            )
+        }
         Endpoint::Route(number) => {
             let number = percent_decode(number);
             let number = PhoneNumber::check(&number).map_err(|message| ApiError {
@@ -175,12 +213,37 @@ fn lookup(
         }
     };
     match found {
-        Ok(Some(entry)) => Ok((entry, content_type)),
+        Ok(Some(entry)) => Ok((entry, content_type, arm)),
         Ok(None) => Err(ApiError {
             status: StatusCode::NOT_FOUND,
             code: missing.0,
             message: format!("{} in snapshot {version}", missing.1),
         }),
+        Err(e) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "storage",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The record answering tenant `id` for `session`: its canary's key when
+/// it has one and the session draws it; `None` (the tenant's own) else.
+fn arm_key(
+    reader: &Reader,
+    version: u64,
+    id: &str,
+    session: Option<&[u8]>,
+) -> Result<(Option<String>, Arm), ApiError> {
+    let Some(session) = session else {
+        return Ok((None, Arm::Stable));
+    };
+    let key = crate::arm::canary_key(id);
+    match reader.config(version, &key) {
+        Ok(Some(canary)) if crate::arm::draws_canary(id, &canary.body(), session) => {
+            Ok((Some(key), Arm::Canary))
+        }
+        Ok(_) => Ok((None, Arm::Stable)),
         Err(e) => Err(ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "storage",
@@ -294,6 +357,8 @@ fn entry_response(
 
 const SNAPSHOT_HEADER: hyper::header::HeaderName =
     hyper::header::HeaderName::from_static("x-strata-snapshot");
+const ARM_HEADER: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-strata-arm");
 
 /// The `X-Strata-Snapshot` value of `version`, made once per thread and
 /// version: a clone is a reference count, not a formatted allocation.

@@ -5,6 +5,7 @@
 //! [`run`] is the whole agent; `main.rs` only parses the command line, starts
 //! tracing and waits for a signal, so tests run the real thing in-process.
 
+pub mod arm;
 pub mod client;
 pub mod config;
 pub mod db;

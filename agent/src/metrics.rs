@@ -58,6 +58,11 @@ struct SignerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabel {
+    arm: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -143,6 +148,9 @@ pub struct Metrics {
     signers: Family<SignerLabel, Gauge>,
     notify_connected: Gauge,
     pushes: Family<OutcomeLabel, Counter>,
+    arms: Family<ArmLabel, Counter>,
+    /// The two arms' series, resolved once.
+    per_arm: [OnceLock<Counter>; 2],
     /// When a check last applied or confirmed a snapshot.
     last_success: Mutex<Option<Instant>>,
 }
@@ -182,6 +190,8 @@ impl Metrics {
             signers: Family::default(),
             notify_connected: Gauge::default(),
             pushes: Family::default(),
+            arms: Family::default(),
+            per_arm: Default::default(),
             last_success: Mutex::new(None),
             registry: Registry::default(),
             per_endpoint: Default::default(),
@@ -196,6 +206,11 @@ impl Metrics {
             "Time to answer a request on the socket (handler only), by endpoint",
             Unit::Seconds,
             m.lookup_seconds.clone(),
+        );
+        registry.register(
+            "lookups_by_arm",
+            "Tenant config and prompt lookups answered, by the arm that answered (stable, or a tenant's canary for a session drawn into it)",
+            m.arms.clone(),
         );
         registry.register(
             "fetches",
@@ -350,6 +365,15 @@ impl Metrics {
                     .get_or_create_owned(&EndpointLabel { endpoint: name })
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts a tenant lookup by the arm that answered (`stable` or
+    /// `canary`): never by tenant, which would make 100k series.
+    pub fn count_arm(&self, arm: &'static str) {
+        let i = usize::from(arm == "canary");
+        self.per_arm[i]
+            .get_or_init(|| self.arms.get_or_create_owned(&ArmLabel { arm }))
+            .inc();
     }
 
     /// Counts a refused document or bundle, or a store failure, by reason.

@@ -25,6 +25,7 @@ use serde_json::Value;
 use crate::bundle::{self, BundleError, Frames, Limits, SignatureCheck};
 use crate::channel::{self, PublishError};
 use crate::compile::Compiled;
+use crate::model::is_canary_key;
 use crate::operator::{OperatorError, fetch_bundle};
 use crate::pointer::Pointer;
 use crate::sign::{SigningKey, TrustedKeys};
@@ -407,7 +408,11 @@ fn compare(
                 a = Some(o);
                 continue;
             }
+            // A canary arm is an experiment: it ends, and its content and
+            // percent change, without a version of its own to raise.
+            None | Some((std::cmp::Ordering::Less, _)) if is_canary_key(&o.id) => {}
             None | Some((std::cmp::Ordering::Less, _)) => removed.push(o.id.clone()),
+            Some((std::cmp::Ordering::Equal, _)) if is_canary_key(&o.id) => b = new.next()?,
             Some((std::cmp::Ordering::Equal, n)) => {
                 if !(same_layer1 && o.hash == n.hash)
                     && let Some(p) = check_tenant(
@@ -424,7 +429,7 @@ fn compare(
                 b = new.next()?;
             }
         }
-        served_tenants += 1;
+        served_tenants += u64::from(!is_canary_key(&o.id));
         a = old.next()?;
     }
     Ok(Comparison {

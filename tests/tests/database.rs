@@ -150,7 +150,7 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
     let first = publish(&["--init"]);
     assert!(first.status.success(), "{}", text(&first));
 
-    // A wrong type, and the seed's canary: two active rows for one tenant.
+    // A wrong type, and two active rows for one tenant (neither a canary).
     pg.new_version(
         &t[0],
         "9.0.0",
@@ -162,8 +162,8 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
         t[0]
     ));
     pg.sql(&format!(
-        "INSERT INTO tenant_configurations (tenant_id, version, version_hash, layer2_system_prompt, config, is_active, canary_percent) \
-         SELECT tenant_id, '9.1.0', 'canary', layer2_system_prompt, config, true, 10 FROM tenant_configurations \
+        "INSERT INTO tenant_configurations (tenant_id, version, version_hash, layer2_system_prompt, config, is_active) \
+         SELECT tenant_id, '9.1.0', 'twin', layer2_system_prompt, config, true FROM tenant_configurations \
          WHERE is_active AND tenant_id = (SELECT id FROM tenants WHERE slug = '{}')",
         t[1]
     ));
@@ -189,7 +189,7 @@ fn bad_rows_are_named_and_quarantine_publishes_the_others() {
         "{said}"
     );
     for row in canary_rows.lines() {
-        assert!(said.contains(row), "the canary's rows are named: {said}");
+        assert!(said.contains(row), "both active rows are named: {said}");
     }
     assert!(said.contains("2 active rows"), "{said}");
 
@@ -385,6 +385,93 @@ impl Follower {
 }
 
 /// The version the agent serves tenant `id` at (`""` while it does not).
+/// The seed's canary: a second active row of `tenant`, version `version`,
+/// with `canary_percent` set.
+fn start_canary(pg: &Postgres, tenant: &str, version: &str, percent: u32, config: &str) {
+    pg.sql(&format!(
+        "INSERT INTO tenant_configurations (tenant_id, version, version_hash, layer2_system_prompt, config, is_active, canary_percent) \
+         SELECT tenant_id, '{version}', 'canary', layer2_system_prompt, config || '{config}'::jsonb, true, {percent} \
+         FROM tenant_configurations WHERE is_active AND tenant_id = (SELECT id FROM tenants WHERE slug = '{tenant}')"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_row_answers_its_share_of_sessions() {
+    let fx = Fixture::new();
+    let Some((pg, src)) = seeded(&fx, 20) else {
+        return;
+    };
+    let t = first_tenants(&pg, 2);
+    let store = format!("file://{}", fx.store_dir().display());
+    let key = fx.key_path.display().to_string();
+    let (url, l1) = (pg.url(), layer1(&src));
+    let publish = || {
+        publisher(&[
+            "publish", "--init", "--source", &url, "--layer1", &l1, "--key", &key, "--store",
+            &store,
+        ])
+    };
+    start_canary(&pg, &t[0], "9.0.0", 10, "{}");
+    let out = publish();
+    assert!(out.status.success(), "{}", text(&out));
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let arms = |percent: u32| {
+        let agent = &agent;
+        let id = t[0].clone();
+        async move {
+            let mut canary = 0;
+            for i in 0..400 {
+                let a = agent
+                    .get(&format!("/v1/tenants/{id}?session=call-{i}"))
+                    .await;
+                let arm = a.header("x-strata-arm").unwrap_or_default().to_owned();
+                assert_eq!(
+                    arm == "canary",
+                    a.json()["version"] == "9.0.0",
+                    "at {percent} %"
+                );
+                canary += usize::from(arm == "canary");
+            }
+            canary
+        }
+    };
+    let at10 = arms(10).await;
+    assert!((10..=70).contains(&at10), "{at10} of 400 at 10 %");
+    assert_ne!(
+        tenant_version(&agent, &t[0]).await,
+        "9.0.0",
+        "no session: stable"
+    );
+    // The seed's promotion: canary_percent to 100.
+    pg.sql(&format!(
+        "UPDATE tenant_configurations SET canary_percent = 100 WHERE canary_percent IS NOT NULL \
+         AND tenant_id = (SELECT id FROM tenants WHERE slug = '{}')",
+        t[0]
+    ));
+    let out = publish();
+    assert!(out.status.success(), "{}", text(&out));
+    agent.serves(2).await;
+    assert_eq!(arms(100).await, 400);
+    // A canary row that fails validation is named by its row.
+    start_canary(
+        &pg,
+        &t[1],
+        "9.0.0",
+        5,
+        r#"{"generation": {"temperature": 9}}"#,
+    );
+    let out = publisher(&["validate", "--source", &url, "--layer1", &l1]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("tenant_configurations row")
+            && said.contains(&format!("tenant {}: generation.temperature", t[1])),
+        "{said}"
+    );
+    agent.stop().await;
+}
+
 async fn tenant_version(agent: &strata_tests::Agent, id: &str) -> String {
     let a = agent.get(&format!("/v1/tenants/{id}")).await;
     a.json()["version"].as_str().unwrap_or_default().to_owned()

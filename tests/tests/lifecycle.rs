@@ -231,3 +231,151 @@ async fn a_tenant_rollback_is_held_until_its_source_rises_above_format_3() {
 async fn a_tenant_rollback_is_held_until_its_source_rises_above_format_2() {
     a_tenant_rollback_is_held_until_its_source_rises_above("2").await;
 }
+
+/// Writes `tenants/<id>.canary.toml`: tenant `id`'s file with `edit` made,
+/// version 9.0.0 and `canary_percent = percent`.
+fn write_canary(src: &std::path::Path, id: &str, percent: &str, edit: (&str, &str)) {
+    let text = std::fs::read_to_string(src.join("tenants").join(format!("{id}.toml")))
+        .expect("tenant file");
+    assert!(text.contains(edit.0), "{} not in {id}", edit.0);
+    let mut canary: String = text
+        .replacen(edit.0, edit.1, 1)
+        .lines()
+        .map(|l| match l.starts_with("version = ") {
+            true => "version = \"9.0.0\"\n".to_owned(),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    canary.insert_str(0, &format!("canary_percent = {percent}\n"));
+    std::fs::write(
+        src.join("tenants").join(format!("{id}.canary.toml")),
+        canary,
+    )
+    .expect("canary file");
+}
+
+/// Which of `sessions` get tenant `id`'s canary (by the arm header, which
+/// must agree with the body), and the agent's count of canary answers.
+async fn canary_sessions(agent: &Agent, id: &str, sessions: &[String]) -> Vec<String> {
+    let mut drawn = Vec::new();
+    for s in sessions {
+        let a = agent.get(&format!("/v1/tenants/{id}?session={s}")).await;
+        assert_eq!(a.status, 200);
+        let arm = a.header("x-strata-arm").unwrap_or_default().to_owned();
+        let version = a.json()["version"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            arm == "canary",
+            version == "9.0.0",
+            "{s}: arm {arm}, version {version}"
+        );
+        if arm == "canary" {
+            drawn.push(s.clone());
+        }
+    }
+    drawn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_answers_its_share_of_sessions_each_keeping_its_arm() {
+    let fx = Fixture::new();
+    let (src, _) = fx.compile("v1", 20);
+    let src_arg = src.display().to_string();
+    let key = fx.key_path.display().to_string();
+    let publish = |fx: &Fixture| {
+        publisher(
+            fx,
+            &["publish", "--init", "--source", &src_arg, "--key", &key],
+        )
+    };
+    let id = generate::tenant_id(4);
+    // The canary is the tenant's file at version 9.0.0.
+    write_canary(&src, &id, "10", ("version = ", "version = "));
+    ok(publish(&fx));
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let plain = agent.get(&format!("/v1/tenants/{id}")).await;
+    assert_eq!(
+        plain.header("x-strata-arm"),
+        Some("stable"),
+        "no session: stable"
+    );
+    assert_ne!(plain.json()["version"], "9.0.0");
+    let sessions: Vec<String> = (0..600).map(|i| format!("call-{i}")).collect();
+    let at10 = canary_sessions(&agent, &id, &sessions).await;
+    assert!(
+        (25..=100).contains(&at10.len()),
+        "{} of 600 at 10 %",
+        at10.len()
+    );
+    // The prompt follows the same arm.
+    let s = &at10[0];
+    let p = agent
+        .get(&format!("/v1/tenants/{id}/prompt?session={s}"))
+        .await;
+    assert_eq!(p.header("x-strata-arm"), Some("canary"));
+
+    // Raised to 50 %: every session the canary had, it keeps.
+    write_canary(&src, &id, "50", ("version = ", "version = "));
+    ok(publish(&fx));
+    agent.serves(2).await;
+    let at50 = canary_sessions(&agent, &id, &sessions).await;
+    assert!(
+        at10.iter().all(|s| at50.contains(s)),
+        "raising the percent only adds sessions"
+    );
+    assert!(
+        (240..=360).contains(&at50.len()),
+        "{} of 600 at 50 %",
+        at50.len()
+    );
+    // The edges: 0 % and 100 %.
+    for (percent, want) in [("0", 0), ("100", sessions.len())] {
+        write_canary(&src, &id, percent, ("version = ", "version = "));
+        ok(publish(&fx));
+        let v = if percent == "0" { 3 } else { 4 };
+        agent.serves(v).await;
+        assert_eq!(
+            canary_sessions(&agent, &id, &sessions).await.len(),
+            want,
+            "{percent} %"
+        );
+    }
+    let metrics = String::from_utf8_lossy(&agent.get("/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains("strata_lookups_by_arm_total{arm=\"canary\"}"),
+        "{metrics}"
+    );
+    agent.stop().await;
+
+    // A canary that fails validation refuses the publish, naming its file;
+    // so does one routing other numbers than its tenant.
+    let canary_file = src.join("tenants").join(format!("{id}.canary.toml"));
+    let text = std::fs::read_to_string(&canary_file).expect("canary");
+    for (from, to, field) in [
+        (
+            "canary_percent = 100",
+            "canary_percent = 100.5",
+            "canary_percent",
+        ),
+        (
+            "phone_numbers = [",
+            "phone_numbers = [\"+15550009999\", ",
+            "phone_numbers",
+        ),
+    ] {
+        std::fs::write(&canary_file, text.replacen(from, to, 1)).expect("write");
+        let out = publish(&fx);
+        assert!(!out.status.success());
+        let why = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            why.contains(&format!("{id}.canary.toml")) && why.contains(field),
+            "{why}"
+        );
+    }
+    let diff = ok(publisher(&fx, &["diff", "1", "2"]));
+    assert!(diff.contains(&format!("{id}.canary")), "{diff}");
+}

@@ -15,6 +15,7 @@ use crate::bundle::{Hold, Payload, PayloadWriter};
 use crate::source::{Source, SourceError};
 use crate::validate::{PhoneIndex, Problem};
 
+mod canary;
 mod reuse;
 mod rolled_back;
 mod tenant;
@@ -255,6 +256,7 @@ fn run(
     let mut held_in_kept: Vec<(String, Vec<Problem>)> = Vec::new();
     let mut warnings = source.warnings.clone();
     let mut holds = BTreeMap::new();
+    let mut arms = canary::Arms::new((0..source.tenants.len()).map(|i| source.tenants.id(i)));
     let mut phones = PhoneIndex::default();
     let mut origins: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;
@@ -342,6 +344,11 @@ fn run(
             if let Some(why) = opts.hold.get(&t.tenant_id) {
                 t.problems.extend(why.iter().cloned());
             }
+            if let Some(arm) = t.canary_phones.as_ref().filter(|_| t.output.is_some())
+                && let Some(p) = arms.check(&t.tenant_id, arm, &t.file)
+            {
+                t.problems.push(p);
+            }
             claim_numbers(&mut phones, &origins, served, &mut t);
             origins.insert(t.tenant_id.clone(), t.file.clone());
             let mut took = Took::Clean;
@@ -384,6 +391,7 @@ fn run(
                     took = Took::Held(ours);
                 }
             }
+            arms.stable(&t.tenant_id, &t.phones);
             if let (Some(w), Some((hash, config, prompt))) = (writer.as_mut(), t.output.as_ref())
                 && problems.is_empty()
             {

@@ -24,6 +24,8 @@ pub(super) struct TenantResult {
     pub(super) source_sha256: String,
     /// The `version` its source names, once it parsed.
     pub(super) version: Option<String>,
+    /// A canary arm: its `phone_numbers`, which must be the stable arm's.
+    pub(super) canary_phones: Option<Vec<String>>,
 }
 
 impl TenantResult {
@@ -37,6 +39,7 @@ impl TenantResult {
             problems: Vec::new(),
             warnings: Vec::new(),
             version: None,
+            canary_phones: None,
             source_sha256: String::new(),
         }
     }
@@ -143,7 +146,7 @@ pub(super) fn compile_row(layer1: &Layer1, row: &Row, content: &RowContent) -> T
     result.source_sha256 = row.sha256.clone();
     if !row.others.is_empty() {
         return result.refused(format!(
-            "tenant {} has {} active rows ({} and {}); Strata serves one config per tenant (per-tenant canaries are not served yet): set is_active = false on all but one",
+            "tenant {} has {} active rows ({} and {}); a tenant serves one active row, and at most one more with canary_percent set (its canary): set is_active = false on the others",
             row.tenant,
             row.others.len() + 1,
             row.id,
@@ -200,15 +203,20 @@ fn compile_text(layer1: &Layer1, mut result: TenantResult, text: &str) -> Tenant
 }
 
 /// Merges, validates and renders one overlay document into `result`.
-fn compile_doc(layer1: &Layer1, mut result: TenantResult, doc: toml::Value) -> TenantResult {
+fn compile_doc(layer1: &Layer1, mut result: TenantResult, mut doc: toml::Value) -> TenantResult {
     let file_buf = result.file.clone();
-    let stem = result.tenant_id.clone();
+    let key = result.tenant_id.clone();
+    let (stem, is_canary) = super::canary::base_of(&key);
+    let stem = stem.to_owned();
     let tenant = doc
         .get("tenant_id")
         .and_then(|v| v.as_str())
         .unwrap_or(&stem)
         .to_owned();
     let mut r = Reporter::new(&file_buf, Some(&tenant));
+    let percent = is_canary
+        .then(|| super::canary::take_percent(&mut r, &mut doc))
+        .flatten();
     validate::check_strings(&mut r, &doc, Some(&layer1.policy));
     // A type error names its field: `generation.temperature: expected a
     // number, found the string "0.5"`.
@@ -227,7 +235,11 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, doc: toml::Value) -> T
     let rendered = validate::check_policy(&mut r, layer1, &cfg);
     result.tenant_id = tenant.clone();
     // Over the ceiling, the tenant is refused; its numbers are not claimed.
-    if cfg.phone_numbers.len() <= layer1.policy.tenant_limits.max_phone_numbers {
+    // A canary's are the stable arm's: checked against them, not claimed.
+    if is_canary {
+        result.tenant_id = key.clone();
+        result.canary_phones = Some(cfg.phone_numbers.clone());
+    } else if cfg.phone_numbers.len() <= layer1.policy.tenant_limits.max_phone_numbers {
         result.phones = cfg.phone_numbers.clone();
     }
     // Over the ceiling, the tenant is refused for it: no warning a variable.
@@ -245,7 +257,11 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, doc: toml::Value) -> T
     if r.problems.is_empty()
         && let Some(rendered) = rendered
     {
-        match cfg.seal() {
+        let sealed = match percent {
+            Some(p) => super::canary::seal(&mut cfg, p),
+            None => cfg.seal(),
+        };
+        match sealed {
             Ok(json) => {
                 let prompt = render::system_prompt(&layer1.base_prompt, &rendered.text);
                 let max = u64::from(crate::bundle::Limits::default().max_value_bytes);

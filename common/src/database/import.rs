@@ -91,6 +91,11 @@ fn file_row(
         file: file.to_owned(),
         reason,
     };
+    if crate::model::is_canary_key(crate::source::file_stem(file)) {
+        return Err(refused(
+            "a canary file is not imported: start the canary in the database (a second active row of the tenant with canary_percent set), or move the file out of tenants/".into(),
+        ));
+    }
     let text = crate::localfile::read_text_inside(file, max, root)
         .map_err(|e| refused(format!("cannot read it: {e}")))?;
     let mut doc: toml::Table = toml::from_str(&text)

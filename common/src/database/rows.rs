@@ -30,8 +30,15 @@ const FETCH_BYTES: u64 = 16 << 20;
 
 /// What identifies a row's content: a change to any of it is a new hash
 /// (and a salt, to be changed with the way a row becomes a document).
-const HASHED: &str = "encode(sha256(convert_to(jsonb_build_array('strata-row-1', \
-    COALESCE(t.slug, c.tenant_id::text), c.version, c.layer2_system_prompt, c.config, t.name)::text, 'UTF8')), 'hex')";
+const HASHED: &str = "encode(sha256(convert_to((jsonb_build_array('strata-row-1', \
+    COALESCE(t.slug, c.tenant_id::text), c.version, c.layer2_system_prompt, c.config, t.name) \
+    || CASE WHEN c.canary_percent IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(c.canary_percent) END)::text, \
+    'UTF8')), 'hex')";
+
+/// A row's record key: the tenant's slug (or UUID), and `.canary` for a
+/// row with `canary_percent` set (the tenant's canary arm).
+const KEY: &str = "COALESCE(t.slug, c.tenant_id::text) \
+    || CASE WHEN c.canary_percent IS NULL THEN '' ELSE '.canary' END";
 
 /// An open snapshot of the database: its rows are read in the transaction
 /// [`open_snapshot`] began, which ends when this is dropped.
@@ -120,15 +127,15 @@ const HASH_BATCH: usize = 5_000;
 /// refuses it by its size.
 fn list(db: &Database, hashes: &mut RowHashes, max_bytes: u64) -> Result<Vec<Row>, DatabaseError> {
     let what = "listing the active rows of tenant_configurations";
-    db.execute_batch(
-        what,
+    let declare = format!(
         "DECLARE strata_rows NO SCROLL CURSOR FOR \
-         SELECT COALESCE(t.slug, c.tenant_id::text) COLLATE \"C\", c.id::text, COALESCE(c.version, ''), \
+         SELECT ({KEY}) COLLATE \"C\", c.id::text, COALESCE(c.version, ''), \
                 c.xmin::text::bigint, t.xmin::text::bigint, \
                 (COALESCE(octet_length(c.layer2_system_prompt), 0) + COALESCE(pg_column_size(c.config), 0))::bigint \
          FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
-         WHERE c.is_active ORDER BY 1, 2",
-    )?;
+         WHERE c.is_active ORDER BY 1, 2"
+    );
+    db.execute_batch(what, &declare)?;
     let fetch = format!("FETCH {FETCH} FROM strata_rows");
     let mut rows: Vec<Row> = Vec::new();
     let mut written = Vec::new();
@@ -215,7 +222,7 @@ impl RowReader for Reader {
             reason: e.to_string(),
         };
         let wanted: Vec<&Row> = rows.iter().filter(|r| r.bytes <= self.max_bytes).collect();
-        let mut by_id: HashMap<String, (String, String, String)> = HashMap::new();
+        let mut by_id: HashMap<String, Fetched> = HashMap::new();
         let mut part: Vec<String> = Vec::new();
         let mut part_bytes = 0u64;
         for (i, row) in wanted.iter().enumerate() {
@@ -230,7 +237,7 @@ impl RowReader for Reader {
         Ok(rows
             .iter()
             .map(|row| match by_id.remove(&row.id) {
-                Some((prompt, config, name)) => document(row, &prompt, &config, &name),
+                Some(f) => document(row, &f),
                 None if row.bytes > self.max_bytes => RowContent::Invalid(vec![(
                     String::new(),
                     format!(
@@ -247,16 +254,25 @@ impl RowReader for Reader {
     }
 }
 
-/// Rows `ids`: each one's prompt, config (as text) and tenant name, a NULL
-/// read as empty.
-fn fetch_rows(
-    db: &Database,
-    ids: &[String],
-) -> Result<HashMap<String, (String, String, String)>, DatabaseError> {
+/// One row's columns as a document is made of them, a NULL read as empty.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// `layer2_system_prompt`.
+    pub prompt: String,
+    /// `config`, as JSON text.
+    pub config: String,
+    /// `tenants.name`.
+    pub name: String,
+    /// `canary_percent`, as text (empty when NULL).
+    pub canary_percent: String,
+}
+
+/// Rows `ids`: each one's columns.
+fn fetch_rows(db: &Database, ids: &[String]) -> Result<HashMap<String, Fetched>, DatabaseError> {
     let found = db.run("reading tenant_configurations rows", async |c| {
         c.query(
             "SELECT c.id::text, COALESCE(c.layer2_system_prompt, ''), COALESCE(c.config::text, '{}'), \
-                    COALESCE(t.name, '') \
+                    COALESCE(t.name, ''), COALESCE(c.canary_percent::text, '') \
              FROM tenant_configurations c JOIN tenants t ON t.id = c.tenant_id \
              WHERE c.id = ANY($1::text[]::uuid[])",
             &[&ids],
@@ -265,7 +281,15 @@ fn fetch_rows(
     })?;
     found
         .into_iter()
-        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))))
+        .map(|r| {
+            let f = Fetched {
+                prompt: r.try_get(1)?,
+                config: r.try_get(2)?,
+                name: r.try_get(3)?,
+                canary_percent: r.try_get(4)?,
+            };
+            Ok((r.try_get(0)?, f))
+        })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(|e| db.query_error("reading tenant_configurations rows", &e))
 }
@@ -277,7 +301,8 @@ const COLUMNS: [(&str, &str); 2] = [
 ];
 
 /// A row as the document a tenant file holds.
-pub fn document(row: &Row, prompt: &str, config: &str, name: &str) -> RowContent {
+pub fn document(row: &Row, f: &Fetched) -> RowContent {
+    let (prompt, config, name) = (f.prompt.as_str(), f.config.as_str(), f.name.as_str());
     let bytes = (prompt.len() + config.len()) as u64;
     let mut problems = Vec::new();
     let json: serde_json::Value = match serde_json::from_str(config) {
@@ -308,7 +333,24 @@ pub fn document(row: &Row, prompt: &str, config: &str, name: &str) -> RowContent
             Err(p) => problems.push(p),
         }
     }
-    table.insert("tenant_id".into(), toml::Value::String(row.tenant.clone()));
+    // A canary row (`canary_percent` set) is the tenant's canary arm: its
+    // record key ends in `.canary`, its tenant is the slug.
+    let tenant = row
+        .tenant
+        .strip_suffix(crate::model::CANARY_SUFFIX)
+        .unwrap_or(&row.tenant);
+    table.insert("tenant_id".into(), toml::Value::String(tenant.to_owned()));
+    if !f.canary_percent.is_empty() {
+        match f.canary_percent.parse::<f64>() {
+            Ok(p) => {
+                table.insert("canary_percent".into(), toml::Value::Float(p));
+            }
+            Err(_) => problems.push((
+                "canary_percent".into(),
+                format!("{:?} is not a number", f.canary_percent),
+            )),
+        }
+    }
     table.insert("version".into(), toml::Value::String(row.version.clone()));
     if !table.contains_key("name") {
         table.insert("name".into(), toml::Value::String(name.to_owned()));

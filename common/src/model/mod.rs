@@ -447,10 +447,43 @@ pub struct EffectiveConfig {
     /// defines plans; its ceilings are already applied to `limits`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// A canary arm's config only (`tenants/<id>.canary.toml`, or a
+    /// second active row with `canary_percent`): its share of sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
     /// The Layer 1 version this config was merged with.
     pub layer1_version: String,
     /// Hex SHA-256 of the canonical JSON of this config without this field.
     pub config_hash: String,
+}
+
+/// The record key of tenant `id`'s canary arm: `<id>.canary` (a `.` is
+/// never in a tenant id, so it names no tenant).
+pub const CANARY_SUFFIX: &str = ".canary";
+
+/// Whether a record key names a canary arm, not a tenant.
+pub fn is_canary_key(key: &str) -> bool {
+    key.ends_with(CANARY_SUFFIX)
+}
+
+/// What a canary arm's config carries beside the tenant's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The config hash the arm's config has without this section: what
+    /// sessions are drawn with, so raising `percent` keeps every session
+    /// drawn before and a new canary draws afresh.
+    pub arm: String,
+    /// The share of sessions answered with this arm, 0 to 100 in steps of
+    /// 0.01 (10,000 buckets).
+    pub percent: f64,
+}
+
+impl Canary {
+    /// The percent in buckets of 0.01 % (0 to 10,000).
+    pub fn buckets(&self) -> u32 {
+        (self.percent * 100.0).round().clamp(0.0, 10_000.0) as u32
+    }
 }
 
 impl EffectiveConfig {
@@ -525,6 +558,7 @@ impl EffectiveConfig {
                 ),
             },
             plan: plan_name,
+            canary: None,
             layer1_version: layer1_version.to_owned(),
             config_hash: String::new(),
         }
