@@ -60,7 +60,10 @@ pub fn canary_key(tenant: &str) -> String {
 pub fn canary_of(config: &[u8]) -> Option<(&[u8], u64)> {
     const HEAD: &[u8] = b"\"canary\":{\"arm\":\"";
     const MID: &[u8] = b"\",\"percent\":";
-    let at = config.windows(HEAD.len()).position(|w| w == HEAD)? + HEAD.len();
+    // Searched from the end: the section sorts after `agent` (the long
+    // prompt template) and before a few short members. The bytes cannot
+    // occur inside a JSON string, where every quote is escaped.
+    let at = memchr::memmem::rfind(config, HEAD)? + HEAD.len();
     let arm = config.get(at..at + 64)?;
     let rest = config.get(at + 64..)?.strip_prefix(MID)?;
     let end = rest.iter().position(|b| *b == b'}')?;

@@ -173,23 +173,19 @@ fn lookup(
         ),
         Endpoint::Prompt(id) => {
             let id = tenant(id)?;
-            let (key, a) = arm_key(reader, version, id, session)?;
+            let (canary, a) = arm_key(reader, version, id, session)?;
             arm = Some(a);
-            (
-                reader.prompt(version, key.as_deref().unwrap_or(id)),
-                TEXT,
-                tenant_missing,
-            )
+            let key = canary.as_ref().map_or(id, |(k, _)| k.as_str());
+            (reader.prompt(version, key), TEXT, tenant_missing)
         }
         Endpoint::Tenant(id) => {
             let id = tenant(id)?;
-            let (key, a) = arm_key(reader, version, id, session)?;
+            let (canary, a) = arm_key(reader, version, id, session)?;
             arm = Some(a);
-            (
-                reader.config(version, key.as_deref().unwrap_or(id)),
-                JSON,
-                tenant_missing,
-            )
+            match canary {
+                Some((_, entry)) => (Ok(Some(entry)), JSON, tenant_missing),
+                None => (reader.config(version, id), JSON, tenant_missing),
+            }
         }
         Endpoint::Route(number) => {
             let number = percent_decode(number);
@@ -227,21 +223,22 @@ fn lookup(
     }
 }
 
-/// The record answering tenant `id` for `session`: its canary's key when
-/// it has one and the session draws it; `None` (the tenant's own) else.
+/// The record answering tenant `id` for `session`: its canary's key and
+/// config when it has one and the session draws it; `None` (the tenant's
+/// own) else.
 fn arm_key(
     reader: &Reader,
     version: u64,
     id: &str,
     session: Option<&[u8]>,
-) -> Result<(Option<String>, Arm), ApiError> {
+) -> Result<(Option<(String, Entry)>, Arm), ApiError> {
     let Some(session) = session else {
         return Ok((None, Arm::Stable));
     };
     let key = crate::arm::canary_key(id);
     match reader.config(version, &key) {
         Ok(Some(canary)) if crate::arm::draws_canary(id, &canary.body(), session) => {
-            Ok((Some(key), Arm::Canary))
+            Ok((Some((key, canary)), Arm::Canary))
         }
         Ok(_) => Ok((None, Arm::Stable)),
         Err(e) => Err(ApiError {

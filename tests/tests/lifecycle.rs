@@ -378,4 +378,9 @@ async fn a_canary_answers_its_share_of_sessions_each_keeping_its_arm() {
     }
     let diff = ok(publisher(&fx, &["diff", "1", "2"]));
     assert!(diff.contains(&format!("{id}.canary")), "{diff}");
+    let inspected = ok(publisher(&fx, &["inspect", "--version", "2"]));
+    assert!(
+        inspected.contains(&format!("canary: {id}.canary answers 50 %")),
+        "{inspected}"
+    );
 }

@@ -215,6 +215,19 @@ fn show_bundle(
         contents.prompts.len(),
         contents.routes.len(),
     )?;
+    // Canary arms are records `<id>.canary`: named, with their share.
+    for (key, config) in &contents.configs {
+        if !strata_common::model::is_canary_key(key) {
+            continue;
+        }
+        let percent = serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|c| c["canary"]["percent"].as_f64());
+        match percent {
+            Some(p) => out!("canary: {key} answers {p} % of its tenant's sessions")?,
+            None => out!("canary: {key} (no canary section: agents never draw it)")?,
+        }
+    }
     Ok(())
 }
 
