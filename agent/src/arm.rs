@@ -77,10 +77,11 @@ pub fn draws_canary(tenant: &str, config: &[u8], session: &[u8]) -> bool {
     canary_of(config).is_some_and(|(arm, share)| bucket(tenant, arm, session) < share)
 }
 
-/// The `session=` value of a query string, percent-decoded.
+/// The `session=` value of a query string, percent-decoded; an empty one
+/// is no session (it would put every such call in one bucket).
 pub fn session_of(query: Option<&str>) -> Option<Vec<u8>> {
     let value = query?.split('&').find_map(|p| p.strip_prefix("session="))?;
-    Some(percent_decode(value.as_bytes()))
+    (!value.is_empty()).then(|| percent_decode(value.as_bytes()))
 }
 
 /// `%XX` decoded (and `+` kept: a session id is taken as sent).
@@ -146,5 +147,6 @@ mod tests {
         assert_eq!(session_of(Some("snapshot=3")), None);
         assert_eq!(session_of(None), None);
         assert_eq!(session_of(Some("session=%zz")), Some(b"%zz".to_vec()));
+        assert_eq!(session_of(Some("session=&snapshot=3")), None);
     }
 }

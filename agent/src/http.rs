@@ -235,17 +235,22 @@ fn arm_key(
     let Some(session) = session else {
         return Ok((None, Arm::Stable));
     };
+    let storage = |e: crate::db::DbError| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "storage",
+        message: e.to_string(),
+    };
     let key = crate::arm::canary_key(id);
-    match reader.config(version, &key) {
-        Ok(Some(canary)) if crate::arm::draws_canary(id, &canary.body(), session) => {
+    match reader.config(version, &key).map_err(storage)? {
+        // A canary answers only beside its tenant: never for one the
+        // snapshot does not hold.
+        Some(canary)
+            if crate::arm::draws_canary(id, &canary.body(), session)
+                && reader.config(version, id).map_err(storage)?.is_some() =>
+        {
             Ok((Some((key, canary)), Arm::Canary))
         }
-        Ok(_) => Ok((None, Arm::Stable)),
-        Err(e) => Err(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "storage",
-            message: e.to_string(),
-        }),
+        _ => Ok((None, Arm::Stable)),
     }
 }
 

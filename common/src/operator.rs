@@ -563,7 +563,8 @@ pub fn tenant_count(store: &dyn ReadStore, pointer: &Pointer) -> Option<u64> {
 
 /// Publishes version `to`'s content as the channel's next version: history
 /// stays linear, agents move forward to it, and nothing needs a pin. The
-/// old bundle must verify with the signing keys or `opts.trusted`.
+/// old bundle must verify with the signing keys or `opts.trusted`; the
+/// tenants a rollback held there stay held.
 pub fn rollback(
     store: &dyn WriteStore,
     to: u64,
@@ -591,7 +592,7 @@ pub fn rollback(
         tenant_count: m.tenant_count,
         held_back: Vec::new(),
         warnings: Vec::new(),
-        holds: Default::default(),
+        holds: m.held.clone(),
     };
     Ok(channel::publish(store, &compiled, keys, opts)?)
 }

@@ -222,19 +222,26 @@ fn plan_ceilings_are_enforced_naming_tenant_field_and_plan() {
     let problems = problems_of(&pro);
     assert!(problems.iter().any(|p| p.field == "plan"), "{problems:#?}");
     let bad = layer1.replacen("models = [\"gpt-4o-mini\"]", "models = [\"gpt-9\"]", 1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_source_with(dir.path(), &bad, &[("acme-hvac", pro)]);
-    match Source::open(dir.path()) {
-        Err(SourceError::Invalid { problems, .. }) => assert!(
-            problems
-                .iter()
-                .any(|p| p.field == "policy.plans.starter.models"),
-            "{problems:#?}"
-        ),
-        other => panic!(
-            "Layer 1 with an unapproved plan model opened: {:?}",
-            other.err()
-        ),
+    // A plan no tenant that sets nothing could be on (the default model is
+    // not among its models) is Layer 1's problem, not every tenant's.
+    let unusable = layer1.replacen(
+        "\n[policy.plans.pro]",
+        "\n[policy.plans.budget]\nmodels = [\"claude-3-haiku\"]\n\n[policy.plans.pro]",
+        1,
+    );
+    for (layer1, field) in [
+        (&bad, "policy.plans.starter.models"),
+        (&unusable, "policy.plans.budget"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_source_with(dir.path(), layer1, &[("acme-hvac", pro.clone())]);
+        match Source::open(dir.path()) {
+            Err(SourceError::Invalid { problems, .. }) => assert!(
+                problems.iter().any(|p| p.field == field),
+                "{field}: {problems:#?}"
+            ),
+            other => panic!("{field}: Layer 1 opened: {:?}", other.err()),
+        }
     }
 }
 

@@ -239,7 +239,8 @@ pub fn same_holds(
     compiled_with: &std::collections::BTreeMap<String, strata_common::bundle::Hold>,
     damaged: bool,
 ) -> Result<(), PublishError> {
-    let now = match strata_common::bundle::signed_manifest(store, &head.bundle, trust) {
+    let now = match strata_common::bundle::signed_manifest(store, &head.bundle, head.version, trust)
+    {
         Ok(m) => m.held,
         Err(_) if damaged => return Ok(()),
         Err(e) => {

@@ -79,13 +79,18 @@ fn publisher(fx: &Fixture, args: &[&str]) -> std::process::Output {
         .expect("run publisher")
 }
 
-/// stdout and stderr of `out`, after asserting it succeeded.
-fn ok(out: std::process::Output) -> String {
-    let text = format!(
+/// stdout and stderr of `out`.
+fn said(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
+}
+
+/// stdout and stderr of `out`, after asserting it succeeded.
+fn ok(out: std::process::Output) -> String {
+    let text = said(&out);
     assert!(out.status.success(), "{text}");
     text
 }
@@ -366,16 +371,36 @@ async fn a_canary_answers_its_share_of_sessions_each_keeping_its_arm() {
         std::fs::write(&canary_file, text.replacen(from, to, 1)).expect("write");
         let out = publish(&fx);
         assert!(!out.status.success());
-        let why = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let why = said(&out);
         assert!(
             why.contains(&format!("{id}.canary.toml")) && why.contains(field),
             "{why}"
         );
     }
+    // With --quarantine the bad canary is held back on its last record;
+    // its tenant and everyone else are published.
+    let quarantined = ok(publisher(
+        &fx,
+        &[
+            "publish",
+            "--quarantine",
+            "--source",
+            &src_arg,
+            "--key",
+            &key,
+        ],
+    ));
+    assert!(
+        quarantined.contains("held back") && quarantined.contains("published version 5"),
+        "{quarantined}"
+    );
+    // A canary whose tenant is gone is refused: it never outlives it.
+    std::fs::write(&canary_file, &text).expect("restore");
+    std::fs::remove_file(src.join("tenants").join(format!("{id}.toml"))).expect("remove");
+    let out = publish(&fx);
+    assert!(!out.status.success());
+    let why = said(&out);
+    assert!(why.contains("which the source does not hold"), "{why}");
     let diff = ok(publisher(&fx, &["diff", "1", "2"]));
     assert!(diff.contains(&format!("{id}.canary")), "{diff}");
     let inspected = ok(publisher(&fx, &["inspect", "--version", "2"]));

@@ -133,26 +133,41 @@ fn covering_row(t: &Tables<'_>, tenant: &str, v: u64) -> Result<Option<(u64, Ten
 
 /// Splits `tenant`'s row `(first, row)`, which covers `v`, into the part
 /// before `v` and the part after it (same bodies), so that `v` is free.
+/// A row starting at `v` (the far part of an earlier split, or one an
+/// earlier copy of `v` left open) has no part before: it goes, and its
+/// bodies with it when they were `v`'s own and nothing after shares them.
 fn split_around(
     t: &mut Tables<'_>,
     tenant: &str,
     (first, row): (u64, TenantRow),
     v: u64,
 ) -> Result<(), DbError> {
-    if first == v {
-        // Only an earlier copy of `v` starts a row at `v`, and it holds
-        // what `v` holds.
-        return Err(DbError::Damaged(format!(
-            "the stored row of {tenant} from snapshot {v} disagrees with snapshot {v}"
-        )));
-    }
     if row.last != OPEN {
         t.closed.remove((row.last, tenant))?;
     }
-    let before = TenantRow { last: v - 1, ..row };
-    t.tenants
-        .insert((tenant, first), before.encode().as_slice())?;
-    t.closed.insert((v - 1, tenant), first)?;
+    if first < v {
+        let before = TenantRow { last: v - 1, ..row };
+        t.tenants
+            .insert((tenant, first), before.encode().as_slice())?;
+        t.closed.insert((v - 1, tenant), first)?;
+    } else {
+        t.tenants.remove((tenant, v))?;
+        if row.last == v {
+            if row.config_version == v {
+                t.config_bodies.remove((v, tenant))?;
+            }
+            if row.prompt_version == v {
+                t.prompt_bodies.remove((v, tenant))?;
+            }
+        } else if row.config_version == v || row.prompt_version == v {
+            // `v`'s own bodies, still used after it: `v` is stored again
+            // with other content under the same key. A copy of `v` left
+            // them, and `v` is signed once: the file is damaged.
+            return Err(DbError::Damaged(format!(
+                "the stored rows of {tenant} disagree with snapshot {v}, which wrote them"
+            )));
+        }
+    }
     if row.last > v {
         t.tenants.insert((tenant, v + 1), row.encode().as_slice())?;
         if row.last != OPEN {

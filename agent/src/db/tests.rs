@@ -578,3 +578,58 @@ fn an_older_snapshot_is_written_between_the_stored_ones() {
     }
     assert_eq!(served_prompt(&db, 7, "t1"), Some(prompt("prompt v6")));
 }
+
+#[test]
+fn pins_back_to_three_versions_never_stored_each_split_the_rows_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    let keep = Keep::newest(10);
+    let pinned = |v: u64, n: u64| {
+        let mut m = meta(v, n);
+        m.pinned = true;
+        m
+    };
+    db.ingest(
+        &meta(3, 2),
+        &mut payload_of(3, &[("t1", 3), ("t2", 3)], 2, None),
+        keep,
+    )
+    .expect("v3");
+    db.ingest(
+        &meta(10, 2),
+        &mut payload_of(10, &[("t1", 10), ("t2", 3)], 2, None),
+        keep,
+    )
+    .expect("v10");
+    // 5 splits t2's open row around it; 6 meets the far part starting at
+    // 6; 4 takes t2 out of the part before 5.
+    db.ingest(
+        &pinned(5, 2),
+        &mut payload_of(5, &[("t1", 5), ("t2", 5)], 2, None),
+        keep,
+    )
+    .expect("v5");
+    db.ingest(
+        &pinned(6, 2),
+        &mut payload_of(6, &[("t1", 6), ("t2", 6)], 2, None),
+        keep,
+    )
+    .expect("v6");
+    db.ingest(
+        &pinned(4, 1),
+        &mut payload_of(4, &[("t1", 4)], 1, None),
+        keep,
+    )
+    .expect("v4");
+    for (v, t2) in [
+        (3, Some(3)),
+        (4, None),
+        (5, Some(5)),
+        (6, Some(6)),
+        (10, Some(3)),
+    ] {
+        let want = |c: u64| Some(prompt(&format!("prompt v{c}")));
+        assert_eq!(served_prompt(&db, v, "t2"), t2.and_then(want), "t2 in {v}");
+        assert_eq!(served_prompt(&db, v, "t1"), want(v), "t1 in {v}");
+    }
+}

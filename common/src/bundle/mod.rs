@@ -201,13 +201,15 @@ impl Default for Limits {
     }
 }
 
-/// The manifest of the bundle at `key` in `store`, read alone (its header,
-/// never its payload) and its publisher signatures verified with `trust`:
+/// The manifest of the bundle at `key` in `store` (snapshot `version`),
+/// read alone (its header, never its payload) and its publisher signatures
+/// verified with `trust`:
 /// what a publisher may act on (the tenants a rollback holds back) without
 /// fetching a whole format 2 bundle.
 pub fn signed_manifest(
     store: &dyn crate::store::ReadStore,
     key: &str,
+    version: u64,
     trust: &crate::sign::TrustedKeys,
 ) -> Result<Manifest, BundleError> {
     let io = |e: crate::store::StoreError| BundleError::Io(std::io::Error::other(e.to_string()));
@@ -233,6 +235,13 @@ pub fn signed_manifest(
         &header.manifest_bytes,
         &header.signatures,
     )?;
+    // Another signed manifest copied under this key is not this snapshot.
+    if header.manifest.version != version {
+        return Err(BundleError::BadManifest(format!(
+            "{key} holds the manifest of version {}, not {version}",
+            header.manifest.version
+        )));
+    }
     Ok(header.manifest)
 }
 

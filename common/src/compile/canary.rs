@@ -66,6 +66,34 @@ pub(super) fn seal(cfg: &mut EffectiveConfig, percent: f64) -> Result<Vec<u8>, s
     cfg.seal()
 }
 
+/// Whether two lists name the same numbers (routes are served sorted, a
+/// file lists them in any order).
+fn same_numbers(a: &[String], b: &[String]) -> bool {
+    let a: std::collections::BTreeSet<&String> = a.iter().collect();
+    let b: std::collections::BTreeSet<&String> = b.iter().collect();
+    a == b
+}
+
+/// Format 3's incremental compile: a canary is compiled (its chunk not
+/// kept) whenever its tenant is, or is gone, so that it is checked against
+/// its tenant's numbers and never outlives it.
+pub(super) fn compile_with_tenant(tenants: &crate::source::Tenants, shas: &mut [Option<String>]) {
+    let canaries: Vec<usize> = (0..tenants.len())
+        .filter(|i| base_of(tenants.id(*i)).1)
+        .collect();
+    if canaries.is_empty() {
+        return;
+    }
+    let index: std::collections::HashMap<&str, usize> =
+        (0..tenants.len()).map(|i| (tenants.id(i), i)).collect();
+    for i in canaries {
+        let base = base_of(tenants.id(i)).0;
+        if index.get(base).is_none_or(|b| shas[*b].is_none()) {
+            shas[i] = None;
+        }
+    }
+}
+
 /// The stable arms' numbers, for the tenants that have a canary, and the
 /// check of each canary against them.
 #[derive(Debug, Default)]
@@ -110,7 +138,7 @@ impl Arms {
             None => format!(
                 "a canary of tenant {base}, which the source does not hold (or which is refused): a canary runs beside the tenant's own config"
             ),
-            Some(stable) if stable != phones => format!(
+            Some(stable) if !same_numbers(stable, phones) => format!(
                 "the canary routes {phones:?}, the tenant {stable:?}: numbers route to tenants, not arms; give the canary the tenant's phone_numbers"
             ),
             Some(_) => return None,

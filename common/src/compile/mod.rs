@@ -289,6 +289,7 @@ fn run(
                     *sha = None;
                 }
             }
+            canary::compile_with_tenant(tenants, &mut shas);
             reuse::plan(tenants, &shas, &r.chunks)
         }
         None => vec![Step::Compile(0..tenants.len())],
@@ -339,6 +340,11 @@ fn run(
                 (t, still) = hold_rolled_back(t, h, kept_from, &mut warnings);
                 if still {
                     holds.insert(t.tenant_id.clone(), h.clone());
+                } else if !t.problems.is_empty() {
+                    // Held, but its record cannot be carried: never
+                    // quarantined (that would drop the tenant and its hold).
+                    problems.append(&mut t.problems);
+                    return Ok(Took::Refused);
                 }
             }
             if let Some(why) = opts.hold.get(&t.tenant_id) {
@@ -360,10 +366,12 @@ fn run(
                 // A problem filed on a tenant written already (its number
                 // belongs to this one in the channel's snapshot): that one
                 // is held back, in the next pass.
-                let (theirs, ours): (Vec<Problem>, Vec<Problem>) = t
-                    .problems
-                    .drain(..)
-                    .partition(|p| p.tenant.as_deref().is_some_and(|o| o != t.tenant_id));
+                let (theirs, ours): (Vec<Problem>, Vec<Problem>) =
+                    t.problems.drain(..).partition(|p| {
+                        // A canary's problems name its tenant: they are its own.
+                        let own = canary::base_of(&t.tenant_id).0;
+                        p.tenant.as_deref().is_some_and(|o| o != own)
+                    });
                 for p in theirs {
                     retry
                         .entry(p.tenant.clone().unwrap_or_default())
@@ -379,7 +387,12 @@ fn run(
                     // Its numbers are its last record's; a held-back tenant is
                     // compiled again next time (no source hash matches).
                     t = TenantResult {
-                        phones: kept.phones,
+                        // A canary routes no number of its own.
+                        phones: if canary::base_of(&t.tenant_id).1 {
+                            Vec::new()
+                        } else {
+                            kept.phones
+                        },
                         output: Some((kept.config_hash, kept.config, kept.prompt)),
                         source_sha256: "held back".into(),
                         ..TenantResult::named(t.file, &t.tenant_id)

@@ -11,7 +11,8 @@ use crate::validate::Problem;
 /// A tenant `h` holds back by rollback, and whether it still is: while
 /// its source's version is not above `h.above`, its record of the
 /// channel's snapshot (`kept_from`), with a warning saying so (or, if
-/// that record cannot be carried, a problem); once it is, `t` itself.
+/// that record cannot be carried, `t` with a problem that refuses the
+/// build, quarantine or not); once it is, `t` itself.
 pub(super) fn hold_rolled_back(
     mut t: TenantResult,
     h: &Hold,

@@ -92,9 +92,34 @@ pub(crate) fn check_tenant(r: &mut Reporter<'_>, policy: &Policy, cfg: &Effectiv
 }
 
 /// Checks Layer 1's plans: their models approved, `defaults.plan` one of
-/// them (and required when there are plans), ceilings exact in JSON.
+/// them (and required when there are plans), ceilings exact in JSON, and
+/// that a tenant on each plan that sets nothing is valid (a plan whose
+/// ceilings the defaults cannot meet would refuse every tenant on it, for
+/// fields they never wrote).
 pub(crate) fn check_layer1(r: &mut Reporter<'_>, layer1: &Layer1) {
     let policy = &layer1.policy;
+    for name in policy.plans.keys() {
+        if layer1.defaults.plan.as_ref() == Some(name) {
+            continue; // the defaults' own probe covers it
+        }
+        let on_plan = crate::model::Overlay {
+            plan: Some(name.clone()),
+            ..Default::default()
+        };
+        let probe =
+            EffectiveConfig::merge(&layer1.defaults, &policy.plans, &layer1.version, &on_plan);
+        let mut inner = Reporter::new(r.file, None);
+        super::check_policy(&mut inner, layer1, &probe);
+        for p in inner.problems {
+            r.push(
+                format!("policy.plans.{name}"),
+                format!(
+                    "a tenant on this plan that sets nothing is refused: defaults.{}: {}; raise the ceiling or change the default",
+                    p.field, p.reason
+                ),
+            );
+        }
+    }
     for (name, plan) in &policy.plans {
         let ok = !name.is_empty()
             && name

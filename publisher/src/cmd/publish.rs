@@ -253,7 +253,12 @@ pub fn publish(
     // snapshot), unless --allow-damaged.
     let holds = match &current {
         Some((s, head, _)) => {
-            match strata_common::bundle::signed_manifest(s.as_ref(), &head.bundle, &trust) {
+            match strata_common::bundle::signed_manifest(
+                s.as_ref(),
+                &head.bundle,
+                head.version,
+                &trust,
+            ) {
                 Ok(m) => m.held,
                 Err(e) => {
                     if to.allow_damaged {
