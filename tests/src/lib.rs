@@ -113,6 +113,30 @@ impl Fixture {
 }
 
 impl Fixture {
+    /// Publishes the source directory `src` to this fixture's store with
+    /// the `strata-publisher` binary (`publish --init`, then `extra`),
+    /// asserting it succeeded; returns what it printed.
+    pub fn publish_source(&self, src: &Path, extra: &[&str]) -> String {
+        let out = std::process::Command::new(bin("strata-publisher"))
+            .args(["publish", "--init"])
+            .args(extra)
+            .arg("--source")
+            .arg(src)
+            .arg("--key")
+            .arg(&self.key_path)
+            .arg("--store")
+            .arg(format!("file://{}", self.store_dir().display()))
+            .output()
+            .expect("run publisher");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "publish: {text}");
+        text
+    }
+
     /// Writes the config named `name` and starts an agent with it in-process.
     pub fn start_agent(&self, name: &str, extra: &str) -> Agent {
         let (config, path) = self.agent_config(name, extra);

@@ -13,24 +13,9 @@ fn publish(fx: &Fixture, src: &Path) {
 }
 
 fn publish_with(fx: &Fixture, src: &Path, extra: &[&str]) -> String {
-    let out = Command::new(bin("strata-publisher"))
-        .args(["publish", "--init", "--format", "3"])
-        .args(extra)
-        .arg("--source")
-        .arg(src)
-        .arg("--key")
-        .arg(&fx.key_path)
-        .arg("--store")
-        .arg(format!("file://{}", fx.store_dir().display()))
-        .output()
-        .expect("run publisher");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "publish: {text}");
-    text
+    let mut args = vec!["--format", "3"];
+    args.extend_from_slice(extra);
+    fx.publish_source(src, &args)
 }
 
 fn source(fx: &Fixture, tenants: usize) -> PathBuf {

@@ -1,0 +1,165 @@
+"""The blocking client: HTTP/1.1 over the agent's unix socket, one
+keep-alive connection per thread."""
+
+import http.client
+import socket as _socket
+import threading
+from typing import Any, Dict, Optional, Tuple
+
+from ._core import DEFAULT_SOCKET, Answer, Cache, SessionBase, decode, error_of, path, settle
+from ._errors import AgentUnavailable, SnapshotGone
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("strata", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """Lookups from the Strata agent on this node.
+
+    One ``Client`` may be shared by every thread of a process: each thread
+    gets its own keep-alive connection, and the ETag cache is locked. A
+    :class:`Session` belongs to one call (one thread or task at a time).
+
+    ``timeout`` (seconds) bounds each request; ``cache_size`` answers are
+    kept for revalidation (0 turns the cache off). Cached values are
+    shared: treat returned dicts as read-only.
+    """
+
+    def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 1.0, cache_size: int = 1024):
+        self.socket = socket
+        self.timeout = timeout
+        self._cache = Cache(cache_size)
+        self._local = threading.local()
+
+    def tenant(self, tenant_id: str, snapshot: Optional[int] = None, session: Optional[str] = None) -> Dict[str, Any]:
+        """The tenant's effective config (its canary's for ``session``'s
+        share, when it has one)."""
+        return self._lookup("tenant", tenant_id, snapshot, session)[0]
+
+    def prompt(self, tenant_id: str, snapshot: Optional[int] = None, session: Optional[str] = None) -> str:
+        """The tenant's system prompt: Layer 1's base prompt, then the
+        tenant's. Call-time placeholders (``{caller_name}``) are yours to fill."""
+        return self._lookup("prompt", tenant_id, snapshot, session)[0]
+
+    def route(self, e164: str, snapshot: Optional[int] = None) -> str:
+        """The tenant id owning a dialled number (``NotFound`` if none)."""
+        return self._lookup("route", e164, snapshot)[0]
+
+    def layer1(self, snapshot: Optional[int] = None) -> Dict[str, Any]:
+        """Layer 1: base prompt, policy (plans among it) and defaults."""
+        return self._lookup("layer1", "", snapshot)[0]
+
+    def snapshot(self) -> Dict[str, Any]:
+        """What the agent serves and its state (``/v1/snapshot``)."""
+        answer = self._get(path("snapshot"), None)
+        if answer.status != 200:
+            raise error_of(answer)
+        return decode("snapshot", answer.body)
+
+    def session(self, call_id: str) -> "Session":
+        """A call's lookups, locked to the snapshot of its first lookup and
+        to its canary arm: ``with client.session(call_id) as s: ...``."""
+        return Session(self, call_id)
+
+    def close(self) -> None:
+        """Closes this thread's connection (others close with their thread)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lookup(
+        self, kind: str, key: str, snapshot: Optional[int] = None, session: Optional[str] = None
+    ) -> Tuple[Any, Answer]:
+        p = path(kind, key, snapshot, session)
+        cached = self._cache.get(p)
+        answer = self._get(p, cached[0] if cached else None)
+        return settle(self._cache, kind, p, cached, answer), answer
+
+    def _get(self, p: str, etag: Optional[str]) -> Answer:
+        headers = {"If-None-Match": '"' + etag + '"'} if etag else {}
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = _UnixConnection(self.socket, self.timeout)
+            try:
+                conn.request("GET", p, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                got = {
+                    "etag": resp.getheader("etag"),
+                    "x-strata-snapshot": resp.getheader("x-strata-snapshot"),
+                    "x-strata-arm": resp.getheader("x-strata-arm"),
+                }
+                if resp.will_close:
+                    self.close()
+                return Answer(resp.status, got, body)
+            except (http.client.HTTPException, ConnectionError) as e:
+                # A kept-alive connection the agent closed (idle_timeout, a
+                # restart): once more on a new one.
+                self.close()
+                if attempt:
+                    raise AgentUnavailable("agent at %s: %s" % (self.socket, e)) from e
+            except OSError as e:
+                self.close()
+                raise AgentUnavailable("agent at %s: %s" % (self.socket, e)) from e
+        raise AgentUnavailable("agent at %s did not answer" % self.socket)
+
+
+class Session(SessionBase):
+    """One call's lookups: the first answers from the snapshot the agent
+    serves and fixes it (``snapshot``); every later one asks for that
+    snapshot, and tenant lookups pass the call id as ``session`` so the
+    call keeps its canary arm. See :class:`strata_client._core.SessionState`
+    for what happens when the snapshot leaves retention mid-call."""
+
+    def __init__(self, client: Client, call_id: str):
+        super().__init__(call_id)
+        self._client = client
+
+    def tenant(self, tenant_id: str) -> Dict[str, Any]:
+        return self._lookup("tenant", tenant_id)
+
+    def prompt(self, tenant_id: str) -> str:
+        return self._lookup("prompt", tenant_id)
+
+    def route(self, e164: str) -> str:
+        return self._lookup("route", e164)
+
+    def layer1(self) -> Dict[str, Any]:
+        return self._lookup("layer1", "")
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _lookup(self, kind: str, key: str) -> Any:
+        try:
+            value, answer = self._client._lookup(kind, key, *self._ask(kind))
+        except SnapshotGone:
+            if not self._relock():
+                raise
+            value, answer = self._client._lookup(kind, key, *self._ask(kind))
+        self._state.took(answer)
+        return value
