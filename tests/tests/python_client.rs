@@ -3,7 +3,8 @@
 //! canary's arms, and the asyncio client under 100 concurrent sessions.
 //! The checks are `clients/python/tests/test_client.py`; this starts the
 //! agents, publishes, and runs it with the system's `python3` (the client
-//! needs nothing outside the standard library).
+//! needs nothing outside the standard library), then the example call
+//! worker.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -93,6 +94,20 @@ async fn the_python_client_against_a_real_agent() {
         "{rest:?}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The example call worker: number → tenant → the model request.
+    let worker = Command::new("python3")
+        .arg(root.join("examples/call_worker.py"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args([number.as_str(), "call-example", "Ana"])
+        .env("PYTHONPATH", &root)
+        .output()
+        .expect("python3");
+    let request: serde_json::Value = serde_json::from_slice(&worker.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&worker.stderr)));
+    assert_eq!(request["tenant"], id.as_str());
+    assert_eq!(request["snapshot"], 2);
+    assert!(request["system"].as_str().is_some_and(|p| !p.is_empty()));
     agent.stop().await;
     not_ready.stop().await;
 }
