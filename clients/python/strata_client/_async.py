@@ -12,8 +12,10 @@ _Conn = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 class AsyncClient:
     """The asyncio twin of :class:`strata_client.Client`, for call workers
-    that cannot block. Share one per event loop: requests take a pooled
-    connection (at most ``max_connections`` at once; more wait)."""
+    that cannot block. Share one among every task: requests take a pooled
+    connection (at most ``max_connections`` at once; more wait). Not safe
+    from several threads; used from another event loop, it starts a new
+    pool there."""
 
     def __init__(
         self,
@@ -26,7 +28,11 @@ class AsyncClient:
         self.timeout = timeout
         self._cache = Cache(cache_size)
         self._idle: List[_Conn] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        # Made inside the running loop, and again if another loop uses the
+        # client (connections and the semaphore belong to one loop).
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._slots: Optional[asyncio.Semaphore] = None
 
     async def tenant(self, tenant_id: str, snapshot: Optional[int] = None, session: Optional[str] = None) -> Dict[str, Any]:
         """See :meth:`strata_client.Client.tenant`."""
@@ -81,6 +87,11 @@ class AsyncClient:
         if etag:
             request += 'If-None-Match: "%s"\r\n' % etag
         data = (request + "\r\n").encode("ascii")
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self._max_connections)
+            self._idle = []
         async with self._slots:
             for attempt in (0, 1):
                 fresh = not self._idle
