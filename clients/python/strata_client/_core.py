@@ -1,6 +1,7 @@
 """What the sync and asyncio clients share: paths, answers, the ETag cache
 and the session rule. No I/O here."""
 
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -28,8 +29,10 @@ class Answer:
         self.body = body
 
 
+@functools.lru_cache(maxsize=4096)
 def path(kind: str, key: str = "", snapshot: Optional[int] = None, session: Optional[str] = None) -> str:
-    """The request path of a lookup."""
+    """The request path of a lookup (the last few thousand remembered:
+    a call worker asks for the same tenants again and again)."""
     if kind == "tenant":
         p = "/v1/tenants/" + quote(key, safe="")
     elif kind == "prompt":

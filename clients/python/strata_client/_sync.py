@@ -10,6 +10,13 @@ from ._core import DEFAULT_SOCKET, Answer, Cache, SessionBase, decode, error_of,
 from ._errors import AgentUnavailable, SnapshotGone
 
 
+#: The headers an answer is read for: each name, and how it starts a line.
+_WANTED = tuple(
+    (n, b"\r\n" + n.encode() + b":")
+    for n in ("etag", "x-strata-snapshot", "x-strata-arm", "content-length", "connection")
+)
+
+
 class _Conn:
     """One keep-alive connection to the agent."""
 
@@ -41,16 +48,19 @@ class _Conn:
         while end < 0:
             self._more()
             end = self.buf.find(b"\r\n\r\n")
-        lines = bytes(self.buf[:end]).split(b"\r\n")
+        # Lower-cased whole: the values read here (an ETag's hex, numbers,
+        # an arm) are lower case or digits anyway.
+        head = bytes(self.buf[:end]).lower() + b"\r\n"
         del self.buf[: end + 4]
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise ConnectionError("not an HTTP answer: %r" % lines[0][:64])
-        status = int(parts[1])
+        if not head.startswith(b"http/1.") or len(head) < 12:
+            raise ConnectionError("not an HTTP answer: %r" % head[:64])
+        status = int(head[9:12])
         headers: Dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        for name, starts in _WANTED:
+            at = head.find(starts)
+            if at >= 0:
+                start = at + len(starts)
+                headers[name] = head[start : head.find(b"\r\n", start)].strip().decode("latin-1")
         if status in (204, 304) or 100 <= status < 200:
             length = 0
         elif "content-length" in headers:
