@@ -11,9 +11,10 @@
 --                                 column) and agent.prompt (the
 --                                 layer2_system_prompt column); `name`
 --                                 defaults to tenants.name.
---   canary_percent                the seed's canary column; until
---                                 per-tenant canaries are served, a tenant
---                                 with two active rows is refused.
+--   canary_percent                the seed's canary column: a tenant's
+--                                 second active row with it set is the
+--                                 tenant's canary (a share of sessions);
+--                                 two active rows without it are refused.
 --   strata_publish_problems       why a tenant's row was held back, written
 --                                 by `strata-publisher follow`.
 --   the trigger                   NOTIFY strata_tenant_configurations on

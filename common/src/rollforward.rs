@@ -6,8 +6,9 @@
 //! channel's head is M, a publish that would give a tenant back the content
 //! it had in V (which the rollback took back) is refused unless allowed:
 //! the source a rollback answers is usually still the bad one. Agents never
-//! read the marker; a publish on top of M makes it stale. The same marker
-//! is where a per-tenant rollback will hold its tenants.
+//! read the marker; a publish on top of M makes it stale. A per-tenant
+//! rollback holds its tenant in the signed manifest instead
+//! ([`crate::bundle::Hold`]).
 
 use std::collections::BTreeMap;
 

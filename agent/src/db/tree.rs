@@ -28,8 +28,9 @@ fn hashes(bytes: &[u8]) -> impl Iterator<Item = [u8; 32]> + '_ {
 impl Db {
     /// The chunks a snapshot of `version` need not fetch: those of the
     /// newest stored snapshot, whose tenants are the stored rows the new
-    /// one is written over. None when `version` is not newer (it then
-    /// replaces every stored snapshot) or the newest is not format 3.
+    /// one is written over. None when `version` is not newer (it is then
+    /// written between the stored ones, every chunk read) or the newest is
+    /// not format 3.
     pub fn held_chunks(&self, version: u64) -> Result<HashSet<[u8; 32]>, DbError> {
         let txn = self.db.begin_read()?;
         let newest = match txn.open_table(SNAPSHOTS) {

@@ -84,8 +84,9 @@ pub struct Row {
     /// About how many bytes it holds (prompt and stored config): a row
     /// over Layer 1's `max_file_bytes` is not fetched.
     pub bytes: u64,
-    /// Other active rows of the same tenant: a tenant may have only one
-    /// (until per-tenant canaries are served), so such a tenant is refused.
+    /// Other active rows with the same record key: a tenant has one active
+    /// row, and at most one more with `canary_percent` (keyed
+    /// `<slug>.canary`), so two rows under one key are refused.
     pub others: Vec<String>,
 }
 
