@@ -48,7 +48,7 @@ use strata_common::bundle::BundleError;
 use strata_common::sign::SignatureEntry;
 
 pub use ingest::Ingested;
-pub use keep::{Keep, MAX_TIMED};
+pub use keep::Keep;
 pub use marks::Marks;
 pub use read::{Entry, Reader};
 

@@ -479,13 +479,6 @@ pub struct Canary {
     pub percent: f64,
 }
 
-impl Canary {
-    /// The percent in buckets of 0.01 % (0 to 10,000).
-    pub fn buckets(&self) -> u32 {
-        (self.percent * 100.0).round().clamp(0.0, 10_000.0) as u32
-    }
-}
-
 impl EffectiveConfig {
     /// Merges `overlay` over `defaults`; the result is not yet validated and
     /// its `config_hash` is empty until [`EffectiveConfig::seal`].

@@ -251,7 +251,7 @@ pub fn publish(
     // their source rises above the version rolled back from. Unreadable
     // here, the gate below refuses (after the guards name a damaged
     // snapshot), unless --allow-damaged.
-    let holds = match &current {
+    let (holds, holds_read) = match &current {
         Some((s, head, _)) => {
             match strata_common::bundle::signed_manifest(
                 s.as_ref(),
@@ -259,7 +259,7 @@ pub fn publish(
                 head.version,
                 &trust,
             ) {
-                Ok(m) => m.held,
+                Ok(m) => (m.held, Some(head.version)),
                 Err(e) => {
                     if to.allow_damaged {
                         note!(
@@ -267,11 +267,11 @@ pub fn publish(
                             head.version
                         );
                     }
-                    Default::default()
+                    (Default::default(), None)
                 }
             }
         }
-        None => Default::default(),
+        None => (Default::default(), None),
     };
     let compiled_holds = holds.clone();
     let rollback_holds = match (&current, holds.is_empty()) {
@@ -401,6 +401,11 @@ pub fn publish(
             &source.dir,
             allow,
         )?;
+        // A snapshot's bundle never changes: the head read at compile time
+        // needs no second read.
+        if holds_read == Some(head.version) {
+            return Ok(());
+        }
         crate::guard::same_holds(store.as_ref(), head, &trust, &compiled_holds, allow.damaged)
     };
     let published = channel::publish_gated(store.as_ref(), &compiled, keys, &opts, &mut gate)?;
