@@ -327,6 +327,26 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Path of example `name` of workspace package `package`, built first
+/// (as [`bin`] builds the binaries: the code of this checkout).
+pub fn example(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", package, "--example", name]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let out = build.output().expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "building example {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("examples").join(name)
+}
+
 /// Every record of `compiled`'s payload, decoded (through a bundle written
 /// without signatures and read back as an inspection would).
 pub fn contents(compiled: &Compiled) -> bundle::Contents {
@@ -382,6 +402,30 @@ pub fn rewrite(compiled: &Compiled, edit: impl FnOnce(&mut bundle::Contents)) ->
         held_back: Vec::new(),
         holds: Default::default(),
     }
+}
+
+/// A source of 20 generated tenants where tenant 4 has a 50 % canary at
+/// version `9.0.0`, published to `fx`'s store (snapshot 1): what the client
+/// tests read. Returns the source directory and the tenant's id.
+pub fn publish_with_canary(fx: &Fixture) -> (PathBuf, String) {
+    let (src, _) = fx.compile("v1", 20);
+    let id = strata_common::generate::tenant_id(4);
+    let own = std::fs::read_to_string(src.join("tenants").join(format!("{id}.toml")))
+        .expect("tenant file");
+    let canary: String = own
+        .lines()
+        .map(|l| match l.starts_with("version = ") {
+            true => "version = \"9.0.0\"\n".to_owned(),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(
+        src.join("tenants").join(format!("{id}.canary.toml")),
+        format!("canary_percent = 50\n{canary}"),
+    )
+    .expect("canary");
+    fx.publish_source(&src, &[]);
+    (src, id)
 }
 
 /// Gives the `i`th tenant file of `source` a new `version`, as an

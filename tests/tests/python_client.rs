@@ -10,29 +10,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use strata_common::generate;
-use strata_tests::{Fixture, change_one_tenant};
+use strata_tests::{Fixture, change_one_tenant, publish_with_canary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_against_a_real_agent() {
     let fx = Fixture::new();
-    let (src, _) = fx.compile("v1", 20);
-    let id = generate::tenant_id(4);
-    let own = std::fs::read_to_string(src.join("tenants").join(format!("{id}.toml")))
-        .expect("tenant file");
-    let canary: String = own
-        .lines()
-        .map(|l| match l.starts_with("version = ") {
-            true => "version = \"9.0.0\"\n".to_owned(),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(
-        src.join("tenants").join(format!("{id}.canary.toml")),
-        format!("canary_percent = 50\n{canary}"),
-    )
-    .expect("canary");
-    fx.publish_source(&src, &[]);
+    let (src, id) = publish_with_canary(&fx);
     let agent = fx.start_agent("a", "");
     agent.serves(1).await;
     let number = agent.get(&format!("/v1/tenants/{id}")).await.json()["phone_numbers"][0]

@@ -4,7 +4,7 @@
 import asyncio
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._core import DEFAULT_SOCKET, Answer, Cache, SessionBase, decode, error_of, path, settle
+from ._core import DEFAULT_SOCKET, Answer, Cache, RETRY, SessionBase, decode, error_of, path, settle
 from ._errors import AgentUnavailable, SnapshotGone
 
 _Conn = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -78,14 +78,19 @@ class AsyncClient:
         self, kind: str, key: str, snapshot: Optional[int] = None, session: Optional[str] = None
     ) -> Tuple[Any, Answer]:
         p = path(kind, key, snapshot, session)
-        cached = self._cache.get(p)
-        answer = await self._get(p, cached[0] if cached else None)
-        return settle(self._cache, kind, p, cached, answer), answer
+        name = (kind, key)
+        kept = self._cache.get(name)
+        answer = await self._get(p, kept[0] if kept else None)
+        value = settle(self._cache, kind, name, kept, answer)
+        if value is RETRY:
+            answer = await self._get(p, None)
+            value = settle(self._cache, kind, name, None, answer)
+        return value, answer
 
-    async def _get(self, p: str, etag: Optional[str]) -> Answer:
+    async def _get(self, p: str, tags: Optional[str]) -> Answer:
         request = "GET %s HTTP/1.1\r\nHost: strata\r\n" % p
-        if etag:
-            request += 'If-None-Match: "%s"\r\n' % etag
+        if tags:
+            request += "If-None-Match: %s\r\n" % tags
         data = (request + "\r\n").encode("ascii")
         loop = asyncio.get_running_loop()
         if self._slots is None or self._loop is not loop:

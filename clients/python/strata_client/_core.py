@@ -73,45 +73,72 @@ def decode(kind: str, body: bytes) -> Any:
     return value
 
 
-def settle(cache: "Cache", kind: str, key: str, cached: Optional[Tuple[str, Any]], answer: Answer) -> Any:
-    """A lookup's value from its answer: the cached one on a 304, else the
-    body decoded (and cached under ``key`` with its ETag); an error raised."""
-    if answer.status == 304 and cached is not None:
-        return cached[1]
+#: What :func:`settle` answers for a 304 that names no kept answer (the
+#: cache moved meanwhile): ask again without ``If-None-Match``.
+RETRY = object()
+
+#: How many answers (canary arms) are kept for one name.
+ARMS = 2
+
+
+def settle(cache: "Cache", kind: str, name: Tuple[str, str], kept: Optional["Kept"], answer: Answer) -> Any:
+    """A lookup's value from its answer: the kept one a 304 names, else the
+    body decoded (and kept under ``name`` with its ETag); an error raised."""
+    if answer.status == 304:
+        if kept is not None:
+            arms = kept[1]
+            for etag, value in arms:
+                if etag == answer.etag or (answer.etag is None and len(arms) == 1):
+                    return value
+        return RETRY
     if answer.status != 200:
         raise error_of(answer)
     value = decode(kind, answer.body)
     if answer.etag:
-        cache.put(key, answer.etag, value)
+        cache.put(name, answer.etag, value)
     return value
 
 
+#: What the cache keeps for a name: the ``If-None-Match`` value naming
+#: every kept answer, and the answers ``(etag, value)``, newest first.
+Kept = Tuple[str, Tuple[Tuple[str, Any], ...]]
+
+
 class Cache:
-    """The last answers with an ETag, by path: revalidated with
-    ``If-None-Match``, so an unchanged config costs a 304 and no parse.
+    """The last answers with an ETag, revalidated with ``If-None-Match``, so
+    an unchanged config costs a 304 and no parse.
+
+    Every ETag the agent sets is a hash of the content, so answers are kept
+    by what they name (``("tenant", id)``), not by path: one entry serves
+    every snapshot and every call's session that answers the same bytes. A
+    tenant with a canary has two answers; the last :data:`ARMS` are kept
+    and all named in the request, and the 304's ETag says which is current.
     Values are shared between callers: treat them as read-only. Safe from
     several threads."""
 
     def __init__(self, size: int):
         self._size = size
-        self._items: "OrderedDict[str, Tuple[str, Any]]" = OrderedDict()
+        self._items: "OrderedDict[Tuple[str, str], Kept]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Optional[Tuple[str, Any]]:
+    def get(self, name: Tuple[str, str]) -> Optional[Kept]:
         if self._size <= 0:
             return None
         with self._lock:
-            item = self._items.get(key)
+            item = self._items.get(name)
             if item is not None:
-                self._items.move_to_end(key)
+                self._items.move_to_end(name)
             return item
 
-    def put(self, key: str, etag: str, value: Any) -> None:
+    def put(self, name: Tuple[str, str], etag: str, value: Any) -> None:
         if self._size <= 0:
             return
         with self._lock:
-            self._items[key] = (etag, value)
-            self._items.move_to_end(key)
+            old = self._items.get(name)
+            arms = ((etag, value),) + tuple(a for a in (old[1] if old else ()) if a[0] != etag)
+            arms = arms[:ARMS]
+            self._items[name] = (", ".join('"%s"' % e for e, _ in arms), arms)
+            self._items.move_to_end(name)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 

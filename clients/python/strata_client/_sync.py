@@ -6,7 +6,7 @@ import socket as _socket
 import threading
 from typing import Any, Dict, Optional, Tuple
 
-from ._core import DEFAULT_SOCKET, Answer, Cache, SessionBase, decode, error_of, path, settle
+from ._core import DEFAULT_SOCKET, Answer, Cache, RETRY, SessionBase, decode, error_of, path, settle
 from ._errors import AgentUnavailable, SnapshotGone
 
 
@@ -140,14 +140,19 @@ class Client:
         self, kind: str, key: str, snapshot: Optional[int] = None, session: Optional[str] = None
     ) -> Tuple[Any, Answer]:
         p = path(kind, key, snapshot, session)
-        cached = self._cache.get(p)
-        answer = self._get(p, cached[0] if cached else None)
-        return settle(self._cache, kind, p, cached, answer), answer
+        name = (kind, key)
+        kept = self._cache.get(name)
+        answer = self._get(p, kept[0] if kept else None)
+        value = settle(self._cache, kind, name, kept, answer)
+        if value is RETRY:
+            answer = self._get(p, None)
+            value = settle(self._cache, kind, name, None, answer)
+        return value, answer
 
-    def _get(self, p: str, etag: Optional[str]) -> Answer:
+    def _get(self, p: str, tags: Optional[str]) -> Answer:
         request = "GET %s HTTP/1.1\r\nHost: strata\r\n" % p
-        if etag:
-            request += 'If-None-Match: "%s"\r\n' % etag
+        if tags:
+            request += "If-None-Match: %s\r\n" % tags
         data = (request + "\r\n").encode("ascii")
         for attempt in (0, 1):
             conn = getattr(self._local, "conn", None)

@@ -66,6 +66,10 @@ def main():
             arms[i] = version
     canary = sum(v == "9.0.0" for v in arms.values())
     assert 60 <= canary <= 140, "%d of 200 sessions on the 50 %% canary" % canary
+    # Answers are kept by content: a session on the stable arm is
+    # revalidated against the plain lookup's answer (a 304, no parse).
+    stable = next(i for i, v in arms.items() if v != "9.0.0")
+    assert c.session("call-%d" % stable).tenant(tenant) is config
 
     # A session that spans a publish.
     spanning = c.session("call-span")
