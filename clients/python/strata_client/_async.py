@@ -99,9 +99,11 @@ class AsyncClient:
             self._idle = []
         async with self._slots:
             for attempt in (0, 1):
-                fresh = not self._idle
+                # The retry takes a new connection: the other idle ones may
+                # have been closed by the agent at the same moment.
+                fresh = attempt or not self._idle
                 try:
-                    conn = self._idle.pop() if self._idle else await asyncio.wait_for(
+                    conn = self._idle.pop() if not fresh else await asyncio.wait_for(
                         asyncio.open_unix_connection(self.socket), self.timeout
                     )
                 except (OSError, asyncio.TimeoutError) as e:

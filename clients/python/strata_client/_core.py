@@ -8,7 +8,7 @@ from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import quote
 
-from ._errors import for_status
+from ._errors import StrataError, for_status
 
 #: Where the packaged agent listens.
 DEFAULT_SOCKET = "/run/strata/agent.sock"
@@ -73,8 +73,9 @@ def decode(kind: str, body: bytes) -> Any:
     return value
 
 
-#: What :func:`settle` answers for a 304 that names no kept answer (the
-#: cache moved meanwhile): ask again without ``If-None-Match``.
+#: What :func:`settle` answers for a 304 it cannot resolve from the
+#: answers kept before the request (one without an ``ETag`` while two arms
+#: are kept): ask again without ``If-None-Match``.
 RETRY = object()
 
 #: How many answers (canary arms) are kept for one name.
@@ -85,11 +86,12 @@ def settle(cache: "Cache", kind: str, name: Tuple[str, str], kept: Optional["Kep
     """A lookup's value from its answer: the kept one a 304 names, else the
     body decoded (and kept under ``name`` with its ETag); an error raised."""
     if answer.status == 304:
-        if kept is not None:
-            arms = kept[1]
-            for etag, value in arms:
-                if etag == answer.etag or (answer.etag is None and len(arms) == 1):
-                    return value
+        if kept is None:
+            raise StrataError("the agent answered 304 to a request that was not conditional", status=304)
+        arms = kept[1]
+        for etag, value in arms:
+            if etag == answer.etag or (answer.etag is None and len(arms) == 1):
+                return value
         return RETRY
     if answer.status != 200:
         raise error_of(answer)

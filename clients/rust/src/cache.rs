@@ -10,9 +10,10 @@
 //! the 304's `ETag` says which one is current.
 //!
 //! Eviction is by generation: entries go into a young map; when it holds
-//! half the size, it becomes the old map (the previous old one dropped),
+//! `size` names, it becomes the old map (the previous old one dropped),
 //! and an old entry used again moves back to the young one. O(1), no
-//! per-entry bookkeeping, and a working set that fits is never evicted.
+//! per-entry bookkeeping; a working set of up to `size` names is never
+//! evicted, and at most twice that is held.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,7 +41,7 @@ struct Generations {
 
 /// The cache; safe to share between tasks and threads.
 pub(crate) struct Cache {
-    half: usize,
+    size: usize,
     maps: Mutex<Generations>,
 }
 
@@ -48,14 +49,14 @@ impl Cache {
     /// A cache of about `size` names (0: no cache).
     pub(crate) fn new(size: usize) -> Self {
         Self {
-            half: size.div_ceil(2),
+            size,
             maps: Mutex::default(),
         }
     }
 
     /// The answers kept for `name` (moved back to the young generation).
     pub(crate) fn get(&self, name: &str) -> Option<Arms> {
-        if self.half == 0 {
+        if self.size == 0 {
             return None;
         }
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
@@ -69,7 +70,7 @@ impl Cache {
 
     /// Keeps `value` as `name`'s answer with `etag`, newest first.
     pub(crate) fn put(&self, name: &str, etag: &str, value: Value) {
-        if self.half == 0 {
+        if self.size == 0 {
             return;
         }
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,7 +86,7 @@ impl Cache {
     }
 
     fn insert(&self, maps: &mut Generations, name: String, arms: Arms) {
-        if maps.young.len() >= self.half {
+        if maps.young.len() >= self.size {
             maps.old = std::mem::take(&mut maps.young);
         }
         maps.young.insert(name, arms);
@@ -135,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_working_set_within_the_size_stays_and_older_names_go() {
-        let c = Cache::new(4);
+        let c = Cache::new(2);
         for i in 0..3 {
             c.put(&format!("t/{i}"), "e", text("v"));
         }
@@ -146,6 +147,17 @@ mod tests {
         }
         assert!(c.get("t/1").is_none(), "unused for two generations");
         assert!(c.get("t/5").is_some());
+        // A working set of `size` names, asked round-robin: never evicted.
+        let c = Cache::new(8);
+        for round in 0..3 {
+            for i in 0..8 {
+                let name = format!("t/{i}");
+                if round > 0 {
+                    assert!(c.get(&name).is_some(), "{name} evicted in round {round}");
+                }
+                c.put(&name, "e", text("v"));
+            }
+        }
         let off = Cache::new(0);
         off.put("t/a", "e", text("v"));
         assert!(off.get("t/a").is_none());

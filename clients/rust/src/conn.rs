@@ -1,11 +1,17 @@
 //! Keep-alive HTTP/1.1 connections to the agent's unix socket, through
 //! hyper's client, pooled: a request takes an idle connection or opens
-//! one, and gives it back when its answer is read.
+//! one, and gives it back when its answer is read. At most
+//! `max_connections` requests are in flight at once (more wait, within
+//! their deadline): the agent's own connection limit is shared by every
+//! worker on the node.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -36,16 +42,28 @@ pub(crate) struct Pool {
     timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Sender>>,
+    slots: Semaphore,
 }
 
 impl Pool {
-    pub(crate) fn new(socket: PathBuf, timeout: Duration, max_idle: usize) -> Self {
+    pub(crate) fn new(
+        socket: PathBuf,
+        timeout: Duration,
+        max_connections: usize,
+        max_idle: usize,
+    ) -> Self {
         Self {
             socket,
             timeout,
-            max_idle,
+            max_idle: max_idle.min(max_connections),
             idle: Mutex::default(),
+            slots: Semaphore::new(max_connections.max(1)),
         }
+    }
+
+    /// When a lookup starting now must have its answer.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
     }
 
     /// The socket asked.
@@ -53,13 +71,22 @@ impl Pool {
         &self.socket
     }
 
-    /// `GET path`, within the client's timeout.
+    /// `GET path`, answered by `deadline` (a lookup's requests share one).
     pub(crate) async fn get(
         &self,
         path: &str,
         if_none_match: Option<&str>,
+        deadline: Instant,
     ) -> Result<Reply, Error> {
-        match tokio::time::timeout(self.timeout, self.exchange(path, if_none_match)).await {
+        let asked = async {
+            let _slot = self
+                .slots
+                .acquire()
+                .await
+                .map_err(|e| self.unavailable(io::Error::other(e)))?;
+            self.exchange(path, if_none_match).await
+        };
+        match tokio::time::timeout_at(deadline, asked).await {
             Ok(reply) => reply,
             Err(_) => Err(self.unavailable(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -80,8 +107,11 @@ impl Pool {
             })
         };
         let mut last = None;
-        for _ in 0..2 {
-            let (sender, reused) = match self.take_idle() {
+        for attempt in 0..2 {
+            // The retry takes a new connection: the other idle ones may
+            // have been closed by the agent at the same moment.
+            let idle = if attempt == 0 { self.take_idle() } else { None };
+            let (sender, reused) = match idle {
                 Some(s) => (s, true),
                 None => (self.connect().await?, false),
             };

@@ -140,6 +140,7 @@ pub struct Builder {
     socket: PathBuf,
     timeout: Duration,
     cache_size: usize,
+    max_connections: usize,
     max_idle: usize,
 }
 
@@ -150,22 +151,32 @@ impl Builder {
         self
     }
 
-    /// How long one lookup may take, connecting included (default 1 s);
+    /// How long one lookup may take, waiting for a connection, connecting
+    /// and a session's move to a newer snapshot included (default 1 s);
     /// past it, [`Error::Unavailable`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// How many tenants' answers are kept for revalidation (default 1024;
-    /// 0 turns the cache off).
+    /// How many answers are kept for revalidation, by name (a tenant's
+    /// config and its prompt are two; Layer 1 one): default 1024, 0 turns
+    /// the cache off.
     pub fn cache_size(mut self, size: usize) -> Self {
         self.cache_size = size;
         self
     }
 
-    /// How many idle connections are kept open (default 16: about the
-    /// lookups in flight at once).
+    /// How many requests are in flight at once (default 32); more wait for
+    /// one to finish, within their timeout. The agent's `max_connections`
+    /// is shared by every worker on the node.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// How many idle connections are kept open for reuse (default 16, at
+    /// most `max_connections`).
     pub fn max_idle(mut self, n: usize) -> Self {
         self.max_idle = n;
         self
@@ -175,7 +186,12 @@ impl Builder {
     pub fn build(self) -> Client {
         Client {
             inner: Arc::new(Inner {
-                pool: Pool::new(self.socket, self.timeout, self.max_idle),
+                pool: Pool::new(
+                    self.socket,
+                    self.timeout,
+                    self.max_connections,
+                    self.max_idle,
+                ),
                 cache: Cache::new(self.cache_size),
             }),
         }
@@ -188,14 +204,16 @@ impl Default for Builder {
             socket: DEFAULT_SOCKET.into(),
             timeout: Duration::from_secs(1),
             cache_size: 1024,
+            max_connections: 32,
             max_idle: 16,
         }
     }
 }
 
 /// Lookups from the agent on this node. Clones share connections and
-/// cache; use one per process. Needs a tokio runtime (connections are
-/// driven by tasks it spawns).
+/// cache; use one per process. Needs a tokio runtime with IO and time
+/// enabled (connections are driven by tasks it spawns; lookups have a
+/// deadline).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -240,7 +258,11 @@ impl Client {
     /// The tenant's effective config at `at` (its canary's, for a session
     /// that draws it).
     pub async fn tenant_at(&self, id: &str, at: At<'_>) -> Result<Arc<serde_json::Value>, Error> {
-        Ok(json(self.lookup(Kind::Tenant, id, at).await?.0))
+        Ok(json(
+            self.lookup(Kind::Tenant, id, at, self.inner.pool.deadline())
+                .await?
+                .0,
+        ))
     }
 
     /// The tenant's system prompt: Layer 1's base prompt, then the
@@ -251,7 +273,11 @@ impl Client {
 
     /// The tenant's system prompt at `at`.
     pub async fn prompt_at(&self, id: &str, at: At<'_>) -> Result<Arc<str>, Error> {
-        Ok(text(self.lookup(Kind::Prompt, id, at).await?.0))
+        Ok(text(
+            self.lookup(Kind::Prompt, id, at, self.inner.pool.deadline())
+                .await?
+                .0,
+        ))
     }
 
     /// The id of the tenant owning a dialled number (E.164, `+1…`);
@@ -262,7 +288,11 @@ impl Client {
 
     /// The tenant owning a number at `at` (its session is not used).
     pub async fn route_at(&self, e164: &str, at: At<'_>) -> Result<Arc<str>, Error> {
-        Ok(text(self.lookup(Kind::Route, e164, at).await?.0))
+        Ok(text(
+            self.lookup(Kind::Route, e164, at, self.inner.pool.deadline())
+                .await?
+                .0,
+        ))
     }
 
     /// Layer 1: the base prompt, the policy (plans among it) and the
@@ -273,14 +303,19 @@ impl Client {
 
     /// Layer 1 at `at`.
     pub async fn layer1_at(&self, at: At<'_>) -> Result<Arc<serde_json::Value>, Error> {
-        Ok(json(self.lookup(Kind::Layer1, "", at).await?.0))
+        Ok(json(
+            self.lookup(Kind::Layer1, "", at, self.inner.pool.deadline())
+                .await?
+                .0,
+        ))
     }
 
     /// What the agent serves and its state (`/v1/snapshot`: `version`,
     /// `ready`, `last_error`, …).
     pub async fn snapshot(&self) -> Result<serde_json::Value, Error> {
         let path = "/v1/snapshot";
-        let reply = self.inner.pool.get(path, None).await?;
+        let deadline = self.inner.pool.deadline();
+        let reply = self.inner.pool.get(path, None, deadline).await?;
         if reply.status != 200 {
             return Err(Error::answered(reply.status, &reply.body));
         }
@@ -296,27 +331,33 @@ impl Client {
         Session::new(self.clone(), call_id.into())
     }
 
-    /// One lookup: its value and the snapshot that answered. A cached
-    /// answer is revalidated; a 304 that names none of the cached ETags
-    /// (the cache changed meanwhile) is asked again without them.
+    /// One lookup, answered by `deadline`: its value and the snapshot that
+    /// answered. A kept answer is revalidated; a 304 that names none of the
+    /// answers kept before the request (one without an `ETag` while two
+    /// arms are kept) is asked again without `If-None-Match`.
     async fn lookup(
         &self,
         kind: Kind,
         key: &str,
         at: At<'_>,
+        deadline: tokio::time::Instant,
     ) -> Result<(Value, Option<u64>), Error> {
         let path = kind.path(key, at);
         let name = kind.name(key);
         let kept = self.inner.cache.get(&name);
         let tags = kept.as_ref().map(cache::if_none_match);
-        let mut reply = self.inner.pool.get(&path, tags.as_deref()).await?;
+        let mut reply = self
+            .inner
+            .pool
+            .get(&path, tags.as_deref(), deadline)
+            .await?;
         if reply.status == 304 {
             match kept
                 .as_ref()
                 .and_then(|arms| cache::pick(arms, reply.etag.as_deref()))
             {
                 Some(value) => return Ok((value, reply.snapshot)),
-                None => reply = self.inner.pool.get(&path, None).await?,
+                None => reply = self.inner.pool.get(&path, None, deadline).await?,
             }
         }
         if reply.status != 200 {

@@ -71,11 +71,15 @@ impl Session {
     }
 
     async fn lookup(&mut self, kind: Kind, key: &str) -> Result<Value, Error> {
-        let (value, snapshot) = match self.client.lookup(kind, key, self.at(kind)).await {
+        // One deadline for the lookup, a move to a newer snapshot included.
+        let deadline = self.client.inner.pool.deadline();
+        let (value, snapshot) = match self.client.lookup(kind, key, self.at(kind), deadline).await {
             Err(Error::SnapshotGone(_)) if self.snapshot.is_some() => {
                 self.snapshot = None;
                 self.relocked += 1;
-                self.client.lookup(kind, key, self.at(kind)).await?
+                self.client
+                    .lookup(kind, key, self.at(kind), deadline)
+                    .await?
             }
             answer => answer?,
         };
