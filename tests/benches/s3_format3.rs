@@ -5,7 +5,9 @@
 //! pointer → served seconds (its "snapshot applied" line).
 //!
 //! Run: `cargo bench -p strata-tests --bench s3_format3` (`TENANTS=N`,
-//! default 100,000).
+//! default 100,000; `LATENCY_MS=N` answers each object GET of the agent's
+//! N ms late, as a remote store's time to first byte; `AGENT_BIN=PATH`
+//! runs that agent).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -54,9 +56,15 @@ async fn run(tenants: usize) {
     let url = format!("s3://{BUCKET}/bench");
     let source = fx.dir.path().join("source");
     strata_common::generate::generate(&source, tenants).expect("generate");
+    // Built (if need be) before anything is timed.
+    // `AGENT_BIN` runs another agent build (an A/B of the cold start).
+    let (publisher, agent) = (
+        bin("strata-publisher"),
+        std::env::var_os("AGENT_BIN").map_or_else(|| bin("strata-agent"), Into::into),
+    );
     let publish = |source: &Path| {
         let started = std::time::Instant::now();
-        let out = Command::new(bin("strata-publisher"))
+        let out = Command::new(&publisher)
             .envs(server.env())
             .args(["publish", "--init", "--format", "3", "--source"])
             .arg(source)
@@ -90,8 +98,19 @@ async fn run(tenants: usize) {
     .expect("config");
     let log = fx.dir.path().join("a.log");
     server.control.reset();
+    let latency = std::env::var("LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0u64);
+    server
+        .control
+        .object_latency_ms
+        .store(latency, Ordering::Relaxed);
+    if latency > 0 {
+        println!("object GETs answered {latency} ms late");
+    }
     let _agent = Proc(
-        Command::new(bin("strata-agent"))
+        Command::new(&agent)
             .envs(server.env())
             .env("STRATA_LOG", "info")
             .args(["run", "--config"])

@@ -71,6 +71,9 @@ pub struct Control {
     /// Ignore `If-None-Match` and `If-Match` on PUT, as some S3-compatible
     /// servers and gateways (and proxies that strip them) do.
     pub ignore_conditions: AtomicBool,
+    /// Answer each GET of an object (`/objects/`) this many milliseconds
+    /// late: a remote store's time to first byte (0: off).
+    pub object_latency_ms: AtomicU64,
 }
 
 impl Control {
@@ -217,6 +220,10 @@ impl S3Server {
                         async move {
                             let method = req.method().to_string();
                             let path = req.uri().path().to_owned();
+                            let late = control.object_latency_ms.load(Ordering::Relaxed);
+                            if late > 0 && method == "GET" && path.contains("/objects/") {
+                                tokio::time::sleep(std::time::Duration::from_millis(late)).await;
+                            }
                             let huge = control.huge_error_body.load(Ordering::Relaxed);
                             let response = if huge > 0
                                 && method == "GET"

@@ -90,15 +90,21 @@ impl Syncer {
             cached: &cached,
             chunks: &held,
         };
-        let mut frames = TreeFrames::open(
-            ObjectSource::Store(self.store.as_ref()),
-            &verified.manifest,
-            &root,
-            &holding,
-            &self.limits,
-        )
-        .map_err(|e| DbError::Bundle(e.into()))?;
-        self.db.ingest(meta, &mut frames, self.keep)
+        // The chunks are fetched ahead on a thread of this scope while the
+        // last ones are written; `frames` (and the receiving end) go before
+        // the scope waits for that thread, so it ends on every path.
+        std::thread::scope(|s| {
+            let mut frames = TreeFrames::open(
+                ObjectSource::Store(self.store.as_ref()),
+                &verified.manifest,
+                &root,
+                &holding,
+                &self.limits,
+            )
+            .map_err(|e| DbError::Bundle(e.into()))?;
+            frames.prefetch(s);
+            self.db.ingest(meta, &mut frames, self.keep)
+        })
     }
 
     /// Serves the stored version `named` names: one small commit (which

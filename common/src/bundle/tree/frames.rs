@@ -4,8 +4,9 @@
 //! but handed to it as [`Group::Held`] ranges.
 
 use std::cell::OnceCell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::fetch::{self, FETCH_BATCH, Fetch};
 use super::read::{self, ObjectSource, Root, Unpacker};
 use super::{ChunkRef, ObjectRef, TreeError};
 use crate::bundle::record::{self, RecordKind};
@@ -38,11 +39,6 @@ impl Held<'static> {
     }
 }
 
-/// How many chunks are fetched at once.
-pub const FETCH_BATCH: usize = 128;
-/// How many fetches run in parallel.
-pub const FETCH_THREADS: usize = 16;
-
 /// What a [`TreeFrames`] fetched, for logs and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fetched {
@@ -70,6 +66,9 @@ pub struct TreeFrames<'a> {
     queue: VecDeque<(usize, Vec<u8>)>,
     /// Where the next batch to fetch starts.
     fetch_from: usize,
+    /// Chunks fetched ahead on another thread ([`TreeFrames::prefetch`]),
+    /// in order, after the queue.
+    ahead: Option<std::sync::mpsc::Receiver<Fetch>>,
     raw: Vec<u8>,
     spans: Vec<BodySpan>,
     routes_sha256: String,
@@ -79,6 +78,8 @@ pub struct TreeFrames<'a> {
     route_page: usize,
     routes_digest: sha2::Sha256,
     small: Vec<(ObjectRef, Vec<u8>)>,
+    /// Where each object of `small` is in it, by hash.
+    small_index: HashMap<[u8; 32], usize>,
     fetched: Fetched,
     cached: &'a dyn Fn(&[u8; 32]) -> Option<Vec<u8>>,
     frames: u64,
@@ -96,19 +97,39 @@ impl<'a> TreeFrames<'a> {
         limits: &Limits,
     ) -> Result<Self, TreeError> {
         let root = read::decode_root(root_raw, manifest, limits)?;
-        let mut small = Vec::new();
-        let mut fetched = Fetched::default();
-        let mut get = |obj: &ObjectRef| -> Result<Vec<u8>, TreeError> {
-            if let Some(bytes) = (held.cached)(&obj.sha256)
-                && read::check_object(obj, &bytes).is_ok()
-            {
-                return Ok(bytes);
+        // Every small object the node does not hold, fetched at once in
+        // parallel: one by one, a store 20 ms away took seconds for a
+        // hundred pages.
+        let mut cached: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
+        let mut wanted = Vec::new();
+        for obj in root.objects() {
+            match (held.cached)(&obj.sha256) {
+                Some(bytes) if read::check_object(obj, &bytes).is_ok() => {
+                    cached.insert(obj.sha256, bytes);
+                }
+                _ if !wanted.contains(obj) => wanted.push(*obj),
+                _ => {}
             }
-            let bytes = store.object(obj)?;
+        }
+        let mut fetched = Fetched::default();
+        let mut small = Vec::with_capacity(wanted.len());
+        for (obj, bytes) in wanted.iter().zip(fetch::parallel(store, &wanted)) {
+            let bytes = bytes?;
             fetched.objects += 1;
             fetched.bytes += obj.size;
-            small.push((*obj, bytes.clone()));
-            Ok(bytes)
+            small.push((*obj, bytes));
+        }
+        let small_index: HashMap<[u8; 32], usize> = small
+            .iter()
+            .enumerate()
+            .map(|(i, (o, _))| (o.sha256, i))
+            .collect();
+        let get = |obj: &ObjectRef| -> Result<Vec<u8>, TreeError> {
+            match (cached.get(&obj.sha256), small_index.get(&obj.sha256)) {
+                (Some(bytes), _) => Ok(bytes.clone()),
+                (None, Some(&i)) => Ok(small[i].1.clone()),
+                (None, None) => store.object(obj),
+            }
         };
         let dict = root
             .dictionary
@@ -184,6 +205,7 @@ impl<'a> TreeFrames<'a> {
             next: 0,
             queue: VecDeque::new(),
             fetch_from: 0,
+            ahead: None,
             raw,
             spans: Vec::new(),
             routes: Vec::new(),
@@ -191,6 +213,7 @@ impl<'a> TreeFrames<'a> {
             route_page: 0,
             routes_digest: sha2::Digest::new(),
             small,
+            small_index,
             fetched,
             cached: held.cached,
             frames: 0,
@@ -232,47 +255,68 @@ impl<'a> TreeFrames<'a> {
         self.fetched
     }
 
+    /// From here on, fetches every chunk still to be read that the node
+    /// does not hold on a thread of `scope`, ahead of the reader: the next
+    /// chunks arrive while the last ones are written (a new node's cold
+    /// start). Without it, chunks are fetched a batch at a time when the
+    /// reader reaches them.
+    pub fn prefetch<'scope>(&mut self, scope: &'scope std::thread::Scope<'scope, '_>)
+    where
+        'a: 'scope,
+    {
+        let plan: Vec<_> = (self.fetch_from..self.chunks.len())
+            .filter(|&i| !self.held.contains(&self.held_id(&self.chunks[i])))
+            .map(|i| (i, self.chunks[i].obj))
+            .collect();
+        self.fetch_from = self.chunks.len();
+        self.ahead = Some(fetch::ahead(scope, self.store, plan));
+    }
+
+    /// After the set of held chunks changed: what was fetched past the
+    /// next chunk to read is dropped (a thread fetching ahead stops) and
+    /// fetched again as needed.
+    fn replan(&mut self) {
+        self.ahead = None;
+        self.queue.clear();
+        self.fetch_from = self.next;
+    }
+
     /// Fetches the next [`FETCH_BATCH`] chunks the node does not hold, on
-    /// [`FETCH_THREADS`] threads, into the queue in chunk order.
+    /// [`fetch::FETCH_THREADS`] threads, into the queue in chunk order.
     fn fetch_batch(&mut self) -> Result<(), TreeError> {
         let wanted: Vec<usize> = (self.fetch_from..self.chunks.len())
             .filter(|&i| !self.held.contains(&self.held_id(&self.chunks[i])))
             .take(FETCH_BATCH)
             .collect();
         self.fetch_from = wanted.last().map_or(self.chunks.len(), |&i| i + 1);
-        let store = self.store;
-        let chunks = &self.chunks;
-        let results: Vec<Result<Vec<u8>, TreeError>> = std::thread::scope(|s| {
-            let per = wanted.len().div_ceil(FETCH_THREADS).max(1);
-            let handles: Vec<_> = wanted
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|&i| store.object(&chunks[i].obj))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        vec![Err(TreeError::NotOneFrame {
-                            key: "-".into(),
-                            reason: "a fetch thread panicked",
-                        })]
-                    })
-                })
-                .collect()
-        });
+        let objs: Vec<ObjectRef> = wanted.iter().map(|&i| self.chunks[i].obj).collect();
+        let results = fetch::parallel(self.store, &objs);
         for (i, r) in wanted.into_iter().zip(results) {
-            let bytes = r?;
-            self.fetched.objects += 1;
-            self.fetched.bytes += bytes.len() as u64;
-            self.queue.push_back((i, bytes));
+            self.queue.push_back((i, r?));
         }
         Ok(())
+    }
+
+    /// The next fetched chunk, in order: from the queue, the thread
+    /// fetching ahead, or a batch fetched now.
+    fn next_fetched(&mut self) -> Result<Option<(usize, Vec<u8>)>, TreeError> {
+        if self.queue.is_empty() {
+            match &self.ahead {
+                Some(ahead) => {
+                    let Ok((i, bytes)) = ahead.recv() else {
+                        return Ok(None);
+                    };
+                    self.queue.push_back((i, bytes?));
+                }
+                None => self.fetch_batch()?,
+            }
+        }
+        let next = self.queue.pop_front();
+        if let Some((_, bytes)) = &next {
+            self.fetched.objects += 1;
+            self.fetched.bytes += bytes.len() as u64;
+        }
+        Ok(next)
     }
 
     fn next_chunk(&mut self) -> Result<Option<Group>, TreeError> {
@@ -290,10 +334,7 @@ impl<'a> TreeFrames<'a> {
                 count: chunk.obj.count,
             }));
         }
-        if self.queue.is_empty() {
-            self.fetch_batch()?;
-        }
-        let bytes = match self.queue.pop_front() {
+        let bytes = match self.next_fetched()? {
             Some((at, bytes)) if at == i => bytes,
             _ => {
                 return Err(TreeError::Order {
@@ -335,12 +376,15 @@ impl<'a> TreeFrames<'a> {
             return Ok(false);
         };
         self.route_page += 1;
-        let bytes = match (self.cached)(&page.obj.sha256) {
-            Some(b) if read::check_object(&page.obj, &b).is_ok() => b,
-            _ => {
+        let fetched = self.small_index.get(&page.obj.sha256).copied();
+        let bytes = match (fetched, (self.cached)(&page.obj.sha256)) {
+            (Some(at), _) => self.small[at].1.clone(),
+            (None, Some(b)) if read::check_object(&page.obj, &b).is_ok() => b,
+            (None, _) => {
                 let b = self.store.object(&page.obj)?;
                 self.fetched.objects += 1;
                 self.fetched.bytes += page.obj.size;
+                self.small_index.insert(page.obj.sha256, self.small.len());
                 self.small.push((page.obj, b.clone()));
                 b
             }
@@ -411,6 +455,7 @@ impl Frames for TreeFrames<'_> {
 
     fn skip_chunks(&mut self, shared: &HashSet<[u8; 32]>) {
         self.held = shared.clone();
+        self.replan();
     }
 
     fn only_tenants(&mut self, tenants: &std::collections::BTreeSet<String>) {
@@ -426,6 +471,7 @@ impl Frames for TreeFrames<'_> {
             }
         }
         self.held = skipped;
+        self.replan();
     }
 
     fn take_tree(&mut self) -> Option<Applied> {

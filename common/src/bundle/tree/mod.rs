@@ -21,6 +21,7 @@
 //! node, fetching only the chunks it does not hold.
 
 mod error;
+mod fetch;
 pub mod frames;
 pub mod read;
 pub mod store;
@@ -32,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::chunk::ChunkParams;
 
 pub use error::TreeError;
+pub use fetch::{FETCH_BATCH, FETCH_THREADS};
 pub use frames::{Applied, Fetched, Held, TreeFrames};
 pub use read::Root;
 pub use store::{Uploaded, restore, upload};
