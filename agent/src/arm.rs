@@ -81,27 +81,9 @@ pub fn draws_canary(tenant: &str, config: &[u8], session: &[u8]) -> bool {
 /// is no session (it would put every such call in one bucket).
 pub fn session_of(query: Option<&str>) -> Option<Vec<u8>> {
     let value = query?.split('&').find_map(|p| p.strip_prefix("session="))?;
-    (!value.is_empty()).then(|| percent_decode(value.as_bytes()))
-}
-
-/// `%XX` decoded (and `+` kept: a session id is taken as sent).
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (s[i], s.get(i + 1).copied(), s.get(i + 2).copied()) {
-            (b'%', Some(a), Some(b)) if hex(a).is_some() && hex(b).is_some() => {
-                out.push((hex(a).unwrap_or(0) * 16 + hex(b).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (c, ..) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
+    // `%XX` decoded, `+` kept (a session id is taken as sent), as both
+    // clients encode it.
+    (!value.is_empty()).then(|| percent_encoding::percent_decode_str(value).collect())
 }
 
 #[cfg(test)]

@@ -81,7 +81,8 @@ pub struct TreeFrames<'a> {
     /// Where each object of `small` is in it, by hash.
     small_index: HashMap<[u8; 32], usize>,
     fetched: Fetched,
-    cached: &'a dyn Fn(&[u8; 32]) -> Option<Vec<u8>>,
+    /// The route pages the node held, checked, until each is read.
+    held_routes: HashMap<[u8; 32], Vec<u8>>,
     frames: u64,
 }
 
@@ -175,6 +176,10 @@ impl<'a> TreeFrames<'a> {
             }
             chunks.extend(listed);
         }
+        // Of what the node held, only the route pages are still to be read.
+        let routes: HashSet<[u8; 32]> = root.route_pages.iter().map(|p| p.obj.sha256).collect();
+        let mut held_routes = cached;
+        held_routes.retain(|h, _| routes.contains(h));
         for (what, total, limit) in [
             ("objects", size, limits.max_bundle_bytes),
             (
@@ -215,7 +220,7 @@ impl<'a> TreeFrames<'a> {
             small,
             small_index,
             fetched,
-            cached: held.cached,
+            held_routes,
             frames: 0,
         })
     }
@@ -377,17 +382,12 @@ impl<'a> TreeFrames<'a> {
         };
         self.route_page += 1;
         let fetched = self.small_index.get(&page.obj.sha256).copied();
-        let bytes = match (fetched, (self.cached)(&page.obj.sha256)) {
+        // `open` read or fetched every route page: the node's copy (checked
+        // there, read once) or the fetched one.
+        let bytes = match (fetched, self.held_routes.remove(&page.obj.sha256)) {
             (Some(at), _) => self.small[at].1.clone(),
-            (None, Some(b)) if read::check_object(&page.obj, &b).is_ok() => b,
-            (None, _) => {
-                let b = self.store.object(&page.obj)?;
-                self.fetched.objects += 1;
-                self.fetched.bytes += page.obj.size;
-                self.small_index.insert(page.obj.sha256, self.small.len());
-                self.small.push((page.obj, b.clone()));
-                b
-            }
+            (None, Some(b)) => b,
+            (None, None) => self.store.object(&page.obj)?,
         };
         self.unpacker
             .unpack(&page.obj, &bytes, false, &mut self.raw)?;
