@@ -38,6 +38,6 @@ CONF
 STRATA_LOG=info /usr/bin/time -f "agent: %M KB peak RSS" -o "$W/a.rss" $A run --config "$W/a.toml" 2> "$W/a.log" &
 grep -m1 -q "snapshot durable" <(tail -n +1 -f "$W/a.log")
 grep -m1 -o "snapshot applied .*" "$W/a.log" | grep -o "tenants=[0-9]*\| bytes_fetched=[0-9]*\| seconds=[0-9.]*" | xargs echo "cold apply:"
-echo "redb file: $(stat -c %s "$W/a.data/strata.redb") bytes"
+echo "redb file: $(stat -c %s "$W/a.data/strata.redb") bytes, $(du -B1 "$W/a.data/strata.redb" | cut -f1) on disk"
 pkill -INT -f "$W/a.toml"; wait
 cat "$W/a.rss"

@@ -6,6 +6,7 @@ use redb::{ReadableTable, Table, TableError};
 use strata_common::bundle::{BundleError, Frames, Group};
 use strata_common::canonical::sha256_hex;
 
+use super::bodies::{Bodies, CONFIG_PIECES, PROMPT_PIECES};
 use super::keep::{self, Keep, SERVED_UNTIL};
 use super::rows::{
     OPEN, OpenRows, RouteBody, RouteSet, TenantRow, prompt_etag, prune_routes, prune_tenants,
@@ -302,8 +303,8 @@ impl Db {
 pub(super) struct Tables<'t> {
     pub(super) tenants: Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) closed: Table<'t, (u64, &'static str), u64>,
-    pub(super) config_bodies: Table<'t, (u64, &'static str), &'static [u8]>,
-    pub(super) prompt_bodies: Table<'t, (u64, &'static str), &'static [u8]>,
+    pub(super) config_bodies: Bodies<'t>,
+    pub(super) prompt_bodies: Bodies<'t>,
     pub(super) routes: Table<'t, (u64, &'static str), &'static [u8]>,
     pub(super) route_sets: Table<'t, u64, &'static [u8]>,
     pub(super) layer1: Table<'t, u64, &'static [u8]>,
@@ -317,8 +318,8 @@ impl<'t> Tables<'t> {
         Ok(Self {
             tenants: txn.open_table(TENANTS)?,
             closed: txn.open_table(CLOSED)?,
-            config_bodies: txn.open_table(CONFIG_BODIES)?,
-            prompt_bodies: txn.open_table(PROMPT_BODIES)?,
+            config_bodies: Bodies::open(txn, CONFIG_BODIES, CONFIG_PIECES, "config")?,
+            prompt_bodies: Bodies::open(txn, PROMPT_BODIES, PROMPT_PIECES, "prompt")?,
             routes: txn.open_table(ROUTES)?,
             route_sets: txn.open_table(ROUTE_SETS)?,
             layer1: txn.open_table(LAYER1)?,
@@ -409,7 +410,7 @@ impl Ingested {
     /// (`None` if its frame was not decoded). `body` is called only to write.
     fn share_or_write<'b>(
         &mut self,
-        bodies: &mut Table<(u64, &str), &[u8]>,
+        bodies: &mut Bodies<'_>,
         before: Option<(u64, [u8; ETAG_LEN])>,
         etag: &[u8; ETAG_LEN],
         key: (u64, &str),

@@ -19,15 +19,18 @@
 //! between them by splitting the rows that cover it (`older`); a retained
 //! one is switched to (`marks`).
 //!
-//! Bodies are stored exactly as they are served, so a lookup hands redb's
-//! page to the HTTP response without copying or re-serialising.
+//! Bodies are stored exactly as they are served, in page-sized pieces
+//! (`bodies`), so a lookup hands redb's page to the HTTP response (or
+//! gathers a long body's pieces) without re-serialising.
 //!
 //! The module follows the file's seams: this file holds the schema, the
-//! metadata and opening (with migration); `rows` the encoding of tenant
+//! metadata and opening (with migration); `bodies` how a body fills redb's
+//! pages; `rows` the encoding of tenant
 //! rows and route sets; `ingest` the one write transaction; `keep` which
 //! versions stay; `read` the
 //! read view the HTTP handlers serve from.
 
+mod bodies;
 mod ingest;
 mod keep;
 mod marks;
@@ -60,9 +63,11 @@ const TENANTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("tenan
 /// `(last version, tenant id)` → first version: the closed rows of
 /// [`TENANTS`], oldest first, so pruning finds them without a scan.
 const CLOSED: TableDefinition<(u64, &str), u64> = TableDefinition::new("closed");
-/// `(version that introduced it, tenant id)` → effective config JSON.
+/// `(version that introduced it, tenant id)` → the effective config JSON's
+/// tail and the pieces holding the rest (`bodies`).
 const CONFIG_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("config_bodies");
-/// `(version that introduced it, tenant id)` → combined system prompt.
+/// `(version that introduced it, tenant id)` → the combined system prompt's
+/// tail and the pieces holding the rest (`bodies`).
 const PROMPT_BODIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("prompt_bodies");
 /// `(version that introduced the route set, E.164)` → `{"tenant_id":"…"}`.
 const ROUTES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("routes");
@@ -76,7 +81,7 @@ const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots")
 /// marks (`marks`).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The table layout this module writes; a file with another is emptied at open.
-const SCHEMA: u64 = 4;
+const SCHEMA: u64 = 5;
 
 /// Length of an ETag: 64 hex digits of a SHA-256.
 pub const ETAG_LEN: usize = 64;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use redb::{ReadOnlyTable, ReadableTable, TableError};
 
+use super::bodies::{CONFIG_PIECES, PROMPT_PIECES, ReadBodies};
 use super::rows::{RouteSet, TenantRow};
 use super::{
     CONFIG_BODIES, Db, DbError, ETAG_LEN, LAYER1, META, PROMPT_BODIES, ROUTE_SETS, ROUTES,
@@ -44,8 +45,8 @@ impl Db {
         }
         Ok(Some(Reader {
             tenants: txn.open_table(TENANTS)?,
-            config_bodies: txn.open_table(CONFIG_BODIES)?,
-            prompt_bodies: txn.open_table(PROMPT_BODIES)?,
+            config_bodies: ReadBodies::open(&txn, CONFIG_BODIES, CONFIG_PIECES, "config")?,
+            prompt_bodies: ReadBodies::open(&txn, PROMPT_BODIES, PROMPT_PIECES, "prompt")?,
             routes: txn.open_table(ROUTES)?,
             layer1: txn.open_table(LAYER1)?,
             route_sets,
@@ -56,7 +57,8 @@ impl Db {
 }
 
 /// A stored value, borrowed from redb's page: the body points into the page
-/// the read transaction keeps alive; the ETag is a 64-byte copy.
+/// the read transaction keeps alive (or, for a body stored in pieces, is
+/// gathered from them: `bodies`); the ETag is a 64-byte copy.
 #[derive(Clone)]
 pub struct Entry {
     etag: Option<[u8; ETAG_LEN]>,
@@ -72,6 +74,11 @@ impl Entry {
             etag,
             body: Bytes::from_owner(Page(guard)),
         }
+    }
+
+    /// An entry over bytes already taken from the pages.
+    pub(super) fn from_bytes(etag: Option<[u8; ETAG_LEN]>, body: Bytes) -> Self {
+        Self { etag, body }
     }
 
     /// A value stored as `etag ‖ body`.
@@ -99,7 +106,7 @@ impl Entry {
 }
 
 /// Owner of a redb value for [`Bytes::from_owner`].
-struct Page(redb::OwnedAccessGuard<&'static [u8]>);
+pub(super) struct Page(pub(super) redb::OwnedAccessGuard<&'static [u8]>);
 
 impl AsRef<[u8]> for Page {
     fn as_ref(&self) -> &[u8] {
@@ -111,8 +118,8 @@ impl AsRef<[u8]> for Page {
 /// the next ingest swaps in a new one.
 pub struct Reader {
     tenants: ReadOnlyTable<(&'static str, u64), &'static [u8]>,
-    config_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
-    pub(super) prompt_bodies: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    config_bodies: ReadBodies,
+    pub(super) prompt_bodies: ReadBodies,
     routes: ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     layer1: ReadOnlyTable<u64, &'static [u8]>,
     /// Snapshot version → the version whose route set it serves.
@@ -151,8 +158,8 @@ impl Reader {
         let Some(row) = self.row(version, tenant)? else {
             return Ok(None);
         };
-        let body = body(&self.config_bodies, row.config_version, tenant, "config")?;
-        Ok(Some(Entry::new(Some(row.config_etag), body)))
+        let body = self.config_bodies.get(row.config_version, tenant)?;
+        Ok(Some(Entry::from_bytes(Some(row.config_etag), body)))
     }
 
     /// A tenant's combined system prompt (ETag: see `prompt_etag`).
@@ -160,8 +167,8 @@ impl Reader {
         let Some(row) = self.row(version, tenant)? else {
             return Ok(None);
         };
-        let body = body(&self.prompt_bodies, row.prompt_version, tenant, "prompt")?;
-        Ok(Some(Entry::new(Some(row.prompt_etag), body)))
+        let body = self.prompt_bodies.get(row.prompt_version, tenant)?;
+        Ok(Some(Entry::from_bytes(Some(row.prompt_etag), body)))
     }
 
     /// The route of a number, as `{"tenant_id":"…"}`.
@@ -182,18 +189,4 @@ impl Reader {
             .map(Entry::etag_prefixed)
             .transpose()
     }
-}
-
-/// The body a tenant row points at; its absence is damage, not a 404.
-fn body(
-    table: &ReadOnlyTable<(u64, &'static str), &'static [u8]>,
-    version: u64,
-    tenant: &str,
-    what: &str,
-) -> Result<redb::OwnedAccessGuard<&'static [u8]>, DbError> {
-    table.get_owned((version, tenant))?.ok_or_else(|| {
-        DbError::Damaged(format!(
-            "{what} body of {tenant} from snapshot {version} is missing"
-        ))
-    })
 }

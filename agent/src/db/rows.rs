@@ -5,6 +5,7 @@ use redb::{ReadableTable, Table};
 use serde::Serialize;
 use strata_common::canonical::sha256_hex;
 
+use super::bodies::Bodies;
 use super::{DbError, ETAG_LEN};
 
 /// A tenant's row in [`TENANTS`]: which version's body it serves for its
@@ -68,8 +69,8 @@ pub(super) fn prune_tenants(
     oldest: u64,
     tenants: &mut Table<(&str, u64), &[u8]>,
     closed: &mut Table<(u64, &str), u64>,
-    config_bodies: &mut Table<(u64, &str), &[u8]>,
-    prompt_bodies: &mut Table<(u64, &str), &[u8]>,
+    config_bodies: &mut Bodies<'_>,
+    prompt_bodies: &mut Bodies<'_>,
 ) -> Result<(), DbError> {
     let expired = closed
         .range((0, "")..(oldest, ""))?
