@@ -90,9 +90,10 @@ impl Syncer {
             cached: &cached,
             chunks: &held,
         };
-        // The chunks are fetched ahead on a thread of this scope while the
-        // last ones are written; `frames` (and the receiving end) go before
-        // the scope waits for that thread, so it ends on every path.
+        // The chunks are fetched ahead on threads of this scope while the
+        // last ones are written; `frames` (and with it the pool's handle,
+        // which stops them) go before the scope waits for those threads, so
+        // they end on every path.
         std::thread::scope(|s| {
             let mut frames = TreeFrames::open(
                 ObjectSource::Store(self.store.as_ref()),

@@ -6,7 +6,7 @@
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::fetch::{self, FETCH_BATCH, Fetch};
+use super::fetch::{self, FETCH_BATCH};
 use super::read::{self, ObjectSource, Root, Unpacker};
 use super::{ChunkRef, ObjectRef, TreeError};
 use crate::bundle::record::{self, RecordKind};
@@ -68,7 +68,7 @@ pub struct TreeFrames<'a> {
     fetch_from: usize,
     /// Chunks fetched ahead on another thread ([`TreeFrames::prefetch`]),
     /// in order, after the queue.
-    ahead: Option<std::sync::mpsc::Receiver<Fetch>>,
+    ahead: Option<fetch::Ahead>,
     raw: Vec<u8>,
     spans: Vec<BodySpan>,
     routes_sha256: String,
@@ -308,7 +308,7 @@ impl<'a> TreeFrames<'a> {
         if self.queue.is_empty() {
             match &self.ahead {
                 Some(ahead) => {
-                    let Ok((i, bytes)) = ahead.recv() else {
+                    let Some((i, bytes)) = ahead.recv() else {
                         return Ok(None);
                     };
                     self.queue.push_back((i, bytes?));

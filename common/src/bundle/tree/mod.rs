@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::chunk::ChunkParams;
 
 pub use error::TreeError;
-pub use fetch::{FETCH_BATCH, FETCH_THREADS};
+pub use fetch::{AHEAD_THREADS, FETCH_BATCH, FETCH_THREADS};
 pub use frames::{Applied, Fetched, Held, TreeFrames};
 pub use read::Root;
 pub use store::{Uploaded, restore, upload};
