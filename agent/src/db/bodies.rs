@@ -90,9 +90,16 @@ impl<'t> Bodies<'t> {
         } else {
             let id = match self.next {
                 Some(id) => id,
-                None => self.pieces.last()?.map_or(1, |(k, _)| k.value().0 + 1),
+                None => match self.pieces.last()? {
+                    None => 1,
+                    // Ids only grow; u64::MAX is a damaged file, and
+                    // wrapping would write over another body's pieces.
+                    Some((k, _)) => k.value().0.checked_add(1).ok_or_else(|| {
+                        DbError::Damaged(format!("{} pieces: the last id is u64::MAX", self.what))
+                    })?,
+                },
             };
-            self.next = Some(id + 1);
+            self.next = id.checked_add(1);
             for (i, piece) in body.chunks_exact(PIECE).enumerate() {
                 let index = u32::try_from(i).map_err(|_| self.too_long(key.1))?;
                 self.pieces.insert((id, index), piece)?;
@@ -186,7 +193,9 @@ impl ReadBodies {
                 self.what
             ))
         };
-        let mut body = BytesMut::with_capacity(pieces.count as usize * PIECE + tail.len());
+        // The count is read from the file: allocate by what is found, not
+        // by what a damaged count claims.
+        let mut body = BytesMut::with_capacity(pieces.count.min(32) as usize * PIECE + tail.len());
         let mut found = 0u32;
         for piece in self
             .pieces

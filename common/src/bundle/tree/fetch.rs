@@ -125,28 +125,6 @@ impl Shared {
     }
 }
 
-/// A position a thread took: filled by `put`, or with an error if the
-/// thread unwinds first, so the reader never waits for it forever.
-struct Slot<'s> {
-    shared: &'s Shared,
-    pos: usize,
-    filled: bool,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if !self.filled {
-            self.shared.put(
-                self.pos,
-                Err(TreeError::NotOneFrame {
-                    key: "-".into(),
-                    reason: "a fetch thread panicked",
-                }),
-            );
-        }
-    }
-}
-
 impl Ahead {
     /// The next chunk in plan order, once fetched: its index among the
     /// snapshot's chunks and its bytes, or why they could not be had (after
@@ -155,7 +133,9 @@ impl Ahead {
         let shared = &*self.shared;
         let mut s = shared.lock();
         loop {
-            if s.handed >= shared.plan.len() {
+            // After a failure (handed over) nothing more comes, even chunks
+            // already fetched past it.
+            if s.stop || s.handed >= shared.plan.len() {
                 return None;
             }
             let pos = s.handed;
@@ -168,9 +148,6 @@ impl Ahead {
                 // One more position fits the window.
                 shared.room.notify_one();
                 return Some((shared.plan[pos].0, result));
-            }
-            if s.stop {
-                return None;
             }
             s = shared.ready.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -202,13 +179,18 @@ pub(super) fn ahead<'scope, 'a: 'scope>(
         let shared = Arc::clone(&shared);
         scope.spawn(move || {
             while let Some(pos) = shared.take() {
-                let mut slot = Slot {
-                    shared: &shared,
-                    pos,
-                    filled: false,
-                };
-                let result = store.object(&shared.plan[pos].1);
-                slot.filled = true;
+                // A fetch that panics is a failed fetch: the reader gets an
+                // error in its place (never waits for it), and the scope
+                // does not re-raise a panic the apply would not survive.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    store.object(&shared.plan[pos].1)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(TreeError::NotOneFrame {
+                        key: "-".into(),
+                        reason: "a fetch thread panicked",
+                    })
+                });
                 shared.put(pos, result);
             }
         });
@@ -268,6 +250,30 @@ mod tests {
             assert_eq!(i, plan[WINDOW + 3].0);
             assert!(matches!(failed, Err(TreeError::Fetch { .. })));
             assert!(ahead.recv().is_none(), "nothing after a failure");
+        });
+    }
+
+    #[test]
+    fn nothing_comes_after_a_failure_even_chunks_fetched_past_it() {
+        let (objects, plan) = objects(64);
+        std::thread::scope(|s| {
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone());
+            // Let the pool fetch everything, then look at the first chunk
+            // as if its fetch had failed: the reader stops there.
+            while ahead.shared.lock().done.len() < plan.len() {
+                std::thread::yield_now();
+            }
+            ahead.shared.lock().failed_at = Some(0);
+            let failed = Err(TreeError::NotOneFrame {
+                key: "-".into(),
+                reason: "test",
+            });
+            ahead.shared.lock().done.insert(0, failed);
+            assert!(ahead.recv().expect("the failure").1.is_err());
+            assert!(
+                ahead.recv().is_none(),
+                "chunk 1 was fetched, but comes after"
+            );
         });
     }
 
