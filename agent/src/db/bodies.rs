@@ -47,11 +47,11 @@ impl Pieces {
     fn decode(tail: &[u8], tenant: &str, what: &str) -> Result<Self, DbError> {
         let damaged =
             || DbError::Damaged(format!("{what} body of {tenant}: stored tail too short"));
-        let count = tail.get(..4).ok_or_else(damaged)?;
-        let id = tail.get(4..PREFIX).ok_or_else(damaged)?;
+        let count = tail.get(..4).and_then(|b| b.try_into().ok());
+        let id = tail.get(4..PREFIX).and_then(|b| b.try_into().ok());
         Ok(Self {
-            count: u32::from_le_bytes(count.try_into().map_err(|_| damaged())?),
-            id: u64::from_le_bytes(id.try_into().map_err(|_| damaged())?),
+            count: u32::from_le_bytes(count.ok_or_else(damaged)?),
+            id: u64::from_le_bytes(id.ok_or_else(damaged)?),
         })
     }
 }
