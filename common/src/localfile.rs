@@ -40,13 +40,24 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// error naming the limit, as is a file whose size changed while it was
 /// read (written to meanwhile: read it again once the writer is done).
 pub fn read(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    read_open(open_regular(path)?, limit)
+    read_open(open_regular(path)?, limit).map(|(bytes, _)| bytes)
 }
 
 /// [`read`], and the file opened must lie inside `root` (a canonical
 /// path): checked on the open handle, so a link swapped in between a
 /// check of the path and the read cannot lead outside.
 pub fn read_inside(path: &Path, limit: u64, root: &Path) -> io::Result<Vec<u8>> {
+    read_inside_with_status(path, limit, root).map(|(bytes, _)| bytes)
+}
+
+/// [`read_inside`], with the status of the file read (taken on the open
+/// handle before reading): what the publisher's source hash cache keys
+/// the bytes' hash by.
+pub fn read_inside_with_status(
+    path: &Path,
+    limit: u64,
+    root: &Path,
+) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
     use std::os::fd::AsRawFd;
     let f = open_regular(path)?;
     let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
@@ -62,9 +73,10 @@ pub fn read_inside(path: &Path, limit: u64, root: &Path) -> io::Result<Vec<u8>> 
     read_open(f, limit)
 }
 
-/// [`read`] of an opened regular file.
-fn read_open(f: File, limit: u64) -> io::Result<Vec<u8>> {
-    let before = f.metadata()?.len();
+/// [`read`] of an opened regular file, with its status before the read.
+fn read_open(f: File, limit: u64) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
+    let meta = f.metadata()?;
+    let before = meta.len();
     if before > limit {
         return Err(too_large(before, limit));
     }
@@ -79,7 +91,7 @@ fn read_open(f: File, limit: u64) -> io::Result<Vec<u8>> {
             "changed size while it was read ({before} bytes, then {read}): it is being written; read it again once it is complete"
         )));
     }
-    Ok(bytes)
+    Ok((bytes, meta))
 }
 
 /// [`read`], as UTF-8 text.
@@ -90,6 +102,16 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
 /// [`read_inside`], as UTF-8 text.
 pub fn read_text_inside(path: &Path, limit: u64, root: &Path) -> io::Result<String> {
     utf8(read_inside(path, limit, root)?)
+}
+
+/// [`read_inside_with_status`], as UTF-8 text.
+pub fn read_text_inside_with_status(
+    path: &Path,
+    limit: u64,
+    root: &Path,
+) -> io::Result<(String, std::fs::Metadata)> {
+    let (bytes, meta) = read_inside_with_status(path, limit, root)?;
+    Ok((utf8(bytes)?, meta))
 }
 
 fn utf8(bytes: Vec<u8>) -> io::Result<String> {

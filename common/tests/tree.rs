@@ -348,30 +348,72 @@ fn an_object_without_its_zstd_checksum_is_refused() {
     assert!(matches!(e, TreeError::NotOneFrame { .. }), "{e}");
 }
 
-#[test]
-fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
-    let dir = source(3000);
-    let a = compile(dir.path(), 3, None);
-    let (m, r) = root_of(&a);
-    let frames = open(&a.objects, &m, &r, &Held::nothing(), &Limits::default()).expect("open");
-    let dict = frames.dictionary().map(<[u8]>::to_vec);
-    let reuse = compile::Reuse {
-        layer1: bundle::Frames::layer1(&frames).to_vec(),
-        chunks: frames.chunks().to_vec(),
-    };
-    let owners = contents(&a.objects, &m, &r).expect("contents").routes;
-    // One tenant edited, one removed, one added (a copy of another under a
-    // new id, its numbers changed so that they stay unique).
-    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("tenants"))
+/// The tenant files of the source in `dir`, sorted.
+fn tenant_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("tenants"))
         .expect("tenants")
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
     files.sort();
+    files
+}
+
+/// A published channel as an incremental compile over it sees it.
+struct Served {
+    dictionary: Option<Vec<u8>>,
+    reuse: std::sync::Arc<compile::Reuse>,
+    owners: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// How many chunks it has.
+    chunks: usize,
+}
+
+impl Served {
+    /// The format 3 snapshot of the source in `dir`.
+    fn of(dir: &Path) -> Self {
+        let a = compile(dir, 3, None);
+        let (m, r) = root_of(&a);
+        let frames = open(&a.objects, &m, &r, &Held::nothing(), &Limits::default()).expect("open");
+        Self {
+            dictionary: frames.dictionary().map(<[u8]>::to_vec),
+            reuse: std::sync::Arc::new(compile::Reuse {
+                layer1: bundle::Frames::layer1(&frames).to_vec(),
+                chunks: frames.chunks().to_vec(),
+            }),
+            owners: std::sync::Arc::new(contents(&a.objects, &m, &r).expect("contents").routes),
+            chunks: frames.chunks().len(),
+        }
+    }
+
+    /// Compiles the source in `dir` over it.
+    fn compile(&self, dir: &Path) -> Result<Compiled, strata_common::source::SourceError> {
+        compile::compile(
+            &Source::open(dir).expect("source"),
+            CompileOptions {
+                format: 3,
+                dictionary: self.dictionary.clone(),
+                served_owners: Some(self.owners.clone()),
+                reuse: Some(self.reuse.clone()),
+                ..CompileOptions::default()
+            },
+        )
+    }
+}
+
+#[test]
+fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
+    let dir = source(3000);
+    let served = Served::of(dir.path());
+    // One tenant edited, one removed, one added (a copy of another under a
+    // new id, its numbers changed so that they stay unique).
+    let files = tenant_files(dir.path());
     let edited = std::fs::read_to_string(&files[10]).expect("read");
+    // Its first number changes: the old one is released, a new one taken.
     std::fs::write(
         &files[10],
-        edited.replacen("version = \"", "version = \"9", 1),
+        edited
+            .replacen("version = \"", "version = \"9", 1)
+            .replacen("\"+1", "\"+5", 1),
     )
     .expect("edit");
     std::fs::remove_file(&files[2000]).expect("remove");
@@ -385,19 +427,8 @@ fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
         .replace(id, "zz-new-tenant");
     std::fs::write(files[500].with_file_name("zz-new-tenant.toml"), copy).expect("add");
 
-    let full = compile(dir.path(), 3, dict.clone());
-    let source = Source::open(dir.path()).expect("source");
-    let inc = compile::compile(
-        &source,
-        CompileOptions {
-            format: 3,
-            dictionary: dict,
-            served_owners: Some(std::sync::Arc::new(owners)),
-            reuse: Some(std::sync::Arc::new(reuse)),
-            ..CompileOptions::default()
-        },
-    )
-    .expect("incremental compile");
+    let full = compile(dir.path(), 3, served.dictionary.clone());
+    let inc = served.compile(dir.path()).expect("incremental compile");
     assert_eq!(
         inc.payload.compressed, full.payload.compressed,
         "the same root"
@@ -408,13 +439,60 @@ fn an_incremental_compile_makes_exactly_the_snapshot_a_full_build_makes() {
     }
     // It compressed the chunks that changed (and the small objects above
     // them), not the unchanged chunks.
-    let chunks = frames.chunks().len();
+    let chunks = served.chunks;
     assert!(
         inc.objects.len() * 5 < full.objects.len(),
         "{} objects made of {} ({chunks} chunks)",
         inc.objects.len(),
         full.objects.len()
     );
+}
+
+#[test]
+fn an_incremental_compile_refuses_a_kept_tenant_s_number_whichever_sorts_first() {
+    let dir = source(3000);
+    let served = Served::of(dir.path());
+    let files = tenant_files(dir.path());
+    let stem = |i: usize| {
+        files[i]
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("stem")
+            .to_owned()
+    };
+    // Tenant `taker` (edited, so compiled) lists a number the channel routes
+    // to tenant `owner` (unchanged, so kept in its chunk).
+    for (taker, owner) in [(5, 2500), (2500, 5)] {
+        let (taker_id, owner_id) = (stem(taker), stem(owner));
+        let number = served
+            .owners
+            .iter()
+            .find(|(_, t)| **t == owner_id)
+            .map(|(n, _)| n.clone())
+            .expect("the owner routes a number");
+        let text = std::fs::read_to_string(&files[taker]).expect("read");
+        let taken = text.replacen("version = \"", "version = \"9", 1).replacen(
+            "phone_numbers = [",
+            &format!("phone_numbers = [\"{number}\", "),
+            1,
+        );
+        assert_ne!(taken, text);
+        std::fs::write(&files[taker], &taken).expect("edit");
+        let e = served
+            .compile(dir.path())
+            .expect_err("a kept tenant's number is refused");
+        let strata_common::source::SourceError::Invalid { problems, .. } = e else {
+            panic!("{e}");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].tenant.as_deref(), Some(taker_id.as_str()));
+        assert!(
+            problems[0].reason.contains(&number) && problems[0].reason.contains(&owner_id),
+            "{}",
+            problems[0].reason
+        );
+        std::fs::write(&files[taker], text).expect("restore");
+    }
 }
 
 #[test]

@@ -28,6 +28,13 @@ pub struct SourceArgs {
     /// against, instead of the system's.
     #[arg(long, env = "STRATA_DATABASE_CA", value_name = "FILE")]
     pub database_ca: Option<PathBuf>,
+    /// Where a directory source's file hashes are kept between publishes
+    /// (a file per source directory, keyed by each file's status like
+    /// git's index), so an incremental publish reads only the files that
+    /// changed: a directory, or `off` to read every file. Default:
+    /// $XDG_CACHE_HOME/strata, else ~/.cache/strata.
+    #[arg(long, env = "STRATA_CACHE_DIR", value_name = "DIR|off")]
+    pub cache_dir: Option<String>,
 }
 
 /// An opened source, and for a database its connection and snapshot (the
@@ -40,6 +47,23 @@ pub struct Opened {
 }
 
 impl SourceArgs {
+    /// The directory the source hash cache is kept in, if any.
+    fn hash_cache(&self) -> Option<PathBuf> {
+        match self.cache_dir.as_deref() {
+            Some("off") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|d| Path::new(d).is_absolute())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|d| Path::new(d).is_absolute())
+                        .map(|h| Path::new(&h).join(".cache"))
+                })
+                .map(|d| d.join("strata")),
+        }
+    }
+
     /// Whether the source is a database.
     pub fn is_database(&self) -> bool {
         database::is_database_url(&self.source)
@@ -84,7 +108,10 @@ impl SourceArgs {
                 );
             }
             let dir = Path::new(&self.source);
-            let source = Source::open(dir).map_err(|e| crate::input::report(dir, e))?;
+            let source = Source {
+                hash_cache: self.hash_cache(),
+                ..Source::open(dir).map_err(|e| crate::input::report(dir, e))?
+            };
             return Ok(Opened { source, db: None });
         }
         let layer1 = self.layer1()?;

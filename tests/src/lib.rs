@@ -117,8 +117,17 @@ impl Fixture {
     /// the `strata-publisher` binary (`publish --init`, then `extra`),
     /// asserting it succeeded; returns what it printed.
     pub fn publish_source(&self, src: &Path, extra: &[&str]) -> String {
+        self.publish_source_with(src, extra, &[])
+    }
+
+    /// [`Self::publish_source`] with environment variables `env` set (its
+    /// source hash cache is under the fixture's directory unless `env`
+    /// says otherwise).
+    pub fn publish_source_with(&self, src: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
         let out = std::process::Command::new(bin("strata-publisher"))
             .args(["publish", "--init"])
+            .env("STRATA_CACHE_DIR", self.dir.path().join("cache"))
+            .envs(env.iter().copied())
             .args(extra)
             .arg("--source")
             .arg(src)

@@ -263,3 +263,53 @@ async fn gc_keeps_a_publish_in_flight_and_deletes_only_what_no_snapshot_reaches(
     assert_eq!(agent.get("/v1/snapshot").await.json()["tenant_count"], 1000);
     agent.stop().await;
 }
+
+/// Publishes `src` (format 3) with the publisher's log on; returns what it
+/// printed.
+fn publish_logged(fx: &Fixture, src: &Path) -> String {
+    fx.publish_source_with(src, &["--format", "3"], &[("STRATA_LOG", "info")])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_publish_reads_only_changed_files_and_misses_no_edit() {
+    let fx = Fixture::new();
+    let src = source(&fx, 300);
+    // The source hash cache keeps a file only once its times are
+    // hash_cache::SETTLED old (a write after the hash must change them):
+    // wait for the generated files to be, as a checkout's are by the time
+    // anyone publishes from it.
+    let settled = std::time::SystemTime::now()
+        + strata_common::source::hash_cache::SETTLED
+        + std::time::Duration::from_millis(200);
+    while std::time::SystemTime::now() < settled {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    publish_logged(&fx, &src);
+    let agent = fx.start_agent("a", "");
+    agent.serves(1).await;
+    let ids = tenant_ids(&src);
+    // An edit made right after the cache was written: its status changed,
+    // so it is read. The second time, the file edited the first time is
+    // read too: it was written too shortly before that publish to be kept.
+    for (version, i, unchanged) in [(2, 7, 299), (3, 8, 298)] {
+        change_one_tenant(&src, i);
+        let out = publish_logged(&fx, &src);
+        let line =
+            format!("{unchanged} of 300 tenant files unchanged since it was written (not read)");
+        assert!(out.contains(&line), "{out}");
+        agent.serves(version).await;
+        assert_eq!(
+            tenant_version(&agent, &ids[i]).await,
+            format!("9.9.{i}"),
+            "tenant {}",
+            ids[i]
+        );
+    }
+    // With the cache off, every file is read, and the result is the same.
+    change_one_tenant(&src, 9);
+    let out = fx.publish_source(&src, &["--format", "3", "--cache-dir", "off"]);
+    assert!(!out.contains("source hash cache"), "{out}");
+    agent.serves(4).await;
+    assert_eq!(tenant_version(&agent, &ids[9]).await, "9.9.9");
+    agent.stop().await;
+}

@@ -6,21 +6,23 @@
 //! are checked for cross-tenant conflicts (phone numbers) and written in
 //! tenant order, which keeps the output deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bundle::tree::TreeWriter;
 use crate::bundle::{Hold, Payload, PayloadWriter};
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, Tenants};
 use crate::validate::{PhoneIndex, Problem};
 
 mod canary;
+mod learned;
 mod reuse;
 mod rolled_back;
 mod tenant;
 mod writer;
 
+use learned::Learned;
 pub use reuse::Reuse;
 use reuse::Step;
 use rolled_back::hold_rolled_back;
@@ -141,7 +143,7 @@ pub struct Compiled {
 /// Validates the whole source without writing anything: every problem, then
 /// every warning.
 pub fn validate(source: &Source, opts: CompileOptions) -> Result<Vec<Problem>, SourceError> {
-    run(source, opts, None).map(|out| out.warnings)
+    run(source, opts, None, &mut Learned::default()).map(|out| out.warnings)
 }
 
 /// Compiles the source into a payload, or reports every problem.
@@ -151,6 +153,7 @@ pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, So
     // a chunk kept whole): the compile runs again holding it. Each round
     // holds more tenants, and a held tenant is settled, so this ends.
     let mut rounds = 0;
+    let mut learned = Learned::load(source);
     let (writer, warnings, held_back, holds) = loop {
         let writer = if opts.format == crate::bundle::FORMAT_TREE {
             let level = opts.level.max(3);
@@ -158,7 +161,7 @@ pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, So
         } else {
             Writer::Bundle(PayloadWriter::new(opts.level).map_err(payload_err)?)
         };
-        let out = run(source, opts.clone(), Some(writer))?;
+        let out = run(source, opts.clone(), Some(writer), &mut learned)?;
         if out.retry.is_empty() {
             break (out.writer, out.warnings, out.held_back, out.holds);
         }
@@ -193,6 +196,7 @@ pub fn compile(source: &Source, mut opts: CompileOptions) -> Result<Compiled, So
             (built.root, built.objects, totals)
         }
     };
+    learned.save(source);
     check_agent_limits(source, &payload, totals, &opts.agent_limits)?;
     Ok(Compiled {
         payload,
@@ -241,6 +245,7 @@ fn run(
     source: &Source,
     opts: CompileOptions,
     mut writer: Option<Writer>,
+    learned: &mut Learned,
 ) -> Result<RunOutput, SourceError> {
     let layer1 = &source.layer1;
     let layer1_json =
@@ -257,8 +262,6 @@ fn run(
     let mut warnings = source.warnings.clone();
     let mut holds = BTreeMap::new();
     let mut arms = canary::Arms::new((0..source.tenants.len()).map(|i| source.tenants.id(i)));
-    let mut phones = PhoneIndex::default();
-    let mut origins: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut count = 0u64;
     let threads = opts.threads.max(1);
     let served = opts.served_owners.as_deref();
@@ -277,7 +280,7 @@ fn run(
     let plan = match reuse {
         Some(r) => {
             let max_file = layer1.policy.tenant_limits.max_file_bytes;
-            let mut shas = reuse::source_hashes(tenants, max_file, threads);
+            let mut shas = reuse::source_hashes(tenants, max_file, threads, learned);
             // A tenant held back is compiled (its chunk is not kept).
             for (i, sha) in shas.iter_mut().enumerate() {
                 let id = tenants.id(i);
@@ -294,16 +297,40 @@ fn run(
         }
         None => vec![Step::Compile(0..tenants.len())],
     };
-    let numbers_of: BTreeMap<&str, Vec<String>> = match (reuse, served) {
-        (Some(_), Some(served)) => {
-            let mut m: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for (number, tenant) in served {
-                m.entry(tenant.as_str()).or_default().push(number.clone());
-            }
-            m
-        }
-        _ => BTreeMap::new(),
+    // The tenants kept in their chunks hold the numbers the channel's
+    // snapshot routes to them: only the compiled tenants' claims are
+    // recorded, over those routes (a compiled tenant claiming a kept
+    // tenant's number is refused whether it sorts before or after it).
+    let kept: HashSet<&str> = plan
+        .iter()
+        .filter_map(|s| match s {
+            Step::Reuse { tenants: r, .. } => Some(r.clone()),
+            Step::Compile(_) => None,
+        })
+        .flatten()
+        .map(|i| tenants.id(i))
+        .collect();
+    let mut phones = match (reuse, served) {
+        (Some(_), Some(served)) => PhoneIndex::over(served, &kept),
+        _ => PhoneIndex::default(),
     };
+    // Kept tenants whose canary the source holds: their numbers, which
+    // the canary's must match.
+    let mut numbers_of: HashMap<&str, Vec<String>> = match reuse {
+        Some(_) => (0..tenants.len())
+            .filter_map(|i| tenants.id(i).strip_suffix(crate::model::CANARY_SUFFIX))
+            .filter(|base| kept.contains(base))
+            .map(|base| (base, Vec::new()))
+            .collect(),
+        None => HashMap::new(),
+    };
+    if let (false, Some(served)) = (numbers_of.is_empty(), served) {
+        for (number, tenant) in served {
+            if let Some(numbers) = numbers_of.get_mut(tenant.as_str()) {
+                numbers.push(number.clone());
+            }
+        }
+    }
     let to_compile: Vec<usize> = plan
         .iter()
         .filter_map(|s| match s {
@@ -355,8 +382,7 @@ fn run(
             {
                 t.problems.push(p);
             }
-            claim_numbers(&mut phones, &origins, served, &mut t);
-            origins.insert(t.tenant_id.clone(), t.file.clone());
+            claim_numbers(&mut phones, tenants, served, &mut t);
             let mut took = Took::Clean;
             if !t.problems.is_empty() {
                 let Some(last_published) = quarantine else {
@@ -397,7 +423,7 @@ fn run(
                         source_sha256: "held back".into(),
                         ..TenantResult::named(t.file, &t.tenant_id)
                     };
-                    claim_numbers(&mut phones, &origins, served, &mut t);
+                    claim_numbers(&mut phones, tenants, served, &mut t);
                     if !t.problems.is_empty() {
                         held_back.append(&mut t.problems);
                     }
@@ -417,7 +443,7 @@ fn run(
         for step in &plan {
             match step {
                 Step::Compile(r) => {
-                    for _ in r.clone() {
+                    for i in r.clone() {
                         if compiled.is_empty() {
                             match rx.recv() {
                                 Ok(batch) => compiled.extend(batch?),
@@ -427,6 +453,7 @@ fn run(
                         let t = compiled.pop_front().ok_or_else(|| {
                             payload_err(std::io::Error::other("a compile batch went missing"))
                         })?;
+                        learned.compiled(i, &t);
                         take(t, &mut writer)?;
                     }
                 }
@@ -435,7 +462,8 @@ fn run(
                     let (Some(reuse), true) = (reuse, fits) else {
                         // The cut before it moved: its tenants are compiled.
                         let all: Vec<usize> = r.clone().collect();
-                        for t in compile_batch(layer1, tenants, &all, 1)? {
+                        for (i, t) in all.iter().zip(compile_batch(layer1, tenants, &all, 1)?) {
+                            learned.compiled(*i, &t);
                             take(t, &mut writer)?;
                         }
                         continue;
@@ -476,8 +504,8 @@ fn run(
         retry.entry(tenant).or_default().extend(why);
     }
     if let Some(w) = writer.as_mut() {
-        for (number, tenant) in phones.into_routes() {
-            w.route(&number, &tenant).map_err(payload_err)?;
+        for (number, tenant) in phones.routes() {
+            w.route(number, tenant).map_err(payload_err)?;
         }
     }
     Ok(RunOutput {
@@ -495,11 +523,16 @@ fn run(
 /// one (a new tenant cannot take a number by sorting first).
 fn claim_numbers(
     phones: &mut PhoneIndex,
-    files: &BTreeMap<String, PathBuf>,
+    tenants: &Tenants,
     served: Option<&BTreeMap<String, String>>,
     t: &mut TenantResult,
 ) {
-    let file_of = |id: &str| files.get(id).cloned().unwrap_or_default();
+    let file_of = |id: &str| {
+        tenants
+            .position(id)
+            .map(|i| tenants.origin(i))
+            .unwrap_or_default()
+    };
     for (i, n) in t.phones.iter().enumerate() {
         let Some(other) = phones.claim(n, &t.tenant_id) else {
             continue;

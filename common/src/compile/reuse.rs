@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::learned::{Known, Learned};
 use crate::bundle::tree::{CHUNK_PARAMS, ChunkRef};
 use crate::chunk;
 use crate::source::Tenants;
+use crate::source::hash_cache::{HashCache, Stamp};
 
 /// What a publish may reuse of the channel's snapshot.
 #[derive(Debug, Clone, Default)]
@@ -44,13 +46,33 @@ pub(super) enum Step {
 /// SHA-256 (hex) of each tenant's source as compiling it reads it: a
 /// file's bytes (`None` if it cannot be read: compiling it then says
 /// why, on `threads` threads), a row's hash as the database listed it.
+/// A file whose status `learned`'s cache knows is not read; what is
+/// found of each file is told to `learned`.
 pub(super) fn source_hashes(
     tenants: &Tenants,
     max_file: u64,
     threads: usize,
+    learned: &mut Learned,
 ) -> Vec<Option<String>> {
     match tenants {
-        Tenants::Files { root, files } => file_hashes(files, root, max_file, threads),
+        Tenants::Files { root, files, .. } => {
+            let found = file_hashes(tenants, files, root, max_file, threads, learned.cache());
+            if learned.cache().is_some() {
+                let known = found.iter().flatten().filter(|k| k.cached).count();
+                tracing::info!(
+                    "source hash cache: {known} of {} tenant files unchanged since it was written (not read)",
+                    files.len()
+                );
+            }
+            found
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    learned.set(i, k);
+                    k.map(|k| hex::encode(k.sha256))
+                })
+                .collect()
+        }
         Tenants::Rows { rows, .. } => rows
             .iter()
             .map(|r| (r.others.is_empty() && !r.sha256.is_empty()).then(|| r.sha256.clone()))
@@ -59,32 +81,64 @@ pub(super) fn source_hashes(
 }
 
 fn file_hashes(
+    tenants: &Tenants,
     files: &[PathBuf],
     root: &Path,
     max_file: u64,
     threads: usize,
-) -> Vec<Option<String>> {
+    cache: Option<&HashCache>,
+) -> Vec<Option<Known>> {
     let per = files.len().div_ceil(threads.max(1)).max(1);
+    let hash = |i: usize| {
+        let file = files.get(i)?;
+        file_hash(file, tenants.id(i), root, max_file, cache)
+    };
+    let hash = &hash;
     std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|f| {
-                            crate::localfile::read_text_inside(f, max_file, root)
-                                .ok()
-                                .map(|t| crate::canonical::sha256_hex(t.as_bytes()))
-                        })
-                        .collect::<Vec<_>>()
-                })
+        let handles: Vec<_> = (0..files.len())
+            .step_by(per)
+            .map(|start| {
+                let part = start..(start + per).min(files.len());
+                (
+                    part.len(),
+                    s.spawn(move || part.map(hash).collect::<Vec<_>>()),
+                )
             })
             .collect();
         handles
             .into_iter()
-            .zip(files.chunks(per))
-            .flat_map(|(h, part)| h.join().unwrap_or_else(|_| vec![None; part.len()]))
+            .flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![None; n]))
             .collect()
+    })
+}
+
+/// The hash of tenant `id`'s file: from `cache` if it knows the file's
+/// status, else read.
+fn file_hash(
+    file: &Path,
+    id: &str,
+    root: &Path,
+    max_file: u64,
+    cache: Option<&HashCache>,
+) -> Option<Known> {
+    if let Some(cache) = cache
+        && let Ok(meta) = std::fs::metadata(file)
+        && meta.len() <= max_file
+    {
+        let stamp = Stamp::of(&meta);
+        if let Some(sha256) = cache.get(id.as_bytes(), &stamp) {
+            return Some(Known {
+                stamp,
+                sha256,
+                cached: true,
+            });
+        }
+    }
+    let (text, meta) = crate::localfile::read_text_inside_with_status(file, max_file, root).ok()?;
+    Some(Known {
+        stamp: Stamp::of(&meta),
+        sha256: Sha256::digest(text.as_bytes()).into(),
+        cached: false,
     })
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::SourceError;
 use crate::model::{EffectiveConfig, Layer1, Overlay};
 use crate::render;
+use crate::source::hash_cache::Stamp;
 use crate::source::{Row, RowContent, Tenants};
 use crate::validate::{self, Problem, Reporter};
 
@@ -26,6 +27,9 @@ pub(super) struct TenantResult {
     pub(super) version: Option<String>,
     /// A canary arm: its `phone_numbers`, which must be the stable arm's.
     pub(super) canary_phones: Option<Vec<String>>,
+    /// A file's status when it was read (what the source hash cache keys
+    /// `source_sha256` by); none for a row.
+    pub(super) stamp: Option<Stamp>,
 }
 
 impl TenantResult {
@@ -41,6 +45,7 @@ impl TenantResult {
             version: None,
             canary_phones: None,
             source_sha256: String::new(),
+            stamp: None,
         }
     }
 
@@ -63,7 +68,7 @@ pub(super) fn compile_batch(
     threads: usize,
 ) -> Result<Vec<TenantResult>, SourceError> {
     match tenants {
-        Tenants::Files { root, files } => {
+        Tenants::Files { root, files, .. } => {
             let files: Vec<&PathBuf> = batch.iter().filter_map(|&i| files.get(i)).collect();
             Ok(parallel(&files, threads, |f| compile_file(layer1, root, f)))
         }
@@ -122,8 +127,8 @@ fn parallel<T: Sync>(
 pub(super) fn compile_file(layer1: &Layer1, root: &Path, file: &Path) -> TenantResult {
     let result = TenantResult::named(file.to_path_buf(), crate::source::file_stem(file));
     let max_file = layer1.policy.tenant_limits.max_file_bytes;
-    let text = match crate::localfile::read_text_inside(file, max_file, root) {
-        Ok(t) => t,
+    let (text, meta) = match crate::localfile::read_text_inside_with_status(file, max_file, root) {
+        Ok(read) => read,
         Err(e) => {
             let too_large = e
                 .get_ref()
@@ -137,7 +142,10 @@ pub(super) fn compile_file(layer1: &Layer1, root: &Path, file: &Path) -> TenantR
             });
         }
     };
-    compile_text(layer1, result, &text)
+    TenantResult {
+        stamp: Some(Stamp::of(&meta)),
+        ..compile_text(layer1, result, &text)
+    }
 }
 
 /// Merges, validates and renders one database row.

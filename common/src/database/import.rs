@@ -58,7 +58,7 @@ struct FileRow {
 
 /// Loads every tenant of `source` (a directory) into `db`.
 pub fn import(db: &Database, source: &Source) -> Result<Imported, ImportError> {
-    let Tenants::Files { root, files } = &source.tenants else {
+    let Tenants::Files { root, files, .. } = &source.tenants else {
         return Err(ImportError::File {
             file: source.dir.clone(),
             reason: "import reads a directory source".into(),

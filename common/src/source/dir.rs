@@ -70,7 +70,7 @@ impl Source {
         }
         // In tenant id order, which is the payload's: by file stem, since
         // by whole name `ab-c.toml` sorts before `ab.toml` ('-' < '.').
-        tenant_files.sort_by(|a, b| a.file_stem().cmp(&b.file_stem()));
+        let ids = super::Ids::sort(&mut tenant_files);
         ignored.sort();
         // A link may point within the source (a shared file, a renamed
         // tenant), never out of it: a tenant file linked to /etc/passwd or
@@ -121,8 +121,10 @@ impl Source {
             tenants: Tenants::Files {
                 root,
                 files: tenant_files,
+                ids,
             },
             warnings,
+            hash_cache: None,
         })
     }
 }
