@@ -38,7 +38,7 @@ impl Learned {
         };
         Self {
             started: Some(SystemTime::now()),
-            cache: HashCache::load(dir, root),
+            cache: HashCache::load(dir, root, files.len()),
             at: Some((dir.clone(), root.clone())),
             slots: vec![None; files.len()],
         }

@@ -7,7 +7,7 @@
 //! tenant order, which keeps the output deterministic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::bundle::tree::TreeWriter;
@@ -538,18 +538,25 @@ fn claim_numbers(
             continue;
         };
         let holder = served.and_then(|s| s.get(n.as_str()));
-        let problem = if holder == Some(&t.tenant_id) {
+        // The number's holder in the channel keeps it; the other is refused.
+        let belongs = |taker: &str, taker_file: PathBuf, holder: &str, holder_file: &Path| {
             Problem {
-                file: file_of(&other),
-                tenant: Some(other.clone()),
+                file: taker_file,
+                tenant: Some(taker.to_owned()),
                 field: "phone_numbers".into(),
                 reason: format!(
-                    "{n} belongs to tenant {} ({}) in the snapshot the channel serves; each number belongs to exactly one tenant: remove it here, or have {} release it in a publish first",
-                    t.tenant_id,
-                    t.file.display(),
-                    t.tenant_id
+                    "{n} belongs to tenant {holder} ({}) in the snapshot the channel serves; each number belongs to exactly one tenant: remove it here, or have {holder} release it in a publish first",
+                    holder_file.display(),
                 ),
             }
+        };
+        let problem = if holder == Some(&t.tenant_id) {
+            belongs(&other, file_of(&other), &t.tenant_id, &t.file)
+        } else if holder == Some(&other) && other.as_str() > t.tenant_id.as_str() {
+            // A kept tenant sorting after this one (an incremental compile
+            // claims the kept tenants' numbers first): the problem a full
+            // build files when the holder's claim comes second.
+            belongs(&t.tenant_id, t.file.clone(), &other, &file_of(&other))
         } else {
             let reason = if served.is_none() {
                 // Without the channel's snapshot, who holds the number is

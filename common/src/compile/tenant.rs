@@ -216,11 +216,9 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, mut doc: toml::Value) 
     let key = result.tenant_id.clone();
     let (stem, is_canary) = super::canary::base_of(&key);
     let stem = stem.to_owned();
-    let tenant = doc
-        .get("tenant_id")
-        .and_then(|v| v.as_str())
-        .unwrap_or(&stem)
-        .to_owned();
+    // Problems are filed under the key's tenant, whatever id the document
+    // claims (a claimed id that differs is one of them).
+    let tenant = stem.clone();
     let mut r = Reporter::new(&file_buf, Some(&tenant));
     let percent = is_canary
         .then(|| super::canary::take_percent(&mut r, &mut doc))
@@ -241,11 +239,13 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, mut doc: toml::Value) 
     );
     validate::check_identity(&mut r, &cfg, &stem);
     let rendered = validate::check_policy(&mut r, layer1, &cfg);
-    result.tenant_id = tenant.clone();
+    // The tenant stays under its key (its file's stem, its row's slug),
+    // whatever id its document claims (a mismatch is a problem above): a
+    // copy of tenant k's file under another name must neither claim nor
+    // release k's numbers, nor be written at k's place.
     // Over the ceiling, the tenant is refused; its numbers are not claimed.
     // A canary's are the stable arm's: checked against them, not claimed.
     if is_canary {
-        result.tenant_id = key.clone();
         result.canary_phones = Some(cfg.phone_numbers.clone());
     } else if cfg.phone_numbers.len() <= layer1.policy.tenant_limits.max_phone_numbers {
         result.phones = cfg.phone_numbers.clone();

@@ -31,6 +31,9 @@ pub const SETTLED: Duration = Duration::from_secs(2);
 const MAGIC: &[u8] = b"strata source hash cache 1\n";
 /// An entry after its name: the status (7 words) and the SHA-256.
 const FIXED: usize = 7 * 8 + 32;
+/// The longest name kept (a tenant id is at most 63 bytes, a canary's key
+/// a few more): what bounds a cache file's size by its entry count.
+const MAX_NAME: usize = 255;
 
 /// A file's status, as far as it tells whether the bytes changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,11 +112,16 @@ pub fn file_for(dir: &Path, root: &Path) -> PathBuf {
 }
 
 impl HashCache {
-    /// The cache of `root` under `dir`: empty if there is none, or if it is
-    /// damaged, of another version or another root.
-    pub fn load(dir: &Path, root: &Path) -> Self {
+    /// The cache of `root` under `dir`, for a source of `tenants` files:
+    /// empty if there is none, or if it is damaged, of another version or
+    /// another root. Read as every local input is (a regular file, without
+    /// blocking, at most what `tenants` entries take).
+    pub fn load(dir: &Path, root: &Path, tenants: usize) -> Self {
         let path = file_for(dir, root);
-        let Ok(bytes) = fs::read(&path) else {
+        let limit = (tenants as u64)
+            .saturating_mul((2 + MAX_NAME + FIXED) as u64)
+            .saturating_add((MAGIC.len() + 2 + root.as_os_str().len() + 32) as u64);
+        let Ok(bytes) = crate::localfile::read(&path, limit) else {
             return Self::default();
         };
         Self::parse(bytes, root).unwrap_or_else(|| {
@@ -186,7 +194,7 @@ pub fn save(
     mut entries: Vec<Entry>,
     hashed_at: SystemTime,
 ) -> io::Result<()> {
-    entries.retain(|e| e.stamp.settled(hashed_at) && e.name.len() <= usize::from(u16::MAX));
+    entries.retain(|e| e.stamp.settled(hashed_at) && e.name.len() <= MAX_NAME);
     let path = file_for(dir, root);
     prune(dir, &path);
     if entries.is_empty() {
@@ -217,7 +225,10 @@ pub fn save(
     }
     let sum = Sha256::digest(&out);
     out.extend_from_slice(&sum);
-    fs::create_dir_all(dir)?;
+    // Whoever can write the cache can make an edit go unread: the
+    // directory is its owner's alone.
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     io::Write::write_all(&mut tmp, &out)?;
     tmp.persist(&path).map_err(|e| e.error)?;
@@ -233,11 +244,22 @@ fn prune(dir: &Path, keep: &Path) {
     };
     for entry in list.flatten() {
         let path = entry.path();
+        // A save killed half way leaves its temporary file (`.tmp…`).
+        let stale = entry.file_name().as_encoded_bytes().starts_with(b".tmp")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
+        if stale {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
         if path == keep || path.extension().is_none_or(|e| e != "hashes") {
             continue;
         }
         let mut head = vec![0u8; MAGIC.len() + 2 + usize::from(u16::MAX)];
-        let Ok(n) = fs::File::open(&path).and_then(|mut f| io::Read::read(&mut f, &mut head))
+        let Ok(n) = crate::localfile::open_regular(&path)
+            .and_then(|mut f| io::Read::read(&mut f, &mut head))
         else {
             continue;
         };
@@ -291,7 +313,7 @@ mod tests {
         let root = src.path();
         let entries = vec![entry(root, "b", "two"), entry(root, "a", "one")];
         save(cache.path(), root, entries.clone(), later()).expect("test");
-        let loaded = HashCache::load(cache.path(), root);
+        let loaded = HashCache::load(cache.path(), root, 10);
         assert_eq!(loaded.len(), 2);
         for e in &entries {
             assert_eq!(
@@ -342,7 +364,7 @@ mod tests {
         )
         .expect("test");
         save(cache.path(), root, vec![old.clone(), fresh_now], settled_at).expect("test");
-        let loaded = HashCache::load(cache.path(), root);
+        let loaded = HashCache::load(cache.path(), root, 10);
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded.get(b"old", &old.stamp), Some(old.sha256));
     }
@@ -359,26 +381,54 @@ mod tests {
         let good = fs::read(&path).expect("test");
         // Another source's cache under this one's name.
         fs::copy(&path, file_for(cache.path(), other.path())).expect("test");
-        assert!(HashCache::load(cache.path(), other.path()).is_empty());
+        assert!(HashCache::load(cache.path(), other.path(), 10).is_empty());
         // One bit flipped anywhere, or cut short: ignored.
         for at in [0, MAGIC.len() + 3, good.len() / 2, good.len() - 1] {
             let mut bad = good.clone();
             bad[at] ^= 1;
             fs::write(&path, &bad).expect("test");
             assert!(
-                HashCache::load(cache.path(), root).is_empty(),
+                HashCache::load(cache.path(), root, 10).is_empty(),
                 "flip at {at}"
             );
         }
         fs::write(&path, &good[..good.len() - 40]).expect("test");
-        assert!(HashCache::load(cache.path(), root).is_empty());
+        assert!(HashCache::load(cache.path(), root, 10).is_empty());
         fs::write(&path, b"").expect("test");
-        assert!(HashCache::load(cache.path(), root).is_empty());
+        assert!(HashCache::load(cache.path(), root, 10).is_empty());
         fs::write(&path, &good).expect("test");
         assert_eq!(
-            HashCache::load(cache.path(), root).get(b"a", &e.stamp),
+            HashCache::load(cache.path(), root, 10).get(b"a", &e.stamp),
             Some(e.sha256)
         );
+    }
+
+    #[test]
+    fn a_fifo_or_an_oversized_file_in_its_place_is_not_read() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let root = src.path();
+        let path = file_for(cache.path(), root);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // Nothing opens the FIFO for writing: a blocking open would hang.
+        assert!(HashCache::load(cache.path(), root, 10).is_empty());
+        let e = entry(root, "a", "one");
+        save(cache.path(), root, vec![e.clone()], later()).expect("save over it");
+        assert_eq!(HashCache::load(cache.path(), root, 1).len(), 1);
+        // A cache larger than the source's tenants can fill is not read.
+        let big: Vec<Entry> = (0..100)
+            .map(|i| Entry {
+                name: format!("t{i:03}").into_bytes(),
+                ..e.clone()
+            })
+            .collect();
+        save(cache.path(), root, big, later()).expect("save");
+        assert_eq!(HashCache::load(cache.path(), root, 100).len(), 100);
+        assert!(HashCache::load(cache.path(), root, 0).is_empty());
     }
 
     #[test]
