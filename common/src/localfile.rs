@@ -22,12 +22,18 @@ pub const MAX_LAYER1_BYTES: u64 = 4 << 20;
 /// non-blocking: a FIFO, a socket or a device is refused without waiting
 /// for a writer.
 pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_with_status(path).map(|(f, _)| f)
+}
+
+/// [`open_regular`], with the status it checked (one `fstat` a read).
+fn open_regular_with_status(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    if f.metadata()?.file_type().is_file() {
-        Ok(f)
+    let meta = f.metadata()?;
+    if meta.file_type().is_file() {
+        Ok((f, meta))
     } else {
         Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -40,7 +46,8 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// error naming the limit, as is a file whose size changed while it was
 /// read (written to meanwhile: read it again once the writer is done).
 pub fn read(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    read_open(open_regular(path)?, limit).map(|(bytes, _)| bytes)
+    let (f, meta) = open_regular_with_status(path)?;
+    read_open(f, meta, limit).map(|(bytes, _)| bytes)
 }
 
 /// [`read`], and the file opened must lie inside `root` (a canonical
@@ -59,7 +66,7 @@ pub fn read_inside_with_status(
     root: &Path,
 ) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
     use std::os::fd::AsRawFd;
-    let f = open_regular(path)?;
+    let (f, meta) = open_regular_with_status(path)?;
     let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
     if !real.starts_with(root) {
         return Err(io::Error::new(
@@ -70,12 +77,16 @@ pub fn read_inside_with_status(
             ),
         ));
     }
-    read_open(f, limit)
+    read_open(f, meta, limit)
 }
 
-/// [`read`] of an opened regular file, with its status before the read.
-fn read_open(f: File, limit: u64) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
-    let meta = f.metadata()?;
+/// [`read`] of an opened regular file whose status (before the read) is
+/// `meta`.
+fn read_open(
+    f: File,
+    meta: std::fs::Metadata,
+    limit: u64,
+) -> io::Result<(Vec<u8>, std::fs::Metadata)> {
     let before = meta.len();
     if before > limit {
         return Err(too_large(before, limit));

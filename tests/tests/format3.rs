@@ -305,11 +305,30 @@ async fn an_incremental_publish_reads_only_changed_files_and_misses_no_edit() {
             ids[i]
         );
     }
+    // A cache that cannot be written (a full disk, a file in the way of
+    // its directory) costs the next publish its reads, not the publish.
+    let blocked = fx.dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").expect("write");
+    change_one_tenant(&src, 10);
+    let out = fx.publish_source_with(
+        &src,
+        &["--format", "3"],
+        &[
+            ("STRATA_CACHE_DIR", blocked.to_str().expect("utf-8")),
+            ("STRATA_LOG", "info"),
+        ],
+    );
+    assert!(
+        out.contains("the source hash cache could not be written"),
+        "{out}"
+    );
+    agent.serves(4).await;
+    assert_eq!(tenant_version(&agent, &ids[10]).await, "9.9.10");
     // With the cache off, every file is read, and the result is the same.
     change_one_tenant(&src, 9);
     let out = fx.publish_source(&src, &["--format", "3", "--cache-dir", "off"]);
     assert!(!out.contains("source hash cache"), "{out}");
-    agent.serves(4).await;
+    agent.serves(5).await;
     assert_eq!(tenant_version(&agent, &ids[9]).await, "9.9.9");
     agent.stop().await;
 }
