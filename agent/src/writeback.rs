@@ -50,10 +50,26 @@ pub struct EagerWriteback {
     since_kick: AtomicU64,
     /// Wakes the writeback thread; it exits when this is dropped.
     kick: SyncSender<()>,
-    /// Every offset written through this backend (one per page: ~3.5 MB
-    /// for a new node's 100k tenants), and a buffer to read a page back
-    /// into: see [`Self::unchanged`].
-    written: Mutex<(HashSet<u64>, Vec<u8>)>,
+    /// The offsets written through this backend: see [`Self::unchanged`].
+    written: Arc<Written>,
+}
+
+/// Every offset written through the backend since the database forgot
+/// them (one per page: ~3.5 MB for a new node's 100k tenants, ~36 MB at
+/// 1M), and a buffer to read a page back into. A commit rewrites only its
+/// own transaction's pages, so the database forgets them after each
+/// commit ([`Written::forget`]): the set stays the size of one
+/// transaction, not of every page the agent ever wrote.
+#[derive(Debug, Default)]
+pub struct Written(Mutex<(HashSet<u64>, Vec<u8>)>);
+
+impl Written {
+    /// Forgets the offsets written so far: what follows a commit. A page
+    /// written at a forgotten offset again is simply written.
+    pub fn forget(&self) {
+        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        written.0 = HashSet::new();
+    }
 }
 
 impl EagerWriteback {
@@ -78,8 +94,13 @@ impl EagerWriteback {
             on,
             since_kick: AtomicU64::new(0),
             kick,
-            written: Mutex::default(),
+            written: Arc::default(),
         })
+    }
+
+    /// The offsets it remembers, for the database to forget after a commit.
+    pub fn written(&self) -> Arc<Written> {
+        self.written.clone()
     }
 
     /// Whether the file already holds `data` at `offset`, written there by
@@ -90,7 +111,7 @@ impl EagerWriteback {
     /// changes nothing, in the file or in what the next `fdatasync` makes
     /// durable.
     fn unchanged(&self, offset: u64, data: &[u8]) -> bool {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = self.written.0.lock().unwrap_or_else(|e| e.into_inner());
         let (offsets, buf) = &mut *written;
         if offsets.insert(offset) {
             return false;

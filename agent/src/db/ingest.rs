@@ -1,7 +1,5 @@
 //! The one write transaction that stores a snapshot.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use redb::{ReadableTable, Table, TableError};
 use strata_common::bundle::{BundleError, Frames, Group};
 use strata_common::canonical::sha256_hex;
@@ -36,29 +34,19 @@ impl Db {
         if newest.is_some_and(|n| n > v) {
             return self.ingest_older(txn, meta, payload, keep);
         }
+        if newest.is_none() {
+            return self.ingest_cold(txn, meta, payload, keep);
+        }
         let mut done = Ingested::default();
         let kept_versions: Vec<u64>;
         {
-            let Tables {
-                mut tenants,
-                mut closed,
-                mut config_bodies,
-                mut prompt_bodies,
-                mut routes,
-                mut route_sets,
-                mut layer1,
-                mut snapshots,
-                mut served_until,
-            } = Tables::open(&txn)?;
+            let mut t = Tables::open(&txn)?;
             let mut m = txn.open_table(META)?;
-            if snapshots.get(v)?.is_some() {
+            if t.snapshots.get(v)?.is_some() {
                 return Err(DbError::AlreadyStored { version: v });
             }
             // The newest stored snapshot: bodies unchanged since it are shared.
-            let base = snapshots.last()?.map(|(k, _)| k.value());
-            // Nothing stored means nothing served: no lookup to stay out of
-            // the way of, so the disk may start on the apply's pages at once.
-            let _eager = EagerWhile::set(&self.eager_writeback, newest.is_none());
+            let base = t.snapshots.last()?.map(|(k, _)| k.value());
             // The base's rows, from the committed state, walked in tenant
             // order beside the index: rows of tenants the index no longer
             // lists are closed as the walk passes them.
@@ -85,15 +73,12 @@ impl Db {
             // Under the same Layer 1, an unchanged config means an unchanged
             // prompt: its ETag is the base row's, no need to hash again.
             let same_layer1 = match base {
-                Some(b) => layer1
+                Some(b) => t
+                    .layer1
                     .get(b)?
                     .is_some_and(|g| g.value().get(..ETAG_LEN) == Some(layer1_hash.as_bytes())),
                 None => false,
             };
-            let mut value = Vec::with_capacity(ETAG_LEN + payload.layer1().len());
-            value.extend_from_slice(layer1_hash.as_bytes());
-            value.extend_from_slice(payload.layer1());
-            layer1.insert(v, value.as_slice())?;
 
             while let Some(group) = payload.next_group()? {
                 let frame = match group {
@@ -102,7 +87,7 @@ impl Db {
                     // are exactly the stored rows in its range, kept.
                     Group::Held { first, end, count } => {
                         while let Some(gone) = head.take_if(|(t, ..)| *t < first) {
-                            close(&mut tenants, &mut closed, gone)?;
+                            close(&mut t.tenants, &mut t.closed, gone)?;
                             head = open.next()?;
                         }
                         let mut kept = 0u64;
@@ -128,7 +113,7 @@ impl Db {
                 let mut changed = false;
                 for entry in &frame.tenants {
                     while let Some(gone) = head.take_if(|(t, ..)| *t < entry.tenant) {
-                        close(&mut tenants, &mut closed, gone)?;
+                        close(&mut t.tenants, &mut t.closed, gone)?;
                         head = open.next()?;
                     }
                     let before = match head.take_if(|(t, ..)| *t == entry.tenant) {
@@ -168,21 +153,21 @@ impl Db {
                     let was = before.as_ref().map(|(_, _, r)| *r);
                     let key = (v, entry.tenant.as_str());
                     let config_version = done.share_or_write(
-                        &mut config_bodies,
+                        &mut t.config_bodies,
                         was.map(|r| (r.config_version, r.config_etag)),
                         &entry.config_hash,
                         key,
                         || Ok(bodies.as_ref().map(|b| b.config(i)).transpose()?),
                     )?;
                     let prompt_version = done.share_or_write(
-                        &mut prompt_bodies,
+                        &mut t.prompt_bodies,
                         was.map(|r| (r.prompt_version, r.prompt_etag)),
                         &prompt_etag,
                         key,
                         || Ok(bodies.as_ref().map(|b| b.prompt(i)).transpose()?),
                     )?;
                     if let Some(before) = before {
-                        close(&mut tenants, &mut closed, before)?;
+                        close(&mut t.tenants, &mut t.closed, before)?;
                     }
                     let row = TenantRow {
                         last: OPEN,
@@ -191,85 +176,28 @@ impl Db {
                         config_etag: entry.config_hash,
                         prompt_etag,
                     };
-                    tenants.insert((entry.tenant.as_str(), v), row.encode().as_slice())?;
+                    t.tenants
+                        .insert((entry.tenant.as_str(), v), row.encode().as_slice())?;
                     done.rows_written += 1;
                 }
             }
             // Tenants after the index's last one are gone too.
             while let Some(gone) = head.take() {
-                close(&mut tenants, &mut closed, gone)?;
+                close(&mut t.tenants, &mut t.closed, gone)?;
                 head = open.next()?;
             }
             drop(open);
             drop(base_rows);
             drop(committed);
-            // Routes rarely change: an identical set is shared, not rewritten.
-            let digest = payload.routes_sha256().to_owned();
-            let base_set = match base {
-                Some(b) => route_sets
-                    .get(b)?
-                    .map(|g| RouteSet::decode(g.value()))
-                    .transpose()?,
-                None => None,
-            };
-            let set = match base_set {
-                Some(set) if set.digest.as_slice() == digest.as_bytes() => set,
-                _ => RouteSet::new(v, &digest)?,
-            };
-            if set.version == v {
-                let check = !payload.routes_checked();
-                while let Some((number, tenant)) = payload.next_route()? {
-                    if check && !is_open(&tenants, tenant)? {
-                        return Err(BundleError::RouteToUnknownTenant {
-                            number: number.to_owned(),
-                            tenant: tenant.to_owned(),
-                        }
-                        .into());
-                    }
-                    let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })?;
-                    routes.insert((v, number), body.as_slice())?;
-                }
-            } else {
-                payload.keep_routes()?;
-            }
-            route_sets.insert(v, set.encode().as_slice())?;
-            if done.tenants != meta.tenant_count {
-                return Err(DbError::TenantCount {
-                    found: done.tenants,
-                    expected: meta.tenant_count,
-                });
-            }
-            let meta_json = serde_json::to_vec(meta)?;
-            snapshots.insert(v, meta_json.as_slice())?;
-            let now = keep::now_secs();
-            let was = m.get("current")?.map(|g| g.value());
-            keep::note_switch(&mut served_until, was, v, now)?;
-            m.insert("current", v)?;
-            if !meta.pinned {
-                super::marks::raise_high_water(&mut m, v)?;
-            }
-            kept_versions = prune_versions(
-                keep,
-                v,
-                now,
-                &mut Tables {
-                    tenants,
-                    closed,
-                    config_bodies,
-                    prompt_bodies,
-                    routes,
-                    route_sets,
-                    layer1,
-                    snapshots,
-                    served_until,
-                },
-            )?;
+            kept_versions = seal(&mut t, &mut m, meta, payload, base, keep, &done)?;
         }
-        self.finish(txn, payload, v, &kept_versions, done)
+        let unsynced = done.bytes_written;
+        self.finish(txn, payload, v, &kept_versions, done, unsynced)
     }
 
     /// Records a format 3 snapshot's chunks and objects, drops those no
-    /// kept version names, and commits.
+    /// kept version names, and commits; `unsynced` is the bytes of bodies
+    /// written since the last durable commit.
     pub(super) fn finish(
         &self,
         mut txn: redb::WriteTransaction,
@@ -277,6 +205,7 @@ impl Db {
         v: u64,
         kept_versions: &[u64],
         mut done: Ingested,
+        unsynced: u64,
     ) -> Result<Ingested, DbError> {
         if let Some(applied) = payload.take_tree() {
             done.objects_fetched = applied.stats.objects;
@@ -290,13 +219,96 @@ impl Db {
         // first and `persist` follows. Committing durably otherwise keeps
         // lookups off the write buffer's locks, which readers must take while a
         // non-durable commit's pages sit there (BENCHMARKS.md measures both).
-        done.durable = done.bytes_written <= self.write_buffer_bytes;
+        done.durable = unsynced <= self.write_buffer_bytes;
         if !done.durable {
             txn.set_durability(redb::Durability::None)?;
         }
         txn.commit()?;
+        self.written.forget();
+        done.transactions += 1;
         Ok(done)
     }
+}
+
+/// Writes what follows a snapshot's tenants, in the transaction that
+/// serves it: its Layer 1, its routes (`base`'s set when identical), its
+/// metadata, the current marker and (from the channel) the high-water mark;
+/// then prunes what `keep` lets go. Returns the versions kept.
+pub(super) fn seal(
+    t: &mut Tables<'_>,
+    m: &mut Table<'_, &'static str, u64>,
+    meta: &SnapshotMeta,
+    payload: &mut dyn Frames,
+    base: Option<u64>,
+    keep: Keep,
+    done: &Ingested,
+) -> Result<Vec<u64>, DbError> {
+    let v = meta.version;
+    let mut value = Vec::with_capacity(ETAG_LEN + payload.layer1().len());
+    value.extend_from_slice(sha256_hex(payload.layer1()).as_bytes());
+    value.extend_from_slice(payload.layer1());
+    t.layer1.insert(v, value.as_slice())?;
+    // Routes rarely change: an identical set is shared, not rewritten.
+    let digest = payload.routes_sha256().to_owned();
+    let base_set = match base {
+        Some(b) => t
+            .route_sets
+            .get(b)?
+            .map(|g| RouteSet::decode(g.value()))
+            .transpose()?,
+        None => None,
+    };
+    let set = match base_set {
+        Some(set) if set.digest.as_slice() == digest.as_bytes() => set,
+        _ => RouteSet::new(v, &digest)?,
+    };
+    if set.version == v {
+        let check = !payload.routes_checked();
+        while let Some((number, tenant)) = payload.next_route()? {
+            if check && !is_open(&t.tenants, tenant)? {
+                return Err(BundleError::RouteToUnknownTenant {
+                    number: number.to_owned(),
+                    tenant: tenant.to_owned(),
+                }
+                .into());
+            }
+            let body = serde_json::to_vec(&RouteBody { tenant_id: tenant })?;
+            t.routes.insert((v, number), body.as_slice())?;
+        }
+    } else {
+        payload.keep_routes()?;
+    }
+    t.route_sets.insert(v, set.encode().as_slice())?;
+    serve_version(t, m, meta, keep, done)
+}
+
+/// Checks the tenant count, stores `meta` and makes its version current
+/// (from the channel: raises the high-water mark), then prunes what
+/// `keep` lets go. Returns the versions kept.
+pub(super) fn serve_version(
+    t: &mut Tables<'_>,
+    m: &mut Table<'_, &'static str, u64>,
+    meta: &SnapshotMeta,
+    keep: Keep,
+    done: &Ingested,
+) -> Result<Vec<u64>, DbError> {
+    let v = meta.version;
+    if done.tenants != meta.tenant_count {
+        return Err(DbError::TenantCount {
+            found: done.tenants,
+            expected: meta.tenant_count,
+        });
+    }
+    t.snapshots
+        .insert(v, serde_json::to_vec(meta)?.as_slice())?;
+    let now = keep::now_secs();
+    let was = m.get("current")?.map(|g| g.value());
+    keep::note_switch(&mut t.served_until, was, v, now)?;
+    m.insert("current", v)?;
+    if !meta.pinned {
+        super::marks::raise_high_water(m, v)?;
+    }
+    prune_versions(keep, v, now, t)
 }
 
 /// Every table a snapshot is written into, open in one write transaction.
@@ -363,22 +375,6 @@ pub(super) fn prune_versions(
     Ok(kept)
 }
 
-/// Sets the early-writeback switch for as long as it lives.
-struct EagerWhile<'a>(&'a AtomicBool);
-
-impl<'a> EagerWhile<'a> {
-    fn set(switch: &'a AtomicBool, on: bool) -> Self {
-        switch.store(on, Ordering::Relaxed);
-        Self(switch)
-    }
-}
-
-impl Drop for EagerWhile<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-}
-
 /// What an ingest wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -398,6 +394,9 @@ pub struct Ingested {
     pub bytes_written: u64,
     /// Whether the commit was durable; if not, [`Db::persist`] makes it so.
     pub durable: bool,
+    /// Write transactions the snapshot took: one, or (a new node's first
+    /// snapshot) one per GiB of bodies, as the `cold` module says.
+    pub transactions: u64,
     /// Format 3: objects fetched from the store.
     pub objects_fetched: u64,
     /// Format 3: their bytes.

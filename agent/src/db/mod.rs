@@ -4,7 +4,9 @@
 //! snapshots (`keep`) coexist and `?snapshot=N` reads an older one. A
 //! snapshot is written in one write transaction, together with its metadata,
 //! the "current" marker and the pruning of older versions: after a crash the
-//! file holds the previous snapshot or the new one, never a mix.
+//! file holds the previous snapshot or the new one, never a mix. A new
+//! node's first snapshot, with nothing served to keep, is written in
+//! durable parts whose leftovers are deleted at open (`cold`).
 //!
 //! Consecutive snapshots share almost every tenant, so a tenant's row covers
 //! a range of versions: it is written when the tenant appears or changes and
@@ -26,11 +28,13 @@
 //! The module follows the file's seams: this file holds the schema, the
 //! metadata and opening (with migration); `bodies` how a body fills redb's
 //! pages; `rows` the encoding of tenant
-//! rows and route sets; `ingest` the one write transaction; `keep` which
+//! rows and route sets; `ingest` the one write transaction (`cold` the
+//! parts of a first one); `keep` which
 //! versions stay; `read` the
 //! read view the HTTP handlers serve from.
 
 mod bodies;
+mod cold;
 mod ingest;
 mod keep;
 mod marks;
@@ -55,7 +59,7 @@ pub use keep::Keep;
 pub use marks::Marks;
 pub use read::{Entry, Reader};
 
-use crate::writeback::{EagerWriteback, open_data_file};
+use crate::writeback::{EagerWriteback, Written, open_data_file};
 
 /// `(tenant id, first version)` → [`TenantRow`]: the versions through which
 /// the tenant is unchanged, where its bodies are, and their ETags.
@@ -242,6 +246,10 @@ pub struct Db {
     write_buffer_bytes: u64,
     /// Set during an ingest while nothing is served: see [`EagerWriteback`].
     eager_writeback: Arc<AtomicBool>,
+    /// Bytes of bodies per durable part of a first apply (`cold`).
+    pub(crate) part_bytes: u64,
+    /// The pages the backend wrote, forgotten after each commit.
+    written: Arc<Written>,
 }
 
 /// How the file is open: for writing (the normal case), read-only (its
@@ -288,18 +296,23 @@ impl Db {
     /// `data_dir`) but exists is opened read-only: see [`Db::is_writable`].
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, DbError> {
         let eager_writeback = Arc::new(AtomicBool::new(false));
+        let mut written = Arc::default();
         let db = match open_data_file(path) {
-            Ok(file) => Handle::Write(
-                redb::Builder::new()
-                    .set_cache_size(cache_bytes)
-                    .create_with_backend(EagerWriteback::new(file, eager_writeback.clone())?)
-                    .map_err(|e| match e {
-                        redb::DatabaseError::DatabaseAlreadyOpen => DbError::InUse {
-                            path: path.to_path_buf(),
-                        },
-                        e => e.into(),
-                    })?,
-            ),
+            Ok(file) => {
+                let backend = EagerWriteback::new(file, eager_writeback.clone())?;
+                written = backend.written();
+                Handle::Write(
+                    redb::Builder::new()
+                        .set_cache_size(cache_bytes)
+                        .create_with_backend(backend)
+                        .map_err(|e| match e {
+                            redb::DatabaseError::DatabaseAlreadyOpen => DbError::InUse {
+                                path: path.to_path_buf(),
+                            },
+                            e => e.into(),
+                        })?,
+                )
+            }
             Err(e) if is_read_only(&e) && path.exists() => {
                 match redb::Builder::new()
                     .set_cache_size(cache_bytes)
@@ -334,9 +347,12 @@ impl Db {
             cache_bytes,
             write_buffer_bytes: cache_bytes as u64 / 2,
             eager_writeback,
+            part_bytes: cold::PART_BYTES,
+            written,
         };
         if this.is_writable() {
             this.migrate()?;
+            this.delete_leftovers()?;
         }
         Ok(this)
     }

@@ -15,8 +15,8 @@ use redb::{ReadableTable, WriteTransaction};
 use strata_common::bundle::{Frames, Group};
 use strata_common::canonical::sha256_hex;
 
-use super::ingest::{Tables, prune_versions};
-use super::keep::{self, Keep};
+use super::ingest::{Tables, serve_version};
+use super::keep::Keep;
 use super::rows::{OPEN, RouteBody, RouteSet, TenantRow, prompt_etag};
 use super::{Db, DbError, Ingested, META, SnapshotMeta};
 
@@ -100,24 +100,10 @@ impl Db {
                 split_around(&mut t, &tenant, row, v)?;
             }
             write_routes(&mut t, payload, v, &listed)?;
-            if done.tenants != meta.tenant_count {
-                return Err(DbError::TenantCount {
-                    found: done.tenants,
-                    expected: meta.tenant_count,
-                });
-            }
-            t.snapshots
-                .insert(v, serde_json::to_vec(meta)?.as_slice())?;
-            let now = keep::now_secs();
-            let was = m.get("current")?.map(|g| g.value());
-            keep::note_switch(&mut t.served_until, was, v, now)?;
-            m.insert("current", v)?;
-            if !meta.pinned {
-                super::marks::raise_high_water(&mut m, v)?;
-            }
-            kept = prune_versions(keep, v, now, &mut t)?;
+            kept = serve_version(&mut t, &mut m, meta, keep, &done)?;
         }
-        self.finish(txn, payload, v, &kept, done)
+        let unsynced = done.bytes_written;
+        self.finish(txn, payload, v, &kept, done, unsynced)
     }
 }
 

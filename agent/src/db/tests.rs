@@ -737,3 +737,124 @@ fn pins_back_to_three_versions_never_stored_each_split_the_rows_again() {
         assert_eq!(served_prompt(&db, v, "t1"), want(v), "t1 in {v}");
     }
 }
+
+/// Tenants whose bodies fill three payload frames: a first apply with a
+/// part budget of one byte takes one transaction per frame.
+fn three_frames() -> Vec<(usize, usize)> {
+    let frames = 3 * strata_common::bundle::FRAME_TARGET_BYTES / 8000 - 10;
+    (0..frames).map(|_| (4000, 4000)).collect()
+}
+
+#[test]
+fn a_first_apply_is_written_in_parts_and_served_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    db.part_bytes = 1;
+    let sizes = three_frames();
+    let n = sizes.len() as u64;
+    let done = db
+        .ingest(&meta(1, n), &mut payload_sized(1, &sizes), Keep::newest(2))
+        .expect("ingest");
+    assert_eq!(done.tenants, n);
+    assert_eq!(done.frames_decoded, 3);
+    assert_eq!(
+        done.transactions, 4,
+        "a part per frame, then the last: {done:?}"
+    );
+    let r = db.reader().expect("reader").expect("served");
+    assert_eq!(r.current, 1);
+    for i in [0, n / 2, n - 1] {
+        let body = r
+            .prompt(1, &format!("t{i:04}"))
+            .expect("get")
+            .expect("present");
+        assert_eq!(body.body().len(), prompt("").len() + 4000);
+    }
+    drop(r);
+    assert_eq!(count(&db, TENANTS), n);
+    // The next snapshot is written over it in one transaction, as always.
+    let next = db
+        .ingest(&meta(2, n), &mut payload_sized(2, &sizes), Keep::newest(2))
+        .expect("v2");
+    assert_eq!(next.transactions, 1);
+}
+
+#[test]
+fn a_first_apply_refused_after_some_parts_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    let mut db = Db::open(&path, 1 << 20).expect("open");
+    db.part_bytes = 1;
+    let sizes = three_frames();
+    let n = sizes.len() as u64;
+    // The manifest claims one tenant more than the payload holds: refused
+    // in the last transaction, after three parts were committed.
+    let err = db
+        .ingest(
+            &meta(1, n + 1),
+            &mut payload_sized(1, &sizes),
+            Keep::newest(2),
+        )
+        .expect_err("a tenant short");
+    assert!(matches!(err, DbError::TenantCount { .. }), "{err}");
+    assert!(db.reader().expect("reader").is_none(), "nothing served");
+    let txn = db.db.begin_read().expect("read");
+    use redb::TableHandle;
+    let left: Vec<String> = txn
+        .list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert_eq!(
+        left,
+        ["meta", "snapshots"],
+        "the committed parts were deleted"
+    );
+    drop(txn);
+    db.ingest(&meta(1, n), &mut payload_sized(1, &sizes), Keep::newest(2))
+        .expect("the same version, whole, applies afterwards");
+    assert_eq!(count(&db, TENANTS), n);
+}
+
+#[test]
+fn parts_a_crash_left_behind_are_deleted_at_open_and_the_marks_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.redb");
+    {
+        let db = Db::open(&path, 1 << 20).expect("open");
+        db.raise_high_water(7).expect("mark");
+        // What a crash between two parts leaves: rows and bodies of a
+        // version no stored snapshot names.
+        let txn = db.db.begin_write().expect("write");
+        {
+            let mut t = super::ingest::Tables::open(&txn).expect("tables");
+            t.tenants
+                .insert(("t0000", 8), b"partial".as_slice())
+                .expect("row");
+            t.config_bodies.insert((8, "t0000"), b"{}").expect("body");
+        }
+        txn.commit().expect("commit");
+    }
+    let db = Db::open(&path, 1 << 20).expect("reopen");
+    let txn = db.db.begin_read().expect("read");
+    assert!(matches!(
+        txn.open_table(TENANTS),
+        Err(redb::TableError::TableDoesNotExist(_))
+    ));
+    assert!(matches!(
+        txn.open_table(CONFIG_BODIES),
+        Err(redb::TableError::TableDoesNotExist(_))
+    ));
+    drop(txn);
+    assert_eq!(
+        db.marks().expect("marks").high_water,
+        7,
+        "the node's marks stay"
+    );
+    let sizes = three_frames();
+    let n = sizes.len() as u64;
+    db.ingest(&meta(8, n), &mut payload_sized(8, &sizes), Keep::newest(2))
+        .expect("the first apply, again");
+    let r = db.reader().expect("reader").expect("served");
+    assert!(r.prompt(8, "t0000").expect("get").is_some());
+}

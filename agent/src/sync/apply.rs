@@ -203,6 +203,7 @@ impl Syncer {
             objects_fetched = ingested.objects_fetched,
             bytes_fetched = ingested.bytes_fetched,
             durable = ingested.durable,
+            transactions = ingested.transactions,
             verify_seconds = verified_at.as_secs_f64(),
             seconds = started.elapsed().as_secs_f64(),
             "snapshot applied"
