@@ -56,10 +56,12 @@ pub struct EagerWriteback {
 
 /// Every offset written through the backend since the database forgot
 /// them (one per page: ~3.5 MB for a new node's 100k tenants, ~36 MB at
-/// 1M), and a buffer to read a page back into. A commit rewrites only its
-/// own transaction's pages, so the database forgets them after each
-/// commit ([`Written::forget`]): the set stays the size of one
-/// transaction, not of every page the agent ever wrote.
+/// 1M), and a buffer to read a page back into. A durable commit rewrites
+/// only its own transactions' pages (a non-durable one leaves them in
+/// redb's write buffer for the next durable commit), so the database
+/// forgets them after each durable commit of a snapshot and after
+/// `persist` ([`Written::forget`]): the set stays the size of one
+/// snapshot's transaction, not of every page the agent ever wrote.
 #[derive(Debug, Default)]
 pub struct Written(Mutex<(HashSet<u64>, Vec<u8>)>);
 

@@ -1,4 +1,5 @@
-//! The one write transaction that stores a snapshot.
+//! The write transaction that stores a snapshot (a new node's first one is
+//! written in parts: `cold`).
 
 use redb::{ReadableTable, Table, TableError};
 use strata_common::bundle::{BundleError, Frames, Group};
@@ -17,7 +18,8 @@ use super::{
 impl Db {
     /// Writes a whole snapshot in one transaction, makes it current and prunes
     /// what `keep` lets go (an older version than the newest stored is
-    /// written between them: `older`). A snapshot from the channel (not
+    /// written between them: `older`; the first snapshot of a file that
+    /// stores none, in parts: `cold`). A snapshot from the channel (not
     /// `meta.pinned`) raises the high-water mark in the same commit. Tenants whose config hash (and
     /// Layer 1) are unchanged since the newest stored snapshot share its
     /// bodies, and a body frame whose tenants are all unchanged is not even
@@ -224,7 +226,11 @@ impl Db {
             txn.set_durability(redb::Durability::None)?;
         }
         txn.commit()?;
-        self.written.forget();
+        // A non-durable commit's pages stay in redb's write buffer and are
+        // written (again) by the next durable commit: still remembered.
+        if done.durable {
+            self.written.forget();
+        }
         done.transactions += 1;
         Ok(done)
     }
@@ -394,8 +400,9 @@ pub struct Ingested {
     pub bytes_written: u64,
     /// Whether the commit was durable; if not, [`Db::persist`] makes it so.
     pub durable: bool,
-    /// Write transactions the snapshot took: one, or (a new node's first
-    /// snapshot) one per GiB of bodies, as the `cold` module says.
+    /// Write transactions the snapshot was committed in: one, or (a new
+    /// node's first snapshot) one per full GiB of bodies plus the last, as
+    /// the `cold` module says.
     pub transactions: u64,
     /// Format 3: objects fetched from the store.
     pub objects_fetched: u64,

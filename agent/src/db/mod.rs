@@ -493,6 +493,7 @@ impl Db {
     /// not [`Ingested::durable`].
     pub fn persist(&self) -> Result<(), DbError> {
         self.db.begin_write()?.commit()?;
+        self.written.forget();
         Ok(())
     }
 }

@@ -858,3 +858,103 @@ fn parts_a_crash_left_behind_are_deleted_at_open_and_the_marks_kept() {
     let r = db.reader().expect("reader").expect("served");
     assert!(r.prompt(8, "t0000").expect("get").is_some());
 }
+
+#[test]
+fn persist_after_a_non_durable_apply_writes_no_page_twice() {
+    // A non-durable commit leaves the pages it rewrote (to checksum them)
+    // in redb's write buffer; persist writes them, and the backend must
+    // still know the file holds them (found in review).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.redb"), 256 << 10).expect("open");
+    let sizes: Vec<(usize, usize)> = (0..400).map(|_| (1500, 2500)).collect();
+    let done = db
+        .ingest(
+            &meta(1, 400),
+            &mut payload_sized(1, &sizes),
+            Keep::newest(2),
+        )
+        .expect("ingest");
+    assert!(!done.durable, "{done:?}");
+    let before = thread_bytes_written();
+    db.persist().expect("persist");
+    let persisted = thread_bytes_written() - before;
+    assert!(persisted < 64 << 10, "persist wrote {persisted} bytes");
+}
+
+/// Frames that fail reading the bodies of their `fail_at`-th frame: a bad
+/// chunk in the middle of a first apply.
+struct FailAt<F> {
+    inner: F,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl<F: strata_common::bundle::Frames> strata_common::bundle::Frames for FailAt<F> {
+    fn layer1(&self) -> &[u8] {
+        self.inner.layer1()
+    }
+    fn next_group(
+        &mut self,
+    ) -> Result<Option<strata_common::bundle::Group>, strata_common::bundle::BundleError> {
+        self.inner.next_group()
+    }
+    fn bodies<'a>(
+        &'a mut self,
+        frame: &'a strata_common::bundle::Frame,
+    ) -> Result<strata_common::bundle::FrameBodies<'a>, strata_common::bundle::BundleError> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err(strata_common::bundle::BundleError::BadRecord {
+                frame: 0,
+                offset: 0,
+                reason: "a bad chunk".into(),
+            });
+        }
+        self.inner.bodies(frame)
+    }
+    fn routes_sha256(&self) -> &str {
+        self.inner.routes_sha256()
+    }
+    fn next_route(&mut self) -> Result<Option<(&str, &str)>, strata_common::bundle::BundleError> {
+        self.inner.next_route()
+    }
+    fn routes_checked(&self) -> bool {
+        self.inner.routes_checked()
+    }
+}
+
+#[test]
+fn a_bad_chunk_in_the_middle_part_of_a_first_apply_leaves_nothing_and_the_next_apply_is_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = Db::open(&dir.path().join("s.redb"), 1 << 20).expect("open");
+    db.part_bytes = 1;
+    let sizes = three_frames();
+    let n = sizes.len() as u64;
+    let mut bad = FailAt {
+        inner: payload_sized(1, &sizes),
+        calls: 0,
+        fail_at: 3,
+    };
+    db.ingest(&meta(1, n), &mut bad, Keep::newest(2))
+        .expect_err("bad third frame");
+    assert!(db.reader().expect("reader").is_none());
+    let txn = db.db.begin_read().expect("read");
+    use redb::TableHandle;
+    let left: Vec<String> = txn
+        .list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert_eq!(left, ["meta", "snapshots"]);
+    drop(txn);
+    let done = db
+        .ingest(&meta(1, n), &mut payload_sized(1, &sizes), Keep::newest(2))
+        .expect("again");
+    assert_eq!(done.tenants, n);
+    let r = db.reader().expect("reader").expect("served");
+    for i in 0..n {
+        let t = format!("t{i:04}");
+        assert!(r.prompt(1, &t).expect("get").is_some(), "{t}");
+        assert!(r.config(1, &t).expect("get").is_some(), "{t}");
+    }
+}

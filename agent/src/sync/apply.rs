@@ -1,7 +1,8 @@
 //! The pipeline run on the deciding document, and what passes applied: a
 //! stored version switched to in one small commit, or a new snapshot
-//! decoded into one redb write transaction, committed only if every record
-//! passed, made durable, then swapped in as the served snapshot.
+//! decoded into one redb write transaction (a new node's first, into
+//! durable parts and a last one), committed only if every record passed,
+//! made durable, then swapped in as the served snapshot.
 
 use std::time::Instant;
 
@@ -135,8 +136,9 @@ impl Syncer {
         Ok(Outcome::Applied(version))
     }
 
-    /// Decodes the verified snapshot into one write transaction (which
-    /// raises the high-water mark for a channel pointer), serves it once
+    /// Decodes the verified snapshot into one write transaction (a new
+    /// node's first into parts; the last raises the high-water mark for a
+    /// channel pointer), serves it once
     /// committed, then makes it durable if the commit was not.
     fn ingest(&mut self, mut verified: Verified, started: Instant) -> Result<Outcome, CheckError> {
         let verified_at = started.elapsed();
