@@ -43,9 +43,9 @@ fn one_changed_tenant_makes_one_new_chunk_and_one_new_page_and_a_node_fetches_on
     let before = compile(dir.path(), 3, None);
     let dict = before
         .objects
-        .values()
-        .find(|b| b.starts_with(&[0x37, 0xa4, 0x30, 0xec]))
-        .cloned();
+        .keys()
+        .filter_map(|h| before.objects.get(h).expect("read"))
+        .find(|b| b.starts_with(&[0x37, 0xa4, 0x30, 0xec]));
     assert!(dict.is_some(), "3,000 tenants train a dictionary");
     // An operator's edit of one tenant.
     let file = std::fs::read_dir(dir.path().join("tenants"))
@@ -62,7 +62,7 @@ fn one_changed_tenant_makes_one_new_chunk_and_one_new_page_and_a_node_fetches_on
     let new: Vec<_> = after
         .objects
         .keys()
-        .filter(|k| !before.objects.contains_key(*k))
+        .filter(|k| !before.objects.contains_key(k))
         .collect();
     assert_eq!(new.len(), 2, "one chunk and one page are new");
     let (m1, r1) = root_of(&before);
@@ -77,7 +77,7 @@ fn one_changed_tenant_makes_one_new_chunk_and_one_new_page_and_a_node_fetches_on
     .expect("open");
     let chunks_before: HashSet<[u8; 32]> = v1.chunks().iter().map(|c| v1.held_id(c)).collect();
     // A node holding version 1 (its pages cached) fetches one chunk and one page.
-    let cache = |h: &[u8; 32]| before.objects.get(h).cloned();
+    let cache = |h: &[u8; 32]| before.objects.get(h).expect("read");
     let held = Held {
         cached: &cache,
         chunks: &chunks_before,
@@ -96,7 +96,7 @@ fn one_changed_tenant_makes_one_new_chunk_and_one_new_page_and_a_node_fetches_on
     let fetched = frames.fetched();
     assert_eq!(listed, 1, "one chunk read");
     assert_eq!(fetched.objects, 2, "one page and one chunk fetched");
-    let total: u64 = after.objects.values().map(|b| b.len() as u64).sum();
+    let total = after.objects.bytes();
     assert!(
         fetched.bytes * 100 < total,
         "{} of {total} bytes fetched",
@@ -115,8 +115,8 @@ fn fixture() -> (Objects, Manifest, Root) {
 
 fn first_chunk(objects: &Objects, root: &Root) -> (Vec<ChunkRef>, Vec<u8>) {
     let page = &root.pages[0];
-    let bytes = objects.get(&page.obj.sha256).expect("page");
-    let raw = zstd::bulk::decompress(bytes, page.obj.raw_size as usize).expect("page raw");
+    let bytes = objects.get(&page.obj.sha256).expect("read").expect("page");
+    let raw = zstd::bulk::decompress(&bytes, page.obj.raw_size as usize).expect("page raw");
     let end = root.pages.get(1).map(|p| p.first.as_str());
     let chunks = read::decode_page(&raw, page, end, &Limits::default()).expect("page");
     (chunks, raw)
@@ -128,7 +128,7 @@ fn with_first_page(objects: &mut Objects, root: &Root, chunks: &[ChunkRef], coun
     let raw = read::encode_page(chunks).expect("encode");
     let bytes = zstd(&raw, true);
     let obj = ObjectRef::to(&bytes, raw.len() as u64, count);
-    objects.insert(obj.sha256, bytes);
+    objects.insert(obj.sha256, bytes).expect("insert");
     let mut root = root.clone();
     root.pages[0].obj = obj;
     root.encode().expect("root")
@@ -154,9 +154,12 @@ fn refusal(objects: &Objects, manifest: &Manifest, raw: &[u8], limits: &Limits) 
 fn a_chunk_whose_bytes_do_not_match_its_hash_is_refused() {
     let (mut objects, manifest, root) = fixture();
     let (chunks, _) = first_chunk(&objects, &root);
-    let bytes = objects.get_mut(&chunks[0].obj.sha256).expect("chunk");
+    let hash = chunks[0].obj.sha256;
+    let mut bytes = objects.get(&hash).expect("read").expect("chunk");
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
+    objects.remove(&hash);
+    objects.insert(hash, bytes).expect("insert");
     let raw = root.encode().expect("root");
     let e = refusal(&objects, &manifest, &raw, &Limits::default());
     assert!(matches!(e, TreeError::HashMismatch { .. }), "{e}");
@@ -186,7 +189,7 @@ fn a_page_listing_a_chunk_twice_or_out_of_order_is_refused() {
     swapped.swap(1, 2.min(chunks.len() - 1).max(1));
     swapped.swap(0, 1);
     for (what, list, n) in [("twice", twice, count), ("out of order", swapped, count)] {
-        let mut objects = objects.clone();
+        let mut objects = objects.to_memory().expect("copy");
         let raw = with_first_page(&mut objects, &root, &list, n);
         let e = refusal(&objects, &manifest, &raw, &Limits::default());
         assert!(matches!(e, TreeError::Order { .. }), "{what}: {e}");
@@ -254,11 +257,11 @@ fn a_chunk_that_decompresses_past_its_declared_size_is_refused() {
 fn an_object_without_its_zstd_checksum_is_refused() {
     let (mut objects, manifest, root) = fixture();
     let page = &root.pages[0];
-    let bytes = objects.get(&page.obj.sha256).expect("page");
-    let raw_page = zstd::bulk::decompress(bytes, page.obj.raw_size as usize).expect("raw");
+    let bytes = objects.get(&page.obj.sha256).expect("read").expect("page");
+    let raw_page = zstd::bulk::decompress(&bytes, page.obj.raw_size as usize).expect("raw");
     let plain = zstd(&raw_page, false);
     let obj = ObjectRef::to(&plain, page.obj.raw_size, page.obj.count);
-    objects.insert(obj.sha256, plain);
+    objects.insert(obj.sha256, plain).expect("insert");
     let mut root = root.clone();
     root.pages[0].obj = obj;
     let e = refusal(
@@ -276,7 +279,7 @@ fn a_chunk_is_held_only_under_the_reference_key_and_dictionary_it_was_verified_w
     let raw = root.encode().expect("root");
     let v1 = open_all(&objects, &manifest, &raw).expect("open");
     let held: HashSet<[u8; 32]> = v1.chunks().iter().map(|c| v1.held_id(c)).collect();
-    let cache = |h: &[u8; 32]| objects.get(h).cloned();
+    let cache = |h: &[u8; 32]| objects.get(h).expect("read");
     let holding = Held {
         cached: &cache,
         chunks: &held,
@@ -291,7 +294,7 @@ fn a_chunk_is_held_only_under_the_reference_key_and_dictionary_it_was_verified_w
     let (mut chunks, _) = first_chunk(&objects, &root);
     chunks[0].obj.raw_size += 100;
     let count: u64 = chunks.iter().map(|c| c.obj.count).sum();
-    let mut objects2 = objects.clone();
+    let mut objects2 = objects.to_memory().expect("copy");
     let lying = with_first_page(&mut objects2, &root, &chunks, count);
     let mut frames =
         open(&objects2, &manifest, &lying, &holding, &Limits::default()).expect("open");
@@ -316,7 +319,7 @@ fn an_empty_page_or_route_page_is_refused() {
     let (mut objects, manifest, root) = fixture();
     let empty = zstd(&[], true);
     let obj = ObjectRef::to(&empty, 0, 0);
-    objects.insert(obj.sha256, empty);
+    objects.insert(obj.sha256, empty).expect("insert");
     let mut with_page = root.clone();
     with_page.pages.push(strata_common::bundle::tree::Keyed {
         first: "zzzz".into(),

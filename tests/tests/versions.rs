@@ -395,6 +395,14 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
         CompileOptions::default(),
     )
     .expect("compile");
+    // A compiled source is used once a publish: each competitor compiles again.
+    let again = |dir: &Path| {
+        compile::compile(
+            &Source::open(dir).expect("source"),
+            CompileOptions::default(),
+        )
+        .expect("compile")
+    };
     let trust = strata_common::sign::TrustedKeys::for_publisher(std::slice::from_ref(&fx.key), &[]);
 
     // The competitor takes the key after a fresh upload no pointer names
@@ -445,7 +453,7 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
     };
 
     // The old source, overtaken before its upload by the new one: refused.
-    let (result, heads) = publish_checked(&racing("snapshots/", new.clone()), &old, &old_src);
+    let (result, heads) = publish_checked(&racing("snapshots/", again(&new_src)), &old, &old_src);
     let Err(PublishError::Refused(why)) = result else {
         panic!("the overtaken publish was not refused: {result:?}");
     };
@@ -460,7 +468,7 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
 
     // Overtaken after its upload (version 3) and before its pointer: the
     // new source passes against version 2, not against the newer one's 4.
-    let (result, heads) = publish_checked(&racing("channels/", newer.clone()), &new, &new_src);
+    let (result, heads) = publish_checked(&racing("channels/", again(&newer_src)), &new, &new_src);
     let Err(PublishError::Refused(why)) = result else {
         panic!("the overtaken publish was not refused: {result:?}");
     };
@@ -470,7 +478,8 @@ fn a_publish_overtaken_by_another_is_checked_again_against_the_new_head() {
 
     // Overtaken the same way by a publish it lowers nothing of: it lands
     // on top.
-    let (result, heads) = publish_checked(&racing("channels/", newer.clone()), &newer, &newer_src);
+    let (result, heads) =
+        publish_checked(&racing("channels/", again(&newer_src)), &newer, &newer_src);
     let published = result.expect("lands after the competitor");
     assert_eq!(heads, [4, 6]);
     assert_eq!(published.pointer.version, 7);

@@ -92,7 +92,7 @@ impl Learned {
             .filter_map(|(i, k)| {
                 let k = k?;
                 Some(Entry {
-                    name: source.tenants.id(i).as_bytes().to_vec(),
+                    name: source.tenants.id(i).as_bytes().into(),
                     stamp: k.stamp,
                     sha256: k.sha256,
                 })

@@ -121,7 +121,7 @@ impl Default for CompileOptions {
 }
 
 /// A compiled source: the payload and what it holds.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Compiled {
     /// The compressed records (format 2), or the root (format 3).
     pub payload: Payload,
@@ -504,9 +504,9 @@ fn run(
         retry.entry(tenant).or_default().extend(why);
     }
     if let Some(w) = writer.as_mut() {
-        for (number, tenant) in phones.routes() {
-            w.route(number, tenant).map_err(payload_err)?;
-        }
+        phones
+            .routes(|number, tenant| w.route(number, tenant))
+            .map_err(payload_err)?;
     }
     Ok(RunOutput {
         writer: writer.map(|w| (count, w)),

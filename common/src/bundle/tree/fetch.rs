@@ -217,7 +217,7 @@ mod tests {
                 raw_size: bytes.len() as u64,
                 count: 1,
             };
-            objects.insert(obj.sha256, bytes);
+            objects.insert(obj.sha256, bytes).expect("insert");
             plan.push((i * 2, obj));
         }
         (objects, plan)
@@ -231,7 +231,10 @@ mod tests {
             for (i, obj) in &plan {
                 let (got, bytes) = ahead.recv().expect("one per plan entry");
                 assert_eq!(got, *i);
-                assert_eq!(bytes.expect("fetched"), objects[&obj.sha256]);
+                assert_eq!(
+                    Some(bytes.expect("fetched")),
+                    objects.get(&obj.sha256).expect("read")
+                );
             }
             assert!(ahead.recv().is_none(), "nothing after the plan");
         });

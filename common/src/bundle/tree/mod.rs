@@ -23,6 +23,7 @@
 mod error;
 mod fetch;
 pub mod frames;
+mod objects;
 pub mod read;
 pub mod store;
 mod unpack;

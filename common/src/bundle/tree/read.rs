@@ -267,17 +267,23 @@ impl ObjectSource<'_> {
     pub fn object(&self, obj: &ObjectRef) -> Result<Vec<u8>, TreeError> {
         match self {
             ObjectSource::Store(store) => fetch(*store, obj),
-            ObjectSource::Built(objects, store) => match (objects.get(&obj.sha256), store) {
-                (Some(bytes), _) => {
-                    check_object(obj, bytes)?;
-                    Ok(bytes.clone())
-                }
-                (None, Some(store)) => fetch(*store, obj),
-                (None, None) => Err(TreeError::Fetch {
+            ObjectSource::Built(objects, store) => {
+                let held = objects.get(&obj.sha256).map_err(|e| TreeError::Fetch {
                     key: obj.key(),
-                    source: crate::store::StoreError::NotFound { key: obj.key() },
-                }),
-            },
+                    source: super::objects::unreadable(&obj.sha256, e),
+                })?;
+                match (held, store) {
+                    (Some(bytes), _) => {
+                        check_object(obj, &bytes)?;
+                        Ok(bytes)
+                    }
+                    (None, Some(store)) => fetch(*store, obj),
+                    (None, None) => Err(TreeError::Fetch {
+                        key: obj.key(),
+                        source: crate::store::StoreError::NotFound { key: obj.key() },
+                    }),
+                }
+            }
         }
     }
 }

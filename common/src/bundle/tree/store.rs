@@ -48,10 +48,7 @@ pub fn upload(
     present: &HashSet<[u8; 32]>,
     repair: bool,
 ) -> Result<Uploaded, StoreError> {
-    let todo: Vec<(&[u8; 32], &Vec<u8>)> = objects
-        .iter()
-        .filter(|(h, _)| !present.contains(*h))
-        .collect();
+    let todo: Vec<&[u8; 32]> = objects.keys().filter(|h| !present.contains(*h)).collect();
     let kept = (objects.len() - todo.len()) as u64;
     let per = todo.len().div_ceil(UPLOAD_THREADS).max(1);
     let results: Vec<Result<Uploaded, StoreError>> = std::thread::scope(|s| {
@@ -60,7 +57,12 @@ pub fn upload(
             .map(|part| {
                 s.spawn(move || {
                     let mut done = Uploaded::default();
-                    for (hash, bytes) in part {
+                    for hash in part {
+                        let bytes = objects
+                            .get(hash)
+                            .map_err(|e| super::objects::unreadable(hash, e))?
+                            .unwrap_or_default();
+                        let bytes = &bytes;
                         match store.put_new(&super::object_key(hash), bytes) {
                             Ok(()) => {
                                 done.objects += 1;
@@ -70,7 +72,7 @@ pub fn upload(
                             Err(StoreError::AlreadyExists { .. }) if repair => {
                                 let key = super::object_key(hash);
                                 let intact = match store.get(&key, bytes.len() as u64) {
-                                    Ok(o) => o.bytes == **bytes,
+                                    Ok(o) => o.bytes == *bytes,
                                     Err(StoreError::TooLarge { .. }) => false,
                                     Err(e) => return Err(e),
                                 };
@@ -145,8 +147,11 @@ pub fn restore(
                         let key = super::object_key(hash);
                         match store.get_range(&key, 0..1) {
                             Err(StoreError::NotFound { .. }) => {
-                                if let Some(bytes) = objects.get(hash) {
-                                    match store.put_new(&key, bytes) {
+                                let held = objects
+                                    .get(hash)
+                                    .map_err(|e| super::objects::unreadable(hash, e))?;
+                                if let Some(bytes) = held {
+                                    match store.put_new(&key, &bytes) {
                                         Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
                                         Err(e) => return Err(e),
                                     }

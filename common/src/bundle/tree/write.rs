@@ -1,7 +1,6 @@
 //! Building a format 3 snapshot: Layer 1, tenants in id order, then routes
 //! in number order go in; the objects and the root payload come out.
 
-use std::collections::BTreeMap;
 use std::io;
 
 use sha2::{Digest, Sha256};
@@ -17,9 +16,7 @@ use crate::bundle::writer::{ascend, out_of_order};
 use crate::canonical;
 use crate::chunk;
 
-/// The objects of a snapshot, by hash: what a publish uploads (those the
-/// store does not hold yet).
-pub type Objects = BTreeMap<[u8; 32], Vec<u8>>;
+pub use super::objects::Objects;
 
 /// Where a writer's objects go.
 pub trait ObjectSink {
@@ -29,13 +26,12 @@ pub trait ObjectSink {
 
 impl ObjectSink for Objects {
     fn put(&mut self, obj: &ObjectRef, bytes: Vec<u8>) -> io::Result<()> {
-        self.insert(obj.sha256, bytes);
-        Ok(())
+        self.insert(obj.sha256, bytes)
     }
 }
 
 /// A finished snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Built {
     /// The root payload: one zstd frame (format 3), to sign in a bundle.
     pub root: Payload,
