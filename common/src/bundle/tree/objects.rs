@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::store::StoreError;
@@ -69,8 +69,13 @@ impl Objects {
             self.in_memory += len as u64;
             Slot::Memory(bytes)
         } else {
+            // Written at its offset, not at the file's position: a write
+            // that failed half way leaves no gap between later objects and
+            // their offsets.
             let offset = self.spooled;
-            self.spool_file()?.write_all(&bytes).map_err(spool_error)?;
+            self.spool_file()?
+                .write_all_at(&bytes, offset)
+                .map_err(spool_error)?;
             self.spooled += len as u64;
             Slot::Spooled { offset, len }
         };
@@ -97,8 +102,12 @@ impl Objects {
                     .as_ref()
                     .ok_or_else(|| io::Error::other("the spool file is missing"))?;
                 let mut bytes = vec![0; *len];
-                file.read_exact_at(&mut bytes, *offset)
-                    .map_err(spool_error)?;
+                file.read_exact_at(&mut bytes, *offset).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("reading a spooled object back from its temporary file: {e}"),
+                    )
+                })?;
                 Ok(Some(bytes))
             }
         }
