@@ -738,6 +738,16 @@ fn pins_back_to_three_versions_never_stored_each_split_the_rows_again() {
     }
 }
 
+/// The names of the tables the file holds.
+fn tables(db: &Db) -> Vec<String> {
+    use redb::TableHandle;
+    let txn = db.db.begin_read().expect("read");
+    txn.list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_owned())
+        .collect()
+}
+
 /// Tenants whose bodies fill three payload frames: a first apply with a
 /// part budget of one byte takes one transaction per frame.
 fn three_frames() -> Vec<(usize, usize)> {
@@ -798,19 +808,11 @@ fn a_first_apply_refused_after_some_parts_leaves_nothing_behind() {
         .expect_err("a tenant short");
     assert!(matches!(err, DbError::TenantCount { .. }), "{err}");
     assert!(db.reader().expect("reader").is_none(), "nothing served");
-    let txn = db.db.begin_read().expect("read");
-    use redb::TableHandle;
-    let left: Vec<String> = txn
-        .list_tables()
-        .expect("tables")
-        .map(|t| t.name().to_owned())
-        .collect();
     assert_eq!(
-        left,
+        tables(&db),
         ["meta", "snapshots"],
         "the committed parts were deleted"
     );
-    drop(txn);
     db.ingest(&meta(1, n), &mut payload_sized(1, &sizes), Keep::newest(2))
         .expect("the same version, whole, applies afterwards");
     assert_eq!(count(&db, TENANTS), n);
@@ -938,15 +940,7 @@ fn a_bad_chunk_in_the_middle_part_of_a_first_apply_leaves_nothing_and_the_next_a
     db.ingest(&meta(1, n), &mut bad, Keep::newest(2))
         .expect_err("bad third frame");
     assert!(db.reader().expect("reader").is_none());
-    let txn = db.db.begin_read().expect("read");
-    use redb::TableHandle;
-    let left: Vec<String> = txn
-        .list_tables()
-        .expect("tables")
-        .map(|t| t.name().to_owned())
-        .collect();
-    assert_eq!(left, ["meta", "snapshots"]);
-    drop(txn);
+    assert_eq!(tables(&db), ["meta", "snapshots"]);
     let done = db
         .ingest(&meta(1, n), &mut payload_sized(1, &sizes), Keep::newest(2))
         .expect("again");
