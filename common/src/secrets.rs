@@ -16,24 +16,27 @@ pub fn find_secret(s: &str) -> Option<&'static str> {
         return Some("looks like a JSON Web Token (eyJ….….…)");
     }
     // Every shape below is at least MIN_TOKEN characters long, so ordinary
-    // words are skipped without looking at them further. Token characters
-    // are ASCII, so tokens are cut at byte positions that are always char
-    // boundaries (a long prompt is scanned without decoding it).
+    // words are skipped without looking at them further: the scan counts
+    // the token characters in a row (without a branch a byte: where words
+    // end is unpredictable) and stops only when the count reaches
+    // MIN_TOKEN. Token characters are ASCII, so tokens are cut at byte
+    // positions that are always char boundaries (a long prompt is scanned
+    // without decoding it).
     let bytes = s.as_bytes();
+    let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // Skip to the next token, then to its end.
-        while i < bytes.len() && !TOKEN_BYTE[usize::from(bytes[i])] {
-            i += 1;
-        }
-        let from = i;
-        while i < bytes.len() && TOKEN_BYTE[usize::from(bytes[i])] {
-            i += 1;
-        }
-        if i - from >= MIN_TOKEN
-            && let Some(why) = s.get(from..i).and_then(classify)
-        {
-            return Some(why);
+        run = (run + 1) * usize::from(TOKEN_BYTE[usize::from(bytes[i])]);
+        i += 1;
+        if run == MIN_TOKEN {
+            let from = i - MIN_TOKEN;
+            while i < bytes.len() && TOKEN_BYTE[usize::from(bytes[i])] {
+                i += 1;
+            }
+            if let Some(why) = s.get(from..i).and_then(classify) {
+                return Some(why);
+            }
+            run = 0;
         }
     }
     None

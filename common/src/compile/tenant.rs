@@ -83,9 +83,11 @@ pub(super) fn compile_batch(
     }
 }
 
-/// `f` over `items` on `threads` threads, in order. A worker that panicked
-/// must not silently drop its tenants from the snapshot: each becomes a
-/// problem, and the build is refused.
+/// `f` over `items` on `threads` threads, in order. Each thread takes the
+/// next item not yet taken (tenants differ in size: a fixed share each
+/// left one thread idle while the other finished its share). A worker that
+/// panicked must not silently drop its tenants from the snapshot: each it
+/// took becomes a problem, and the build is refused.
 fn parallel<T: Sync>(
     items: &[T],
     threads: usize,
@@ -94,33 +96,43 @@ fn parallel<T: Sync>(
     if threads <= 1 || items.len() < 2 {
         return items.iter().map(&f).collect();
     }
-    let per = items.len().div_ceil(threads);
-    let f = &f;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (next, f) = (&next, &f);
+    let mut slots: Vec<Option<TenantResult>> = Vec::new();
+    slots.resize_with(items.len(), || None);
     std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|part| {
-                (
-                    part.len(),
-                    s.spawn(move || part.iter().map(f).collect::<Vec<_>>()),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join().unwrap_or_else(|_| {
-                    (0..n)
-                        .map(|_| {
-                            TenantResult::named(PathBuf::from("<compile worker>"), "").refused(
-                                "internal error while compiling this tenant (a bug in strata; please report it with the source)".into(),
-                            )
-                        })
-                        .collect()
+        let handles: Vec<_> = (0..threads.min(items.len()))
+            .map(|_| {
+                s.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return done;
+                        };
+                        done.push((i, f(item)));
+                    }
                 })
             })
-            .collect()
-    })
+            .collect();
+        for h in handles {
+            // A panicked worker's results are lost with it: its slots stay
+            // empty and are filled below.
+            for (i, result) in h.join().unwrap_or_default() {
+                slots[i] = Some(result);
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
+                TenantResult::named(PathBuf::from("<compile worker>"), "").refused(
+                    "internal error while compiling this tenant (a bug in strata; please report it with the source)".into(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Parses, merges, validates and renders one tenant file.

@@ -564,7 +564,7 @@ impl EffectiveConfig {
         if let serde_json::Value::Object(map) = &mut value {
             map.remove("config_hash");
         }
-        let hash = crate::canonical::sha256_hex(&crate::canonical::to_vec(&value)?);
+        let hash = crate::canonical::sha256_hex(&crate::canonical::value_to_vec(&value)?);
         if let serde_json::Value::Object(map) = &mut value {
             map.insert(
                 "config_hash".into(),
@@ -572,7 +572,7 @@ impl EffectiveConfig {
             );
         }
         self.config_hash = hash;
-        crate::canonical::to_vec(&value)
+        crate::canonical::value_to_vec(&value)
     }
 }
 

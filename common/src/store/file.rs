@@ -22,6 +22,11 @@ use crate::copy::copy_chunked;
 pub struct FileStore {
     root: PathBuf,
     url: StoreUrl,
+    /// The directories this handle has swept of stale temporary files:
+    /// once each is enough (a temporary file is stale after an hour), and
+    /// sweeping before every write listed a directory of objects once an
+    /// object (at 1M tenants, 88,000 writes into 256 directories).
+    swept: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 /// The largest object a compare-and-swap compares (pointers are small).
@@ -44,6 +49,7 @@ impl FileStore {
         Ok(Self {
             url,
             root: root.to_owned(),
+            swept: std::sync::Arc::default(),
         })
     }
 
@@ -235,7 +241,14 @@ impl FileStore {
         let dir = target.parent().unwrap_or(&self.root);
         make_dir(dir)?;
         self.inside(dir)?;
-        remove_stale_temps(dir);
+        let first = self
+            .swept
+            .lock()
+            .map(|mut swept| swept.insert(dir.to_owned()))
+            .unwrap_or(true);
+        if first {
+            remove_stale_temps(dir);
+        }
         let name = target
             .file_name()
             .and_then(|n| n.to_str())

@@ -94,6 +94,13 @@ pub fn is_unsafe_char(c: char) -> bool {
 /// reads: an ESC or a BEL in a persona, a U+202E that shows a name
 /// reversed. Names the field and the character's position.
 pub(super) fn check_characters(r: &mut Reporter<'_>, field: &str, text: &str) {
+    // Most text is printable ASCII: one pass over the bytes says so.
+    if text
+        .bytes()
+        .all(|b| (b' '..0x7f).contains(&b) || matches!(b, b'\n' | b'\t' | b'\r'))
+    {
+        return;
+    }
     let found = text
         .chars()
         .enumerate()
