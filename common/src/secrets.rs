@@ -200,4 +200,35 @@ mod tests {
             find_secret("Book visits for riverside-landscaping-000123 customers only").is_none()
         );
     }
+
+    /// The scan finds what classifying every token of MIN_TOKEN or more
+    /// characters, in order, finds (the scan it replaced).
+    #[test]
+    fn the_counting_scan_matches_classifying_every_long_token() {
+        fn reference(s: &str) -> Option<&'static str> {
+            s.split(|c: char| !is_token_char(c))
+                .filter(|t| t.len() >= MIN_TOKEN)
+                .find_map(classify)
+        }
+        let pieces = [
+            "sk-", "abcdefghij", "ABCDEFGH12", "AKIA", "IOSFODNN7EXAMPLE", " ", ".", "é", "-_+/=",
+            "8fJ2kLq9Zx", "ghp_", "0123456789",
+        ];
+        let mut texts = vec![String::new()];
+        for _ in 0..5 {
+            let mut longer = Vec::new();
+            for t in &texts {
+                for p in pieces {
+                    longer.push(format!("{t}{p}"));
+                }
+            }
+            texts.extend(longer);
+        }
+        for text in &texts {
+            if text.contains("-----BEGIN") || text.contains("eyJ") {
+                continue;
+            }
+            assert_eq!(find_secret(text), reference(text), "{text:?}");
+        }
+    }
 }

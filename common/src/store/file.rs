@@ -544,7 +544,8 @@ const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Removes the temporary files (`.<name>.<pid>.<n>.tmp`) in `dir` that no
 /// one has written for [`STALE_TEMP`]: what a publisher killed mid-write
-/// leaves. Done before each write; a failure only leaves them for the next.
+/// leaves. Done before a handle's first write into `dir`; a failure only
+/// leaves them for the next handle.
 fn remove_stale_temps(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
