@@ -17,9 +17,9 @@ pub fn find_secret(s: &str) -> Option<&'static str> {
     }
     // Every shape below is at least MIN_TOKEN characters long, so ordinary
     // words are skipped without looking at them further: the scan counts
-    // the token characters in a row (without a branch a byte: where words
-    // end is unpredictable) and stops only when the count reaches
-    // MIN_TOKEN. Token characters are ASCII, so tokens are cut at byte
+    // the token characters in a row and stops only when the count reaches
+    // MIN_TOKEN (a test a byte that is almost never true, where skipping
+    // word by word branched unpredictably at every word's end). Token characters are ASCII, so tokens are cut at byte
     // positions that are always char boundaries (a long prompt is scanned
     // without decoding it).
     let bytes = s.as_bytes();
@@ -211,8 +211,18 @@ mod tests {
                 .find_map(classify)
         }
         let pieces = [
-            "sk-", "abcdefghij", "ABCDEFGH12", "AKIA", "IOSFODNN7EXAMPLE", " ", ".", "é", "-_+/=",
-            "8fJ2kLq9Zx", "ghp_", "0123456789",
+            "sk-",
+            "abcdefghij",
+            "ABCDEFGH12",
+            "AKIA",
+            "IOSFODNN7EXAMPLE",
+            " ",
+            ".",
+            "é",
+            "-_+/=",
+            "8fJ2kLq9Zx",
+            "ghp_",
+            "0123456789",
         ];
         let mut texts = vec![String::new()];
         for _ in 0..5 {

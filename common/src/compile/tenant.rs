@@ -70,15 +70,23 @@ pub(super) fn compile_batch(
     match tenants {
         Tenants::Files { root, files, .. } => {
             let files: Vec<&PathBuf> = batch.iter().filter_map(|&i| files.get(i)).collect();
-            Ok(parallel(&files, threads, |f| compile_file(layer1, root, f)))
+            Ok(parallel(
+                &files,
+                threads,
+                |f| compile_file(layer1, root, f),
+                |f| TenantResult::named(f.to_path_buf(), crate::source::file_stem(f)),
+            ))
         }
         Tenants::Rows { rows, reader } => {
             let rows: Vec<Row> = batch.iter().filter_map(|&i| rows.get(i).cloned()).collect();
             let contents = reader.fetch(&rows)?;
             let pairs: Vec<(&Row, &RowContent)> = rows.iter().zip(&contents).collect();
-            Ok(parallel(&pairs, threads, |(row, content)| {
-                compile_row(layer1, row, content)
-            }))
+            Ok(parallel(
+                &pairs,
+                threads,
+                |(row, content)| compile_row(layer1, row, content),
+                |(row, _)| TenantResult::named(crate::source::row_origin(row), &row.tenant),
+            ))
         }
     }
 }
@@ -87,11 +95,13 @@ pub(super) fn compile_batch(
 /// next item not yet taken (tenants differ in size: a fixed share each
 /// left one thread idle while the other finished its share). A worker that
 /// panicked must not silently drop its tenants from the snapshot: each it
-/// took becomes a problem, and the build is refused.
+/// took becomes a problem of that tenant (`blank` names it), so the build
+/// is refused, or under quarantine the tenant keeps its last config.
 fn parallel<T: Sync>(
     items: &[T],
     threads: usize,
     f: impl Fn(&T) -> TenantResult + Sync,
+    blank: impl Fn(&T) -> TenantResult,
 ) -> Vec<TenantResult> {
     if threads <= 1 || items.len() < 2 {
         return items.iter().map(&f).collect();
@@ -125,9 +135,10 @@ fn parallel<T: Sync>(
     });
     slots
         .into_iter()
-        .map(|slot| {
+        .zip(items)
+        .map(|(slot, item)| {
             slot.unwrap_or_else(|| {
-                TenantResult::named(PathBuf::from("<compile worker>"), "").refused(
+                blank(item).refused(
                     "internal error while compiling this tenant (a bug in strata; please report it with the source)".into(),
                 )
             })
@@ -302,4 +313,38 @@ fn compile_doc(layer1: &Layer1, mut result: TenantResult, mut doc: toml::Value) 
     }
     result.problems = r.problems;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that panics loses no tenant: each it had taken comes back
+    /// refused under its own name (so quarantine holds that tenant, not
+    /// an unnamed one), the others compiled, all in order.
+    #[test]
+    fn a_panicking_worker_s_tenants_are_refused_by_name() {
+        let ids: Vec<String> = (0..64).map(|i| format!("tenant-{i:02}")).collect();
+        let blank = |id: &String| TenantResult::named(PathBuf::from(format!("{id}.toml")), id);
+        let results = parallel(
+            &ids,
+            2,
+            |id| {
+                assert!(id != "tenant-05", "a bug while compiling {id}");
+                blank(id)
+            },
+            blank,
+        );
+        assert_eq!(results.len(), ids.len());
+        for (id, r) in ids.iter().zip(&results) {
+            assert_eq!(&r.tenant_id, id, "in order");
+            if !r.problems.is_empty() {
+                assert_eq!(r.problems[0].tenant.as_deref(), Some(id.as_str()));
+            }
+        }
+        assert!(
+            !results[5].problems.is_empty(),
+            "the tenant that panicked is refused"
+        );
+    }
 }

@@ -364,7 +364,7 @@ fn check_prompt_texts(
             )
             .collect();
     let alone = |r: &mut Reporter<'_>, field: &str, text: &str| {
-        check_text(r, Some(policy), field.to_owned(), text);
+        check_text(r, Some(policy), field, text);
     };
     let Some(rendered) = rendered else {
         for (field, text) in &parts {
@@ -421,10 +421,10 @@ fn check_prompt_texts(
 }
 
 /// Reports a secret, and (with `policy`) a forbidden pattern, in `text`.
-fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text: &str) {
+fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: &str, text: &str) {
     if let Some(why) = secrets::find_secret(text) {
         r.push(
-            field.clone(),
+            field,
             format!("{why}; bundles reach every call node and must carry no secrets: store the key in a secret store and name it instead, such as key_ref = \"vault:tenants/<tenant>/openai\" under [model]"),
         );
     }
@@ -440,15 +440,17 @@ fn check_text(r: &mut Reporter<'_>, policy: Option<&Policy>, field: String, text
 /// secret, and (with `policy`) those holding a forbidden pattern. Runs on
 /// the raw document, so that no field escapes it.
 pub(crate) fn check_strings(r: &mut Reporter<'_>, doc: &toml::Value, policy: Option<&Policy>) {
-    fn walk(r: &mut Reporter<'_>, policy: Option<&Policy>, path: String, v: &toml::Value) {
+    /// `path` is the value's field path; each level appends to it and
+    /// cuts it back (one buffer for the walk, not a string a value).
+    fn walk(r: &mut Reporter<'_>, policy: Option<&Policy>, path: &mut String, v: &toml::Value) {
         if let toml::Value::String(text) = v {
-            check_characters(r, &path, text);
+            check_characters(r, path, text);
             if let Some(max) = policy.map(|p| p.tenant_limits.max_string_chars)
                 && text.len() > max
                 && text.chars().count() > max
             {
                 r.push(
-                    path.clone(),
+                    path.as_str(),
                     format!(
                         "{} characters; Layer 1 allows at most {max} in one value (policy.tenant_limits.max_string_chars)",
                         text.chars().count()
@@ -456,32 +458,37 @@ pub(crate) fn check_strings(r: &mut Reporter<'_>, doc: &toml::Value, policy: Opt
                 );
             }
         }
+        let len = path.len();
         match v {
             // The prompt's texts are checked through the rendered prompt
             // (check_prompt_texts), once.
             toml::Value::String(_)
                 if policy.is_some()
-                    && (path == "agent.prompt" || path.starts_with("agent.variables.")) => {}
+                    && (path.as_str() == "agent.prompt"
+                        || path.starts_with("agent.variables.")) => {}
             toml::Value::String(s) => check_text(r, policy, path, s),
             toml::Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    walk(r, policy, format!("{path}[{i}]"), item);
+                    use std::fmt::Write;
+                    let _ = write!(path, "[{i}]");
+                    walk(r, policy, path, item);
+                    path.truncate(len);
                 }
             }
             toml::Value::Table(t) => {
                 for (k, item) in t {
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    walk(r, policy, p, item);
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    walk(r, policy, path, item);
+                    path.truncate(len);
                 }
             }
             _ => {}
         }
     }
-    walk(r, policy, String::new(), doc);
+    walk(r, policy, &mut String::new(), doc);
 }
 
 fn bound_f(r: &mut Reporter<'_>, field: &str, v: f64, [lo, hi]: [f64; 2]) {
