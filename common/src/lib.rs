@@ -38,6 +38,8 @@ pub mod source;
 pub mod store;
 pub mod sweep;
 pub mod tenant_rollback;
+#[cfg(test)]
+mod test_texts;
 pub mod time;
 pub mod validate;
 pub mod verify;

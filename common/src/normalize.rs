@@ -779,17 +779,7 @@ mod tests {
             "a_b",
             "Z9",
         ];
-        // Every sequence of up to four pieces.
-        let mut texts = vec![String::new()];
-        for _ in 0..4 {
-            let mut longer = Vec::new();
-            for t in &texts {
-                for p in pieces {
-                    longer.push(format!("{t}{p}"));
-                }
-            }
-            texts.extend(longer);
-        }
+        let texts = crate::test_texts::sequences(&pieces, 4);
         for text in &texts {
             let t = Text::ascii(text);
             let (compact, edges, tokens) = reference(text);

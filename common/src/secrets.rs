@@ -224,16 +224,7 @@ mod tests {
             "ghp_",
             "0123456789",
         ];
-        let mut texts = vec![String::new()];
-        for _ in 0..5 {
-            let mut longer = Vec::new();
-            for t in &texts {
-                for p in pieces {
-                    longer.push(format!("{t}{p}"));
-                }
-            }
-            texts.extend(longer);
-        }
+        let texts = crate::test_texts::sequences(&pieces, 5);
         for text in &texts {
             if text.contains("-----BEGIN") || text.contains("eyJ") {
                 continue;
