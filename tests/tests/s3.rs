@@ -443,3 +443,85 @@ async fn an_error_body_without_end_is_not_read_into_memory() {
     ok(&publish(&server, &fx, "v2", 5).await);
     serves(&socket, 2).await;
 }
+
+/// The files of the bucket's objects under the prefix, by key.
+fn object_keys(server: &S3Server) -> Vec<(String, u64)> {
+    let root = server.object_path("");
+    let mut keys = Vec::new();
+    let mut dirs = vec![server.object_path(&format!("{PREFIX}/objects"))];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).expect("objects dir").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(key) = path.strip_prefix(&root) {
+                let size = e.metadata().expect("object size").len();
+                keys.push((key.display().to_string(), size));
+            }
+        }
+    }
+    keys
+}
+
+/// A new node reads a format 3 snapshot's chunks from S3 as tasks of the
+/// store's runtime, far more than its window holds (2,000 tenants, ~180
+/// chunks), in order: it serves every tenant. A chunk damaged in the
+/// bucket, then missing, is refused under its own reason while the node
+/// keeps serving the version it has; once the chunk is back, the new
+/// version is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format3_chunks_from_s3_arrive_in_order_and_a_bad_one_is_refused() {
+    let server = S3Server::start().await;
+    let fx = Fixture::new();
+    ok(&publish(&server, &fx, "v1", 2000).await);
+    let before = object_keys(&server);
+    assert!(before.len() > 150, "{} objects", before.len());
+    let (agent_a, socket) = agent(&fx, "a", server.env(), "");
+    serves(&socket, 1).await;
+    assert_eq!(snapshot(&socket).await["tenant_count"], 2000);
+    for i in [0, 999, 1999] {
+        let id = strata_common::generate::tenant_id(i);
+        let cfg = client::get(&socket, &format!("/v1/tenants/{id}"))
+            .await
+            .expect("lookup");
+        assert_eq!(cfg.status, 200, "tenant {id}");
+    }
+    // Stopped while the next version is published and damaged, so that it
+    // meets the damage (it restarts serving version 1 from its file).
+    drop(agent_a);
+    strata_tests::change_one_tenant(&fx.dir.path().join("source-v1"), 5);
+    ok(&publish(&server, &fx, "v1", 2000).await);
+    let (chunk, _) = object_keys(&server)
+        .into_iter()
+        .filter(|o| !before.contains(o))
+        .max_by_key(|(_, size)| *size)
+        .expect("a new chunk");
+    let good = std::fs::read(server.object_path(&chunk)).expect("chunk");
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x55;
+    server.put_raw(&chunk, &bad);
+    let (_agent, socket) = agent(&fx, "a", server.env(), "");
+    let refused = |reason: &'static str| {
+        let socket = socket.clone();
+        move || {
+            let socket = socket.clone();
+            async move {
+                let s = snapshot(&socket).await;
+                s["last_error_reason"] == reason && s["version"] == 1
+            }
+        }
+    };
+    wait_for(
+        "the damaged chunk refused, version 1 served",
+        refused("object_hash_mismatch"),
+    )
+    .await;
+    server.delete_raw(&chunk);
+    wait_for(
+        "the missing chunk reported, version 1 served",
+        refused("object_unavailable"),
+    )
+    .await;
+    server.put_raw(&chunk, &good);
+    serves(&socket, 2).await;
+}

@@ -33,11 +33,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the response headers, and then each piece of the body, may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The HTTPS client of a mirror.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
 /// A mirror's base URL, with the client and the runtime it blocks on.
 pub struct HttpsStore {
     url: StoreUrl,
     base: String,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpClient,
     rt: Runtime,
     /// How long one read may take in all (see [`HttpsStore::with_deadline`]).
     deadline: Option<std::time::Duration>,
@@ -113,13 +116,14 @@ impl HttpsStore {
         self
     }
 
-    /// GETs `key` with `headers`; `Ok(None)` on 304.
+    /// GETs `key` of the mirror at `base` with `headers`; `Ok(None)` on 304.
     async fn send(
-        &self,
+        client: &HttpClient,
+        base: &str,
         key: &str,
         headers: &[(hyper::header::HeaderName, String)],
     ) -> Result<Option<hyper::Response<hyper::body::Incoming>>, StoreError> {
-        let uri = format!("{}/{key}", self.base);
+        let uri = format!("{base}/{key}");
         let mut request = Request::get(&uri);
         for (name, value) in headers {
             request = request.header(name, value);
@@ -128,7 +132,7 @@ impl HttpsStore {
             key: key.to_owned(),
             source: Box::new(e),
         })?;
-        let response = tokio::time::timeout(READ_TIMEOUT, self.client.request(request))
+        let response = tokio::time::timeout(READ_TIMEOUT, client.request(request))
             .await
             .map_err(|e| StoreError::Transient {
                 key: key.to_owned(),
@@ -163,12 +167,30 @@ impl HttpsStore {
         })
     }
 
+    /// GETs `key` of the mirror at `base` into `out`, stopping past
+    /// `max_bytes`.
+    async fn read_to<W: Write + ?Sized>(
+        client: &HttpClient,
+        base: &str,
+        key: &str,
+        max_bytes: u64,
+        out: &mut W,
+    ) -> Result<u64, StoreError> {
+        let Some(response) = Self::send(client, base, key, &[]).await? else {
+            return Err(StoreError::Fatal {
+                key: key.to_owned(),
+                source: "the mirror answered 304 to an unconditional GET".into(),
+            });
+        };
+        Self::read_body(key, response, max_bytes, out).await
+    }
+
     /// Streams a response body into `out`, stopping past `max_bytes`.
-    async fn read_body(
+    async fn read_body<W: Write + ?Sized>(
         key: &str,
         response: hyper::Response<hyper::body::Incoming>,
         max_bytes: u64,
-        out: &mut dyn Write,
+        out: &mut W,
     ) -> Result<u64, StoreError> {
         let declared = response
             .headers()
@@ -238,7 +260,7 @@ impl ReadStore for HttpsStore {
                 .map(|e| (IF_NONE_MATCH, e.to_owned()))
                 .into_iter()
                 .collect();
-            let Some(response) = self.send(key, &headers).await? else {
+            let Some(response) = Self::send(&self.client, &self.base, key, &headers).await? else {
                 return Ok(Fetched::NotModified);
             };
             let etag = response
@@ -260,7 +282,7 @@ impl ReadStore for HttpsStore {
         }
         self.rt.read(key, self.deadline, len, async {
             let header = (RANGE, format!("bytes={}-{}", range.start, range.end - 1));
-            let Some(response) = self.send(key, &[header]).await? else {
+            let Some(response) = Self::send(&self.client, &self.base, key, &[header]).await? else {
                 return Err(StoreError::Fatal {
                     key: key.to_owned(),
                     source: "the mirror answered 304 to a ranged GET".into(),
@@ -279,14 +301,28 @@ impl ReadStore for HttpsStore {
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        self.rt.read(key, self.deadline, max_bytes, async {
-            let Some(response) = self.send(key, &[]).await? else {
-                return Err(StoreError::Fatal {
-                    key: key.to_owned(),
-                    source: "the mirror answered 304 to an unconditional GET".into(),
-                });
-            };
-            Self::read_body(key, response, max_bytes, out).await
-        })
+        let read = Self::read_to(&self.client, &self.base, key, max_bytes, out);
+        self.rt.read(key, self.deadline, max_bytes, read)
+    }
+
+    fn get_each(
+        &self,
+        keys: &mut dyn Iterator<Item = (String, u64)>,
+        parallel: usize,
+        done: &mut dyn FnMut(Result<Vec<u8>, StoreError>) -> bool,
+    ) {
+        let read = |key: String, max_bytes| {
+            let (client, base) = (self.client.clone(), self.base.clone());
+            async move {
+                let mut bytes = Vec::new();
+                Self::read_to(&client, &base, &key, max_bytes, &mut bytes).await?;
+                Ok(bytes)
+            }
+        };
+        (self.rt).each_object(keys, self.deadline, parallel, read, done);
+    }
+
+    fn reads_concurrently(&self) -> bool {
+        true
     }
 }

@@ -203,6 +203,32 @@ pub trait ReadStore: Send + Sync {
     /// returns the number of bytes written. For bundles: memory stays flat
     /// whatever the bundle's size.
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError>;
+
+    /// Reads `keys` (each refused past its own limit), up to `parallel`
+    /// at once, and hands each body to `done` in `keys`' order until
+    /// `done` returns `false`. The default reads one after another on the
+    /// calling thread; S3 and HTTPS run the reads as tasks of their runtime
+    /// (see [`ReadStore::reads_concurrently`]).
+    fn get_each(
+        &self,
+        keys: &mut dyn Iterator<Item = (String, u64)>,
+        parallel: usize,
+        done: &mut dyn FnMut(Result<Vec<u8>, StoreError>) -> bool,
+    ) {
+        let _ = parallel;
+        for (key, max_bytes) in keys {
+            if !done(self.get(&key, max_bytes).map(|o| o.bytes)) {
+                return;
+            }
+        }
+    }
+
+    /// Whether [`ReadStore::get_each`] runs its reads at once. A caller
+    /// that wants many objects from a store that does not (the file
+    /// store, whose reads are system calls) reads on threads of its own.
+    fn reads_concurrently(&self) -> bool {
+        false
+    }
 }
 
 /// What a publisher adds: writes that never lose a version.

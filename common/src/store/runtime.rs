@@ -57,24 +57,76 @@ impl Runtime {
         bytes: u64,
         future: impl Future<Output = Result<T, super::StoreError>>,
     ) -> Result<T, super::StoreError> {
-        let Some(deadline) = deadline else {
-            return self.block_on(future);
-        };
-        let deadline = deadline.saturating_add(std::time::Duration::from_secs(bytes / FLOOR_RATE));
-        self.block_on(async {
-            tokio::time::timeout(deadline, future)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(super::StoreError::Transient {
-                        key: key.to_owned(),
-                        source: format!(
-                            "no complete answer within {}s (twice check_timeout, and a second per 256 KiB); given up, to be tried again",
-                            deadline.as_secs()
-                        )
-                        .into(),
-                    })
+        self.block_on(bounded(key, deadline, bytes, future))
+    }
+
+    /// Runs `reads` (each a key, the most bytes it may bring, and the read
+    /// itself) as tasks of this runtime, up to `parallel` at once, each
+    /// given up as [`Runtime::read`] gives one up, and hands their results
+    /// to `done` in order until `done` returns `false` or the reads run
+    /// out; tasks still running then are aborted. For a reader that
+    /// fetches many objects ahead (a new node's chunks): each read runs on
+    /// the threads that drive its connection, with no thread of its own
+    /// and no hand-over between threads at each step.
+    pub(crate) fn each<T, F>(
+        &self,
+        reads: impl Iterator<Item = (String, u64, F)>,
+        deadline: Option<std::time::Duration>,
+        parallel: usize,
+        done: &mut dyn FnMut(Result<T, super::StoreError>) -> bool,
+    ) where
+        T: Send + 'static,
+        F: Future<Output = Result<T, super::StoreError>> + Send + 'static,
+    {
+        let rt = self.runtime();
+        let mut reads = reads.fuse();
+        let mut running = std::collections::VecDeque::with_capacity(parallel);
+        loop {
+            while running.len() < parallel.max(1) {
+                let Some((key, bytes, read)) = reads.next() else {
+                    break;
+                };
+                let named = key.clone();
+                let task = rt.spawn(async move { bounded(&named, deadline, bytes, read).await });
+                running.push_back((key, task));
+            }
+            let Some((key, task)) = running.pop_front() else {
+                return;
+            };
+            let result = rt.block_on(task).unwrap_or_else(|e| {
+                Err(super::StoreError::Transient {
+                    key,
+                    source: format!("the read's task ended early ({e}); to be tried again").into(),
                 })
-        })
+            });
+            if !done(result) {
+                break;
+            }
+        }
+        for (_, task) in running {
+            task.abort();
+        }
+    }
+
+    /// [`Runtime::each`] for a store's `get_each`: each of `keys` (a key
+    /// and the most bytes it may have) read whole by the future `read`
+    /// makes for it.
+    pub(crate) fn each_object<F, R>(
+        &self,
+        keys: &mut dyn Iterator<Item = (String, u64)>,
+        deadline: Option<std::time::Duration>,
+        parallel: usize,
+        read: R,
+        done: &mut dyn FnMut(Result<Vec<u8>, super::StoreError>) -> bool,
+    ) where
+        R: Fn(String, u64) -> F,
+        F: Future<Output = Result<Vec<u8>, super::StoreError>> + Send + 'static,
+    {
+        let reads = keys.map(|(key, max_bytes)| {
+            let future = read(key.clone(), max_bytes);
+            (key, max_bytes, future)
+        });
+        self.each(reads, deadline, parallel, done);
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -85,6 +137,32 @@ impl Runtime {
     }
 }
 
+/// `future`, given up after `deadline` (if any) plus a second per
+/// [`FLOOR_RATE`] bytes (see [`Runtime::read`]).
+async fn bounded<T>(
+    key: &str,
+    deadline: Option<std::time::Duration>,
+    bytes: u64,
+    future: impl Future<Output = Result<T, super::StoreError>>,
+) -> Result<T, super::StoreError> {
+    let Some(deadline) = deadline else {
+        return future.await;
+    };
+    let deadline = deadline.saturating_add(std::time::Duration::from_secs(bytes / FLOOR_RATE));
+    tokio::time::timeout(deadline, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(super::StoreError::Transient {
+                key: key.to_owned(),
+                source: format!(
+                    "no complete answer within {}s (twice check_timeout, and a second per 256 KiB); given up, to be tried again",
+                    deadline.as_secs()
+                )
+                .into(),
+            })
+        })
+}
+
 /// The slowest transfer a read's deadline allows for, in bytes per second.
 const FLOOR_RATE: u64 = 256 << 10;
 
@@ -93,5 +171,122 @@ impl Drop for Runtime {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Counts how many of its kind are alive: a read's future is dropped
+    /// when it ends or its task is aborted.
+    struct Alive(Arc<AtomicUsize>);
+    impl Alive {
+        fn new(count: &Arc<AtomicUsize>) -> Self {
+            count.fetch_add(1, Ordering::SeqCst);
+            Self(count.clone())
+        }
+    }
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what} within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn results_come_in_order_whatever_order_the_reads_finish_in() {
+        let rt = Runtime::new().expect("runtime");
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let reads = (0..40u64).map(|i| {
+            let (running, most) = (running.clone(), most.clone());
+            let read = async move {
+                let alive = Alive::new(&running);
+                most.fetch_max(running.load(Ordering::SeqCst), Ordering::SeqCst);
+                // Later reads answer sooner: the order must still hold.
+                tokio::time::sleep(Duration::from_millis(40 - i)).await;
+                drop(alive);
+                Ok::<_, StoreError>(i)
+            };
+            (format!("objects/{i}"), 0, read)
+        });
+        let mut got = Vec::new();
+        rt.each(reads, None, 8, &mut |read| {
+            got.push(read.expect("every read answers"));
+            true
+        });
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (2..=8).contains(&most),
+            "reads run at once, at most 8: {most}"
+        );
+    }
+
+    #[test]
+    fn a_reader_that_stops_ends_the_reads_still_running() {
+        let rt = Runtime::new().expect("runtime");
+        let alive = Arc::new(AtomicUsize::new(0));
+        let reads = (0..100u64).map(|i| {
+            let alive = alive.clone();
+            let read = async move {
+                let _alive = Alive::new(&alive);
+                if i > 0 {
+                    // Never answers in the time of the test.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok::<_, StoreError>(i)
+            };
+            (format!("objects/{i}"), 0, read)
+        });
+        let started = Instant::now();
+        let mut got = Vec::new();
+        rt.each(reads, None, 16, &mut |read| {
+            got.push(read.expect("the first read answers"));
+            false
+        });
+        assert_eq!(got, [0]);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        poll_until("the aborted reads dropped", || {
+            alive.load(Ordering::SeqCst) == 0
+        });
+    }
+
+    #[test]
+    fn a_read_that_never_answers_is_given_up_as_transient_naming_its_key() {
+        let rt = Runtime::new().expect("runtime");
+        let reads = (0..3u64).map(|i| {
+            let read = async move {
+                if i == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, StoreError>(i)
+            };
+            (format!("objects/ab/{i}"), 0, read)
+        });
+        let mut got = Vec::new();
+        rt.each(reads, Some(Duration::from_millis(200)), 3, &mut |read| {
+            got.push(read);
+            true
+        });
+        assert_eq!(got.len(), 3, "the reads after it still come");
+        assert!(matches!(got[0], Ok(0)));
+        match &got[1] {
+            Err(StoreError::Transient { key, .. }) => assert_eq!(key, "objects/ab/1"),
+            other => panic!("expected a transient error naming the key: {other:?}"),
+        }
+        assert!(matches!(got[2], Ok(2)));
     }
 }

@@ -165,14 +165,29 @@ impl S3Store {
         }
     }
 
+    /// Sends `request` (a GetObject of `key`) and reads the body into
+    /// `out`, stopping past `max_bytes`.
+    async fn read_to<W: Write + ?Sized>(
+        key: &str,
+        request: aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder,
+        max_bytes: u64,
+        out: &mut W,
+    ) -> Result<u64, StoreError> {
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| classify(key, "GetObject", e))?;
+        let declared = resp.content_length();
+        Self::read_body(key, resp.body, declared, max_bytes, out).await
+    }
+
     /// Reads `key`'s body into `out`, stopping past `max_bytes`.
-    async fn read_body(
-        &self,
+    async fn read_body<W: Write + ?Sized>(
         key: &str,
         mut body: ByteStream,
         declared: Option<i64>,
         max_bytes: u64,
-        out: &mut dyn Write,
+        out: &mut W,
     ) -> Result<u64, StoreError> {
         if let Some(size) = declared.and_then(|s| u64::try_from(s).ok())
             && size > max_bytes
@@ -402,8 +417,7 @@ impl ReadStore for S3Store {
             let etag = resp.e_tag().unwrap_or_default().to_owned();
             let declared = resp.content_length();
             let mut bytes = Vec::new();
-            self.read_body(key, resp.body, declared, max_bytes, &mut bytes)
-                .await?;
+            Self::read_body(key, resp.body, declared, max_bytes, &mut bytes).await?;
             Ok(Fetched::Object(Object { bytes, etag }))
         })
     }
@@ -421,23 +435,35 @@ impl ReadStore for S3Store {
                 .await
                 .map_err(|e| classify(key, "GetObject", e))?;
             let mut bytes = Vec::with_capacity(len as usize);
-            self.read_body(key, resp.body, Some(len as i64), len, &mut bytes)
-                .await?;
+            Self::read_body(key, resp.body, Some(len as i64), len, &mut bytes).await?;
             Ok(bytes)
         })
     }
 
     fn get_to(&self, key: &str, max_bytes: u64, out: &mut dyn Write) -> Result<u64, StoreError> {
-        self.rt.read(key, self.deadline, max_bytes, async {
-            let resp = self
-                .get_object(key)
-                .send()
-                .await
-                .map_err(|e| classify(key, "GetObject", e))?;
-            let declared = resp.content_length();
-            self.read_body(key, resp.body, declared, max_bytes, out)
-                .await
-        })
+        let read = Self::read_to(key, self.get_object(key), max_bytes, out);
+        self.rt.read(key, self.deadline, max_bytes, read)
+    }
+
+    fn get_each(
+        &self,
+        keys: &mut dyn Iterator<Item = (String, u64)>,
+        parallel: usize,
+        done: &mut dyn FnMut(Result<Vec<u8>, StoreError>) -> bool,
+    ) {
+        let read = |key: String, max_bytes| {
+            let request = self.get_object(&key);
+            async move {
+                let mut bytes = Vec::new();
+                Self::read_to(&key, request, max_bytes, &mut bytes).await?;
+                Ok(bytes)
+            }
+        };
+        (self.rt).each_object(keys, self.deadline, parallel, read, done);
+    }
+
+    fn reads_concurrently(&self) -> bool {
+        true
     }
 }
 

@@ -13,23 +13,38 @@ use super::read::ObjectSource;
 pub const FETCH_BATCH: usize = 128;
 /// How many fetches run in parallel in a batch.
 pub const FETCH_THREADS: usize = 64;
-/// How many threads fetch ahead of a reader. Each takes its next chunk as
-/// soon as its last is in, so fewer keep as many fetches in flight as a
-/// batch's 64 did; more cost CPU in switching between them (a 100k cold
-/// start from the in-process S3 server: 64 threads 8.1 s, 32 6.8 s, 16
-/// 7.2 s; with GETs 20 ms late, 32 threads 8.2 s).
+/// How many chunks are fetched at once ahead of a reader (threads of a
+/// pool for the file store, tasks of the store's runtime for S3 and
+/// HTTPS). Each next fetch starts as soon as one is in, so fewer keep as
+/// many in flight as a batch's 64 did; more threads cost CPU in switching
+/// between them (a 100k cold start from the in-process S3 server, threads:
+/// 64 8.1 s, 32 6.8 s, 16 7.2 s; with GETs 20 ms late, 32 threads 8.2 s).
 pub const AHEAD_THREADS: usize = 32;
 
 /// A fetched chunk: its index among the snapshot's chunks, and its bytes
 /// (checked against its reference) or why they could not be had.
 pub(super) type Fetch = (usize, Result<Vec<u8>, TreeError>);
 
-/// The objects `objs` names, fetched on [`FETCH_THREADS`] threads; the
-/// results in the same order.
+/// The objects `objs` names, fetched [`FETCH_THREADS`] at a time (as
+/// tasks of the store's runtime if it runs reads at once, otherwise on as
+/// many threads); the results in the same order.
 pub(super) fn parallel(
     store: ObjectSource<'_>,
     objs: &[ObjectRef],
 ) -> Vec<Result<Vec<u8>, TreeError>> {
+    if let ObjectSource::Store(store) = store
+        && store.reads_concurrently()
+    {
+        let mut keys = objs.iter().map(|obj| (obj.key(), obj.size));
+        let mut results = Vec::with_capacity(objs.len());
+        store.get_each(&mut keys, FETCH_THREADS, &mut |read| {
+            if let Some(obj) = objs.get(results.len()) {
+                results.push(super::read::checked(obj, read));
+            }
+            true
+        });
+        return results;
+    }
     std::thread::scope(|s| {
         let per = objs.len().div_ceil(FETCH_THREADS).max(1);
         let handles: Vec<_> = objs
@@ -55,13 +70,25 @@ pub(super) fn parallel(
 /// snapshot's size.
 const WINDOW: usize = FETCH_BATCH;
 
-/// Chunks fetched ahead of the reader by a pool of [`AHEAD_THREADS`]
-/// threads, handed over in plan order. Each thread takes the next chunk as
-/// soon as its last one is in, within [`WINDOW`] chunks of the reader, so
-/// no fetch waits for a slower one of its batch. Dropping it stops the
-/// threads (each after its fetch in flight).
+/// Chunks fetched ahead of the reader, [`AHEAD_THREADS`] at a time,
+/// handed over in plan order. Each next fetch starts as soon as one is in,
+/// within [`WINDOW`] chunks of the reader, so no fetch waits for a slower
+/// one of its batch. Dropping it stops the fetching (a pool's threads each
+/// after its fetch in flight; a store's tasks at the driver's next
+/// hand-over, the rest aborted).
 pub(super) struct Ahead {
-    shared: Arc<Shared>,
+    from: Fetching,
+}
+
+/// Who fetches for an [`Ahead`].
+enum Fetching {
+    /// A pool of threads, each fetching one chunk at a time.
+    Pool(Arc<Shared>),
+    /// The store's own runtime, [`AHEAD_THREADS`] reads at once as its
+    /// tasks, driven by one thread that checks each chunk and hands it
+    /// over through a channel of `WINDOW - AHEAD_THREADS` places (so no
+    /// more chunks wait than with the pool).
+    Tasks(std::sync::mpsc::Receiver<Fetch>),
 }
 
 struct Shared {
@@ -130,7 +157,11 @@ impl Ahead {
     /// snapshot's chunks and its bytes, or why they could not be had (after
     /// which nothing more comes); `None` at the end of the plan.
     pub(super) fn recv(&self) -> Option<Fetch> {
-        let shared = &*self.shared;
+        let shared = match &self.from {
+            Fetching::Pool(shared) => &**shared,
+            // The driver stops after a failure: nothing comes after it.
+            Fetching::Tasks(chunks) => return chunks.recv().ok(),
+        };
         let mut s = shared.lock();
         loop {
             // After a failure (handed over) nothing more comes, even chunks
@@ -156,14 +187,59 @@ impl Ahead {
 
 impl Drop for Ahead {
     fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.room.notify_all();
+        // A driver of tasks stops at its next hand-over, which fails once
+        // the receiver is gone.
+        if let Fetching::Pool(shared) = &self.from {
+            shared.lock().stop = true;
+            shared.room.notify_all();
+        }
     }
 }
 
-/// Fetches `plan`'s chunks on [`AHEAD_THREADS`] threads of `scope`, ahead
-/// of the reader (see [`Ahead`]).
+/// Fetches `plan`'s chunks ahead of the reader (see [`Ahead`]): as tasks
+/// of the store's runtime if it runs reads at once (S3, HTTPS), otherwise
+/// on [`AHEAD_THREADS`] threads of `scope`.
 pub(super) fn ahead<'scope, 'a: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: ObjectSource<'a>,
+    plan: Vec<(usize, ObjectRef)>,
+) -> Ahead {
+    match store {
+        ObjectSource::Store(store) if store.reads_concurrently() => tasks(scope, store, plan),
+        _ => pool(scope, store, plan),
+    }
+}
+
+/// `plan`'s chunks read as tasks of `store`'s runtime, driven from a
+/// thread of `scope`: one wake-up of that thread per chunk, where a pool
+/// of threads blocking on the runtime costs several switches between
+/// threads per read (a 100k cold start from the in-process S3 server
+/// spent a fifth of the agent's CPU switching).
+fn tasks<'scope, 'a: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'a dyn crate::store::ReadStore,
+    plan: Vec<(usize, ObjectRef)>,
+) -> Ahead {
+    let (tx, rx) = std::sync::mpsc::sync_channel(WINDOW - AHEAD_THREADS);
+    scope.spawn(move || {
+        let mut keys = plan.iter().map(|(_, obj)| (obj.key(), obj.size));
+        let mut next = plan.iter();
+        store.get_each(&mut keys, AHEAD_THREADS, &mut |read| {
+            let Some((i, obj)) = next.next() else {
+                return false;
+            };
+            let result = super::read::checked(obj, read);
+            let failed = result.is_err();
+            tx.send((*i, result)).is_ok() && !failed
+        });
+    });
+    Ahead {
+        from: Fetching::Tasks(rx),
+    }
+}
+
+/// `plan`'s chunks fetched on [`AHEAD_THREADS`] threads of `scope`.
+fn pool<'scope, 'a: 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     store: ObjectSource<'a>,
     plan: Vec<(usize, ObjectRef)>,
@@ -195,7 +271,9 @@ pub(super) fn ahead<'scope, 'a: 'scope>(
             }
         });
     }
-    Ahead { shared }
+    Ahead {
+        from: Fetching::Pool(shared),
+    }
 }
 
 #[cfg(test)]
@@ -263,15 +341,18 @@ mod tests {
             let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone());
             // Let the pool fetch everything, then look at the first chunk
             // as if its fetch had failed: the reader stops there.
-            while ahead.shared.lock().done.len() < plan.len() {
+            let Fetching::Pool(shared) = &ahead.from else {
+                panic!("objects in memory are fetched by a pool");
+            };
+            while shared.lock().done.len() < plan.len() {
                 std::thread::yield_now();
             }
-            ahead.shared.lock().failed_at = Some(0);
+            shared.lock().failed_at = Some(0);
             let failed = Err(TreeError::NotOneFrame {
                 key: "-".into(),
                 reason: "test",
             });
-            ahead.shared.lock().done.insert(0, failed);
+            shared.lock().done.insert(0, failed);
             assert!(ahead.recv().expect("the failure").1.is_err());
             assert!(
                 ahead.recv().is_none(),

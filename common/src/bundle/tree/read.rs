@@ -291,9 +291,18 @@ impl ObjectSource<'_> {
 /// Reads the object `obj` names from `store` (never more than its size)
 /// and checks it.
 pub fn fetch<S: ReadStore + ?Sized>(store: &S, obj: &ObjectRef) -> Result<Vec<u8>, TreeError> {
+    checked(obj, store.get(&obj.key(), obj.size).map(|o| o.bytes))
+}
+
+/// What a read of the object `obj` names (never more than its size)
+/// brought, checked against it.
+pub(super) fn checked(
+    obj: &ObjectRef,
+    read: Result<Vec<u8>, crate::store::StoreError>,
+) -> Result<Vec<u8>, TreeError> {
     let key = obj.key();
-    let bytes = match store.get(&key, obj.size) {
-        Ok(o) => o.bytes,
+    let bytes = match read {
+        Ok(bytes) => bytes,
         // Longer than its parent names: altered, not unavailable.
         Err(crate::store::StoreError::TooLarge { size, .. }) => {
             return Err(TreeError::SizeMismatch {
