@@ -309,6 +309,7 @@ impl ReadStore for HttpsStore {
         &self,
         keys: &mut dyn Iterator<Item = (String, u64)>,
         parallel: usize,
+        ahead: usize,
         done: &mut dyn FnMut(Result<Vec<u8>, StoreError>) -> bool,
     ) {
         let read = |key: String, max_bytes| {
@@ -319,7 +320,7 @@ impl ReadStore for HttpsStore {
                 Ok(bytes)
             }
         };
-        (self.rt).each_object(keys, self.deadline, parallel, read, done);
+        (self.rt).each_object(keys, self.deadline, parallel, ahead, read, done);
     }
 
     fn reads_concurrently(&self) -> bool {

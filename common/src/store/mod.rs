@@ -206,16 +206,19 @@ pub trait ReadStore: Send + Sync {
 
     /// Reads `keys` (each refused past its own limit), up to `parallel`
     /// at once, and hands each body to `done` in `keys`' order until
-    /// `done` returns `false`. The default reads one after another on the
-    /// calling thread; S3 and HTTPS run the reads as tasks of their runtime
-    /// (see [`ReadStore::reads_concurrently`]).
+    /// `done` returns `false`; up to `ahead` may be read and not yet
+    /// handed over (so one slow read does not stop the others). The
+    /// default reads one after another on the calling thread; S3 and
+    /// HTTPS run the reads as tasks of their runtime (see
+    /// [`ReadStore::reads_concurrently`]).
     fn get_each(
         &self,
         keys: &mut dyn Iterator<Item = (String, u64)>,
         parallel: usize,
+        ahead: usize,
         done: &mut dyn FnMut(Result<Vec<u8>, StoreError>) -> bool,
     ) {
-        let _ = parallel;
+        let _ = (parallel, ahead);
         for (key, max_bytes) in keys {
             if !done(self.get(&key, max_bytes).map(|o| o.bytes)) {
                 return;

@@ -64,7 +64,10 @@ impl Runtime {
     /// itself) as tasks of this runtime, up to `parallel` at once, each
     /// given up as [`Runtime::read`] gives one up, and hands their results
     /// to `done` in order until `done` returns `false` or the reads run
-    /// out; tasks still running then are aborted. For a reader that
+    /// out; tasks still running then are aborted. Up to `ahead` reads (at
+    /// least `parallel`) may be started and not yet handed over, so one
+    /// slow read does not stop the others: the next starts as soon as any
+    /// is in, until `ahead` wait behind the slow one. For a reader that
     /// fetches many objects ahead (a new node's chunks): each read runs on
     /// the threads that drive its connection, with no thread of its own
     /// and no hand-over between threads at each step.
@@ -73,32 +76,37 @@ impl Runtime {
         reads: impl Iterator<Item = (String, u64, F)>,
         deadline: Option<std::time::Duration>,
         parallel: usize,
+        ahead: usize,
         done: &mut dyn FnMut(Result<T, super::StoreError>) -> bool,
     ) where
         T: Send + 'static,
         F: Future<Output = Result<T, super::StoreError>> + Send + 'static,
     {
         let rt = self.runtime();
+        let parallel = parallel.max(1);
+        let ahead = ahead.max(parallel);
+        // A read runs (and its deadline counts) only while it holds one of
+        // `parallel` permits; up to `ahead` wait for one or hold a result.
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
         let mut reads = reads.fuse();
-        let mut running = std::collections::VecDeque::with_capacity(parallel);
+        let mut running = std::collections::VecDeque::with_capacity(ahead);
         loop {
-            while running.len() < parallel.max(1) {
+            while running.len() < ahead {
                 let Some((key, bytes, read)) = reads.next() else {
                     break;
                 };
-                let named = key.clone();
-                let task = rt.spawn(async move { bounded(&named, deadline, bytes, read).await });
+                let (named, permits) = (key.clone(), permits.clone());
+                let task = rt.spawn(async move {
+                    // The semaphore is never closed: a permit always comes.
+                    let _permit = permits.acquire_owned().await;
+                    bounded(&named, deadline, bytes, read).await
+                });
                 running.push_back((key, task));
             }
             let Some((key, task)) = running.pop_front() else {
                 return;
             };
-            let result = rt.block_on(task).unwrap_or_else(|e| {
-                Err(super::StoreError::Transient {
-                    key,
-                    source: format!("the read's task ended early ({e}); to be tried again").into(),
-                })
-            });
+            let result = rt.block_on(task).unwrap_or_else(|e| Err(ended(key, &e)));
             if !done(result) {
                 break;
             }
@@ -116,6 +124,7 @@ impl Runtime {
         keys: &mut dyn Iterator<Item = (String, u64)>,
         deadline: Option<std::time::Duration>,
         parallel: usize,
+        ahead: usize,
         read: R,
         done: &mut dyn FnMut(Result<Vec<u8>, super::StoreError>) -> bool,
     ) where
@@ -126,13 +135,30 @@ impl Runtime {
             let future = read(key.clone(), max_bytes);
             (key, max_bytes, future)
         });
-        self.each(reads, deadline, parallel, done);
+        self.each(reads, deadline, parallel, ahead, done);
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
         match &self.0 {
             Some(rt) => rt,
             None => unreachable!("the runtime is only taken by drop"),
+        }
+    }
+}
+
+/// What a read's task that ended without an answer means for `key`: a
+/// panic is a bug, which retrying repeats (fatal); a task cancelled as the
+/// runtime shuts down is tried again (transient).
+fn ended(key: String, e: &tokio::task::JoinError) -> super::StoreError {
+    if e.is_panic() {
+        super::StoreError::Fatal {
+            key,
+            source: "the read panicked (a bug: please report it)".into(),
+        }
+    } else {
+        super::StoreError::Transient {
+            key,
+            source: format!("the read's task ended early ({e}); to be tried again").into(),
         }
     }
 }
@@ -223,7 +249,7 @@ mod tests {
             (format!("objects/{i}"), 0, read)
         });
         let mut got = Vec::new();
-        rt.each(reads, None, 8, &mut |read| {
+        rt.each(reads, None, 8, 8, &mut |read| {
             got.push(read.expect("every read answers"));
             true
         });
@@ -233,6 +259,56 @@ mod tests {
             (2..=8).contains(&most),
             "reads run at once, at most 8: {most}"
         );
+    }
+
+    #[test]
+    fn a_slow_read_does_not_stop_the_reads_behind_it() {
+        let rt = Runtime::new().expect("runtime");
+        let finished = Arc::new(AtomicUsize::new(0));
+        let reads = (0..100u64).map(|i| {
+            let finished = finished.clone();
+            let read = async move {
+                if i == 0 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, StoreError>(i)
+            };
+            (format!("objects/{i}"), 0, read)
+        });
+        let mut behind = None;
+        rt.each(reads, None, 4, 16, &mut |read| {
+            if read.expect("every read answers") == 0 {
+                behind = Some(finished.load(Ordering::SeqCst));
+            }
+            true
+        });
+        // While the first read took its time, the 15 after it (as many as
+        // may wait to be handed over) were read, 4 at a time.
+        assert_eq!(behind, Some(16));
+    }
+
+    #[test]
+    fn a_read_that_panics_is_fatal_for_its_key_and_the_others_still_come() {
+        let rt = Runtime::new().expect("runtime");
+        let reads = (0..3u64).map(|i| {
+            let read = async move {
+                assert!(i != 1, "a bug in a read");
+                Ok::<_, StoreError>(i)
+            };
+            (format!("objects/cd/{i}"), 0, read)
+        });
+        let mut got = Vec::new();
+        rt.each(reads, None, 3, 3, &mut |read| {
+            got.push(read);
+            true
+        });
+        assert!(matches!(got[0], Ok(0)));
+        match &got[1] {
+            Err(StoreError::Fatal { key, .. }) => assert_eq!(key, "objects/cd/1"),
+            other => panic!("expected a fatal error naming the key: {other:?}"),
+        }
+        assert!(matches!(got[2], Ok(2)));
     }
 
     #[test]
@@ -253,7 +329,7 @@ mod tests {
         });
         let started = Instant::now();
         let mut got = Vec::new();
-        rt.each(reads, None, 16, &mut |read| {
+        rt.each(reads, None, 16, 64, &mut |read| {
             got.push(read.expect("the first read answers"));
             false
         });
@@ -277,7 +353,7 @@ mod tests {
             (format!("objects/ab/{i}"), 0, read)
         });
         let mut got = Vec::new();
-        rt.each(reads, Some(Duration::from_millis(200)), 3, &mut |read| {
+        rt.each(reads, Some(Duration::from_millis(200)), 3, 3, &mut |read| {
             got.push(read);
             true
         });

@@ -449,6 +449,7 @@ impl ReadStore for S3Store {
         &self,
         keys: &mut dyn Iterator<Item = (String, u64)>,
         parallel: usize,
+        ahead: usize,
         done: &mut dyn FnMut(Result<Vec<u8>, StoreError>) -> bool,
     ) {
         let read = |key: String, max_bytes| {
@@ -459,7 +460,7 @@ impl ReadStore for S3Store {
                 Ok(bytes)
             }
         };
-        (self.rt).each_object(keys, self.deadline, parallel, read, done);
+        (self.rt).each_object(keys, self.deadline, parallel, ahead, read, done);
     }
 
     fn reads_concurrently(&self) -> bool {

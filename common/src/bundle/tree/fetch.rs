@@ -37,7 +37,7 @@ pub(super) fn parallel(
     {
         let mut keys = objs.iter().map(|obj| (obj.key(), obj.size));
         let mut results = Vec::with_capacity(objs.len());
-        store.get_each(&mut keys, FETCH_THREADS, &mut |read| {
+        store.get_each(&mut keys, FETCH_THREADS, FETCH_THREADS, &mut |read| {
             if let Some(obj) = objs.get(results.len()) {
                 results.push(super::read::checked(obj, read));
             }
@@ -85,9 +85,10 @@ enum Fetching {
     /// A pool of threads, each fetching one chunk at a time.
     Pool(Arc<Shared>),
     /// The store's own runtime, [`AHEAD_THREADS`] reads at once as its
-    /// tasks, driven by one thread that checks each chunk and hands it
-    /// over through a channel of `WINDOW - AHEAD_THREADS` places (so no
-    /// more chunks wait than with the pool).
+    /// tasks and up to `WINDOW - AHEAD_THREADS` read and not yet handed
+    /// over, driven by one thread that checks each chunk and hands it over
+    /// through a channel of [`AHEAD_THREADS`] places (so no more chunks
+    /// wait than with the pool).
     Tasks(std::sync::mpsc::Receiver<Fetch>),
 }
 
@@ -220,21 +221,40 @@ fn tasks<'scope, 'a: 'scope>(
     store: &'a dyn crate::store::ReadStore,
     plan: Vec<(usize, ObjectRef)>,
 ) -> Ahead {
-    let (tx, rx) = std::sync::mpsc::sync_channel(WINDOW - AHEAD_THREADS);
+    let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_THREADS);
     scope.spawn(move || {
         let mut keys = plan.iter().map(|(_, obj)| (obj.key(), obj.size));
         let mut next = plan.iter();
-        store.get_each(&mut keys, AHEAD_THREADS, &mut |read| {
-            let Some((i, obj)) = next.next() else {
-                return false;
-            };
-            let result = super::read::checked(obj, read);
-            let failed = result.is_err();
-            tx.send((*i, result)).is_ok() && !failed
-        });
+        let ahead = WINDOW - AHEAD_THREADS;
+        // As in the pool: a panic is a failed fetch, handed over in the
+        // place of the next chunk, not re-raised by the scope.
+        let driven = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.get_each(&mut keys, AHEAD_THREADS, ahead, &mut |read| {
+                let Some((i, obj)) = next.next() else {
+                    return false;
+                };
+                let result = super::read::checked(obj, read);
+                let failed = result.is_err();
+                tx.send((*i, result)).is_ok() && !failed
+            });
+        }));
+        if driven.is_err()
+            && let Some((i, _)) = next.next()
+        {
+            let _ = tx.send((*i, Err(panicked())));
+        }
     });
     Ahead {
         from: Fetching::Tasks(rx),
+    }
+}
+
+/// What a fetch that panicked hands over: an error in its place, so the
+/// reader never waits for it.
+fn panicked() -> TreeError {
+    TreeError::NotOneFrame {
+        key: "-".into(),
+        reason: "a fetch thread panicked",
     }
 }
 
@@ -261,12 +281,7 @@ fn pool<'scope, 'a: 'scope>(
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     store.object(&shared.plan[pos].1)
                 }))
-                .unwrap_or_else(|_| {
-                    Err(TreeError::NotOneFrame {
-                        key: "-".into(),
-                        reason: "a fetch thread panicked",
-                    })
-                });
+                .unwrap_or_else(|_| Err(panicked()));
                 shared.put(pos, result);
             }
         });
