@@ -89,9 +89,9 @@ impl Runtime {
         // `parallel` permits; up to `ahead` wait for one or hold a result.
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
         let mut reads = reads.fuse();
-        let mut running = std::collections::VecDeque::with_capacity(ahead);
+        let mut running = Started(std::collections::VecDeque::with_capacity(ahead));
         loop {
-            while running.len() < ahead {
+            while running.0.len() < ahead {
                 let Some((key, bytes, read)) = reads.next() else {
                     break;
                 };
@@ -101,18 +101,15 @@ impl Runtime {
                     let _permit = permits.acquire_owned().await;
                     bounded(&named, deadline, bytes, read).await
                 });
-                running.push_back((key, task));
+                running.0.push_back((key, task));
             }
-            let Some((key, task)) = running.pop_front() else {
+            let Some((key, task)) = running.0.pop_front() else {
                 return;
             };
             let result = rt.block_on(task).unwrap_or_else(|e| Err(ended(key, &e)));
             if !done(result) {
-                break;
+                return;
             }
-        }
-        for (_, task) in running {
-            task.abort();
         }
     }
 
@@ -142,6 +139,20 @@ impl Runtime {
         match &self.0 {
             Some(rt) => rt,
             None => unreachable!("the runtime is only taken by drop"),
+        }
+    }
+}
+
+/// The reads [`Runtime::each`] started and has not handed over, in order.
+/// However `each` ends (the reads ran out, the reader stopped, `done`
+/// panicked), those still running are aborted when this is dropped: a
+/// dropped `JoinHandle` alone would leave its task reading.
+struct Started<T>(std::collections::VecDeque<(String, tokio::task::JoinHandle<T>)>);
+
+impl<T> Drop for Started<T> {
+    fn drop(&mut self) {
+        for (_, task) in &self.0 {
+            task.abort();
         }
     }
 }
@@ -223,6 +234,31 @@ mod tests {
         }
     }
 
+    /// 100 reads, counted in `alive` while they run: the first answers at
+    /// once, the others not in the time of a test.
+    fn first_answers(
+        alive: &Arc<AtomicUsize>,
+    ) -> impl Iterator<
+        Item = (
+            String,
+            u64,
+            impl Future<Output = Result<u64, StoreError>> + Send + 'static,
+        ),
+    > {
+        let alive = alive.clone();
+        (0..100u64).map(move |i| {
+            let alive = alive.clone();
+            let read = async move {
+                let _alive = Alive::new(&alive);
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok::<_, StoreError>(i)
+            };
+            (format!("objects/{i}"), 0, read)
+        })
+    }
+
     fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cond() {
@@ -269,7 +305,12 @@ mod tests {
             let finished = finished.clone();
             let read = async move {
                 if i == 0 {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    // Slow until the 15 behind it are in (or 5 s pass,
+                    // when fewer than 15 may be read ahead of it).
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while finished.load(Ordering::SeqCst) < 15 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
                 }
                 finished.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, StoreError>(i)
@@ -315,18 +356,7 @@ mod tests {
     fn a_reader_that_stops_ends_the_reads_still_running() {
         let rt = Runtime::new().expect("runtime");
         let alive = Arc::new(AtomicUsize::new(0));
-        let reads = (0..100u64).map(|i| {
-            let alive = alive.clone();
-            let read = async move {
-                let _alive = Alive::new(&alive);
-                if i > 0 {
-                    // Never answers in the time of the test.
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-                Ok::<_, StoreError>(i)
-            };
-            (format!("objects/{i}"), 0, read)
-        });
+        let reads = first_answers(&alive);
         let started = Instant::now();
         let mut got = Vec::new();
         rt.each(reads, None, 16, 64, &mut |read| {
@@ -336,6 +366,20 @@ mod tests {
         assert_eq!(got, [0]);
         assert!(started.elapsed() < Duration::from_secs(5));
         poll_until("the aborted reads dropped", || {
+            alive.load(Ordering::SeqCst) == 0
+        });
+    }
+
+    #[test]
+    fn a_reader_that_panics_ends_the_reads_still_running_too() {
+        let rt = Runtime::new().expect("runtime");
+        let alive = Arc::new(AtomicUsize::new(0));
+        let reads = first_answers(&alive);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.each(reads, None, 16, 64, &mut |_| panic!("a bug in the reader"));
+        }));
+        assert!(unwound.is_err());
+        poll_until("the reads behind the panic dropped", || {
             alive.load(Ordering::SeqCst) == 0
         });
     }

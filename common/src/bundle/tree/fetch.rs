@@ -43,6 +43,15 @@ pub(super) fn parallel(
             }
             true
         });
+        // One result an object, even from a store that stopped early:
+        // the callers pair them up.
+        for obj in &objs[results.len()..] {
+            let unread = crate::store::StoreError::Transient {
+                key: obj.key(),
+                source: "the store's reads ended before this one; to be tried again".into(),
+            };
+            results.push(super::read::checked(obj, Err(unread)));
+        }
         return results;
     }
     std::thread::scope(|s| {
