@@ -401,8 +401,9 @@ pub struct Ingested {
     /// Whether the commit was durable; if not, [`Db::persist`] makes it so.
     pub durable: bool,
     /// Write transactions the snapshot was committed in: one, or (a new
-    /// node's first snapshot) one per full GiB of bodies plus the last, as
-    /// the `cold` module says.
+    /// node's first snapshot) one durable part per full GiB of bodies plus
+    /// the last, as the `cold` module says; its steps within a part,
+    /// committed without durability, are not counted.
     pub transactions: u64,
     /// Format 3: objects fetched from the store.
     pub objects_fetched: u64,
