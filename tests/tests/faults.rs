@@ -355,3 +355,42 @@ async fn a_read_only_data_dir_with_an_unclean_file_starts_and_recovers_once_writ
     agent.serves(1).await;
     agent.stop().await;
 }
+
+/// A new node whose disk fills during its first apply (written in durable
+/// parts and, within each, steps committed without durability): nothing
+/// is served or half served, the failure is reported, and once there is
+/// room the snapshot is applied whole, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_during_the_first_apply_serves_nothing_then_the_whole_snapshot() {
+    let fx = Fixture::new();
+    fx.publish("large", 3000);
+    let (config, path) = fx.agent_config("a", "");
+    let Some(disk) = Mount::tmpfs(&config.data_dir, "3m") else {
+        return;
+    };
+    let agent = Agent::start(config.clone(), path);
+    agent
+        .wait_until("the failed first apply is reported", "/v1/snapshot", |a| {
+            a.json()["last_error_reason"] == "ingest"
+        })
+        .await;
+    let tenant = generate::tenant_id(3);
+    assert_ne!(
+        agent.get(&format!("/v1/tenants/{tenant}")).await.status,
+        200,
+        "nothing is served from a first apply that did not finish"
+    );
+    disk.remount("size=256m");
+    agent.serves(1).await;
+    assert_eq!(
+        agent.get(&format!("/v1/tenants/{tenant}")).await.status,
+        200
+    );
+    assert_eq!(
+        agent.get("/v1/snapshot").await.json()["tenant_count"],
+        3000,
+        "{}",
+        agent.get("/v1/snapshot").await.json()
+    );
+    agent.stop().await;
+}

@@ -40,10 +40,11 @@ use super::{
 };
 
 /// Bytes of bodies a cold apply writes per durable part: ~280,000 pages,
-/// a few MB of redb's set. Each part's commit reads back and checksums the
-/// pages its write buffer evicted and waits for the disk (~1.5 s a part at
-/// 1M tenants); 2 GiB parts took as long and ~20 MB more, 512 MiB parts
-/// longer (BENCHMARKS.md, "Format 3 at 1M tenants").
+/// a few MB of redb's set. Each part's commit waits for the disk; measured
+/// before the steps (when each part's commit also read back the pages its
+/// write buffer had evicted, ~1.5 s a part at 1M tenants), 2 GiB parts
+/// took as long and ~20 MB more, 512 MiB parts longer (BENCHMARKS.md,
+/// "Format 3 at 1M tenants").
 pub(super) const PART_BYTES: u64 = 1 << 30;
 
 impl Db {
@@ -106,8 +107,8 @@ impl Db {
         let layer1_hash = sha256_hex(payload.layer1());
         let mut done = Ingested::default();
         let mut synced = 0;
-        // Within a part, a non-durable commit every half write buffer: see
-        // `steps`.
+        // Within a part, a non-durable commit every half write buffer (the
+        // steps of the module docs).
         let step = (self.write_buffer_bytes / 2).max(1);
         loop {
             let in_part = done.bytes_written - synced;
