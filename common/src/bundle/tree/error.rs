@@ -18,6 +18,13 @@ pub enum TreeError {
         /// The store's error.
         source: StoreError,
     },
+    /// A thread fetching objects panicked: a bug in the reader, not damage
+    /// in the snapshot, so it is not held against the pointer: the node
+    /// keeps what it serves and tries again with backoff.
+    #[error(
+        "a thread fetching the snapshot's objects panicked (a bug: report it with the log above); the node keeps what it serves and tries again"
+    )]
+    FetchPanicked,
     /// The object's bytes are not the size its parent names.
     #[error(
         "object {key} is {actual} bytes, its parent names {expected}: it was altered or cut short"
@@ -146,6 +153,7 @@ impl TreeError {
     pub fn reason(&self) -> &'static str {
         match self {
             TreeError::Fetch { .. } => "object_unavailable",
+            TreeError::FetchPanicked => "fetch_panicked",
             TreeError::SizeMismatch { .. } | TreeError::HashMismatch { .. } => {
                 "object_hash_mismatch"
             }
@@ -164,8 +172,8 @@ impl TreeError {
     }
 
     /// Whether trying again later may pass: the store failed or has not got
-    /// the object (yet).
+    /// the object (yet), or a fetching thread panicked.
     pub fn is_transient(&self) -> bool {
-        matches!(self, TreeError::Fetch { .. })
+        matches!(self, TreeError::Fetch { .. } | TreeError::FetchPanicked)
     }
 }

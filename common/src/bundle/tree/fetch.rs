@@ -63,12 +63,8 @@ pub(super) fn parallel(
         handles
             .into_iter()
             .flat_map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![Err(TreeError::NotOneFrame {
-                        key: "-".into(),
-                        reason: "a fetch thread panicked",
-                    })]
-                })
+                h.join()
+                    .unwrap_or_else(|_| vec![Err(TreeError::FetchPanicked)])
             })
             .collect()
     })
@@ -250,20 +246,11 @@ fn tasks<'scope, 'a: 'scope>(
         if driven.is_err()
             && let Some((i, _)) = next.next()
         {
-            let _ = tx.send((*i, Err(panicked())));
+            let _ = tx.send((*i, Err(TreeError::FetchPanicked)));
         }
     });
     Ahead {
         from: Fetching::Tasks(rx),
-    }
-}
-
-/// What a fetch that panicked hands over: an error in its place, so the
-/// reader never waits for it.
-fn panicked() -> TreeError {
-    TreeError::NotOneFrame {
-        key: "-".into(),
-        reason: "a fetch thread panicked",
     }
 }
 
@@ -290,7 +277,7 @@ fn pool<'scope, 'a: 'scope>(
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     store.object(&shared.plan[pos].1)
                 }))
-                .unwrap_or_else(|_| Err(panicked()));
+                .unwrap_or_else(|_| Err(TreeError::FetchPanicked));
                 shared.put(pos, result);
             }
         });
@@ -306,6 +293,20 @@ mod tests {
 
     use super::super::write::Objects;
     use super::*;
+
+    /// A panicked fetch is a bug in the reader, not damage in the snapshot:
+    /// retried with backoff, under a reason of its own.
+    #[test]
+    fn a_panicked_fetch_is_retried_not_held_against_the_snapshot() {
+        let e = TreeError::FetchPanicked;
+        assert!(e.is_transient());
+        assert_eq!(e.reason(), "fetch_panicked");
+        let refusal = crate::verify::Refusal::Bundle {
+            bundle: "manifests/7.json".into(),
+            source: crate::bundle::BundleError::Object(e),
+        };
+        assert_eq!(refusal.severity(), crate::verify::Severity::Unavailable);
+    }
 
     /// `n` small objects in memory, and their references in plan order.
     fn objects(n: usize) -> (Objects, Vec<(usize, ObjectRef)>) {
@@ -372,10 +373,7 @@ mod tests {
                 std::thread::yield_now();
             }
             shared.lock().failed_at = Some(0);
-            let failed = Err(TreeError::NotOneFrame {
-                key: "-".into(),
-                reason: "test",
-            });
+            let failed = Err(TreeError::FetchPanicked);
             shared.lock().done.insert(0, failed);
             assert!(ahead.recv().expect("the failure").1.is_err());
             assert!(
