@@ -21,9 +21,10 @@ pub const FETCH_THREADS: usize = 64;
 /// 64 8.1 s, 32 6.8 s, 16 7.2 s; with GETs 20 ms late, 32 threads 8.2 s).
 pub const AHEAD_THREADS: usize = 32;
 
-/// A fetched chunk: its index among the snapshot's chunks, and its bytes
-/// (checked against its reference) or why they could not be had.
-pub(super) type Fetch = (usize, Result<Vec<u8>, TreeError>);
+/// A fetched chunk: its index among the snapshot's chunks, and what the
+/// fetching side made of its bytes (checked against its reference), or why
+/// they could not be had.
+pub(super) type Fetch<T> = (usize, Result<T, TreeError>);
 
 /// The objects `objs` names, fetched [`FETCH_THREADS`] at a time (as
 /// tasks of the store's runtime if it runs reads at once, otherwise on as
@@ -81,25 +82,25 @@ const WINDOW: usize = FETCH_BATCH;
 /// one of its batch. Dropping it stops the fetching (a pool's threads each
 /// after its fetch in flight; a store's tasks at the driver's next
 /// hand-over, the rest aborted).
-pub(super) struct Ahead {
-    from: Fetching,
+pub(super) struct Ahead<T> {
+    from: Fetching<T>,
 }
 
 /// Who fetches for an [`Ahead`].
-enum Fetching {
+enum Fetching<T> {
     /// A pool of threads, each fetching one chunk at a time.
-    Pool(Arc<Shared>),
+    Pool(Arc<Shared<T>>),
     /// The store's own runtime, [`AHEAD_THREADS`] reads at once as its
     /// tasks and up to `WINDOW - AHEAD_THREADS` read and not yet handed
     /// over, driven by one thread that checks each chunk and hands it over
     /// through a channel of [`AHEAD_THREADS`] places (so no more chunks
     /// wait than with the pool).
-    Tasks(std::sync::mpsc::Receiver<Fetch>),
+    Tasks(std::sync::mpsc::Receiver<Fetch<T>>),
 }
 
-struct Shared {
+struct Shared<T> {
     plan: Vec<(usize, ObjectRef)>,
-    state: Mutex<State>,
+    state: Mutex<State<T>>,
     /// Signalled when the window moves (or the reader is gone): for the
     /// fetching threads.
     room: Condvar,
@@ -107,22 +108,33 @@ struct Shared {
     ready: Condvar,
 }
 
-#[derive(Default)]
-struct State {
+struct State<T> {
     /// Plan positions taken by a thread so far.
     taken: usize,
     /// Plan positions handed to the reader so far.
     handed: usize,
     /// Fetched, not yet handed over.
-    done: HashMap<usize, Result<Vec<u8>, TreeError>>,
+    done: HashMap<usize, Result<T, TreeError>>,
     /// The first position that failed: nothing past it is fetched.
     failed_at: Option<usize>,
     /// The reader is gone.
     stop: bool,
 }
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+impl<T> Default for State<T> {
+    fn default() -> Self {
+        State {
+            taken: 0,
+            handed: 0,
+            done: HashMap::new(),
+            failed_at: None,
+            stop: false,
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         // A thread that panicked holding the lock left the state whole
         // (every change is a single assignment or insert).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -147,7 +159,7 @@ impl Shared {
         }
     }
 
-    fn put(&self, pos: usize, result: Result<Vec<u8>, TreeError>) {
+    fn put(&self, pos: usize, result: Result<T, TreeError>) {
         let mut s = self.lock();
         if result.is_err() {
             s.failed_at = Some(s.failed_at.map_or(pos, |f| f.min(pos)));
@@ -158,11 +170,12 @@ impl Shared {
     }
 }
 
-impl Ahead {
+impl<T> Ahead<T> {
     /// The next chunk in plan order, once fetched: its index among the
-    /// snapshot's chunks and its bytes, or why they could not be had (after
-    /// which nothing more comes); `None` at the end of the plan.
-    pub(super) fn recv(&self) -> Option<Fetch> {
+    /// snapshot's chunks and what the fetching side made of its bytes, or
+    /// why they could not be had (after which nothing more comes); `None`
+    /// at the end of the plan.
+    pub(super) fn recv(&self) -> Option<Fetch<T>> {
         let shared = match &self.from {
             Fetching::Pool(shared) => &**shared,
             // The driver stops after a failure: nothing comes after it.
@@ -191,7 +204,7 @@ impl Ahead {
     }
 }
 
-impl Drop for Ahead {
+impl<T> Drop for Ahead<T> {
     fn drop(&mut self) {
         // A driver of tasks stops at its next hand-over, which fails once
         // the receiver is gone.
@@ -202,17 +215,64 @@ impl Drop for Ahead {
     }
 }
 
-/// Fetches `plan`'s chunks ahead of the reader (see [`Ahead`]): as tasks
-/// of the store's runtime if it runs reads at once (S3, HTTPS), otherwise
-/// on [`AHEAD_THREADS`] threads of `scope`.
-pub(super) fn ahead<'scope, 'a: 'scope>(
+/// What a fetching thread makes of each chunk's checked bytes before
+/// handing it over (a new node decompresses and decodes chunks there, off
+/// the thread that writes them): made once a fetching thread by
+/// [`Finish::start`], which may fail.
+pub(super) trait Finish: Send + Sync {
+    /// What is handed over.
+    type Out: Send;
+    /// One fetching thread's state (a decompressor).
+    type State;
+    /// A fetching thread's state.
+    fn start(&self) -> Result<Self::State, TreeError>;
+    /// Chunk `index`'s bytes, made into what is handed over.
+    fn finish(
+        &self,
+        state: &mut Self::State,
+        index: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Self::Out, TreeError>;
+}
+
+/// A fetching thread's [`Finish::State`], made on its first chunk.
+struct Finisher<'f, F: Finish> {
+    with: &'f F,
+    state: Option<F::State>,
+}
+
+impl<'f, F: Finish> Finisher<'f, F> {
+    fn new(with: &'f F) -> Self {
+        Finisher { with, state: None }
+    }
+
+    fn finish(
+        &mut self,
+        index: usize,
+        fetched: Result<Vec<u8>, TreeError>,
+    ) -> Result<F::Out, TreeError> {
+        let bytes = fetched?;
+        let state = match &mut self.state {
+            Some(state) => state,
+            None => self.state.insert(self.with.start()?),
+        };
+        self.with.finish(state, index, bytes)
+    }
+}
+
+/// Fetches `plan`'s chunks ahead of the reader (see [`Ahead`]), each made
+/// into `with`'s output on the thread that fetched it: as tasks of the
+/// store's runtime if it runs reads at once (S3, HTTPS), otherwise on
+/// [`AHEAD_THREADS`] threads of `scope`.
+pub(super) fn ahead<'scope, 'a: 'scope, F: Finish + 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     store: ObjectSource<'a>,
     plan: Vec<(usize, ObjectRef)>,
-) -> Ahead {
+    with: F,
+) -> Ahead<F::Out> {
     match store {
-        ObjectSource::Store(store) if store.reads_concurrently() => tasks(scope, store, plan),
-        _ => pool(scope, store, plan),
+        ObjectSource::Store(store) if store.reads_concurrently() => tasks(scope, store, plan, with),
+        _ => pool(scope, store, plan, with),
     }
 }
 
@@ -221,13 +281,15 @@ pub(super) fn ahead<'scope, 'a: 'scope>(
 /// of threads blocking on the runtime costs several switches between
 /// threads per read (a 100k cold start from the in-process S3 server
 /// spent a fifth of the agent's CPU switching).
-fn tasks<'scope, 'a: 'scope>(
+fn tasks<'scope, 'a: 'scope, F: Finish + 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     store: &'a dyn crate::store::ReadStore,
     plan: Vec<(usize, ObjectRef)>,
-) -> Ahead {
+    with: F,
+) -> Ahead<F::Out> {
     let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_THREADS);
     scope.spawn(move || {
+        let mut finisher = Finisher::new(&with);
         let mut keys = plan.iter().map(|(_, obj)| (obj.key(), obj.size));
         let mut next = plan.iter();
         let ahead = WINDOW - AHEAD_THREADS;
@@ -238,7 +300,7 @@ fn tasks<'scope, 'a: 'scope>(
                 let Some((i, obj)) = next.next() else {
                     return false;
                 };
-                let result = super::read::checked(obj, read);
+                let result = finisher.finish(*i, super::read::checked(obj, read));
                 let failed = result.is_err();
                 tx.send((*i, result)).is_ok() && !failed
             });
@@ -255,12 +317,14 @@ fn tasks<'scope, 'a: 'scope>(
 }
 
 /// `plan`'s chunks fetched on [`AHEAD_THREADS`] threads of `scope`.
-fn pool<'scope, 'a: 'scope>(
+fn pool<'scope, 'a: 'scope, F: Finish + 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     store: ObjectSource<'a>,
     plan: Vec<(usize, ObjectRef)>,
-) -> Ahead {
+    with: F,
+) -> Ahead<F::Out> {
     let threads = AHEAD_THREADS.min(plan.len());
+    let with = Arc::new(with);
     let shared = Arc::new(Shared {
         plan,
         state: Mutex::new(State::default()),
@@ -269,13 +333,16 @@ fn pool<'scope, 'a: 'scope>(
     });
     for _ in 0..threads {
         let shared = Arc::clone(&shared);
+        let with = Arc::clone(&with);
         scope.spawn(move || {
+            let mut finisher = Finisher::new(&*with);
             while let Some(pos) = shared.take() {
                 // A fetch that panics is a failed fetch: the reader gets an
                 // error in its place (never waits for it), and the scope
                 // does not re-raise a panic the apply would not survive.
+                let (index, obj) = &shared.plan[pos];
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    store.object(&shared.plan[pos].1)
+                    finisher.finish(*index, store.object(obj))
                 }))
                 .unwrap_or_else(|_| Err(TreeError::FetchPanicked));
                 shared.put(pos, result);
@@ -308,6 +375,78 @@ mod tests {
         assert_eq!(refusal.severity(), crate::verify::Severity::Unavailable);
     }
 
+    /// Hands each chunk's bytes over as they were fetched.
+    struct Bytes;
+
+    impl Finish for Bytes {
+        type Out = Vec<u8>;
+        type State = ();
+        fn start(&self) -> Result<(), TreeError> {
+            Ok(())
+        }
+        fn finish(&self, _: &mut (), _: usize, bytes: Vec<u8>) -> Result<Vec<u8>, TreeError> {
+            Ok(bytes)
+        }
+    }
+
+    /// Refuses chunk `.0` as its finishing step would refuse a damaged one;
+    /// counts the threads' states started.
+    struct Refuse(usize, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Finish for Refuse {
+        type Out = usize;
+        type State = ();
+        fn start(&self) -> Result<(), TreeError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        fn finish(&self, _: &mut (), index: usize, bytes: Vec<u8>) -> Result<usize, TreeError> {
+            if index == self.0 {
+                return Err(TreeError::NotOneFrame {
+                    key: "refused".into(),
+                    reason: "test",
+                });
+            }
+            Ok(bytes.len())
+        }
+    }
+
+    #[test]
+    fn a_chunk_its_finishing_refuses_is_handed_over_in_its_place_and_nothing_after_it() {
+        let (objects, plan) = objects(2 * WINDOW);
+        let refused = plan[WINDOW + 5].0;
+        std::thread::scope(|s| {
+            let with = Refuse(refused, Default::default());
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone(), with);
+            for (i, _) in &plan[..WINDOW + 5] {
+                let (got, made) = ahead.recv().expect("before the refused one");
+                assert_eq!(got, *i);
+                assert!(made.is_ok());
+            }
+            let (i, failed) = ahead.recv().expect("the refused chunk itself");
+            assert_eq!(i, refused);
+            assert!(matches!(failed, Err(TreeError::NotOneFrame { .. })));
+            assert!(ahead.recv().is_none(), "nothing after a refusal");
+        });
+    }
+
+    #[test]
+    fn each_fetching_thread_starts_its_state_once() {
+        let (objects, plan) = objects(4 * WINDOW);
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let with = Refuse(usize::MAX, Arc::clone(&started));
+        std::thread::scope(|s| {
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone(), with);
+            for (i, obj) in &plan {
+                let (got, len) = ahead.recv().expect("one per plan entry");
+                assert_eq!(got, *i);
+                assert_eq!(len.expect("made") as u64, obj.size);
+            }
+        });
+        let started = started.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((1..=AHEAD_THREADS).contains(&started), "{started} states");
+    }
+
     /// `n` small objects in memory, and their references in plan order.
     fn objects(n: usize) -> (Objects, Vec<(usize, ObjectRef)>) {
         let mut objects = Objects::new();
@@ -330,7 +469,7 @@ mod tests {
     fn chunks_fetched_ahead_arrive_in_plan_order_past_the_window() {
         let (objects, plan) = objects(3 * WINDOW + 7);
         std::thread::scope(|s| {
-            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone());
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone(), Bytes);
             for (i, obj) in &plan {
                 let (got, bytes) = ahead.recv().expect("one per plan entry");
                 assert_eq!(got, *i);
@@ -348,7 +487,7 @@ mod tests {
         let (mut objects, plan) = objects(2 * WINDOW);
         objects.remove(&plan[WINDOW + 3].1.sha256);
         std::thread::scope(|s| {
-            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone());
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone(), Bytes);
             for (i, _) in &plan[..WINDOW + 3] {
                 assert_eq!(ahead.recv().expect("before the gap").0, *i);
             }
@@ -363,7 +502,7 @@ mod tests {
     fn nothing_comes_after_a_failure_even_chunks_fetched_past_it() {
         let (objects, plan) = objects(64);
         std::thread::scope(|s| {
-            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone());
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan.clone(), Bytes);
             // Let the pool fetch everything, then look at the first chunk
             // as if its fetch had failed: the reader stops there.
             let Fetching::Pool(shared) = &ahead.from else {
@@ -388,7 +527,7 @@ mod tests {
         let (objects, plan) = objects(4 * WINDOW);
         // The scope returns only once every fetching thread has ended.
         std::thread::scope(|s| {
-            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan);
+            let ahead = ahead(s, ObjectSource::Built(&objects, None), plan, Bytes);
             assert!(ahead.recv().is_some());
             drop(ahead);
         });
