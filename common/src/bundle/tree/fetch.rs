@@ -246,17 +246,28 @@ impl<'f, F: Finish> Finisher<'f, F> {
         Finisher { with, state: None }
     }
 
+    /// Chunk `index`'s fetched bytes made into what is handed over. A
+    /// panic while making it is a failed chunk in its own place (the
+    /// state is made again for the next), never one the driver of the
+    /// store's tasks would hand over under the next chunk's index, or not
+    /// at all after the last.
     fn finish(
         &mut self,
         index: usize,
         fetched: Result<Vec<u8>, TreeError>,
     ) -> Result<F::Out, TreeError> {
         let bytes = fetched?;
-        let state = match &mut self.state {
-            Some(state) => state,
-            None => self.state.insert(self.with.start()?),
-        };
-        self.with.finish(state, index, bytes)
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let state = match &mut self.state {
+                Some(state) => state,
+                None => self.state.insert(self.with.start()?),
+            };
+            self.with.finish(state, index, bytes)
+        }));
+        made.unwrap_or_else(|_| {
+            self.state = None;
+            Err(TreeError::FetchPanicked)
+        })
     }
 }
 
@@ -428,6 +439,28 @@ mod tests {
             assert!(matches!(failed, Err(TreeError::NotOneFrame { .. })));
             assert!(ahead.recv().is_none(), "nothing after a refusal");
         });
+    }
+
+    /// Panics on every chunk.
+    struct Panics;
+
+    impl Finish for Panics {
+        type Out = ();
+        type State = ();
+        fn start(&self) -> Result<(), TreeError> {
+            Ok(())
+        }
+        fn finish(&self, _: &mut (), index: usize, _: Vec<u8>) -> Result<(), TreeError> {
+            panic!("finishing chunk {index}");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_finishing_a_chunk_is_that_chunks_failure() {
+        let mut finisher = Finisher::new(&Panics);
+        let made = finisher.finish(41, Ok(b"chunk".to_vec()));
+        assert!(matches!(made, Err(TreeError::FetchPanicked)), "{made:?}");
+        assert!(finisher.state.is_none(), "made again for the next chunk");
     }
 
     #[test]
