@@ -278,12 +278,17 @@ impl<'a> TreeFrames<'a> {
             .map(|i| (i, self.chunks[i].obj))
             .collect();
         self.fetch_from = self.chunks.len();
-        let decode = Decode {
+        self.ahead = Some(fetch::ahead(scope, self.store, plan, self.decoder()));
+    }
+
+    /// What decompresses and decodes this snapshot's chunks: the reader's
+    /// own [`Unpacker`] for a batch, each fetching thread's ahead of it.
+    fn decoder(&self) -> Decode {
+        Decode {
             chunks: Arc::clone(&self.chunks),
             dictionary: self.root.dictionary.zip(self.dictionary.clone()),
             limits: self.limits,
-        };
-        self.ahead = Some(fetch::ahead(scope, self.store, plan, decode));
+        }
     }
 
     /// After the set of held chunks changed: what was fetched past the
@@ -311,28 +316,23 @@ impl<'a> TreeFrames<'a> {
         Ok(())
     }
 
-    /// The next fetched chunk, in order: from the queue (its bytes), the
-    /// thread fetching ahead (decoded), or a batch fetched now.
-    fn next_fetched(&mut self) -> Result<Option<(usize, Got)>, TreeError> {
+    /// The next fetched chunk, in order, decoded: from the thread fetching
+    /// ahead (decoded there), or from the queue or a batch fetched now
+    /// (decoded here).
+    fn next_fetched(&mut self) -> Result<Option<(usize, Decoded)>, TreeError> {
+        if self.queue.is_empty() && self.ahead.is_none() {
+            self.fetch_batch()?;
+        }
         let next = match (self.queue.pop_front(), &self.ahead) {
-            (Some((i, bytes)), _) => Some((i, Got::Bytes(bytes))),
-            (None, Some(ahead)) => match ahead.recv() {
-                Some((i, decoded)) => Some((i, Got::Decoded(decoded?))),
-                None => None,
-            },
-            (None, None) => {
-                self.fetch_batch()?;
-                self.queue
-                    .pop_front()
-                    .map(|(i, bytes)| (i, Got::Bytes(bytes)))
+            (Some((i, bytes)), _) => {
+                Some((i, self.decoder().finish(&mut self.unpacker, i, bytes)?))
             }
+            (None, Some(ahead)) => ahead.recv().map(|(i, d)| d.map(|d| (i, d))).transpose()?,
+            (None, None) => None,
         };
-        if let Some((_, got)) = &next {
+        if let Some((_, d)) = &next {
             self.fetched.objects += 1;
-            self.fetched.bytes += match got {
-                Got::Bytes(bytes) => bytes.len() as u64,
-                Got::Decoded(d) => d.size,
-            };
+            self.fetched.bytes += d.size;
         }
         Ok(next)
     }
@@ -352,16 +352,8 @@ impl<'a> TreeFrames<'a> {
                 count: chunk.obj.count,
             }));
         }
-        let (tenants, spans) = match self.next_fetched()? {
-            Some((at, Got::Bytes(bytes))) if at == i => {
-                self.unpacker
-                    .unpack(&chunk.obj, &bytes, true, &mut self.raw)?;
-                read::decode_chunk(&self.raw, &chunk, end.as_deref(), &self.limits)?
-            }
-            Some((at, Got::Decoded(d))) if at == i => {
-                self.raw = d.raw;
-                (d.tenants, d.spans)
-            }
+        let decoded = match self.next_fetched()? {
+            Some((at, decoded)) if at == i => decoded,
             _ => {
                 return Err(TreeError::Order {
                     object: chunk.obj.key(),
@@ -369,11 +361,12 @@ impl<'a> TreeFrames<'a> {
                 });
             }
         };
-        self.spans = spans;
+        self.raw = decoded.raw;
+        self.spans = decoded.spans;
         self.frames += 1;
         Ok(Some(Group::Listed(Frame {
             number: self.frames,
-            tenants,
+            tenants: decoded.tenants,
             offset: 0,
             size: chunk.obj.size,
             raw_size: chunk.obj.raw_size,
@@ -502,14 +495,8 @@ impl Frames for TreeFrames<'_> {
     }
 }
 
-/// A chunk as the reader gets it: its bytes, or decoded already by the
-/// thread that fetched it.
-enum Got {
-    Bytes(Vec<u8>),
-    Decoded(Decoded),
-}
-
-/// A chunk decompressed and decoded on the thread that fetched it.
+/// A chunk decompressed and decoded (by the thread that fetched it ahead,
+/// or by the reader).
 pub(super) struct Decoded {
     /// Its compressed size, as fetched.
     size: u64,
@@ -518,9 +505,9 @@ pub(super) struct Decoded {
     spans: Vec<BodySpan>,
 }
 
-/// Decompresses and decodes chunks on the threads that fetch them ahead
-/// of a new node's reader, as [`TreeFrames::next_chunk`] would: ~13 % of
-/// the writing thread's time in a cold start, moved off it.
+/// Decompresses and decodes chunks: with the reader's [`Unpacker`] for a
+/// batch, and on the threads that fetch them ahead of a new node's reader
+/// (~13 % of the writing thread's time in a cold start, moved off it).
 struct Decode {
     chunks: Arc<[ChunkRef]>,
     dictionary: Option<(ObjectRef, Arc<[u8]>)>,
